@@ -1,0 +1,69 @@
+"""The `edgellm` command: a thin shell over the library.
+
+Each subcommand lives in `edgellm/commands/<name>.py` and is imported only when used, so
+`edgellm --help` stays fast and a command's heavy imports (llama.cpp, Textual) cost nothing elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+from .errors import EdgeError
+
+# command name -> (module under edgellm.commands, attribute, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder to one GGUF file."),
+    "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"edgellm.commands.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help lines come from the table so listing commands imports none of them.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgellm")
+def cli() -> None:
+    """edgellm: from a Hugging Face checkpoint to a fast, private chat on your laptop."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; expected failures print one line and exit non-zero, never a traceback."""
+    try:
+        rv = cli.main(args=argv, prog_name="edgellm", standalone_mode=False)
+    except EdgeError as exc:
+        click.echo(f"edgellm: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("edgellm: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("edgellm: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
