@@ -1,0 +1,189 @@
+"""Reading a Hugging Face checkpoint folder: its config and its safetensors weights.
+
+Weights are never loaded whole: each tensor is located in its file from the safetensors header and
+read later in row chunks by byte range, so memory stays near one chunk, not the model (a single big
+memory map would count every touched page in the process's RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgellm.errors import EdgeError
+
+# safetensors dtype -> (numpy dtype used to hold the raw bits, bytes per element)
+DTYPES: dict[str, np.dtype] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # raw bfloat16 bits; widened to float32 by to_float32()
+}
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
+_MAX_HEADER = 100 << 20
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes live: file, absolute offset, size, and its dtype/shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    offset: int
+    nbytes: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def row_elems(self) -> int:
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else (self.shape[0] if self.shape else 1)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a 2-D array of the raw dtype, read with one pread."""
+        dt = DTYPES[self.dtype]
+        if len(self.shape) <= 1:
+            start, stop = 0, 1
+        row_bytes = self.row_elems * dt.itemsize
+        buf = np.empty((stop - start) * self.row_elems, dtype=dt)
+        with open(self.file, "rb", buffering=0) as f:
+            f.seek(self.offset + start * row_bytes)
+            n = f.readinto(memoryview(buf).cast("B"))
+        if n != buf.nbytes:
+            raise EdgeError(f"truncated safetensors file {self.file.name}: tensor {self.name} is cut short")
+        return buf.reshape(stop - start, self.row_elems)
+
+
+def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Widen raw tensor bits to float32 (exact for F16 and BF16)."""
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    folder: Path
+    config: dict[str, Any]
+    tensors: dict[str, TensorEntry] = field(repr=False)
+
+    @property
+    def hf_arch(self) -> str:
+        archs = self.config.get("architectures") or []
+        return archs[0] if archs else f"<none: config.json has no 'architectures' (model_type {self.config.get('model_type')!r})>"
+
+
+def open_checkpoint(folder: str | Path) -> Checkpoint:
+    """Read config.json and every safetensors header in `folder`; EdgeError with one line on bad input."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgeError(f"not a checkpoint folder: {folder}")
+    return Checkpoint(folder=folder, config=read_config(folder), tensors=index_tensors(folder))
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise EdgeError(f"missing config.json in {folder}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgeError(f"config.json in {folder} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise EdgeError(f"config.json in {folder} is not a JSON object")
+    # Multimodal wrappers keep the language model's settings under text_config.
+    return {**config, **config.get("text_config", {})}
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: from the shard index when there is one."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EdgeError(f"bad shard index {index.name}: {exc}") from exc
+        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise EdgeError(f"shard(s) listed in {index.name} are missing: {', '.join(missing)}")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise EdgeError(
+            f"refusing pickle weights ({', '.join(pickles[:3])}): loading a pickle can run arbitrary code; "
+            "convert them to safetensors first"
+        )
+    raise EdgeError(f"no weights in {folder}: expected model.safetensors or sharded *.safetensors")
+
+
+def index_tensors(folder: Path) -> dict[str, TensorEntry]:
+    tensors: dict[str, TensorEntry] = {}
+    for path in weight_files(folder):
+        for entry in read_safetensors_header(path):
+            if entry.name in tensors:
+                raise EdgeError(f"tensor {entry.name} appears in two files ({tensors[entry.name].file.name}, {path.name})")
+            tensors[entry.name] = entry
+    return tensors
+
+
+def read_safetensors_header(path: Path) -> Iterator[TensorEntry]:
+    """Parse one safetensors header and check every tensor's bytes lie inside the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise EdgeError(f"truncated safetensors file {path.name}: {size} bytes")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _MAX_HEADER):
+            raise EdgeError(f"corrupt or truncated safetensors file {path.name}: header claims {n} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EdgeError(f"corrupt safetensors file {path.name}: bad header ({exc})") from exc
+    data_start = 8 + n
+    data_size = size - data_start
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = meta["dtype"], tuple(int(d) for d in meta["shape"]), meta["data_offsets"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgeError(f"corrupt safetensors file {path.name}: bad entry for {name}") from exc
+        if dtype not in DTYPES:
+            raise EdgeError(f"tensor {name} in {path.name} has dtype {dtype}; supported: {', '.join(DTYPES)}")
+        if end - begin != math.prod(shape) * DTYPES[dtype].itemsize or begin < 0:
+            raise EdgeError(f"corrupt safetensors file {path.name}: tensor {name} size disagrees with its shape")
+        if end > data_size:
+            raise EdgeError(
+                f"truncated safetensors file {path.name}: tensor {name} ends at byte {data_start + end}, file has {size}"
+            )
+        yield TensorEntry(name, dtype, shape, path, data_start + begin, end - begin)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON side file (tokenizer.json, tokenizer_config.json...), None if absent."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgeError(f"{path.name} is not valid JSON: {exc}") from exc
+
+
+def chunk_bytes() -> int:
+    """Bytes of source tensor read at once: peak memory stays near one chunk."""
+    return int(os.environ.get("EDGELLM_CONVERT_CHUNK", 16 << 20))

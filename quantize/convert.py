@@ -1,0 +1,254 @@
+"""HF checkpoint folder -> one GGUF file, streamed tensor by tensor in row chunks.
+
+    convert_checkpoint("Llama-3.2-1B-Instruct/", "llama-3.2-1b-f16.gguf", outtype="f16")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from edgellm.errors import EdgeError, UsageError
+from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
+
+from .arch import ArchSpec, HParams, PlannedTensor, arch_for, plan_tensors, read_hparams
+from .checkpoint import Checkpoint, TensorEntry, chunk_bytes, open_checkpoint, to_float32
+from .vocab import Vocab, load_vocab
+
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+# outtype -> (GGUF file type, type of the 2-D weights)
+OUTTYPES: dict[str, tuple[FT, Q]] = {
+    "f32": (FT.ALL_F32, Q.F32),
+    "f16": (FT.MOSTLY_F16, Q.F16),
+    "bf16": (FT.MOSTLY_BF16, Q.BF16),
+    "q8_0": (FT.MOSTLY_Q8_0, Q.Q8_0),
+}
+# `auto` keeps the precision the weights are stored in.
+AUTO_FROM_SOURCE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+OUTTYPE_CHOICES = ("auto", *OUTTYPES)
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """One GGUF tensor: where its data comes from and how it is stored."""
+
+    name: str
+    shape: tuple[int, ...]  # row-major (HF) order; GGUF writes it reversed
+    qtype: Q
+    source: TensorEntry | None  # None for generated tensors
+    permute_groups: int = 0  # >0: reorder rows of Q/K in this many head groups
+    data: np.ndarray | None = None  # generated tensors (rope_freqs)
+
+    @property
+    def nbytes(self) -> int:
+        block, size = gguf.GGML_QUANT_SIZES[self.qtype]
+        return math.prod(self.shape) // block * size
+
+
+def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True) -> Path:
+    """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path."""
+    src_dir, out_path = Path(src_dir), Path(out_path)
+    if outtype not in OUTTYPE_CHOICES:
+        raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPE_CHOICES)}")
+    ensure_dir_for(out_path)
+    if out_path.is_dir():
+        raise UsageError(f"output path is a folder: {out_path}")
+
+    ckpt = open_checkpoint(src_dir)
+    arch = arch_for(ckpt.hf_arch)
+    hp = read_hparams(ckpt.config)
+    planned = plan_tensors(arch, hp, {n: e.shape for n, e in ckpt.tensors.items()})
+    if outtype == "auto":
+        outtype = AUTO_FROM_SOURCE[_main_dtype(ckpt, planned)]
+    ftype, wtype = OUTTYPES[outtype]
+    vocab = load_vocab(src_dir, hp.n_vocab)
+    tensors = _rope_freqs(arch, hp) + [_out_tensor(p, ckpt.tensors[p.hf], hp, wtype) for p in planned]
+
+    writer = gguf.GGUFWriter(None, arch.gguf_arch)
+    _add_metadata(writer, arch, hp, ckpt, ftype, vocab)
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+    ensure_free_space(out_path.resolve().parent, sum(t.nbytes for t in tensors) + _vocab_bytes(vocab), "GGUF file")
+
+    with atomic_output(out_path) as tmp:
+        try:
+            writer.write_header_to_file(tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            fout = writer.fout[0]
+            with _Progress(progress, sum(t.nbytes for t in tensors), out_path.name) as bar:
+                for t in tensors:
+                    writer.write_padding(fout, fout.tell())
+                    for chunk in _encoded_chunks(t):
+                        fout.write(chunk)
+                        bar.advance(len(chunk))
+        finally:
+            writer.close()
+    return out_path
+
+
+def _main_dtype(ckpt: Checkpoint, planned: list[PlannedTensor]) -> str:
+    """The dtype most weight bytes are stored in."""
+    by_dtype: dict[str, int] = {}
+    for p in planned:
+        entry = ckpt.tensors[p.hf]
+        by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
+    return max(by_dtype, key=by_dtype.__getitem__)
+
+
+def _out_tensor(p: PlannedTensor, entry: TensorEntry, hp: HParams, wtype: Q) -> OutTensor:
+    # llama.cpp keeps 1-D tensors and norms in F32; Q8_0 needs rows of whole 32-value blocks.
+    qtype = wtype
+    if len(p.shape) <= 1 or p.gguf.endswith("_norm.weight"):
+        qtype = Q.F32
+    elif qtype == Q.Q8_0 and p.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
+        qtype = Q.F16
+    groups = {"q": hp.n_head, "k": hp.n_head_kv}.get(p.permute or "", 0)
+    return OutTensor(p.gguf, p.shape, qtype, entry, groups)
+
+
+def _rope_freqs(arch: ArchSpec, hp: HParams) -> list[OutTensor]:
+    """Llama 3.1+ rope scaling: per-frequency factors that llama.cpp reads from `rope_freqs.weight`."""
+    rope = hp.rope
+    if not (arch.rope_freqs and rope["rope_type"] == "llama3"):
+        return []
+    dim = hp.head_dim
+    f32 = np.float32
+    freqs = f32(1.0) / (f32(hp.rope_theta) ** (np.arange(0, dim, 2, dtype=f32) / f32(dim)))
+    factor = f32(rope.get("factor", 8.0))
+    low, high = f32(rope.get("low_freq_factor", 1.0)), f32(rope.get("high_freq_factor", 4.0))
+    old_ctx = f32(rope.get("original_max_position_embeddings", 8192))
+    wavelen = f32(2 * math.pi) / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    middle = f32(1) / ((f32(1) - smooth) / factor + smooth)
+    out = np.where(wavelen < old_ctx / high, f32(1), np.where(wavelen > old_ctx / low, factor, middle)).astype(f32)
+    return [OutTensor("rope_freqs.weight", out.shape, Q.F32, None, data=out)]
+
+
+def _encoded_chunks(t: OutTensor) -> Iterator[memoryview]:
+    """The tensor's GGUF bytes, a few MiB at a time."""
+    if t.data is not None:
+        yield memoryview(t.data.tobytes())
+        return
+    src = t.source
+    assert src is not None
+    if t.permute_groups:
+        rows = src.read_rows(0, src.n_rows) if len(src.shape) > 1 else src.read_rows(0, 1).reshape(src.shape[0], 1)
+        yield memoryview(_encode(_permute_rows(rows, t.permute_groups), src, t).reshape(-1).view(np.uint8))
+        return
+    n_rows = src.n_rows if len(src.shape) > 1 else 1
+    step = max(1, chunk_bytes() // max(1, src.nbytes // n_rows))
+    for start in range(0, n_rows, step):
+        raw = src.read_rows(start, min(n_rows, start + step))
+        yield memoryview(_encode(raw, src, t).reshape(-1).view(np.uint8))
+
+
+def _permute_rows(rows: np.ndarray, groups: int) -> np.ndarray:
+    """HF keeps each head's rope pairs as two halves; llama.cpp wants them interleaved."""
+    n, cols = rows.shape
+    return rows.reshape(groups, 2, n // groups // 2, cols).swapaxes(1, 2).reshape(n, cols)
+
+
+def _encode(raw: np.ndarray, src: TensorEntry, t: OutTensor) -> np.ndarray:
+    if t.qtype == Q.BF16 and src.dtype == "BF16":
+        return raw  # bfloat16 bits copied as they are
+    if t.qtype == Q.F16 and src.dtype == "F16":
+        return raw
+    values = to_float32(raw, src.dtype)
+    if t.qtype == Q.F32:
+        return values
+    if t.qtype == Q.F16:
+        out = values.astype(np.float16)
+        if np.isinf(out).any() and (np.isinf(out) & np.isfinite(values)).any():
+            peak = float(np.abs(values[np.isfinite(values)]).max())
+            raise EdgeError(
+                f"tensor {src.name} has values up to {peak:.4g}, beyond float16's range (65504): "
+                "converting to f16 would write inf; use --outtype bf16 or f32"
+            )
+        return out
+    return gguf.quants.quantize(values, t.qtype)
+
+
+def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpoint, ftype: FT, vocab: Vocab) -> None:
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(ckpt.folder.resolve().name)
+    w.add_block_count(hp.n_layers)
+    w.add_context_length(hp.n_ctx)
+    w.add_embedding_length(hp.n_embd)
+    w.add_feed_forward_length(hp.n_ff)
+    w.add_head_count(hp.n_head)
+    w.add_head_count_kv(hp.n_head_kv)
+    w.add_rope_freq_base(hp.rope_theta)
+    w.add_layer_norm_rms_eps(hp.rms_eps)
+    if hp.has_head_dim:
+        w.add_key_length(hp.head_dim)
+        w.add_value_length(hp.head_dim)
+    w.add_file_type(ftype)
+    w.add_vocab_size(hp.n_vocab)
+    w.add_rope_dimension_count(hp.head_dim)
+    _add_rope_scaling(w, hp)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    vocab.add_to_gguf(w)
+
+
+def _add_rope_scaling(w: gguf.GGUFWriter, hp: HParams) -> None:
+    rope = hp.rope
+    kind = rope["rope_type"]
+    if kind in ("default", "llama3"):  # llama3 scaling travels as the rope_freqs tensor
+        return
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    else:
+        raise EdgeError(f"unsupported rope_type {kind!r} in config.json; supported: default, linear, yarn, llama3")
+
+
+def _vocab_bytes(vocab: Vocab) -> int:
+    """An upper bound for the header: token strings, merges and per-token fields."""
+    merges = vocab.special.merges
+    return sum(len(t) + 16 for t in vocab.tokens) + sum(len(m) + 8 for m in merges) + (1 << 20)
+
+
+class _Progress:
+    """A rich progress bar on stderr over bytes written (nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.task = self.bar.add_task(f"writing {label}", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def advance(self, n: int) -> None:
+        if self.bar:
+            self.bar.update(self.task, advance=n)

@@ -1,0 +1,215 @@
+"""Tokenizers -> GGUF vocabulary: byte-level BPE from tokenizer.json, SentencePiece from tokenizer.model.
+
+The BPE pre-tokenizer is recognised from the tokenizer's own structure (its split regexes and byte-level
+settings), not from a hash of its output, so an extended or retrained vocabulary with a known structure
+still converts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from edgellm.errors import EdgeError
+
+from .checkpoint import read_json
+
+# Split regexes as they appear in tokenizer.json.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# ByteLevel with use_regex=True splits with GPT-2's own pattern.
+GPT2_REGEX = ("byte_level_regex",)
+
+# pre-tokenizer structure (a tuple of steps) -> llama.cpp's pre-tokenizer name (tokenizer.ggml.pre)
+PRE_TOKENIZERS: dict[tuple[tuple[str, ...], ...], str] = {
+    (("split", LLAMA3_SPLIT),): "llama-bpe",
+    (("split", QWEN2_SPLIT),): "qwen2",
+    (("digits",), GPT2_REGEX): "smollm",
+    (GPT2_REGEX,): "gpt-2",
+}
+
+# Control tokens that end an assistant turn, in chat templates of the Llama family (llama.cpp's EOT).
+EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|eot|>", "<end_of_turn>")
+
+# llama.cpp token types (gguf.TokenType)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = (
+    gguf.TokenType.NORMAL,
+    gguf.TokenType.UNKNOWN,
+    gguf.TokenType.CONTROL,
+    gguf.TokenType.USER_DEFINED,
+    gguf.TokenType.UNUSED,
+    gguf.TokenType.BYTE,
+)
+
+
+@dataclass
+class Vocab:
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str  # tokenizer.ggml.pre
+    tokens: list[str | bytes]
+    types: list[int]
+    scores: list[float] | None
+    special: gguf.SpecialVocab = field(repr=False)
+    add_bos: bool
+    add_eos: bool
+    eot_id: int | None
+
+    def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
+        w.add_tokenizer_model(self.model)
+        w.add_tokenizer_pre(self.pre)
+        w.add_token_list(self.tokens)
+        w.add_token_types(self.types)
+        if self.scores is not None:
+            w.add_token_scores(self.scores)
+        self.special.add_to_gguf(w, quiet=True)
+        w.add_add_bos_token(self.add_bos)
+        w.add_add_eos_token(self.add_eos)
+        if self.eot_id is not None:
+            w.add_eot_token_id(self.eot_id)
+
+
+def looks_special(text: str) -> bool:
+    """Added tokens shaped like control tokens (`<|...|>`) act as control tokens even if not flagged."""
+    return text.startswith("<|") and text.endswith("|>")
+
+
+def load_vocab(folder: Path, n_vocab: int) -> Vocab:
+    """The vocabulary of `folder`, padded to the model's `n_vocab` rows."""
+    tok_json = read_json(folder / "tokenizer.json")
+    if tok_json is not None and is_byte_level_bpe(tok_json):
+        return _bpe_vocab(folder, tok_json, n_vocab)
+    if (folder / "tokenizer.model").is_file():
+        return _sentencepiece_vocab(folder, n_vocab)
+    if tok_json is not None:
+        kind = (tok_json.get("model") or {}).get("type")
+        raise EdgeError(f"unsupported tokenizer in {folder}: tokenizer.json holds a non-byte-level {kind} model and there is no tokenizer.model")
+    raise EdgeError(f"missing tokenizer in {folder}: expected tokenizer.json (byte-level BPE) or tokenizer.model (SentencePiece)")
+
+
+def is_byte_level_bpe(tok_json: dict[str, Any]) -> bool:
+    model = tok_json.get("model") or {}
+    return model.get("type") == "BPE" and (tok_json.get("decoder") or {}).get("type") == "ByteLevel"
+
+
+def pre_tokenizer_steps(pre: dict[str, Any] | None) -> tuple[tuple[str, ...], ...]:
+    """The pre-tokenizer as a tuple of steps that matter for splitting (a key into PRE_TOKENIZERS)."""
+    if not pre:
+        return ()
+    kind = pre.get("type")
+    if kind == "Sequence":
+        return tuple(step for p in pre.get("pretokenizers", []) for step in pre_tokenizer_steps(p))
+    if kind == "ByteLevel":
+        if pre.get("add_prefix_space"):
+            return (("byte_level_prefix_space",),) + ((GPT2_REGEX,) if pre.get("use_regex", True) else ())
+        return (GPT2_REGEX,) if pre.get("use_regex", True) else ()
+    if kind == "Split":
+        pattern = pre.get("pattern") or {}
+        regex = pattern.get("Regex", pattern.get("String"))
+        options = (pre.get("behavior"), bool(pre.get("invert")))
+        if options != ("Isolated", False):
+            return (("split", str(regex), *map(str, options)),)
+        return (("split", str(regex)),)
+    if kind == "Digits":
+        return (("digits",) if pre.get("individual_digits") else ("digits_grouped",),)
+    return ((str(kind), *(f"{k}={v}" for k, v in sorted(pre.items()) if k != "type")),)
+
+
+def detect_pre(tok_json: dict[str, Any]) -> str:
+    steps = pre_tokenizer_steps(tok_json.get("pre_tokenizer"))
+    try:
+        return PRE_TOKENIZERS[steps]
+    except KeyError:
+        shown = "; ".join(" ".join(s) for s in steps) or "none"
+        known = ", ".join(sorted(set(PRE_TOKENIZERS.values())))
+        raise EdgeError(f"unrecognised BPE pre-tokenizer structure ({shown}); known structures: {known}") from None
+
+
+def _bpe_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: int) -> Vocab:
+    pre = detect_pre(tok_json)
+    by_id: dict[int, str] = {i: t for t, i in tok_json["model"]["vocab"].items()}
+    added = {a["id"]: a for a in tok_json.get("added_tokens", []) if a["id"] < n_vocab}
+    by_id.update({i: a["content"] for i, a in added.items()})
+    if by_id and max(by_id) >= n_vocab:
+        raise EdgeError(f"tokenizer has token id {max(by_id)} but the model has only {n_vocab} embedding rows")
+    tokens: list[str | bytes] = []
+    types: list[int] = []
+    for i in range(n_vocab):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            types.append(CONTROL if added[i].get("special") or looks_special(by_id[i]) else USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(NORMAL)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
+    if not special.merges:
+        raise EdgeError(f"tokenizer.json in {folder} has no BPE merges")
+    return _finish(folder, "gpt2", pre, tokens, types, None, special, default_add_bos=False)
+
+
+def _sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(folder / "tokenizer.model"))
+    except (OSError, RuntimeError) as exc:
+        raise EdgeError(f"cannot read tokenizer.model in {folder}: {exc}") from exc
+    if sp.vocab_size() > n_vocab:
+        raise EdgeError(f"tokenizer.model has {sp.vocab_size()} pieces but the model has only {n_vocab} embedding rows")
+    tokens: list[str | bytes] = [f"[PAD{i}]".encode() for i in range(n_vocab)]
+    scores = [-10000.0] * n_vocab
+    types = [UNUSED] * n_vocab
+    for i in range(sp.vocab_size()):
+        tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        scores[i] = sp.GetScore(i)
+        types[i] = (
+            UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL
+        )
+    # Tokens added on top of the SentencePiece model (added_tokens.json, tokenizer_config's decoder table).
+    extra = {int(i): {"content": t} for t, i in (read_json(folder / "added_tokens.json") or {}).items()}
+    extra.update({int(i): d for i, d in ((read_json(folder / "tokenizer_config.json") or {}).get("added_tokens_decoder") or {}).items()})
+    for i, data in sorted(extra.items()):
+        if i >= n_vocab:
+            continue
+        text = data["content"]
+        if data.get("special") or looks_special(text):
+            types[i] = CONTROL
+        else:
+            text = text.replace("\u2581", " ")  # llama.cpp expects user-defined tokens pre-normalised
+            types[i] = USER_DEFINED
+        tokens[i] = text.encode("utf-8")
+        scores[i] = -1000.0
+    special = gguf.SpecialVocab(folder, n_vocab=n_vocab)
+    return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=True)
+
+
+def _finish(
+    folder: Path,
+    model: str,
+    pre: str,
+    tokens: list[str | bytes],
+    types: list[int],
+    scores: list[float] | None,
+    special: gguf.SpecialVocab,
+    default_add_bos: bool,
+) -> Vocab:
+    config = read_json(folder / "config.json") or {}
+    eos = config.get("eos_token_id")
+    if "eos" not in special.special_token_ids and isinstance(eos, list) and eos:
+        special.special_token_ids["eos"] = int(eos[0])
+    # add_bos/add_eos are always written: llama.cpp's defaults differ per tokenizer type from transformers'.
+    add_bos = special.add_special_token.pop("bos", default_add_bos)
+    add_eos = special.add_special_token.pop("eos", False)
+    texts = {t if isinstance(t, str) else t.decode("utf-8", "replace"): i for i, t in enumerate(tokens) if types[i] == CONTROL}
+    eot_id = next((texts[t] for t in EOT_TEXTS if t in texts), None)
+    return Vocab(model, pre, tokens, types, scores, special, add_bos, add_eos, eot_id)
