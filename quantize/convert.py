@@ -165,7 +165,8 @@ def _encode(raw: np.ndarray, src: TensorEntry, t: OutTensor) -> np.ndarray:
     if t.qtype == Q.F32:
         return values
     if t.qtype == Q.F16:
-        out = values.astype(np.float16)
+        with np.errstate(over="ignore"):  # overflow is checked right below, with a better message
+            out = values.astype(np.float16)
         if np.isinf(out).any() and (np.isinf(out) & np.isfinite(values)).any():
             peak = float(np.abs(values[np.isfinite(values)]).max())
             raise EdgeError(

@@ -1,0 +1,243 @@
+"""The converter against its oracles: transformers (token ids, logits, chat template), llama.cpp (runs the
+GGUF) and llama.cpp's own convert_hf_to_gguf.py (same tensor bytes and metadata values)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fixtures
+from edgellm.errors import EdgeError
+from edgellm.gguf_info import read_gguf
+from edgellm.quantize.convert import convert_checkpoint
+
+CHECKPOINTS = {
+    "smollm2": fixtures.smollm2_checkpoint,
+    "llama3": fixtures.llama3_checkpoint,
+    "mistral": fixtures.mistral_checkpoint,
+    "qwen2": fixtures.qwen2_checkpoint,
+}
+# mean cosine of next-token logits vs transformers: a trained model must match tighter than random weights
+MIN_COSINE = {"smollm2": 0.99999, "llama3": 0.9999, "mistral": 0.9999, "qwen2": 0.9999}
+
+TEXT = (
+    "Hello world! It's 2024: 1234567 apples cost $3.50, and we've got 42 more.\n\n"
+    "    def square(x):\n\treturn x ** 2  # squared\n"
+    "中文测试：你好，世界！今天天气很好。 🙂🚀🎉 emoji   and   runs     of spaces\n\n\n"
+    "Ünïcödé naïve café — «quotes» 'single' \"double\"\t\ttabs  trailing  "
+)
+MESSAGES = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Japan? 日本"},
+]
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """converted(name, outtype) -> GGUF path, converted once per session."""
+    done: dict[tuple[str, str], Path] = {}
+    folder = tmp_path_factory.mktemp("converted")
+
+    def get(name: str, outtype: str = "f32") -> Path:
+        if (name, outtype) not in done:
+            done[name, outtype] = convert_checkpoint(CHECKPOINTS[name](), folder / f"{name}-{outtype}.gguf", outtype, progress=False)
+        return done[name, outtype]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = AutoTokenizer.from_pretrained(CHECKPOINTS[name]())
+        return cache[name]
+
+    return get
+
+
+def _llama(path: Path, **kw):
+    import llama_cpp
+
+    return llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, **kw)
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_token_ids_match_transformers(name, converted, hf_tokenizer):
+    llm = _llama(converted(name), vocab_only=True)
+    tok = hf_tokenizer(name)
+    expected = tok(TEXT)["input_ids"]  # with the special tokens the tokenizer adds (BOS or none)
+    assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == expected
+    # special tokens written in text are parsed as such when asked (chat prompts rely on it)
+    prompt = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert llm.detokenize(expected).decode() == tok.decode(expected, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_logits_match_transformers(name, converted, hf_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = hf_tokenizer(name)((TEXT + "\n") * 12)["input_ids"][:256]
+    assert len(ids) == 256
+    llm = _llama(converted(name), logits_all=True)
+    llm.eval(ids)
+    ours = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    model = AutoModelForCausalLM.from_pretrained(CHECKPOINTS[name](), dtype=torch.float32)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].double().numpy()
+    assert ours.shape == ref.shape
+    cosine = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    assert cosine.mean() >= MIN_COSINE[name]
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    info = read_gguf(converted(name))
+    tok = hf_tokenizer(name)
+    assert info.chat_template
+    llm = _llama(converted(name), vocab_only=True)
+
+    def token_text(key: str) -> str:
+        tid = info.metadata.get(f"tokenizer.ggml.{key}_token_id")
+        return "" if tid is None else llm.detokenize([tid], special=True).decode()
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    rendered = env.from_string(info.chat_template).render(
+        messages=MESSAGES, add_generation_prompt=True, bos_token=token_text("bos"), eos_token=token_text("eos")
+    )
+    assert rendered == tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+
+
+def test_special_tokens_and_flags(converted):
+    meta = read_gguf(converted("llama3", "auto")).metadata
+    assert meta["tokenizer.ggml.pre"] == "llama-bpe"
+    assert meta["tokenizer.ggml.bos_token_id"] == 128000
+    assert meta["tokenizer.ggml.eos_token_id"] == 128009  # tokenizer_config's eos_token <|eot_id|>
+    assert meta["tokenizer.ggml.eot_token_id"] == 128009
+    assert meta["tokenizer.ggml.add_bos_token"] is True
+    assert meta["llama.vocab_size"] == 128256
+    qwen = read_gguf(converted("qwen2", "auto")).metadata
+    assert qwen["tokenizer.ggml.pre"] == "qwen2"
+    assert qwen["tokenizer.ggml.add_bos_token"] is False
+    assert qwen["qwen2.vocab_size"] == 1024  # embedding rows beyond the tokenizer are padding tokens
+    mistral = read_gguf(converted("mistral", "auto")).metadata
+    assert mistral["tokenizer.ggml.model"] == "llama"
+    assert mistral["tokenizer.ggml.add_bos_token"] is True
+
+
+def test_auto_keeps_source_precision(converted):
+    """bf16 stays bf16, f16 stays f16, f32 stays f32; norms are always F32."""
+    expected = {"llama3": ("BF16", "BF16"), "mistral": ("F16", "F16"), "qwen2": ("ALL_F32", "F32")}
+    for name, (file_type, weight_type) in expected.items():
+        info = read_gguf(converted(name, "auto"))
+        types = {t.name: t.ggml_type for t in info.tensors}
+        assert info.file_type == file_type, name
+        assert types["blk.0.ffn_up.weight"] == weight_type
+        assert types["blk.0.attn_norm.weight"] == "F32"
+    llama3 = {t.name for t in read_gguf(converted("llama3", "auto")).tensors}
+    assert "rope_freqs.weight" in llama3 and "output.weight" not in llama3  # llama3 rope scaling; tied embeddings
+    index = json.loads((fixtures.qwen2_checkpoint() / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # read through the shard index
+    qwen2 = {t.name for t in read_gguf(converted("qwen2", "auto")).tensors}
+    assert {"blk.1.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias", "output.weight"} <= qwen2
+
+
+def test_q8_0_runs_close_to_f32(converted):
+    info = read_gguf(converted("smollm2", "q8_0"))
+    assert info.file_type == "Q8_0"
+    ids = list(range(1000, 1064))
+    logits = []
+    for outtype in ("f32", "q8_0"):
+        llm = _llama(converted("smollm2", outtype), logits_all=True)
+        llm.eval(ids)
+        logits.append(np.asarray(llm.scores[: len(ids)]))
+    a, b = logits
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean() > 0.999
+
+
+def test_f16_overflow_from_bf16_source_is_reported(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = fixtures.llama3_checkpoint()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            (tmp_path / f.name).symlink_to(f)
+    weights = load_file(src / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"][3, 5] = torch.tensor(1e6, dtype=torch.bfloat16)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out.gguf"
+    with pytest.raises(EdgeError, match=r"model\.layers\.1\.mlp\.down_proj\.weight.*float16.*bf16"):
+        convert_checkpoint(tmp_path, out, "f16", progress=False)
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    assert read_gguf(convert_checkpoint(tmp_path, out, "auto", progress=False)).file_type == "BF16"
+
+
+# --- identical to llama.cpp's own converter ------------------------------------------------------------
+
+# Keys edgellm writes differently on purpose: the name (folder name as is), a size label it does not
+# guess, tokenizer flags llama.cpp leaves to defaults, and SmolLM2's pre-tokenizer: this checkpoint's
+# tokenizer.json (made by transformers) splits with plain GPT-2 ByteLevel, which edgellm reads from its
+# structure; llama.cpp guesses "smollm" from a hash of the original SmolLM tokenizer.
+EXPECTED_DIFFERENT = {"general.name", "general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id"}
+PRE_DIFFERENT = {"smollm2": ("gpt-2", "smollm")}
+
+
+def _fields(path: Path) -> tuple[dict, dict]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    return meta, {t.name: t for t in reader.tensors}
+
+
+@pytest.mark.parametrize(
+    "name,outtype", [("smollm2", "f16"), ("smollm2", "q8_0"), ("llama3", "bf16"), ("mistral", "f16")]
+)
+def test_identical_to_llamacpp_converter(name, outtype, converted):
+    ref_meta, ref_tensors = _fields(fixtures.llamacpp_reference_gguf(name, CHECKPOINTS[name](), outtype))
+    meta, tensors = _fields(converted(name, outtype))
+    for key in sorted(set(ref_meta) | set(meta)):
+        if key in EXPECTED_DIFFERENT:
+            continue
+        if key == "tokenizer.ggml.pre" and name in PRE_DIFFERENT:
+            assert (meta[key], ref_meta[key]) == PRE_DIFFERENT[name]
+            continue
+        assert key in meta and key in ref_meta, key
+        assert meta[key] == ref_meta[key], key
+    assert set(tensors) == set(ref_tensors)
+    for tname, ref in ref_tensors.items():
+        ours = tensors[tname]
+        assert (ours.tensor_type, list(ours.shape)) == (ref.tensor_type, list(ref.shape)), tname
+        assert np.array_equal(np.asarray(ours.data).view(np.uint8), np.asarray(ref.data).view(np.uint8)), tname
+
+
+def test_converts_a_retrained_tokenizer_llamacpp_refuses(converted, tmp_path):
+    """llama.cpp's converter knows tokenizers by a hash of their output; a retrained one is refused there,
+    while edgellm recognises Qwen2's pre-tokenizer from the tokenizer's structure."""
+    import subprocess
+    import sys
+
+    script = fixtures.llamacpp_converter()
+    run = subprocess.run(
+        [sys.executable, str(script), str(fixtures.qwen2_checkpoint()), "--outfile", str(tmp_path / "ref.gguf")],
+        env={"PYTHONPATH": str(script.parent / "gguf-py"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0 and "pre-tokenizer" in (run.stdout + run.stderr)
+    assert read_gguf(converted("qwen2", "auto")).metadata["tokenizer.ggml.pre"] == "qwen2"
+
