@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("chat", "chat", "Chat with a local model in a terminal UI (default: the embedded SmolLM2)."),
     "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder to one GGUF file."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),
+    "list": ("list", "list_", "List the packages in the local store: levels, sizes, which fits here."),
+    "pull": ("pull", "pull", "Download a model from Hugging Face or ModelScope (only what edgellm needs)."),
+    "push": ("push", "push", "Upload a package to the Hugging Face Hub."),
+    "rm": ("rm", "rm", "Remove packages from the local store."),
 }
 
 

@@ -95,7 +95,8 @@ def _package(folder: Path) -> ModelRef:
 
 
 def resolve_model(ref: str | Path | None) -> ModelRef:
-    """None -> the default demo model; a .gguf path -> that file; a folder -> the package it holds."""
+    """None -> the default demo model; a .gguf path -> that file; a folder -> the package it holds;
+    otherwise a package name in the local store (`edgellm list`)."""
     if ref is None:
         return _single(default_model_path())
     path = Path(ref).expanduser()
@@ -103,4 +104,9 @@ def resolve_model(ref: str | Path | None) -> ModelRef:
         return _package(path)
     if path.is_file():
         return _single(path)
-    raise UsageError(f"no such model file or package folder: {ref}")
+    from . import store
+
+    stored = store.resolve(str(ref))
+    if stored is not None:
+        return _package(stored)
+    raise UsageError(f"no such model file, package folder or store name: {ref}")

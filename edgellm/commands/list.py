@@ -1,0 +1,39 @@
+"""`edgellm list`: the packages in the local store, their levels and sizes, and which level runs here."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .. import paths, store
+from ..fsutil import human_bytes
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the store as JSON.")
+def list_(as_json: bool) -> int:
+    """List the packages in the local store (EDGELLM_HOME moves it).
+
+    FITS is the level this machine would run (the planner's choice); "-" when none fits.
+    """
+    found = store.entries()
+    if as_json:
+        click.echo(json.dumps({"store": str(paths.store_dir()), "packages": [e.to_json() for e in found]}, indent=2))
+        return 0
+    if not found:
+        click.echo(f"no packages in {paths.store_dir()} (make one: edgellm package REPO_ID, or edgellm pull a GGUF repo)")
+        return 0
+    table = Table(title=str(paths.store_dir()), title_justify="left")
+    for col in ("NAME", "LEVELS", "SIZE", "FITS", "FROM"):
+        table.add_column(col, justify="right" if col == "SIZE" else "left")
+    for e in found:
+        if e.error:
+            table.add_row(e.name, f"[red]unreadable: {e.error}[/red]", "", "", e.origin)
+            continue
+        levels = ", ".join(f"{f.level} {human_bytes(f.size)}" for f in e.files)
+        table.add_row(e.name, levels, human_bytes(e.size), e.fits or "-", e.origin)
+    Console().print(table)
+    return 0

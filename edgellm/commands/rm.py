@@ -1,0 +1,27 @@
+"""`edgellm rm NAME`: delete a package from the local store."""
+
+from __future__ import annotations
+
+import click
+
+from .. import hub, store
+from ..fsutil import human_bytes
+
+
+@click.command("rm")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+def rm(names: tuple[str, ...]) -> int:
+    """Remove packages from the local store (see `edgellm list`).
+
+    For a GGUF repo pulled from a hub only the store entry goes: its files stay in the hub's cache,
+    shared with other tools (remove them with `hf cache rm` or `ms cache clear`).
+    """
+    for name in names:
+        gone = store.remove(name)
+        if gone.source:
+            h = hub.HUBS[gone.source["hub"]]
+            how = h.forget.format(repo_id=gone.source["repo_id"])
+            click.echo(f"removed {gone.name}; its {human_bytes(gone.size)} stay in the {h.title} cache ({how})")
+        else:
+            click.echo(f"removed {gone.name} ({human_bytes(gone.size)} freed)")
+    return 0

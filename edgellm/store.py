@@ -1,0 +1,218 @@
+"""The local store: packages kept under `edgellm.paths.store_dir()`, one folder per name.
+
+An entry is a folder of `<name>-<LEVEL>.gguf` files: a package written by `edgellm package` (with its
+manifest.json), or a GGUF repo pulled from a hub, whose files stay in the hub's cache and are linked here
+(`source.json` says where they came from). `edgellm chat NAME` and friends find entries by their folder name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from . import paths
+from .errors import EdgeError, UsageError
+from .fsutil import atomic_output
+
+SOURCE_FILE = "source.json"  # written for entries registered from a hub
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    level: str
+    file: str
+    size: int
+    bits_per_weight: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    path: Path
+    source: dict | None  # {"hub", "repo_id", "snapshot", "files"} for entries pulled from a hub
+    files: tuple[StoredFile, ...] = ()  # best quality first
+    fits: str | None = None  # the level this machine would run, None when nothing fits or unknown
+    fit_note: str = ""
+    error: str | None = None  # why the entry could not be read (a removed hub cache, a corrupt file)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def origin(self) -> str:
+        return f"{self.source['hub']}:{self.source['repo_id']}" if self.source else "local"
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "origin": self.origin,
+            "source": self.source,
+            "size": self.size,
+            "levels": [vars(f) for f in self.files],
+            "fits": self.fits,
+            "fit_note": self.fit_note,
+            "error": self.error,
+        }
+
+
+# ------------------------------------------------------------------------------------------------ finding
+
+
+def _is_entry(folder: Path) -> bool:
+    return folder.is_dir() and not folder.name.startswith(".") and any(folder.glob("*.gguf"))
+
+
+def _check_name(name: str) -> None:
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name in ("..", "."):
+        raise UsageError(f"not a store name: {name!r}")
+
+
+def resolve(name: str) -> Path | None:
+    """The folder of the store entry `name` (case-insensitive when unambiguous), or None."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    root = paths.store_dir()
+    exact = root / name
+    if _is_entry(exact):
+        return exact
+    if not root.is_dir():
+        return None
+    matches = [p for p in root.iterdir() if p.name.lower() == name.lower() and _is_entry(p)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def names() -> list[str]:
+    root = paths.store_dir()
+    return sorted(p.name for p in root.iterdir() if _is_entry(p)) if root.is_dir() else []
+
+
+def _source(folder: Path) -> dict | None:
+    f = folder / SOURCE_FILE
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except ValueError as exc:
+        raise EdgeError(f"corrupt {f}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------ listing
+
+
+class _Fitter:
+    """Which level runs here: the planner when it is installed, else file size against available RAM."""
+
+    def __init__(self) -> None:
+        try:
+            from . import hardware, plan
+        except ImportError:
+            self._plan = None
+        else:
+            self._plan, self._hw = plan, hardware.detect()
+
+    def __call__(self, ref) -> tuple[str | None, str]:
+        if self._plan is not None:
+            try:
+                chosen = self._plan.make_plan(ref, self._hw)
+            except EdgeError as exc:
+                return None, str(exc)
+            return chosen.level, chosen.explain().splitlines()[0] if chosen.explain() else ""
+        import psutil
+
+        free = psutil.virtual_memory().available
+        for f in ref.files:  # best first
+            if f.size * 1.2 < free:  # weights plus a modest KV cache and buffers
+                return f.level, "file size against available RAM"
+        return None, "no file fits the available RAM"
+
+
+def _entry(folder: Path, fitter: _Fitter | None) -> Entry:
+    from .models import resolve_model
+
+    try:
+        source = _source(folder)
+        ref = resolve_model(folder)
+    except (EdgeError, OSError) as exc:
+        return Entry(folder.name, folder, None, error=str(exc))
+    files = tuple(StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2)) for f in ref.files)
+    level, note = fitter(ref) if fitter else (None, "")
+    return Entry(folder.name, folder, source, files, level, note)
+
+
+def entries() -> list[Entry]:
+    """Every entry in the store, read from its GGUF headers; broken entries carry `error` instead of failing."""
+    fitter = _Fitter()
+    return [_entry(paths.store_dir() / name, fitter) for name in names()]
+
+
+# ------------------------------------------------------------------------------------------------ changing
+
+
+def remove(name: str) -> Entry:
+    """Delete the entry `name`. Files of a hub-registered entry stay in the hub's cache (only links go)."""
+    _check_name(name)
+    folder = resolve(name)
+    if folder is None:
+        have = ", ".join(names()) or "the store is empty"
+        raise UsageError(f"no package {name!r} in the store ({have})")
+    gone = _entry(folder, None)
+    shutil.rmtree(folder)
+    return gone
+
+
+def store_name(repo_id: str) -> str:
+    """`bartowski/Llama-3.2-1B-Instruct-GGUF` -> `Llama-3.2-1B-Instruct`."""
+    name = repo_id.split("/", 1)[-1]
+    for suffix in ("-GGUF", "_GGUF", ".GGUF"):
+        if name.upper().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _link(target: Path, link: Path) -> None:
+    try:
+        os.symlink(target, link)
+    except OSError:  # no symlinks (Windows without the privilege): a hard link costs no space either
+        os.link(target.resolve(), link)
+
+
+def register(pulled) -> Path:
+    """Make a pulled GGUF repo a store entry: `<name>-<LEVEL>.gguf` links into the hub's cache."""
+    from .hub import gguf_level
+
+    root = paths.store_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    name = store_name(pulled.repo_id)
+    folder = root / name
+    theirs = folder.exists() and (_source(folder) or {}).get("repo_id") != pulled.repo_id
+    if theirs:  # a package of the same name made here, or another repo's: keep both
+        name = f"{name}-{pulled.repo_id.split('/')[0]}"
+        folder = root / name
+
+    staging = root / f".{name}.registering-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        links = {}
+        for repo_path in pulled.files:
+            level = gguf_level(repo_path)
+            split = "-of-" in PurePosixPath(repo_path).stem
+            link = f"{name}-{level}.gguf" if level and not split else PurePosixPath(repo_path).name
+            if link in links:
+                link = PurePosixPath(repo_path).name
+            links[link] = repo_path
+            _link(pulled.path / repo_path, staging / link)
+        source = {"hub": pulled.hub, "repo_id": pulled.repo_id, "snapshot": str(pulled.path), "files": links}
+        with atomic_output(staging / SOURCE_FILE) as tmp:
+            tmp.write_text(json.dumps(source, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
