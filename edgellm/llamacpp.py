@@ -48,13 +48,13 @@ _initialised = False
 
 
 def init() -> None:
-    """Route llama.cpp's log into memory and initialise its backends (once per process)."""
+    """Route llama.cpp's log into memory (again: other code may have routed it elsewhere meanwhile) and
+    initialise its backends (once per process)."""
     global _initialised
-    if _initialised:
-        return
     L.llama_log_set(_on_log, ctypes.c_void_p(0))
-    L.llama_backend_init()
-    _initialised = True
+    if not _initialised:
+        L.llama_backend_init()
+        _initialised = True
 
 
 @contextmanager

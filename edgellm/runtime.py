@@ -83,13 +83,14 @@ def default_threads() -> int:
 
 
 def _resolve_plan(target, n_ctx: int | None):
-    """A Plan for whatever `Engine.load` was given: a Plan as is; a path or ModelRef planned for this machine."""
-    if hasattr(target, "n_gpu_layers") and hasattr(target, "path"):
-        return target
+    """A Plan for whatever `Engine.load` was given: a path or ModelRef is planned for this machine; a Plan
+    that puts layers on a GPU is checked against the GPUs there are now (fewer layers if one vanished)."""
     from .hardware import detect
     from .models import ModelRef, resolve_model
-    from .plan import make_plan
+    from .plan import Plan, make_plan, revalidate
 
+    if isinstance(target, Plan):
+        return revalidate(target, detect()) if target.n_gpu_layers else target
     ref = target if isinstance(target, ModelRef) else resolve_model(target)
     return make_plan(ref, detect(), ctx=n_ctx)
 

@@ -112,6 +112,144 @@ def llama3_tokenizer_dir() -> Path:
     return _build_once("llama3-tokenizer", build)
 
 
+# --- Llama-3-shaped GGUFs with no real weights (memory planning, GPU checks) ------------------------
+
+# Real Llama 3 shapes: (n_layer, n_embd, n_ff, n_head, n_head_kv)
+LLAMA3_SHAPES = {
+    "llama3-8b": (32, 4096, 14336, 32, 8),
+    "llama3-70b": (80, 8192, 28672, 64, 8),
+}
+LLAMA3_VOCAB = 128256
+# level -> (file type, most weights, attn_v + ffn_down, output). A simplified version of llama-quantize's
+# mixes: the sizes land within a few % of real files, which is what planning tests need.
+SYNTH_LEVELS = {
+    "F16": ("MOSTLY_F16", "F16", "F16", "F16"),
+    "Q8_0": ("MOSTLY_Q8_0", "Q8_0", "Q8_0", "Q8_0"),
+    "Q6_K": ("MOSTLY_Q6_K", "Q6_K", "Q6_K", "Q6_K"),
+    "Q5_K_M": ("MOSTLY_Q5_K_M", "Q5_K", "Q6_K", "Q6_K"),
+    "Q4_K_M": ("MOSTLY_Q4_K_M", "Q4_K", "Q6_K", "Q6_K"),
+    "Q3_K_M": ("MOSTLY_Q3_K_M", "Q3_K", "Q4_K", "Q6_K"),
+    "Q2_K": ("MOSTLY_Q2_K", "Q2_K", "Q3_K", "Q6_K"),
+}
+
+
+def _llama3_vocab(writer) -> None:
+    """Write the real Llama 3 tokenizer (BPE, 128256 tokens) and chat template into a GGUF writer."""
+    tok = json.loads((llama3_tokenizer_dir() / "tokenizer.json").read_text())
+    tokens = [""] * LLAMA3_VOCAB
+    types = [1] * LLAMA3_VOCAB  # 1 = normal, 3 = control
+    for text, i in tok["model"]["vocab"].items():
+        tokens[i] = text
+    for added in tok["added_tokens"]:
+        if added["id"] < LLAMA3_VOCAB:  # the vision model's <|image|> is not part of a text checkpoint
+            tokens[added["id"]] = added["content"]
+            types[added["id"]] = 3
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(128000)
+    writer.add_eos_token_id(128009)  # <|eot_id|>: an instruct model ends its turn with it
+    writer.add_add_bos_token(True)
+    writer.add_chat_template(LLAMA3_CHAT_TEMPLATE)
+
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def write_llama3_shaped_gguf(path: Path, shape: str = "llama3-8b", level: str = "Q4_K_M", fill: str = "sparse") -> Path:
+    """A GGUF with a real Llama 3 shape and tokenizer but no trained weights.
+
+    fill="sparse": tensor data is a hole in the file (instant, no disk used; weights read as zeros).
+    fill="random": every tensor is a random block pattern repeated (valid, finite, non-zero weights:
+    for speed and memory measurements; writes the full size to disk).
+    """
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
+
+    n_layer, n_embd, n_ff, n_head, n_head_kv = LLAMA3_SHAPES[shape]
+    ftype, main, sensitive, out_type = SYNTH_LEVELS[level]
+    kv_dim = n_embd // n_head * n_head_kv
+    q = GGMLQuantizationType
+    tensors = [("token_embd.weight", (LLAMA3_VOCAB, n_embd), q[main])]
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        tensors += [
+            (b + "attn_norm.weight", (n_embd,), q.F32),
+            (b + "attn_q.weight", (n_embd, n_embd), q[main]),
+            (b + "attn_k.weight", (kv_dim, n_embd), q[main]),
+            (b + "attn_v.weight", (kv_dim, n_embd), q[sensitive]),
+            (b + "attn_output.weight", (n_embd, n_embd), q[main]),
+            (b + "ffn_norm.weight", (n_embd,), q.F32),
+            (b + "ffn_gate.weight", (n_ff, n_embd), q[main]),
+            (b + "ffn_up.weight", (n_ff, n_embd), q[main]),
+            (b + "ffn_down.weight", (n_embd, n_ff), q[sensitive]),
+        ]
+    tensors += [("output_norm.weight", (n_embd,), q.F32), ("output.weight", (LLAMA3_VOCAB, n_embd), q[out_type])]
+
+    def nbytes(shape_, qtype) -> int:
+        block, size = GGML_QUANT_SIZES[qtype]
+        return int(np.prod(shape_)) // block * size
+
+    path = Path(path)
+    w = GGUFWriter(path, "llama")
+    w.add_name(f"{shape} synthetic")
+    w.add_file_type(LlamaFileType[ftype])
+    w.add_block_count(n_layer)
+    w.add_context_length(8192)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_vocab_size(LLAMA3_VOCAB)
+    _llama3_vocab(w)
+    for name, shape_, qtype in tensors:
+        w.add_tensor_info(name, shape_, np.dtype(np.float32), nbytes(shape_, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    fout = w.fout[0]
+    w.write_padding(fout, fout.tell())
+    start = fout.tell()
+    padded = [w.ggml_pad(nbytes(s, t), w.data_alignment) for _, s, t in tensors]
+    if fill == "sparse":
+        fout.truncate(start + sum(padded))
+    else:
+        rng = np.random.default_rng(0)
+        patterns: dict = {}
+        for (name, shape_, qtype), size in zip(tensors, padded):
+            if qtype not in patterns:  # one random 1 MiB-ish row block per type, quantized for real
+                block, _ = GGML_QUANT_SIZES[qtype]
+                row = (rng.standard_normal(block * 4096) * 0.02).astype(np.float32)
+                patterns[qtype] = np.ascontiguousarray(quants.quantize(row, qtype)).tobytes()
+            pat = patterns[qtype] if qtype != q.F32 else np.ones(4096, np.float32).tobytes()
+            n = nbytes(shape_, qtype)
+            reps, rest = divmod(n, len(pat))
+            for _ in range(reps):
+                fout.write(pat)
+            fout.write(pat[:rest])
+            fout.write(b"\0" * (size - n))
+    w.close()
+    return path
+
+
+def llama3_shaped_package(folder: Path, shape: str, levels: tuple[str, ...]) -> Path:
+    """A package-like folder of sparse Llama-3-shaped files `<shape>-<LEVEL>.gguf` (no manifest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for level in levels:
+        write_llama3_shaped_gguf(folder / f"{shape}-{level}.gguf", shape, level)
+    return folder
+
+
 # --- HF checkpoints for the converter (tiny random weights, real tokenizer structures) -------------------
 
 # A Llama 3 instruct-style chat template (BOS, header tokens, <|eot_id|> after each turn).

@@ -1,0 +1,186 @@
+"""What this machine offers a model: RAM, CPU cores, GPUs and their memory, and what llama.cpp can use.
+
+NVIDIA GPUs are read through NVML (nvidia-ml-py). Other GPUs (Apple unified memory, AMD through ROCm or
+Vulkan) are seen only when the installed llama.cpp was built with their backend, through ggml's device
+list. A GPU counts for offload only when the llama.cpp build can offload to it.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import asdict, dataclass, replace
+
+import psutil
+
+from .fsutil import human_bytes
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'16G', '6.5GiB', '512M', '1073741824' -> bytes (binary units)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        from .errors import UsageError
+
+        raise UsageError(f"not a size: {text!r} (try 16G or 512M)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    name: str
+    vendor: str  # nvidia / apple / amd / other
+    total: int  # bytes
+    free: int  # bytes
+    source: str  # "nvml", "llama.cpp" (ggml device) or "override"
+    unified: bool = False  # memory shared with the CPU (Apple silicon)
+
+
+@dataclass(frozen=True)
+class LlamaBuild:
+    gpu_offload: bool  # llama_supports_gpu_offload()
+    backends: tuple[str, ...]  # ggml backends compiled in, e.g. ("CPU",) or ("CUDA", "CPU")
+    system_info: str
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    ram_total: int
+    ram_available: int
+    cpu_cores: int
+    cpu_threads: int
+    cpu_name: str
+    gpus: tuple[GPU, ...]
+    llama: LlamaBuild
+    notes: tuple[str, ...] = ()  # e.g. why no GPU is listed
+    simulated: bool = False  # made from --ram/--vram overrides, not measured
+
+    @property
+    def offload_gpus(self) -> tuple[GPU, ...]:
+        """GPUs llama.cpp can put layers on."""
+        return self.gpus if self.llama.gpu_offload else ()
+
+    @property
+    def vram_free(self) -> int:
+        return sum(g.free for g in self.offload_gpus)
+
+    def with_overrides(self, ram: int | None = None, vram: int | None = None) -> "HardwareProfile":
+        """Simulate another machine: `ram` and `vram` are the memory a model may use there."""
+        hw = self
+        if ram is not None:
+            hw = replace(hw, ram_total=ram, ram_available=ram, simulated=True)
+        if vram is not None:
+            gpus = (GPU(0, "simulated GPU", "other", vram, vram, "override"),) if vram > 0 else ()
+            build = replace(hw.llama, gpu_offload=vram > 0)
+            hw = replace(hw, gpus=gpus, llama=build, simulated=True)
+        return hw
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["vram_free"] = self.vram_free
+        return d
+
+    def summary(self) -> str:
+        gpus = ", ".join(f"{g.name} ({human_bytes(g.free)} free of {human_bytes(g.total)})" for g in self.gpus)
+        return (
+            f"RAM {human_bytes(self.ram_available)} available of {human_bytes(self.ram_total)}; "
+            f"{self.cpu_cores} cores / {self.cpu_threads} threads; GPU: {gpus or 'none'}"
+        )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvml_gpus() -> tuple[list[GPU], str | None]:
+    """NVIDIA GPUs through NVML, or a note saying why there are none."""
+    try:
+        import pynvml
+    except ImportError:
+        return [], "nvidia-ml-py is not installed: NVIDIA GPUs are not checked"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [], f"no NVIDIA GPU: NVML is not available ({exc})"
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            name = name.decode() if isinstance(name, bytes) else name
+            gpus.append(GPU(i, name, "nvidia", int(mem.total), int(mem.free), "nvml"))
+        return gpus, None if gpus else "no NVIDIA GPU: NVML found none"
+    except pynvml.NVMLError as exc:
+        return [], f"NVIDIA GPUs could not be read: {exc}"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+_VENDORS = (("metal", "apple"), ("apple", "apple"), ("amd", "amd"), ("radeon", "amd"), ("rocm", "amd"), ("hip", "amd"),
+            ("nvidia", "nvidia"), ("cuda", "nvidia"))
+
+
+def _vendor(*names: str) -> str:
+    text = " ".join(names).lower()
+    return next((v for key, v in _VENDORS if key in text), "other")
+
+
+def _ggml_gpus(skip_vendor: str | None) -> list[GPU]:
+    """GPUs the llama.cpp build itself sees (Metal, ROCm, Vulkan, ...), for vendors NVML does not cover."""
+    from . import llamacpp
+
+    out = []
+    for d in llamacpp.devices():
+        if d.kind not in ("gpu", "igpu"):
+            continue
+        vendor = _vendor(d.name, d.description, d.backend)
+        if vendor == skip_vendor:
+            continue
+        unified = vendor == "apple" or d.kind == "igpu"
+        out.append(GPU(len(out), d.description or d.name, vendor, d.total, d.free, "llama.cpp", unified))
+    return out
+
+
+def detect() -> HardwareProfile:
+    from . import llamacpp
+
+    vm = psutil.virtual_memory()
+    gpus, note = _nvml_gpus()
+    gpus += _ggml_gpus(skip_vendor="nvidia" if gpus else None)
+    build = LlamaBuild(
+        gpu_offload=llamacpp.supports_gpu_offload(),
+        backends=tuple(llamacpp.backends()),
+        system_info=llamacpp.system_info(),
+    )
+    notes = [note] if note and not gpus else []
+    if gpus and not build.gpu_offload:
+        notes.append("this llama.cpp build cannot offload to a GPU (reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on)")
+    return HardwareProfile(
+        ram_total=int(vm.total),
+        ram_available=int(vm.available),
+        cpu_cores=psutil.cpu_count(logical=False) or 1,
+        cpu_threads=psutil.cpu_count(logical=True) or 1,
+        cpu_name=_cpu_name(),
+        gpus=tuple(gpus),
+        llama=build,
+        notes=tuple(notes),
+    )
+
+
+def synthetic(ram: int, vram: int = 0, cores: int = 4) -> HardwareProfile:
+    """A made-up machine (for planning what another machine would do, and for tests)."""
+    build = LlamaBuild(gpu_offload=vram > 0, backends=("CUDA", "CPU") if vram else ("CPU",), system_info="")
+    gpus = (GPU(0, "simulated GPU", "other", vram, vram, "override"),) if vram else ()
+    return HardwareProfile(ram, ram, cores, cores * 2, "simulated CPU", gpus, build, simulated=True)

@@ -1,0 +1,238 @@
+"""Which file, how many GPU layers and what context: the plan for running a model on a machine.
+
+Rules, in order:
+1. the highest-quality level (most bits per weight) that fits at all;
+2. for it, the most GPU layers that fit in free VRAM with a safety margin (the rest runs from RAM);
+3. when it fits at no GPU split, the context shrinks by halves, never below `min_ctx`, before a lower
+   level is tried.
+An explicit context is kept as asked. If nothing fits, the error gives the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import NotEnoughSpace
+from .fsutil import human_bytes
+from .hardware import HardwareProfile
+from .memory import MemoryEstimate, estimate
+from .models import ModelFile, ModelRef
+
+DEFAULT_CTX = 8192  # context asked for when none is given (capped by what the model was trained for)
+MIN_CTX = 2048  # the planner never shrinks the context below this
+RAM_MARGIN = (512 << 20, 0.05)  # keep free: fixed bytes + share of the budget (OS, other programs)
+VRAM_MARGIN = (512 << 20, 0.05)  # the CUDA/Metal context and driver take their part first
+
+
+def _budget(free: int, margin: tuple[int, float]) -> int:
+    fixed, share = margin
+    return max(0, int(free - fixed - share * free))
+
+
+@dataclass(frozen=True)
+class LevelFit:
+    level: str
+    path: Path
+    file_size: int
+    fit: str  # "gpu" (all on the GPU), "partial", "cpu" (all in RAM), "no"
+    n_gpu_layers: int
+    n_ctx: int
+    ram: int
+    vram: int
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+FIT_TEXT = {"gpu": "fits fully on the GPU", "partial": "fits partially on the GPU", "cpu": "fits in RAM", "no": "does not fit"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    path: Path
+    level: str
+    n_layers: int
+    n_gpu_layers: int  # 0 .. n_layers + 1 (the output layer counts as one more)
+    n_ctx: int
+    kv_type: str
+    memory: MemoryEstimate
+    ram_budget: int
+    vram_budget: int
+    hardware: str  # one-line summary of the machine planned for
+    levels: tuple[LevelFit, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def fit(self) -> str:
+        return _fit_kind(self.n_gpu_layers, self.n_layers)
+
+    def explain(self) -> str:
+        m = self.memory
+        lines = [
+            f"Machine: {self.hardware}",
+            f"Model: {self.name} ({len(self.levels) or 1} level{'s' if len(self.levels) != 1 else ''})",
+            f"Choice: {self.level} ({self.path.name}), the highest-quality level that fits; {FIT_TEXT[self.fit]}",
+            f"  GPU layers: {self.n_gpu_layers} of {self.n_layers + 1} (incl. output layer)",
+            f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
+            f"  RAM:  {human_bytes(m.ram)} of {human_bytes(self.ram_budget)} usable (weights {human_bytes(m.weights_cpu)}, "
+            f"KV {human_bytes(m.kv_cpu)}, compute {human_bytes(m.compute_cpu_touched)}, runtime {human_bytes(m.overhead)})",
+        ]
+        if self.vram_budget or m.vram:
+            lines.append(
+                f"  VRAM: {human_bytes(m.vram)} of {human_bytes(self.vram_budget)} usable (weights {human_bytes(m.weights_gpu)}, "
+                f"KV {human_bytes(m.kv_gpu)}, compute {human_bytes(m.compute_gpu)})"
+            )
+        lines += [f"  Note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "level": self.level,
+            "fit": self.fit,
+            "n_layers": self.n_layers,
+            "n_gpu_layers": self.n_gpu_layers,
+            "n_ctx": self.n_ctx,
+            "kv_type": self.kv_type,
+            "memory": self.memory.to_dict(),
+            "ram_budget": self.ram_budget,
+            "vram_budget": self.vram_budget,
+            "hardware": self.hardware,
+            "levels": [lv.to_dict() for lv in self.levels],
+            "notes": list(self.notes),
+        }
+
+
+def _fit_kind(ngl: int, n_layers: int) -> str:
+    return "gpu" if ngl > n_layers else "partial" if ngl > 0 else "cpu"
+
+
+def best_gpu_layers(f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool) -> MemoryEstimate | None:
+    """The placement with the most GPU layers that fits both budgets, or None."""
+    n = f.info.n_layers
+    for ngl in range(n + 1 if gpu else 0, -1, -1):
+        m = estimate(f.info, n_ctx, ngl, kv_type)
+        if m.vram <= vram and m.ram <= ram:
+            return m
+        if m.vram <= vram and m.ram > ram:
+            return None  # fewer GPU layers only need more RAM
+    return None
+
+
+def _contexts(target: int, min_ctx: int) -> list[int]:
+    out, c = [], target
+    while c > min_ctx:
+        out.append(c)
+        c //= 2
+    return out + [min_ctx]
+
+
+def _fit_level(f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool) -> MemoryEstimate | None:
+    for c in contexts:
+        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu)
+        if m is not None:
+            return m
+    return None
+
+
+def make_plan(
+    model: ModelRef,
+    hw: HardwareProfile,
+    ctx: int | None = None,
+    kv_type: str | None = None,
+    min_ctx: int = MIN_CTX,
+    ram: int | None = None,
+    vram: int | None = None,
+) -> Plan:
+    """Plan `model` for `hw`. `ram`/`vram` replace the machine's free memory (to plan for another machine)."""
+    hw = hw.with_overrides(ram=ram, vram=vram)
+    kv_type = kv_type or "f16"
+    gpu = bool(hw.offload_gpus)
+    ram_budget = _budget(hw.ram_available, RAM_MARGIN)
+    vram_budget = _budget(hw.vram_free, VRAM_MARGIN) if gpu else 0
+    notes = list(hw.notes)
+
+    n_ctx_train = max(f.info.n_ctx_train for f in model.files) or DEFAULT_CTX
+    if ctx is not None:
+        contexts = [ctx]
+        if ctx > n_ctx_train:
+            notes.append(f"{ctx} tokens is more than the {n_ctx_train} the model was trained on: quality may drop")
+    else:
+        target = min(DEFAULT_CTX, n_ctx_train)
+        contexts = _contexts(target, min(min_ctx, target))
+
+    levels, chosen = [], None
+    for f in model.files:
+        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu)
+        if m is None:
+            worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type)
+            levels.append(LevelFit(f.level, f.path, f.size, "no", worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
+            continue
+        levels.append(LevelFit(f.level, f.path, f.size, _fit_kind(m.n_gpu_layers, f.info.n_layers), m.n_gpu_layers, m.n_ctx, m.ram, m.vram))
+        if chosen is None:
+            chosen = (f, m)
+
+    if chosen is None:
+        raise NotEnoughSpace(_does_not_fit(model, hw, contexts[-1], kv_type, ram_budget, vram_budget, gpu))
+    f, m = chosen
+    if m.n_ctx < contexts[0]:
+        notes.append(f"context shrunk from {contexts[0]} to {m.n_ctx} tokens to keep {f.level}")
+    if not gpu and hw.gpus:
+        notes.append("the GPU is not used: this llama.cpp build cannot offload")
+    return Plan(
+        name=model.name,
+        path=f.path,
+        level=f.level,
+        n_layers=f.info.n_layers,
+        n_gpu_layers=m.n_gpu_layers,
+        n_ctx=m.n_ctx,
+        kv_type=kv_type,
+        memory=m,
+        ram_budget=ram_budget,
+        vram_budget=vram_budget,
+        hardware=hw.summary() + (" (simulated)" if hw.simulated else ""),
+        levels=tuple(levels),
+        notes=tuple(notes),
+    )
+
+
+def _does_not_fit(model: ModelRef, hw, n_ctx: int, kv_type: str, ram_budget: int, vram_budget: int, gpu: bool) -> str:
+    smallest = min(model.files, key=lambda f: f.size)
+    m = estimate(smallest.info, n_ctx, smallest.info.n_layers + 1 if gpu else 0, kv_type)
+    if gpu:
+        need = f"{human_bytes(m.ram + m.vram)} in RAM + VRAM"
+        have = f"{human_bytes(ram_budget)} RAM + {human_bytes(vram_budget)} VRAM usable"
+    else:
+        need, have = f"{human_bytes(m.ram)} of RAM", f"{human_bytes(ram_budget)} usable"
+    return (
+        f"{model.name} does not fit this machine: its smallest level {smallest.level} needs about {need} "
+        f"at a {n_ctx}-token context, and there is {have} (of {human_bytes(hw.ram_available)} RAM available)"
+    )
+
+
+def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
+    """Check a GPU plan against the GPUs there are now; fewer layers on the GPU (or none) if it shrank."""
+    if plan.n_gpu_layers == 0:
+        return plan
+    vram_budget = _budget(hw.vram_free, VRAM_MARGIN) if hw.offload_gpus else 0
+    if plan.memory.vram <= vram_budget:
+        return plan
+    from .gguf_info import read_gguf
+
+    f = ModelFile(plan.level, plan.path, read_gguf(plan.path))
+    ram_budget = _budget(hw.ram_available, RAM_MARGIN)
+    m = best_gpu_layers(f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus))
+    why = (
+        "the GPU is gone" if not hw.offload_gpus
+        else f"the GPU has {human_bytes(hw.vram_free)} free, less than the {human_bytes(plan.memory.vram)} planned"
+    )
+    if m is None:
+        raise NotEnoughSpace(
+            f"{plan.name} {plan.level} no longer fits: {why}, and {human_bytes(estimate(f.info, plan.n_ctx, 0, plan.kv_type).ram)} "
+            f"of RAM would be needed with {human_bytes(ram_budget)} usable"
+        )
+    note = f"{why}: running {m.n_gpu_layers} of {plan.n_layers + 1} layers on the GPU instead of {plan.n_gpu_layers}"
+    return replace(plan, n_gpu_layers=m.n_gpu_layers, memory=m, vram_budget=vram_budget, ram_budget=ram_budget, notes=plan.notes + (note,))
