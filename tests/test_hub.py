@@ -1,0 +1,365 @@
+"""edgellm.hub and `edgellm pull`: the hubs' real libraries against their real cache layouts.
+
+Downloads run huggingface_hub's own code against a Hub on localhost (tests/hubserver.py), which fills the
+cache the way the library does; offline runs then read that cache. ModelScope's cache is laid out by hand
+as modelscope_hub lays it out, and checked with modelscope_hub's own cache scanner.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hubtesting import (  # noqa: F401  (fixtures)
+    NEEDED,
+    Repo,
+    caches,
+    checkpoint_files,
+    fake_hub,
+    files_under,
+    go_offline,
+    safetensors_bytes,
+)
+
+from edgellm import hub
+from edgellm.cli import main
+from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------------------------- choosing files
+
+
+def listing(*paths, size=10):
+    return [hub.RemoteFile(p, size, False) for p in paths]
+
+
+def test_select_files_takes_what_conversion_needs_from_a_llama3_repo():
+    # The file list of meta-llama/Meta-Llama-3-8B-Instruct.
+    repo = listing(
+        ".gitattributes", "LICENSE", "README.md", "USE_POLICY.md", "config.json", "generation_config.json",
+        *(f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)), "model.safetensors.index.json",
+        "original/consolidated.00.pth", "original/params.json", "original/tokenizer.model",
+        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+    )  # fmt: skip
+    sel = hub.select_files(repo)
+    assert sel.kind == "checkpoint"
+    assert set(sel.names) == {
+        "config.json", "generation_config.json", "model.safetensors.index.json", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json", *(f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)),
+    }  # fmt: skip
+    assert sel.total_bytes == 10 * len(sel.names)
+
+
+def test_select_files_skips_mistral_consolidated_weights_and_pytorch_bins():
+    repo = listing(
+        "consolidated.safetensors", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "pytorch_model.bin", "params.json", "tokenizer.model", "config.json",
+    )  # fmt: skip
+    names = set(hub.select_files(repo).names)
+    assert "consolidated.safetensors" not in names and "pytorch_model.bin" not in names
+    assert {"model-00001-of-00002.safetensors", "tokenizer.model", "config.json"} <= names
+
+
+def test_select_files_refuses_a_repo_of_pickles_only():
+    with pytest.raises(EdgeError, match=r"neither \.safetensors nor \.gguf .*\.bin"):
+        hub.select_files(listing("config.json", "pytorch_model.bin"))
+
+
+def test_select_files_picks_gguf_levels():
+    repo = listing(
+        "Llama-3.2-1B-Instruct-Q4_K_M.gguf", "Llama-3.2-1B-Instruct-Q8_0.gguf", "Llama-3.2-1B-Instruct-IQ4_XS.gguf",
+        "Llama-3.2-1B-Instruct-f16.gguf", "README.md",
+    )  # fmt: skip
+    assert hub.select_files(repo).kind == "gguf"
+    assert len(hub.select_files(repo).names) == 4
+    assert hub.select_files(repo, ["q4_k_m", "IQ4_XS"]).names == [
+        "Llama-3.2-1B-Instruct-IQ4_XS.gguf",
+        "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+    ]
+    with pytest.raises(UsageError, match=r"no GGUF file at level Q2_K \(levels there: F16, IQ4_XS, Q4_K_M, Q8_0\)"):
+        hub.select_files(repo, ["Q2_K"])
+
+
+@pytest.mark.parametrize(
+    "name, level",
+    [
+        ("Meta-Llama-3-8B-Instruct-Q4_K_M.gguf", "Q4_K_M"),
+        ("qwen2-7b-instruct-q5_k_m.gguf", "Q5_K_M"),
+        ("Llama-3.3-70B-Instruct-Q8_0/Llama-3.3-70B-Instruct-Q8_0-00001-of-00002.gguf", "Q8_0"),
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1"),
+        ("model-bf16.gguf", "BF16"),
+        ("mmproj.gguf", None),
+    ],
+)
+def test_gguf_level_follows_the_hubs_naming(name, level):
+    assert hub.gguf_level(name) == level
+
+
+# ----------------------------------------------------------------------------------------------- which hub
+
+
+@pytest.mark.parametrize(
+    "ref, repo_id, named",
+    [
+        ("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Meta-Llama-3-8B-Instruct", None),
+        ("hf:Qwen/Qwen2-7B", "Qwen/Qwen2-7B", "hf"),
+        ("https://huggingface.co/Qwen/Qwen2-7B/tree/main", "Qwen/Qwen2-7B", "hf"),
+        ("ms:Qwen/Qwen2-7B", "Qwen/Qwen2-7B", "modelscope"),
+        ("https://modelscope.cn/models/LLM-Research/Meta-Llama-3-8B-Instruct", "LLM-Research/Meta-Llama-3-8B-Instruct", "modelscope"),
+    ],
+)  # fmt: skip
+def test_parse_repo_id(ref, repo_id, named):
+    assert hub.parse_repo_id(ref) == (repo_id, named)
+
+
+@pytest.mark.parametrize("bad", ["llama", "a/b/c", "../x", "/abs/path", "org/"])
+def test_parse_repo_id_rejects_what_is_not_an_id(bad):
+    with pytest.raises(UsageError, match="not a hub repo id"):
+        hub.parse_repo_id(bad)
+
+
+def test_auto_hub_choice_and_why(caches, monkeypatch):
+    assert hub.choose_hub("meta-llama/Meta-Llama-3-8B-Instruct") == ("hf", "default")
+    assert hub.choose_hub("LLM-Research/Meta-Llama-3-8B-Instruct") == (
+        "modelscope",
+        "LLM-Research publishes on ModelScope",
+    )
+    assert hub.choose_hub("LLM-Research/x", hub="hf") == ("hf", "--hub")
+    assert hub.choose_hub("org/x", named="modelscope") == ("modelscope", "named in the id")
+    monkeypatch.setenv("EDGELLM_HUB", "modelscope")
+    assert hub.choose_hub("Qwen/Qwen2-7B") == ("modelscope", "EDGELLM_HUB")
+    monkeypatch.delenv("EDGELLM_HUB")
+    ms_snapshot(caches["modelscope"], "Qwen/Qwen2-7B", {"config.json": b"{}"})
+    assert hub.choose_hub("Qwen/Qwen2-7B") == ("modelscope", "cached from ModelScope")
+    with pytest.raises(UsageError, match="unknown hub"):
+        hub.choose_hub("a/b", hub="github")
+
+
+# ------------------------------------------------------------------------------------ Hugging Face downloads
+
+
+def test_pull_fetches_only_what_conversion_needs_then_serves_the_cache_offline(fake_hub, caches, monkeypatch, capsys):
+    from huggingface_hub import scan_cache_dir
+
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    said = []
+    pulled = hub.fetch("org/tiny-llama", say=said.append)
+    assert said == ["org/tiny-llama: Hugging Face (default)"]
+    assert pulled.kind == "checkpoint" and set(pulled.files) == NEEDED and not pulled.offline
+    assert files_under(pulled.path) == NEEDED
+    assert {path for path, _ in fake_hub.downloads()} == NEEDED  # no .bin, .pth, original/, README
+    assert pulled.downloaded == sum(len(checkpoint_files()[n]) for n in NEEDED)
+    # The library's own cache scanner sees one complete repo where huggingface_hub keeps it.
+    (cached,) = scan_cache_dir(caches["hf"]).repos
+    assert cached.repo_id == "org/tiny-llama" and cached.nb_files == len(NEEDED)
+
+    # A second pull online downloads nothing.
+    fake_hub.log.clear()
+    assert hub.fetch("org/tiny-llama").downloaded == 0 and fake_hub.downloads() == []
+
+    # Offline: the cache answers, no request is made.
+    go_offline(monkeypatch)
+    fake_hub.log.clear()
+    code, out, err = run_cli(capsys, "pull", "org/tiny-llama")
+    assert code == 0 and out.strip() == str(pulled.path), err
+    assert "offline" in err and "from the cache" in err and "next: edgellm package org/tiny-llama" in err
+    assert fake_hub.log == []
+
+
+def test_pull_json_and_resolve_source(fake_hub, tmp_path, capsys):
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    code, out, _ = run_cli(capsys, "pull", "hf:org/tiny-llama", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["hub"] == "hf" and result["hub_reason"] == "named in the id"
+    assert result["kind"] == "checkpoint" and set(result["files"]) == NEEDED and result["store_name"] is None
+    assert hub.resolve_source("org/tiny-llama") == Path(result["path"])
+    assert hub.resolve_source(str(tmp_path)) == tmp_path  # a local folder stays as it is
+    with pytest.raises(UsageError, match="no such file or folder, and not a hub repo id: nowhere"):
+        hub.resolve_source("nowhere")
+
+
+def test_interrupted_download_keeps_finished_files_and_resumes_on_rerun(fake_hub, caches, capsys):
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files(sharded=True))
+    shard = "model-00002-of-00002.safetensors"
+    fake_hub.cut[shard] = 100  # the connection drops after 100 bytes ...
+    fake_hub.failing.add(shard)  # ... and the hub stays unwell for that file
+    code, out, err = run_cli(capsys, "pull", "org/tiny-llama")
+    assert code == 1 and out == ""
+    assert err.strip().splitlines()[-1] == (
+        "edgellm: Hugging Face answered 503 for org/tiny-llama; "
+        "run the same command again to resume (finished files are kept)"
+    )
+
+    # Offline meanwhile: the cached copy is known to be incomplete.
+    fake_hub.failing.clear()
+    fake_hub.log.clear()
+    code, out, err = run_cli(capsys, "pull", "org/tiny-llama", "--offline")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "edgellm: offline and the cached copy of org/tiny-llama is incomplete "
+        "(missing model-00002-of-00002.safetensors); run again online to resume the download"
+    )
+
+    code, out, err = run_cli(capsys, "pull", "org/tiny-llama")
+    assert code == 0
+    assert [path for path, _ in fake_hub.downloads()] == [shard]  # finished files were kept
+    assert files_under(Path(out.strip())) >= {shard, "model-00001-of-00002.safetensors", "config.json"}
+
+
+def test_a_cut_transfer_resumes_by_byte_range(fake_hub):
+    files = checkpoint_files()
+    files["model.safetensors"] = safetensors_bytes(0, shape=(2048, 2048))  # 16 MiB: more than one 10 MiB chunk
+    fake_hub.repos["org/tiny-llama"] = Repo(files)
+    fake_hub.cut["model.safetensors"] = 12 << 20
+    pulled = hub.fetch("org/tiny-llama")
+    assert ("model.safetensors", f"bytes={10 << 20}-") in fake_hub.downloads()  # the received chunk is kept
+    assert (pulled.path / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+def test_disk_too_small_is_refused_before_downloading(fake_hub, caches, capsys):
+    repo = Repo(checkpoint_files())
+    repo.listed_sizes["model.safetensors"] = 100 << 40  # the hub says 100 TiB
+    fake_hub.repos["org/huge"] = repo
+    code, out, err = run_cli(capsys, "pull", "org/huge")
+    assert code == NotEnoughSpace.exit_code
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"edgellm: not enough disk space in {caches['hf']} for the download of org/huge: needs 100.00 TiB")
+    assert fake_hub.downloads() == []
+
+
+def test_repo_not_found(fake_hub, capsys):
+    code, _, err = run_cli(capsys, "pull", "org/missing")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "edgellm: no repo org/missing on Hugging Face (if it is private, log in: `hf auth login` or HF_TOKEN)"
+    )
+
+
+def test_gated_repo_says_accept_the_licence_and_log_in(fake_hub, capsys):
+    fake_hub.repos["meta-llama/Meta-Llama-3-8B-Instruct"] = Repo(checkpoint_files(), gated=True)
+    code, _, err = run_cli(capsys, "pull", "meta-llama/Meta-Llama-3-8B-Instruct")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "edgellm: meta-llama/Meta-Llama-3-8B-Instruct is gated on Hugging Face: accept its licence at "
+        "https://huggingface.co/meta-llama/Meta-Llama-3-8B-Instruct and log in (`hf auth login` or HF_TOKEN)"
+    )
+
+
+def test_unreachable_hub_falls_back_to_the_cache(fake_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    first = hub.fetch("org/tiny-llama")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    again = hub.fetch("org/tiny-llama", hub="hf")
+    assert again.offline and again.path == first.path and set(again.files) == NEEDED
+    with pytest.raises(EdgeError, match="^cannot reach Hugging Face and org/other is not in the Hugging Face cache"):
+        hub.fetch("org/other", hub="hf")
+
+
+def test_offline_with_nothing_cached_says_what_is_cached(fake_hub, caches, monkeypatch, capsys):
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    hub.fetch("org/tiny-llama")
+    go_offline(monkeypatch)
+    code, _, err = run_cli(capsys, "pull", "meta-llama/Llama-3.2-1B-Instruct")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "edgellm: offline and meta-llama/Llama-3.2-1B-Instruct is not in the Hugging Face cache "
+        f"({caches['hf']}); cached there: org/tiny-llama"
+    )
+
+
+def test_offline_cache_without_weights_is_reported(fake_hub, monkeypatch):
+    files = checkpoint_files()
+    files.pop("model.safetensors")  # an old repo: pickles only
+    fake_hub.repos["org/old"] = Repo(files)
+    with pytest.raises(EdgeError, match=r"^org/old on Hugging Face holds neither \.safetensors nor \.gguf"):
+        hub.fetch("org/old")
+
+
+# ------------------------------------------------------------------------------------------------ ModelScope
+
+
+def ms_snapshot(cache, repo_id, files, revision="master"):
+    """A repo as modelscope_hub caches it: <cache>/models/<owner>--<name>/snapshots/<revision>/<files>."""
+    folder = cache / "models" / repo_id.replace("/", "--") / "snapshots" / revision
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_modelscope_cache_offline(caches, capsys):
+    from modelscope_hub import HubApi
+
+    repo_id = "LLM-Research/Meta-Llama-3-8B-Instruct"
+    folder = ms_snapshot(caches["modelscope"], repo_id, checkpoint_files())
+    assert [r.repo_id for r in HubApi().scan_cache().repos] == [repo_id]  # the layout modelscope_hub reads
+
+    code, out, err = run_cli(capsys, "pull", repo_id)
+    assert code == 0 and out.strip() == str(folder)
+    assert err.splitlines()[0] == f"{repo_id}: ModelScope (LLM-Research publishes on ModelScope), offline"
+    pulled = hub.fetch(repo_id)
+    assert pulled.hub == "modelscope" and set(pulled.files) == NEEDED  # .bin / original/ left out
+
+    code, _, err = run_cli(capsys, "pull", "ms:LLM-Research/Llama-3.2-1B")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"edgellm: offline and LLM-Research/Llama-3.2-1B is not in the ModelScope cache ({caches['modelscope']}); "
+        f"cached there: {repo_id}"
+    )
+
+
+def test_modelscope_incomplete_sharded_cache(caches):
+    files = checkpoint_files(sharded=True)
+    files.pop("model-00002-of-00002.safetensors")
+    ms_snapshot(caches["modelscope"], "LLM-Research/tiny", files)
+    with pytest.raises(EdgeError, match=r"^offline and the cached copy of LLM-Research/tiny is incomplete \(missing model-00002-of-00002\.safetensors\)$"):
+        hub.fetch("LLM-Research/tiny")
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        ("NotExistError", "no repo LLM-Research/nope on ModelScope (if it is private, log in: `ms login` or MODELSCOPE_API_TOKEN)"),
+        ("PermissionDeniedError", "LLM-Research/nope on ModelScope needs access: accept its licence at "
+         "https://modelscope.cn/models/LLM-Research/nope and log in (`ms login` or MODELSCOPE_API_TOKEN)"),
+        ("AuthenticationError", "ModelScope refused the login for LLM-Research/nope: log in again (`ms login` or MODELSCOPE_API_TOKEN)"),
+    ],
+)  # fmt: skip
+def test_modelscope_errors(caches, monkeypatch, capsys, error, message):
+    import modelscope_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def refuse(self, repo_id, repo_type, **kw):  # what modelscope_hub raises for the hub's answer
+        raise getattr(modelscope_hub, error)("refused", status_code=404)
+
+    monkeypatch.setattr(modelscope_hub.HubApi, "list_repo_files", refuse)
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/nope")
+    assert code == 1 and err.strip().splitlines()[-1] == f"edgellm: {message}"
+
+
+def test_pull_help_and_bad_hub(capsys):
+    code, out, _ = run_cli(capsys, "pull", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "--hub [auto|hf|modelscope]" in text and "(never .bin, .pth or original/)" in text
+    code, _, err = run_cli(capsys, "pull", "org/x", "--hub", "github")
+    assert code == 2 and "github" in err
+
+
+def test_no_partial_store_entry_for_checkpoints(fake_hub):
+    from edgellm import paths
+
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    hub.pull("org/tiny-llama")
+    assert not paths.store_dir().exists() or not any(paths.store_dir().iterdir())
