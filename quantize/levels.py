@@ -1,0 +1,212 @@
+"""Quantization levels: every file type llama.cpp's quantizer offers, and one call to make each.
+
+A level is a llama.cpp file type ("ftype"): a recipe that picks a tensor type per tensor (Q4_K_M puts
+Q6_K on half of ffn_down and attn_v, Q4_K on the rest). The quantizing itself is llama.cpp's own
+`llama_model_quantize`, so a file made here is bit-for-bit what `llama-quantize` makes from the same input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import EdgeError, UsageError
+from ..fsutil import atomic_output
+from ..gguf_info import GGUFInfo, read_gguf
+from ..llamalog import ERROR, LlamaLog
+
+if TYPE_CHECKING:
+    from .imatrix import ImportanceMatrix
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    ftype: int  # llama.cpp's `enum llama_ftype`
+    bpw: float  # nominal bits per weight of the level's main tensor type (mixes land a little above)
+    needs_imatrix: bool  # llama.cpp refuses to make it without an importance matrix
+    note: str
+
+
+def _levels(*rows: tuple[str, int, float, bool, str]) -> dict[str, Level]:
+    return {r[0]: Level(*r) for r in rows}
+
+
+# name, llama_ftype, nominal bpw, needs imatrix, note. Names and ftypes follow llama.cpp's quantizer.
+TABLE: dict[str, Level] = _levels(
+    ("F32", 0, 32.0, False, "no quantization"),
+    ("F16", 1, 16.0, False, "half precision"),
+    ("BF16", 32, 16.0, False, "bfloat16"),
+    ("Q8_0", 7, 8.5, False, "near-lossless"),
+    ("Q6_K", 18, 6.5625, False, "very close to the base"),
+    ("Q5_K_M", 17, 5.5, False, "Q5_K with Q6_K on sensitive tensors"),
+    ("Q5_K_S", 16, 5.5, False, "Q5_K throughout"),
+    ("Q5_1", 9, 6.0, False, "legacy 5-bit with offset"),
+    ("Q5_0", 8, 5.5, False, "legacy 5-bit"),
+    ("Q4_K_M", 15, 4.5, False, "Q4_K with Q6_K on sensitive tensors: the usual default"),
+    ("Q4_K_S", 14, 4.5, False, "Q4_K throughout"),
+    ("Q4_1", 3, 5.0, False, "legacy 4-bit with offset"),
+    ("Q4_0", 2, 4.5, False, "legacy 4-bit"),
+    ("IQ4_NL", 25, 4.5, False, "non-linear 4-bit, 32-weight blocks"),
+    ("IQ4_XS", 30, 4.25, False, "non-linear 4-bit, 256-weight super-blocks"),
+    ("MXFP4_MOE", 38, 4.25, False, "MXFP4 for mixture-of-experts weights"),
+    ("Q3_K_L", 13, 3.4375, False, "Q3_K with Q5_K on sensitive tensors"),
+    ("Q3_K_M", 12, 3.4375, False, "Q3_K with Q4_K on sensitive tensors"),
+    ("Q3_K_S", 11, 3.4375, False, "Q3_K throughout"),
+    ("IQ3_M", 27, 3.4375, False, "IQ3_S mix"),
+    ("IQ3_S", 26, 3.4375, False, "3.44 bpw non-linear"),
+    ("IQ3_XS", 22, 3.3, False, "3.3 bpw non-linear mix"),
+    ("IQ3_XXS", 23, 3.0625, True, "3.06 bpw non-linear"),
+    ("Q2_K", 10, 2.625, False, "Q2_K with Q3_K/Q4_K on sensitive tensors"),
+    ("Q2_K_S", 21, 2.625, True, "Q2_K throughout"),
+    ("IQ2_M", 29, 2.5, True, "IQ2_S mix"),
+    ("IQ2_S", 28, 2.5, True, "2.5 bpw non-linear"),
+    ("IQ2_XS", 20, 2.3125, True, "2.31 bpw non-linear"),
+    ("IQ2_XXS", 19, 2.0625, True, "2.06 bpw non-linear"),
+    ("Q2_0", 41, 2.25, False, "2-bit, 64-weight groups"),
+    ("TQ2_0", 37, 2.0625, False, "ternary, for ternary-trained models"),
+    ("IQ1_M", 31, 1.75, True, "1.75 bpw, last resort"),
+    ("TQ1_0", 36, 1.6875, False, "ternary, for ternary-trained models"),
+    ("IQ1_S", 24, 1.5625, True, "1.56 bpw, last resort"),
+    ("Q1_0", 40, 1.125, False, "1-bit, for binary-trained models"),
+)
+# Short names llama-quantize also accepts.
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+# The set people publish; `edgellm package` makes these unless told otherwise.
+DEFAULT_LEVELS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "Q2_K")
+# Tensor types a base file may hold: anything else means the weights were quantized already.
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+
+
+def parse_levels(spec: str | Iterable[str]) -> list[Level]:
+    """'q8_0,Q4_K_M' -> [Level, ...] in the order given, duplicates dropped; unknown names raise UsageError."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[Level] = []
+    for raw in names:
+        name = raw.strip().upper()
+        if not name:
+            continue
+        name = ALIASES.get(name, name)
+        if name not in TABLE:
+            raise UsageError(f"unknown quantization level {raw.strip()!r}; known: {', '.join(TABLE)}")
+        if TABLE[name] not in out:
+            out.append(TABLE[name])
+    if not out:
+        raise UsageError("no quantization levels given")
+    return out
+
+
+def check_base(info: GGUFInfo, allow_requantize: bool = False) -> None:
+    """A base must hold float weights: quantizing quantized weights compounds the error."""
+    quantized = sorted({t.ggml_type for t in info.tensors if len(t.shape) > 1} - FLOAT_TYPES)
+    if quantized and not allow_requantize:
+        raise UsageError(
+            f"{info.path.name} is already quantized ({info.file_type or ', '.join(quantized)}); "
+            "quantize from an F32/F16/BF16 base, or pass --allow-requantize to accept the extra loss"
+        )
+
+
+def check_imatrix_needs(levels: Iterable[Level], have_imatrix: bool) -> None:
+    needy = [lv.name for lv in levels if lv.needs_imatrix]
+    if needy and not have_imatrix:
+        raise UsageError(
+            f"level(s) {', '.join(needy)} need an importance matrix: "
+            "give calibration text with --imatrix CALIB.txt (edgellm package) or drop them"
+        )
+
+
+def estimate_bytes(info: GGUFInfo, level: Level) -> int:
+    """Upper-ish estimate of a level's file size, for the disk check before any work starts."""
+    weights = sum(t.n_elements for t in info.tensors if len(t.shape) > 1)
+    small = sum(t.n_bytes for t in info.tensors if len(t.shape) <= 1)
+    # Mixes keep some tensors at higher precision (Q2_K files average ~3.4 bpw): allow 25% + 1 bpw.
+    bits = min(level.bpw * 1.25 + 1.0, 32.0)
+    return int(weights * bits / 8) + small + (info.file_size - info.tensor_bytes) + (1 << 20)
+
+
+TensorHook = Callable[[int, int, str], None]  # (index from 1, total, tensor name)
+_TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+
+# llama.cpp's log is process-wide while levels may be made on several threads at once: one LlamaLog
+# stays installed while any quantizer runs and hands each line to the thread that logged it.
+_hooks: dict[int, Callable[[int, str], None]] = {}
+_hooks_lock = threading.Lock()
+_installed: list[LlamaLog] = []
+
+
+def _dispatch(level: int, text: str) -> None:
+    hook = _hooks.get(threading.get_ident())
+    if hook:
+        hook(level, text)
+
+
+@contextlib.contextmanager
+def _thread_log(hook: Callable[[int, str], None]) -> Iterator[None]:
+    tid = threading.get_ident()
+    with _hooks_lock:
+        if not _hooks:
+            _installed.append(LlamaLog(_dispatch).__enter__())
+        _hooks[tid] = hook
+    try:
+        yield
+    finally:
+        with _hooks_lock:
+            del _hooks[tid]
+            if not _hooks:
+                _installed.pop().__exit__(None, None, None)
+
+
+def quantize(
+    base: Path,
+    out: Path,
+    level: Level,
+    *,
+    imatrix: ImportanceMatrix | None = None,
+    allow_requantize: bool = False,
+    nthread: int = 0,
+    on_tensor: TensorHook | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """Quantize `base` to `level` at `out` through llama.cpp; `out` appears only when complete.
+
+    llama.cpp's quantizer cannot be stopped midway: a set `cancel` event (or Ctrl-C) discards the
+    output once the current call returns.
+    """
+    import llama_cpp
+
+    base, out = Path(base), Path(out)
+    check_base(read_gguf(base), allow_requantize)
+    check_imatrix_needs([level], imatrix is not None)
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = nthread
+    params.ftype = level.ftype
+    params.allow_requantize = allow_requantize
+    entries = imatrix.as_ctypes() if imatrix is not None else None
+    if entries is not None:
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+
+    errors: list[str] = []
+
+    def hook(lvl: int, text: str) -> None:
+        if lvl == ERROR and text.strip().strip("="):
+            errors.append(text.strip())
+        m = _TENSOR_LINE.match(text)
+        if m and on_tensor:
+            on_tensor(int(m.group(1)), int(m.group(2)), m.group(3))
+
+    with atomic_output(out) as tmp, _thread_log(hook):
+        rc = llama_cpp.llama_model_quantize(str(base).encode(), str(tmp).encode(), ctypes.byref(params))
+        if (cancel is not None and cancel.is_set()) or _installed[-1].interrupted:
+            raise KeyboardInterrupt
+        if rc != 0:
+            why = next((e.split("failed to quantize:", 1)[1].strip() for e in reversed(errors)
+                        if "failed to quantize:" in e), f"llama_model_quantize returned {rc}")
+            raise EdgeError(f"quantizing {base.name} to {level.name} failed: {why}")
+    return out
