@@ -26,6 +26,7 @@ class StoredFile:
     file: str
     size: int
     bits_per_weight: float
+    fit: str | None = None  # "gpu", "partial" (some layers on the GPU), "cpu", "no"; None when unknown
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def _source(folder: Path) -> dict | None:
 
 
 class _Fitter:
-    """Which level runs here: the planner when it is installed, else file size against available RAM."""
+    """Which levels run here: the planner when it is installed, else file size against available RAM."""
 
     def __init__(self) -> None:
         try:
@@ -115,20 +116,21 @@ class _Fitter:
         else:
             self._plan, self._hw = plan, hardware.detect()
 
-    def __call__(self, ref) -> tuple[str | None, str]:
-        if self._plan is not None:
-            try:
-                chosen = self._plan.make_plan(ref, self._hw)
-            except EdgeError as exc:
-                return None, str(exc)
-            return chosen.level, chosen.explain().splitlines()[0] if chosen.explain() else ""
-        import psutil
+    def __call__(self, ref) -> tuple[str | None, str, dict[str, str]]:
+        """(level chosen, why, level -> fit)."""
+        if self._plan is None:
+            import psutil
 
-        free = psutil.virtual_memory().available
-        for f in ref.files:  # best first
-            if f.size * 1.2 < free:  # weights plus a modest KV cache and buffers
-                return f.level, "file size against available RAM"
-        return None, "no file fits the available RAM"
+            free = psutil.virtual_memory().available
+            fits = {f.level: "cpu" if f.size * 1.2 < free else "no" for f in ref.files}  # weights + KV + buffers
+            chosen = next((f.level for f in ref.files if fits[f.level] == "cpu"), None)  # best first
+            return chosen, "file size against available RAM", fits
+        try:
+            chosen = self._plan.make_plan(ref, self._hw)
+        except EdgeError as exc:
+            return None, str(exc), {f.level: "no" for f in ref.files}
+        note = f"{self._plan.FIT_TEXT.get(chosen.fit, chosen.fit)}, {chosen.n_ctx}-token context"
+        return chosen.level, note, {lf.level: lf.fit for lf in chosen.levels}
 
 
 def _entry(folder: Path, fitter: _Fitter | None) -> Entry:
@@ -139,8 +141,10 @@ def _entry(folder: Path, fitter: _Fitter | None) -> Entry:
         ref = resolve_model(folder)
     except (EdgeError, OSError) as exc:
         return Entry(folder.name, folder, None, error=str(exc))
-    files = tuple(StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2)) for f in ref.files)
-    level, note = fitter(ref) if fitter else (None, "")
+    level, note, fits = fitter(ref) if fitter else (None, "", {})
+    files = tuple(
+        StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2), fits.get(f.level)) for f in ref.files
+    )
     return Entry(folder.name, folder, source, files, level, note)
 
 

@@ -17,7 +17,14 @@ from ..fsutil import human_bytes
 def list_(as_json: bool) -> int:
     """List the packages in the local store (EDGELLM_HOME moves it).
 
-    FITS is the level this machine would run (the planner's choice); "-" when none fits.
+    FITS is the level this machine would run (the planner's choice), "-" when none fits; levels that do
+    not fit are dimmed. FROM is "local" or the hub repo a GGUF package was pulled from.
+
+    \b
+    --json: {"store", "packages": [{"name", "path", "origin", "source", "size",
+             "levels": [{"level", "file", "size", "bits_per_weight", "fit"}],
+             "fits", "fit_note", "error"}]}
+    (fit: "gpu", "partial", "cpu" or "no"; error: why an entry could not be read, else null)
     """
     found = store.entries()
     if as_json:
@@ -33,7 +40,10 @@ def list_(as_json: bool) -> int:
         if e.error:
             table.add_row(e.name, f"[red]unreadable: {e.error}[/red]", "", "", e.origin)
             continue
-        levels = ", ".join(f"{f.level} {human_bytes(f.size)}" for f in e.files)
+        levels = ", ".join(
+            f"[dim]{f.level} {human_bytes(f.size)}[/dim]" if f.fit == "no" else f"{f.level} {human_bytes(f.size)}"
+            for f in e.files
+        )
         table.add_row(e.name, levels, human_bytes(e.size), e.fits or "-", e.origin)
     Console().print(table)
     return 0
