@@ -18,11 +18,14 @@ from .errors import EdgeError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("chat", "chat", "Chat with a local model in a terminal UI (default: the embedded SmolLM2)."),
     "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder to one GGUF file."),
+    "hw": ("hw", "hw", "Show RAM, CPU, GPUs and what the installed llama.cpp can use."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),
     "list": ("list", "list_", "List the packages in the local store: levels, sizes, which fits here."),
     "pull": ("pull", "pull", "Download a model from Hugging Face or ModelScope (only what edgellm needs)."),
+    "plan": ("plan", "plan", "Pick the file, GPU layers and context a model gets here (or on a machine you describe)."),
     "push": ("push", "push", "Upload a package to the Hugging Face Hub."),
     "rm": ("rm", "rm", "Remove packages from the local store."),
+    "run": ("run", "run", "Answer one prompt with a model, streamed to stdout (stats on stderr)."),
 }
 
 

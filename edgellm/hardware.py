@@ -76,7 +76,7 @@ class HardwareProfile:
         if vram is not None:
             gpus = (GPU(0, "simulated GPU", "other", vram, vram, "override"),) if vram > 0 else ()
             build = replace(hw.llama, gpu_offload=vram > 0)
-            hw = replace(hw, gpus=gpus, llama=build, simulated=True)
+            hw = replace(hw, gpus=gpus, llama=build, notes=(), simulated=True)
         return hw
 
     def to_dict(self) -> dict:

@@ -94,6 +94,20 @@ def _package(folder: Path) -> ModelRef:
     return ModelRef(name=name, source=folder, files=tuple(files))
 
 
+def resolve_models(refs: list[str | Path]) -> ModelRef:
+    """One reference as `resolve_model`; several .gguf files as the levels of one model."""
+    if len(refs) <= 1:
+        return resolve_model(refs[0] if refs else None)
+    files = []
+    for ref in refs:
+        one = resolve_model(ref)
+        if one.source.is_dir():
+            raise UsageError(f"give one package folder or several .gguf files, not both: {ref}")
+        files.append(one.files[0])
+    files.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
+    return ModelRef(name=files[0].info.name or files[0].path.stem, source=files[0].path, files=tuple(files))
+
+
 def resolve_model(ref: str | Path | None) -> ModelRef:
     """None -> the default demo model; a .gguf path -> that file; a folder -> the package it holds;
     otherwise a package name in the local store (`edgellm list`)."""

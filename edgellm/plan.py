@@ -36,6 +36,7 @@ class LevelFit:
     path: Path
     file_size: int
     fit: str  # "gpu" (all on the GPU), "partial", "cpu" (all in RAM), "no"
+    n_layers: int
     n_gpu_layers: int
     n_ctx: int
     ram: int
@@ -46,6 +47,7 @@ class LevelFit:
 
 
 FIT_TEXT = {"gpu": "fits fully on the GPU", "partial": "fits partially on the GPU", "cpu": "fits in RAM", "no": "does not fit"}
+FIT_SHORT = {"gpu": "full (GPU)", "partial": "partial", "cpu": "full (RAM)", "no": "no"}
 
 
 @dataclass(frozen=True)
@@ -169,9 +171,10 @@ def make_plan(
         m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu)
         if m is None:
             worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type)
-            levels.append(LevelFit(f.level, f.path, f.size, "no", worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
+            levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
             continue
-        levels.append(LevelFit(f.level, f.path, f.size, _fit_kind(m.n_gpu_layers, f.info.n_layers), m.n_gpu_layers, m.n_ctx, m.ram, m.vram))
+        kind = _fit_kind(m.n_gpu_layers, f.info.n_layers)
+        levels.append(LevelFit(f.level, f.path, f.size, kind, f.info.n_layers, m.n_gpu_layers, m.n_ctx, m.ram, m.vram))
         if chosen is None:
             chosen = (f, m)
 

@@ -1,0 +1,67 @@
+"""`edgellm plan`: which file, how many GPU layers and what context a model gets on this (or another) machine."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])
+
+
+@click.command("plan")
+@click.argument("models", nargs=-1)
+@click.option("--ctx", type=click.IntRange(min=256), help="Context size in tokens (default: up to 8192, shrunk to fit).")
+@click.option("--min-ctx", type=click.IntRange(min=256), default=2048, show_default=True, help="Never shrink the context below this.")
+@click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16; q8_0 halves it, q4_0 quarters it).")
+@click.option("--ram", help="Plan for this much free RAM instead of this machine's (e.g. 16G).")
+@click.option("--vram", help="Plan for one GPU with this much free VRAM (e.g. 8G; 0 = no GPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, as_json: bool) -> int:
+    """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
+
+    Picks the highest-quality level that fits, the most GPU layers that fit with a safety margin, and
+    shrinks the context (not below --min-ctx) before dropping to a lower level.
+    """
+    from ..hardware import detect, parse_size
+    from ..models import resolve_models
+    from ..plan import FIT_SHORT, make_plan
+
+    ref = resolve_models(list(models))
+    p = make_plan(
+        ref,
+        detect(),
+        ctx=ctx,
+        kv_type=kv_type,
+        min_ctx=min_ctx,
+        ram=parse_size(ram) if ram else None,
+        vram=parse_size(vram) if vram is not None else None,
+    )
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=2))
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..fsutil import human_bytes
+
+    console = Console()
+    console.print(p.explain(), highlight=False, markup=False)
+    t = Table(title="Levels", title_justify="left")
+    for col in ("level", "file size", "fit", "GPU layers", "context", "RAM", "VRAM"):
+        t.add_column(col, justify="left" if col in ("level", "fit") else "right")
+    for lv in p.levels:
+        chosen = lv.level == p.level and lv.path == p.path
+        t.add_row(
+            ("▶ " if chosen else "  ") + lv.level,
+            human_bytes(lv.file_size),
+            FIT_SHORT[lv.fit],
+            f"{lv.n_gpu_layers}/{lv.n_layers + 1}" if lv.fit != "no" else "-",
+            str(lv.n_ctx),
+            human_bytes(lv.ram),
+            human_bytes(lv.vram) if lv.vram else "-",
+            style="bold" if chosen else ("dim" if lv.fit == "no" else None),
+        )
+    console.print(t)
+    return 0

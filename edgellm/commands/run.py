@@ -1,0 +1,79 @@
+"""`edgellm run`: one prompt through the model's chat template, the reply streamed to stdout.
+
+Stats (plan, load time, time to first token, prompt and generation speed) go to stderr, so the
+reply can be piped on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .plan import KV_CHOICES
+
+
+def _stats_lines(engine, stats) -> list[str]:
+    i = engine.info
+    return [
+        f"plan: {i.level} · {i.n_gpu_layers}/{i.n_layers + 1} layers on the GPU · context {i.n_ctx} ({i.kv_type}) · "
+        f"{i.n_threads} threads · loaded in {i.load_s:.2f} s",
+        f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
+        f"first token after {stats.ttft_s:.3f} s",
+        f"reply: {stats.gen_tokens} tokens at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
+    ]
+
+
+@click.command("run")
+@click.argument("model", required=False)
+@click.option("-p", "--prompt", help="The user message ('-' or omitted with piped input: read stdin).")
+@click.option("-s", "--system", help="A system message before the prompt.")
+@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--temp", "temperature", type=float, default=0.7, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True)
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--min-p", type=float, default=0.05, show_default=True)
+@click.option("--repeat-penalty", type=float, default=1.1, show_default=True, help="1.0 = off.")
+@click.option("--seed", type=int, help="Sampling seed (default: random).")
+@click.option("--ctx", type=click.IntRange(min=256), help="Context size in tokens (default: planned).")
+@click.option("--ngl", type=click.IntRange(min=0), help="Layers on the GPU (default: planned).")
+@click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), help="CPU threads (default: physical cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
+def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads, as_json) -> int:
+    """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
+    from ..errors import UsageError
+    from ..hardware import detect
+    from ..models import resolve_model
+    from ..plan import make_plan
+    from ..runtime import Engine, Sampling
+
+    if prompt is None or prompt == "-":
+        if sys.stdin.isatty() and prompt is None:
+            raise UsageError("no prompt: give -p TEXT or pipe it in")
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+
+    plan = make_plan(resolve_model(model), detect(), ctx=ctx, kv_type=kv_type)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    sampling = Sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
+    with Engine.load(plan, n_gpu_layers=ngl, n_threads=threads) as engine:
+        stream = engine.stream_chat(messages, sampling)
+        if as_json:
+            text = "".join(stream)
+            out = {"text": text, "stats": engine.last_stats.to_dict(), "engine": engine.info.to_dict(), "plan": plan.to_dict()}
+            click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+            return 0
+        write, flush = sys.stdout.write, sys.stdout.flush
+        for piece in stream:
+            write(piece)
+            flush()
+        write("\n")
+        flush()
+        for line in _stats_lines(engine, engine.last_stats):
+            click.echo(line, err=True)
+    return 0
