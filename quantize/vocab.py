@@ -7,6 +7,7 @@ still converts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ def _bpe_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: int) -> Vocab:
         else:
             tokens.append(by_id[i])
             types.append(NORMAL)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
+    special = _special_vocab(folder, n_vocab, load_merges=True)
     if not special.merges:
         raise EdgeError(f"tokenizer.json in {folder} has no BPE merges")
     return _finish(folder, "gpt2", pre, tokens, types, None, special, default_add_bos=False)
@@ -189,8 +190,19 @@ def _sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
             types[i] = USER_DEFINED
         tokens[i] = text.encode("utf-8")
         scores[i] = -1000.0
-    special = gguf.SpecialVocab(folder, n_vocab=n_vocab)
+    special = _special_vocab(folder, n_vocab, load_merges=False)
     return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=True)
+
+
+def _special_vocab(folder: Path, n_vocab: int, load_merges: bool) -> gguf.SpecialVocab:
+    """Merges, special token ids, add-BOS/EOS flags and the chat template, read by gguf-py."""
+    log = logging.getLogger("gguf.vocab")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its notes on unusual post-processors are not the user's concern
+    try:
+        return gguf.SpecialVocab(folder, load_merges=load_merges, n_vocab=n_vocab)
+    finally:
+        log.setLevel(level)
 
 
 def _finish(

@@ -205,10 +205,11 @@ def _fields(path: Path) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize(
-    "name,outtype", [("smollm2", "f16"), ("smollm2", "q8_0"), ("llama3", "bf16"), ("mistral", "f16")]
+    "name,outtype,ref_outtype",
+    [("smollm2", "f16", "f16"), ("smollm2", "q8_0", "q8_0"), ("llama3", "auto", "bf16"), ("mistral", "auto", "f16")],
 )
-def test_identical_to_llamacpp_converter(name, outtype, converted):
-    ref_meta, ref_tensors = _fields(fixtures.llamacpp_reference_gguf(name, CHECKPOINTS[name](), outtype))
+def test_identical_to_llamacpp_converter(name, outtype, ref_outtype, converted):
+    ref_meta, ref_tensors = _fields(fixtures.llamacpp_reference_gguf(name, CHECKPOINTS[name](), ref_outtype))
     meta, tensors = _fields(converted(name, outtype))
     for key in sorted(set(ref_meta) | set(meta)):
         if key in EXPECTED_DIFFERENT:

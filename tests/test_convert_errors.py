@@ -1,0 +1,236 @@
+"""Bad input to `edgellm convert`: one readable line, non-zero exit, nothing under the final name.
+
+Also the input forms the converter accepts: transformers 4 and 5 configs, and pre-tokenizer structures.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fixtures
+from edgellm.cli import main
+from edgellm.quantize.arch import read_hparams
+from edgellm.quantize.vocab import detect_pre
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGELLM_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    """A private copy of the tiny Mistral checkpoint to damage."""
+    dst = tmp_path / "ckpt"
+    shutil.copytree(fixtures.mistral_checkpoint(), dst)
+    return dst
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    rc = main(["convert", "-q", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def assert_failed(rc: int, err: str, pattern: str, out: Path) -> None:
+    import re
+
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and err.startswith("edgellm: "), err
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*"))  # no temp file left behind
+
+
+def test_missing_config(ckpt, tmp_path, capsys):
+    (ckpt / "config.json").unlink()
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"missing config\.json", out)
+
+
+def test_missing_tokenizer(ckpt, tmp_path, capsys):
+    (ckpt / "tokenizer.model").unlink()
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"missing tokenizer.*tokenizer\.json.*tokenizer\.model", out)
+
+
+def test_missing_weights(ckpt, tmp_path, capsys):
+    (ckpt / "model.safetensors").unlink()
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"no weights in .*safetensors", out)
+
+
+def test_missing_shard(tmp_path, capsys):
+    dst = tmp_path / "qwen"
+    shutil.copytree(fixtures.qwen2_checkpoint(), dst)
+    next(dst.glob("model-00002-*.safetensors")).unlink()
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([dst, "-o", out], capsys), r"missing: model-00002", out)
+
+
+def test_pickle_weights_refused(ckpt, tmp_path, capsys):
+    (ckpt / "model.safetensors").unlink()
+    (ckpt / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"refusing pickle weights \(pytorch_model\.bin\).*run arbitrary code", out)
+
+
+def test_truncated_safetensors(ckpt, tmp_path, capsys):
+    weights = ckpt / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1000)
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"truncated safetensors file model\.safetensors", out)
+
+
+def test_corrupt_safetensors_header(ckpt, tmp_path, capsys):
+    weights = ckpt / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.seek(8)
+        f.write(b"#garbage#")
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"corrupt safetensors file model\.safetensors", out)
+
+
+def test_shape_disagrees_with_config(ckpt, tmp_path, capsys):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["intermediate_size"] = 128  # the weights have 160
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"mlp\.gate_proj\.weight has shape \[160, 64\] but config\.json implies \[128, 64\]", out)
+
+
+def test_unknown_architecture_lists_supported(ckpt, tmp_path, capsys):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["architectures"] = ["GPTNeoXForCausalLM"]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out.gguf"
+    pattern = r"unsupported architecture GPTNeoXForCausalLM; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), pattern, out)
+
+
+def test_missing_output_folder(ckpt, tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"output folder does not exist", out)
+
+
+def test_not_enough_free_space(ckpt, tmp_path, capsys, monkeypatch):
+    """The free-space check runs before anything is written."""
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=4096))
+    out = tmp_path / "out.gguf"
+    rc, err = run_cli([ckpt, "-o", out], capsys)
+    assert rc == 3
+    assert_failed(rc, err, r"not enough disk space .* for the GGUF file", out)
+
+
+def test_disk_full_while_writing(ckpt, tmp_path, capsys, monkeypatch):
+    """ENOSPC from the file system mid-write (the temp file's writes fail after 64 KiB)."""
+    import builtins
+
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(memoryview(data).cast("B"))
+            if self.written > 64 << 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return FullDisk(f) if str(file).endswith(".partial") and "w" in mode else f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    out = tmp_path / "out.gguf"
+    rc, err = run_cli([ckpt, "-o", out], capsys)
+    assert rc == 3
+    assert_failed(rc, err, r"disk full while writing .*out\.gguf", out)
+
+
+def test_ctrl_c_leaves_no_file(tmp_path):
+    """SIGINT mid-write: exit 130, 'interrupted', no final file, no temp file."""
+    out = tmp_path / "out.gguf"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgellm.cli", "convert", str(fixtures.smollm2_checkpoint()), "-o", str(out), "--outtype", "q8_0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "EDGELLM_HOME": str(tmp_path / "home")},
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.gguf.*.partial")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # inside the tensor loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "edgellm: interrupted"
+    assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".out.gguf.*"))
+
+
+def test_unknown_outtype_is_a_usage_error(ckpt, tmp_path, capsys):
+    rc = main(["convert", str(ckpt), "-o", str(tmp_path / "o.gguf"), "--outtype", "q4_k"])
+    assert rc == 2 and "q4_k" in capsys.readouterr().err
+
+
+# --- accepted input forms --------------------------------------------------------------------------
+
+BASE = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "vocab_size": 100}
+
+
+def test_config_styles_transformers_4_and_5():
+    v4 = read_hparams({**BASE, "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    v5 = read_hparams({**BASE, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}})
+    old = read_hparams({**BASE, "rope_theta": 10000.0, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    assert v4 == v5
+    assert (v4.rope_theta, v4.rope["rope_type"], v4.rope["factor"]) == (500000.0, "llama3", 8.0)
+    assert (old.rope["rope_type"], old.rope["factor"]) == ("linear", 2.0)
+    assert v4.head_dim == 16 and v4.n_head_kv == 4 and not v4.has_head_dim  # implied by hidden_size / heads
+    assert read_hparams({**BASE, "head_dim": 32}).head_dim == 32
+    assert read_hparams(BASE).rope == {"rope_type": "default", "rope_theta": 10000.0}
+
+
+def test_pre_tokenizer_recognised_from_structure():
+    llama3 = json.loads((fixtures.llama3_tokenizer_dir() / "tokenizer.json").read_text())
+    qwen2 = json.loads((fixtures.qwen2_checkpoint() / "tokenizer.json").read_text())
+    smollm = {
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": True},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            ],
+        }
+    }
+    gpt2 = {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}}
+    assert [detect_pre(t) for t in (llama3, qwen2, smollm, gpt2)] == ["llama-bpe", "qwen2", "smollm", "gpt-2"]
+    # an extended vocabulary keeps its structure, so it is still recognised
+    llama3["added_tokens"].append({"id": 128256, "content": "<|my_tool|>", "special": True})
+    assert detect_pre(llama3) == "llama-bpe"
+
+
+def test_unknown_pre_tokenizer_is_refused(tmp_path, capsys):
+    dst = tmp_path / "qwen"
+    shutil.copytree(fixtures.qwen2_checkpoint(), dst)
+    tok = json.loads((dst / "tokenizer.json").read_text())
+    tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
+    (dst / "tokenizer.json").write_text(json.dumps(tok))
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([dst, "-o", out], capsys), r"unrecognised BPE pre-tokenizer structure .*known structures: gpt-2, llama-bpe, qwen2, smollm", out)
