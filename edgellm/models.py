@@ -60,13 +60,11 @@ def default_model_path() -> Path:
 
 
 def _level_from_name(path: Path, info: GGUFInfo) -> str:
-    """`name-Q4_K_M.gguf` -> "Q4_K_M"; otherwise the header's file type."""
-    stem = path.stem
-    if "-" in stem:
-        tail = stem.rsplit("-", 1)[1]
-        if tail.upper() == (info.file_type or "").upper():
-            return info.file_type
-    return info.file_type or "unknown"
+    """The level a file holds: the header's file type ("ALL_F32" -> "F32"), spelled as in a package's
+    `name-Q4_K_M.gguf` file name when that names the same type."""
+    level = (info.file_type or "unknown").removeprefix("ALL_")
+    tail = path.stem.rsplit("-", 1)[-1]
+    return tail if tail.upper() == level.upper() else level
 
 
 def _single(path: Path) -> ModelRef:

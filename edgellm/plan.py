@@ -155,7 +155,7 @@ def make_plan(
     gpu = bool(hw.offload_gpus)
     ram_budget = _budget(hw.ram_available, RAM_MARGIN)
     vram_budget = _budget(hw.vram_free, VRAM_MARGIN) if gpu else 0
-    notes = list(hw.notes)
+    notes: list[str] = []
 
     n_ctx_train = max(f.info.n_ctx_train for f in model.files) or DEFAULT_CTX
     if ctx is not None:
@@ -196,7 +196,7 @@ def make_plan(
         memory=m,
         ram_budget=ram_budget,
         vram_budget=vram_budget,
-        hardware=hw.summary() + (" (simulated)" if hw.simulated else ""),
+        hardware=hw.summary() + (" (simulated)" if hw.simulated else "") + "".join(f"; {n}" for n in hw.notes),
         levels=tuple(levels),
         notes=tuple(notes),
     )

@@ -133,7 +133,7 @@ SYNTH_LEVELS = {
 }
 
 
-def _llama3_vocab(writer) -> None:
+def _llama3_vocab(writer, eos_id: int = 128009) -> None:
     """Write the real Llama 3 tokenizer (BPE, 128256 tokens) and chat template into a GGUF writer."""
     tok = json.loads((llama3_tokenizer_dir() / "tokenizer.json").read_text())
     tokens = [""] * LLAMA3_VOCAB
@@ -151,7 +151,7 @@ def _llama3_vocab(writer) -> None:
     writer.add_token_types(types)
     writer.add_token_merges(merges)
     writer.add_bos_token_id(128000)
-    writer.add_eos_token_id(128009)  # <|eot_id|>: an instruct model ends its turn with it
+    writer.add_eos_token_id(eos_id)  # 128009 <|eot_id|>: an instruct model ends its turn with it
     writer.add_add_bos_token(True)
     writer.add_chat_template(LLAMA3_CHAT_TEMPLATE)
 
@@ -500,3 +500,63 @@ def llamacpp_reference_gguf(name: str, src: Path, outtype: str) -> Path:
         )
 
     return _build_once(f"llamacpp-ref-{name}-{outtype}", build) / "ref.gguf"
+
+
+def write_llama3_tiny_gguf(path: Path, favourite: int, eos_id: int = 128001) -> Path:
+    """A one-layer model with the real Llama 3 tokenizer whose greedy choice is always token `favourite`.
+
+    All layer weights are zero, so the hidden state is the token embedding (all ones); the output matrix
+    has ones only in row `favourite`. The EOS id defaults to <|end_of_text|> (a base model's), so
+    whether <|eot_id|> still ends a turn is llama.cpp's own decision from the vocabulary.
+    """
+    import numpy as np
+    from gguf import GGUFWriter, LlamaFileType
+
+    n_embd, n_ff, n_head, n_head_kv = 64, 128, 4, 2
+    kv_dim = n_embd // n_head * n_head_kv
+    w = GGUFWriter(Path(path), "llama")
+    w.add_name("llama3 tiny fixed-output")
+    w.add_file_type(LlamaFileType.MOSTLY_F16)
+    w.add_block_count(1)
+    w.add_context_length(2048)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(LLAMA3_VOCAB)
+    _llama3_vocab(w, eos_id=eos_id)
+    ones, zeros = np.ones, np.zeros
+    output = zeros((LLAMA3_VOCAB, n_embd), np.float16)
+    output[favourite] = 1
+    w.add_tensor("token_embd.weight", ones((LLAMA3_VOCAB, n_embd), np.float16))
+    for name, arr in [
+        ("attn_norm", ones(n_embd, np.float32)),
+        ("attn_q", zeros((n_embd, n_embd), np.float16)),
+        ("attn_k", zeros((kv_dim, n_embd), np.float16)),
+        ("attn_v", zeros((kv_dim, n_embd), np.float16)),
+        ("attn_output", zeros((n_embd, n_embd), np.float16)),
+        ("ffn_norm", ones(n_embd, np.float32)),
+        ("ffn_gate", zeros((n_ff, n_embd), np.float16)),
+        ("ffn_up", zeros((n_ff, n_embd), np.float16)),
+        ("ffn_down", zeros((n_embd, n_ff), np.float16)),
+    ]:
+        w.add_tensor(f"blk.0.{name}.weight", arr)
+    w.add_tensor("output_norm.weight", ones(n_embd, np.float32))
+    w.add_tensor("output.weight", output)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def smollm2_converted_gguf(outtype: str = "f32") -> Path:
+    """The SmolLM2 HF checkpoint converted by edgellm's converter (unquantized: comparable with transformers)."""
+    from edgellm.quantize.convert import convert_checkpoint
+
+    def build(tmp: Path) -> None:
+        convert_checkpoint(smollm2_checkpoint(), tmp / f"smollm2-{outtype}.gguf", outtype=outtype, progress=False)
+
+    return _build_once(f"smollm2-edgellm-{outtype}", build) / f"smollm2-{outtype}.gguf"
