@@ -182,6 +182,12 @@ def offline_mode() -> bool:
     return constants.is_offline_mode()
 
 
+def _line(exc: BaseException) -> str:
+    """The first line of a library's message (some span several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Unreachable(Exception):
     """The hub could not be reached: the cache may still serve."""
 
@@ -264,7 +270,7 @@ class HuggingFace:
                 return EdgeError(f"Hugging Face refused the token for {repo_id}: log in again ({self.login})")
             return EdgeError(f"Hugging Face answered {code} for {repo_id}; {RERUN}")
         if isinstance(exc, httpx2.TransportError):
-            return EdgeError(f"download of {repo_id} interrupted ({exc}); {RERUN}")
+            return EdgeError(f"download of {repo_id} interrupted ({_line(exc)}); {RERUN}")
         return None
 
 
@@ -321,12 +327,13 @@ class ModelScope:
         if isinstance(exc, ms.PermissionDeniedError):
             return EdgeError(f"{repo_id} on ModelScope needs access: accept its licence at {page} and log in ({self.login})")
         if isinstance(exc, ms.AuthenticationError):
-            return EdgeError(f"ModelScope refused the login for {repo_id}: log in again ({self.login})")
+            return EdgeError(f"ModelScope wants a valid login for {repo_id}: {self.login}")
         if isinstance(exc, ms.NotExistError):
             where = f" at revision {revision}" if revision else ""
             return EdgeError(f"no repo {repo_id}{where} on ModelScope (if it is private, log in: {self.login})")
         if isinstance(exc, ms.FileDownloadError):
-            return EdgeError(f"download of {repo_id} interrupted ({exc}); {RERUN}")
+            failed = ", ".join(sorted(exc.failed_files)) or _line(exc)
+            return EdgeError(f"download of {repo_id} interrupted ({failed} failed); {RERUN}")
         if isinstance(exc, ms.NetworkError):
             return Unreachable(str(exc))
         return None

@@ -1,9 +1,11 @@
-"""A small Hugging Face Hub on localhost, so huggingface_hub's real download code runs in tests.
+"""Small model hubs on localhost, so the hubs' real download code runs in tests.
 
-It answers the endpoints `model_info`, `snapshot_download` and `hf_hub_download` use (repo info, tree
-listing, HEAD/GET of `resolve/` with byte ranges) the way the Hub does, including its error headers
-(`X-Error-Code: RepoNotFound` / `GatedRepo`), so the library raises its own exceptions. Tests can also
-make it cut a download short, or fail, to check resuming.
+`HubServer(hub)` answers the Hugging Face endpoints `model_info`, `snapshot_download` and `hf_hub_download`
+use (repo info, tree listing, HEAD/GET of `resolve/` with byte ranges) the way the Hub does, including its
+error headers (`X-Error-Code: RepoNotFound` / `GatedRepo`), so huggingface_hub raises its own exceptions.
+Tests can also make it cut a download short, or fail, to check resuming. `HubServer(hub, modelscope=True)`
+answers ModelScope's file listing and file download (`/api/v1/models/<id>/repo/files`, `.../repo?FilePath=`)
+with its status codes (404 missing, 403 no access) for modelscope_hub.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 @dataclass
 class Repo:
     files: dict[str, bytes]
-    gated: bool = False
+    gated: bool = False  # files answer 403 (HF: GatedRepo): the licence is not accepted
+    private: bool = False  # everything answers 401: no login
     sha: str = "0123456789abcdef0123456789abcdef01234567"
     # Sizes the listing reports instead of the real ones (to stand in for a repo too big for the disk).
     listed_sizes: dict[str, int] = field(default_factory=dict)
@@ -38,13 +41,17 @@ class Hub:
         """(file path in repo, Range) of each GET of a file."""
         return [(p.split("/resolve/", 1)[1].split("/", 1)[1], r) for m, p, r in self.log if m == "GET" and "/resolve/" in p]
 
+    def modelscope_downloads(self) -> list[str]:
+        """The FilePath of each ModelScope file download."""
+        return [p.split("?FilePath=", 1)[1] for m, p, _ in self.log if m == "GET" and "?FilePath=" in p]
+
 
 @functools.lru_cache(maxsize=64)  # bytes hash once; big files are listed many times
 def _oid(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _handler(hub: Hub):
+def _handler(hub: Hub, modelscope: bool):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -68,16 +75,22 @@ def _handler(hub: Hub):
 
         def _repo(self, repo_id: str) -> Repo | None:
             repo = hub.repos.get(repo_id)
-            if repo is None:
-                self._error(404, "RepoNotFound")
+            if repo is None or repo.private:  # the Hub does not tell a private repo from a missing one
+                self._error(401 if repo else 404, "RepoNotFound")
+                return None
             return repo
 
         def do_HEAD(self) -> None:
             self.do_GET()
 
         def do_GET(self) -> None:
-            path = unquote(urlsplit(self.path).path)
-            hub.log.append((self.command, path, self.headers.get("Range")))
+            url = urlsplit(self.path)
+            path = unquote(url.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            hub.log.append((self.command, path + (f"?FilePath={query['FilePath']}" if "FilePath" in query else ""),
+                            self.headers.get("Range")))  # fmt: skip
+            if modelscope:
+                return self._modelscope(path, query)
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
                 if repo := self._repo(m.group(1)):
                     self._json(
@@ -126,6 +139,29 @@ def _handler(hub: Hub):
                 return self._send(503, b"", {"Connection": "close"})
             self._send_range(data, meta)
 
+        def _modelscope(self, path: str, query: dict) -> None:
+            m = re.fullmatch(r"/api/v1/models/([^/]+/[^/]+)/repo(/files)?", path)
+            repo = hub.repos.get(m.group(1)) if m else None
+            if repo is None:
+                return self._send(404, json.dumps({"Code": 10010205001, "Message": "model not found"}).encode())
+            if repo.private:
+                return self._send(401, json.dumps({"Code": 401, "Message": "login required"}).encode())
+            if repo.gated:
+                return self._send(403, json.dumps({"Code": 403, "Message": "no access"}).encode())
+            if m.group(2):
+                files = [
+                    {"Path": p, "Name": p.rsplit("/", 1)[-1], "Type": "blob", "Sha256": _oid(d),
+                     "Size": repo.listed_sizes.get(p, len(d))}
+                    for p, d in sorted(repo.files.items())
+                ]  # fmt: skip
+                return self._json({"Code": 200, "Success": True, "Data": {"Files": files}})
+            name = query.get("FilePath", "")
+            if name not in repo.files:
+                return self._send(404, b"{}")
+            if name in hub.failing:
+                return self._send(503, b"", {"Connection": "close"})
+            self._send_range(repo.files[name], {"Accept-Ranges": "bytes"})
+
         def _send_range(self, data: bytes, meta: dict, keep: int | None = None) -> None:
             start = 0
             if (r := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-", r)):
@@ -145,9 +181,9 @@ def _handler(hub: Hub):
 class HubServer:
     """`with HubServer(hub) as url:` serves `hub` on localhost until the block ends."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, modelscope: bool = False) -> None:
         self.hub = hub
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub, modelscope))
         self.server.daemon_threads = True
 
     def __enter__(self) -> str:

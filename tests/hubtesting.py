@@ -53,6 +53,21 @@ def fake_hub(caches, monkeypatch):
         yield hub
 
 
+@pytest.fixture
+def fake_modelscope(caches, monkeypatch):
+    """A local ModelScope (see hubserver.py), online mode."""
+    import modelscope_hub
+    from huggingface_hub import constants
+
+    hub = Hub()
+    with HubServer(hub, modelscope=True) as url:
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", url)
+        modelscope_hub.set_default_config(None)
+        yield hub
+
+
 def go_offline(monkeypatch) -> None:
     from huggingface_hub import constants
 
@@ -112,6 +127,3 @@ def gguf_repo() -> Repo:
 
 def files_under(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-
-
-__all__ = ["Hub", "HubServer", "Repo", "caches", "fake_hub", "go_offline"]

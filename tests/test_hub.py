@@ -1,8 +1,9 @@
 """edgellm.hub and `edgellm pull`: the hubs' real libraries against their real cache layouts.
 
-Downloads run huggingface_hub's own code against a Hub on localhost (tests/hubserver.py), which fills the
-cache the way the library does; offline runs then read that cache. ModelScope's cache is laid out by hand
-as modelscope_hub lays it out, and checked with modelscope_hub's own cache scanner.
+Downloads run huggingface_hub's and modelscope_hub's own code against hubs on localhost
+(tests/hubserver.py), which fill the caches the way the libraries do; offline runs then read those
+caches. One ModelScope cache is also laid out by hand, as modelscope_hub lays it out, and checked with
+modelscope_hub's own cache scanner.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hubtesting import (  # noqa: F401  (fixtures)
     caches,
     checkpoint_files,
     fake_hub,
+    fake_modelscope,
     files_under,
     go_offline,
     safetensors_bytes,
@@ -243,6 +245,14 @@ def test_repo_not_found(fake_hub, capsys):
     )
 
 
+def test_private_repo_without_login(fake_hub, capsys):
+    fake_hub.repos["org/private"] = Repo(checkpoint_files(), private=True)
+    code, _, err = run_cli(capsys, "pull", "org/private")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: no repo org/private on Hugging Face (if it is private, log in: `hf auth login` or HF_TOKEN)"
+    )
+
+
 def test_gated_repo_says_accept_the_licence_and_log_in(fake_hub, capsys):
     fake_hub.repos["meta-llama/Meta-Llama-3-8B-Instruct"] = Repo(checkpoint_files(), gated=True)
     code, _, err = run_cli(capsys, "pull", "meta-llama/Meta-Llama-3-8B-Instruct")
@@ -326,27 +336,68 @@ def test_modelscope_incomplete_sharded_cache(caches):
         hub.fetch("LLM-Research/tiny")
 
 
-@pytest.mark.parametrize(
-    "error, message",
-    [
-        ("NotExistError", "no repo LLM-Research/nope on ModelScope (if it is private, log in: `ms login` or MODELSCOPE_API_TOKEN)"),
-        ("PermissionDeniedError", "LLM-Research/nope on ModelScope needs access: accept its licence at "
-         "https://modelscope.cn/models/LLM-Research/nope and log in (`ms login` or MODELSCOPE_API_TOKEN)"),
-        ("AuthenticationError", "ModelScope refused the login for LLM-Research/nope: log in again (`ms login` or MODELSCOPE_API_TOKEN)"),
-    ],
-)  # fmt: skip
-def test_modelscope_errors(caches, monkeypatch, capsys, error, message):
-    import modelscope_hub
-    from huggingface_hub import constants
+def test_modelscope_download_then_offline(fake_modelscope, caches, monkeypatch, capsys):
+    from modelscope_hub import HubApi
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    repo_id = "LLM-Research/tiny-llama"
+    fake_modelscope.repos[repo_id] = Repo(checkpoint_files())
+    code, out, err = run_cli(capsys, "pull", repo_id)
+    assert code == 0, err
+    folder = Path(out.strip())
+    assert folder == caches["modelscope"] / "models" / "LLM-Research--tiny-llama" / "snapshots" / "master"
+    assert files_under(folder) == NEEDED and set(fake_modelscope.modelscope_downloads()) == NEEDED
+    assert [r.repo_id for r in HubApi().scan_cache().repos] == [repo_id]
 
-    def refuse(self, repo_id, repo_type, **kw):  # what modelscope_hub raises for the hub's answer
-        raise getattr(modelscope_hub, error)("refused", status_code=404)
+    fake_modelscope.log.clear()
+    assert hub.fetch(repo_id).downloaded == 0 and fake_modelscope.modelscope_downloads() == []
+    go_offline(monkeypatch)
+    fake_modelscope.log.clear()
+    assert hub.fetch(repo_id).path == folder and fake_modelscope.log == []
 
-    monkeypatch.setattr(modelscope_hub.HubApi, "list_repo_files", refuse)
-    code, _, err = run_cli(capsys, "pull", "LLM-Research/nope")
-    assert code == 1 and err.strip().splitlines()[-1] == f"edgellm: {message}"
+
+def test_modelscope_interrupted_download_resumes_on_rerun(fake_modelscope, monkeypatch, capsys):
+    import modelscope_hub._download
+
+    # As MODELSCOPE_DOWNLOAD_MAX_RETRIES=0 would (the library reads it at import): fail at once.
+    monkeypatch.setattr(modelscope_hub._download, "DOWNLOAD_RETRY_TIMES", 0)
+    shard = "model-00002-of-00002.safetensors"
+    fake_modelscope.repos["LLM-Research/tiny"] = Repo(checkpoint_files(sharded=True))
+    fake_modelscope.failing.add(shard)
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/tiny")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"edgellm: download of LLM-Research/tiny interrupted ({shard} failed); "
+        "run the same command again to resume (finished files are kept)"
+    )
+    fake_modelscope.failing.clear()
+    fake_modelscope.log.clear()
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/tiny")
+    assert code == 0 and fake_modelscope.modelscope_downloads() == [shard]
+
+
+def test_modelscope_errors_from_the_hub(fake_modelscope, capsys):
+    fake_modelscope.repos["LLM-Research/gated"] = Repo(checkpoint_files(), gated=True)
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/missing")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: no repo LLM-Research/missing on ModelScope (if it is private, log in: `ms login` or MODELSCOPE_API_TOKEN)"
+    )
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/gated")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: LLM-Research/gated on ModelScope needs access: accept its licence at "
+        "https://modelscope.cn/models/LLM-Research/gated and log in (`ms login` or MODELSCOPE_API_TOKEN)"
+    )
+    fake_modelscope.repos["LLM-Research/private"] = Repo(checkpoint_files(), private=True)
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/private")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: ModelScope wants a valid login for LLM-Research/private: `ms login` or MODELSCOPE_API_TOKEN"
+    )
+
+    big = Repo(checkpoint_files())
+    big.listed_sizes["model.safetensors"] = 100 << 40
+    fake_modelscope.repos["LLM-Research/huge"] = big
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/huge")
+    assert code == NotEnoughSpace.exit_code and "needs 100.00 TiB" in err
+    assert fake_modelscope.modelscope_downloads() == []
 
 
 def test_pull_help_and_bad_hub(capsys):
