@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Benchmark `edgellm convert` against llama.cpp's own convert_hf_to_gguf.py on the same checkpoint.
+
+Both run as child processes, alternating, several rounds; the best wall time and the peak RSS of each
+(from the kernel's rusage of the child) are compared as ratios, and the two outputs' tensor data compared
+byte for byte.
+
+    .venv/bin/python scripts/bench_convert.py                 # SmolLM2-135M-Instruct checkpoint, f16
+    .venv/bin/python scripts/bench_convert.py --src DIR --outtype bf16 --rounds 5
+
+Targets: edgellm wall <= 0.35x, peak RSS <= 0.5x of llama.cpp's converter, tensor data identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+WALL_TARGET, RSS_TARGET = 0.35, 0.5
+
+
+def llamacpp_root() -> Path:
+    """The llama.cpp source root that scripts/llamacpp_tools.sh prepares (builds only if missing)."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "llamacpp_tools.sh")], env=env, check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS bytes of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def tensors_identical(a: Path, b: Path) -> tuple[bool, str]:
+    from gguf import GGUFReader
+
+    ta = {t.name: t for t in GGUFReader(a).tensors}
+    tb = {t.name: t for t in GGUFReader(b).tensors}
+    if set(ta) != set(tb):
+        return False, f"tensor names differ: {sorted(set(ta) ^ set(tb))[:5]}"
+    for name, x in ta.items():
+        y = tb[name]
+        if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape):
+            return False, f"{name}: {x.tensor_type.name}{list(x.shape)} vs {y.tensor_type.name}{list(y.shape)}"
+        if not np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)):
+            return False, f"{name}: data differs"
+    return True, f"{len(ta)} tensors byte-identical"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("--src", type=Path, help="HF checkpoint folder [default: the SmolLM2-135M-Instruct test checkpoint]")
+    ap.add_argument("--outtype", default="f16", choices=("f32", "f16", "bf16", "q8_0"))
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+
+    import fixtures
+
+    src = args.src or fixtures.smollm2_checkpoint()
+    root = llamacpp_root()
+    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py")}
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+        ours_out, ref_out = Path(tmp) / "edgellm.gguf", Path(tmp) / "llamacpp.gguf"
+        commands = {
+            "edgellm": [sys.executable, "-m", "edgellm.cli", "convert", str(src), "-o", str(ours_out), "--outtype", args.outtype, "-q"],
+            "llama.cpp": [sys.executable, str(root / "convert_hf_to_gguf.py"), str(src), "--outtype", args.outtype, "--outfile", str(ref_out)],
+        }
+        results: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
+        for r in range(args.rounds):
+            order = list(commands) if r % 2 == 0 else list(reversed(commands))
+            for name in order:
+                results[name].append(timed(commands[name], env))
+        same, detail = tensors_identical(ours_out, ref_out)
+
+    print(f"checkpoint: {src}  outtype: {args.outtype}  rounds: {args.rounds}  cpus: {os.cpu_count()}")
+    best = {name: (min(w for w, _ in runs), max(m for _, m in runs)) for name, runs in results.items()}
+    for name, (wall, rss) in best.items():
+        walls = ", ".join(f"{w:.2f}" for w, _ in results[name])
+        print(f"{name:10s} wall {wall:6.2f} s (runs: {walls})   peak RSS {rss / 2**20:7.1f} MiB")
+    wall_ratio = best["edgellm"][0] / best["llama.cpp"][0]
+    rss_ratio = best["edgellm"][1] / best["llama.cpp"][1]
+    print(f"wall ratio edgellm/llama.cpp: {wall_ratio:.3f}x (target <= {WALL_TARGET}x) {'OK' if wall_ratio <= WALL_TARGET else 'MISSED'}")
+    print(f"peak RSS ratio edgellm/llama.cpp: {rss_ratio:.3f}x (target <= {RSS_TARGET}x) {'OK' if rss_ratio <= RSS_TARGET else 'MISSED'}")
+    print(f"tensor data identical: {'yes' if same else 'NO'} ({detail})")
+    return 0 if same and wall_ratio <= WALL_TARGET and rss_ratio <= RSS_TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
