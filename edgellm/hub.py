@@ -237,6 +237,13 @@ class HuggingFace:
             return folder, local_listing(folder)
         return folder, [RemoteFile(f.path, f.size, (folder / f.path).is_file()) for f in tree]
 
+    def mismatches(self, repo_id: str, revision: str | None) -> list[str]:
+        """Cached files whose SHA-256 differs from the hub's (hashes them all: slow for big files)."""
+        from huggingface_hub import HfApi
+
+        result = HfApi().verify_repo_checksums(repo_id, revision=revision, cache_dir=self.cache_dir())
+        return [m["path"] for m in result.mismatches]  # TypedDicts here, dataclasses in modelscope_hub
+
     def cached_repos(self) -> list[str]:
         from huggingface_hub import scan_cache_dir
 
@@ -278,7 +285,7 @@ class ModelScope:
     name = "modelscope"
     title = "ModelScope"
     login = "`ms login` or MODELSCOPE_API_TOKEN"
-    forget = "ms scan-cache, then ms cache clear"
+    forget = "ms cache clear"
 
     def _api(self):
         from modelscope_hub import HubApi
@@ -311,6 +318,10 @@ class ModelScope:
     def cached(self, repo_id: str, revision: str | None) -> tuple[Path, list[RemoteFile]]:
         folder = Path(self._api().download_repo(repo_id, "model", revision=revision, local_files_only=True))
         return folder, local_listing(folder)
+
+    def mismatches(self, repo_id: str, revision: str | None) -> list[str]:
+        result = self._api().verify_cache(repo_id, "model", revision=revision)
+        return [m.path for m in result.mismatches]
 
     def cached_repos(self) -> list[str]:
         try:
@@ -423,10 +434,12 @@ def fetch(
     levels: Iterable[str] = (),
     offline: bool | None = None,
     say: Callable[[str], None] | None = None,
+    verify: bool = False,
 ) -> Pulled:
     """Download (or find in the cache) what edgellm needs from a hub repo; see `pull`.
 
-    `say` hears which hub was chosen and why, before anything is fetched.
+    `say` hears which hub was chosen and why, before anything is fetched. `verify` hashes the files
+    against the hub's SHA-256 sums afterwards (the libraries check sizes while downloading).
     """
     levels = tuple(levels)
     repo_id, named = parse_repo_id(ref)
@@ -437,6 +450,8 @@ def fetch(
         say(f"{repo_id}: {h.title} ({why}){', offline' if offline else ''}")
 
     if offline:
+        if verify:
+            raise UsageError("verifying needs the hub's checksums: not possible offline")
         folder, selection = _from_cache(h, repo_id, revision, "offline", levels)
         return Pulled(repo_id, name, why, folder, selection.kind, tuple(selection.names), 0, True)
 
@@ -449,6 +464,7 @@ def fetch(
         cache.mkdir(parents=True, exist_ok=True)
         ensure_free_space(cache, selection.missing_bytes, f"download of {repo_id}")
         folder = h.download(repo_id, revision, selection.names)
+        bad = sorted(set(h.mismatches(repo_id, revision)) & set(selection.names)) if verify else []
     except EdgeError:
         raise
     except Exception as exc:
@@ -462,6 +478,9 @@ def fetch(
             folder, selection = _from_cache(h, repo_id, revision, f"cannot reach {h.title}", levels)
             return Pulled(repo_id, name, why, folder, selection.kind, tuple(selection.names), 0, True)
         raise known from exc
+    if bad:
+        how = h.forget.format(repo_id=repo_id)
+        raise EdgeError(f"{repo_id}: checksum mismatch in {', '.join(bad)}; remove the repo from the cache ({how}) and pull again")
     try:
         check_complete(folder, selection)
     except EdgeError as exc:

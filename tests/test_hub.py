@@ -226,6 +226,22 @@ def test_a_cut_transfer_resumes_by_byte_range(fake_hub):
     assert (pulled.path / "model.safetensors").read_bytes() == files["model.safetensors"]
 
 
+def test_verify_finds_a_damaged_file(fake_hub, caches, capsys):
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    code, out, err = run_cli(capsys, "pull", "org/tiny-llama", "--verify")
+    assert code == 0, err
+    blob = (Path(out.strip()) / "config.json").resolve()
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes().replace(b"llama", b"LLAMA"))  # same size, other bytes
+    code, _, err = run_cli(capsys, "pull", "org/tiny-llama", "--verify")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: org/tiny-llama: checksum mismatch in config.json; remove the repo from the cache "
+        "(hf cache rm model/org/tiny-llama) and pull again"
+    )
+    code, _, err = run_cli(capsys, "pull", "org/tiny-llama", "--verify", "--offline")
+    assert code == 2 and "not possible offline" in err
+
+
 def test_disk_too_small_is_refused_before_downloading(fake_hub, caches, capsys):
     repo = Repo(checkpoint_files())
     repo.listed_sizes["model.safetensors"] = 100 << 40  # the hub says 100 TiB
@@ -353,6 +369,17 @@ def test_modelscope_download_then_offline(fake_modelscope, caches, monkeypatch, 
     go_offline(monkeypatch)
     fake_modelscope.log.clear()
     assert hub.fetch(repo_id).path == folder and fake_modelscope.log == []
+
+
+def test_modelscope_replaces_a_damaged_file_and_verifies(fake_modelscope, capsys):
+    fake_modelscope.repos["LLM-Research/tiny"] = Repo(checkpoint_files())
+    folder = hub.fetch("LLM-Research/tiny").path
+    (folder / "config.json").write_bytes((folder / "config.json").read_bytes().replace(b"llama", b"LLAMA"))
+    fake_modelscope.log.clear()
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/tiny", "--verify")
+    assert code == 0, err
+    assert fake_modelscope.modelscope_downloads() == ["config.json"]  # modelscope_hub hashes what it reuses
+    assert (folder / "config.json").read_bytes() == checkpoint_files()["config.json"]
 
 
 def test_modelscope_interrupted_download_resumes_on_rerun(fake_modelscope, monkeypatch, capsys):

@@ -30,8 +30,11 @@ from ..fsutil import human_bytes
     help="For a repo of GGUF files: fetch only these levels (e.g. Q4_K_M); repeatable. Default: all.",
 )
 @click.option("--offline", is_flag=True, help="Use only the cache (as HF_HUB_OFFLINE=1 does).")
+@click.option("--verify", is_flag=True, help="Check the files' SHA-256 against the hub's after downloading.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def pull(repo_id: str, hub_name: str, revision: str | None, levels: tuple[str, ...], offline: bool, as_json: bool) -> int:
+def pull(
+    repo_id: str, hub_name: str, revision: str | None, levels: tuple[str, ...], offline: bool, verify: bool, as_json: bool
+) -> int:
     """Download what edgellm needs from REPO_ID and print the local folder.
 
     A checkpoint repo gives its safetensors, config and tokenizer files (never .bin, .pth or original/),
@@ -43,6 +46,7 @@ def pull(repo_id: str, hub_name: str, revision: str | None, levels: tuple[str, .
         pulled = hub.fetch(
             repo_id, hub=hub_name, revision=revision, levels=levels, offline=offline or None,
             say=lambda line: click.echo(line, err=True) if not as_json else None,
+            verify=verify,
         )
     except KeyboardInterrupt:
         click.echo("edgellm: download interrupted; run the same command again to resume", err=True)
