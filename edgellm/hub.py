@@ -34,11 +34,14 @@ CHECKPOINT_FILES = (
     "tokenizer.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
 )
 # Mistral publishes its own single-file format beside the HF shards: the same weights twice.
 DUPLICATE_WEIGHTS = ("consolidated*.safetensors",)
+# GGUF repos of vision models carry the image encoder ("multimodal projector") as a GGUF of its own.
+NOT_A_MODEL_GGUF = ("mmproj*",)
 
 # `--hub auto`: these owners publish on ModelScope (mirrors of Meta's and others' models under their names).
 MODELSCOPE_OWNERS = frozenset(
@@ -123,13 +126,15 @@ def select_files(files: Iterable[RemoteFile], levels: Iterable[str] = ()) -> Sel
     weights = [f for f in top if f.path.endswith(".safetensors")]
     if any(not _matches(f.path, DUPLICATE_WEIGHTS) for f in weights):
         weights = [f for f in weights if not _matches(f.path, DUPLICATE_WEIGHTS)]
+    wanted = {lv.upper() for lv in levels}
     if weights:
+        if wanted:
+            raise UsageError("holds a checkpoint, not GGUF files: choose levels when packaging it (edgellm package)")
         extras = [f for f in top if f.path in CHECKPOINT_FILES]
         return Selection("checkpoint", tuple(sorted(weights + extras, key=lambda f: f.path)))
 
-    ggufs = [f for f in files if f.path.endswith(".gguf")]
+    ggufs = [f for f in files if f.path.endswith(".gguf") and not _matches(f.path, NOT_A_MODEL_GGUF)]
     if ggufs:
-        wanted = {lv.upper() for lv in levels}
         if wanted:
             have = sorted({gguf_level(f.path) or "?" for f in ggufs})
             ggufs = [f for f in ggufs if gguf_level(f.path) in wanted]
@@ -152,7 +157,7 @@ def check_complete(folder: Path, selection: Selection) -> None:
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise EdgeError(f"corrupt {index}: {exc}") from exc
+            raise EdgeError(f"has a corrupt {index.name} ({exc})") from exc
         missing += sorted(s for s in shards if s not in names)
     if missing:
         raise EdgeError(f"is incomplete (missing {', '.join(missing)})")

@@ -69,6 +69,11 @@ def test_select_files_skips_mistral_consolidated_weights_and_pytorch_bins():
     assert {"model-00001-of-00002.safetensors", "tokenizer.model", "config.json"} <= names
 
 
+def test_levels_are_for_gguf_repos():
+    with pytest.raises(UsageError, match=r"holds a checkpoint, not GGUF files: choose levels when packaging it"):
+        hub.select_files(listing("config.json", "model.safetensors"), ["Q4_K_M"])
+
+
 def test_select_files_refuses_a_repo_of_pickles_only():
     with pytest.raises(EdgeError, match=r"neither \.safetensors nor \.gguf .*\.bin"):
         hub.select_files(listing("config.json", "pytorch_model.bin"))
@@ -77,7 +82,7 @@ def test_select_files_refuses_a_repo_of_pickles_only():
 def test_select_files_picks_gguf_levels():
     repo = listing(
         "Llama-3.2-1B-Instruct-Q4_K_M.gguf", "Llama-3.2-1B-Instruct-Q8_0.gguf", "Llama-3.2-1B-Instruct-IQ4_XS.gguf",
-        "Llama-3.2-1B-Instruct-f16.gguf", "README.md",
+        "Llama-3.2-1B-Instruct-f16.gguf", "README.md", "mmproj-Llama-3.2-1B-f16.gguf",
     )  # fmt: skip
     assert hub.select_files(repo).kind == "gguf"
     assert len(hub.select_files(repo).names) == 4
