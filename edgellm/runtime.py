@@ -38,6 +38,7 @@ class Sampling:
     repeat_penalty: float = 1.1
     seed: int | None = None  # None: a new random seed each time
     max_tokens: int | None = 512  # None: until the model stops or the context is full
+    ignore_eos: bool = False  # keep going past end-of-turn tokens (benchmarks want exactly max_tokens)
 
 
 @dataclass
@@ -266,6 +267,17 @@ class Engine:
             raise EdgeError(f"llama.cpp failed to evaluate {len(tokens)} tokens (code {rc}): {llamacpp.last_error()}")
         self._kv.extend(tokens)
 
+    def reset(self) -> None:
+        """Forget everything in the KV cache (the next prompt is evaluated from scratch)."""
+        L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+        self._kv.clear()
+
+    def evaluate(self, tokens: list[int]) -> None:
+        """Evaluate `tokens` after what the cache holds, in batches, and wait until the backend is done."""
+        for i in range(0, len(tokens), self._n_batch):
+            self._decode(tokens[i : i + self._n_batch])
+        L.llama_synchronize(self._ctx)
+
     def stream_chat(
         self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None
     ) -> Iterator[str]:
@@ -293,7 +305,7 @@ class Engine:
     def _generate(self, tokens: list[int], s: Sampling, cancel: threading.Event | None) -> Iterator[str]:
         t0 = time.perf_counter()
         ctx, vocab, pieces = self._ctx, self._vocab, self._pieces
-        n_ctx, max_tokens = self.info.n_ctx, s.max_tokens
+        n_ctx, max_tokens, ignore_eos = self.info.n_ctx, s.max_tokens, s.ignore_eos
         stats = GenStats(len(tokens), 0, 0.0, 0.0, 0.0, "cancelled")
         self.last_stats = stats
         smpl = self._sampler(s)
@@ -320,7 +332,7 @@ class Engine:
                     stats.finish_reason = "cancelled"
                     break
                 tok = L.llama_sampler_sample(smpl, ctx, -1)
-                if L.llama_vocab_is_eog(vocab, tok):
+                if not ignore_eos and L.llama_vocab_is_eog(vocab, tok):
                     stats.finish_reason = "stop"
                     break
                 n_gen += 1
