@@ -215,6 +215,10 @@ class Engine:
             n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
         return list(buf[:n])
 
+    @property
+    def n_vocab(self) -> int:
+        return L.llama_vocab_n_tokens(self._vocab)
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
@@ -290,9 +294,14 @@ class Engine:
         self, prompt: str, sampling: Sampling | None = None, cancel: threading.Event | None = None
     ) -> Iterator[str]:
         """Stream the continuation of raw prompt text (already templated). Errors are raised before the first piece."""
+        return self.stream_tokens(self.tokenize(prompt), sampling, cancel)
+
+    def stream_tokens(
+        self, tokens: list[int], sampling: Sampling | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """Stream the continuation of a prompt given as token ids."""
         if self._ctx is None:
             raise EdgeError("the model is closed")
-        tokens = self.tokenize(prompt)
         n_ctx = self.info.n_ctx
         if not tokens:
             raise UsageError("the prompt is empty")
