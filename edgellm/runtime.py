@@ -294,6 +294,8 @@ class Engine:
         self, prompt: str, sampling: Sampling | None = None, cancel: threading.Event | None = None
     ) -> Iterator[str]:
         """Stream the continuation of raw prompt text (already templated). Errors are raised before the first piece."""
+        if self._ctx is None:
+            raise EdgeError("the model is closed")
         return self.stream_tokens(self.tokenize(prompt), sampling, cancel)
 
     def stream_tokens(
