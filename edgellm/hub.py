@@ -507,6 +507,17 @@ def pull(repo_id: str, hub: str = "auto", revision: str | None = None) -> Path:
     return pulled.path
 
 
+def model_name(folder: Path) -> str:
+    """The name a checkpoint folder stands for: the repo's for a snapshot in a hub cache
+    (`models--meta-llama--Llama-3.2-1B/snapshots/<commit>` -> `Llama-3.2-1B`), else the folder's."""
+    folder = Path(folder).absolute()
+    if folder.parent.name == "snapshots":
+        repo = folder.parent.parent.name  # HF: models--<owner>--<name>; ModelScope: <owner>--<name>
+        if "--" in repo:
+            return repo.rsplit("--", 1)[1]
+    return folder.name
+
+
 def resolve_source(src: str) -> Path:
     """A local folder or file as it is; anything else is a hub repo id, pulled first."""
     path = Path(src).expanduser()

@@ -24,9 +24,11 @@ from hubtesting import (  # noqa: F401  (fixtures)
     safetensors_bytes,
 )
 
+import fixtures
 from edgellm import hub
 from edgellm.cli import main
 from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
+from edgellm.gguf_info import read_gguf
 
 
 def run_cli(capsys, *argv):
@@ -221,6 +223,26 @@ def test_interrupted_download_keeps_finished_files_and_resumes_on_rerun(fake_hub
     assert files_under(Path(out.strip())) >= {shard, "model-00001-of-00002.safetensors", "config.json"}
 
 
+def test_a_pulled_sharded_checkpoint_converts_like_its_source(fake_hub, tmp_path):
+    """End to end: a Qwen2 checkpoint in four shards, pulled, then converted by edgellm's converter."""
+    from edgellm.quantize.convert import convert_checkpoint
+
+    source = fixtures.qwen2_checkpoint()
+    files = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+    fake_hub.repos["Qwen/tiny-qwen2"] = Repo(files | {"pytorch_model.bin": b"pickle", "original/x.pth": b"pth"})
+    pulled = hub.fetch("Qwen/tiny-qwen2")
+    assert files_under(pulled.path) == set(files)
+    ours = convert_checkpoint(pulled.path, tmp_path / "pulled.gguf", "f16", progress=False)
+    theirs = convert_checkpoint(source, tmp_path / "source.gguf", "f16", progress=False)
+    a, b = read_gguf(ours), read_gguf(theirs)
+    differ = {k for k in a.metadata.keys() | b.metadata.keys() if a.metadata.get(k) != b.metadata.get(k)}
+    assert differ == {"general.name"}, differ  # named after the folder: a snapshot's is a commit hash
+    assert hub.model_name(pulled.path) == "tiny-qwen2" and hub.model_name(source) == source.name
+    assert a.tensors == b.tensors
+    tensor_bytes = sum(t.n_bytes for t in a.tensors)
+    assert ours.read_bytes()[-tensor_bytes:] == theirs.read_bytes()[-tensor_bytes:]
+
+
 def test_a_cut_transfer_resumes_by_byte_range(fake_hub):
     files = checkpoint_files()
     files["model.safetensors"] = safetensors_bytes(0, shape=(2048, 2048))  # 16 MiB: more than one 10 MiB chunk
@@ -374,6 +396,11 @@ def test_modelscope_download_then_offline(fake_modelscope, caches, monkeypatch, 
     go_offline(monkeypatch)
     fake_modelscope.log.clear()
     assert hub.fetch(repo_id).path == folder and fake_modelscope.log == []
+
+
+def test_modelscope_snapshot_name(caches):
+    folder = ms_snapshot(caches["modelscope"], "LLM-Research/Meta-Llama-3.1-8B-Instruct", {"config.json": b"{}"})
+    assert hub.model_name(folder) == "Meta-Llama-3.1-8B-Instruct"
 
 
 def test_modelscope_replaces_a_damaged_file_and_verifies(fake_modelscope, capsys):
