@@ -12,11 +12,12 @@ from .state import ChatSettings, ModelChoice
 
 
 def placement(n_gpu_layers: int, n_layers: int) -> str:
+    """The planner counts the output layer as one more: n_layers + 1 means everything is on the GPU."""
     if n_gpu_layers <= 0:
         return "CPU only"
-    if n_gpu_layers >= n_layers:
-        return f"all {n_layers} layers on GPU"
-    return f"{n_gpu_layers}/{n_layers} layers on GPU"
+    if n_gpu_layers > n_layers:
+        return "all on GPU"
+    return f"{n_gpu_layers}/{n_layers + 1} layers on GPU"
 
 
 def open_model(ref: str | None, settings: ChatSettings) -> LoadedModel:
@@ -25,11 +26,9 @@ def open_model(ref: str | None, settings: ChatSettings) -> LoadedModel:
     from edgellm.plan import make_plan
     from edgellm.runtime import Engine
 
-    model = resolve_model(ref)
-    plan = make_plan(model, detect(), ctx=settings.n_ctx or None)
+    plan = make_plan(resolve_model(ref), detect(), ctx=settings.n_ctx or None)
     engine = Engine.load(plan)
-    info = engine.info
-    line = f"{info.level} chosen by the planner · {placement(info.n_gpu_layers, info.n_layers)} · ctx {info.n_ctx}"
+    line = f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx}"
     return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain())
 
 
@@ -52,20 +51,24 @@ def local_models(extra: str | None = None) -> list[ModelRef]:
 
 
 def list_models(extra: str | None = None) -> list[ModelChoice]:
-    """Every local file with the planner's verdict for this machine."""
+    """Every level of every local model with the planner's verdict for this machine."""
+    from edgellm.fsutil import human_bytes
     from edgellm.hardware import detect
-    from edgellm.plan import make_plan
+    from edgellm.plan import FIT_TEXT, make_plan
 
     hw = detect()
     choices = []
     for ref in local_models(extra):
-        for f in ref.files:
-            try:
-                plan = make_plan(resolve_model(f.path), hw)
-            except EdgeError as exc:
-                choices.append(ModelChoice(ref.name, f.level, str(f.path), f.size, False, str(exc)))
-                continue
-            ngl = plan.n_gpu_layers
-            fit = f"fits: {placement(ngl, f.info.n_layers) if ngl >= 0 else 'all layers on GPU'}, ctx {plan.n_ctx}"
-            choices.append(ModelChoice(ref.name, f.level, str(f.path), f.size, True, fit))
+        try:
+            levels = make_plan(ref, hw).levels
+        except EdgeError as exc:  # not one level fits: the reason holds the numbers
+            choices += [ModelChoice(ref.name, f.level, str(f.path), f.size, False, str(exc)) for f in ref.files]
+            continue
+        n_layers = {f.path: f.info.n_layers for f in ref.files}
+        for lv in levels:
+            if lv.fit == "no":
+                fit = f"does not fit: needs {human_bytes(lv.ram)} RAM + {human_bytes(lv.vram)} VRAM"
+            else:
+                fit = f"{FIT_TEXT[lv.fit]}: {placement(lv.n_gpu_layers, n_layers[lv.path])}, ctx {lv.n_ctx}, RAM {human_bytes(lv.ram)}"
+            choices.append(ModelChoice(ref.name, lv.level, str(lv.path), lv.file_size, lv.fit != "no", fit))
     return choices

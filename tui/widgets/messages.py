@@ -52,7 +52,7 @@ class MessageView(Vertical, can_focus=True):
         self._code_index = 0
 
     def compose(self) -> ComposeResult:
-        yield Label(self._title(), classes="role")
+        yield Label(self._title(), classes="role", markup=False)
         yield Markdown(self.message.content)
 
     def _title(self) -> str:
