@@ -16,16 +16,20 @@ from .errors import EdgeError
 
 # command name -> (module under edgellm.commands, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "bench": ("bench", "bench", "Measure tokens/s and quality (perplexity, KL divergence) per quant level."),
     "chat": ("chat", "chat", "Chat with a local model in a terminal UI (default: the embedded SmolLM2)."),
     "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder to one GGUF file."),
     "hw": ("hw", "hw", "Show RAM, CPU, GPUs and what the installed llama.cpp can use."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),
     "list": ("list", "list_", "List the packages in the local store: levels, sizes, which fits here."),
     "pull": ("pull", "pull", "Download a model from Hugging Face or ModelScope (only what edgellm needs)."),
+    "package": ("package", "package", "Convert and quantize a checkpoint to several levels: GGUF files + manifest + card."),
     "plan": ("plan", "plan", "Pick the file, GPU layers and context a model gets here (or on a machine you describe)."),
     "push": ("push", "push", "Upload a package to the Hugging Face Hub."),
+    "quantize": ("quantize", "quantize", "Quantize a float GGUF to one or more levels with llama.cpp's quantizer."),
     "rm": ("rm", "rm", "Remove packages from the local store."),
     "run": ("run", "run", "Answer one prompt with a model, streamed to stdout (stats on stderr)."),
+    "verify": ("verify", "verify", "Re-hash a package's files and check them against its manifest."),
 }
 
 

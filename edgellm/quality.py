@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgeError, UsageError
-from .llamalog import LlamaLog
+from . import llamacpp
 
 ProgressHook = Callable[[int, int], None]  # (chunks done, chunks total)
 
@@ -67,12 +67,11 @@ class Evaluator:
         self.n_ctx = n_ctx
         if not self.path.is_file():
             raise EdgeError(f"no such file: {self.path}")
-        llama_cpp.llama_backend_init()
-        with LlamaLog() as log:
+        with llamacpp.capture_log():
             mparams = llama_cpp.llama_model_default_params()
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
             if not self.model:
-                raise EdgeError(f"llama.cpp could not load {self.path}: {log.last_error('unknown error')}")
+                raise EdgeError(f"llama.cpp could not load {self.path}: {llamacpp.last_error() or 'unknown error'}")
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
             threads = n_threads or os.cpu_count() or 1
@@ -82,7 +81,7 @@ class Evaluator:
             self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
             if not self.ctx:
                 llama_cpp.llama_model_free(self.model)
-                raise EdgeError(f"llama.cpp could not make a context for {self.path}: {log.last_error('unknown error')}")
+                raise EdgeError(f"llama.cpp could not make a context for {self.path}: {llamacpp.last_error() or 'unknown error'}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -99,10 +98,10 @@ class Evaluator:
         import llama_cpp
 
         if getattr(self, "ctx", None):
-            with LlamaLog():  # freeing logs buffer sizes
-                llama_cpp.llama_batch_free(self.batch)
-                llama_cpp.llama_free(self.ctx)
-                llama_cpp.llama_model_free(self.model)
+            llamacpp.init()  # freeing logs buffer sizes: keep them off the terminal
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self.model)
             self.ctx = None
 
     def tokenize(self, text: str) -> np.ndarray:

@@ -14,6 +14,7 @@ copies it), and can be saved in llama.cpp's GGUF imatrix format so `llama-quanti
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..fsutil import atomic_output
 from ..quality import Evaluator
 
 GGML_TYPE_F32 = 0
+_ctypes_lock = threading.Lock()
 _MAX_DIMS, _MAX_SRC, _MAX_OP_PARAMS, _MAX_NAME = 4, 10, 64, 64
 
 
@@ -79,7 +81,12 @@ class ImportanceMatrix:
         return {n: s.astype(np.float32) / np.float32(self.counts[n]) for n, s in self.sums.items() if self.counts[n]}
 
     def as_ctypes(self) -> ctypes.Array:
-        """The NULL-terminated `llama_model_imatrix_data` array; buffers live as long as this object."""
+        """The NULL-terminated `llama_model_imatrix_data` array; built once (levels quantized on several
+        threads share it), its buffers live as long as this object."""
+        with _ctypes_lock:
+            return self._keep[0] if self._keep else self._build_ctypes()
+
+    def _build_ctypes(self) -> ctypes.Array:
         import llama_cpp
 
         means = self.means()

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output
 from ..gguf_info import GGUFInfo, read_gguf
-from ..llamalog import ERROR, LlamaLog
 
 if TYPE_CHECKING:
     from .imatrix import ImportanceMatrix
@@ -133,25 +132,41 @@ def estimate_bytes(info: GGUFInfo, level: Level) -> int:
 TensorHook = Callable[[int, int, str], None]  # (index from 1, total, tensor name)
 _TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
-# llama.cpp's log is process-wide while levels may be made on several threads at once: one LlamaLog
-# stays installed while any quantizer runs and hands each line to the thread that logged it.
+# llama.cpp's log is process-wide while levels may be made on several threads at once: while any
+# quantizer runs, one callback hands each log fragment to the thread that wrote it (the quantizer logs
+# from its calling thread). Afterwards edgellm's usual in-memory log handler is put back.
 _hooks: dict[int, Callable[[int, str], None]] = {}
 _hooks_lock = threading.Lock()
-_installed: list[LlamaLog] = []
 
 
-def _dispatch(level: int, text: str) -> None:
-    hook = _hooks.get(threading.get_ident())
-    if hook:
-        hook(level, text)
+_interrupted = threading.Event()  # Ctrl-C that arrived inside the callback, where it cannot propagate
+
+
+def _dispatch(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    try:
+        hook = _hooks.get(threading.get_ident())
+        if hook:
+            hook(level, text.decode("utf-8", errors="replace"))
+    except KeyboardInterrupt:
+        _interrupted.set()
+
+
+_callback = None  # the ctypes thunk, made once llama_cpp is imported and kept alive
 
 
 @contextlib.contextmanager
 def _thread_log(hook: Callable[[int, str], None]) -> Iterator[None]:
+    global _callback
+    import llama_cpp
+
+    from .. import llamacpp
+
     tid = threading.get_ident()
     with _hooks_lock:
         if not _hooks:
-            _installed.append(LlamaLog(_dispatch).__enter__())
+            llamacpp.init()
+            _callback = _callback or llama_cpp.llama_log_callback(_dispatch)
+            llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
         _hooks[tid] = hook
     try:
         yield
@@ -159,7 +174,7 @@ def _thread_log(hook: Callable[[int, str], None]) -> Iterator[None]:
         with _hooks_lock:
             del _hooks[tid]
             if not _hooks:
-                _installed.pop().__exit__(None, None, None)
+                llamacpp.init()
 
 
 def quantize(
@@ -195,18 +210,18 @@ def quantize(
     errors: list[str] = []
 
     def hook(lvl: int, text: str) -> None:
-        if lvl == ERROR and text.strip().strip("="):
-            errors.append(text.strip())
+        if "failed to quantize:" in text:
+            errors.append(text.split("failed to quantize:", 1)[1].strip())
         m = _TENSOR_LINE.match(text)
         if m and on_tensor:
             on_tensor(int(m.group(1)), int(m.group(2)), m.group(3))
 
+    _interrupted.clear()
     with atomic_output(out) as tmp, _thread_log(hook):
         rc = llama_cpp.llama_model_quantize(str(base).encode(), str(tmp).encode(), ctypes.byref(params))
-        if (cancel is not None and cancel.is_set()) or _installed[-1].interrupted:
+        if (cancel is not None and cancel.is_set()) or _interrupted.is_set():
             raise KeyboardInterrupt
         if rc != 0:
-            why = next((e.split("failed to quantize:", 1)[1].strip() for e in reversed(errors)
-                        if "failed to quantize:" in e), f"llama_model_quantize returned {rc}")
+            why = errors[-1] if errors else f"llama_model_quantize returned {rc}"
             raise EdgeError(f"quantizing {base.name} to {level.name} failed: {why}")
     return out

@@ -1,0 +1,377 @@
+"""Make a package: HF checkpoint (or a float GGUF) -> base GGUF -> every level -> manifest + model card.
+
+Levels are quantized two at a time by default: llama.cpp's quantizer spends much of a small tensor's time
+on one thread (reading, converting to F32, writing), so two levels side by side keep both cores busy.
+Every file is hashed as it is made; a re-run skips files whose sha256 still matches the manifest, and the
+manifest is rewritten after each file so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EdgeError, UsageError
+from .fsutil import atomic_output, ensure_free_space, human_bytes
+from .gguf_info import read_gguf
+from .manifest import FILENAME, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
+from .quantize.levels import Level, check_base, check_imatrix_needs, quantize
+
+BASE_TYPES = ("auto", "f16", "bf16", "f32")
+IMATRIX_FILE = "imatrix.gguf"
+CARD_FILE = "README.md"
+
+
+@dataclass
+class PackageOptions:
+    levels: list[Level]
+    base_type: str = "auto"
+    imatrix_text: Path | None = None
+    eval_text: Path | None = None
+    n_ctx: int = 512
+    allow_requantize: bool = False
+    jobs: int = 2
+    name: str | None = None
+    command: str = ""
+
+
+@dataclass
+class Reporter:
+    """What the pipeline tells the user; the CLI passes rich progress bars, the library default is silent."""
+
+    stage: Callable[[str], None] = lambda text: None
+    level_start: Callable[[str, int], None] = lambda level, total: None  # total tensors (0 = unknown yet)
+    tensor: Callable[[str, int, int], None] = lambda level, index, total: None
+    level_done: Callable[[str, bool], None] = lambda level, skipped: None
+    chunks: Callable[[str, int, int], None] = lambda what, done, total: None
+
+
+@dataclass
+class PackageResult:
+    manifest: Manifest
+    folder: Path
+    made: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def file_stem(name: str) -> str:
+    """'SmolLM2 135M Instruct' -> 'SmolLM2-135M-Instruct' (safe in file names and URLs)."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", name).strip("-") or "model"
+
+
+def read_text(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def _text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def source_fingerprint(src: Path) -> str:
+    """Names, sizes and mtimes of a checkpoint's files: changes when the checkpoint does, costs no reading."""
+    h = hashlib.sha256()
+    for p in sorted(src.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _estimate_base(src: Path, base_type: str) -> tuple[int, int]:
+    """(base file bytes, parameter count), guessed from the checkpoint's weight files before converting."""
+    weights = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    try:
+        dtype = json.loads((src / "config.json").read_text()).get("torch_dtype", "float16")
+    except (OSError, json.JSONDecodeError):
+        dtype = "float16"
+    src_bytes = 4 if dtype == "float32" else 2
+    n_params = weights // src_bytes
+    out_bytes = {"auto": src_bytes, "f32": 4}.get(base_type, 2)
+    return n_params * out_bytes, n_params
+
+
+def _level_bytes_for(n_params: int, level: Level) -> int:
+    return int(n_params * min(level.bpw * 1.25 + 1.0, 32.0) / 8) + (8 << 20)
+
+
+def _clean_partials(folder: Path) -> None:
+    """Temp files left by a run that was killed outright (atomic_output removes them otherwise)."""
+    for p in folder.glob(".*.partial"):
+        p.unlink(missing_ok=True)
+
+
+def _entry_ok(folder: Path, entry: FileEntry | None) -> bool:
+    if entry is None:
+        return False
+    path = folder / entry.file
+    return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
+
+
+def quantize_levels(
+    base: Path,
+    out_dir: Path,
+    stem: str,
+    levels: list[Level],
+    *,
+    imatrix=None,
+    allow_requantize: bool = False,
+    jobs: int = 2,
+    reporter: Reporter | None = None,
+    on_done: Callable[[Level, Path, str], None] | None = None,
+) -> dict[str, tuple[Path, str]]:
+    """Quantize `base` to every level (`jobs` at a time); returns {level: (path, sha256)}."""
+    rep = reporter or Reporter()
+    cancel = threading.Event()
+    results: dict[str, tuple[Path, str]] = {}
+    nthread = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(levels))))
+
+    def one(level: Level) -> tuple[Level, Path, str]:
+        out = out_dir / f"{stem}-{level.name}.gguf"
+        rep.level_start(level.name, 0)
+        quantize(
+            base, out, level, imatrix=imatrix, allow_requantize=allow_requantize, nthread=nthread,
+            on_tensor=lambda i, n, _name: rep.tensor(level.name, i, n), cancel=cancel,
+        )
+        return level, out, sha256_file(out)
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(one, lv) for lv in levels]
+        try:
+            for fut in cf.as_completed(futures):
+                level, path, sha = fut.result()
+                results[level.name] = (path, sha)
+                rep.level_done(level.name, False)
+                if on_done:
+                    on_done(level, path, sha)
+        except BaseException:
+            cancel.set()
+            for f in futures:
+                f.cancel()
+            raise
+    return results
+
+
+def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Reporter | None = None) -> PackageResult:
+    """Convert (unless `src` is already a float GGUF), quantize, evaluate and describe a package in out_dir."""
+    rep = reporter or Reporter()
+    src, out_dir = Path(src), Path(out_dir)
+    if opts.base_type not in BASE_TYPES:
+        raise UsageError(f"unknown base type {opts.base_type!r}; choose one of {', '.join(BASE_TYPES)}")
+    from_gguf = src.is_file()
+    if not from_gguf and not (src / "config.json").is_file():
+        raise UsageError(f"{src} is neither a GGUF file nor a Hugging Face checkpoint folder (no config.json)")
+    calib = read_text(opts.imatrix_text, "calibration text") if opts.imatrix_text else None
+    eval_text = read_text(opts.eval_text, "evaluation text") if opts.eval_text else None
+    check_imatrix_needs(opts.levels, calib is not None)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"output path is not a folder: {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_partials(out_dir)
+
+    try:
+        old = Manifest.load(out_dir) if (out_dir / FILENAME).exists() else None
+    except EdgeError:
+        old = None  # an unreadable manifest is rebuilt from scratch
+
+    # --- base -------------------------------------------------------------------------------------
+    if from_gguf:
+        info = read_gguf(src)
+        check_base(info, opts.allow_requantize)
+        n_params, base_need = info.n_params, 0
+    else:
+        base_need, n_params = _estimate_base(src, opts.base_type)
+    stem = file_stem(opts.name or (info.name if from_gguf and info.name else src.name))
+
+    planned = [lv for lv in opts.levels if not (old and _entry_ok(out_dir, old.entry(lv.name)))]
+    need = base_need + sum(_level_bytes_for(n_params, lv) for lv in planned)
+    ensure_free_space(out_dir, need, f"package ({len(planned)} file(s) to make)")
+
+    fingerprint = source_fingerprint(src) if not from_gguf else None
+    if from_gguf:
+        base_path, base_sha = src, None
+    else:
+        base_path, base_sha = _ensure_base(src, out_dir, stem, opts.base_type, fingerprint, old, rep)
+    info = read_gguf(base_path)
+    check_base(info, opts.allow_requantize)
+    base_level = info.file_type or "F16"
+    if base_sha is None:
+        rep.stage(f"hashing {base_path.name}")
+        base_sha = sha256_file(base_path)
+
+    same_inputs = old is not None and old.base.get("sha256") == base_sha
+    manifest = Manifest(
+        model=ModelFacts.from_gguf(info, name=opts.name),
+        base={"file": base_path.name, "level": base_level, "sha256": base_sha},
+        source={"path": str(src.resolve()), "fingerprint": fingerprint} if fingerprint else None,
+    )
+    if not from_gguf:
+        manifest.put(FileEntry.from_gguf(info, base_level, base_sha, command=opts.command))
+
+    # --- importance matrix -------------------------------------------------------------------------
+    imatrix = None
+    if calib is not None:
+        imatrix = _ensure_imatrix(base_path, out_dir, calib, opts, old if same_inputs else None, rep)
+        manifest.imatrix = TextRef(Path(opts.imatrix_text).name, _text_sha(calib), imatrix.chunks,
+                                   imatrix.tokens, imatrix.n_ctx)
+
+    # --- levels ----------------------------------------------------------------------------------
+    result = PackageResult(manifest, out_dir)
+    todo = []
+    for lv in opts.levels:
+        prev = old.entry(lv.name) if same_inputs else None
+        if prev and prev.imatrix == (imatrix is not None) and _entry_ok(out_dir, prev) and (
+            not prev.imatrix or (old.imatrix and old.imatrix.sha256 == manifest.imatrix.sha256)
+        ):
+            manifest.put(prev)
+            result.skipped.append(lv.name)
+            rep.level_done(lv.name, True)
+        else:
+            todo.append(lv)
+    if same_inputs:  # files an earlier run made at other levels stay listed while they still match
+        wanted = {lv.name for lv in opts.levels} | {base_level}
+        for prev in old.files:
+            if prev.level not in wanted and _entry_ok(out_dir, prev):
+                manifest.put(prev)
+
+    def record(level: Level, path: Path, sha: str) -> None:
+        manifest.put(FileEntry.from_gguf(read_gguf(path), level.name, sha, imatrix=imatrix is not None,
+                                         command=opts.command))
+        result.made.append(level.name)
+        manifest.save(out_dir)
+
+    manifest.save(out_dir)
+    if todo:
+        rep.stage(f"quantizing {len(todo)} level(s)")
+        quantize_levels(base_path, out_dir, stem, todo, imatrix=imatrix, allow_requantize=opts.allow_requantize,
+                        jobs=opts.jobs, reporter=rep, on_done=record)
+
+    # --- quality -----------------------------------------------------------------------------------
+    if eval_text is not None:
+        _evaluate(base_path, out_dir, eval_text, opts, manifest, old if same_inputs else None, result, rep)
+
+    manifest.save(out_dir)
+    write_card(out_dir, manifest)
+    return result
+
+
+def _ensure_base(src, out_dir, stem, base_type, fingerprint, old, rep) -> tuple[Path, str | None]:
+    """Convert the checkpoint unless the package already holds a base made from this same source."""
+    if old and old.source and old.source.get("fingerprint") == fingerprint:
+        prev = old.entry(old.base.get("level", ""))
+        if _entry_ok(out_dir, prev):
+            rep.level_done(prev.level, True)
+            return out_dir / prev.file, prev.sha256
+    from .quantize.convert import convert_checkpoint
+
+    rep.stage(f"converting {src.name}")
+    # The base's name carries its type, known only after "auto" resolves: convert, then rename.
+    tmp = out_dir / f".{stem}-base.gguf"
+    with atomic_output(tmp) as t:
+        convert_checkpoint(src, t, outtype=base_type, progress=True)
+    level = read_gguf(tmp).file_type or base_type.upper()
+    final = out_dir / f"{stem}-{level}.gguf"
+    os.replace(tmp, final)
+    return final, None
+
+
+def _ensure_imatrix(base_path, out_dir, calib, opts, old, rep):
+    from .quantize.imatrix import ImportanceMatrix, compute_imatrix
+
+    path = out_dir / IMATRIX_FILE
+    if old and old.imatrix and old.imatrix.sha256 == _text_sha(calib) and old.imatrix.n_ctx == opts.n_ctx \
+            and path.is_file():
+        return ImportanceMatrix.load(path)
+    rep.stage("computing the importance matrix")
+    im = compute_imatrix(base_path, calib, n_ctx=opts.n_ctx, dataset=Path(opts.imatrix_text).name,
+                         progress=lambda d, t: rep.chunks("imatrix", d, t))
+    im.save(path)
+    return im
+
+
+def _evaluate(base_path, out_dir, text, opts, manifest, old, result, rep) -> None:
+    from .quality import BaseLogProbs
+
+    sha = _text_sha(text)
+    reuse = old is not None and old.eval is not None and old.eval.sha256 == sha and old.eval.n_ctx == opts.n_ctx
+    todo = [f for f in manifest.files if f.file != base_path.name and not (
+        reuse and f.level in result.skipped and f.ppl is not None and f.kld is not None)]
+    base_entry = manifest.entry(manifest.base["level"])
+    prev_base = old.entry(base_entry.level) if reuse and base_entry else None
+    if prev_base is not None and prev_base.ppl is not None:
+        base_entry.ppl, base_entry.kld = prev_base.ppl, prev_base.kld
+    if not todo and (base_entry is None or base_entry.ppl is not None):
+        manifest.eval = old.eval if reuse else manifest.eval
+        return
+    rep.stage("evaluating the base")
+    with BaseLogProbs(base_path, text, opts.n_ctx, folder=out_dir,
+                      progress=lambda d, t: rep.chunks("base", d, t)) as base:
+        manifest.eval = TextRef(Path(opts.eval_text).name, sha, base.ppl.chunks, base.ppl.tokens, opts.n_ctx)
+        if base_entry is not None:
+            base_entry.ppl, base_entry.kld = round(base.ppl.ppl, 4), 0.0
+        for f in todo:
+            rep.stage(f"evaluating {f.level}")
+            r = base.compare(out_dir / f.file, progress=lambda d, t, lv=f.level: rep.chunks(lv, d, t))
+            f.ppl, f.kld = round(r.ppl.ppl, 4), round(r.kld, 6)
+            manifest.save(out_dir)
+
+
+def write_card(folder: Path, m: Manifest) -> Path:
+    """The package's README.md: what the files are, what each costs, how good it is, how to run it."""
+    facts = m.model
+    has_q = any(f.ppl is not None for f in m.files)
+    lines = [
+        f"# {facts.name} — GGUF package",
+        "",
+        f"{facts.arch} model, {facts.n_params / 1e6:.0f}M parameters, {facts.n_layers} layers, "
+        f"{facts.n_head} heads ({facts.n_head_kv} KV heads), trained context {facts.n_ctx_train}, "
+        f"vocabulary {facts.n_vocab}{', chat template included' if facts.chat_template else ''}.",
+        "",
+        f"Made by {m.created_by} with llama.cpp's quantizer from the base file `{m.base['file']}` "
+        f"({m.base['level']}).",
+    ]
+    if m.imatrix:
+        lines.append(f"Importance matrix from `{m.imatrix.text}` ({m.imatrix.tokens} tokens), file `{IMATRIX_FILE}`.")
+    lines += ["", "| file | level | size | bits/weight |" + (" PPL | KLD vs base |" if has_q else ""),
+              "|---|---|---|---|" + ("---|---|" if has_q else "")]
+    for f in m.files:
+        row = f"| `{f.file}` | {f.level} | {human_bytes(f.bytes)} | {f.bits_per_weight:.2f} |"
+        if has_q:
+            row += f" {_num(f.ppl, 3)} | {_num(f.kld, 4)} |"
+        lines.append(row)
+    if has_q and m.eval:
+        lines += ["", f"Perplexity and KL divergence on `{m.eval.text}`: {m.eval.chunks} chunks of {m.eval.n_ctx} "
+                      "tokens, second half of each scored (llama-perplexity's method). Lower is better."]
+    lines += ["", "## Run", "", "Let edgellm pick the best file for this machine, or name one:", "", "```sh",
+              "edgellm plan .            # which file fits, how many layers on the GPU, which context",
+              "edgellm chat --model .    # chat with the file the planner picks"]
+    lines += [f"edgellm run --model {f.file} 'Hello'" for f in m.files]
+    lines += ["edgellm verify .          # re-hash every file against manifest.json", "```", ""]
+    path = folder / CARD_FILE
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines))
+    return path
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def levels_summary(m: Manifest) -> list[dict]:
+    return [
+        {"level": f.level, "file": f.file, "bytes": f.bytes, "bits_per_weight": f.bits_per_weight,
+         "ppl": f.ppl, "kld": f.kld, "imatrix": f.imatrix}
+        for f in m.files
+    ]
+
