@@ -42,6 +42,8 @@ CHECKPOINT_FILES = (
 DUPLICATE_WEIGHTS = ("consolidated*.safetensors",)
 # GGUF repos of vision models carry the image encoder ("multimodal projector") as a GGUF of its own.
 NOT_A_MODEL_GGUF = ("mmproj*",)
+# Beside a repo's GGUF files: an edgellm package's manifest (sizes, quality) and the model card (licence).
+GGUF_REPO_FILES = ("manifest.json", "README.md")
 
 # `--hub auto`: these owners publish on ModelScope (mirrors of Meta's and others' models under their names).
 MODELSCOPE_OWNERS = frozenset(
@@ -140,7 +142,8 @@ def select_files(files: Iterable[RemoteFile], levels: Iterable[str] = ()) -> Sel
             ggufs = [f for f in ggufs if gguf_level(f.path) in wanted]
             if not ggufs:
                 raise UsageError(f"no GGUF file at level {', '.join(sorted(wanted))} (levels there: {', '.join(have)})")
-        return Selection("gguf", tuple(sorted(ggufs, key=lambda f: f.path)))
+        extras = [f for f in top if f.path in GGUF_REPO_FILES]
+        return Selection("gguf", tuple(sorted(ggufs + extras, key=lambda f: f.path)))
 
     found = ", ".join(sorted({PurePosixPath(f.path).suffix or f.path for f in files})) or "nothing"
     raise EdgeError(f"holds neither .safetensors nor .gguf files (found: {found}); edgellm converts safetensors")
@@ -421,7 +424,7 @@ def _from_cache(h, repo_id: str, revision: str | None, reason: str, levels: Iter
     levels = tuple(levels)
     try:
         selection = select_files(files, levels)
-        if selection.kind == "gguf" and not levels and any(f.cached for f in selection.files):
+        if selection.kind == "gguf" and not levels and any(f.cached and f.path.endswith(".gguf") for f in selection.files):
             selection = Selection("gguf", tuple(f for f in selection.files if f.cached))  # the levels pulled
         missing = [f.path for f in selection.files if not f.cached]
         if missing:

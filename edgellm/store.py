@@ -2,7 +2,8 @@
 
 An entry is a folder of `<name>-<LEVEL>.gguf` files: a package written by `edgellm package` (with its
 manifest.json), or a GGUF repo pulled from a hub, whose files stay in the hub's cache and are linked here
-(`source.json` says where they came from). `edgellm chat NAME` and friends find entries by their folder name.
+under their own names, with the repo's manifest.json and README.md when it has them (`source.json` says
+where they came from). `edgellm chat NAME` and friends find entries by their folder name.
 """
 
 from __future__ import annotations
@@ -186,9 +187,8 @@ def _link(target: Path, link: Path) -> None:
 
 
 def register(pulled) -> Path:
-    """Make a pulled GGUF repo a store entry: `<name>-<LEVEL>.gguf` links into the hub's cache."""
-    from .hub import gguf_level
-
+    """Make a pulled GGUF repo a store entry: links into the hub's cache, under the files' own names
+    (the hubs name them `<model>-<LEVEL>.gguf`), with the repo's manifest.json and model card if any."""
     root = paths.store_dir()
     root.mkdir(parents=True, exist_ok=True)
     name = store_name(pulled.repo_id)
@@ -204,11 +204,9 @@ def register(pulled) -> Path:
     try:
         links = {}
         for repo_path in pulled.files:
-            level = gguf_level(repo_path)
-            split = "-of-" in PurePosixPath(repo_path).stem
-            link = f"{name}-{level}.gguf" if level and not split else PurePosixPath(repo_path).name
-            if link in links:
-                link = PurePosixPath(repo_path).name
+            link = PurePosixPath(repo_path).name
+            if link in links:  # the same name in two sub-folders
+                link = repo_path.replace("/", "-")
             links[link] = repo_path
             _link(pulled.path / repo_path, staging / link)
         source = {"hub": pulled.hub, "repo_id": pulled.repo_id, "snapshot": str(pulled.path), "files": links}

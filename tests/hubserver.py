@@ -10,6 +10,7 @@ with its status codes (404 missing, 403 no access) for modelscope_hub.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -36,6 +37,7 @@ class Hub:
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
     cut: dict[str, int] = field(default_factory=dict)  # file -> bytes to send before dropping the connection once
     failing: set[str] = field(default_factory=set)  # files that answer 503 (after their cut)
+    token: str = "hf_test"  # the one token uploads are accepted with
 
     def downloads(self) -> list[tuple[str, str | None]]:
         """(file path in repo, Range) of each GET of a file."""
@@ -82,6 +84,33 @@ def _handler(hub: Hub, modelscope: bool):
 
         def do_HEAD(self) -> None:
             self.do_GET()
+
+        def do_POST(self) -> None:
+            """Uploads as `HfApi.upload_folder` makes them: create the repo, ask how to send each file
+            ("regular": inline in the commit), then one NDJSON commit carrying the files base64-encoded."""
+            path = unquote(urlsplit(self.path).path)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            hub.log.append(("POST", path, None))
+            if self.headers.get("Authorization") != f"Bearer {hub.token}":
+                return self._send(401, b'{"error": "Invalid credentials in Authorization header"}')
+            if path == "/api/repos/create":
+                req = json.loads(body)
+                repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
+                hub.repos.setdefault(repo_id, Repo(files={}))
+                return self._json({"url": f"http://{self.headers['Host']}/{repo_id}"})
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/[^/]+", path):
+                files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in json.loads(body)["files"]]
+                return self._json({"files": files})
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/[^/]+", path):
+                repo = hub.repos[m.group(1)]
+                for line in body.splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "file":
+                        repo.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                repo.sha = hashlib.sha1(repr(sorted(repo.files)).encode()).hexdigest()
+                url = f"http://{self.headers['Host']}/{m.group(1)}/commit/{repo.sha}"
+                return self._json({"commitUrl": url, "commitOid": repo.sha})
+            self._send(404)
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)

@@ -87,10 +87,11 @@ def test_select_files_picks_gguf_levels():
         "Llama-3.2-1B-Instruct-f16.gguf", "README.md", "mmproj-Llama-3.2-1B-f16.gguf",
     )  # fmt: skip
     assert hub.select_files(repo).kind == "gguf"
-    assert len(hub.select_files(repo).names) == 4
+    assert len(hub.select_files(repo).names) == 5  # four levels and the model card; not the vision projector
     assert hub.select_files(repo, ["q4_k_m", "IQ4_XS"]).names == [
         "Llama-3.2-1B-Instruct-IQ4_XS.gguf",
         "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+        "README.md",
     ]
     with pytest.raises(UsageError, match=r"no GGUF file at level Q2_K \(levels there: F16, IQ4_XS, Q4_K_M, Q8_0\)"):
         hub.select_files(repo, ["Q2_K"])

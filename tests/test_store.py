@@ -115,9 +115,9 @@ def test_pull_a_gguf_repo_registers_it(fake_hub, caches, monkeypatch, capsys):
     code, out, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["kind"] == "gguf" and result["files"] == ["SmolLM2-135M-Instruct-Q4_1.gguf"]
+    assert result["kind"] == "gguf" and result["files"] == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
     assert result["store_name"] == "SmolLM2-135M-Instruct"
-    assert [p for p, _ in fake_hub.downloads()] == ["SmolLM2-135M-Instruct-Q4_1.gguf"]  # not README.md
+    assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
 
     entry = store.resolve("SmolLM2-135M-Instruct")
     link = entry / "SmolLM2-135M-Instruct-Q4_1.gguf"
@@ -178,3 +178,30 @@ def test_push_checks_before_uploading(gguf_copy, caches, tmp_path, monkeypatch, 
     )
     code, _, err = run_cli(capsys, "push", "SmolLM2", "not an id")
     assert code == 2 and "not a hub repo id" in err
+
+
+def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
+    folder = make_package(gguf_copy)
+    (folder / "manifest.json").write_text('{"name": "SmolLM2"}')
+    (folder / "notes.txt").write_text("not part of a package")
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    code, _, err = run_cli(capsys, "push", str(folder), "me/SmolLM2-GGUF")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: Hugging Face refused the upload to me/SmolLM2-GGUF (401): "
+        "log in with write access (`hf auth login` or HF_TOKEN)"
+    )
+
+    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
+    code, out, err = run_cli(capsys, "push", str(folder), "me/SmolLM2-GGUF")
+    assert code == 0, err
+    assert out.strip().endswith("/me/SmolLM2-GGUF/commit/" + fake_hub.repos["me/SmolLM2-GGUF"].sha)
+    uploaded = fake_hub.repos["me/SmolLM2-GGUF"].files
+    assert sorted(uploaded) == ["SmolLM2-Q4_1.gguf", "manifest.json"]
+
+    shutil.rmtree(folder)  # and back: the pushed package pulls as a GGUF repo named after it, manifest and all
+    code, out, err = run_cli(capsys, "pull", "me/SmolLM2-GGUF")
+    assert code == 0, err
+    entry = store.resolve("SmolLM2")
+    assert sorted(p.name for p in entry.iterdir()) == ["SmolLM2-Q4_1.gguf", "manifest.json", "source.json"]
+    assert (entry / "SmolLM2-Q4_1.gguf").read_bytes() == fixtures.smollm2_gguf().read_bytes()
+    assert resolve_model("SmolLM2").name == "SmolLM2"  # from the manifest
