@@ -496,13 +496,13 @@ def fetch(
     return Pulled(repo_id, name, why, folder, selection.kind, tuple(selection.names), selection.missing_bytes, False)
 
 
-def pull(repo_id: str, hub: str = "auto", revision: str | None = None) -> Path:
+def pull(repo_id: str, hub: str = "auto", revision: str | None = None, say: Callable[[str], None] | None = None) -> Path:
     """The local folder holding `repo_id`'s safetensors, config and tokenizer files (or its GGUF files).
 
     Fetches only those files (never `.bin`, `.pth` or `original/`), keeps what an earlier run finished,
     and serves the cache when offline. GGUF repos are registered in the local store as a package.
     """
-    pulled = fetch(repo_id, hub=hub, revision=revision)
+    pulled = fetch(repo_id, hub=hub, revision=revision, say=say)
     if pulled.kind == "gguf":
         from . import store
 
@@ -510,19 +510,18 @@ def pull(repo_id: str, hub: str = "auto", revision: str | None = None) -> Path:
     return pulled.path
 
 
-def model_name(folder: Path) -> str:
-    """The name a checkpoint folder stands for: the repo's for a snapshot in a hub cache
-    (`models--meta-llama--Llama-3.2-1B/snapshots/<commit>` -> `Llama-3.2-1B`), else the folder's."""
+def snapshot_name(folder: Path) -> str | None:
+    """The repo name of a snapshot folder in a hub cache, whose own name is a commit or a branch
+    (`models--meta-llama--Llama-3.2-1B/snapshots/<commit>` -> `Llama-3.2-1B`); None for other folders."""
     folder = Path(folder).absolute()
-    if folder.parent.name == "snapshots":
-        repo = folder.parent.parent.name  # HF: models--<owner>--<name>; ModelScope: <owner>--<name>
-        if "--" in repo:
-            return repo.rsplit("--", 1)[1]
-    return folder.name
+    repo = folder.parent.parent.name  # HF: models--<owner>--<name>; ModelScope: <owner>--<name>
+    if folder.parent.name == "snapshots" and "--" in repo:
+        return repo.rsplit("--", 1)[1]
+    return None
 
 
-def resolve_source(src: str) -> Path:
-    """A local folder or file as it is; anything else is a hub repo id, pulled first."""
+def resolve_source(src: str, say: Callable[[str], None] | None = None) -> Path:
+    """A local folder or file as it is; anything else is a hub repo id, pulled first (see `pull`)."""
     path = Path(src).expanduser()
     if path.exists():
         return path
@@ -530,4 +529,4 @@ def resolve_source(src: str) -> Path:
         parse_repo_id(src)
     except UsageError:
         raise UsageError(f"no such file or folder, and not a hub repo id: {src}") from None
-    return pull(src)
+    return pull(src, say=say)

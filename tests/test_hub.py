@@ -238,10 +238,22 @@ def test_a_pulled_sharded_checkpoint_converts_like_its_source(fake_hub, tmp_path
     a, b = read_gguf(ours), read_gguf(theirs)
     differ = {k for k in a.metadata.keys() | b.metadata.keys() if a.metadata.get(k) != b.metadata.get(k)}
     assert differ == {"general.name"}, differ  # named after the folder: a snapshot's is a commit hash
-    assert hub.model_name(pulled.path) == "tiny-qwen2" and hub.model_name(source) == source.name
+    assert hub.snapshot_name(pulled.path) == "tiny-qwen2" and hub.snapshot_name(source) is None
     assert a.tensors == b.tensors
     tensor_bytes = sum(t.n_bytes for t in a.tensors)
     assert ours.read_bytes()[-tensor_bytes:] == theirs.read_bytes()[-tensor_bytes:]
+
+
+def test_package_takes_a_hub_repo_id(fake_hub, tmp_path, capsys):
+    files = {p.name: p.read_bytes() for p in fixtures.qwen2_checkpoint().iterdir() if p.is_file()}
+    fake_hub.repos["Qwen/tiny-qwen2"] = Repo(files)
+    code, out, err = run_cli(capsys, "package", "Qwen/tiny-qwen2", "-o", str(tmp_path / "pkg"), "--levels", "Q8_0", "--json")
+    assert code == 0, err
+    assert "Qwen/tiny-qwen2: Hugging Face (default)" in err
+    manifest = json.loads(out)
+    names = [f["file"] for f in manifest["files"]]
+    assert "tiny-qwen2-Q8_0.gguf" in names and all(n.startswith("tiny-qwen2-") for n in names)  # not a commit
+    assert (tmp_path / "pkg" / "tiny-qwen2-Q8_0.gguf").is_file()
 
 
 def test_a_cut_transfer_resumes_by_byte_range(fake_hub):
@@ -401,7 +413,7 @@ def test_modelscope_download_then_offline(fake_modelscope, caches, monkeypatch, 
 
 def test_modelscope_snapshot_name(caches):
     folder = ms_snapshot(caches["modelscope"], "LLM-Research/Meta-Llama-3.1-8B-Instruct", {"config.json": b"{}"})
-    assert hub.model_name(folder) == "Meta-Llama-3.1-8B-Instruct"
+    assert hub.snapshot_name(folder) == "Meta-Llama-3.1-8B-Instruct"
 
 
 def test_modelscope_replaces_a_damaged_file_and_verifies(fake_modelscope, capsys):

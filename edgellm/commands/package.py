@@ -103,17 +103,21 @@ def print_levels_table(rows: list[dict], title: str) -> None:
 def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatrix_text: Path | None,
             eval_text: Path | None, n_ctx: int, name: str | None, jobs: int, allow_requantize: bool,
             as_json: bool) -> int:
-    """Convert SRC (a Hugging Face checkpoint folder, or a float GGUF) and quantize it to several levels.
+    """Convert SRC (a Hugging Face checkpoint folder, a float GGUF, or a hub repo id to pull first, as
+    `edgellm pull` does) and quantize it to several levels.
 
     Writes <name>-<LEVEL>.gguf files, manifest.json (sizes, bits per weight, sha256, per-layer bytes,
     quality) and a README.md model card into the output folder.
     """
+    from ..hub import resolve_source, snapshot_name
     from ..package import PackageOptions, build_package, levels_summary
     from ..quantize.levels import DEFAULT_LEVELS, parse_levels
 
+    source = resolve_source(str(src), say=lambda line: click.echo(line, err=True))  # a hub repo id is pulled first
     opts = PackageOptions(
         levels=parse_levels(levels or ",".join(DEFAULT_LEVELS)), base_type=base_type, imatrix_text=imatrix_text,
-        eval_text=eval_text, n_ctx=n_ctx, allow_requantize=allow_requantize, jobs=jobs, name=name,
+        eval_text=eval_text, n_ctx=n_ctx, allow_requantize=allow_requantize, jobs=jobs,
+        name=name or snapshot_name(source),  # a pulled snapshot's folder is named after a commit
     )
     opts.command = shlex.join(
         ["edgellm", "package", str(src), "-o", str(out_dir), "--levels", ",".join(lv.name for lv in opts.levels),
@@ -123,7 +127,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
         + (["--allow-requantize"] if allow_requantize else [])
     )
     with ProgressReporter() as ui:
-        result = build_package(src, out_dir, opts, ui.reporter())
+        result = build_package(source, out_dir, opts, ui.reporter())
     if as_json:
         click.echo(json.dumps(result.manifest.to_dict(), indent=2))
     else:
