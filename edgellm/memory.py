@@ -29,7 +29,7 @@ from .gguf_info import GGUFInfo
 MIB = 1 << 20
 KV_CELL_PAD = 256  # llama.cpp rounds the KV cache up to a multiple of this many cells
 N_UBATCH = 512  # micro-batch the runtime uses (llama.cpp's default)
-RUNTIME_OVERHEAD = 64 * MIB  # the Python process and llama.cpp's libraries, measured here at ~47 MiB
+RUNTIME_OVERHEAD = 72 * MIB  # the Python process, llama.cpp's libraries and small buffers (measured: 47-56 MiB + batch arrays)
 GPU_HOST_BUFFERS = 3  # activations kept in host memory under full offload, in n_ubatch x n_embd floats
 KV_TYPE_SIZES = {"f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}  # ggml (block size, bytes per block)
 
