@@ -560,3 +560,47 @@ def smollm2_converted_gguf(outtype: str = "f32") -> Path:
         convert_checkpoint(smollm2_checkpoint(), tmp / f"smollm2-{outtype}.gguf", outtype=outtype, progress=False)
 
     return _build_once(f"smollm2-edgellm-{outtype}", build) / f"smollm2-{outtype}.gguf"
+
+
+def smollm2_f16_gguf() -> Path:
+    """SmolLM2 as an F16 GGUF made by edgellm's converter from `smollm2_checkpoint()`: the base for quantizing."""
+
+    def build(tmp: Path) -> None:
+        from edgellm.quantize.convert import convert_checkpoint
+
+        convert_checkpoint(smollm2_checkpoint(), tmp / "SmolLM2-F16.gguf", outtype="f16", progress=False)
+
+    return _build_once("smollm2-f16-gguf", build) / "SmolLM2-F16.gguf"
+
+
+def english_text(part: str, n_chars: int = 12000) -> str:
+    """Real English prose (Python's own reference manual, in the standard library's pydoc_data).
+
+    `part` picks one of three disjoint thirds of the topics, so a calibration text and an evaluation text
+    never overlap: "calib", "eval", "eval2".
+    """
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    third = len(keys) // 3
+    start = {"calib": 0, "eval": third, "eval2": 2 * third}[part]
+    text = ""
+    for k in keys[start : start + third]:
+        if len(text) >= n_chars:
+            break
+        text += topics[k] + "\n\n"
+    if len(text) < n_chars:
+        raise ValueError(f"english_text({part!r}) has only {len(text)} characters")
+    return text[:n_chars]
+
+
+def smollm2_package() -> Path:
+    """An edgellm package of SmolLM2: the F16 base plus Q8_0 and Q2_K, made by `edgellm.package`."""
+
+    def build(tmp: Path) -> None:
+        from edgellm.package import PackageOptions, build_package
+        from edgellm.quantize.levels import parse_levels
+
+        build_package(smollm2_checkpoint(), tmp, PackageOptions(levels=parse_levels("Q8_0,Q2_K"), base_type="f16"))
+
+    return _build_once("smollm2-package", build)
