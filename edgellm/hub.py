@@ -283,7 +283,9 @@ class HuggingFace:
             code = exc.response.status_code
             if code == 401:
                 return EdgeError(f"Hugging Face refused the token for {repo_id}: log in again ({self.login})")
-            return EdgeError(f"Hugging Face answered {code} for {repo_id}; {RERUN}")
+            if code == 429 or code >= 500:
+                return EdgeError(f"Hugging Face answered {code} for {repo_id}; {RERUN}")
+            return EdgeError(f"Hugging Face answered {code} for {repo_id}: {exc.server_message or _line(exc)}")
         if isinstance(exc, httpx2.TransportError):
             return EdgeError(f"download of {repo_id} interrupted ({_line(exc)}); {RERUN}")
         return None
@@ -355,6 +357,8 @@ class ModelScope:
             return EdgeError(f"download of {repo_id} interrupted ({failed} failed); {RERUN}")
         if isinstance(exc, ms.NetworkError):
             return Unreachable(str(exc))
+        if isinstance(exc, ms.HubError):  # server errors, rate limits: worth another try later
+            return EdgeError(f"ModelScope failed for {repo_id} ({_line(exc)}); {RERUN}")
         return None
 
 
