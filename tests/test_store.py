@@ -105,6 +105,8 @@ def test_a_broken_entry_is_listed_not_fatal(gguf_copy, capsys, tmp_path):
     assert by_name["Gone"]["error"] and by_name["Gone"]["levels"] == []
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "unreadable" in out
+    code, out, _ = run_cli(capsys, "rm", "Gone")
+    assert code == 0 and out.strip() == "removed Gone (0 B freed)" and store.names() == ["SmolLM2"]
 
 
 # ---------------------------------------------------------------------------------- GGUF repos from a hub
