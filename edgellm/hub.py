@@ -400,10 +400,21 @@ def choose_hub(repo_id: str, hub: str = "auto", named: str | None = None) -> tup
         if env not in HUBS:
             raise UsageError(f"EDGELLM_HUB={env!r} is not a hub (choose from: {', '.join(HUB_NAMES)})")
         return env, "EDGELLM_HUB"
-    holding = [name for name, h in HUBS.items() if repo_id in h.cached_repos()]
+    holding = [name for name, h in HUBS.items() if _holds(h, repo_id)]
     if len(holding) == 1:
         return holding[0], f"cached from {HUBS[holding[0]].title}"
     return "hf", "default"
+
+
+def _holds(h, repo_id: str) -> bool:
+    """Whether the hub's cache has a snapshot of the repo (without walking the whole cache)."""
+    try:
+        h.cached(repo_id, None)
+    except Exception as exc:
+        if isinstance(h.explain(exc, repo_id, None), Unreachable):
+            return False
+        raise
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------ pulling
