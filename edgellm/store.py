@@ -69,14 +69,14 @@ def _is_entry(folder: Path) -> bool:
     return folder.is_dir() and not folder.name.startswith(".") and any(folder.glob("*.gguf"))
 
 
-def _check_name(name: str) -> None:
-    if not name or name.startswith(".") or "/" in name or "\\" in name or name in ("..", "."):
-        raise UsageError(f"not a store name: {name!r}")
+def _valid_name(name: str) -> bool:
+    """A folder name right under the store: no paths, nothing hidden."""
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
 
 
 def resolve(name: str) -> Path | None:
     """The folder of the store entry `name` (case-insensitive when unambiguous), or None."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    if not _valid_name(name):
         return None
     root = paths.store_dir()
     exact = root / name
@@ -107,30 +107,22 @@ def _source(folder: Path) -> dict | None:
 
 
 class _Fitter:
-    """Which levels run here: the planner when it is installed, else file size against available RAM."""
+    """Which levels run here, as the planner sees this machine."""
 
     def __init__(self) -> None:
-        try:
-            from . import hardware, plan
-        except ImportError:
-            self._plan = None
-        else:
-            self._plan, self._hw = plan, hardware.detect()
+        from . import hardware
+
+        self._hw = hardware.detect()
 
     def __call__(self, ref) -> tuple[str | None, str, dict[str, str]]:
         """(level chosen, why, level -> fit)."""
-        if self._plan is None:
-            import psutil
+        from .plan import FIT_TEXT, make_plan
 
-            free = psutil.virtual_memory().available
-            fits = {f.level: "cpu" if f.size * 1.2 < free else "no" for f in ref.files}  # weights + KV + buffers
-            chosen = next((f.level for f in ref.files if fits[f.level] == "cpu"), None)  # best first
-            return chosen, "file size against available RAM", fits
         try:
-            chosen = self._plan.make_plan(ref, self._hw)
+            chosen = make_plan(ref, self._hw)
         except EdgeError as exc:
             return None, str(exc), {f.level: "no" for f in ref.files}
-        note = f"{self._plan.FIT_TEXT.get(chosen.fit, chosen.fit)}, {chosen.n_ctx}-token context"
+        note = f"{FIT_TEXT.get(chosen.fit, chosen.fit)}, {chosen.n_ctx}-token context"
         return chosen.level, note, {lf.level: lf.fit for lf in chosen.levels}
 
 
@@ -160,7 +152,8 @@ def entries() -> list[Entry]:
 
 def remove(name: str) -> Entry:
     """Delete the entry `name`. Files of a hub-registered entry stay in the hub's cache (only links go)."""
-    _check_name(name)
+    if not _valid_name(name):
+        raise UsageError(f"not a store name: {name!r}")
     folder = resolve(name)
     if folder is None:
         have = ", ".join(names()) or "the store is empty"
