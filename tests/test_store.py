@@ -59,6 +59,18 @@ def test_list_json_schema(gguf_copy, capsys):
     assert pkg["fits"] == "Q4_1" and level["fit"] in ("cpu", "partial", "gpu") and "-token context" in pkg["fit_note"]
 
 
+def test_list_on_a_machine_too_small(gguf_copy, monkeypatch, capsys):
+    from edgellm import hardware
+
+    make_package(gguf_copy)
+    monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=64 << 20))  # 64 MiB of RAM
+    (pkg,) = json.loads(run_cli(capsys, "list", "--json")[1])["packages"]
+    assert pkg["fits"] is None and pkg["levels"][0]["fit"] == "no" and pkg["fit_note"]
+    code, out, _ = run_cli(capsys, "list")
+    row = next(line for line in out.splitlines() if "SmolLM2" in line)
+    assert code == 0 and " - " in row
+
+
 def test_list_table_and_empty_store(gguf_copy, capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "no packages in" in out
