@@ -195,8 +195,15 @@ def test_push_checks_before_uploading(gguf_copy, caches, tmp_path, monkeypatch, 
 
 
 def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
+    from edgellm.gguf_info import read_gguf
+    from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
+
     folder = make_package(gguf_copy)
-    (folder / "manifest.json").write_text('{"name": "SmolLM2"}')
+    info = read_gguf(folder / "SmolLM2-Q4_1.gguf")
+    sha = sha256_file(info.path)
+    manifest = Manifest(ModelFacts.from_gguf(info, name="SmolLM2 135M"), {"file": info.path.name, "level": "Q4_1", "sha256": sha})
+    manifest.put(FileEntry.from_gguf(info, "Q4_1", sha))
+    manifest.save(folder)
     (folder / "notes.txt").write_text("not part of a package")
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     code, _, err = run_cli(capsys, "push", str(folder), "me/SmolLM2-GGUF")
@@ -218,4 +225,4 @@ def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
     entry = store.resolve("SmolLM2")
     assert sorted(p.name for p in entry.iterdir()) == ["SmolLM2-Q4_1.gguf", "manifest.json", "source.json"]
     assert (entry / "SmolLM2-Q4_1.gguf").read_bytes() == fixtures.smollm2_gguf().read_bytes()
-    assert resolve_model("SmolLM2").name == "SmolLM2"  # from the manifest
+    assert resolve_model("SmolLM2").name == "SmolLM2 135M"  # from the manifest
