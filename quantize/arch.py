@@ -130,6 +130,7 @@ IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")
 @dataclass(frozen=True)
 class ArchSpec:
     hf_arch: str
+    model_type: str  # config.json's model_type, for configs that do not list `architectures`
     gguf_arch: str  # llama.cpp's architecture name (general.architecture and key prefix)
     tensors: tuple[TensorSpec, ...]
     permute_qk: bool  # HF stores Q/K rows in rotate-half order; llama.cpp's "llama" rope wants interleaved pairs
@@ -140,19 +141,26 @@ ARCHS: dict[str, ArchSpec] = {
     a.hf_arch: a
     for a in (
         # Llama checkpoints may carry attention biases (config attention_bias=true).
-        ArchSpec("LlamaForCausalLM", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_freqs=True),
-        ArchSpec("MistralForCausalLM", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_freqs=True),
+        ArchSpec("LlamaForCausalLM", "llama", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_freqs=True),
+        ArchSpec("MistralForCausalLM", "mistral", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_freqs=True),
         # Qwen2 uses NEOX-style rope in llama.cpp (no reordering) and always has q/k/v biases.
-        ArchSpec("Qwen2ForCausalLM", "qwen2", LLAMA_TENSORS + _attn_biases(False), permute_qk=False, rope_freqs=False),
+        ArchSpec("Qwen2ForCausalLM", "qwen2", "qwen2", LLAMA_TENSORS + _attn_biases(False), permute_qk=False, rope_freqs=False),
     )
 }
 
 
-def arch_for(hf_arch: str) -> ArchSpec:
-    try:
-        return ARCHS[hf_arch]
-    except KeyError:
-        raise EdgeError(f"unsupported architecture {hf_arch}; supported: {', '.join(ARCHS)}") from None
+def arch_for(config: dict[str, Any]) -> ArchSpec:
+    """The table entry for a config.json: by its `architectures`, else by its `model_type`."""
+    names = config.get("architectures") or []
+    if names:
+        found = ARCHS.get(names[0])
+        what = names[0]
+    else:
+        found = next((a for a in ARCHS.values() if a.model_type == config.get("model_type")), None)
+        what = f"model_type {config.get('model_type')!r}"
+    if found is None:
+        raise EdgeError(f"unsupported architecture {what}; supported: {', '.join(ARCHS)}")
+    return found
 
 
 @dataclass(frozen=True)

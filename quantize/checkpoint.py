@@ -77,11 +77,6 @@ class Checkpoint:
     config: dict[str, Any]
     tensors: dict[str, TensorEntry] = field(repr=False)
 
-    @property
-    def hf_arch(self) -> str:
-        archs = self.config.get("architectures") or []
-        return archs[0] if archs else f"<none: config.json has no 'architectures' (model_type {self.config.get('model_type')!r})>"
-
 
 def open_checkpoint(folder: str | Path) -> Checkpoint:
     """Read config.json and every safetensors header in `folder`; EdgeError with one line on bad input."""

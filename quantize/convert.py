@@ -61,13 +61,8 @@ def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str =
     if out_path.is_dir():
         raise UsageError(f"output path is a folder: {out_path}")
 
-    ckpt = open_checkpoint(src_dir)
-    arch = arch_for(ckpt.hf_arch)
-    hp = read_hparams(ckpt.config)
-    planned = plan_tensors(arch, hp, {n: e.shape for n, e in ckpt.tensors.items()})
-    if outtype == "auto":
-        outtype = AUTO_FROM_SOURCE[_main_dtype(ckpt, planned)]
-    ftype, wtype = OUTTYPES[outtype]
+    ckpt, arch, hp, planned = _read_checkpoint(src_dir)
+    ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
     vocab = load_vocab(src_dir, hp.n_vocab)
     tensors = _rope_freqs(arch, hp) + [_out_tensor(p, ckpt.tensors[p.hf], hp, wtype) for p in planned]
 
@@ -94,13 +89,27 @@ def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str =
     return out_path
 
 
-def _main_dtype(ckpt: Checkpoint, planned: list[PlannedTensor]) -> str:
-    """The dtype most weight bytes are stored in."""
-    by_dtype: dict[str, int] = {}
+def resolve_outtype(src_dir: str | Path, outtype: str = "auto") -> str:
+    """The concrete outtype `outtype` means for this checkpoint (`auto` -> its stored precision)."""
+    ckpt, _, _, planned = _read_checkpoint(Path(src_dir))
+    return _resolve(outtype, ckpt, planned)
+
+
+def _read_checkpoint(src_dir: Path) -> tuple[Checkpoint, ArchSpec, HParams, list[PlannedTensor]]:
+    ckpt = open_checkpoint(src_dir)
+    arch = arch_for(ckpt.config)
+    hp = read_hparams(ckpt.config)
+    return ckpt, arch, hp, plan_tensors(arch, hp, {n: e.shape for n, e in ckpt.tensors.items()})
+
+
+def _resolve(outtype: str, ckpt: Checkpoint, planned: list[PlannedTensor]) -> str:
+    if outtype != "auto":
+        return outtype
+    by_dtype: dict[str, int] = {}  # the dtype most weight bytes are stored in
     for p in planned:
         entry = ckpt.tensors[p.hf]
         by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
-    return max(by_dtype, key=by_dtype.__getitem__)
+    return AUTO_FROM_SOURCE[max(by_dtype, key=by_dtype.__getitem__)]
 
 
 def _out_tensor(p: PlannedTensor, entry: TensorEntry, hp: HParams, wtype: Q) -> OutTensor:

@@ -61,6 +61,7 @@ class Vocab:
     add_bos: bool
     add_eos: bool
     eot_id: int | None
+    add_space_prefix: bool | None  # SentencePiece: tokenizer_config's add_prefix_space, when it says
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model(self.model)
@@ -74,6 +75,8 @@ class Vocab:
         w.add_add_eos_token(self.add_eos)
         if self.eot_id is not None:
             w.add_eot_token_id(self.eot_id)
+        if self.add_space_prefix is not None:
+            w.add_add_space_prefix(self.add_space_prefix)
 
 
 def looks_special(text: str) -> bool:
@@ -224,4 +227,6 @@ def _finish(
     add_eos = special.add_special_token.pop("eos", False)
     texts = {t if isinstance(t, str) else t.decode("utf-8", "replace"): i for i, t in enumerate(tokens) if types[i] == CONTROL}
     eot_id = next((texts[t] for t in EOT_TEXTS if t in texts), None)
-    return Vocab(model, pre, tokens, types, scores, special, add_bos, add_eos, eot_id)
+    prefix = (read_json(folder / "tokenizer_config.json") or {}).get("add_prefix_space")
+    add_space_prefix = prefix if model == "llama" and isinstance(prefix, bool) else None
+    return Vocab(model, pre, tokens, types, scores, special, add_bos, add_eos, eot_id, add_space_prefix)

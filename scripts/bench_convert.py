@@ -2,7 +2,7 @@
 """Benchmark `edgellm convert` against llama.cpp's own convert_hf_to_gguf.py on the same checkpoint.
 
 Both run as child processes, alternating, several rounds; the best wall time and the peak RSS of each
-(from the kernel's rusage of the child) are compared as ratios, and the two outputs' tensor data compared
+(each child's own VmHWM) are compared as ratios, and the two outputs' tensor data compared
 byte for byte.
 
     .venv/bin/python scripts/bench_convert.py                 # SmolLM2-135M-Instruct checkpoint, f16
@@ -36,17 +36,32 @@ def llamacpp_root() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS bytes of one child process."""
+# Runs a script or module as __main__ and, at exit, writes the process's own peak RSS (VmHWM) to a file.
+# rusage of a child would include the peak of the process that forked it (Linux keeps it across exec).
+LAUNCHER = r"""
+import atexit, os, re, runpy, sys
+report, target = sys.argv[1], sys.argv[2]
+def peak():
+    hwm = re.search(r"VmHWM:\s*(\d+) kB", open("/proc/self/status").read()).group(1)
+    open(report, "w").write(hwm)
+atexit.register(peak)
+sys.argv = sys.argv[2:]
+if target.endswith(".py"):
+    sys.path.insert(0, os.path.dirname(target))
+    runpy.run_path(target, run_name="__main__")
+else:
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str], report: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS bytes of one run of `cmd` (a script or module and its arguments)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    run = subprocess.run([sys.executable, "-c", LAUNCHER, str(report), *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
+    if run.returncode:
+        sys.exit(f"failed ({run.returncode}): {' '.join(cmd)}\n{run.stderr.decode(errors='replace')[-2000:]}")
+    return wall, int(report.read_text()) * 1024
 
 
 def tensors_identical(a: Path, b: Path) -> tuple[bool, str]:
@@ -80,14 +95,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         ours_out, ref_out = Path(tmp) / "edgellm.gguf", Path(tmp) / "llamacpp.gguf"
         commands = {
-            "edgellm": [sys.executable, "-m", "edgellm.cli", "convert", str(src), "-o", str(ours_out), "--outtype", args.outtype, "-q"],
-            "llama.cpp": [sys.executable, str(root / "convert_hf_to_gguf.py"), str(src), "--outtype", args.outtype, "--outfile", str(ref_out)],
+            "edgellm": ["edgellm.cli", "convert", str(src), "-o", str(ours_out), "--outtype", args.outtype, "-q"],
+            "llama.cpp": [str(root / "convert_hf_to_gguf.py"), str(src), "--outtype", args.outtype, "--outfile", str(ref_out)],
         }
         results: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
         for r in range(args.rounds):
             order = list(commands) if r % 2 == 0 else list(reversed(commands))
             for name in order:
-                results[name].append(timed(commands[name], env))
+                results[name].append(timed(commands[name], env, Path(tmp) / "peak"))
         same, detail = tensors_identical(ours_out, ref_out)
 
     print(f"checkpoint: {src}  outtype: {args.outtype}  rounds: {args.rounds}  cpus: {os.cpu_count()}")

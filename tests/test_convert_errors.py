@@ -234,3 +234,14 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path, capsys):
     (dst / "tokenizer.json").write_text(json.dumps(tok))
     out = tmp_path / "out.gguf"
     assert_failed(*run_cli([dst, "-o", out], capsys), r"unrecognised BPE pre-tokenizer structure .*known structures: gpt-2, llama-bpe, qwen2, smollm", out)
+
+
+def test_architecture_from_model_type_and_default_output_name(ckpt, tmp_path, capsys, monkeypatch):
+    """A config without `architectures` is matched by model_type; the default output is ./<folder>-<type>.gguf."""
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg["architectures"]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "-q", str(ckpt)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert (tmp_path / "ckpt-f16.gguf").is_file()  # auto resolved to the stored precision

@@ -31,12 +31,12 @@ def convert(src: Path, out: Path | None, outtype: str, as_json: bool, quiet: boo
     The file appears under its final name only when complete.
     """
     from ..gguf_info import read_gguf
-    from ..quantize.convert import convert_checkpoint
+    from ..quantize.convert import convert_checkpoint, resolve_outtype
 
     if not src.is_dir():
         raise EdgeError(f"not a checkpoint folder: {src}")
     if out is None:
-        out = Path.cwd() / f"{src.resolve().name}-{outtype}.gguf"
+        out = Path.cwd() / f"{src.resolve().name}-{resolve_outtype(src, outtype)}.gguf"
     path = convert_checkpoint(src, out, outtype=outtype, progress=not quiet and not as_json)
     info = read_gguf(path)
     summary = {
