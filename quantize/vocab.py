@@ -25,8 +25,8 @@ LLAMA3_SPLIT = (
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# ByteLevel with use_regex=True splits with GPT-2's own pattern.
-GPT2_REGEX = ("byte_level_regex",)
+# ByteLevel with use_regex=True splits with GPT-2's own pattern first.
+GPT2_REGEX = ("byte_level", "use_regex=True", "add_prefix_space=False")
 
 # pre-tokenizer structure (a tuple of steps) -> llama.cpp's pre-tokenizer name (tokenizer.ggml.pre)
 PRE_TOKENIZERS: dict[tuple[tuple[str, ...], ...], str] = {
@@ -35,6 +35,10 @@ PRE_TOKENIZERS: dict[tuple[tuple[str, ...], ...], str] = {
     (("digits",), GPT2_REGEX): "smollm",
     (GPT2_REGEX,): "gpt-2",
 }
+
+# tokenizer.json normalizers a byte-level BPE may have: llama.cpp applies none, and NFC (Qwen2) changes
+# nothing for text that is already NFC, as typed text almost always is.
+BPE_NORMALIZERS = (None, "NFC")
 
 # Control tokens that end an assistant turn, in chat templates of the Llama family (llama.cpp's EOT).
 EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|eot|>", "<end_of_turn>")
@@ -110,9 +114,9 @@ def pre_tokenizer_steps(pre: dict[str, Any] | None) -> tuple[tuple[str, ...], ..
     if kind == "Sequence":
         return tuple(step for p in pre.get("pretokenizers", []) for step in pre_tokenizer_steps(p))
     if kind == "ByteLevel":
-        if pre.get("add_prefix_space"):
-            return (("byte_level_prefix_space",),) + ((GPT2_REGEX,) if pre.get("use_regex", True) else ())
-        return (GPT2_REGEX,) if pre.get("use_regex", True) else ()
+        use_regex, prefix = bool(pre.get("use_regex", True)), bool(pre.get("add_prefix_space"))
+        # Without its regex or a prefix space, ByteLevel only maps bytes to symbols: nothing to split.
+        return (("byte_level", f"use_regex={use_regex}", f"add_prefix_space={prefix}"),) if use_regex or prefix else ()
     if kind == "Split":
         pattern = pre.get("pattern") or {}
         regex = pattern.get("Regex", pattern.get("String"))
@@ -137,6 +141,9 @@ def detect_pre(tok_json: dict[str, Any]) -> str:
 
 def _bpe_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: int) -> Vocab:
     pre = detect_pre(tok_json)
+    normalizer = (tok_json.get("normalizer") or {}).get("type")
+    if normalizer not in BPE_NORMALIZERS:
+        raise EdgeError(f"unsupported tokenizer normalizer {normalizer} in tokenizer.json: llama.cpp would tokenize differently")
     by_id: dict[int, str] = {i: t for t, i in tok_json["model"]["vocab"].items()}
     added = {a["id"]: a for a in tok_json.get("added_tokens", []) if a["id"] < n_vocab}
     by_id.update({i: a["content"] for i, a in added.items()})

@@ -245,3 +245,13 @@ def test_architecture_from_model_type_and_default_output_name(ckpt, tmp_path, ca
     assert main(["convert", "-q", str(ckpt)]) == 0
     assert "wrote" in capsys.readouterr().out
     assert (tmp_path / "ckpt-f16.gguf").is_file()  # auto resolved to the stored precision
+
+
+def test_unsupported_normalizer_is_refused(tmp_path, capsys):
+    dst = tmp_path / "qwen"
+    shutil.copytree(fixtures.qwen2_checkpoint(), dst)
+    tok = json.loads((dst / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Lowercase"}
+    (dst / "tokenizer.json").write_text(json.dumps(tok))
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([dst, "-o", out], capsys), r"unsupported tokenizer normalizer Lowercase", out)
