@@ -51,6 +51,12 @@ class KLDResult:
     base_ppl: PPLResult
 
 
+def default_threads() -> int:
+    """About one thread per physical core, like llama.cpp's tools: a busy-waiting thread on a shared
+    logical core slows a whole batch down several times."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class Evaluator:
     """One model and context for chunked evaluation. Use as a context manager."""
 
@@ -74,7 +80,7 @@ class Evaluator:
                 raise EdgeError(f"llama.cpp could not load {self.path}: {llamacpp.last_error() or 'unknown error'}")
             cparams = llama_cpp.llama_context_default_params()
             cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
-            threads = n_threads or os.cpu_count() or 1
+            threads = n_threads or default_threads()
             cparams.n_threads = cparams.n_threads_batch = threads
             if cb_eval is not None:
                 cparams.cb_eval = cb_eval
