@@ -16,7 +16,7 @@ from typing import Iterator
 
 import llama_cpp as L
 
-GGML_LOG_LEVEL_ERROR = 3
+GGML_LOG_LEVEL_ERROR = 4  # enum ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 GGML_LOG_LEVEL_CONT = 5
 
 # ggml_type ids of the KV cache types edgellm offers
