@@ -29,7 +29,6 @@ class HParams:
     rope_theta: float
     rope: dict[str, Any]  # rope_type and its parameters ("default" when unscaled)
     tied_embeddings: bool
-    torch_dtype: str | None
     has_head_dim: bool  # head_dim given explicitly (written as key/value length, like llama.cpp does)
 
 
@@ -51,7 +50,6 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         n_head = int(config["num_attention_heads"])
         n_embd = int(config["hidden_size"])
         rope = _rope(config)
-        dtype = config.get("torch_dtype") or config.get("dtype")
         return HParams(
             n_layers=int(config["num_hidden_layers"]),
             n_embd=n_embd,
@@ -65,7 +63,6 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             rope_theta=float(rope["rope_theta"]),
             rope=rope,
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-            torch_dtype=str(dtype) if dtype else None,
             has_head_dim=config.get("head_dim") is not None,
         )
     except KeyError as exc:
@@ -86,6 +83,7 @@ class TensorSpec:
     shape: Shape
     permute: str | None = None  # "q" or "k": rows reordered for llama.cpp's rope layout
     optional: bool = False
+    untied_only: bool = False  # required unless tie_word_embeddings (then llama.cpp reuses token_embd)
 
 
 def _q_rows(h: HParams) -> int:
@@ -99,7 +97,7 @@ def _kv_rows(h: HParams) -> int:
 LLAMA_TENSORS: tuple[TensorSpec, ...] = (
     TensorSpec("model.embed_tokens.weight", "token_embd.weight", lambda h: (h.n_vocab, h.n_embd)),
     TensorSpec("model.norm.weight", "output_norm.weight", lambda h: (h.n_embd,)),
-    TensorSpec("lm_head.weight", "output.weight", lambda h: (h.n_vocab, h.n_embd), optional=True),
+    TensorSpec("lm_head.weight", "output.weight", lambda h: (h.n_vocab, h.n_embd), untied_only=True),
     TensorSpec("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", lambda h: (h.n_embd,)),
     TensorSpec("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", lambda h: (_q_rows(h), h.n_embd), "q"),
     TensorSpec("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", lambda h: (_kv_rows(h), h.n_embd), "k"),
@@ -180,7 +178,7 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
         for bid in layers:
             hf = spec.hf.format(bid=bid)
             if hf not in present:
-                if spec.optional:
+                if spec.optional or (spec.untied_only and h.tied_embeddings):
                     continue
                 raise EdgeError(f"checkpoint lacks tensor {hf} that {arch.hf_arch} needs")
             want = spec.shape(h)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype("<u2"),  # raw bfloat16 bits; widened to float32 by to_float32()
 }
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
+# Bytes of source tensor read at once: peak memory stays near one chunk, not one tensor.
+CHUNK_BYTES = 16 << 20
 _MAX_HEADER = 100 << 20
 
 
@@ -43,17 +44,16 @@ class TensorEntry:
 
     @property
     def n_rows(self) -> int:
-        return self.shape[0] if self.shape else 1
+        """A matrix's rows; a 1-D tensor is one row."""
+        return self.shape[0] if len(self.shape) > 1 else 1
 
     @property
     def row_elems(self) -> int:
-        return math.prod(self.shape[1:]) if len(self.shape) > 1 else (self.shape[0] if self.shape else 1)
+        return math.prod(self.shape[1:] if len(self.shape) > 1 else self.shape)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as a 2-D array of the raw dtype, read with one pread."""
+        """Rows [start, stop) as a 2-D array of the raw dtype, read with one read call."""
         dt = DTYPES[self.dtype]
-        if len(self.shape) <= 1:
-            start, stop = 0, 1
         row_bytes = self.row_elems * dt.itemsize
         buf = np.empty((stop - start) * self.row_elems, dtype=dt)
         with open(self.file, "rb", buffering=0) as f:
@@ -177,8 +177,3 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EdgeError(f"{path.name} is not valid JSON: {exc}") from exc
-
-
-def chunk_bytes() -> int:
-    """Bytes of source tensor read at once: peak memory stays near one chunk."""
-    return int(os.environ.get("EDGELLM_CONVERT_CHUNK", 16 << 20))

@@ -17,7 +17,7 @@ from edgellm.errors import EdgeError, UsageError
 from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 
 from .arch import ArchSpec, HParams, PlannedTensor, arch_for, plan_tensors, read_hparams
-from .checkpoint import Checkpoint, TensorEntry, chunk_bytes, open_checkpoint, to_float32
+from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .vocab import Vocab, load_vocab
 
 Q = gguf.GGMLQuantizationType
@@ -149,13 +149,12 @@ def _encoded_chunks(t: OutTensor) -> Iterator[memoryview]:
     src = t.source
     assert src is not None
     if t.permute_groups:
-        rows = src.read_rows(0, src.n_rows) if len(src.shape) > 1 else src.read_rows(0, 1).reshape(src.shape[0], 1)
+        rows = src.read_rows(0, src.n_rows).reshape(src.shape[0], -1)  # whole: rows move between heads
         yield memoryview(_encode(_permute_rows(rows, t.permute_groups), src, t).reshape(-1).view(np.uint8))
         return
-    n_rows = src.n_rows if len(src.shape) > 1 else 1
-    step = max(1, chunk_bytes() // max(1, src.nbytes // n_rows))
-    for start in range(0, n_rows, step):
-        raw = src.read_rows(start, min(n_rows, start + step))
+    step = max(1, CHUNK_BYTES // max(1, src.nbytes // src.n_rows))
+    for start in range(0, src.n_rows, step):
+        raw = src.read_rows(start, min(src.n_rows, start + step))
         yield memoryview(_encode(raw, src, t).reshape(-1).view(np.uint8))
 
 

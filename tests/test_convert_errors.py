@@ -255,3 +255,15 @@ def test_unsupported_normalizer_is_refused(tmp_path, capsys):
     (dst / "tokenizer.json").write_text(json.dumps(tok))
     out = tmp_path / "out.gguf"
     assert_failed(*run_cli([dst, "-o", out], capsys), r"unsupported tokenizer normalizer Lowercase", out)
+
+
+def test_untied_model_without_lm_head(tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    dst = tmp_path / "ckpt"
+    shutil.copytree(fixtures.mistral_checkpoint(), dst)
+    weights = load_file(dst / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, dst / "model.safetensors")
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([dst, "-o", out], capsys), r"checkpoint lacks tensor lm_head\.weight", out)
