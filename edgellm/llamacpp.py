@@ -25,7 +25,8 @@ KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
 _lock = threading.Lock()
 _recent: deque[str] = deque(maxlen=400)  # the last lines, for error messages
 _captures: list[list[str]] = []  # open `capture_log()` blocks
-_errors: deque[str] = deque(maxlen=20)
+_errors: deque[list[str]] = deque(maxlen=20)  # bursts of consecutive error lines
+_last_was_error = [False]
 _partial = [""]
 
 
@@ -40,8 +41,12 @@ def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             _recent.append(line)
             for cap in _captures:
                 cap.append(line)
-            if level == GGML_LOG_LEVEL_ERROR:
-                _errors.append(line.strip())
+            is_error = level == GGML_LOG_LEVEL_ERROR
+            if is_error and _last_was_error[0]:
+                _errors[-1].append(line.strip())
+            elif is_error:
+                _errors.append([line.strip()])
+            _last_was_error[0] = is_error
 
 
 _initialised = False
@@ -72,9 +77,13 @@ def capture_log() -> Iterator[list[str]]:
 
 
 def last_error() -> str:
-    """llama.cpp's most recent error line, for a one-line message."""
+    """The cause of llama.cpp's most recent failure, for a one-line message.
+
+    llama.cpp logs the specific reason first ("error loading model: unknown model architecture ...") and
+    generic lines after it ("failed to load model"): the first line of the latest burst of errors is the reason.
+    """
     with _lock:
-        return _errors[-1] if _errors else ""
+        return _errors[-1][0] if _errors else ""
 
 
 # --- backends and devices (ggml's registry) -------------------------------------------------------
