@@ -197,15 +197,16 @@ PRE_DIFFERENT = {"smollm2": ("gpt-2", "smollm")}
 
 
 def _fields(path: Path) -> tuple[dict, dict]:
-    """Metadata as each key's exact encoded bytes (type and value), and the tensors by name."""
-    from gguf import GGUFReader
+    """Metadata as each key's exact encoded bytes (key, type and value), and the tensors by name.
 
-    reader = GGUFReader(path)
-    meta = {
-        k: bytes(reader.data[f.offset : f.offset + sum(p.nbytes for p in f.parts)])
-        for k, f in reader.fields.items()
-        if not k.startswith("GGUF.")
-    }
+    A field's bytes run to the next field (the last one to the first tensor info); gguf_info's header
+    reader steps over long arrays (Llama 3's 400k vocabulary strings) quickly."""
+    from edgellm.gguf_info import _reader_class
+
+    reader = _reader_class()(path, "r")
+    fields = sorted(reader.fields.values(), key=lambda f: f.offset)
+    ends = [f.offset for f in fields[1:]] + [reader.tensors[0].field.offset]
+    meta = {f.name: bytes(reader.data[f.offset : end]) for f, end in zip(fields, ends) if not f.name.startswith("GGUF.")}
     return meta, {t.name: t for t in reader.tensors}
 
 
