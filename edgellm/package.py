@@ -305,8 +305,9 @@ def _evaluate(base_path, out_dir, text, opts, manifest, old, result, rep) -> Non
 
     sha = _text_sha(text)
     reuse = old is not None and old.eval is not None and old.eval.sha256 == sha and old.eval.n_ctx == opts.n_ctx
-    todo = [f for f in manifest.files if f.file != base_path.name and not (
-        reuse and f.level in result.skipped and f.ppl is not None and f.kld is not None)]
+    # Entries kept from the last run carry their numbers; new files (and all, if the text changed) need them.
+    todo = [f for f in manifest.files if f.file != base_path.name
+            and not (reuse and f.ppl is not None and f.kld is not None)]
     base_entry = manifest.entry(manifest.base["level"])
     prev_base = old.entry(base_entry.level) if reuse and base_entry else None
     if prev_base is not None and prev_base.ppl is not None:
