@@ -113,7 +113,10 @@ def weight_files(folder: Path) -> list[Path]:
         if missing:
             raise EdgeError(f"shard(s) listed in {index.name} are missing: {', '.join(missing)}")
         return files
-    files = sorted(folder.glob("*.safetensors"))
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    # Mistral repos may also carry consolidated.safetensors: the same weights in Mistral's own naming.
+    files = sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("consolidated"))
     if files:
         return files
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)

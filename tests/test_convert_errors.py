@@ -267,3 +267,14 @@ def test_untied_model_without_lm_head(tmp_path, capsys):
     save_file(weights, dst / "model.safetensors")
     out = tmp_path / "out.gguf"
     assert_failed(*run_cli([dst, "-o", out], capsys), r"checkpoint lacks tensor lm_head\.weight", out)
+
+
+def test_prefers_hf_weights_over_mistral_consolidated(ckpt, tmp_path, capsys):
+    """A Mistral repo's consolidated.safetensors (Mistral's own tensor names) sits beside the HF weights."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"layers.0.attention.wq.weight": np.zeros((4, 4), np.float16)}, ckpt / "consolidated.safetensors")
+    out = tmp_path / "out.gguf"
+    assert main(["convert", "-q", str(ckpt), "-o", str(out)]) == 0
+    assert out.is_file()
