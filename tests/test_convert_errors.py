@@ -278,3 +278,14 @@ def test_prefers_hf_weights_over_mistral_consolidated(ckpt, tmp_path, capsys):
     out = tmp_path / "out.gguf"
     assert main(["convert", "-q", str(ckpt), "-o", str(out)]) == 0
     assert out.is_file()
+
+
+def test_chat_template_from_chat_template_json(ckpt, tmp_path):
+    from edgellm.gguf_info import read_gguf
+    from edgellm.quantize.convert import convert_checkpoint
+
+    template = (ckpt / "chat_template.jinja").read_text()
+    (ckpt / "chat_template.jinja").unlink()
+    (ckpt / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    out = convert_checkpoint(ckpt, tmp_path / "out.gguf", progress=False)
+    assert read_gguf(out).chat_template == template == fixtures.MISTRAL_TEMPLATE
