@@ -22,7 +22,9 @@
         "imatrix": bool,              # quantized with the importance matrix above
         "ppl": float | null,          # perplexity on the eval text (llama-perplexity's chunking)
         "kld": float | null,          # mean KL divergence of its token distribution from the base's
-        "command": str                # the command line that made it
+        "command": str,               # the command line that made it
+        "bench": {"pp_tps", "tg_tps", "ttft_s", "peak_rss_bytes", "machine", "created"} | null
+                                      # speed measured by `edgellm bench --save` (on the machine named)
       }, ...]
     }
 
@@ -104,6 +106,7 @@ class FileEntry:
     ppl: float | None = None
     kld: float | None = None
     command: str = ""
+    bench: dict[str, Any] | None = None
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo, level: str, sha256: str, **extra: Any) -> FileEntry:

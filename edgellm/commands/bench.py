@@ -1,0 +1,258 @@
+"""`edgellm bench`: tokens/s and quality per quant level; `edgellm bench compare A.json B.json`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quality_text, run_bench
+from ..errors import EdgeError, UsageError
+from ..fsutil import atomic_output, human_bytes
+
+
+class _DefaultRun(click.Group):
+    """`edgellm bench MODEL…` runs a benchmark; `edgellm bench compare …` compares two reports."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultRun, context_settings={"help_option_names": ["-h", "--help"]})
+def bench() -> None:
+    """Tokens/s (prompt and generation), TTFT, memory and quality per quant level.
+
+    \b
+    edgellm bench MODEL… [options]     benchmark files or packages (see `edgellm bench run -h`)
+    edgellm bench compare A.json B.json
+    """
+
+
+def _levels(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _ngl(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter("use auto or a number of layers") from None
+
+
+@bench.command("run")
+@click.argument("models", nargs=-1)
+@click.option("--levels", help="Only these levels of a package, comma-separated (e.g. Q8_0,Q4_K_M).")
+@click.option("-p", "n_prompt", default=512, show_default=True, help="Prompt tokens per pp run (0: skip).")
+@click.option("-n", "n_gen", default=128, show_default=True, help="Generated tokens per tg run (0: skip).")
+@click.option("-r", "reps", default=5, show_default=True, help="Repetitions after one warm-up run.")
+@click.option("--ngl", default="auto", show_default=True, help="GPU layers: auto (the planner) or a number.")
+@click.option("--threads", type=int, help="CPU threads [default: physical cores].")
+@click.option("--ctx", "n_ctx", type=int, help="Context size [default: enough for -p / -n].")
+@click.option("--quality", "quality", is_flag=False, flag_value="builtin", default=None, metavar="[TEXT]",
+              help="Also measure perplexity (and KL divergence vs a F16/BF16/F32 base) on TEXT, a file; "
+                   "alone: a small built-in English + Chinese text.")
+@click.option("--quality-ctx", default=512, show_default=True, help="Chunk size for perplexity (llama-perplexity's -c).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one CSV row per file.")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a Markdown table.")
+@click.option("-o", "--output", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG: tokens/s and KL divergence against file size, Pareto front marked.")
+@click.option("--save", "save_manifest", is_flag=True, help="Write the measured numbers into the package manifest.")
+def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
+            md_path, json_path, plot_path, save_manifest) -> int:
+    """Benchmark each GGUF file or package (all its levels) given; with none, the default model."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..models import resolve_model
+
+    text = None
+    if quality == "builtin":
+        text = default_quality_text()
+    elif quality is not None:
+        qpath = Path(quality)
+        if not qpath.is_file():
+            raise UsageError(f"no such quality text file: {qpath}")
+        text = qpath.read_text(encoding="utf-8", errors="replace")
+    cfg = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, reps=reps, ngl=_ngl(ngl), threads=threads, n_ctx=n_ctx,
+                      quality_text=text, quality_ctx=quality_ctx)
+    refs, unreadable = [], []
+    for m in models or [None]:
+        try:
+            refs.append(resolve_model(m))
+        except EdgeError as exc:  # reported with the results; the other models still run
+            unreadable.append(FileResult(file=str(m), level="?", size_bytes=0, bits_per_weight=0.0, error=str(exc)))
+
+    reports = []
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("bench", total=None)
+
+        def on_step(msg: str, total: int) -> None:
+            # Called as each step starts; the count shows which step is running.
+            bar.update(task, description=msg, total=total, advance=1)
+
+        for ref in refs:
+            bar.reset(task)
+            reports.append(run_bench(ref, cfg, _levels(levels), on_step))
+
+    if save_manifest:
+        for ref, report in zip(refs, reports):
+            _save_into_manifest(report, Path(ref.source))
+    if not reports:
+        raise EdgeError(unreadable[0].error if len(unreadable) == 1 else "no model could be read")
+    combined = reports[0] if len(reports) == 1 else _merge(reports)
+    combined.results += unreadable
+    if json_path:
+        with atomic_output(json_path) as tmp:
+            tmp.write_text(json.dumps(combined.to_dict(), indent=2) + "\n")
+    if csv_path:
+        with atomic_output(csv_path) as tmp:
+            tmp.write_text(to_csv(combined))
+    if md_path:
+        with atomic_output(md_path) as tmp:
+            tmp.write_text(to_markdown(combined))
+    if plot_path:
+        from ..benchplot import plot
+
+        plot(combined, plot_path)
+    if as_json:
+        click.echo(json.dumps(combined.to_dict(), indent=2))
+    else:
+        _print_table(combined)
+    for r in combined.failed:
+        click.echo(f"edgellm: {r.file}: {r.error}", err=True)
+    return 1 if combined.failed else 0
+
+
+def _merge(reports: list[BenchReport]) -> BenchReport:
+    first = reports[0]
+    return BenchReport(model=", ".join(r.model for r in reports), config=first.config, method=first.method,
+                       machine=first.machine, results=[x for r in reports for x in r.results],
+                       base_level=first.base_level)
+
+
+def _save_into_manifest(report: BenchReport, folder: Path) -> None:
+    from ..manifest import Manifest
+
+    if not folder.is_dir():
+        raise UsageError(f"--save needs a package folder; {folder} is a single file")
+    manifest = Manifest.load(folder)
+    for r in report.results:
+        entry = manifest.entry(r.level)
+        if entry is None or not r.ok:
+            continue
+        if r.ppl is not None:
+            entry.ppl = r.ppl
+        if r.kld is not None:
+            entry.kld = r.kld
+        entry.bench = {"pp_tps": r.pp.mean if r.pp else None, "tg_tps": r.tg.mean if r.tg else None,
+                       "ttft_s": r.ttft_s, "peak_rss_bytes": r.peak_rss_bytes, "machine": report.machine["summary"],
+                       "created": report.created}
+    manifest.save(folder)
+
+
+# --- output formats ----------------------------------------------------------------------------------
+
+COLUMNS = [  # (header, value of a FileResult as text)
+    ("level", lambda r: r.level),
+    ("size", lambda r: human_bytes(r.size_bytes)),
+    ("bpw", lambda r: f"{r.bits_per_weight:.2f}"),
+    ("pp t/s", lambda r: str(r.pp) if r.pp else "-"),
+    ("tg t/s", lambda r: str(r.tg) if r.tg else "-"),
+    ("TTFT ms", lambda r: f"{r.ttft_s * 1000:.0f}" if r.ttft_s is not None else "-"),
+    ("load s", lambda r: f"{r.load_s:.2f}" if r.load_s is not None else "-"),
+    ("peak RAM", lambda r: human_bytes(r.peak_rss_bytes) if r.peak_rss_bytes else "-"),
+    ("GPU layers", lambda r: f"{r.n_gpu_layers}/{r.n_layers + 1}" if r.n_layers is not None else "-"),
+    ("PPL", lambda r: f"{r.ppl:.3f} ± {r.ppl_stderr:.3f}" if r.ppl is not None else "-"),
+    ("KLD", lambda r: f"{r.kld:.5f}" if r.kld is not None else "-"),
+    ("same top", lambda r: f"{r.same_top * 100:.1f}%" if r.same_top is not None else "-"),
+]
+
+CSV_FIELDS = ["file", "level", "size_bytes", "bits_per_weight", "pp_mean", "pp_std", "tg_mean", "tg_std", "ttft_s",
+              "load_s", "peak_rss_bytes", "n_threads", "n_ctx", "n_layers", "n_gpu_layers", "ppl", "ppl_stderr", "kld",
+              "kld_p99", "delta_p", "same_top", "error"]
+
+
+def _print_table(report: BenchReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.model}", caption=report.method, caption_justify="left")
+    for header, _ in COLUMNS:
+        table.add_column(header, justify="left" if header == "level" else "right")
+    for r in report.results:
+        if r.ok:
+            table.add_row(*(fmt(r) for _, fmt in COLUMNS))
+        else:
+            table.add_row(r.level, human_bytes(r.size_bytes), f"{r.bits_per_weight:.2f}", f"[red]failed: {r.error}[/]")
+    Console(file=sys.stdout).print(table)
+
+
+def to_csv(report: BenchReport) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in report.results:
+        row = {k: getattr(r, k) for k in CSV_FIELDS if hasattr(r, k)}
+        for key in ("pp", "tg"):
+            m = getattr(r, key)
+            row[f"{key}_mean"], row[f"{key}_std"] = (m.mean, m.std) if m else (None, None)
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def to_markdown(report: BenchReport) -> str:
+    lines = [f"### {report.model}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |",
+             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in report.results:
+        cells = [fmt(r) for _, fmt in COLUMNS] if r.ok else [r.level, "failed: " + (r.error or "")] + [""] * (len(COLUMNS) - 2)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"_{report.method}. Machine: {report.machine['summary']}._", ""]
+    return "\n".join(lines)
+
+
+# --- compare -----------------------------------------------------------------------------------------
+
+
+def _load_report(path: Path) -> BenchReport:
+    try:
+        return BenchReport.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EdgeError(f"cannot read bench report {path}: {exc}") from exc
+
+
+@bench.command("compare")
+@click.argument("a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare_cmd(a: Path, b: Path, as_json: bool) -> None:
+    """Compare two reports written with `edgellm bench -o`: each metric in A, B and B/A per level."""
+    rows = compare(_load_report(a), _load_report(b))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{a.name} → {b.name}")
+    for header in ("level", "metric", "A", "B", "B/A"):
+        table.add_column(header, justify="left" if header in ("level", "metric") else "right")
+
+    def num(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    for row in rows:
+        for key, v in row.items():
+            if key != "level" and (v["a"] is not None or v["b"] is not None):
+                table.add_row(row["level"], key, num(v["a"]), num(v["b"]), num(v["ratio"]))
+    Console(file=sys.stdout).print(table)
