@@ -289,3 +289,14 @@ def test_chat_template_from_chat_template_json(ckpt, tmp_path):
     (ckpt / "chat_template.json").write_text(json.dumps({"chat_template": template}))
     out = convert_checkpoint(ckpt, tmp_path / "out.gguf", progress=False)
     assert read_gguf(out).chat_template == template == fixtures.MISTRAL_TEMPLATE
+
+
+def test_unsupported_tensor_dtype(ckpt, tmp_path, capsys):
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(ckpt / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"].astype(np.int64)
+    save_file(weights, ckpt / "model.safetensors")
+    out = tmp_path / "out.gguf"
+    assert_failed(*run_cli([ckpt, "-o", out], capsys), r"tensor model\.norm\.weight in model\.safetensors has dtype I64; supported: F32, F16, BF16", out)
