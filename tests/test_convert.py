@@ -236,13 +236,14 @@ def test_identical_to_llamacpp_converter(name, outtype, ref_outtype, converted):
 def test_converts_a_retrained_tokenizer_llamacpp_refuses(converted, tmp_path):
     """llama.cpp's converter knows tokenizers by a hash of their output; a retrained one is refused there,
     while edgellm recognises Qwen2's pre-tokenizer from the tokenizer's structure."""
+    import os
     import subprocess
     import sys
 
     script = fixtures.llamacpp_converter()
     run = subprocess.run(
         [sys.executable, str(script), str(fixtures.qwen2_checkpoint()), "--outfile", str(tmp_path / "ref.gguf")],
-        env={"PYTHONPATH": str(script.parent / "gguf-py"), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")},
         capture_output=True,
         text=True,
     )
