@@ -116,6 +116,7 @@ def llama3_tokenizer_dir() -> Path:
 
 # Real Llama 3 shapes: (n_layer, n_embd, n_ff, n_head, n_head_kv)
 LLAMA3_SHAPES = {
+    "llama3-1b": (16, 2048, 8192, 32, 8),
     "llama3-8b": (32, 4096, 14336, 32, 8),
     "llama3-70b": (80, 8192, 28672, 64, 8),
 }
@@ -163,6 +164,38 @@ LLAMA3_CHAT_TEMPLATE = (
 )
 
 
+# Byte offsets of the f16 scale fields in one block of each type (ggml's block layouts; the rest of a
+# block is packed small integers, for which any byte is valid) and a scale range that gives weights
+# of about 0.01-0.05 in magnitude, like a trained model's.
+_F16_SCALES = {
+    "Q8_0": ((0,), 5e-4),
+    "Q4_K": ((0, 2), 3e-5),
+    "Q5_K": ((0, 2), 1.5e-5),
+    "Q6_K": ((208,), 5e-6),
+    "Q3_K": ((108,), 5e-4),
+    "Q2_K": ((80, 82), 2e-3),
+}
+
+
+def random_blocks(qtype, n_blocks: int = 4096, seed: int = 0) -> bytes:
+    """Random weights of a ggml type, n_blocks blocks (gguf-py cannot quantize K-quants: the blocks are
+    random bytes with small random f16 scales, so every weight is finite and of a trained model's size)."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES
+
+    rng = np.random.default_rng(seed)
+    block, size = GGML_QUANT_SIZES[qtype]
+    if qtype.name == "F32":  # only norms are F32 here: around one
+        return rng.normal(1.0, 0.02, n_blocks).astype(np.float32).tobytes()
+    if qtype.name == "F16":
+        return rng.normal(0.0, 0.02, n_blocks).astype(np.float16).tobytes()
+    raw = rng.integers(0, 256, (n_blocks, size), dtype=np.uint8)
+    offsets, scale = _F16_SCALES[qtype.name]
+    for off in offsets:
+        raw[:, off : off + 2] = rng.uniform(scale / 2, scale, n_blocks).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+    return raw.tobytes()
+
+
 def write_llama3_shaped_gguf(path: Path, shape: str = "llama3-8b", level: str = "Q4_K_M", fill: str = "sparse") -> Path:
     """A GGUF with a real Llama 3 shape and tokenizer but no trained weights.
 
@@ -171,7 +204,7 @@ def write_llama3_shaped_gguf(path: Path, shape: str = "llama3-8b", level: str = 
     for speed and memory measurements; writes the full size to disk).
     """
     import numpy as np
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
     n_layer, n_embd, n_ff, n_head, n_head_kv = LLAMA3_SHAPES[shape]
     ftype, main, sensitive, out_type = SYNTH_LEVELS[level]
@@ -224,14 +257,9 @@ def write_llama3_shaped_gguf(path: Path, shape: str = "llama3-8b", level: str = 
     if fill == "sparse":
         fout.truncate(start + sum(padded))
     else:
-        rng = np.random.default_rng(0)
-        patterns: dict = {}
+        patterns = {qtype: random_blocks(qtype) for qtype in {t for _, _, t in tensors}}
         for (name, shape_, qtype), size in zip(tensors, padded):
-            if qtype not in patterns:  # one random 1 MiB-ish row block per type, quantized for real
-                block, _ = GGML_QUANT_SIZES[qtype]
-                row = (rng.standard_normal(block * 4096) * 0.02).astype(np.float32)
-                patterns[qtype] = np.ascontiguousarray(quants.quantize(row, qtype)).tobytes()
-            pat = patterns[qtype] if qtype != q.F32 else np.ones(4096, np.float32).tobytes()
+            pat = patterns[qtype]
             n = nbytes(shape_, qtype)
             reps, rest = divmod(n, len(pat))
             for _ in range(reps):
