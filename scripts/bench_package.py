@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Benchmark `edgellm package` against llama.cpp's own pipeline on one machine, in one run.
+
+  A: edgellm package SRC -o A --base f16 --levels Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K
+  B: convert_hf_to_gguf.py SRC --outtype f16  +  one llama-quantize call per level
+
+Prints both wall times and their ratio A/B (target <= 0.65), then, for every level, whether the tensors
+edgellm wrote are identical to what llama-quantize writes from the same base file (edgellm's F16).
+The tools come from scripts/llamacpp_tools.sh (built from the sources llama-cpp-python vendors).
+
+  usage: .venv/bin/python scripts/bench_package.py [SRC] [--repeat N] [--keep DIR]
+  SRC defaults to the SmolLM2 test checkpoint (tests/fixtures.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
+
+
+def tools_root() -> Path:
+    out = subprocess.run(["bash", str(ROOT / "scripts/llamacpp_tools.sh")], check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHON": sys.executable})
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def timed(cmds: list[list[str]], env: dict | None = None) -> float:
+    t = time.perf_counter()
+    for cmd in cmds:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
+def run_edgellm(src: Path, out: Path) -> float:
+    edgellm = Path(sys.executable).with_name("edgellm")
+    return timed([[str(edgellm), "package", str(src), "-o", str(out), "--base", "f16", "--name", "m",
+                   "--levels", ",".join(LEVELS)]])
+
+
+def run_llamacpp(tools: Path, src: Path, out: Path) -> float:
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / "base-f16.gguf"
+    env = {**os.environ, "PYTHONPATH": str(tools / "gguf-py")}
+    cmds = [[sys.executable, str(tools / "convert_hf_to_gguf.py"), str(src), "--outtype", "f16", "--outfile", str(base)]]
+    cmds += [[str(tools / "build/bin/llama-quantize"), str(base), str(out / f"{lv}.gguf"), lv] for lv in LEVELS]
+    return timed(cmds, env)
+
+
+def tensors_identical(a: Path, b: Path) -> tuple[bool, str]:
+    from gguf import GGUFReader
+
+    ra, rb = GGUFReader(a), GGUFReader(b)
+    ta, tb = {t.name: t for t in ra.tensors}, {t.name: t for t in rb.tensors}
+    if ta.keys() != tb.keys():
+        return False, f"tensor names differ ({len(ta)} vs {len(tb)})"
+    for name, t in ta.items():
+        u = tb[name]
+        if t.tensor_type != u.tensor_type or list(t.shape) != list(u.shape):
+            return False, f"{name}: {t.tensor_type.name}{list(t.shape)} vs {u.tensor_type.name}{list(u.shape)}"
+        if t.data.tobytes() != u.data.tobytes():
+            return False, f"{name}: data differs"
+    return True, f"{len(ta)} tensors"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", nargs="?", type=Path)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of A and B, alternating which goes first")
+    ap.add_argument("--keep", type=Path, help="keep the outputs here instead of a temp folder")
+    args = ap.parse_args()
+    if args.src is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import fixtures
+
+        args.src = fixtures.smollm2_checkpoint()
+    tools = tools_root()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-package-"))
+    print(f"source {args.src}\ntools  {tools}\nmachine {os.cpu_count()} CPUs\n")
+
+    a_times, b_times = [], []
+    for i in range(args.repeat):
+        for which in (("A", "B") if i % 2 == 0 else ("B", "A")):
+            out = work / f"{which}{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            if which == "A":
+                a_times.append(run_edgellm(args.src, out))
+            else:
+                b_times.append(run_llamacpp(tools, args.src, out))
+            print(f"round {i + 1} {which}: {(a_times if which == 'A' else b_times)[-1]:.1f} s", flush=True)
+    a, b = sum(a_times), sum(b_times)
+    print(f"\nedgellm package        {a / args.repeat:7.1f} s per run")
+    print(f"convert + llama-quantize {b / args.repeat:5.1f} s per run")
+    print(f"ratio edgellm / llama.cpp: {a / b:.3f}x  (target <= 0.65x)\n")
+
+    # Same input for both quantizers: edgellm's own F16 base.
+    pkg = work / "A0"
+    ref = work / "ref"
+    ref.mkdir(exist_ok=True)
+    base = pkg / "m-F16.gguf"
+    for lv in LEVELS:
+        subprocess.run([str(tools / "build/bin/llama-quantize"), str(base), str(ref / f"{lv}.gguf"), lv],
+                       check=True, capture_output=True)
+        same, why = tensors_identical(pkg / f"m-{lv}.gguf", ref / f"{lv}.gguf")
+        print(f"{lv:7} tensors identical to llama-quantize's: {'yes' if same else 'NO'} ({why})")
+    same, why = tensors_identical(base, work / "B0" / "base-f16.gguf")
+    print(f"\nF16 base vs convert_hf_to_gguf.py's: {'identical tensors' if same else 'differs: ' + why}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
