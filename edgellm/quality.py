@@ -194,7 +194,7 @@ class BaseLogProbs:
     def __init__(self, base_path: str | Path, text: str, n_ctx: int = 512, n_threads: int | None = None,
                  progress: ProgressHook | None = None, folder: str | Path | None = None) -> None:
         self.text, self.n_ctx, self.n_threads = text, n_ctx, n_threads
-        fd, name = tempfile.mkstemp(prefix="edgellm-base-logprobs.", suffix=".f32", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=".edgellm-base-logprobs.", suffix=".partial", dir=folder)
         os.close(fd)
         self.file = Path(name)
         try:
