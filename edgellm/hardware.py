@@ -65,6 +65,11 @@ class HardwareProfile:
         return self.gpus if self.llama.gpu_offload else ()
 
     @property
+    def unified_memory(self) -> bool:
+        """The GPU's memory is the machine's RAM (Apple silicon, integrated GPUs)."""
+        return any(g.unified for g in self.offload_gpus)
+
+    @property
     def vram_free(self) -> int:
         return sum(g.free for g in self.offload_gpus)
 

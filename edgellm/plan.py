@@ -112,14 +112,18 @@ def _fit_kind(ngl: int, n_layers: int) -> str:
     return "gpu" if ngl > n_layers else "partial" if ngl > 0 else "cpu"
 
 
-def best_gpu_layers(f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool) -> MemoryEstimate | None:
-    """The placement with the most GPU layers that fits both budgets, or None."""
+def best_gpu_layers(
+    f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool, unified: bool = False
+) -> MemoryEstimate | None:
+    """The placement with the most GPU layers that fits both budgets, or None. With unified memory
+    (Apple silicon) what the GPU holds comes out of the same RAM."""
     n = f.info.n_layers
     for ngl in range(n + 1 if gpu else 0, -1, -1):
         m = estimate(f.info, n_ctx, ngl, kv_type)
-        if m.vram <= vram and m.ram <= ram:
+        ram_used = m.ram + (m.vram if unified else 0)
+        if m.vram <= vram and ram_used <= ram:
             return m
-        if m.vram <= vram and m.ram > ram:
+        if m.vram <= vram and not unified:
             return None  # fewer GPU layers only need more RAM
     return None
 
@@ -132,9 +136,9 @@ def _contexts(target: int, min_ctx: int) -> list[int]:
     return out + [min_ctx]
 
 
-def _fit_level(f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool) -> MemoryEstimate | None:
+def _fit_level(f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool, unified: bool) -> MemoryEstimate | None:
     for c in contexts:
-        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu)
+        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu, unified)
         if m is not None:
             return m
     return None
@@ -168,7 +172,7 @@ def make_plan(
 
     levels, chosen = [], None
     for f in model.files:
-        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu)
+        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory)
         if m is None:
             worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type)
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
@@ -227,7 +231,7 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
 
     f = ModelFile(plan.level, plan.path, read_gguf(plan.path))
     ram_budget = _budget(hw.ram_available, RAM_MARGIN)
-    m = best_gpu_layers(f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus))
+    m = best_gpu_layers(f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus), hw.unified_memory)
     why = (
         "the GPU is gone" if not hw.offload_gpus
         else f"the GPU has {human_bytes(hw.vram_free)} free, less than the {human_bytes(plan.memory.vram)} planned"

@@ -192,3 +192,16 @@ def test_plan_command_bad_inputs(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["plan", str(tmp_path / "empty")]) == 2
     assert "holds no .gguf files" in capsys.readouterr().err
+
+
+def test_unified_memory_counts_the_gpu_share_against_ram(llama8b):
+    from dataclasses import replace
+
+    from edgellm.hardware import GPU
+
+    separate = synthetic(16 * GIB, 12 * GIB)
+    apple = replace(separate, gpus=(GPU(0, "Apple M2", "apple", 12 * GIB, 12 * GIB, "llama.cpp", unified=True),))
+    assert make_plan(llama8b, separate).level == "F16"  # 16 GiB RAM + 12 GiB VRAM hold it
+    plan = make_plan(llama8b, apple)  # but 16 GiB shared do not
+    ram, _ = budgets(apple)
+    assert plan.level == "Q8_0" and plan.memory.ram + plan.memory.vram <= ram
