@@ -632,3 +632,13 @@ def smollm2_package() -> Path:
         build_package(smollm2_checkpoint(), tmp, PackageOptions(levels=parse_levels("Q8_0,Q2_K"), base_type="f16"))
 
     return _build_once("smollm2-package", build)
+
+
+def llamacpp_tools() -> Path | None:
+    """llama.cpp's own tools root (binaries in build/bin) if scripts/llamacpp_tools.sh has built them, else None."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "llamacpp_tools.sh"
+    version = importlib.metadata.version("llama-cpp-python")
+    cache = Path(os.environ.get("EDGELLM_TOOLS_CACHE", Path.home() / ".cache" / "edgellm-tools"))
+    root = cache / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    needed = ("llama-quantize", "llama-perplexity")
+    return root if script.exists() and all((root / "build/bin" / t).exists() for t in needed) else None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import fixtures
 import llama_cpp
 import pytest
+from gguf import GGUFReader
 
 from edgellm.cli import main
 from edgellm.manifest import Manifest
@@ -138,6 +140,18 @@ def test_imatrix_lowers_kld_on_other_text(tmp_path_factory, texts, package, caps
     for lv in ("Q4_K_M", "Q3_K_M", "Q2_K"):
         assert with_im[lv].imatrix and not without[lv].imatrix
         assert with_im[lv].kld < 0.9 * without[lv].kld, (lv, with_im[lv].kld, without[lv].kld)
+    # llama-quantize reading our imatrix.gguf writes the same tensors as our in-process quantizing.
+    tools = fixtures.llamacpp_tools()
+    if tools is None:
+        pytest.skip("llama.cpp's tools are not built (scripts/llamacpp_tools.sh)")
+    ref = out.parent / "ref-Q4_K_M.gguf"
+    subprocess.run([str(tools / "build/bin/llama-quantize"), "--imatrix", str(out / "imatrix.gguf"), str(base),
+                    str(ref), "Q4_K_M"], check=True, capture_output=True, timeout=300)
+
+    def tensors(path):
+        return {t.name: (t.tensor_type, t.data.tobytes()) for t in GGUFReader(path).tensors}
+
+    assert tensors(out / with_im["Q4_K_M"].file) == tensors(ref)
 
 
 # --- bad input -------------------------------------------------------------------------------------

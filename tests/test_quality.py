@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import re
 import subprocess
 from pathlib import Path
@@ -16,7 +14,6 @@ from edgellm.quality import BaseLogProbs, Evaluator, kl_divergence, perplexity
 from edgellm.quantize.levels import TABLE, quantize
 
 N_CTX = 128
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +29,9 @@ def text():
 
 
 def _tools_root() -> Path:
-    """llama.cpp's own tools, built by scripts/llamacpp_tools.sh from the same vendored sources."""
-    try:
-        out = subprocess.run(["bash", str(ROOT / "scripts/llamacpp_tools.sh")], capture_output=True, text=True,
-                             env={**os.environ, "PYTHON": sys.executable}, timeout=30)
-    except subprocess.TimeoutExpired:
-        pytest.skip("llama.cpp tools are not built yet (scripts/llamacpp_tools.sh)")
-    root = Path(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else None
-    if root is None or not (root / "build/bin/llama-perplexity").exists():
-        pytest.skip("llama.cpp tools are not built (run scripts/llamacpp_tools.sh)")
+    root = fixtures.llamacpp_tools()
+    if root is None:
+        pytest.skip("llama.cpp's tools are not built (scripts/llamacpp_tools.sh)")
     return root
 
 
