@@ -203,3 +203,36 @@ def test_not_enough_disk_is_checked_before_starting(tmp_path, capsys, monkeypatc
     rc, _, err = run(capsys, "package", str(fixtures.smollm2_checkpoint()), "-o", str(out), "--levels", "Q8_0,Q4_K_M")
     assert rc == 3 and "not enough disk space" in err and "package (2 file(s) to make)" in err
     assert not any(out.iterdir())
+
+
+def test_interrupted_run_leaves_only_complete_files_and_resumes(tmp_path, capsys):
+    """Ctrl-C while levels are being made: exit 130, every .gguf left is complete and listed; a re-run resumes."""
+    import signal
+    import sys
+    import time
+
+    out = tmp_path / "pkg"
+    base = fixtures.smollm2_f16_gguf()
+    cmd = [sys.executable, "-m", "edgellm.cli", "package", str(base), "-o", str(out), "--levels",
+           "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M", "--jobs", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # wait until the first level is in the manifest
+        m = out / "manifest.json"
+        if m.exists() and json.loads(m.read_text())["files"]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().endswith("edgellm: interrupted")
+    listed = {f.file for f in Manifest.load(out).files}
+    assert 1 <= len(listed) < 5
+    assert {p.name for p in out.glob("*.gguf")} == listed  # nothing under a final name that is not complete
+    assert not list(out.glob(".*"))  # no temp files left
+    assert Manifest.load(out).verify(out) == []
+
+    rc, js, err = run(capsys, "package", str(base), "-o", str(out), "--levels", "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M",
+                      "--json")
+    assert rc == 0, err
+    assert len(json.loads(js)["files"]) == 5 and err.count("unchanged, skipped") >= len(listed)
