@@ -14,7 +14,6 @@ returns the logits of a chunk (the importance-matrix pass uses it with an eval c
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import tempfile
