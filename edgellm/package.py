@@ -119,6 +119,15 @@ def _entry_ok(folder: Path, entry: FileEntry | None) -> bool:
     return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
 
 
+def _jobs_that_fit(base: Path) -> int:
+    """Each quantizer holds its largest tensor as F32 plus the quantized copy: keep them within free RAM."""
+    import psutil
+
+    largest = max((t.n_elements for t in read_gguf(base).tensors), default=0)
+    per_job = largest * 4 * 2 + (256 << 20)
+    return max(1, psutil.virtual_memory().available // per_job)
+
+
 def quantize_levels(
     base: Path,
     out_dir: Path,
@@ -135,7 +144,8 @@ def quantize_levels(
     rep = reporter or Reporter()
     cancel = threading.Event()
     results: dict[str, tuple[Path, str]] = {}
-    nthread = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(levels))))
+    jobs = max(1, min(jobs, len(levels), _jobs_that_fit(base)))
+    nthread = max(1, (os.cpu_count() or 1) // jobs)
 
     def one(level: Level) -> tuple[Level, Path, str]:
         out = out_dir / f"{stem}-{level.name}.gguf"

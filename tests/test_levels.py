@@ -116,7 +116,7 @@ def test_not_gguf_is_refused(tmp_path):
 
 
 def test_cli_quantize_json(base, tmp_path, capsys):
-    src = tmp_path / "base.gguf"
+    src = tmp_path / "m-F16.gguf"
     shutil.copy(base, src)
     rc = main(["quantize", str(src), "--levels", "Q8_0,Q4_0", "-o", str(tmp_path), "--json"])
     out, err = capsys.readouterr()
@@ -126,7 +126,7 @@ def test_cli_quantize_json(base, tmp_path, capsys):
     assert [r["level"] for r in rows] == ["Q8_0", "Q4_0"]
     for r in rows:
         assert read_gguf(r["file"]).file_type == r["level"]
-        assert r["bytes"] == (tmp_path / f"base-{r['level']}.gguf").stat().st_size
+        assert r["bytes"] == (tmp_path / f"m-{r['level']}.gguf").stat().st_size  # the base's type left out
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -56,7 +57,8 @@ def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_
     if not out_dir.is_dir():
         raise UsageError(f"output folder does not exist: {out_dir}")
     ensure_free_space(out_dir, sum(estimate_bytes(info, lv) for lv in wanted), f"{len(wanted)} quantized file(s)")
-    stem = base.name.removesuffix(".gguf")
+    # model-F16.gguf -> model-Q4_K_M.gguf rather than model-F16-Q4_K_M.gguf
+    stem = re.sub(rf"[-_.]{info.file_type}$", "", base.name.removesuffix(".gguf"), flags=re.I) or "model"
     with ProgressReporter() as ui:
         made = quantize_levels(base, out_dir, stem, wanted, allow_requantize=allow_requantize, jobs=jobs,
                                reporter=ui.reporter())
