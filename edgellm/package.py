@@ -22,7 +22,7 @@ from .errors import EdgeError, UsageError
 from .fsutil import atomic_output, ensure_free_space, human_bytes
 from .gguf_info import read_gguf
 from .manifest import FILENAME, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
-from .quantize.levels import Level, check_base, check_imatrix_needs, quantize
+from .quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
 
 BASE_TYPES = ("auto", "f16", "bf16", "f32")
 IMATRIX_FILE = "imatrix.gguf"
@@ -100,10 +100,6 @@ def _estimate_base(src: Path, base_type: str) -> tuple[int, int]:
     n_params = weights // src_bytes
     out_bytes = {"auto": src_bytes, "f32": 4}.get(base_type, 2)
     return n_params * out_bytes, n_params
-
-
-def _level_bytes_for(n_params: int, level: Level) -> int:
-    return int(n_params * min(level.bpw * 1.25 + 1.0, 32.0) / 8) + (8 << 20)
 
 
 def _clean_partials(folder: Path) -> None:
@@ -205,7 +201,7 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
     stem = file_stem(opts.name or (info.name if from_gguf and info.name else src.name))
 
     planned = [lv for lv in opts.levels if not (old and _entry_ok(out_dir, old.entry(lv.name)))]
-    need = base_need + sum(_level_bytes_for(n_params, lv) for lv in planned)
+    need = base_need + sum(estimate_bytes(n_params, lv) for lv in planned)
     ensure_free_space(out_dir, need, f"package ({len(planned)} file(s) to make)")
 
     fingerprint = source_fingerprint(src) if not from_gguf else None

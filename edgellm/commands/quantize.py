@@ -56,7 +56,7 @@ def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_
     out_dir = out_dir or base.resolve().parent
     if not out_dir.is_dir():
         raise UsageError(f"output folder does not exist: {out_dir}")
-    ensure_free_space(out_dir, sum(estimate_bytes(info, lv) for lv in wanted), f"{len(wanted)} quantized file(s)")
+    ensure_free_space(out_dir, sum(estimate_bytes(info.n_params, lv) for lv in wanted), f"{len(wanted)} quantized file(s)")
     # model-F16.gguf -> model-Q4_K_M.gguf rather than model-F16-Q4_K_M.gguf
     stem = re.sub(rf"[-_.]{info.file_type}$", "", base.name.removesuffix(".gguf"), flags=re.I) or "model"
     with ProgressReporter() as ui:
