@@ -361,10 +361,10 @@ def write_card(folder: Path, m: Manifest) -> Path:
         lines += ["", f"Perplexity and KL divergence on `{m.eval.text}`: {m.eval.chunks} chunks of {m.eval.n_ctx} "
                       "tokens, second half of each scored (llama-perplexity's method). Lower is better."]
     lines += ["", "## Run", "", "Let edgellm pick the best file for this machine, or name one:", "", "```sh",
-              "edgellm plan .            # which file fits, how many layers on the GPU, which context",
-              "edgellm chat --model .    # chat with the file the planner picks"]
-    lines += [f"edgellm run --model {f.file} 'Hello'" for f in m.files]
-    lines += ["edgellm verify .          # re-hash every file against manifest.json", "```", ""]
+              "edgellm plan .                 # which file fits here, GPU layers, context: and why",
+              "edgellm chat .                 # chat with the file the planner picks"]
+    lines += [f"edgellm run {f.file} -p 'Hello'" for f in m.files]
+    lines += ["edgellm verify .               # re-hash every file against manifest.json", "```", ""]
     path = folder / CARD_FILE
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines))

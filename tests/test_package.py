@@ -88,7 +88,7 @@ def test_model_card(package):
     card = (package / "README.md").read_text()
     m = Manifest.load(package)
     for f in m.files:
-        assert f"`{f.file}`" in card and f"edgellm run --model {f.file}" in card
+        assert f"`{f.file}`" in card and f"edgellm run {f.file} -p 'Hello'" in card
         assert f"{f.ppl:.3f}" in card
     assert "edgellm verify ." in card
 
