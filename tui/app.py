@@ -18,6 +18,7 @@ from textual.actions import SkipAction
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.message import Message as TextualMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Input
@@ -206,7 +207,8 @@ class ChatApp(App[None]):
         self.loaded = loaded
         self.model_path = loaded.path
         info = loaded.engine.info
-        self.query_one(ModelHeader).update(f"[b]{info.name}[/b] · {loaded.plan}")
+        # The plan first: at 80 columns a long model name is what gets cut.
+        self.query_one(ModelHeader).update(f"{escape(loaded.plan)} · [b]{escape(info.name)}[/b]")
         self.set_stats(
             state="ready",
             ctx_size=info.n_ctx,
