@@ -152,19 +152,28 @@ def quantize_levels(
         )
         return level, out, sha256_file(out)
 
+    def finished(fut: cf.Future) -> None:
+        level, path, sha = fut.result()
+        results[level.name] = (path, sha)
+        rep.level_done(level.name, False)
+        if on_done:
+            on_done(level, path, sha)
+
     with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(one, lv) for lv in levels]
         try:
             for fut in cf.as_completed(futures):
-                level, path, sha = fut.result()
-                results[level.name] = (path, sha)
-                rep.level_done(level.name, False)
-                if on_done:
-                    on_done(level, path, sha)
+                finished(fut)
         except BaseException:
+            # Stop: levels not started are dropped, running ones discard their output. A level that was
+            # already complete is still recorded, so every file under a final name is in the manifest.
             cancel.set()
             for f in futures:
                 f.cancel()
+            cf.wait(futures)
+            for f in futures:
+                if not f.cancelled() and f.exception() is None and f.result()[0].name not in results:
+                    finished(f)
             raise
     return results
 
