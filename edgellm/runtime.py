@@ -231,16 +231,26 @@ class Engine:
     # --- generation ---------------------------------------------------------------------------------
 
     def _sampler(self, s: Sampling):
+        """llama.cpp's native chain: repeat penalty, top-k, top-p, min-p, temperature, then a seeded draw.
+
+        The repeat penalty only ever lowers logits, and at most PENALTY_LAST_N distinct tokens are
+        penalized, so the best k after penalizing are always among the best k + PENALTY_LAST_N before:
+        a top-k of that size first gives the same result without scanning the whole vocabulary with the
+        penalty each token (0.2 ms per token on a 49k vocabulary, a few % of a small model's speed)."""
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = lambda smpl: L.llama_sampler_chain_add(chain, smpl)  # noqa: E731 - the chain owns each sampler
+        greedy = s.temperature <= 0
+        top_k = 1 if greedy else (s.top_k if s.top_k and s.top_k > 0 else 0)
         if s.repeat_penalty and s.repeat_penalty != 1.0:
+            if top_k:
+                add(L.llama_sampler_init_top_k(top_k + PENALTY_LAST_N))
             n_vocab = L.llama_vocab_n_tokens(self._vocab)
             add(L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0))
-        if s.temperature <= 0:
+        if greedy:
             add(L.llama_sampler_init_greedy())
             return chain
-        if s.top_k and s.top_k > 0:
-            add(L.llama_sampler_init_top_k(s.top_k))
+        if top_k:
+            add(L.llama_sampler_init_top_k(top_k))
         if s.top_p and s.top_p < 1.0:
             add(L.llama_sampler_init_top_p(s.top_p, 1))
         if s.min_p and s.min_p > 0.0:

@@ -170,3 +170,27 @@ def test_llama3_eot_ends_the_turn_even_when_eos_is_end_of_text(llama3_tiny):
     assert stops.last_stats.gen_tokens == 0
     assert "".join(talks.stream_chat([{"role": "user", "content": "Hi"}], Sampling(temperature=0, max_tokens=3))) == " Paris Paris Paris"
     assert talks.last_stats.finish_reason == "length"
+
+
+def _full_vocab_chain(engine, s: Sampling):
+    """llama.cpp's usual order: the repeat penalty over the whole vocabulary, then top-k and the rest."""
+    import llama_cpp as L
+
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    parts = [L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(engine._vocab), 64, s.repeat_penalty, 0.0, 0.0)]
+    if s.temperature <= 0:
+        parts.append(L.llama_sampler_init_greedy())
+    else:
+        parts += [L.llama_sampler_init_top_k(s.top_k), L.llama_sampler_init_top_p(s.top_p, 1), L.llama_sampler_init_min_p(s.min_p, 1),
+                  L.llama_sampler_init_temp(s.temperature), L.llama_sampler_init_dist(s.seed)]
+    for p in parts:
+        L.llama_sampler_chain_add(chain, p)
+    return chain
+
+
+def test_penalty_after_a_wide_top_k_picks_what_the_full_vocabulary_penalty_picks(smol, monkeypatch):
+    ask = [{"role": "user", "content": "List twenty animals, one per line."}]
+    settings = [Sampling(temperature=0, repeat_penalty=1.3, max_tokens=80), Sampling(temperature=0.8, seed=5, repeat_penalty=1.3, max_tokens=80)]
+    ours = ["".join(smol.stream_chat(ask, s)) for s in settings]
+    monkeypatch.setattr(Engine, "_sampler", _full_vocab_chain)
+    assert ours == ["".join(smol.stream_chat(ask, s)) for s in settings]
