@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -33,13 +34,21 @@ def tools_root() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+CPU: list[float] = []  # CPU seconds (user + system) of the last timed() call's processes
+
+
 def timed(cmds: list[list[str]], env: dict | None = None) -> float:
+    """Wall seconds for the commands; their CPU seconds go to CPU (a number other load does not move much)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     for cmd in cmds:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return wall
 
 
 def run_edgellm(src: Path, out: Path) -> float:
@@ -88,20 +97,25 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-package-"))
     print(f"source {args.src}\ntools  {tools}\nmachine {os.cpu_count()} CPUs\n")
 
-    a_times, b_times = [], []
+    a_times, b_times, a_cpu, b_cpu = [], [], [], []
     for i in range(args.repeat):
         for which in (("A", "B") if i % 2 == 0 else ("B", "A")):
             out = work / f"{which}{i}"
             shutil.rmtree(out, ignore_errors=True)
             if which == "A":
                 a_times.append(run_edgellm(args.src, out))
+                a_cpu.append(CPU[-1])
             else:
                 b_times.append(run_llamacpp(tools, args.src, out))
-            print(f"round {i + 1} {which}: {(a_times if which == 'A' else b_times)[-1]:.1f} s", flush=True)
+                b_cpu.append(CPU[-1])
+            wall = (a_times if which == "A" else b_times)[-1]
+            print(f"round {i + 1} {which}: {wall:.1f} s wall, {CPU[-1]:.1f} s CPU", flush=True)
     a, b = sum(a_times), sum(b_times)
     print(f"\nedgellm package        {a / args.repeat:7.1f} s per run")
     print(f"convert + llama-quantize {b / args.repeat:5.1f} s per run")
-    print(f"ratio edgellm / llama.cpp: {a / b:.3f}x  (target <= 0.65x)\n")
+    print(f"ratio edgellm / llama.cpp: {a / b:.3f}x wall (target <= 0.65x), {sum(a_cpu) / sum(b_cpu):.3f}x CPU time")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          "(levels run side by side gain only from idle cores)\n")
 
     # Same input for both quantizers: edgellm's own F16 base.
     pkg = work / "A0"
