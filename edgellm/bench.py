@@ -22,7 +22,6 @@ import math
 import multiprocessing
 import platform
 import random
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import EdgeError, UsageError
 from .models import ModelFile, ModelRef
+from .procmem import peak_rss_bytes
 
 SCHEMA, VERSION = "edgellm.bench", 1
 BASE_LEVELS = ("F32", "BF16", "F16")  # files that can serve as the reference for KL divergence
@@ -188,7 +188,7 @@ def _speed(path: str, cfg: BenchConfig) -> dict[str, Any]:
         info = engine.info
         out.update(load_s=info.load_s, n_threads=info.n_threads, n_ctx=info.n_ctx, n_layers=info.n_layers,
                    n_gpu_layers=info.n_gpu_layers)
-    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["peak_rss_bytes"] = peak_rss_bytes()
     return out
 
 

@@ -37,6 +37,12 @@ def ensure_free_space(folder: Path, needed: int, what: str = "output") -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds.
@@ -48,6 +54,7 @@ def atomic_output(final: Path) -> Iterator[Path]:
     ensure_dir_for(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions `open` would give
     tmp = Path(tmp_name)
     try:
         yield tmp

@@ -91,7 +91,7 @@ def test_tied_embeddings_get_a_gpu_copy_of_the_output():
 
 
 PEAK_RSS = """
-import json, resource, sys
+import json, sys
 from edgellm.hardware import detect
 from edgellm.models import resolve_model
 from edgellm.plan import make_plan
@@ -102,7 +102,8 @@ with Engine.load(plan) as e:
     prompt = [{"role": "user", "content": "Tell me about dragons, castles and knights. " * 20}]
     text = "".join(e.stream_chat(prompt, Sampling(temperature=0, max_tokens=32)))
     assert e.last_stats.gen_tokens > 0
-print(json.dumps({"predicted": plan.memory.ram, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+from edgellm.procmem import peak_rss_bytes
+print(json.dumps({"predicted": plan.memory.ram, "peak": peak_rss_bytes()}))
 """
 
 

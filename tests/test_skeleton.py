@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,12 +47,19 @@ def test_atomic_output_renames_only_on_success(tmp_path):
         assert not final.exists()
     assert final.read_bytes() == b"data"
     assert list(tmp_path.iterdir()) == [final]
+    assert final.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
 
     with pytest.raises(KeyboardInterrupt):
         with atomic_output(tmp_path / "other.bin") as tmp:
             tmp.write_bytes(b"half")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == [final]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_atomic_output_refuses_a_missing_folder(tmp_path):
