@@ -107,9 +107,12 @@ def main() -> int:
 
     chat_tps = statistics.median(s["gen_tps"] for s in tui)
     run_tps = statistics.median(s["gen_tps"] for s in run)
+    # Other programs' load swings from one trial to the next: the paired ratio is the robust number.
     pairs = [a["gen_tps"] / b["gen_tps"] for a, b in zip(tui, run)]
-    print(f"median: chat {chat_tps:.1f} tok/s, run {run_tps:.1f} tok/s, ratio {chat_tps / run_tps:.3f} "
-          f"(per-trial ratios {', '.join(f'{r:.2f}' for r in pairs)}); target >= 0.95")
+    print(
+        f"median: chat {chat_tps:.1f} tok/s, run {run_tps:.1f} tok/s; chat/run per trial "
+        f"{', '.join(f'{r:.2f}' for r in pairs)}; median ratio {statistics.median(pairs):.3f} (target >= 0.95)"
+    )
     return 0
 
 

@@ -7,6 +7,8 @@ UI thread does little work per token, and the view streams them into its Markdow
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, is_dataclass
@@ -35,7 +37,7 @@ from .widgets.messages import ChatLog, MessageView
 from .widgets.sidebar import Sidebar
 from .widgets.status import ModelHeader, Stats, StatsBar
 
-FRAME_S = 1 / 30  # how often the generation thread hands text to the UI
+FRAME_S = 0.25  # how often the generation thread hands text to the UI
 FINISH_NOTES = {"length": "[max tokens]", "context": "[context full]"}
 
 
@@ -92,8 +94,10 @@ class ChatApp(App[None]):
         list_models: Callable[[], list[ModelChoice]] = list,
         db_path: Path | str | None = None,
         overrides: dict | None = None,
+        handle_sigint: bool = False,
     ) -> None:
         super().__init__()
+        self.handle_sigint = handle_sigint
         self.open_model = open_model
         self.model_ref = model_ref
         self.list_models = list_models
@@ -123,6 +127,9 @@ class ChatApp(App[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        if self.handle_sigint:
+            # A SIGINT from outside (the terminal sends Ctrl+C as a key) acts like the key: stop, else quit.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.on_sigint)
         self.open_db()
         self.query_one(Sidebar).display = self.size.width >= 100
         self.query_one("#composer").focus()
@@ -357,6 +364,13 @@ class ChatApp(App[None]):
             raise SkipAction()
         self.action_stop()
         self.notify("Reply stopped. Ctrl+Q quits.")
+
+    def on_sigint(self) -> None:
+        if self.generating is not None:
+            self.action_stop()
+        else:
+            self.cancel.set()
+            self.exit(return_code=130)
 
     async def action_quit(self) -> None:
         self.cancel.set()

@@ -56,7 +56,7 @@ def chat(model: str | None, **options) -> int:
     from edgellm.tui.backend import list_models, open_model
 
     overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
-    app = ChatApp(open_model, model, lambda: list_models(model), overrides=overrides)
+    app = ChatApp(open_model, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
     try:
         app.run()
     finally:
