@@ -121,10 +121,13 @@ async def test_escape_stops_mid_reply_and_keeps_the_partial_text():
     async with running(app, (80, 24)) as pilot:
         await ready(pilot)
         await send(pilot, LONG)
-        await until(pilot, lambda: app.generating is not None and app.generating.message.content != "")
+        await until(pilot, lambda: app.generating is not None)
         # Typing goes on while the model writes; a send now is refused and keeps the text.
-        await pilot.press(*"draft", "enter")
+        app.composer.value = "draft"
+        await app.composer.action_submit()  # Enter (pilot.press would wait for the whole reply to end)
+        await pilot.pause(0.1)
         assert app.composer.value == "draft" and app.generating is not None
+        await until(pilot, lambda: app.generating is not None and app.generating.message.content != "")
         await pilot.press("escape")
         await reply_done(pilot)
         reply = app.conversation.messages[-1]
