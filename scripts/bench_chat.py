@@ -57,6 +57,16 @@ def run_once(model: str | None, max_tokens: int) -> dict:
     return json.loads(out)["stats"]
 
 
+def replies(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("SELECT COUNT(*) FROM messages WHERE role = 'assistant'").fetchone()[0]
+        except sqlite3.OperationalError:  # the chat is creating its tables
+            return 0
+
+
 def last_reply_stats(db: Path) -> dict:
     with sqlite3.connect(db) as con:
         row = con.execute("SELECT stats FROM messages WHERE role = 'assistant' ORDER BY id DESC LIMIT 1").fetchone()
@@ -87,7 +97,12 @@ def main() -> int:
             time.sleep(0.3)
             tmux("send-keys", "-t", "chat", "-l", PROMPT)
             tmux("send-keys", "-t", "chat", "Enter")
-            tmux.wait_for(lambda s: "generating…" in s, timeout=30)
+            # Wait on the database, not the screen: capturing the pane costs CPU the chat would lose.
+            end = time.monotonic() + 600
+            while replies(db) < trial + 1:
+                if time.monotonic() > end:
+                    raise SystemExit(f"no reply; the screen shows:\n{tmux.pane()}")
+                time.sleep(0.5)
             screen = tmux.wait_for(lambda s: "ready │" in s)
             stats = last_reply_stats(db)
             shown = re.search(r"([\d.]+) tok/s", screen).group(1)
