@@ -82,7 +82,7 @@ def test_max_tokens_ends_by_length(smol):
 
 def test_seeded_sampling_repeats_and_seeds_differ(smol):
     story = [{"role": "user", "content": "Write a short poem about rain."}]
-    hot = dict(temperature=1.2, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24)
+    hot = dict(temperature=1.2, top_k=0, top_p=1.0, min_p=0.0, max_tokens=12)
     a = "".join(smol.stream_chat(story, Sampling(seed=1, **hot)))
     b = "".join(smol.stream_chat(story, Sampling(seed=1, **hot)))
     others = {"".join(smol.stream_chat(story, Sampling(seed=s, **hot))) for s in (2, 3, 4)}
@@ -190,7 +190,7 @@ def _full_vocab_chain(engine, s: Sampling):
 
 def test_penalty_after_a_wide_top_k_picks_what_the_full_vocabulary_penalty_picks(smol, monkeypatch):
     ask = [{"role": "user", "content": "List twenty animals, one per line."}]
-    settings = [Sampling(temperature=0, repeat_penalty=1.3, max_tokens=80), Sampling(temperature=0.8, seed=5, repeat_penalty=1.3, max_tokens=80)]
+    settings = [Sampling(temperature=0, repeat_penalty=1.3, max_tokens=40), Sampling(temperature=0.8, seed=5, repeat_penalty=1.3, max_tokens=40)]
     ours = ["".join(smol.stream_chat(ask, s)) for s in settings]
     monkeypatch.setattr(Engine, "_sampler", _full_vocab_chain)
     assert ours == ["".join(smol.stream_chat(ask, s)) for s in settings]
