@@ -156,7 +156,7 @@ class Engine:
             level=plan.level,
             path=path,
             n_layers=n_layers,
-            n_gpu_layers=min(ngl, n_layers) if ngl >= 0 else n_layers,
+            n_gpu_layers=min(ngl, n_layers + 1) if ngl >= 0 else n_layers + 1,  # the output layer counts as one
             n_ctx=L.llama_n_ctx(ctx),
             n_threads=threads,
             kv_type=kv_type,

@@ -111,7 +111,7 @@ async def test_send_streams_a_reply_that_matches_the_runtime(monkeypatch):
         assert reply.content == direct
         assert last_view(app).query_one("Markdown").source == direct
         stats = str(app.query_one("#stats").render())
-        assert "tok/s" in stats and f"/{app.engine.info.n_ctx}" in stats and "GPU 0/30" in stats
+        assert "tok/s" in stats and f"/{app.engine.info.n_ctx}" in stats and "GPU 0/31" in stats
         # And it is saved.
         saved = app.db.load(app.conversation.id)
         assert [m.content for m in saved.messages] == [QUESTION, reply.content]

@@ -222,7 +222,7 @@ class ChatApp(App[None]):
             state="ready",
             ctx_size=info.n_ctx,
             level=info.level,
-            gpu_layers=f"{info.n_gpu_layers}/{info.n_layers}",
+            gpu_layers=f"{info.n_gpu_layers}/{info.n_layers + 1}",
         )
 
     def on_chat_app_model_failed(self, event: ModelFailed) -> None:
