@@ -304,7 +304,7 @@ def _quality(files: list[ModelFile], results: list[FileResult], base: ModelFile 
             except EdgeError as exc:
                 r.error = str(exc)
                 continue
-            r.ppl, r.ppl_stderr = p.ppl, p.nll_stderr * p.ppl
+            r.ppl, r.ppl_stderr = p.ppl, p.ppl_stderr
         return
     step(f"base log-probs {base.level}")
     with quality.BaseLogProbs(base.path, text, n_ctx=cfg.quality_ctx, n_threads=cfg.threads) as ref:
@@ -315,7 +315,7 @@ def _quality(files: list[ModelFile], results: list[FileResult], base: ModelFile 
             except EdgeError as exc:
                 r.error = str(exc)
                 continue
-            r.ppl, r.ppl_stderr = k.ppl.ppl, k.ppl.nll_stderr * k.ppl.ppl
+            r.ppl, r.ppl_stderr = k.ppl.ppl, k.ppl.ppl_stderr
             r.kld, r.kld_p99, r.delta_p, r.same_top = k.kld, k.kld_p99, k.delta_p, k.same_top
 
 

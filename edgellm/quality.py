@@ -38,6 +38,11 @@ class PPLResult:
     chunks: int
     n_ctx: int
 
+    @property
+    def ppl_stderr(self) -> float:
+        """The perplexity's standard error (delta method, as llama-perplexity reports it)."""
+        return self.nll_stderr * self.ppl
+
 
 @dataclass(frozen=True)
 class KLDResult:
