@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EdgeError
-from .fsutil import ensure_dir_for
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: conversations and their messages.
@@ -100,12 +99,14 @@ class ChatDB:
         self.path = str(path)
         try:
             if self.path != MEMORY:
-                ensure_dir_for(Path(self.path))
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)  # the data folder, made on first use
             self._db = sqlite3.connect(self.path, timeout=timeout)
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.Error as exc:
             raise ChatDBError(_describe(self.path, exc)) from exc
+        except OSError as exc:
+            raise ChatDBError(f"chat history {self.path} cannot be used: {exc.strerror or exc}") from exc
 
     @classmethod
     def open_or_memory(cls, path: Path | str) -> tuple[ChatDB, str | None]:

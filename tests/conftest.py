@@ -9,5 +9,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Nothing a test does may write to the real user data folders."""
-    monkeypatch.setenv("EDGELLM_HOME", str(tmp_path_factory.mktemp("edgellm-home")))
+    """Nothing a test does may write to the real user data folders. The folder does not exist yet, as on a new
+    machine: whatever edgellm needs there, it must create itself."""
+    monkeypatch.setenv("EDGELLM_HOME", str(tmp_path_factory.mktemp("home") / "edgellm"))

@@ -635,10 +635,13 @@ def smollm2_package() -> Path:
 
 
 def llamacpp_tools() -> Path | None:
-    """llama.cpp's own tools root (binaries in build/bin) if scripts/llamacpp_tools.sh has built them, else None."""
+    """llama.cpp's own tools root (binaries in build/bin), built by scripts/llamacpp_tools.sh on first use and cached
+    (several minutes once). None only where this machine cannot build them (no cmake or ninja): the comparisons
+    against llama.cpp's tools then skip and say why."""
+    if shutil.which("cmake") is None or shutil.which("ninja") is None:
+        return None
     script = Path(__file__).resolve().parents[1] / "scripts" / "llamacpp_tools.sh"
-    version = importlib.metadata.version("llama-cpp-python")
-    cache = Path(os.environ.get("EDGELLM_TOOLS_CACHE", Path.home() / ".cache" / "edgellm-tools"))
-    root = cache / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
-    needed = ("llama-quantize", "llama-perplexity")
-    return root if script.exists() and all((root / "build/bin" / t).exists() for t in needed) else None
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    if done.returncode != 0:
+        raise RuntimeError(f"building llama.cpp's tools failed:\n{done.stderr[-3000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])

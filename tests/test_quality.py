@@ -31,7 +31,7 @@ def text():
 def _tools_root() -> Path:
     root = fixtures.llamacpp_tools()
     if root is None:
-        pytest.skip("llama.cpp's tools are not built (scripts/llamacpp_tools.sh)")
+        pytest.skip("llama.cpp's tools cannot be built here: cmake and ninja are needed")
     return root
 
 
