@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import llama_cpp as L
 
@@ -39,6 +39,8 @@ class Sampling:
     seed: int | None = None  # None: a new random seed each time
     max_tokens: int | None = 512  # None: until the model stops or the context is full
     ignore_eos: bool = False  # keep going past end-of-turn tokens (benchmarks want exactly max_tokens)
+    presence_penalty: float = 0.0  # subtracted once from each token already in the recent text (OpenAI's meaning)
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the recent text
 
 
 @dataclass
@@ -81,6 +83,45 @@ def default_threads() -> int:
     import psutil
 
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def sampler_chain(vocab, s: Sampling, history: Sequence[int] = (), head=None):
+    """llama.cpp's native chain: [head,] penalties, top-k, top-p, min-p, temperature, then a seeded draw.
+
+    `history` are tokens already in the context, which the penalties count from the start. `head` is a
+    sampler that sees the whole vocabulary before anything narrows it (a grammar).
+
+    The penalties only ever lower logits (repeat penalty >= 1, presence/frequency >= 0), and at most
+    PENALTY_LAST_N distinct tokens are penalized, so the best k after penalizing are always among the best
+    k + PENALTY_LAST_N before: a top-k of that size first gives the same result without scanning the
+    whole vocabulary with the penalty each token (0.2 ms per token on a 49k vocabulary, a few % of a small
+    model's speed)."""
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    add = lambda smpl: L.llama_sampler_chain_add(chain, smpl)  # noqa: E731 - the chain owns each sampler
+    if head is not None:
+        add(head)
+    greedy = s.temperature <= 0
+    top_k = 1 if greedy else (s.top_k if s.top_k and s.top_k > 0 else 0)
+    penalties = (s.repeat_penalty or 1.0, s.frequency_penalty, s.presence_penalty)
+    if penalties != (1.0, 0.0, 0.0):
+        if top_k and penalties[0] >= 1.0 and min(penalties[1:]) >= 0.0:
+            add(L.llama_sampler_init_top_k(top_k + PENALTY_LAST_N))
+        penalty = L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(vocab), PENALTY_LAST_N, *penalties)
+        for t in history[-PENALTY_LAST_N:]:
+            L.llama_sampler_accept(penalty, t)
+        add(penalty)
+    if greedy:
+        add(L.llama_sampler_init_greedy())
+        return chain
+    if top_k:
+        add(L.llama_sampler_init_top_k(top_k))
+    if s.top_p and s.top_p < 1.0:
+        add(L.llama_sampler_init_top_p(s.top_p, 1))
+    if s.min_p and s.min_p > 0.0:
+        add(L.llama_sampler_init_min_p(s.min_p, 1))
+    add(L.llama_sampler_init_temp(s.temperature))
+    add(L.llama_sampler_init_dist(LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF))
+    return chain
 
 
 def _resolve_plan(target, n_ctx: int | None):
@@ -231,33 +272,7 @@ class Engine:
     # --- generation ---------------------------------------------------------------------------------
 
     def _sampler(self, s: Sampling):
-        """llama.cpp's native chain: repeat penalty, top-k, top-p, min-p, temperature, then a seeded draw.
-
-        The repeat penalty only ever lowers logits, and at most PENALTY_LAST_N distinct tokens are
-        penalized, so the best k after penalizing are always among the best k + PENALTY_LAST_N before:
-        a top-k of that size first gives the same result without scanning the whole vocabulary with the
-        penalty each token (0.2 ms per token on a 49k vocabulary, a few % of a small model's speed)."""
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        add = lambda smpl: L.llama_sampler_chain_add(chain, smpl)  # noqa: E731 - the chain owns each sampler
-        greedy = s.temperature <= 0
-        top_k = 1 if greedy else (s.top_k if s.top_k and s.top_k > 0 else 0)
-        if s.repeat_penalty and s.repeat_penalty != 1.0:
-            if top_k:
-                add(L.llama_sampler_init_top_k(top_k + PENALTY_LAST_N))
-            n_vocab = L.llama_vocab_n_tokens(self._vocab)
-            add(L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0))
-        if greedy:
-            add(L.llama_sampler_init_greedy())
-            return chain
-        if top_k:
-            add(L.llama_sampler_init_top_k(top_k))
-        if s.top_p and s.top_p < 1.0:
-            add(L.llama_sampler_init_top_p(s.top_p, 1))
-        if s.min_p and s.min_p > 0.0:
-            add(L.llama_sampler_init_min_p(s.min_p, 1))
-        add(L.llama_sampler_init_temp(s.temperature))
-        add(L.llama_sampler_init_dist(LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF))
-        return chain
+        return sampler_chain(self._vocab, s)
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Drop from the KV cache what differs from `tokens`; return how many leading tokens it still holds."""
@@ -332,9 +347,8 @@ class Engine:
         smpl = self._sampler(s)
         try:
             n_keep = self._reuse_prefix(tokens)
-            if s.repeat_penalty and s.repeat_penalty != 1.0:
-                for t in tokens[-PENALTY_LAST_N:]:  # the penalty counts what the prompt already said
-                    L.llama_sampler_accept(smpl, t)
+            for t in tokens[-PENALTY_LAST_N:]:  # the penalties count what the prompt already said
+                L.llama_sampler_accept(smpl, t)
             for i in range(n_keep, len(tokens), self._n_batch):
                 if cancel is not None and cancel.is_set():
                     return
