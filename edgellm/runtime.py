@@ -164,8 +164,10 @@ class Engine:
         n_ctx: int | None = None,
         n_gpu_layers: int | None = None,
         n_threads: int | None = None,
+        n_seq_max: int = 1,
     ) -> "Engine":
-        """Load a model by Plan, ModelRef or path (None = the default model); the arguments override the plan."""
+        """Load a model by Plan, ModelRef or path (None = the default model); the arguments override the plan.
+        n_seq_max > 1 splits the context into that many sequences of n_ctx / n_seq_max tokens each (a server's slots)."""
         plan = _resolve_plan(plan_or_path, n_ctx)
         path = Path(plan.path)
         n_ctx = n_ctx or plan.n_ctx
@@ -181,6 +183,7 @@ class Engine:
             raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
+        cp.n_seq_max = n_seq_max
         cp.n_batch = min(N_BATCH, n_ctx)
         cp.n_ubatch = min(N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
@@ -231,9 +234,10 @@ class Engine:
     def _special_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self._piece(token, special=True).decode("utf-8", errors="replace")
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
 
-    def _piece(self, token: int, special: bool = False) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes `token` stands for (a UTF-8 character may span several tokens)."""
         buf = ctypes.create_string_buffer(64)
         n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
@@ -255,6 +259,16 @@ class Engine:
             buf = (L.llama_token * cap)()
             n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
         return list(buf[:n])
+
+    @property
+    def context(self):
+        """llama.cpp's context and vocabulary handles, for code that drives the context itself (the server's
+        scheduler). They live as long as the engine."""
+        return self._ctx
+
+    @property
+    def vocab(self):
+        return self._vocab
 
     @property
     def n_vocab(self) -> int:
@@ -376,7 +390,7 @@ class Engine:
                     stats.ttft_s = t_first - t0
                 piece = pieces.get(tok)
                 if piece is None:
-                    piece = pieces[tok] = self._piece(tok)
+                    piece = pieces[tok] = self.piece(tok)
                 text = utf8.decode(piece)
                 stats.gen_tokens = n_gen
                 if text:
