@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quantize": ("quantize", "quantize", "Quantize a float GGUF to one or more levels with llama.cpp's quantizer."),
     "rm": ("rm", "rm", "Remove packages from the local store."),
     "run": ("run", "run", "Answer one prompt with a model, streamed to stdout (stats on stderr)."),
+    "serve": ("serve", "serve", "Serve a model over an OpenAI-compatible HTTP API (slots decoded together)."),
     "verify": ("verify", "verify", "Re-hash a package's files and check them against its manifest."),
 }
 

@@ -1,0 +1,363 @@
+"""The HTTP routes: OpenAI's /v1/chat/completions, /v1/completions, /v1/models and /v1/embeddings, plus
+/health and /metrics. Handlers check the request, render and tokenize the prompt off the event loop,
+hand a Job to the scheduler and turn its events into a JSON body or server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import llama_cpp as L
+
+from ..errors import EdgeError
+from ..runtime import Engine
+from . import grammar, schemas
+from .errors import ApiError, bad_request
+from .metrics import Metrics
+from .scheduler import Finished, Job, QueueFull, Scheduler
+
+MAX_BODY = 8 << 20  # bytes; a larger request body is refused with 413
+RETRY_AFTER_S = 1
+CLIENT_GONE = 499  # what /metrics counts for a client that left before its reply (nginx's code)
+OPEN_PATHS = ("/health",)  # answered without the API key (load balancers and start-up checks)
+
+
+@dataclass(frozen=True)
+class ServeState:
+    engine: Engine
+    scheduler: Scheduler
+    metrics: Metrics
+    model_id: str
+    plan: dict
+    n_slots: int
+    n_ctx_slot: int
+    api_key: str | None
+    created: int  # when the server started (Unix time), as /v1/models reports it
+
+
+# --- request bodies ------------------------------------------------------------------------------------
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+async def read_json(request: Request) -> dict:
+    """The request body as a JSON object: at most MAX_BODY bytes, strict JSON (no NaN or Infinity)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise ApiError(413, f"the request body is {int(length)} bytes; at most {MAX_BODY} are accepted", "request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"the request body is over {MAX_BODY} bytes", "request_too_large")
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks), parse_constant=_no_constants)
+    except RecursionError:
+        raise bad_request("the body is not usable JSON: nested too deeply", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("the body must be a JSON object", code="invalid_json")
+    return data
+
+
+# --- running a job -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    tokens: list[int]
+    grammar: object | None  # a llama.cpp grammar sampler, or None
+
+
+def _prepare(state: ServeState, prompt: str, gen: schemas.Generation, param: str) -> Prepared:
+    """Tokenize and check the prompt, and build the grammar (runs in a worker thread: both can take a while)."""
+    tokens = state.engine.tokenize(prompt)
+    if len(tokens) >= state.n_ctx_slot:
+        raise ApiError(
+            400,
+            f"the prompt is {len(tokens)} tokens but a slot's context holds {state.n_ctx_slot} (and the reply needs room "
+            f"too): shorten the prompt or start the server with a larger --ctx",
+            "context_length_exceeded",
+            param,
+            extra={"prompt_tokens": len(tokens), "n_ctx": state.n_ctx_slot},
+        )
+    text = grammar.gbnf(gen.response_format)
+    return Prepared(tokens, grammar.grammar_sampler(state.engine.vocab, text) if text else None)
+
+
+class Run:
+    """One job in the scheduler, seen from the event loop: its events arrive on an asyncio queue."""
+
+    def __init__(self, state: ServeState, prepared: Prepared, gen: schemas.Generation):
+        loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[str | Finished] = asyncio.Queue()
+
+        def deliver(event) -> None:  # called on the scheduler thread
+            try:
+                loop.call_soon_threadsafe(self.events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                self.job.cancelled.set()
+
+        self.job = Job(prepared.tokens, gen.sampling, gen.stop, deliver, grammar=prepared.grammar)
+        try:
+            if state.scheduler.error:
+                raise ApiError(500, state.scheduler.error)
+            state.scheduler.submit(self.job)
+        except (ApiError, QueueFull) as exc:
+            if prepared.grammar is not None:
+                L.llama_sampler_free(prepared.grammar)
+            if isinstance(exc, ApiError):
+                raise
+            raise ApiError(
+                503,
+                f"all {state.n_slots} slots are busy and {state.scheduler.queued} requests wait already: try again shortly",
+                "server_busy",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+
+    async def next(self) -> list[str | Finished]:
+        """The next events: at least one, and whatever else has arrived (a busy loop sends them as one chunk)."""
+        out = [await self.events.get()]
+        while not self.events.empty() and not isinstance(out[-1], Finished):
+            out.append(self.events.get_nowait())
+        return out
+
+    async def collect(self, request: Request) -> tuple[str, Finished] | None:
+        """The whole reply, or None if the client disconnected first (which cancels the job)."""
+        gone = asyncio.ensure_future(_disconnected(request))
+        text: list[str] = []
+        try:
+            while True:
+                getter = asyncio.ensure_future(self.next())
+                await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    return None
+                for event in getter.result():
+                    if isinstance(event, Finished):
+                        return "".join(text), event
+                    text.append(event)
+        finally:
+            gone.cancel()
+            self.job.cancelled.set()  # a no-op once the job has finished
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _usage(done: Finished) -> dict:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+def _failed(done: Finished) -> ApiError:
+    return ApiError(500, done.message or "the reply failed", "generation_failed")
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None) -> StreamingResponse:
+    """Server-sent events: `chunk(text, finish_reason)` per piece, usage if asked, then `data: [DONE]`."""
+
+    async def events():
+        try:
+            if first is not None:
+                yield _sse(first)
+            while True:
+                batch = await run.next()
+                text = "".join(e for e in batch if isinstance(e, str))
+                if text:
+                    yield _sse(chunk(text, None))
+                done = batch[-1]
+                if not isinstance(done, Finished):
+                    continue
+                if done.reason == "error":
+                    yield _sse(_failed(done).body())
+                    return
+                yield _sse(chunk(None, done.reason))
+                if gen.include_usage:
+                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(done)})
+                yield _sse("[DONE]")
+                return
+        finally:
+            run.job.cancelled.set()  # the client went away (or the stream ended): free the slot now
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# --- routes --------------------------------------------------------------------------------------------
+
+
+def _state(request: Request) -> ServeState:
+    return request.app.state.serve
+
+
+async def chat_completions(request: Request):
+    state = _state(request)
+    req = schemas.chat_request(await read_json(request))
+
+    def prepare() -> Prepared:
+        try:
+            prompt = state.engine.render_chat(list(req.messages))
+        except EdgeError as exc:
+            raise bad_request(str(exc), "messages") from None
+        return _prepare(state, prompt, req.gen, "messages")
+
+    prepared = await run_in_threadpool(prepare)
+    run = Run(state, prepared, req.gen)
+    rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
+    if req.gen.stream:
+        def chunk(text: str | None, finish: str | None) -> dict:
+            delta = {"content": text} if text is not None else {}
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        first = chunk(None, None)
+        first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+        return _stream(run, req.gen, chunk, first)
+    reply = await run.collect(request)
+    if reply is None:
+        return Response(status_code=CLIENT_GONE)
+    text, done = reply
+    if done.reason == "error":
+        raise _failed(done)
+    return JSONResponse({
+        "id": rid, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": done.reason}],
+        "usage": _usage(done),
+    })
+
+
+async def completions(request: Request):
+    state = _state(request)
+    req = schemas.completion_request(await read_json(request))
+    prepared = await run_in_threadpool(_prepare, state, req.prompt, req.gen, "prompt")
+    run = Run(state, prepared, req.gen)
+    rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
+
+    def body(text: str, finish: str | None) -> dict:
+        return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+    if req.gen.stream:
+        return _stream(run, req.gen, lambda text, finish: body(text or "", finish), None)
+    reply = await run.collect(request)
+    if reply is None:
+        return Response(status_code=CLIENT_GONE)
+    text, done = reply
+    if done.reason == "error":
+        raise _failed(done)
+    return JSONResponse({**body(text, done.reason), "usage": _usage(done)})
+
+
+async def embeddings(request: Request):
+    await read_json(request)
+    raise ApiError(
+        400,
+        "this server generates text and does not compute embeddings: serve an embedding model with a tool made for it",
+        "unsupported_endpoint",
+    )
+
+
+async def models(request: Request):
+    state = _state(request)
+    return JSONResponse({"object": "list", "data": [{
+        "id": state.model_id, "object": "model", "created": state.created, "owned_by": "edgellm",
+        "context_length": state.n_ctx_slot,
+        "meta": {"slots": state.n_slots, "n_ctx_per_slot": state.n_ctx_slot, "n_ctx_total": state.n_ctx_slot * state.n_slots,
+                 "plan": state.plan},
+    }]})
+
+
+async def health(request: Request):
+    s = _state(request).scheduler
+    body = {"status": "error" if s.error else "ok", "slots_idle": len(s.slots) - s.busy, "slots_processing": s.busy, "queue": s.queued}
+    return JSONResponse(body, status_code=503 if s.error else 200)
+
+
+async def metrics(request: Request):
+    state = _state(request)
+    s = state.scheduler
+    return PlainTextResponse(state.metrics.render(len(s.slots), s.busy, s.queued), media_type="text/plain; version=0.0.4")
+
+
+# --- errors, key and counting --------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    message = {404: f"no such endpoint: {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    err = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {}))
+    return await _api_error(request, err)
+
+
+class KeyAndCount:
+    """ASGI middleware: counts every answer by endpoint and status, and asks for the API key when one is set."""
+
+    def __init__(self, app, state: ServeState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.state.metrics.request(path, message["status"])
+            await send(message)
+
+        if self.state.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            err = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+            return await JSONResponse(err.body(), status_code=401, headers=err.headers)(scope, receive, counting_send)
+        await self.app(scope, receive, counting_send)
+
+    def _authorized(self, scope) -> bool:
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(given, b"Bearer " + self.state.api_key.encode())
+
+
+def build_app(state: ServeState, cors: tuple[str, ...] = ()) -> Starlette:
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    middleware = []
+    if cors:  # outermost, so preflight requests and error answers carry the CORS headers too
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type"]))
+    middleware.append(Middleware(KeyAndCount, state=state))
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={ApiError: _api_error, HTTPException: _http_error})
+    app.state.serve = state
+    return app

@@ -1,0 +1,272 @@
+"""The batching loop. One thread owns the llama.cpp context; each step puts the next token of every
+generating slot and a chunk of every new prompt into ONE `llama_decode` batch (each token tagged with its
+slot's sequence id), then samples each slot from its own row of logits with its own native sampler chain.
+HTTP handlers hand jobs over through a queue and get text back through a callback.
+
+Each slot is one llama.cpp sequence with its own share of the KV cache (n_ctx / slots cells). A finished
+slot keeps its tokens in the cache: a new request that starts the same way (a chat resent with one more
+turn) goes to the slot that holds the longest common start, and only the rest is evaluated.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import llama_cpp as L
+
+from .. import llamacpp
+from ..runtime import Engine, Sampling, sampler_chain
+from .metrics import Metrics
+from .textstream import TextStream
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a job."""
+
+    reason: str  # "stop" | "length" | "cancelled" | "error"
+    prompt_tokens: int
+    completion_tokens: int
+    message: str = ""  # what went wrong, for "error"
+
+
+@dataclass
+class Job:
+    tokens: list[int]  # the prompt
+    sampling: Sampling
+    stop: tuple[str, ...]
+    deliver: Callable[[str | Finished], None]  # called on the scheduler thread: text pieces, then one Finished
+    grammar: object | None = None  # a grammar sampler, owned by the job until a slot's chain takes it over
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Slot:
+    seq: int  # llama.cpp sequence id
+    cache: list[int] = field(default_factory=list)  # the tokens this sequence's KV cells hold, in order
+    job: Job | None = None
+    chain: object = None  # the job's native sampler chain
+    text: TextStream | None = None
+    n_gen: int = 0
+    next_token: int | None = None  # sampled, decoded in the next step; None while the prompt is evaluated
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, n_slots: int, max_queue: int, metrics: Metrics):
+        self._engine = engine
+        self._ctx = engine.context
+        self._vocab = engine.vocab
+        self._mem = L.llama_get_memory(self._ctx)
+        self.n_ctx_slot = L.llama_n_ctx_seq(self._ctx)
+        self._n_batch = L.llama_n_batch(self._ctx)
+        self._n_ubatch = L.llama_n_ubatch(self._ctx)
+        self._batch = L.llama_batch_init(self._n_batch, 0, 1)
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self._max_queue = max_queue
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._pieces: dict[int, bytes] = {}
+        self._metrics = metrics
+        self._stopping = False
+        self.error: str | None = None  # set if the loop itself failed: the server can no longer answer
+        self._thread = threading.Thread(target=self._run, name="edgellm-scheduler", daemon=True)
+
+    # --- the HTTP side (any thread) -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; QueueFull when `max_queue` jobs would wait for a slot. Called from one thread (the event loop)."""
+        free = len(self.slots) - self.busy
+        if self._queue.qsize() >= self._max_queue + free:
+            raise QueueFull
+        self._queue.put(job)
+
+    def request_stop(self) -> None:
+        """End every job (their clients get an error) and the loop after the current step. Only sets a flag,
+        so a signal handler may call it; an idle loop wakes up in `stop`."""
+        self._stopping = True
+
+    def stop(self) -> None:
+        """End every job and the loop, and wait for it."""
+        if self._batch is None:
+            return
+        self._stopping = True
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join()
+        L.llama_batch_free(self._batch)
+        self._batch = None
+
+    @property
+    def busy(self) -> int:
+        return sum(s.job is not None for s in self.slots)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # --- the loop (the scheduler thread) --------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                if self.busy == 0:
+                    job = self._queue.get()  # idle: sleep until there is work
+                    if job is None:
+                        break
+                    self._start(job)
+                self._admit()
+                self._reap_cancelled()
+                if self.busy:
+                    self._step()
+        except Exception:  # a bug here must not leave clients waiting forever
+            traceback.print_exc(file=sys.stderr)
+            self.error = "the scheduler failed; see the server's log"
+        message = self.error or "the server is shutting down"
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, "error", message=message)
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                self._drop(job, "error", message)
+
+    def _admit(self) -> None:
+        while any(s.job is None for s in self.slots):
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                return
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self._metrics.ended(cancelled=True)
+            self._drop(job, "cancelled")
+            return
+        tokens = job.tokens
+        free = [s for s in self.slots if s.job is None]
+        slot = max(free, key=lambda s: (common_prefix(s.cache, tokens), -s.seq))
+        keep = min(common_prefix(slot.cache, tokens), len(tokens) - 1)  # the last prompt token gives the logits
+        if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+            L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            keep = 0
+        del slot.cache[keep:]
+        slot.job, slot.n_gen, slot.next_token = job, 0, None
+        slot.text = TextStream(job.stop)
+        slot.chain = sampler_chain(self._vocab, job.sampling, tokens, head=job.grammar)
+        job.grammar = None  # the chain owns it now
+        self._metrics.admitted(len(tokens), len(tokens) - keep)
+
+    def _reap_cancelled(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled.is_set():
+                self._finish(slot, "cancelled")
+
+    def _step(self) -> None:
+        """One llama_decode over every busy slot, then one sampled token for each slot that has logits."""
+        b = self._batch
+        n = 0
+        sample_at: list[tuple[Slot, int]] = []
+
+        def put(token: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = token, pos, 1, logits
+            b.seq_id[n][0] = seq
+            n += 1
+
+        busy = [s for s in self.slots if s.job is not None]
+        for slot in busy:
+            if slot.next_token is not None:
+                put(slot.next_token, len(slot.cache), slot.seq, True)
+                slot.cache.append(slot.next_token)
+                slot.next_token = None
+                sample_at.append((slot, n - 1))
+        budget = min(self._n_ubatch, self._n_batch - n)  # prompt chunks: one ubatch a step keeps streams flowing
+        for slot in busy:
+            prompt = slot.job.tokens
+            if budget <= 0 or len(slot.cache) >= len(prompt):  # generating slots hold their whole prompt
+                continue
+            start = len(slot.cache)
+            end = min(len(prompt), start + budget)
+            for pos in range(start, end):
+                put(prompt[pos], pos, slot.seq, pos == len(prompt) - 1)
+            slot.cache.extend(prompt[start:end])
+            budget -= end - start
+            if end == len(prompt):
+                sample_at.append((slot, n - 1))
+        b.n_tokens = n
+        rc = L.llama_decode(self._ctx, b)
+        if rc != 0:
+            message = f"llama.cpp failed to evaluate a batch of {n} tokens (code {rc}): {llamacpp.last_error()}"
+            for slot in busy:
+                self._finish(slot, "error", message=message)
+                L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                slot.cache.clear()
+            return
+        generated = 0
+        for slot, i in sample_at:
+            generated += self._take(slot, L.llama_sampler_sample(slot.chain, self._ctx, i))
+        if generated:
+            self._metrics.generated(generated)
+
+    def _take(self, slot: Slot, tok: int) -> int:
+        """Handle one sampled token; return 1 if it is part of the reply."""
+        job = slot.job
+        s = job.sampling
+        if not s.ignore_eos and L.llama_vocab_is_eog(self._vocab, tok):
+            self._finish(slot, "stop")
+            return 0
+        slot.n_gen += 1
+        piece = self._pieces.get(tok)
+        if piece is None:
+            piece = self._pieces[tok] = self._engine.piece(tok)
+        text, stopped = slot.text.push(piece)
+        if text:
+            job.deliver(text)
+        if stopped:
+            self._finish(slot, "stop", flush=False)
+        elif (s.max_tokens is not None and slot.n_gen >= s.max_tokens) or len(slot.cache) >= self.n_ctx_slot:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = tok
+        return 1
+
+    def _finish(self, slot: Slot, reason: str, flush: bool = True, message: str = "") -> None:
+        job = slot.job
+        if flush and reason in ("stop", "length"):
+            tail = slot.text.flush()
+            if tail:
+                job.deliver(tail)
+        L.llama_sampler_free(slot.chain)
+        slot.job, slot.chain, slot.text, slot.next_token = None, None, None, None
+        self._metrics.ended(cancelled=reason == "cancelled")
+        job.deliver(Finished(reason, len(job.tokens), slot.n_gen, message))
+
+    def _drop(self, job: Job, reason: str, message: str = "") -> None:
+        """End a job that never got a slot."""
+        if job.grammar is not None:
+            L.llama_sampler_free(job.grammar)
+            job.grammar = None
+        job.deliver(Finished(reason, len(job.tokens), 0, message))

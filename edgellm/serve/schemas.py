@@ -1,0 +1,220 @@
+"""Typed requests, read from untrusted JSON: every field the server uses is checked for type and range here,
+before anything reaches llama.cpp. Fields OpenAI defines that change nothing here (`user`, `metadata`,
+`store`, ...) are ignored, as OpenAI-compatible servers do; the ones whose effect this server cannot give
+(`n` > 1, `logprobs`, `logit_bias`, `echo`, `suffix`) are refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..runtime import Sampling
+from .errors import bad_request
+
+MAX_STOPS = 32  # editor plugins send a dozen stop strings for code completion; OpenAI allows 4
+MAX_STOP_CHARS = 1000
+MAX_MESSAGES = 100_000
+INT32_MAX = 2**31 - 1
+INT64 = (-(2**63), 2**63 - 1)
+
+# name -> (lowest, highest) for the sampling numbers; OpenAI's ranges, llama.cpp's for its own fields
+FLOAT_RANGES = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "repeat_penalty": (0.01, 10.0),
+}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# fields whose only accepted value is "off": name -> what counts as off
+UNSUPPORTED = {
+    "n": (None, 1),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What every generating request shares: sampling, limits, stop strings, streaming and output format."""
+
+    sampling: Sampling
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
+    response_format: dict | None = None  # {"type": "json_object"} or {"type": "json_schema", ...}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[dict, ...]  # {"role": system|user|assistant, "content": str}
+    gen: Generation
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str
+    gen: Generation
+
+
+@dataclass
+class _Body:
+    """Typed reads of one JSON object's fields; each failure is a 400 naming the field."""
+
+    data: dict
+
+    def get(self, name: str):
+        return self.data.get(name)
+
+    def number(self, name: str, default: float) -> float:
+        v = self.data.get(name)
+        if v is None:
+            return default
+        lo, hi = FLOAT_RANGES[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise bad_request(f"'{name}' must be a number from {lo:g} to {hi:g}, not {v!r}", name)
+        return float(v)
+
+    def integer(self, name: str, default: int | None, lo: int, hi: int) -> int | None:
+        v = self.data.get(name)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise bad_request(f"'{name}' must be an integer from {lo} to {hi}, not {v!r}", name)
+        return v
+
+    def boolean(self, name: str, default: bool) -> bool:
+        v = self.data.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise bad_request(f"'{name}' must be true or false, not {v!r}", name)
+        return v
+
+
+def _text_content(content, where: str) -> str:
+    """A message's content: a string, or a list of {"type": "text", "text": ...} parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise bad_request(f"{where}: only text parts are supported, not {kind!r}", where)
+            parts.append(part["text"])
+        return "".join(parts)
+    raise bad_request(f"{where} must be a string or a list of text parts", where)
+
+
+def _messages(raw) -> tuple[dict, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("'messages' must be a non-empty list of {role, content} objects", "messages")
+    if len(raw) > MAX_MESSAGES:
+        raise bad_request(f"'messages' holds {len(raw)} messages; at most {MAX_MESSAGES}", "messages")
+    out = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise bad_request(f"{where} must be an object with a role and a content", where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise bad_request(f"{where}.role must be one of {', '.join(sorted(ROLES))}, not {role!r}", f"{where}.role")
+        if m.get("content") is None:
+            raise bad_request(f"{where}.content is missing", f"{where}.content")
+        out.append({"role": ROLES[role], "content": _text_content(m["content"], f"{where}.content")})
+    return tuple(out)
+
+
+def _stop(raw) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    stops = [raw] if isinstance(raw, str) else raw
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise bad_request("'stop' must be a string or a list of strings", "stop")
+    if len(stops) > MAX_STOPS:
+        raise bad_request(f"'stop' holds {len(stops)} strings; at most {MAX_STOPS}", "stop")
+    if any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise bad_request(f"each 'stop' string must be 1 to {MAX_STOP_CHARS} characters", "stop")
+    return tuple(stops)
+
+
+def _response_format(raw) -> dict | None:
+    if raw is None:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return raw
+    if kind == "json_schema":
+        spec = raw.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), (dict, bool)):
+            raise bad_request("'response_format.json_schema' must be an object with a 'schema' object", "response_format")
+        return raw
+    raise bad_request("'response_format.type' must be 'text', 'json_object' or 'json_schema'", "response_format")
+
+
+def _max_tokens(body: _Body) -> int | None:
+    a = body.integer("max_tokens", None, 1, INT32_MAX)
+    b = body.integer("max_completion_tokens", None, 1, INT32_MAX)
+    if a is not None and b is not None and a != b:
+        raise bad_request("give 'max_tokens' or 'max_completion_tokens', not two different limits", "max_completion_tokens")
+    return b if b is not None else a
+
+
+def _generation(body: _Body) -> Generation:
+    for name, off in UNSUPPORTED.items():
+        if body.get(name) not in off:
+            raise bad_request(f"'{name}' is not supported by this server (leave it out)", name, "unsupported_parameter")
+    if body.get("logit_bias"):
+        raise bad_request("'logit_bias' is not supported by this server (leave it out)", "logit_bias", "unsupported_parameter")
+    defaults = Sampling()
+    stream = body.boolean("stream", False)
+    options = body.get("stream_options")
+    if options is not None and (not stream or not isinstance(options, dict)):
+        raise bad_request("'stream_options' must be an object, and only with 'stream': true", "stream_options")
+    include_usage = _Body(options).boolean("include_usage", False) if options else False
+    sampling = Sampling(
+        temperature=body.number("temperature", defaults.temperature),
+        top_k=body.integer("top_k", defaults.top_k, 0, INT32_MAX),
+        top_p=body.number("top_p", defaults.top_p),
+        min_p=body.number("min_p", defaults.min_p),
+        repeat_penalty=body.number("repeat_penalty", defaults.repeat_penalty),
+        seed=body.integer("seed", None, *INT64),
+        max_tokens=_max_tokens(body),
+        ignore_eos=body.boolean("ignore_eos", False),
+        presence_penalty=body.number("presence_penalty", 0.0),
+        frequency_penalty=body.number("frequency_penalty", 0.0),
+    )
+    return Generation(sampling, _stop(body.get("stop")), stream, include_usage, _response_format(body.get("response_format")))
+
+
+def _model(body: _Body) -> None:
+    # Clients must name a model; any name reaches the one model served (editor plugins hard-code names).
+    if body.get("model") is not None and not isinstance(body.get("model"), str):
+        raise bad_request("'model' must be a string", "model")
+
+
+def chat_request(data: dict) -> ChatRequest:
+    body = _Body(data)
+    _model(body)
+    if data.get("tools") or data.get("tool_choice") not in (None, "none"):
+        raise bad_request("tool calls are not supported by this server (leave out 'tools')", "tools", "unsupported_parameter")
+    return ChatRequest(_messages(data.get("messages")), _generation(body))
+
+
+def completion_request(data: dict) -> CompletionRequest:
+    body = _Body(data)
+    _model(body)
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise bad_request("'prompt' must be a non-empty string (or a list of one)", "prompt")
+    return CompletionRequest(prompt, _generation(body))

@@ -1,0 +1,351 @@
+"""`edgellm serve` end to end: the installed command in a subprocess, the real SmolLM2 through llama.cpp, and
+the real `openai` client (raw HTTP through httpx2 where the wire format itself is what is checked)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+EDGELLM = str(Path(sys.executable).parent / "edgellm")
+KEY = "test-key-1234"
+SLOT_CTX = 512
+CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+WAIT_S = 300  # a failure guard for waits on events, never a pacing delay
+
+
+class Server:
+    """A running `edgellm serve`; its address comes from the line it prints once it takes connections."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", "-t", "1", *args], stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if m := re.match(r"serving .* at (http://\S+)/v1 ", line):
+                self.url = m.group(1)
+                break
+        else:
+            raise AssertionError("the server ended before serving:\n" + "".join(self.log))
+        self._drain = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
+        self._drain.start()
+
+    def client(self, key: str | None = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=WAIT_S)
+
+    def http(self, key: str | None = KEY) -> httpx2.Client:
+        return httpx2.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=WAIT_S)
+
+    def health(self) -> dict:
+        return httpx2.get(self.url + "/health").json()
+
+    def metric(self, name: str) -> float:
+        text = httpx2.get(self.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        return float(re.search(rf"^edgellm_{name} (\S+)$", text, re.M).group(1))
+
+    def wait_idle(self) -> None:
+        """Until no slot is busy: polls the server's own state, bounded by WAIT_S."""
+        deadline = time.monotonic() + WAIT_S
+        while self.health()["slots_processing"]:
+            assert time.monotonic() < deadline, "a slot stayed busy"
+            time.sleep(0.05)
+
+    def interrupt(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(timeout=WAIT_S)
+        self._drain.join()
+        return rc, "".join(self.log)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server("--parallel", "4", "--ctx", str(SLOT_CTX), "--api-key", KEY, "--cors", "http://app.test")
+    yield s
+    rc, log = s.interrupt()
+    assert rc == 130 and "Traceback" not in log, log
+
+
+@pytest.fixture(scope="module")
+def one_slot():
+    """One slot, no waiting room, no API key, no CORS."""
+    s = Server("--parallel", "1", "--queue", "0", "--ctx", str(SLOT_CTX))
+    yield s
+    if s.proc.poll() is None:
+        s.interrupt()
+
+
+def chat(client: openai.OpenAI, messages=CAPITAL, **kw):
+    return client.chat.completions.create(model="any", messages=messages, **{"temperature": 0, "max_tokens": 24, **kw})
+
+
+def streamed(client: openai.OpenAI, messages=CAPITAL, **kw) -> str:
+    stream = client.chat.completions.create(model="any", messages=messages, stream=True, **{"temperature": 0, "max_tokens": 24, **kw})
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def sse_lines(response: httpx2.Response) -> list[str]:
+    return [line for line in response.iter_lines() if line]
+
+
+# --- what a client gets --------------------------------------------------------------------------------
+
+
+def test_chat_gives_what_edgellm_run_gives(server):
+    r = chat(server.client(), max_tokens=30)
+    run = subprocess.run([EDGELLM, "run", "-p", CAPITAL[0]["content"], "--temp", "0", "-n", "30", "--json", "-t", "1"],
+                         capture_output=True, text=True, timeout=WAIT_S)
+    expected = json.loads(run.stdout)
+    assert r.choices[0].message.content == expected["text"] == "The capital of France is Paris."
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens == expected["stats"]["prompt_tokens"]
+    assert r.usage.completion_tokens == expected["stats"]["gen_tokens"]
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    evaluated = server.metric("prompt_tokens_evaluated_total")
+    assert chat(server.client(), max_tokens=30).choices[0].message.content == expected["text"]
+    assert server.metric("prompt_tokens_evaluated_total") == evaluated + 1  # the slot still held the prompt
+
+
+def test_stream_sends_the_same_reply_as_events_ending_in_done(server):
+    client = server.client()
+    assert streamed(client) == chat(client).choices[0].message.content
+    body = {"messages": CAPITAL, "temperature": 0, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    with server.http().stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = sse_lines(r)
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_completion_stop_and_length(server):
+    client = server.client()
+    free = client.completions.create(model="any", prompt="The capital of France is", max_tokens=12, temperature=0)
+    text = free.choices[0].text
+    assert free.choices[0].finish_reason == "length" and free.usage.completion_tokens == 12
+    word = text.split()[2]
+    cut = client.completions.create(model="any", prompt="The capital of France is", max_tokens=12, temperature=0, stop=["@@", word])
+    assert cut.choices[0].text == text[: text.index(word)]
+    assert cut.choices[0].finish_reason == "stop"
+    parts = client.completions.create(model="any", prompt="The capital of France is", max_tokens=12, temperature=0, stream=True)
+    assert "".join(p.choices[0].text for p in parts) == text
+
+
+def test_models_lists_the_model_with_its_slot_context(server):
+    models = server.client().models.list().data
+    assert len(models) == 1
+    m = models[0].model_dump()
+    assert m["context_length"] == SLOT_CTX
+    assert m["meta"]["slots"] == 4 and m["meta"]["n_ctx_total"] == 4 * SLOT_CTX
+    assert m["meta"]["plan"]["level"] == "Q4_1"
+
+
+def test_seed_repeats_a_sampled_reply_and_penalties_change_it(server):
+    client = server.client()
+    a, b = (chat(client, temperature=0.9, seed=7, max_tokens=16).choices[0].message.content for _ in range(2))
+    assert a == b
+    animals = [{"role": "user", "content": "List twenty animals, one per line."}]
+    plain = chat(client, animals, max_tokens=32, extra_body={"repeat_penalty": 1.0}).choices[0].message.content
+    penalized = chat(client, animals, max_tokens=32, frequency_penalty=2.0, extra_body={"repeat_penalty": 1.0}).choices[0].message.content
+    assert plain != penalized
+
+
+def test_json_schema_reply_parses_and_follows_the_schema(server):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    r = chat(server.client(), [{"role": "user", "content": "Give the capital of France and its population as JSON."}], max_tokens=60,
+             response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    reply = json.loads(r.choices[0].message.content)
+    assert set(reply) == {"city", "population"}
+    assert isinstance(reply["city"], str) and len(reply["city"]) <= 20
+    assert isinstance(reply["population"], int) and not isinstance(reply["population"], bool)
+    anything = chat(server.client(), [{"role": "user", "content": "Describe a cat in JSON."}], max_tokens=60,
+                    response_format={"type": "json_object"})
+    if anything.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    else:  # cut by max_tokens: still the start of an object
+        assert anything.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_a_prompt_too_long_for_a_slot_is_refused_with_the_numbers(server):
+    long = [{"role": "user", "content": "word " * 600}]
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(server.client(), long)
+    err = e.value.body
+    assert err["code"] == "context_length_exceeded"
+    assert err["n_ctx"] == SLOT_CTX and err["prompt_tokens"] > SLOT_CTX
+    assert f"{err['prompt_tokens']} tokens" in err["message"] and str(SLOT_CTX) in err["message"]
+
+
+def test_a_reply_that_fills_the_slot_ends_with_length(server):
+    r = server.client().completions.create(model="any", prompt="word " * 450, max_tokens=5000, temperature=0, extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens < 5000
+    assert r.usage.total_tokens == SLOT_CTX + 1  # the last token is sampled from the full slot, never stored
+
+
+# --- many clients ---------------------------------------------------------------------------------------
+
+
+def test_four_parallel_greedy_streams_equal_each_run_alone(server):
+    client = server.client()
+    questions = ["Write a haiku about the sea.", "List three colors.", "What is 2+2?", "Tell me a short story about a cat."]
+    asks = [[{"role": "user", "content": q}] for q in questions]
+    alone = [streamed(client, a, max_tokens=32) for a in asks]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda a: streamed(client, a, max_tokens=32), asks))
+    assert together == alone
+    assert all(together)
+
+
+def test_a_client_that_disconnects_frees_its_slot(server):
+    cancelled = server.metric("requests_cancelled_total")
+    body = {"messages": CAPITAL, "max_tokens": SLOT_CTX, "ignore_eos": True, "stream": True}
+    with server.http().stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = r.iter_lines()
+        next(lines), next(lines), next(lines)  # the reply is under way
+        assert server.health()["slots_processing"] == 1
+    server.wait_idle()
+    assert server.metric("requests_cancelled_total") == cancelled + 1  # ended by the client, not by length or stop
+    metrics = server.http().get("/metrics").text
+    for name in ("requests_total", "prompt_tokens_total", "tokens_per_second", "queue_depth", "slots_busy"):
+        assert f"\nedgellm_{name}" in metrics
+    assert 'edgellm_requests_total{endpoint="/v1/chat/completions",status="200"}' in metrics
+
+
+def test_a_full_queue_answers_503_with_retry_after(one_slot):
+    body = {"messages": CAPITAL, "max_tokens": SLOT_CTX, "ignore_eos": True, "stream": True}
+    with one_slot.http().stream("POST", "/v1/chat/completions", json=body) as r:
+        next(r.iter_lines())
+        busy = one_slot.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2})
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert "busy" in busy.json()["error"]["message"]
+    one_slot.wait_idle()
+    assert one_slot.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2}).status_code == 200
+
+
+# --- safety ---------------------------------------------------------------------------------------------
+
+
+def test_the_api_key_is_required_except_for_health(server):
+    with pytest.raises(openai.AuthenticationError):
+        chat(server.client("wrong-key"))
+    r = server.http(key=None).get("/v1/models")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert server.http("wrong").get("/metrics").status_code == 401
+    assert server.http(key=None).get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        (b"{not json", None, "not valid JSON"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', None, "NaN is not a JSON value"),
+        (b"[1, 2]", None, "must be a JSON object"),
+        (b'{"prompt": "\xc3\x28"}', None, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "nested too deeply"),
+        (b'{"temperature": 0}', "messages", "'messages' must be a non-empty list"),
+        (b'{"messages": []}', "messages", "non-empty list"),
+        (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role", "must be one of"),
+        (b'{"messages": [{"role": "user"}]}', "messages[0].content", "missing"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages[0].content", "only text parts"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature", "from 0 to 2"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', "temperature", "from 0 to 2"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": 5}', "top_p", "from 0 to 1"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens", "integer from 1"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": true}', "max_tokens", "integer from 1"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "max_completion_tokens": 6}', "max_completion_tokens", "not two"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1.5}', "seed", "integer"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stop": [1]}', "stop", "list of strings"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ""}', "stop", "1 to 1000 characters"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "true or false"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": true}}', "stream_options", "only with"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "not supported"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 5}}', "logit_bias", "not supported"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "model": 5}', "model", "must be a string"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}}', "response_format", "'json_schema'"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}}',
+         "response_format", "cannot be turned into a grammar"),
+    ],
+)
+def test_bad_requests_get_400_with_a_message(server, body, param, words):
+    r = server.http().post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert words in err["message"]
+    assert err["param"] == param
+
+
+def test_bad_completion_prompt_and_embeddings_get_400(server):
+    http = server.http()
+    r = http.post("/v1/completions", json={"prompt": ["a", "b"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = http.post("/v1/embeddings", json={"input": "hello", "model": "any"})
+    assert r.status_code == 400 and "does not compute embeddings" in r.json()["error"]["message"]
+    r = http.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["message"] == "no such endpoint: /v1/nothing"
+
+
+def test_a_body_over_the_limit_gets_413(server):
+    big = b'{"prompt": "' + b"a" * (9 << 20) + b'"}'
+    r = server.http().post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: counted while read
+        for _ in range(9):
+            yield b"a" * (1 << 20)
+
+    r = server.http().post("/v1/completions", content=chunked(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_cors_only_with_the_option(server, one_slot):
+    preflight = {"Origin": "http://app.test", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    r = httpx2.options(server.url + "/v1/chat/completions", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.test"
+    assert httpx2.options(server.url + "/v1/chat/completions", headers={**preflight, "Origin": "http://evil.test"}).status_code == 400
+    assert "access-control-allow-origin" not in httpx2.get(one_slot.url + "/health", headers={"Origin": "http://app.test"}).headers
+
+
+def test_a_non_loopback_address_needs_a_key_or_insecure():
+    r = subprocess.run([EDGELLM, "serve", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=WAIT_S)
+    assert r.returncode == 2
+    assert r.stderr == "edgellm: --host 0.0.0.0 lets other machines reach the API: give --api-key KEY, or --insecure to serve it without one\n"
+
+
+def test_a_port_in_use_is_one_line(server):
+    port = server.url.rsplit(":", 1)[1]
+    r = subprocess.run([EDGELLM, "serve", "--port", port], capture_output=True, text=True, timeout=WAIT_S)
+    assert r.returncode == 1
+    assert r.stderr == f"edgellm: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_ctrl_c_ends_open_streams_and_exits_cleanly(one_slot):
+    body = {"messages": CAPITAL, "max_tokens": SLOT_CTX, "ignore_eos": True, "stream": True}
+    with one_slot.http().stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = r.iter_lines()
+        next(lines)
+        rc, log = one_slot.interrupt()
+        rest = [line for line in lines if line]
+    assert rc == 130
+    assert log.splitlines()[-1] == "edgellm: interrupted" and "Traceback" not in log
+    assert json.loads(rest[-1][6:])["error"]["message"] == "the server is shutting down"
