@@ -13,6 +13,7 @@ import click
 from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quality_text, run_bench
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
+from ..options import CONTEXT, GPU_LAYERS, THREADS
 
 
 class _DefaultRun(click.Group):
@@ -35,16 +36,13 @@ def bench() -> None:
 
 
 def _levels(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
-def _ngl(value: str) -> int | None:
-    if value == "auto":
+    """None (every level) when --levels is not given; given, it must name at least one."""
+    if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter("use auto or a number of layers") from None
+    levels = [v.strip() for v in value.split(",") if v.strip()]
+    if not levels:
+        raise UsageError("--levels is empty: give levels like Q8_0,Q4_K_M, or leave it out for all of them")
+    return levels
 
 
 @bench.command("run")
@@ -53,13 +51,14 @@ def _ngl(value: str) -> int | None:
 @click.option("-p", "n_prompt", default=512, show_default=True, help="Prompt tokens per pp run (0: skip).")
 @click.option("-n", "n_gen", default=128, show_default=True, help="Generated tokens per tg run (0: skip).")
 @click.option("-r", "reps", default=5, show_default=True, help="Repetitions after one warm-up run.")
-@click.option("--ngl", default="auto", show_default=True, help="GPU layers: auto (the planner) or a number.")
-@click.option("--threads", type=int, help="CPU threads [default: physical cores].")
-@click.option("--ctx", "n_ctx", type=int, help="Context size [default: enough for -p / -n].")
+@click.option("--ngl", type=GPU_LAYERS, default="auto", show_default=True, help="GPU layers: auto (the planner) or a number.")
+@click.option("--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} [default: physical cores].")
+@click.option("--ctx", "n_ctx", type=CONTEXT, help="Context size [default: enough for -p / -n].")
 @click.option("--quality", "quality", is_flag=False, flag_value="builtin", default=None, metavar="[TEXT]",
               help="Also measure perplexity (and KL divergence vs a F16/BF16/F32 base) on TEXT, a file; "
                    "alone: a small built-in English + Chinese text.")
-@click.option("--quality-ctx", default=512, show_default=True, help="Chunk size for perplexity (llama-perplexity's -c).")
+@click.option("--quality-ctx", type=CONTEXT, default=512, show_default=True,
+              help="Chunk size for perplexity (llama-perplexity's -c).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one CSV row per file.")
 @click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a Markdown table.")
@@ -75,6 +74,7 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
 
     from ..models import resolve_model
 
+    levels = _levels(levels)
     text = None
     if quality == "builtin":
         text = default_quality_text()
@@ -83,7 +83,7 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
         if not qpath.is_file():
             raise UsageError(f"no such quality text file: {qpath}")
         text = qpath.read_text(encoding="utf-8", errors="replace")
-    cfg = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, reps=reps, ngl=_ngl(ngl), threads=threads, n_ctx=n_ctx,
+    cfg = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, reps=reps, ngl=ngl, threads=threads, n_ctx=n_ctx,
                       quality_text=text, quality_ctx=quality_ctx)
     refs, unreadable = [], []
     for m in models or [None]:
@@ -103,7 +103,7 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
 
         for ref in refs:
             bar.reset(task)
-            reports.append(run_bench(ref, cfg, _levels(levels), on_step))
+            reports.append(run_bench(ref, cfg, levels, on_step))
 
     if save_manifest:
         for ref, report in zip(refs, reports):

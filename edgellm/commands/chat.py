@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..options import TEMPERATURE
+
 # option -> ChatSettings field; given options override the saved settings for this session
 OVERRIDES = {
     "temperature": "temperature",
@@ -36,7 +38,7 @@ def _default_model() -> str | None:
 
 @click.command()
 @click.argument("model", required=False)
-@click.option("--temperature", type=click.FloatRange(0, 5), help="Sampling temperature (0 = greedy).")
+@click.option("--temperature", type=TEMPERATURE, help="Sampling temperature, 0 to 5 (0 = greedy).")
 @click.option("--max-tokens", type=click.IntRange(1), help="Longest reply, in tokens.")
 @click.option("--seed", type=int, help="Sampling seed (-1 = random).")
 @click.option("--ctx", type=click.IntRange(0), help="Context size in tokens (0 = the planner's choice).")

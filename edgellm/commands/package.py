@@ -113,9 +113,10 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
     from ..package import PackageOptions, build_package, levels_summary
     from ..quantize.levels import DEFAULT_LEVELS, parse_levels
 
+    chosen = parse_levels(DEFAULT_LEVELS if levels is None else levels)  # before any download; "" names none
     source = resolve_source(str(src), say=lambda line: click.echo(line, err=True))  # a hub repo id is pulled first
     opts = PackageOptions(
-        levels=parse_levels(levels or ",".join(DEFAULT_LEVELS)), base_type=base_type, imatrix_text=imatrix_text,
+        levels=chosen, base_type=base_type, imatrix_text=imatrix_text,
         eval_text=eval_text, n_ctx=n_ctx, allow_requantize=allow_requantize, jobs=jobs,
         name=name or snapshot_name(source),  # a pulled snapshot's folder is named after a commit
     )

@@ -6,13 +6,15 @@ import json
 
 import click
 
+from ..options import CONTEXT
+
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])
 
 
 @click.command("plan")
 @click.argument("models", nargs=-1)
-@click.option("--ctx", type=click.IntRange(min=256), help="Context size in tokens (default: up to 8192, shrunk to fit).")
-@click.option("--min-ctx", type=click.IntRange(min=256), default=2048, show_default=True, help="Never shrink the context below this.")
+@click.option("--ctx", type=CONTEXT, help="Context size in tokens (default: up to 8192, shrunk to fit).")
+@click.option("--min-ctx", type=CONTEXT, default=2048, show_default=True, help="Never shrink the context below this.")
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16; q8_0 halves it, q4_0 quarters it).")
 @click.option("--ram", help="Plan for this much free RAM instead of this machine's (e.g. 16G).")
 @click.option("--vram", help="Plan for one GPU with this much free VRAM (e.g. 8G; 0 = no GPU).")
@@ -23,10 +25,14 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, as_json: boo
     Picks the highest-quality level that fits, the most GPU layers that fit with a safety margin, and
     shrinks the context (not below --min-ctx) before dropping to a lower level.
     """
+    from ..errors import UsageError
     from ..hardware import detect, parse_size
     from ..models import resolve_models
     from ..plan import FIT_SHORT, make_plan
 
+    given = click.get_current_context().get_parameter_source("min_ctx") is click.core.ParameterSource.COMMANDLINE
+    if ctx is not None and given and min_ctx > ctx:
+        raise UsageError(f"--min-ctx {min_ctx} is more than --ctx {ctx}: a context cannot be smaller than its minimum")
     ref = resolve_models(list(models))
     p = make_plan(
         ref,

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from ..options import CONTEXT, GPU_LAYERS, MIN_P, REPEAT_PENALTY, TEMPERATURE, THREADS, TOP_K, TOP_P
 from .plan import KV_CHOICES
 
 
@@ -25,21 +26,46 @@ def _stats_lines(engine, stats) -> list[str]:
     ]
 
 
+def _stdin_prompt(asked: bool) -> str:
+    """The prompt piped in. A closed stdin (cron, `<&-`) has none, nor a terminal unless `-p -` asked for it."""
+    from ..errors import UsageError
+
+    if sys.stdin is None:
+        raise UsageError("no prompt: give -p TEXT or pipe it in (stdin is closed)")
+    if sys.stdin.isatty() and not asked:
+        raise UsageError("no prompt: give -p TEXT or pipe it in")
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the prompt on stdin is not UTF-8 text (byte {exc.start})") from None
+
+
+def _utf8(text: str, what: str) -> str:
+    """Bytes that are not UTF-8 (in argv, or piped in under a C locale) arrive as lone surrogates."""
+    from ..errors import UsageError
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"{what} is not UTF-8 text (character {exc.start})") from None
+    return text
+
+
 @click.command("run")
 @click.argument("model", required=False)
 @click.option("-p", "--prompt", help="The user message ('-' or omitted with piped input: read stdin).")
 @click.option("-s", "--system", help="A system message before the prompt.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--temp", "temperature", type=float, default=0.7, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=int, default=40, show_default=True)
-@click.option("--top-p", type=float, default=0.95, show_default=True)
-@click.option("--min-p", type=float, default=0.05, show_default=True)
-@click.option("--repeat-penalty", type=float, default=1.1, show_default=True, help="1.0 = off.")
+@click.option("--temp", "temperature", type=TEMPERATURE, default=0.7, show_default=True, help="0 to 5; 0 = greedy.")
+@click.option("--top-k", type=TOP_K, default=40, show_default=True, help="0 = off.")
+@click.option("--top-p", type=TOP_P, default=0.95, show_default=True, help="Above 0, at most 1; 1 = off.")
+@click.option("--min-p", type=MIN_P, default=0.05, show_default=True, help="0 to 1; 0 = off.")
+@click.option("--repeat-penalty", type=REPEAT_PENALTY, default=1.1, show_default=True, help="Above 0, at most 10; 1.0 = off.")
 @click.option("--seed", type=int, help="Sampling seed (default: random).")
-@click.option("--ctx", type=click.IntRange(min=256), help="Context size in tokens (default: planned).")
-@click.option("--ngl", type=click.IntRange(min=0), help="Layers on the GPU (default: planned).")
+@click.option("--ctx", type=CONTEXT, help="Context size in tokens, 256 or more (default: planned).")
+@click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16).")
-@click.option("-t", "--threads", type=click.IntRange(min=1), help="CPU threads (default: physical cores).")
+@click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: physical cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
@@ -49,12 +75,14 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     from ..plan import make_plan
     from ..runtime import Engine, Sampling
 
+    if sys.stdout is None:
+        raise UsageError("stdout is closed: there is nowhere to write the reply")
     if prompt is None or prompt == "-":
-        if sys.stdin.isatty() and prompt is None:
-            raise UsageError("no prompt: give -p TEXT or pipe it in")
-        prompt = sys.stdin.read()
-    if not prompt.strip():
+        prompt = _stdin_prompt(asked=prompt == "-")
+    if not _utf8(prompt, "the prompt").strip():
         raise UsageError("the prompt is empty")
+    if system is not None:
+        _utf8(system, "the system message")
 
     ref = resolve_model(model)
     plan = make_plan(ref, detect(), ctx=ctx, kv_type=kv_type)

@@ -1,0 +1,84 @@
+"""Option types the commands share, so each kind of value is checked one way wherever it is taken.
+
+A bad value ends as one `edgellm: --option ...` line with exit code 2, like every other usage error
+(click's own ranges would let nan through, and print a usage block instead).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import click
+
+from .errors import UsageError
+
+GGML_MAX_N_THREADS = 512  # llama.cpp's thread pool holds no more (5000 hangs it, 100000 crashes it)
+C_INT_MAX = 2**31 - 1  # llama.cpp takes counts as C ints
+
+
+def max_threads() -> int:
+    """The most CPU threads a command accepts: 4 per logical core, at least 64, at most llama.cpp's 512.
+
+    More threads than cores only slows llama.cpp down (its threads wait for each other: 64 threads on
+    2 cores decode at a twentieth of the speed of 1), so the bound is there to catch typos and stay
+    inside what llama.cpp can run, while leaving room to try oversubscription on purpose."""
+    return min(GGML_MAX_N_THREADS, max(64, 4 * (os.cpu_count() or 1)))
+
+
+class Range(click.ParamType):
+    """A finite number from `low` to `high` (`low` itself excluded when `low_open`)."""
+
+    def __init__(self, kind: type, low: float, high: float, low_open: bool = False) -> None:
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+        self.name = "integer" if kind is int else "number"
+
+    def allows(self, v: float) -> bool:
+        above = v > self.low if self.low_open else v >= self.low
+        return math.isfinite(v) and above and v <= self.high
+
+    def describe(self) -> str:
+        """What is allowed, e.g. "a whole number from 1 to 64", "a number above 0 and at most 1"."""
+        what = "a whole number" if self.kind is int else "a number"
+        if self.high == C_INT_MAX:
+            return f"{what} above {self.low:g}" if self.low_open else f"{what}, {self.low:g} or more"
+        if self.low_open:
+            return f"{what} above {self.low:g} and at most {self.high:g}"
+        return f"{what} from {self.low:g} to {self.high:g}"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = self.kind(value)
+        except (TypeError, ValueError):
+            v = None
+        if v is None or not self.allows(v):
+            option = param.opts[-1] if param is not None and param.opts else "the value"
+            raise UsageError(f"{option} must be {self.describe()}, not {value}")
+        return v
+
+
+class GpuLayers(Range):
+    """`auto` (None: the planner decides) or a number of layers; more than the model has means all of them."""
+
+    def __init__(self) -> None:
+        super().__init__(int, 0, C_INT_MAX)
+        self.name = "auto|n"
+
+    def describe(self) -> str:
+        return "auto or a whole number of layers, 0 or more"
+
+    def convert(self, value, param, ctx):
+        return None if value in (None, "auto") else super().convert(value, param, ctx)
+
+
+THREADS = Range(int, 1, max_threads())
+CONTEXT = Range(int, 256, C_INT_MAX)  # tokens; llama.cpp pads smaller contexts up to 256 anyway
+GPU_LAYERS = GpuLayers()
+
+# Sampling: outside these llama.cpp's samplers divide by zero, keep NaN logits or mean nothing.
+TEMPERATURE = Range(float, 0.0, 5.0)  # 0: greedy
+TOP_K = Range(int, 0, C_INT_MAX)  # 0: off; more than the vocabulary is the same as off
+TOP_P = Range(float, 0.0, 1.0, low_open=True)  # 1: off
+MIN_P = Range(float, 0.0, 1.0)  # 0: off
+# 1: off. Past 10 every token seen lately is all but banned, never what anyone means (typo for 1.1?).
+REPEAT_PENALTY = Range(float, 0.0, 10.0, low_open=True)

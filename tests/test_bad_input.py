@@ -1,0 +1,147 @@
+"""Bad input to the installed `edgellm` ends in one `edgellm: ...` line and a non-zero exit: no traceback,
+no crash of llama.cpp, nothing lost. Each case here once crashed, hung or was silently accepted."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgellm.options import GGML_MAX_N_THREADS, THREADS, max_threads
+from fixtures import smollm2_gguf
+
+EDGELLM = str(Path(sys.executable).parent / "edgellm")
+
+
+def edgellm(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([EDGELLM, *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+def one_line_error(r: subprocess.CompletedProcess, code: int, *texts: str) -> str:
+    """The run failed with `code` and said so in exactly one `edgellm: ...` line holding every text."""
+    assert r.returncode == code, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgellm: "), r.stderr[-2000:]
+    for text in texts:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+# --- thread counts and GPU layers --------------------------------------------------------------------
+
+
+def test_the_thread_bound_stays_inside_llama_cpp():
+    assert THREADS.high == max_threads() <= GGML_MAX_N_THREADS
+    assert max_threads() >= 64
+
+
+@pytest.mark.parametrize("command", [["run", "-p", "hi"], ["bench", "-p", "8", "-n", "2", "-r", "1"]])
+@pytest.mark.parametrize("threads", ["0", "-1", str(max_threads() + 1), "100000", "two"])
+def test_thread_counts_out_of_range_are_refused(command, threads):
+    r = edgellm(*command, "--threads", threads)
+    one_line_error(r, 2, "--threads", f"from 1 to {max_threads()}", threads)
+
+
+@pytest.mark.parametrize("command", [["run", "-p", "hi"], ["bench", "-p", "8", "-n", "2", "-r", "1"]])
+@pytest.mark.parametrize("ngl", ["-1", "-5", "some"])
+def test_negative_gpu_layers_are_refused(command, ngl):
+    one_line_error(edgellm(*command, "--ngl", ngl), 2, "--ngl", "auto or a whole number", ngl)
+
+
+def test_in_range_threads_and_auto_layers_still_run():
+    r = edgellm("run", str(smollm2_gguf()), "-p", "Hi", "--temp", "0", "-n", "2", "-t", "3", "--ngl", "auto", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"n_threads": 3' in r.stdout
+
+
+@pytest.mark.parametrize("option", ["--ctx", "--quality-ctx"])
+def test_bench_context_sizes_below_256_are_refused(option):
+    one_line_error(edgellm("bench", option, "-5"), 2, option, "256 or more")
+
+
+# --- sampling values and other arguments -------------------------------------------------------------
+
+SAMPLING_BAD = [
+    ("--temp", "nan"), ("--temp", "inf"), ("--temp", "-1"), ("--temp", "5.5"),
+    ("--top-p", "2"), ("--top-p", "0"), ("--top-p", "nan"),
+    ("--min-p", "nan"), ("--min-p", "-0.1"), ("--min-p", "1.5"),
+    ("--repeat-penalty", "0"), ("--repeat-penalty", "-1"), ("--repeat-penalty", "inf"), ("--repeat-penalty", "11"),
+    ("--top-k", "-3"), ("--top-k", "1.5"),
+]
+
+
+@pytest.mark.parametrize("option,value", SAMPLING_BAD)
+def test_run_refuses_impossible_sampling_values(option, value):
+    one_line_error(edgellm("run", "-p", "hi", option, value), 2, option, value)
+
+
+def test_sampling_edges_are_accepted():
+    r = edgellm("run", str(smollm2_gguf()), "-p", "Hi", "-n", "2", "-t", "1", "--temp", "5", "--top-p", "1",
+                "--min-p", "0", "--repeat-penalty", "10", "--top-k", "0", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.5", "6"])
+def test_chat_refuses_a_temperature_outside_0_to_5(value):
+    # Refused while the options are read: the terminal UI never starts.
+    one_line_error(edgellm("chat", "--temperature", value), 2, "--temperature", "from 0 to 5")
+
+
+def test_options_accept_only_finite_numbers():
+    from edgellm.options import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_P
+
+    for kind, good, bad in [
+        (TEMPERATURE, [0, 0.7, 5], [math.nan, math.inf, -0.01, 5.01]),
+        (TOP_P, [1e-6, 0.95, 1], [0, math.nan, 1.01]),
+        (MIN_P, [0, 0.05, 1], [-0.01, math.nan, 1.01]),
+        (REPEAT_PENALTY, [0.5, 1, 10], [0, -1, math.inf, math.nan, 10.5]),
+    ]:
+        assert all(kind.allows(v) for v in good), kind.describe()
+        assert not any(kind.allows(v) for v in bad), kind.describe()
+
+
+@pytest.mark.parametrize("command", [["bench"], ["package", "no/such-repo", "-o", "out"]])
+@pytest.mark.parametrize("levels", ["", " , "])
+def test_empty_levels_are_a_usage_error_not_all_levels(command, levels, tmp_path):
+    r = edgellm(*command, "--levels", levels, cwd=tmp_path)
+    one_line_error(r, 2, "levels")
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_refuses_a_minimum_context_above_the_context():
+    one_line_error(edgellm("plan", "--ctx", "512", "--min-ctx", "4096"), 2, "--min-ctx 4096", "--ctx 512")
+
+
+def test_plan_takes_a_context_below_the_default_minimum():
+    r = edgellm("plan", "--ctx", "512", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"n_ctx": 512' in r.stdout
+
+
+# --- run's standard streams --------------------------------------------------------------------------
+
+
+def test_run_with_stdin_closed_says_there_is_no_prompt():
+    # As under cron: file descriptor 0 is not open at all.
+    r = edgellm("run", stdin=None, preexec_fn=lambda: os.close(0))
+    one_line_error(r, 2, "no prompt", "stdin is closed")
+
+
+def test_run_with_stdout_closed_refuses_before_loading():
+    r = edgellm("run", "-p", "hi", preexec_fn=lambda: os.close(1))
+    assert r.returncode == 2 and "stdout is closed" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("how", ["stdin", "argument"])
+def test_a_prompt_that_is_not_utf8_is_refused(how):
+    bad = b"caf\xe9 au lait"  # Latin-1, not UTF-8
+    if how == "stdin":
+        r = subprocess.run([EDGELLM, "run"], input=bad, capture_output=True, timeout=600)
+    else:
+        r = subprocess.run([EDGELLM.encode(), b"run", b"-p", bad], capture_output=True, timeout=600)
+    r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
+    one_line_error(r, 2, "not UTF-8")
