@@ -1,13 +1,17 @@
-"""Supported architectures as data: HF architecture -> GGUF architecture, tensor names, shapes, layout.
+"""Supported architectures as data: HF architecture -> GGUF architecture, tensor names, shapes, layout,
+and the metadata and checks llama.cpp's graph for it needs.
 
-Adding an architecture of the Llama family is adding an ARCHS entry.
+Adding an architecture is adding an ARCHS row: its tensors, whether Q/K rows are reordered for llama.cpp's
+rope, extra metadata keys (GGUFWriter method + where the value comes from in config.json), and checks for
+configs that llama.cpp would run differently from transformers.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgellm.errors import EdgeError
@@ -30,6 +34,10 @@ class HParams:
     rope: dict[str, Any]  # rope_type and its parameters ("default" when unscaled)
     tied_embeddings: bool
     has_head_dim: bool  # head_dim given explicitly (written as key/value length, like llama.cpp does)
+    n_rot: int  # rotated dimensions per head (fewer than head_dim with a partial rotary factor)
+    n_expert: int = 0  # mixture of experts: experts per layer (0: a dense model)
+    n_expert_used: int = 0
+    n_ff_exp: int = 0  # one expert's feed-forward width
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +50,8 @@ def _rope(config: dict[str, Any]) -> dict[str, Any]:
         params["rope_type"] = params.pop("type")
     params.setdefault("rope_type", "default")
     params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    if "partial_rotary_factor" in config:
+        params.setdefault("partial_rotary_factor", config["partial_rotary_factor"])
     return params
 
 
@@ -50,13 +60,16 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         n_head = int(config["num_attention_heads"])
         n_embd = int(config["hidden_size"])
         rope = _rope(config)
+        head_dim = int(config.get("head_dim") or n_embd // n_head)
+        partial = float(rope.get("partial_rotary_factor", 1.0))
+        n_expert = int(config.get("num_local_experts") or config.get("num_experts") or 0)
         return HParams(
             n_layers=int(config["num_hidden_layers"]),
             n_embd=n_embd,
             n_ff=int(config["intermediate_size"]),
             n_head=n_head,
             n_head_kv=int(config.get("num_key_value_heads") or n_head),
-            head_dim=int(config.get("head_dim") or n_embd // n_head),
+            head_dim=head_dim,
             n_ctx=int(config.get("max_position_embeddings", 4096)),
             n_vocab=int(config["vocab_size"]),
             rms_eps=float(config.get("rms_norm_eps", 1e-6)),
@@ -64,10 +77,15 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             rope=rope,
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             has_head_dim=config.get("head_dim") is not None,
+            # llama.cpp counts rotated dimensions from the model width, as Phi's configs define them
+            n_rot=head_dim if partial == 1.0 else int(partial * n_embd) // n_head,
+            n_expert=n_expert,
+            n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
+            n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise EdgeError(f"config.json has a bad value: {exc}") from exc
 
 
@@ -76,7 +94,8 @@ Shape = Callable[[HParams], tuple[int, ...]]
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One HF tensor (`{bid}` = layer index), its GGUF name, and its HF (row-major) shape."""
+    """One GGUF tensor from HF tensor(s): `{bid}` = layer index, `{xid}` = expert index (the experts of a
+    layer are stacked into one 3-D tensor, expert-major). `shape` is the GGUF tensor's HF (row-major) shape."""
 
     hf: str
     gguf: str
@@ -84,6 +103,7 @@ class TensorSpec:
     permute: str | None = None  # "q" or "k": rows reordered for llama.cpp's rope layout
     optional: bool = False
     untied_only: bool = False  # required unless tie_word_embeddings (then llama.cpp reuses token_embd)
+    keep_f32: bool = False  # stored as F32 whatever the outtype (llama.cpp's converter does so for routers)
 
 
 def _q_rows(h: HParams) -> int:
@@ -94,21 +114,77 @@ def _kv_rows(h: HParams) -> int:
     return h.n_head_kv * h.head_dim
 
 
-LLAMA_TENSORS: tuple[TensorSpec, ...] = (
+def _embd(h: HParams) -> tuple[int, ...]:
+    return (h.n_embd,)
+
+
+EMBEDDINGS = (
     TensorSpec("model.embed_tokens.weight", "token_embd.weight", lambda h: (h.n_vocab, h.n_embd)),
-    TensorSpec("model.norm.weight", "output_norm.weight", lambda h: (h.n_embd,)),
-    TensorSpec("lm_head.weight", "output.weight", lambda h: (h.n_vocab, h.n_embd), untied_only=True),
-    TensorSpec("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", lambda h: (h.n_embd,)),
+    TensorSpec("model.norm.weight", "output_norm.weight", _embd),
+)
+OUTPUT = (TensorSpec("lm_head.weight", "output.weight", lambda h: (h.n_vocab, h.n_embd), untied_only=True),)
+ATTN_NORM = (TensorSpec("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", _embd),)
+FFN_NORM = (TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight", _embd),)
+ATTENTION = (
     TensorSpec("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", lambda h: (_q_rows(h), h.n_embd), "q"),
     TensorSpec("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", lambda h: (_kv_rows(h), h.n_embd), "k"),
     TensorSpec("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd)),
     TensorSpec("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", lambda h: (h.n_embd, _q_rows(h))),
-    TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight", lambda h: (h.n_embd,)),
+)
+QK_NORMS = (
+    TensorSpec("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", lambda h: (h.head_dim,)),
+    TensorSpec("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", lambda h: (h.head_dim,)),
+)
+MLP = (
     TensorSpec("model.layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", lambda h: (h.n_ff, h.n_embd)),
     TensorSpec("model.layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", lambda h: (h.n_ff, h.n_embd)),
     TensorSpec("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", lambda h: (h.n_embd, h.n_ff)),
 )
+LLAMA_TENSORS: tuple[TensorSpec, ...] = EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + FFN_NORM + MLP
 
+# Gemma 2/3: a norm after attention and one before and after the MLP; the output reuses the embeddings.
+GEMMA_TENSORS: tuple[TensorSpec, ...] = (
+    EMBEDDINGS
+    + ATTN_NORM
+    + ATTENTION
+    + (
+        TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", _embd),
+        TensorSpec("model.layers.{bid}.pre_feedforward_layernorm.weight", "blk.{bid}.ffn_norm.weight", _embd),
+        TensorSpec("model.layers.{bid}.post_feedforward_layernorm.weight", "blk.{bid}.post_ffw_norm.weight", _embd),
+    )
+    + MLP
+)
+
+# Phi-3: Q, K and V in one matrix, gate and up in another (llama.cpp splits them in its graph).
+PHI3_TENSORS: tuple[TensorSpec, ...] = (
+    EMBEDDINGS
+    + OUTPUT
+    + ATTN_NORM
+    + FFN_NORM
+    + (
+        TensorSpec(
+            "model.layers.{bid}.self_attn.qkv_proj.weight", "blk.{bid}.attn_qkv.weight", lambda h: (_q_rows(h) + 2 * _kv_rows(h), h.n_embd)
+        ),
+        TensorSpec("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", lambda h: (h.n_embd, _q_rows(h))),
+        TensorSpec("model.layers.{bid}.mlp.gate_up_proj.weight", "blk.{bid}.ffn_up.weight", lambda h: (2 * h.n_ff, h.n_embd)),
+        TensorSpec("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", lambda h: (h.n_embd, h.n_ff)),
+    )
+)
+
+
+def _experts(router: str, prefix: str, gate: str, up: str, down: str) -> tuple[TensorSpec, ...]:
+    """A router (kept in F32) and the experts' three matrices, each stacked over the experts."""
+    blk = "model.layers.{bid}."
+    return (
+        TensorSpec(blk + router, "blk.{bid}.ffn_gate_inp.weight", lambda h: (h.n_expert, h.n_embd), keep_f32=True),
+        TensorSpec(blk + prefix + gate, "blk.{bid}.ffn_gate_exps.weight", lambda h: (h.n_expert, h.n_ff_exp, h.n_embd)),
+        TensorSpec(blk + prefix + up, "blk.{bid}.ffn_up_exps.weight", lambda h: (h.n_expert, h.n_ff_exp, h.n_embd)),
+        TensorSpec(blk + prefix + down, "blk.{bid}.ffn_down_exps.weight", lambda h: (h.n_expert, h.n_embd, h.n_ff_exp)),
+    )
+
+
+QWEN_MOE_EXPERTS = _experts("mlp.gate.weight", "mlp.experts.{xid}.", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+MIXTRAL_EXPERTS = _experts("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{xid}.", "w1.weight", "w3.weight", "w2.weight")
 
 
 def _attn_biases(optional: bool) -> tuple[TensorSpec, ...]:
@@ -125,6 +201,114 @@ def _attn_biases(optional: bool) -> tuple[TensorSpec, ...]:
 IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")
 
 
+# --- metadata beyond the common keys -------------------------------------------------------------------
+
+Config = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetaKey:
+    """One extra GGUF key: the GGUFWriter method that writes it and its value (None: not written)."""
+
+    writer: str
+    value: Callable[[Config, HParams], Any]
+
+
+def _opt(name: str) -> Callable[[Config, HParams], Any]:
+    return lambda c, h: c.get(name) or None
+
+
+def _need(name: str) -> Callable[[Config, HParams], Any]:
+    def get(c: Config, h: HParams) -> Any:
+        if c.get(name) is None:
+            raise EdgeError(f"config.json lacks {name!r}")
+        return c[name]
+
+    return get
+
+
+def sliding_layers(c: Config, n_layers: int, default_pattern: int) -> list[bool]:
+    """Which layers attend through a sliding window: transformers 5 lists `layer_types`; older configs give
+    a period (`sliding_window_pattern`: every n-th layer is global, the others slide), as llama.cpp does."""
+    types = c.get("layer_types")
+    if isinstance(types, list) and len(types) == n_layers:
+        return [t == "sliding_attention" for t in types]
+    n = int(c.get("sliding_window_pattern") or default_pattern)
+    return [il % n < n - 1 for il in range(n_layers)]
+
+
+def _swa_pattern(default: int) -> Callable[[Config, HParams], Any]:
+    return lambda c, h: sliding_layers(c, h.n_layers, default)
+
+
+def _local_rope_theta(c: Config, h: HParams) -> Any:
+    """The rope base of sliding-window layers (transformers 5: per layer type; 4: rope_local_base_freq)."""
+    return ((c.get("rope_parameters") or {}).get("sliding_attention") or {}).get("rope_theta") or c.get("rope_local_base_freq")
+
+
+def _longrope_attn_factor(c: Config, h: HParams) -> Any:
+    """Phi-3's long-context rope scales attention by sqrt(1 + ln(s) / ln(n_orig)), s the context extension."""
+    if h.rope["rope_type"] not in ("longrope", "su"):
+        return None
+    orig = int(h.rope["original_max_position_embeddings"])
+    scale = h.n_ctx / orig
+    return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+
+
+def _original_ctx(c: Config, h: HParams) -> Any:
+    return h.rope.get("original_max_position_embeddings", c.get("original_max_position_embeddings"))
+
+
+EXPERT_FF = MetaKey("add_expert_feed_forward_length", lambda c, h: h.n_ff_exp)
+GEMMA2_KEYS = (
+    MetaKey("add_sliding_window", _need("sliding_window")),
+    MetaKey("add_sliding_window_pattern", _swa_pattern(2)),
+    MetaKey("add_attn_logit_softcapping", _need("attn_logit_softcapping")),
+    MetaKey("add_final_logit_softcapping", _need("final_logit_softcapping")),
+)
+GEMMA3_KEYS = (
+    MetaKey("add_sliding_window", _need("sliding_window")),
+    MetaKey("add_sliding_window_pattern", _swa_pattern(6)),
+    MetaKey("add_rope_freq_base_swa", _local_rope_theta),
+    MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping")),
+)
+PHI3_KEYS = (
+    MetaKey("add_rope_scaling_orig_ctx_len", _original_ctx),
+    MetaKey("add_sliding_window", lambda c, h: c.get("sliding_window") or 0),  # llama.cpp runs Phi-3 with full attention
+    MetaKey("add_rope_scaling_attn_factors", _longrope_attn_factor),
+)
+
+
+# --- configs llama.cpp would run differently ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: Callable[[Config, HParams], bool]
+    problem: str  # what is wrong, for the error line
+
+
+def _gemma_query_scale(big_layers: int) -> Check:
+    """llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(n_embd / n_head) for the 27B model (known by
+    its layer count); it does not read query_pre_attn_scalar, so another value would change the model."""
+
+    def ok(c: Config, h: HParams) -> bool:
+        expected = h.n_embd // h.n_head if h.n_layers == big_layers else h.head_dim
+        return float(c.get("query_pre_attn_scalar", expected)) == float(expected)
+
+    return Check(ok, "query_pre_attn_scalar differs from the query scale llama.cpp uses for this shape")
+
+
+NO_SLIDING_WINDOW = Check(lambda c, h: not c.get("use_sliding_window"), "use_sliding_window is set, and llama.cpp runs this architecture with full attention")
+QWEN3_MOE_CHECKS = (
+    NO_SLIDING_WINDOW,
+    Check(lambda c, h: not c.get("mlp_only_layers") and int(c.get("decoder_sparse_step", 1)) == 1, "some layers are dense (mlp_only_layers or decoder_sparse_step), which llama.cpp's qwen3moe does not support"),
+    Check(lambda c, h: bool(c.get("norm_topk_prob")), "norm_topk_prob is off, and llama.cpp always renormalises the chosen experts' weights"),
+    Check(lambda c, h: h.n_expert > 0 and 0 < h.n_expert_used <= h.n_expert, "num_experts / num_experts_per_tok are missing or inconsistent"),
+)
+MIXTRAL_CHECKS = (Check(lambda c, h: h.n_expert > 0 and 0 < h.n_expert_used <= h.n_expert, "num_local_experts / num_experts_per_tok are missing or inconsistent"),)
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     hf_arch: str
@@ -132,17 +316,45 @@ class ArchSpec:
     gguf_arch: str  # llama.cpp's architecture name (general.architecture and key prefix)
     tensors: tuple[TensorSpec, ...]
     permute_qk: bool  # HF stores Q/K rows in rotate-half order; llama.cpp's "llama" rope wants interleaved pairs
-    rope_freqs: bool  # rope_type "llama3" -> a rope_freqs tensor of per-frequency factors
+    rope_factors: str | None = None  # rope_type whose per-frequency factors travel as tensors ("llama3", "longrope")
+    norm_shift: float = 0.0  # added to every norm weight (Gemma stores w - 1 and computes x * (1 + w))
+    ignored: re.Pattern | None = None  # more HF tensors llama.cpp does not use for this architecture
+    metadata: tuple[MetaKey, ...] = ()
+    checks: tuple[Check, ...] = field(default=())
 
+
+# Gemma's output reuses the embeddings; llama.cpp's converter drops an lm_head some exporters add.
+GEMMA_IGNORED = re.compile(r"^lm_head\.weight$")
 
 ARCHS: dict[str, ArchSpec] = {
     a.hf_arch: a
     for a in (
         # Llama checkpoints may carry attention biases (config attention_bias=true).
-        ArchSpec("LlamaForCausalLM", "llama", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_freqs=True),
-        ArchSpec("MistralForCausalLM", "mistral", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_freqs=True),
-        # Qwen2 uses NEOX-style rope in llama.cpp (no reordering) and always has q/k/v biases.
-        ArchSpec("Qwen2ForCausalLM", "qwen2", "qwen2", LLAMA_TENSORS + _attn_biases(False), permute_qk=False, rope_freqs=False),
+        ArchSpec("LlamaForCausalLM", "llama", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_factors="llama3"),
+        ArchSpec("MistralForCausalLM", "mistral", "llama", LLAMA_TENSORS + _attn_biases(True), permute_qk=True, rope_factors="llama3"),
+        # Qwen uses NEOX-style rope in llama.cpp (no reordering); Qwen2 always has q/k/v biases.
+        ArchSpec("Qwen2ForCausalLM", "qwen2", "qwen2", LLAMA_TENSORS + _attn_biases(False), permute_qk=False),
+        ArchSpec("Qwen3ForCausalLM", "qwen3", "qwen3", LLAMA_TENSORS + QK_NORMS + _attn_biases(True), permute_qk=False, checks=(NO_SLIDING_WINDOW,)),
+        ArchSpec(
+            "Qwen3MoeForCausalLM", "qwen3_moe", "qwen3moe",
+            EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + QK_NORMS + FFN_NORM + QWEN_MOE_EXPERTS + _attn_biases(True),
+            permute_qk=False, metadata=(EXPERT_FF,), checks=QWEN3_MOE_CHECKS,
+        ),
+        ArchSpec(
+            "Gemma2ForCausalLM", "gemma2", "gemma2", GEMMA_TENSORS, permute_qk=False, norm_shift=1.0, ignored=GEMMA_IGNORED,
+            metadata=GEMMA2_KEYS, checks=(_gemma_query_scale(46),),
+        ),
+        ArchSpec(
+            "Gemma3ForCausalLM", "gemma3_text", "gemma3", GEMMA_TENSORS + QK_NORMS, permute_qk=False, norm_shift=1.0,
+            ignored=GEMMA_IGNORED, metadata=GEMMA3_KEYS,
+            checks=(_gemma_query_scale(62), Check(lambda c, h: c.get("attn_logit_softcapping") is None, "attn_logit_softcapping is set, which Gemma 3 in llama.cpp does not apply")),
+        ),
+        ArchSpec("Phi3ForCausalLM", "phi3", "phi3", PHI3_TENSORS, permute_qk=False, rope_factors="longrope", metadata=PHI3_KEYS),
+        # Mixtral is llama.cpp's "llama" with experts in place of the MLP.
+        ArchSpec(
+            "MixtralForCausalLM", "mixtral", "llama", EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + FFN_NORM + MIXTRAL_EXPERTS,
+            permute_qk=True, checks=MIXTRAL_CHECKS,
+        ),
     )
 }
 
@@ -161,12 +373,21 @@ def arch_for(config: dict[str, Any]) -> ArchSpec:
     return found
 
 
+def check_config(arch: ArchSpec, config: Config, h: HParams) -> None:
+    """EdgeError for a config llama.cpp would not run as transformers does."""
+    for check in arch.checks:
+        if not check.ok(config, h):
+            raise EdgeError(f"cannot convert this {arch.hf_arch} faithfully: {check.problem}")
+
+
 @dataclass(frozen=True)
 class PlannedTensor:
-    hf: str
+    hf: tuple[str, ...]  # source tensors, concatenated along their first axis (one per expert when stacked)
     gguf: str
-    shape: tuple[int, ...]  # HF row-major shape
+    shape: tuple[int, ...]  # HF row-major shape of the GGUF tensor
     permute: str | None
+    shift: float = 0.0  # added to every value
+    keep_f32: bool = False
 
 
 def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]) -> list[PlannedTensor]:
@@ -175,18 +396,26 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
     used: set[str] = set()
     for spec in arch.tensors:
         layers = range(h.n_layers) if "{bid}" in spec.hf else [None]
+        stacked = "{xid}" in spec.hf
         for bid in layers:
-            hf = spec.hf.format(bid=bid)
-            if hf not in present:
+            want = spec.shape(h)
+            names = [spec.hf.format(bid=bid, xid=x) for x in range(want[0])] if stacked else [spec.hf.format(bid=bid)]
+            part = want[1:] if stacked else want
+            missing = [n for n in names if n not in present]
+            if missing:
                 if spec.optional or (spec.untied_only and h.tied_embeddings):
                     continue
-                raise EdgeError(f"checkpoint lacks tensor {hf} that {arch.hf_arch} needs")
-            want = spec.shape(h)
-            if tuple(present[hf]) != want:
-                raise EdgeError(f"tensor {hf} has shape {list(present[hf])} but config.json implies {list(want)}")
-            used.add(hf)
-            out.append(PlannedTensor(hf, spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None))
-    extra = sorted(n for n in present if n not in used and not IGNORED.search(n))
+                raise EdgeError(f"checkpoint lacks tensor {missing[0]} that {arch.hf_arch} needs")
+            for n in names:
+                if tuple(present[n]) != part:
+                    raise EdgeError(f"tensor {n} has shape {list(present[n])} but config.json implies {list(part)}")
+            used.update(names)
+            shift = arch.norm_shift if spec.gguf.endswith("norm.weight") else 0.0
+            out.append(
+                PlannedTensor(tuple(names), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None, shift, spec.keep_f32)
+            )
+    ignored = [IGNORED] + ([arch.ignored] if arch.ignored else [])
+    extra = sorted(n for n in present if n not in used and not any(p.search(n) for p in ignored))
     if extra:
         raise EdgeError(f"checkpoint has tensor(s) {arch.hf_arch} does not use: {', '.join(extra[:5])}")
     return out

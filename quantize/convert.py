@@ -16,7 +16,7 @@ import numpy as np
 from edgellm.errors import EdgeError, UsageError
 from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 
-from .arch import ArchSpec, HParams, PlannedTensor, arch_for, plan_tensors, read_hparams
+from .arch import ArchSpec, HParams, PlannedTensor, arch_for, check_config, plan_tensors, read_hparams
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .vocab import Vocab, load_vocab
 
@@ -42,9 +42,10 @@ class OutTensor:
     name: str
     shape: tuple[int, ...]  # row-major (HF) order; GGUF writes it reversed
     qtype: Q
-    source: TensorEntry | None  # None for generated tensors
+    sources: tuple[TensorEntry, ...] = ()  # concatenated along the first axis (stacked experts); none when generated
     permute_groups: int = 0  # >0: reorder rows of Q/K in this many head groups
-    data: np.ndarray | None = None  # generated tensors (rope_freqs)
+    shift: float = 0.0  # added to every value (Gemma's norms)
+    data: np.ndarray | None = None  # generated tensors (rope factors)
 
     @property
     def nbytes(self) -> int:
@@ -64,7 +65,7 @@ def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str =
     ckpt, arch, hp, planned = _read_checkpoint(src_dir)
     ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
     vocab = load_vocab(src_dir, hp.n_vocab)
-    tensors = _rope_freqs(arch, hp) + [_out_tensor(p, ckpt.tensors[p.hf], hp, wtype) for p in planned]
+    tensors = _rope_factors(arch, hp) + [_out_tensor(p, ckpt, hp, wtype) for p in planned]
 
     writer = gguf.GGUFWriter(None, arch.gguf_arch)
     _add_metadata(writer, arch, hp, ckpt, ftype, vocab)
@@ -99,6 +100,7 @@ def _read_checkpoint(src_dir: Path) -> tuple[Checkpoint, ArchSpec, HParams, list
     ckpt = open_checkpoint(src_dir)
     arch = arch_for(ckpt.config)
     hp = read_hparams(ckpt.config)
+    check_config(arch, ckpt.config, hp)
     return ckpt, arch, hp, plan_tensors(arch, hp, {n: e.shape for n, e in ckpt.tensors.items()})
 
 
@@ -107,27 +109,36 @@ def _resolve(outtype: str, ckpt: Checkpoint, planned: list[PlannedTensor]) -> st
         return outtype
     by_dtype: dict[str, int] = {}  # the dtype most weight bytes are stored in
     for p in planned:
-        entry = ckpt.tensors[p.hf]
-        by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
+        for name in p.hf:
+            entry = ckpt.tensors[name]
+            by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
     return AUTO_FROM_SOURCE[max(by_dtype, key=by_dtype.__getitem__)]
 
 
-def _out_tensor(p: PlannedTensor, entry: TensorEntry, hp: HParams, wtype: Q) -> OutTensor:
-    # llama.cpp keeps 1-D tensors and norms in F32; Q8_0 needs rows of whole 32-value blocks.
+def _out_tensor(p: PlannedTensor, ckpt: Checkpoint, hp: HParams, wtype: Q) -> OutTensor:
+    # llama.cpp keeps 1-D tensors, norms and routers in F32; Q8_0 needs rows of whole 32-value blocks.
     qtype = wtype
-    if len(p.shape) <= 1 or p.gguf.endswith("_norm.weight"):
+    if len(p.shape) <= 1 or p.gguf.endswith("_norm.weight") or p.keep_f32:
         qtype = Q.F32
     elif qtype == Q.Q8_0 and p.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
         qtype = Q.F16
     groups = {"q": hp.n_head, "k": hp.n_head_kv}.get(p.permute or "", 0)
-    return OutTensor(p.gguf, p.shape, qtype, entry, groups)
+    return OutTensor(p.gguf, p.shape, qtype, tuple(ckpt.tensors[n] for n in p.hf), groups, p.shift)
 
 
-def _rope_freqs(arch: ArchSpec, hp: HParams) -> list[OutTensor]:
+def _rope_factors(arch: ArchSpec, hp: HParams) -> list[OutTensor]:
+    """Rope scalings llama.cpp reads as per-frequency factor tensors, when the config uses the arch's kind."""
+    kind = hp.rope["rope_type"]
+    if kind == "su":  # Phi-3's early name for longrope
+        kind = "longrope"
+    if arch.rope_factors is None or kind != arch.rope_factors:
+        return []
+    return [OutTensor(name, data.shape, Q.F32, data=data) for name, data in ROPE_FACTORS[kind](hp)]
+
+
+def _llama3_rope_freqs(hp: HParams) -> list[tuple[str, np.ndarray]]:
     """Llama 3.1+ rope scaling: per-frequency factors that llama.cpp reads from `rope_freqs.weight`."""
     rope = hp.rope
-    if not (arch.rope_freqs and rope["rope_type"] == "llama3"):
-        return []
     dim = hp.head_dim
     f32 = np.float32
     freqs = f32(1.0) / (f32(hp.rope_theta) ** (np.arange(0, dim, 2, dtype=f32) / f32(dim)))
@@ -138,24 +149,37 @@ def _rope_freqs(arch: ArchSpec, hp: HParams) -> list[OutTensor]:
     smooth = (old_ctx / wavelen - low) / (high - low)
     middle = f32(1) / ((f32(1) - smooth) / factor + smooth)
     out = np.where(wavelen < old_ctx / high, f32(1), np.where(wavelen > old_ctx / low, factor, middle)).astype(f32)
-    return [OutTensor("rope_freqs.weight", out.shape, Q.F32, None, data=out)]
+    return [("rope_freqs.weight", out)]
+
+
+def _longrope_factors(hp: HParams) -> list[tuple[str, np.ndarray]]:
+    """Phi-3's long-context rope: one factor per rotated frequency for short and for long contexts."""
+    out = []
+    for kind in ("long", "short"):
+        factors = hp.rope.get(f"{kind}_factor")
+        if not isinstance(factors, list) or len(factors) != hp.n_rot // 2:
+            raise EdgeError(f"config.json's rope {kind}_factor must list {hp.n_rot // 2} numbers (one per rotated frequency)")
+        out.append((f"rope_factors_{kind}.weight", np.asarray(factors, dtype=np.float32)))
+    return out
+
+
+ROPE_FACTORS = {"llama3": _llama3_rope_freqs, "longrope": _longrope_factors}
 
 
 def _encoded_chunks(t: OutTensor) -> Iterator[memoryview]:
-    """The tensor's GGUF bytes, a few MiB at a time."""
+    """The tensor's GGUF bytes, a few MiB at a time (stacked experts one after the other)."""
     if t.data is not None:
         yield memoryview(t.data.tobytes())
         return
-    src = t.source
-    assert src is not None
-    if t.permute_groups:
-        rows = src.read_rows(0, src.n_rows).reshape(src.shape[0], -1)  # whole: rows move between heads
-        yield memoryview(_encode(_permute_rows(rows, t.permute_groups), src, t).reshape(-1).view(np.uint8))
-        return
-    step = max(1, CHUNK_BYTES // max(1, src.nbytes // src.n_rows))
-    for start in range(0, src.n_rows, step):
-        raw = src.read_rows(start, min(src.n_rows, start + step))
-        yield memoryview(_encode(raw, src, t).reshape(-1).view(np.uint8))
+    for src in t.sources:
+        if t.permute_groups:
+            rows = src.read_rows(0, src.n_rows).reshape(src.shape[0], -1)  # whole: rows move between heads
+            yield memoryview(_encode(_permute_rows(rows, t.permute_groups), src, t).reshape(-1).view(np.uint8))
+            continue
+        step = max(1, CHUNK_BYTES // max(1, src.nbytes // src.n_rows))
+        for start in range(0, src.n_rows, step):
+            raw = src.read_rows(start, min(src.n_rows, start + step))
+            yield memoryview(_encode(raw, src, t).reshape(-1).view(np.uint8))
 
 
 def _permute_rows(rows: np.ndarray, groups: int) -> np.ndarray:
@@ -165,11 +189,13 @@ def _permute_rows(rows: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _encode(raw: np.ndarray, src: TensorEntry, t: OutTensor) -> np.ndarray:
-    if t.qtype == Q.BF16 and src.dtype == "BF16":
+    if t.qtype == Q.BF16 and src.dtype == "BF16" and not t.shift:
         return raw  # bfloat16 bits copied as they are
-    if t.qtype == Q.F16 and src.dtype == "F16":
+    if t.qtype == Q.F16 and src.dtype == "F16" and not t.shift:
         return raw
     values = to_float32(raw, src.dtype)
+    if t.shift:
+        values = values + np.float32(t.shift)  # in float32, as transformers computes 1 + w
     if t.qtype == Q.F32:
         return values
     if t.qtype == Q.F16:
@@ -201,16 +227,23 @@ def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpo
         w.add_value_length(hp.head_dim)
     w.add_file_type(ftype)
     w.add_vocab_size(hp.n_vocab)
-    w.add_rope_dimension_count(hp.head_dim)
-    _add_rope_scaling(w, hp)
+    w.add_rope_dimension_count(hp.n_rot)
+    if hp.n_expert:
+        w.add_expert_count(hp.n_expert)
+        w.add_expert_used_count(hp.n_expert_used)
+    for key in arch.metadata:
+        value = key.value(ckpt.config, hp)
+        if value is not None:
+            getattr(w, key.writer)(value)
+    _add_rope_scaling(w, arch, hp)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to_gguf(w)
 
 
-def _add_rope_scaling(w: gguf.GGUFWriter, hp: HParams) -> None:
+def _add_rope_scaling(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams) -> None:
     rope = hp.rope
-    kind = rope["rope_type"]
-    if kind in ("default", "llama3"):  # llama3 scaling travels as the rope_freqs tensor
+    kind = {"su": "longrope"}.get(rope["rope_type"], rope["rope_type"])
+    if kind == "default" or kind == arch.rope_factors:  # factor tensors carry it (rope_freqs, rope_factors_*)
         return
     if kind == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -220,7 +253,8 @@ def _add_rope_scaling(w: gguf.GGUFWriter, hp: HParams) -> None:
         w.add_rope_scaling_factor(rope["factor"])
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     else:
-        raise EdgeError(f"unsupported rope_type {kind!r} in config.json; supported: default, linear, yarn, llama3")
+        known = ", ".join(["default", "linear", "yarn", *([arch.rope_factors] if arch.rope_factors else [])])
+        raise EdgeError(f"unsupported rope_type {kind!r} in config.json for {arch.hf_arch}; supported: {known}")
 
 
 def _vocab_bytes(vocab: Vocab) -> int:

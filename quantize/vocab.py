@@ -65,7 +65,7 @@ class Vocab:
     add_bos: bool
     add_eos: bool
     eot_id: int | None
-    add_space_prefix: bool | None  # SentencePiece: tokenizer_config's add_prefix_space, when it says
+    add_space_prefix: bool | None  # SentencePiece: tokenizer_config's add_prefix_space, else False for a model without one
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model(self.model)
@@ -201,7 +201,9 @@ def _sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
         tokens[i] = text.encode("utf-8")
         scores[i] = -1000.0
     special = _special_vocab(folder, n_vocab, load_merges=False)
-    return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=True)
+    # llama.cpp prefixes a space unless told otherwise; Gemma's model does not (add_dummy_prefix off).
+    space_prefix = None if sp.EncodeAsPieces("a")[0].startswith("\u2581") else False
+    return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=True, space_prefix=space_prefix)
 
 
 def _special_vocab(folder: Path, n_vocab: int, load_merges: bool) -> gguf.SpecialVocab:
@@ -224,6 +226,7 @@ def _finish(
     scores: list[float] | None,
     special: gguf.SpecialVocab,
     default_add_bos: bool,
+    space_prefix: bool | None = None,
 ) -> Vocab:
     config = read_json(folder / "config.json") or {}
     eos = config.get("eos_token_id")
@@ -235,5 +238,5 @@ def _finish(
     texts = {t if isinstance(t, str) else t.decode("utf-8", "replace"): i for i, t in enumerate(tokens) if types[i] == CONTROL}
     eot_id = next((texts[t] for t in EOT_TEXTS if t in texts), None)
     prefix = (read_json(folder / "tokenizer_config.json") or {}).get("add_prefix_space")
-    add_space_prefix = prefix if model == "llama" and isinstance(prefix, bool) else None
+    add_space_prefix = prefix if model == "llama" and isinstance(prefix, bool) else space_prefix
     return Vocab(model, pre, tokens, types, scores, special, add_bos, add_eos, eot_id, add_space_prefix)

@@ -1,0 +1,433 @@
+"""Tiny random checkpoints of the architectures beyond the Llama family, each with a tokenizer of its real
+style trained here: Qwen3 and Qwen3-MoE (Qwen2's byte-level BPE), Gemma 2 and 3 (SentencePiece BPE without
+a dummy prefix, turn markers), Phi-3 (Llama's SentencePiece plus `<|...|>` special tokens, long-context rope)
+and Mixtral (Mistral's tokenizer, reused). Built with transformers' own config classes, cached like
+fixtures.py's builders.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from fixtures import CHATML_TEMPLATE, QWEN2_SPLIT_REGEX, _build_once, _save_random_model, mistral_checkpoint, training_text
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + '<|end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+# Qwen3's template, cut to what the tests render: ChatML with an empty thinking block before a new reply.
+QWEN3_TEMPLATE = CHATML_TEMPLATE.replace(
+    "{{ '<|im_start|>assistant\n' }}", "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}"
+)
+
+SPM_COMMON = dict(
+    model_type="bpe",
+    byte_fallback=True,
+    split_digits=True,
+    allow_whitespace_only_pieces=True,
+    remove_extra_whitespaces=False,
+    normalization_rule_name="identity",
+    character_coverage=0.9995,
+    minloglevel=2,
+)
+
+
+def _train_spm(folder: Path, vocab_size: int, **options) -> Path:
+    import sentencepiece as spm
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text(training_text())
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size, **SPM_COMMON, **options)
+    corpus.unlink()
+    (folder / "tokenizer.vocab").unlink()
+    return folder / "tokenizer.model"
+
+
+def _write_tokenizer_config(folder: Path, **fields) -> None:
+    path = folder / "tokenizer_config.json"
+    cfg = json.loads(path.read_text()) if path.exists() else {}
+    cfg.update(fields)
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def _added(content: str, special: bool = True, rstrip: bool = False) -> dict:
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": rstrip, "single_word": False, "special": special}
+
+
+def gemma_tokenizer_dir() -> Path:
+    """Gemma's tokenizer style: SentencePiece BPE with byte fallback and no dummy prefix, <pad> <eos> <bos>
+    <unk> at 0-3, turn markers as special added tokens; tokenizer.model beside the tokenizer.json that
+    transformers makes from it (as Google's repos ship both)."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+        _train_spm(
+            tmp, 1000, add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+            user_defined_symbols=specials[4:],
+        )
+        _write_tokenizer_config(tmp, tokenizer_class="GemmaTokenizer")
+        AutoTokenizer.from_pretrained(tmp).save_pretrained(tmp)
+        tok_json = json.loads((tmp / "tokenizer.json").read_text())
+        bos = {"SpecialToken": {"id": "<bos>", "type_id": 0}}  # Gemma's tokenizer.json adds <bos> itself
+        tok_json["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}},
+        }
+        (tmp / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False))
+        _write_tokenizer_config(
+            tmp,
+            add_bos_token=True,
+            add_eos_token=False,
+            chat_template=GEMMA_TEMPLATE,
+            added_tokens_decoder={str(i): _added(t) for i, t in enumerate(specials)},
+        )
+
+    return _build_once("gemma-tokenizer", build)
+
+
+def phi3_tokenizer_dir() -> Path:
+    """Phi-3's tokenizer style: Llama 2's SentencePiece (dummy prefix, byte fallback) plus special `<|...|>`
+    tokens after the SentencePiece pieces, no BOS added."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        _train_spm(tmp, 800, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+        _write_tokenizer_config(tmp, tokenizer_class="LlamaTokenizer", legacy=True, add_bos_token=False)
+        tok = AutoTokenizer.from_pretrained(tmp)
+        from tokenizers import AddedToken
+
+        # As in Microsoft's files, the turn markers swallow the whitespace after them (llama.cpp does the same
+        # for models whose name says Phi-3).
+        specials = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
+        stripped = {t: t != "<|endoftext|>" for t in specials}
+        tok.add_special_tokens(
+            {"additional_special_tokens": [AddedToken(t, rstrip=stripped[t], normalized=False, special=True) for t in specials]}
+        )
+        tok.eos_token = "<|endoftext|>"
+        tok.pad_token = "<|endoftext|>"
+        tok.chat_template = PHI3_TEMPLATE
+        tok.save_pretrained(tmp)
+        first = 800
+        _write_tokenizer_config(
+            tmp,
+            add_bos_token=False,
+            add_eos_token=False,
+            added_tokens_decoder={
+                "0": _added("<unk>"), "1": _added("<s>"), "2": _added("</s>"),
+                **{str(first + i): _added(t, rstrip=stripped[t]) for i, t in enumerate(specials)},
+            },
+        )
+
+    return _build_once("phi3-tokenizer", build)
+
+
+def qwen3_tokenizer_dir() -> Path:
+    """Qwen's tokenizer style (byte-level BPE, Qwen2's split regex, NFC) with Qwen3's special tokens."""
+
+    def build(tmp: Path) -> None:
+        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator([training_text()], trainer)
+        tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+        tok.add_tokens(["<think>", "</think>"])  # Qwen3 adds these as non-special tokens
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None
+        )
+        fast.chat_template = QWEN3_TEMPLATE
+        fast.save_pretrained(tmp)
+
+    return _build_once("qwen3-tokenizer", build)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for f in src.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja"):
+            shutil.copy(f, dst / f.name)
+
+
+def qwen3_checkpoint() -> Path:
+    """A tiny Qwen3 (bf16, q/k norms, head_dim wider than hidden/heads, tied embeddings)."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Qwen3Config
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Qwen3Config(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=40960,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            eos_token_id=1002,
+            architectures=["Qwen3ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("qwen3-tiny-hf", build)
+
+
+def qwen3_moe_checkpoint() -> Path:
+    """A tiny Qwen3-MoE (f32, 8 experts of which 2 route each token, renormalised) with a transformers-4
+    style config (num_experts, rope_theta at the top level)."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Qwen3MoeConfig
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Qwen3MoeConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=192,
+            moe_intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_experts=8,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            max_position_embeddings=40960,
+            tie_word_embeddings=False,
+            eos_token_id=1002,
+            architectures=["Qwen3MoeForCausalLM"],
+        )
+        _save_random_model(tmp, config, "float32")
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["num_experts"] = cfg.pop("num_local_experts")
+        cfg["rope_theta"] = (cfg.pop("rope_parameters", None) or {}).get("rope_theta", 1000000.0)
+        cfg["torch_dtype"] = cfg.pop("dtype", "float32")
+        cfg["transformers_version"] = "4.51.0"
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+
+    return _build_once("qwen3moe-tiny-hf", build)
+
+
+def gemma2_checkpoint() -> Path:
+    """A tiny Gemma 2 (bf16, transformers-4 style config): alternating 16-token sliding window and global
+    layers, attention and final logit soft-capping, norms stored as w - 1."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Gemma2Config
+
+        _copy_tokenizer(gemma_tokenizer_dir(), tmp)
+        config = Gemma2Config(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=16,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            max_position_embeddings=8192,
+            pad_token_id=0,
+            eos_token_id=[1, 6],
+            bos_token_id=2,
+            architectures=["Gemma2ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.pop("layer_types", None)  # older configs know the pattern only from the architecture
+        cfg["rope_theta"] = (cfg.pop("rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        cfg["torch_dtype"] = cfg.pop("dtype", "bfloat16")
+        cfg["transformers_version"] = "4.42.0"
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+
+    return _build_once("gemma2-tiny-hf", build)
+
+
+def gemma3_checkpoint() -> Path:
+    """A tiny Gemma 3 text model (bf16, transformers-5 config without `architectures`, model_type
+    gemma3_text): 5 sliding-window layers (16 tokens, local rope base 10000) to 1 global one (rope base 1e6
+    with linear scaling), q/k norms, a vocabulary wider than the tokenizer."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Gemma3TextConfig
+
+        _copy_tokenizer(gemma_tokenizer_dir(), tmp)
+        config = Gemma3TextConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=7,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=16,
+            max_position_embeddings=32768,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+            pad_token_id=0,
+            eos_token_id=[1, 6],
+            bos_token_id=2,
+        )
+        _save_random_model(tmp, config, "bfloat16")
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.pop("architectures", None)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+
+    return _build_once("gemma3-tiny-hf", build)
+
+
+def phi3_checkpoint() -> Path:
+    """A tiny Phi-3.5 / Phi-4-mini style model (f16): fused qkv and gate_up, long-context rope (longrope
+    factors, 4k -> 128k), a partial rotary factor, embedding rows beyond the tokenizer."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Phi3Config
+
+        _copy_tokenizer(phi3_tokenizer_dir(), tmp)
+        head_dim, partial = 16, 0.75
+        n_freq = int(head_dim * partial) // 2
+        config = Phi3Config(
+            vocab_size=832,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=131072,
+            original_max_position_embeddings=4096,
+            partial_rotary_factor=partial,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": partial,
+                "original_max_position_embeddings": 4096,
+                "short_factor": [1.0 + 0.05 * i for i in range(n_freq)],
+                "long_factor": [1.0 + 0.5 * i for i in range(n_freq)],
+            },
+            sliding_window=262144,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=800,
+            pad_token_id=800,
+            architectures=["Phi3ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "float16")
+
+    return _build_once("phi3-tiny-hf", build)
+
+
+def mixtral_checkpoint() -> Path:
+    """A tiny Mixtral (bf16, 4 experts, 2 per token) with the Mistral fixture's SentencePiece tokenizer."""
+
+    def build(tmp: Path) -> None:
+        from transformers import MixtralConfig
+
+        _copy_tokenizer(mistral_checkpoint(), tmp)
+        config = MixtralConfig(
+            vocab_size=800,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            architectures=["MixtralForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("mixtral-tiny-hf", build)
+
+
+CHECKPOINTS = {
+    "qwen3": qwen3_checkpoint,
+    "qwen3moe": qwen3_moe_checkpoint,
+    "gemma2": gemma2_checkpoint,
+    "gemma3": gemma3_checkpoint,
+    "phi3": phi3_checkpoint,
+    "mixtral": mixtral_checkpoint,
+}
+
+
+# llama.cpp's converter knows byte-level BPE tokenizers only by a hash of their output, and refuses the ones
+# trained here. Its tensors do not depend on the tokenizer, so for a tensor comparison it runs with the
+# pre-tokenizer named instead of guessed.
+_NAMED_PRE = """
+import runpy, sys
+script, pre = sys.argv[1], sys.argv[2]
+sys.path[:0] = [str(__import__("pathlib").Path(script).parent), str(__import__("pathlib").Path(script).parent / "gguf-py")]
+import conversion.base
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+sys.argv = [script, *sys.argv[3:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def llamacpp_reference_gguf(name: str, src: Path, outtype: str, pre: str | None = None) -> Path:
+    """`src` converted by llama.cpp's own converter (cached under `name`); `pre` names the BPE pre-tokenizer."""
+    import os
+    import subprocess
+    import sys
+
+    from fixtures import llamacpp_converter
+
+    script = llamacpp_converter()
+
+    def build(tmp: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
+        args = [str(src), "--outtype", outtype, "--outfile", str(tmp / "ref.gguf")]
+        cmd = [sys.executable, "-c", _NAMED_PRE, str(script), pre, *args] if pre else [sys.executable, str(script), *args]
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+
+    return _build_once(f"llamacpp-ref-{name}-{outtype}", build) / "ref.gguf"
+
+
+def with_architectures(name: str, src: Path, arch: str) -> Path:
+    """A copy of `src` whose config.json lists `arch` (llama.cpp's converter needs `architectures`)."""
+
+    def build(tmp: Path) -> None:
+        for f in src.iterdir():
+            shutil.copy(f, tmp / f.name)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["architectures"] = [arch]
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    return _build_once(f"{name}-with-architectures", build)

@@ -1,0 +1,248 @@
+"""Qwen3, Qwen3-MoE, Gemma 2/3, Phi-3 and Mixtral through the converter, against transformers (token ids,
+logits, chat template), llama.cpp (runs the GGUF) and llama.cpp's own convert_hf_to_gguf.py (same tensor
+bytes and metadata)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import arch_fixtures
+from edgellm.cli import main
+from edgellm.gguf_info import read_gguf
+from edgellm.quantize.convert import convert_checkpoint
+from test_convert import MESSAGES, TEXT, _fields
+
+CHECKPOINTS = arch_fixtures.CHECKPOINTS
+MOE = {"qwen3moe", "mixtral"}
+# llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
+# pre-tokenizer named (their tensors do not depend on it).
+NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2"}
+# outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
+REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16"}
+# llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
+REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
+# Keys written differently on purpose (see test_convert.py).
+EXPECTED_DIFFERENT = {"general.name", "general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id"}
+# Keys edgellm always writes where llama.cpp's converter leaves some architectures to llama.cpp's defaults
+# (same values), and the layer pattern of sliding windows, written from the config.
+EDGELLM_ONLY = {"tokenizer.ggml.add_bos_token", "{arch}.vocab_size", "{arch}.rope.dimension_count", "{arch}.rope.freq_base",
+                "{arch}.attention.sliding_window_pattern"}
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    done: dict[tuple[str, str], Path] = {}
+    folder = tmp_path_factory.mktemp("converted-archs")
+
+    def get(name: str, outtype: str = "f32") -> Path:
+        if (name, outtype) not in done:
+            done[name, outtype] = convert_checkpoint(CHECKPOINTS[name](), folder / f"{name}-{outtype}.gguf", outtype, progress=False)
+        return done[name, outtype]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = AutoTokenizer.from_pretrained(CHECKPOINTS[name]())
+        return cache[name]
+
+    return get
+
+
+def _llama(path: Path, **kw):
+    import llama_cpp
+
+    return llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, **kw)
+
+
+def _reference(name: str) -> Path:
+    ckpt = CHECKPOINTS[name]()
+    if name in REF_ARCHITECTURES:
+        ckpt = arch_fixtures.with_architectures(name, ckpt, REF_ARCHITECTURES[name])
+    return arch_fixtures.llamacpp_reference_gguf(name, ckpt, REF_OUTTYPE[name], NAMED_PRE.get(name))
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_token_ids_match_transformers(name, converted, hf_tokenizer):
+    llm = _llama(converted(name), vocab_only=True)
+    tok = hf_tokenizer(name)
+    expected = tok(TEXT)["input_ids"]
+    assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == expected
+    prompt = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == tok(prompt, add_special_tokens=False)["input_ids"]
+    text_ids = expected[1:] if expected[0] == llm.token_bos() else expected
+    assert _detokenize(llm, text_ids) == tok.decode(expected, skip_special_tokens=True)
+
+
+def _detokenize(llm, ids: list[int]) -> str:
+    """llama.cpp's own detokenizer: drops special tokens and the space SentencePiece prefixed to the text."""
+    import ctypes
+
+    import llama_cpp as L
+
+    vocab = L.llama_model_get_vocab(llm.model)
+    arr = (L.llama_token * len(ids))(*ids)
+    buf = ctypes.create_string_buffer(16 * len(ids) + 64)
+    n = L.llama_detokenize(vocab, arr, len(ids), buf, len(buf), True, False)
+    assert n >= 0
+    return buf.raw[:n].decode()
+
+
+def _logits_vs_transformers(path: Path, name: str, ids: list[int]) -> tuple[float, float]:
+    """Mean cosine of the next-token logits and the share of positions with the same top token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    llm = _llama(path, logits_all=True)
+    llm.eval(ids)
+    ours = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    model = AutoModelForCausalLM.from_pretrained(CHECKPOINTS[name](), dtype=torch.float32)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].double().numpy()
+    assert ours.shape == ref.shape
+    cosine = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    return float(cosine.mean()), float((ours.argmax(1) == ref.argmax(1)).mean())
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_logits_match_transformers(name, converted, hf_tokenizer):
+    """256 positions: well past the 16-token sliding windows of the Gemma fixtures."""
+    ids = hf_tokenizer(name)((TEXT + "\n") * 12)["input_ids"][:256]
+    assert len(ids) == 256
+    cosine, top1 = _logits_vs_transformers(converted(name), name, ids)
+    print(f"\n{name}: cosine {cosine:.6f}, top-1 agreement {top1:.4f}")
+    if name in MOE:
+        # Random routers make near-ties between experts, where float rounding picks another expert: as
+        # close as llama.cpp's own conversion gets (its F32 conversion, run the same way).
+        ref_cosine, ref_top1 = _logits_vs_transformers(arch_fixtures.llamacpp_reference_gguf(
+            f"{name}-f32", CHECKPOINTS[name](), "f32", NAMED_PRE.get(name)), name, ids)
+        print(f"{name} via llama.cpp's converter: cosine {ref_cosine:.6f}, top-1 agreement {ref_top1:.4f}")
+        assert cosine >= ref_cosine - 1e-6 and top1 >= ref_top1
+        assert cosine >= 0.999
+    else:
+        assert cosine >= 0.9999
+        assert top1 >= 0.99
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    info = read_gguf(converted(name))
+    tok = hf_tokenizer(name)
+    llm = _llama(converted(name), vocab_only=True)
+
+    def token_text(key: str) -> str:
+        tid = info.metadata.get(f"tokenizer.ggml.{key}_token_id")
+        return "" if tid is None else llm.detokenize([tid], special=True).decode()
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    rendered = env.from_string(info.chat_template).render(
+        messages=MESSAGES, add_generation_prompt=True, bos_token=token_text("bos"), eos_token=token_text("eos")
+    )
+    assert rendered == tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_identical_to_llamacpp_converter(name, converted):
+    ref_meta, ref_tensors = _fields(_reference(name))
+    meta, tensors = _fields(converted(name, "auto"))
+    arch = read_gguf(converted(name, "auto")).arch
+    ours_only = {k.format(arch=arch) for k in EDGELLM_ONLY}
+    for key in sorted(set(ref_meta) | set(meta)):
+        if key in EXPECTED_DIFFERENT or (key in ours_only and key not in ref_meta):
+            continue
+        if key == "tokenizer.ggml.pre" and name in NAMED_PRE:
+            continue
+        assert key in meta and key in ref_meta, key
+        assert meta[key] == ref_meta[key], key
+    assert set(tensors) == set(ref_tensors)
+    for tname, ref in ref_tensors.items():
+        ours = tensors[tname]
+        assert (ours.tensor_type, list(ours.shape)) == (ref.tensor_type, list(ref.shape)), tname
+        assert np.array_equal(np.asarray(ours.data).view(np.uint8), np.asarray(ref.data).view(np.uint8)), tname
+
+
+def test_architecture_metadata(converted):
+    """What llama.cpp's graphs read beyond the common keys."""
+    g2 = read_gguf(converted("gemma2")).metadata
+    assert g2["gemma2.attention.sliding_window"] == 16
+    assert g2["gemma2.attention.sliding_window_pattern"] == [True, False]  # from the architecture's period of 2
+    assert g2["gemma2.attn_logit_softcapping"] == 50.0 and g2["gemma2.final_logit_softcapping"] == 30.0
+    assert g2["tokenizer.ggml.add_space_prefix"] is False  # the SentencePiece model has no dummy prefix
+    assert g2["tokenizer.ggml.eot_token_id"] == 6  # <end_of_turn>
+    g3 = read_gguf(converted("gemma3")).metadata
+    assert g3["general.architecture"] == "gemma3"  # found by model_type gemma3_text
+    assert g3["gemma3.attention.sliding_window_pattern"] == [True] * 5 + [False, True]
+    assert g3["gemma3.rope.freq_base"] == 1000000.0 and g3["gemma3.rope.freq_base_swa"] == 10000.0
+    assert g3["gemma3.rope.scaling.type"] == "linear" and g3["gemma3.rope.scaling.factor"] == 8.0
+    moe = read_gguf(converted("qwen3moe")).metadata
+    assert (moe["qwen3moe.expert_count"], moe["qwen3moe.expert_used_count"], moe["qwen3moe.expert_feed_forward_length"]) == (8, 2, 48)
+    mixtral = read_gguf(converted("mixtral"))
+    assert (mixtral.metadata["llama.expert_count"], mixtral.metadata["llama.expert_used_count"]) == (4, 2)
+    shapes = {t.name: t.shape for t in mixtral.tensors}
+    assert shapes["blk.1.ffn_down_exps.weight"] == (96, 64, 4)  # GGUF order: n_ff, n_embd, experts
+    assert {t.name: t.ggml_type for t in read_gguf(converted("mixtral", "q8_0")).tensors}["blk.0.ffn_gate_inp.weight"] == "F32"
+    phi = read_gguf(converted("phi3"))
+    assert phi.metadata["phi3.rope.dimension_count"] == 12  # partial rotary factor 0.75 of 16
+    assert phi.metadata["phi3.rope.scaling.original_context_length"] == 4096
+    assert {"rope_factors_long.weight", "rope_factors_short.weight", "blk.0.attn_qkv.weight"} <= {t.name for t in phi.tensors}
+
+
+# --- configs llama.cpp would run differently, and damaged MoE checkpoints ----------------------------------
+
+
+def _edited(tmp_path: Path, name: str, edit) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(CHECKPOINTS[name](), dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    edit(cfg, dst)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _drop_expert(cfg: dict, folder: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(weights, folder / "model.safetensors")
+
+
+BAD_CONFIGS = [
+    ("gemma2", lambda c, d: c.update(query_pre_attn_scalar=32), r"query_pre_attn_scalar"),
+    ("gemma3", lambda c, d: c.update(attn_logit_softcapping=50.0), r"attn_logit_softcapping"),
+    ("qwen3moe", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob"),
+    ("qwen3moe", lambda c, d: c.update(mlp_only_layers=[0]), r"dense"),
+    ("qwen3moe", lambda c, d: c.update(num_experts_per_tok=9), r"num_experts_per_tok"),
+    ("qwen3moe", _drop_expert, r"lacks tensor model\.layers\.1\.mlp\.experts\.5\.up_proj\.weight"),
+    ("qwen3", lambda c, d: c.update(use_sliding_window=True), r"use_sliding_window"),
+    ("phi3", lambda c, d: c["rope_parameters"].update(long_factor=[1.0, 2.0]), r"long_factor must list 6"),
+    ("gemma3", lambda c, d: c.update(architectures=["Gemma3ForConditionalGeneration"]), r"unsupported architecture Gemma3ForConditionalGeneration"),
+]
+
+
+@pytest.mark.parametrize("name,edit,pattern", BAD_CONFIGS)
+def test_bad_configs_are_refused_in_one_line(name, edit, pattern, tmp_path, capsys):
+    import re
+
+    src = _edited(tmp_path, name, edit)
+    out = tmp_path / "out.gguf"
+    rc = main(["convert", "-q", str(src), "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and err.startswith("edgellm: "), err
+    assert re.search(pattern, err), err
+    assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
