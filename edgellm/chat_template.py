@@ -50,8 +50,10 @@ def render(
     add_generation_prompt: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    tools: list[dict] | None = None,
 ) -> str:
-    """The prompt text for `messages` (dicts with role and content)."""
+    """The prompt text for `messages` (dicts with role and content) and the `tools` (OpenAI-style function
+    descriptions) the model may call."""
     from jinja2 import TemplateError
 
     for m in messages:
@@ -63,7 +65,7 @@ def render(
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
             eos_token=eos_token,
-            tools=None,
+            tools=tools,
             documents=None,
         )
     except TemplateError as exc:

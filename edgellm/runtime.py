@@ -21,6 +21,7 @@ import llama_cpp as L
 
 from . import chat_template, llamacpp
 from .errors import EdgeError, UsageError
+from .testhooks import pause_point
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 PENALTY_LAST_N = 64  # how many recent tokens the repeat penalty looks at (llama.cpp's default)
@@ -137,6 +138,12 @@ def _resolve_plan(target, n_ctx: int | None):
     return make_plan(ref, detect(), ctx=n_ctx)
 
 
+def _keep_loading(interrupted: threading.Event) -> bool:
+    """llama.cpp's progress callback while a model loads: False (after Ctrl-C) stops the load."""
+    pause_point("engine.load", until=interrupted.is_set)
+    return not interrupted.is_set()
+
+
 class Engine:
     """A loaded model. Not thread-safe: one stream at a time (cancel it from any thread)."""
 
@@ -178,9 +185,6 @@ class Engine:
         t0 = time.perf_counter()
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = ngl
-        model = L.llama_model_load_from_file(str(path).encode(), mp)
-        if not model:
-            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_seq_max = n_seq_max
@@ -188,7 +192,19 @@ class Engine:
         cp.n_ubatch = min(N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
-        ctx = L.llama_init_from_model(model, cp)
+        with llamacpp.sigint_deferred() as interrupted:
+            # llama.cpp asks after each tensor whether to go on: Ctrl-C stops a large model's load there.
+            # (The struct keeps the callback alive while `mp` lives.)
+            mp.progress_callback = L.llama_progress_callback(lambda _p, _u: _keep_loading(interrupted))
+            model = L.llama_model_load_from_file(str(path).encode(), mp)
+            ctx = L.llama_init_from_model(model, cp) if model and not interrupted.is_set() else None
+            if interrupted.is_set():  # leaving the block raises KeyboardInterrupt
+                if ctx:
+                    L.llama_free(ctx)
+                if model:
+                    L.llama_model_free(model)
+        if not model:
+            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
         if not ctx:
             L.llama_model_free(model)
             raise EdgeError(
@@ -277,10 +293,10 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text for `messages`, from the model's own chat template."""
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        """The prompt text for `messages` (and the functions the model may call), from the model's own chat template."""
         return chat_template.render(
-            self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text
+            self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text, tools=tools
         )
 
     # --- generation ---------------------------------------------------------------------------------
