@@ -22,6 +22,25 @@ KEY = "test-key-1234"
 SLOT_CTX = 512
 CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 WAIT_S = 300  # a failure guard for waits on events, never a pacing delay
+# SmolLM2's own template, plus what a tool-calling template adds: the functions in a system message, earlier
+# calls as <tool_call> blocks, and results as <tool_response>
+TOOLS_TEMPLATE = (
+    "{%- if tools %}{{ '<|im_start|>system\\nYou call functions. Write each call as <tool_call>{\\\"name\\\": ..., \\\"arguments\\\": {...}}</tool_call>. "
+    "Functions:\\n' }}{% for t in tools %}{{ t | tojson }}{{ '\\n' }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{%- for message in messages %}{% if loop.first and messages[0]['role'] != 'system' and not tools %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}"
+    "{%- if message.tool_calls %}{{ '<|im_start|>assistant\\n' }}{% for c in message.tool_calls %}{{ '<tool_call>' }}"
+    "{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}{{ '</tool_call>' }}{% endfor %}{{ '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}{{ '<|im_start|>user\\n<tool_response>' + message['content'] + '</tool_response><|im_end|>\\n' }}"
+    "{%- else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endif %}{% endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}}}}}
+WEATHER_ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 class Server:
@@ -76,9 +95,22 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def one_slot():
-    """One slot, no waiting room, no API key, no CORS."""
-    s = Server("--parallel", "1", "--queue", "0", "--ctx", str(SLOT_CTX))
+def tools_gguf(tmp_path_factory) -> Path:
+    """SmolLM2 with a chat template that takes tools."""
+    from fixtures import smollm2_gguf
+
+    folder = tmp_path_factory.mktemp("tools")
+    (folder / "tools.jinja").write_text(TOOLS_TEMPLATE)
+    out = folder / "smollm2-tools.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(smollm2_gguf()), str(out), "--chat-template-file",
+                    str(folder / "tools.jinja"), "--force"], check=True, capture_output=True, timeout=WAIT_S)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_slot(tools_gguf):
+    """One slot, no waiting room, no API key, no CORS; a model whose template takes tools."""
+    s = Server(str(tools_gguf), "--parallel", "1", "--queue", "0", "--ctx", str(SLOT_CTX))
     yield s
     if s.proc.poll() is None:
         s.interrupt()
@@ -240,6 +272,51 @@ def test_a_full_queue_answers_503_with_retry_after(one_slot):
         assert "busy" in busy.json()["error"]["message"]
     one_slot.wait_idle()
     assert one_slot.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2}).status_code == 200
+
+
+# --- tool calls -----------------------------------------------------------------------------------------
+
+
+def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_is_answered(one_slot):
+    client = one_slot.client()
+    r = chat(client, WEATHER_ASK, max_tokens=60, tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit") and len(args["city"]) <= 20
+    answer = chat(client, [*WEATHER_ASK, choice.message.model_dump(exclude_none=True),
+                           {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'}], tools=[WEATHER])
+    assert answer.choices[0].finish_reason in ("stop", "length") and answer.choices[0].message.content
+
+
+def test_a_required_tool_call_streams_as_one_tool_calls_delta(one_slot):
+    stream = one_slot.client().chat.completions.create(model="any", messages=WEATHER_ASK, tools=[WEATHER, TIME], tool_choice="required",
+                                                       temperature=0, max_tokens=60, stream=True)
+    chunks = [c.choices[0] for c in stream if c.choices]
+    calls = [d for c in chunks for d in (c.delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].index == 0 and calls[0].function.name in ("get_weather", "get_time")
+    assert isinstance(json.loads(calls[0].function.arguments), dict)
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert not any(c.delta.content for c in chunks)
+
+
+def test_tools_are_refused_where_the_template_cannot_show_them(server, one_slot):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(server.client(), WEATHER_ASK, tools=[WEATHER])
+    assert "does not show it the tools" in e.value.body["message"]
+    bad = [
+        ({"tools": {"a": 1}}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0]"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}, "messages[0].tool_calls[0]"),
+        ({"messages": [{"role": "tool", "content": "18"}]}, "messages[0].tool_call_id"),
+    ]
+    for extra, param in bad:
+        r = one_slot.http().post("/v1/chat/completions", json={"messages": WEATHER_ASK, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
 # --- safety ---------------------------------------------------------------------------------------------

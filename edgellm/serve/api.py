@@ -29,6 +29,7 @@ from . import grammar, schemas
 from .errors import ApiError, bad_request
 from .metrics import Metrics
 from .scheduler import Finished, Job, QueueFull, Scheduler
+from .tools import parse_tool_calls
 
 MAX_BODY = 8 << 20  # bytes; a larger request body is refused with 413
 RETRY_AFTER_S = 1
@@ -87,8 +88,9 @@ class Prepared:
     grammar: object | None  # a llama.cpp grammar sampler, or None
 
 
-def _prepare(state: ServeState, prompt: str, gen: schemas.Generation, param: str) -> Prepared:
-    """Tokenize and check the prompt, and build the grammar (runs in a worker thread: both can take a while)."""
+def _prepare(state: ServeState, prompt: str, gen: schemas.Generation, param: str, call_gbnf: str | None = None) -> Prepared:
+    """Tokenize and check the prompt, and build the grammar: `call_gbnf` (a forced tool call) or the one
+    `response_format` asks for. Runs in a worker thread: both can take a while."""
     tokens = state.engine.tokenize(prompt)
     if len(tokens) >= state.n_ctx_slot:
         raise ApiError(
@@ -99,7 +101,7 @@ def _prepare(state: ServeState, prompt: str, gen: schemas.Generation, param: str
             param,
             extra={"prompt_tokens": len(tokens), "n_ctx": state.n_ctx_slot},
         )
-    text = grammar.gbnf(gen.response_format)
+    text = call_gbnf or grammar.gbnf(gen.response_format)
     return Prepared(tokens, grammar.grammar_sampler(state.engine.vocab, text) if text else None)
 
 
@@ -178,17 +180,22 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None) -> StreamingResponse:
-    """Server-sent events: `chunk(text, finish_reason)` per piece, usage if asked, then `data: [DONE]`."""
+def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=None) -> StreamingResponse:
+    """Server-sent events: `chunk(text, finish_reason)` per piece, usage if asked, then `data: [DONE]`.
+    With `whole`, the text is held back and `whole(text, finished)` gives the last chunks instead (a reply
+    that may hold tool calls is only known once complete)."""
 
     async def events():
         try:
             if first is not None:
                 yield _sse(first)
+            held: list[str] = []
             while True:
                 batch = await run.next()
                 text = "".join(e for e in batch if isinstance(e, str))
-                if text:
+                if text and whole is not None:
+                    held.append(text)
+                elif text:
                     yield _sse(chunk(text, None))
                 done = batch[-1]
                 if not isinstance(done, Finished):
@@ -196,7 +203,8 @@ def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None) -> Str
                 if done.reason == "error":
                     yield _sse(_failed(done).body())
                     return
-                yield _sse(chunk(None, done.reason))
+                for last in whole("".join(held), done) if whole is not None else [chunk(None, done.reason)]:
+                    yield _sse(last)
                 if gen.include_usage:
                     yield _sse({**chunk(None, None), "choices": [], "usage": _usage(done)})
                 yield _sse("[DONE]")
@@ -214,38 +222,62 @@ def _state(request: Request) -> ServeState:
     return request.app.state.serve
 
 
+def _render(state: ServeState, req: schemas.ChatRequest) -> str:
+    messages = list(req.messages)
+    try:
+        prompt = state.engine.render_chat(messages, tools=list(req.tools) or None)
+        if req.tools and prompt == state.engine.render_chat(messages):
+            raise bad_request("this model's chat template does not show it the tools: it cannot call functions", "tools",
+                              "unsupported_parameter")
+    except EdgeError as exc:
+        raise bad_request(str(exc), "messages") from None
+    return prompt
+
+
 async def chat_completions(request: Request):
     state = _state(request)
     req = schemas.chat_request(await read_json(request))
 
     def prepare() -> Prepared:
-        try:
-            prompt = state.engine.render_chat(list(req.messages))
-        except EdgeError as exc:
-            raise bad_request(str(exc), "messages") from None
-        return _prepare(state, prompt, req.gen, "messages")
+        forced = req.tool_choice not in (None, "auto")
+        call = grammar.tool_call_gbnf(req.tools, None if req.tool_choice == "required" else req.tool_choice) if forced else None
+        return _prepare(state, _render(state, req), req.gen, "messages", call)
 
     prepared = await run_in_threadpool(prepare)
     run = Run(state, prepared, req.gen)
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
+
+    def message(text: str, done: Finished) -> tuple[dict, str]:
+        """The assistant message and finish reason for a whole reply."""
+        content, calls = parse_tool_calls(text, req.tools) if req.tools else (text, [])
+        if not calls:
+            return {"role": "assistant", "content": text}, done.reason
+        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+
     if req.gen.stream:
-        def chunk(text: str | None, finish: str | None) -> dict:
-            delta = {"content": text} if text is not None else {}
+        def chunk(text: str | None, finish: str | None, delta: dict | None = None) -> dict:
+            delta = delta if delta is not None else {"content": text} if text is not None else {}
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        first = chunk(None, None)
-        first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-        return _stream(run, req.gen, chunk, first)
+        def whole(text: str, done: Finished) -> list[dict]:
+            msg, finish = message(text, done)
+            out = [chunk(msg["content"], None)] if msg["content"] else []
+            if "tool_calls" in msg:
+                out.append(chunk(None, None, {"tool_calls": [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]}))
+            return out + [chunk(None, finish)]
+
+        return _stream(run, req.gen, chunk, chunk(None, None, {"role": "assistant", "content": ""}), whole if req.tools else None)
     reply = await run.collect(request)
     if reply is None:
         return Response(status_code=CLIENT_GONE)
     text, done = reply
     if done.reason == "error":
         raise _failed(done)
+    msg, finish = message(text, done)
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": done.reason}],
+        "choices": [{"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}],
         "usage": _usage(done),
     })
 

@@ -6,7 +6,9 @@ before anything reaches llama.cpp. Fields OpenAI defines that change nothing her
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 
 from ..runtime import Sampling
@@ -15,6 +17,8 @@ from .errors import bad_request
 MAX_STOPS = 32  # editor plugins send a dozen stop strings for code completion; OpenAI allows 4
 MAX_STOP_CHARS = 1000
 MAX_MESSAGES = 100_000
+MAX_TOOLS = 128  # OpenAI's limit
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
 INT32_MAX = 2**31 - 1
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -27,7 +31,7 @@ FLOAT_RANGES = {
     "frequency_penalty": (-2.0, 2.0),
     "repeat_penalty": (0.01, 10.0),
 }
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 # fields whose only accepted value is "off": name -> what counts as off
 UNSUPPORTED = {
     "n": (None, 1),
@@ -52,8 +56,10 @@ class Generation:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: tuple[dict, ...]  # {"role": system|user|assistant, "content": str}
+    messages: tuple[dict, ...]  # {"role": system|user|assistant|tool, "content": str, ...}
     gen: Generation
+    tools: tuple[dict, ...] = ()  # {"type": "function", "function": {"name", "description", "parameters"}}, as templates take them
+    tool_choice: str | None = None  # None (tools unused), "auto", "required", or the name of the one function to call
 
 
 @dataclass(frozen=True)
@@ -125,10 +131,62 @@ def _messages(raw) -> tuple[dict, ...]:
         role = m.get("role")
         if role not in ROLES:
             raise bad_request(f"{where}.role must be one of {', '.join(sorted(ROLES))}, not {role!r}", f"{where}.role")
-        if m.get("content") is None:
+        calls = _tool_calls(m.get("tool_calls"), f"{where}.tool_calls") if role == "assistant" else ()
+        if m.get("content") is None and not calls:
             raise bad_request(f"{where}.content is missing", f"{where}.content")
-        out.append({"role": ROLES[role], "content": _text_content(m["content"], f"{where}.content")})
+        msg = {"role": ROLES[role], "content": "" if m.get("content") is None else _text_content(m["content"], f"{where}.content")}
+        if calls:
+            msg["tool_calls"] = list(calls)
+        if role == "tool":
+            if not isinstance(m.get("tool_call_id"), str):
+                raise bad_request(f"{where}.tool_call_id must be a string", f"{where}.tool_call_id")
+            msg["tool_call_id"] = m["tool_call_id"]
+        out.append(msg)
     return tuple(out)
+
+
+def _tool_calls(raw, where: str) -> tuple[dict, ...]:
+    """An assistant message's earlier calls, with their JSON arguments as objects (what chat templates expect)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise bad_request(f"{where} must be a list", where)
+    out = []
+    for i, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+            raise bad_request(f"{where}[{i}] must be {{'id', 'type': 'function', 'function': {{'name', 'arguments'}}}}", f"{where}[{i}]")
+        try:
+            arguments = json.loads(fn["arguments"])
+        except ValueError:
+            arguments = fn["arguments"]
+        out.append({"id": str(call.get("id", "")), "type": "function", "function": {"name": fn["name"], "arguments": arguments}})
+    return tuple(out)
+
+
+def _tools(raw, choice) -> tuple[tuple[dict, ...], str | None]:
+    """The functions offered and how the model must use them."""
+    if raw is None or choice == "none":
+        return (), None
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_TOOLS:
+        raise bad_request(f"'tools' must be a list of 1 to {MAX_TOOLS} functions", "tools")
+    tools = []
+    for i, tool in enumerate(raw):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not TOOL_NAME.fullmatch(fn["name"]):
+            raise bad_request(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': [A-Za-z0-9_-]{{1,64}}, ...}}}}", f"tools[{i}]")
+        if not isinstance(fn.get("parameters", {}), dict) or not isinstance(fn.get("description", ""), str):
+            raise bad_request(f"tools[{i}].function: 'parameters' must be an object and 'description' a string", f"tools[{i}]")
+        spec = {"name": fn["name"], "description": fn.get("description", ""), "parameters": fn.get("parameters", {"type": "object"})}
+        tools.append({"type": "function", "function": spec})
+    names = [t["function"]["name"] for t in tools]
+    if choice is None or choice in ("auto", "required"):
+        return tuple(tools), choice or "auto"
+    named = choice.get("function", {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    if not isinstance(named, str) or named not in names:
+        raise bad_request(f"'tool_choice' must be 'none', 'auto', 'required' or {{'type': 'function', 'function': {{'name': one of {names}}}}}",
+                          "tool_choice")
+    return tuple(tools), named
 
 
 def _stop(raw) -> tuple[str, ...]:
@@ -204,9 +262,11 @@ def _model(body: _Body) -> None:
 def chat_request(data: dict) -> ChatRequest:
     body = _Body(data)
     _model(body)
-    if data.get("tools") or data.get("tool_choice") not in (None, "none"):
-        raise bad_request("tool calls are not supported by this server (leave out 'tools')", "tools", "unsupported_parameter")
-    return ChatRequest(_messages(data.get("messages")), _generation(body))
+    tools, choice = _tools(data.get("tools"), data.get("tool_choice"))
+    gen = _generation(body)
+    if choice not in (None, "auto") and gen.response_format is not None:
+        raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'response_format'", "tool_choice")
+    return ChatRequest(_messages(data.get("messages")), gen, tools, choice)
 
 
 def completion_request(data: dict) -> CompletionRequest:
