@@ -21,7 +21,6 @@ import llama_cpp as L
 
 from . import chat_template, llamacpp
 from .errors import EdgeError, UsageError
-from .testhooks import pause_point
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 PENALTY_LAST_N = 64  # how many recent tokens the repeat penalty looks at (llama.cpp's default)
@@ -138,12 +137,6 @@ def _resolve_plan(target, n_ctx: int | None):
     return make_plan(ref, detect(), ctx=n_ctx)
 
 
-def _keep_loading(interrupted: threading.Event) -> bool:
-    """llama.cpp's progress callback while a model loads: False (after Ctrl-C) stops the load."""
-    pause_point("engine.load", until=interrupted.is_set)
-    return not interrupted.is_set()
-
-
 class Engine:
     """A loaded model. Not thread-safe: one stream at a time (cancel it from any thread)."""
 
@@ -185,6 +178,9 @@ class Engine:
         t0 = time.perf_counter()
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = ngl
+        model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not model:
+            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_seq_max = n_seq_max
@@ -192,19 +188,7 @@ class Engine:
         cp.n_ubatch = min(N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
-        with llamacpp.sigint_deferred() as interrupted:
-            # llama.cpp asks after each tensor whether to go on: Ctrl-C stops a large model's load there.
-            # (The struct keeps the callback alive while `mp` lives.)
-            mp.progress_callback = L.llama_progress_callback(lambda _p, _u: _keep_loading(interrupted))
-            model = L.llama_model_load_from_file(str(path).encode(), mp)
-            ctx = L.llama_init_from_model(model, cp) if model and not interrupted.is_set() else None
-            if interrupted.is_set():  # leaving the block raises KeyboardInterrupt
-                if ctx:
-                    L.llama_free(ctx)
-                if model:
-                    L.llama_model_free(model)
-        if not model:
-            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
+        ctx = L.llama_init_from_model(model, cp)
         if not ctx:
             L.llama_model_free(model)
             raise EdgeError(
