@@ -4,11 +4,19 @@ Everything comes from the file's header (tensor sizes, shape) and follows llama.
 
 - weights: layer `blk.i` goes to the GPU when i >= n_layer - n_gpu_layers; the output layer (output norm
   + output matrix, or a GPU copy of the tied embeddings) only when n_gpu_layers > n_layer; the token
-  embeddings always stay on the CPU. CPU weights are memory-mapped from the file.
+  embeddings always stay on the CPU. CPU weights are memory-mapped from the file. Mixture-of-experts
+  files: the experts of the first `n_cpu_moe` layers stay in RAM even when their layer is on the GPU
+  (llama.cpp's `--n-cpu-moe`, a tensor buffer override), the rest of those layers goes to the GPU.
 - KV cache: n_ctx (rounded up to 256 cells) x each layer's K and V rows, on the device of its layer.
-- compute buffer (flash attention, which llama.cpp's "auto" turns on for CPU and CUDA): the logits of a
-  full micro-batch plus two activations, n_ubatch * (n_vocab + 2 n_embd) floats, on the device that holds
-  the output layer. Layers on the other device need their own activations.
+  Layers with a sliding window (Gemma 2/3) keep only window + n_ubatch cells (rounded up to 256, never
+  more than the context) with `swa_full = false`, as the runtime loads them. Each of n_seq sequences has
+  its own cache of n_ctx / n_seq cells (llama.cpp's non-unified KV cache).
+- compute buffer (flash attention, which llama.cpp's "auto" turns on for CPU and CUDA): the larger of two
+  stages, on the device that runs them. The output stage holds the logits of a full micro-batch plus two
+  activations, n_ubatch * (n_vocab + 2 n_embd) floats (a 262k vocabulary makes that half a GiB). The layer
+  stage holds the attention masks (n_ubatch x cells, f16, one per kind of attention) and the feed-forward
+  intermediates: gate, up and their product, n_ubatch x the active width (n_ff, or experts used x expert
+  width), plus the experts' outputs and two activations.
 - output buffer: one row of logits.
 
 Checked against llama.cpp's own accounting (a no-alloc dry run, `llama_dry_run` below) in the tests.
@@ -43,6 +51,78 @@ def kv_cells(n_ctx: int) -> int:
     return -(-n_ctx // KV_CELL_PAD) * KV_CELL_PAD
 
 
+# Expert tensors, as llama.cpp's --n-cpu-moe matches them (`blk.N` + this).
+EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+
+
+@dataclass(frozen=True)
+class SwaRule:
+    """How llama.cpp's graph for an architecture uses a sliding window."""
+
+    period: int  # without a per-layer list in the file, layer il slides when il % period < period - 1
+    default_window: int  # the window when the file states none (0: then no layer slides)
+
+
+# Architectures whose llama.cpp graph has sliding-window layers. Others run full attention everywhere,
+# Phi-3 included whatever its sliding_window key says (llama.cpp disables it).
+SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0)}
+
+
+@dataclass(frozen=True)
+class Attention:
+    window: int  # sliding window in tokens (0: none)
+    sliding: tuple[bool, ...]  # per layer
+
+    @property
+    def n_sliding(self) -> int:
+        return sum(self.sliding)
+
+
+def _count(value) -> int:
+    """A non-negative count from the header; anything else (a damaged file) reads as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def attention_layout(info: GGUFInfo) -> Attention:
+    """Which layers of `info` attend through a sliding window, and how wide it is."""
+    n = info.n_layers
+    rule = SWA_RULES.get(info.arch)
+    window = _count(info.metadata.get(f"{info.arch}.attention.sliding_window", rule.default_window if rule else 0))
+    if rule is None or window == 0:
+        return Attention(0, (False,) * n)
+    pattern = info.metadata.get(f"{info.arch}.attention.sliding_window_pattern")
+    if isinstance(pattern, list) and len(pattern) >= n:
+        return Attention(window, tuple(bool(x) for x in pattern[:n]))
+    period = _count(pattern) or rule.period
+    return Attention(window, tuple(il % period < period - 1 for il in range(n)))
+
+
+@dataclass(frozen=True)
+class Experts:
+    n_expert: int
+    n_used: int
+    n_ff_exp: int
+    layer_bytes: tuple[int, ...]  # expert tensor bytes in each layer
+
+
+def experts(info: GGUFInfo) -> Experts | None:
+    """The mixture-of-experts shape of `info`, None for a dense model."""
+    per_layer = [0] * info.n_layers
+    for t in info.tensors:
+        if t.layer is not None and t.layer < info.n_layers and EXPERT_TENSOR.search(t.name):
+            per_layer[t.layer] += t.n_bytes
+    if not any(per_layer):
+        return None
+    meta, arch = info.metadata, info.arch
+    n_ff = _count(meta.get(f"{arch}.feed_forward_length"))
+    return Experts(
+        n_expert=_count(meta.get(f"{arch}.expert_count")),
+        n_used=_count(meta.get(f"{arch}.expert_used_count")) or 1,
+        n_ff_exp=_count(meta.get(f"{arch}.expert_feed_forward_length")) or n_ff,
+        layer_bytes=tuple(per_layer),
+    )
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     n_ctx: int
@@ -57,6 +137,12 @@ class MemoryEstimate:
     compute_gpu: int
     output: int
     overhead: int
+    n_cpu_moe: int = 0  # layers whose experts stay in RAM although the layer is on the GPU
+    experts_cpu: int = 0  # bytes of those experts
+    n_expert: int = 0  # experts per layer (0: a dense model)
+    n_expert_used: int = 0
+    swa_window: int = 0  # sliding window of the sliding layers (0: none)
+    swa_cells: int = 0  # KV cells each sliding layer keeps (per sequence)
 
     @property
     def ram(self) -> int:
@@ -89,15 +175,36 @@ def _output_bytes(info: GGUFInfo) -> int:
     return out + by_name.get("output.weight", by_name.get("token_embd.weight", 0))
 
 
-def estimate(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0, kv_type: str = "f16", n_ubatch: int = N_UBATCH) -> MemoryEstimate:
+def layer_cells(info: GGUFInfo, n_ctx: int, n_ubatch: int = N_UBATCH, n_seq: int = 1) -> tuple[list[int], Attention, int]:
+    """KV cells of each layer (all sequences together), the attention layout, and a sliding layer's cells
+    per sequence. llama.cpp gives each sequence n_ctx / n_seq cells, and a sliding layer window + n_ubatch
+    of them (rounded up to 256, never more than the full layers have)."""
+    att = attention_layout(info)
+    full = kv_cells(kv_cells(n_ctx) // max(1, n_seq))
+    swa = min(full, kv_cells(att.window + n_ubatch)) if att.window else full
+    return [n_seq * (swa if s else full) for s in att.sliding], att, swa
+
+
+def estimate(
+    info: GGUFInfo,
+    n_ctx: int,
+    n_gpu_layers: int = 0,
+    kv_type: str = "f16",
+    n_ubatch: int = N_UBATCH,
+    n_cpu_moe: int = 0,
+    n_seq: int = 1,
+) -> MemoryEstimate:
     n_layer = info.n_layers
     ngl = max(0, min(n_gpu_layers, n_layer + 1))
     first_gpu = n_layer - min(ngl, n_layer)
     output_on_gpu = ngl > n_layer
+    moe = experts(info)
+    n_cpu_moe = max(0, min(n_cpu_moe, n_layer)) if moe and ngl else 0
 
     layer_bytes = info.layer_bytes()
-    w_gpu = sum(layer_bytes[first_gpu:])
-    w_cpu = sum(layer_bytes[:first_gpu]) + info.non_layer_bytes
+    kept = [moe.layer_bytes[i] if moe and i < n_cpu_moe else 0 for i in range(n_layer)]  # experts left in RAM
+    w_gpu = sum(layer_bytes[i] - kept[i] for i in range(first_gpu, n_layer))
+    w_cpu = sum(layer_bytes[:first_gpu]) + sum(kept[first_gpu:]) + info.non_layer_bytes
     if output_on_gpu:
         out = _output_bytes(info)
         if any(t.name == "output.weight" for t in info.tensors):
@@ -106,22 +213,32 @@ def estimate(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0, kv_type: str = "
             w_cpu -= out - sum(t.n_bytes for t in info.tensors if t.name == "token_embd.weight")  # norm moved, copy made
         w_gpu += out
 
-    kv_layer = kv_cells(n_ctx) * kv_bytes_per_cell(info, kv_type)
-    kv_gpu = kv_layer * (n_layer - first_gpu)
-    kv_cpu = kv_layer * first_gpu
+    cells, att, swa_cells = layer_cells(info, n_ctx, n_ubatch, n_seq)
+    per_cell = kv_bytes_per_cell(info, kv_type)
+    kv_gpu = per_cell * sum(cells[first_gpu:])
+    kv_cpu = per_cell * sum(cells[:first_gpu])
 
-    f32 = 4
+    f32, f16 = 4, 2
     logits = n_ubatch * info.n_vocab * f32
     acts = 2 * n_ubatch * info.n_embd * f32
-    n_ff = int(info.metadata.get(f"{info.arch}.feed_forward_length", 4 * info.n_embd) or 4 * info.n_embd)
-    layer_acts = n_ubatch * (2 * n_ff + 3 * info.n_embd) * f32  # one layer's peak without the logits
+    n_ff = _count(info.metadata.get(f"{info.arch}.feed_forward_length")) or 4 * info.n_embd
+    width, n_used = (moe.n_used * moe.n_ff_exp, moe.n_used) if moe else (n_ff, 1)
+    ffn = n_ubatch * f32 * (3 * width + n_used * info.n_embd) + acts  # one layer's feed-forward, without the logits
+    masks = n_ubatch * f16 * (max(cells, default=0) // n_seq + (swa_cells if att.n_sliding else 0))
+    output_stage, layer_stage = logits + acts, ffn + masks
     if output_on_gpu:
-        compute_gpu, compute_cpu = logits + acts, GPU_HOST_BUFFERS * n_ubatch * info.n_embd * f32
+        compute_gpu, compute_cpu = max(output_stage, layer_stage), GPU_HOST_BUFFERS * n_ubatch * info.n_embd * f32
         touched = compute_cpu
     else:
-        compute_gpu = layer_acts if ngl else 0
-        compute_cpu = logits + acts
-        touched = max(acts, layer_acts) + n_ubatch * f32 * info.n_embd  # + the embeddings of the batch
+        compute_gpu = layer_stage if ngl else 0
+        compute_cpu = max(output_stage, layer_stage)
+        touched = layer_stage + n_ubatch * f32 * info.n_embd  # + the embeddings of the batch
+    if n_cpu_moe:
+        # Experts kept in RAM run there: their intermediates are CPU compute. For prompt batches llama.cpp
+        # copies such weights to the GPU to multiply them there (one layer's at a time).
+        compute_cpu = max(compute_cpu, ffn)
+        touched = max(touched, ffn)
+        compute_gpu += max(kept)
     return MemoryEstimate(
         n_ctx=n_ctx,
         kv_type=kv_type,
@@ -135,6 +252,12 @@ def estimate(info: GGUFInfo, n_ctx: int, n_gpu_layers: int = 0, kv_type: str = "
         compute_gpu=compute_gpu,
         output=info.n_vocab * f32,
         overhead=RUNTIME_OVERHEAD,
+        n_cpu_moe=n_cpu_moe,
+        experts_cpu=sum(kept),
+        n_expert=moe.n_expert if moe else 0,
+        n_expert_used=moe.n_used if moe else 0,
+        swa_window=att.window,
+        swa_cells=swa_cells if att.n_sliding else 0,
     )
 
 
@@ -160,8 +283,11 @@ _COMPUTE = re.compile(r"(\S+) compute buffer size =\s*([\d.]+) MiB")
 _OUTPUT = re.compile(r"(\S+)\s+output buffer size =\s*([\d.]+) MiB")
 
 
-def llama_dry_run(path: str | Path, n_ctx: int, kv_type: str = "f16", n_gpu_layers: int = 0, n_ubatch: int = N_UBATCH) -> DryRun:
-    """Ask llama.cpp what it would allocate (no_alloc + no mmap: nothing is read or allocated)."""
+def llama_dry_run(
+    path: str | Path, n_ctx: int, kv_type: str = "f16", n_gpu_layers: int = 0, n_ubatch: int = N_UBATCH, swa_full: bool = False
+) -> DryRun:
+    """Ask llama.cpp what it would allocate (no_alloc + no mmap: nothing is read or allocated). Sliding-window
+    layers get a window-sized cache unless `swa_full`, as the runtime loads models."""
     import llama_cpp as L
 
     from . import llamacpp
@@ -181,6 +307,7 @@ def llama_dry_run(path: str | Path, n_ctx: int, kv_type: str = "f16", n_gpu_laye
             cp.n_batch = min(2048, n_ctx)
             cp.n_ubatch = min(n_ubatch, cp.n_batch)
             cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
+            cp.swa_full = swa_full
             ctx = L.llama_init_from_model(model, cp)
             if not ctx:
                 raise EdgeError(f"llama.cpp could not plan a context for {path}: {llamacpp.last_error()}")

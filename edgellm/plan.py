@@ -2,10 +2,15 @@
 
 Rules, in order:
 1. the highest-quality level (most bits per weight) that fits at all;
-2. for it, the most GPU layers that fit in free VRAM with a safety margin (the rest runs from RAM);
+2. for it, the most GPU layers that fit in free VRAM with a safety margin (the rest runs from RAM). A
+   mixture-of-experts model first keeps every layer on the GPU and moves the experts of its first layers
+   to RAM, one layer at a time (llama.cpp's --n-cpu-moe): experts are most of the weights but only a few
+   run per token, so the CPU handles them better than whole layers; only with every expert in RAM do
+   whole layers leave the GPU;
 3. when it fits at no GPU split, the context shrinks by halves, never below `min_ctx`, before a lower
    level is tried.
-An explicit context is kept as asked. If nothing fits, the error gives the numbers.
+An explicit context is kept as asked. If nothing fits, the error gives the numbers. Sliding-window layers
+(Gemma 2/3) are counted with the window-sized KV cache the runtime gives them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from .errors import NotEnoughSpace
 from .fsutil import human_bytes
 from .hardware import HardwareProfile
-from .memory import MemoryEstimate, estimate
+from .memory import MemoryEstimate, estimate, experts, kv_cells
 from .models import ModelFile, ModelRef
 
 DEFAULT_CTX = 8192  # context asked for when none is given (capped by what the model was trained for)
@@ -41,6 +46,7 @@ class LevelFit:
     n_ctx: int
     ram: int
     vram: int
+    n_cpu_moe: int = 0  # layers whose experts stay in RAM while the layer is on the GPU
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "path": str(self.path)}
@@ -65,10 +71,11 @@ class Plan:
     hardware: str  # one-line summary of the machine planned for
     levels: tuple[LevelFit, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    n_cpu_moe: int = 0  # the experts of layers 0 .. n_cpu_moe-1 stay in RAM (their other weights on the GPU)
 
     @property
     def fit(self) -> str:
-        return _fit_kind(self.n_gpu_layers, self.n_layers)
+        return _fit_kind(self.n_gpu_layers, self.n_layers, self.n_cpu_moe)
 
     def explain(self) -> str:
         m = self.memory
@@ -78,6 +85,7 @@ class Plan:
             f"Choice: {self.level} ({self.path.name}), the highest-quality level that fits; {FIT_TEXT[self.fit]}",
             f"  GPU layers: {self.n_gpu_layers} of {self.n_layers + 1} (incl. output layer)",
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
+            *self._attention_lines(),
             f"  RAM:  {human_bytes(m.ram)} of {human_bytes(self.ram_budget)} usable (weights {human_bytes(m.weights_cpu)}, "
             f"KV {human_bytes(m.kv_cpu)}, compute {human_bytes(m.compute_cpu_touched)}, runtime {human_bytes(m.overhead)})",
         ]
@@ -88,6 +96,24 @@ class Plan:
             )
         lines += [f"  Note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _attention_lines(self) -> list[str]:
+        """What the plan decided for experts and sliding windows, for models that have them."""
+        m, lines = self.memory, []
+        if m.swa_window:
+            lines.append(
+                f"  Sliding window: {m.swa_window} tokens; those layers keep {m.swa_cells} KV cells "
+                f"(window + micro-batch), the others {kv_cells(self.n_ctx)}"
+            )
+        if m.n_expert:
+            where = (
+                "in RAM with their layers" if self.n_gpu_layers == 0
+                else f"those of layers 0-{self.n_cpu_moe - 1} stay in RAM ({human_bytes(m.experts_cpu)}), the rest on the GPU"
+                if self.n_cpu_moe
+                else "on the GPU with their layers"
+            )
+            lines.append(f"  Experts: {m.n_expert} per layer, {m.n_expert_used} used per token; {where}")
+        return lines
 
     def to_dict(self) -> dict:
         return {
@@ -105,26 +131,37 @@ class Plan:
             "hardware": self.hardware,
             "levels": [lv.to_dict() for lv in self.levels],
             "notes": list(self.notes),
+            "n_cpu_moe": self.n_cpu_moe,
         }
 
 
-def _fit_kind(ngl: int, n_layers: int) -> str:
-    return "gpu" if ngl > n_layers else "partial" if ngl > 0 else "cpu"
+def _fit_kind(ngl: int, n_layers: int, n_cpu_moe: int = 0) -> str:
+    return "gpu" if ngl > n_layers and not n_cpu_moe else "partial" if ngl > 0 else "cpu"
+
+
+def placements(f: ModelFile, gpu: bool) -> list[tuple[int, int]]:
+    """(GPU layers, layers with experts in RAM) from the most on the GPU to the least: for a mixture of
+    experts, the experts leave the GPU layer by layer before whole layers do."""
+    n = f.info.n_layers
+    if not gpu:
+        return [(0, 0)]
+    if experts(f.info) is None:
+        return [(ngl, 0) for ngl in range(n + 1, -1, -1)]
+    return [(n + 1, k) for k in range(n + 1)] + [(ngl, n) for ngl in range(n, 0, -1)] + [(0, 0)]
 
 
 def best_gpu_layers(
     f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool, unified: bool = False
 ) -> MemoryEstimate | None:
-    """The placement with the most GPU layers that fits both budgets, or None. With unified memory
+    """The placement with the most on the GPU that fits both budgets, or None. With unified memory
     (Apple silicon) what the GPU holds comes out of the same RAM."""
-    n = f.info.n_layers
-    for ngl in range(n + 1 if gpu else 0, -1, -1):
-        m = estimate(f.info, n_ctx, ngl, kv_type)
+    for ngl, n_cpu_moe in placements(f, gpu):
+        m = estimate(f.info, n_ctx, ngl, kv_type, n_cpu_moe=n_cpu_moe)
         ram_used = m.ram + (m.vram if unified else 0)
         if m.vram <= vram and ram_used <= ram:
             return m
         if m.vram <= vram and not unified:
-            return None  # fewer GPU layers only need more RAM
+            return None  # less on the GPU only needs more RAM
     return None
 
 
@@ -177,8 +214,8 @@ def make_plan(
             worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type)
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
             continue
-        kind = _fit_kind(m.n_gpu_layers, f.info.n_layers)
-        levels.append(LevelFit(f.level, f.path, f.size, kind, f.info.n_layers, m.n_gpu_layers, m.n_ctx, m.ram, m.vram))
+        kind = _fit_kind(m.n_gpu_layers, f.info.n_layers, m.n_cpu_moe)
+        levels.append(LevelFit(f.level, f.path, f.size, kind, f.info.n_layers, m.n_gpu_layers, m.n_ctx, m.ram, m.vram, m.n_cpu_moe))
         if chosen is None:
             chosen = (f, m)
 
@@ -203,6 +240,7 @@ def make_plan(
         hardware=hw.summary() + (" (simulated)" if hw.simulated else "") + "".join(f"; {n}" for n in hw.notes),
         levels=tuple(levels),
         notes=tuple(notes),
+        n_cpu_moe=m.n_cpu_moe,
     )
 
 
@@ -242,4 +280,9 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
             f"of RAM would be needed with {human_bytes(ram_budget)} usable"
         )
     note = f"{why}: running {m.n_gpu_layers} of {plan.n_layers + 1} layers on the GPU instead of {plan.n_gpu_layers}"
-    return replace(plan, n_gpu_layers=m.n_gpu_layers, memory=m, vram_budget=vram_budget, ram_budget=ram_budget, notes=plan.notes + (note,))
+    if m.n_cpu_moe != plan.n_cpu_moe:
+        note += f", the experts of {m.n_cpu_moe} layers in RAM instead of {plan.n_cpu_moe}"
+    return replace(
+        plan, n_gpu_layers=m.n_gpu_layers, n_cpu_moe=m.n_cpu_moe, memory=m, vram_budget=vram_budget, ram_budget=ram_budget,
+        notes=plan.notes + (note,),
+    )

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import llama_cpp as L
 
-from . import chat_template, llamacpp
+from . import chat_template, llamacpp, placement
 from .errors import EdgeError, UsageError
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
@@ -178,6 +178,8 @@ class Engine:
         t0 = time.perf_counter()
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = ngl
+        experts_in_ram = placement.cpu_experts(plan.n_cpu_moe) if ngl else None  # alive until the model is loaded
+        mp.tensor_buft_overrides = ctypes.addressof(experts_in_ram) if experts_in_ram is not None else None
         model = L.llama_model_load_from_file(str(path).encode(), mp)
         if not model:
             raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
@@ -188,6 +190,7 @@ class Engine:
         cp.n_ubatch = min(N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
+        cp.swa_full = False  # sliding-window layers keep a window-sized cache, as planned
         ctx = L.llama_init_from_model(model, cp)
         if not ctx:
             L.llama_model_free(model)
@@ -297,11 +300,20 @@ class Engine:
             n += 1
         n = min(n, len(tokens) - 1)  # the last prompt token is always evaluated again: it gives the logits
         mem = L.llama_get_memory(self._ctx)
-        if not L.llama_memory_seq_rm(mem, 0, n, -1):
+        if not L.llama_memory_seq_rm(mem, 0, n, -1) or not self._window_kept(mem, n):
             L.llama_memory_clear(mem, True)
             n = 0
         del self._kv[n:]
         return n
+
+    def _window_kept(self, mem, n: int) -> bool:
+        """Whether the cache still holds every position that position n attends to. A sliding-window layer's
+        cache (swa_full off) forgets positions more than a window behind the newest one it holds."""
+        n_swa = L.llama_model_n_swa(self._model)
+        if n_swa <= 0 or n == 0:
+            return True
+        pos_min = L.llama_memory_seq_pos_min(mem, 0)  # -1: the window cache holds nothing before n
+        return 0 <= pos_min <= max(0, n - n_swa)
 
     def _decode(self, tokens: list[int]) -> None:
         arr = (L.llama_token * len(tokens))(*tokens)

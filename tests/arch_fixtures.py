@@ -431,3 +431,96 @@ def with_architectures(name: str, src: Path, arch: str) -> Path:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
 
     return _build_once(f"{name}-with-architectures", build)
+
+
+# --- real-shaped GGUFs with no weights (memory planning against llama.cpp's own accounting) ---------------
+
+# name -> (arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, sliding window, experts, experts used, expert n_ff)
+SHAPES = {
+    "gemma3-4b": ("gemma3", 34, 2560, 10240, 8, 4, 256, 262144, 1024, 0, 0, 0),
+    "gemma2-2b": ("gemma2", 26, 2304, 9216, 8, 4, 256, 256000, 4096, 0, 0, 0),
+    "qwen3-30b-a3b": ("qwen3moe", 48, 2048, 6144, 32, 4, 128, 151936, 0, 128, 8, 768),
+    "mixtral-8x7b": ("llama", 32, 4096, 14336, 32, 8, 128, 32000, 0, 8, 2, 14336),
+}
+
+
+def _layer_tensors(arch: str, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
+    """(name suffix, HF-order shape, role) of one layer; role picks the quant type."""
+    q, kv = n_head * head_dim, n_head_kv * head_dim
+    out = [("attn_norm", (n_embd,), "norm"), ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"),
+           ("attn_v", (kv, n_embd), "sensitive"), ("attn_output", (n_embd, q), "main"), ("ffn_norm", (n_embd,), "norm")]
+    if arch in ("gemma3", "qwen3moe"):
+        out += [("attn_q_norm", (head_dim,), "norm"), ("attn_k_norm", (head_dim,), "norm")]
+    if arch.startswith("gemma"):
+        out += [("post_attention_norm", (n_embd,), "norm"), ("post_ffw_norm", (n_embd,), "norm")]
+    if n_expert:
+        out += [("ffn_gate_inp", (n_expert, n_embd), "norm"), ("ffn_gate_exps", (n_expert, n_ff_exp, n_embd), "main"),
+                ("ffn_up_exps", (n_expert, n_ff_exp, n_embd), "main"), ("ffn_down_exps", (n_expert, n_embd, n_ff_exp), "sensitive")]
+    else:
+        out += [("ffn_gate", (n_ff, n_embd), "main"), ("ffn_up", (n_ff, n_embd), "main"), ("ffn_down", (n_embd, n_ff), "sensitive")]
+    return out
+
+
+def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
+    """A sparse GGUF (tensor data is a hole) with a real model's shape, metadata and vocabulary size, and a
+    synthetic SentencePiece vocabulary: what llama.cpp needs to plan its buffers without reading weights."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType
+
+    from fixtures import SYNTH_LEVELS
+
+    arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, window, n_expert, n_used, n_ff_exp = SHAPES[shape]
+    ftype, main, sensitive, out_type = SYNTH_LEVELS[level]
+    types = {"main": GGMLQuantizationType[main], "sensitive": GGMLQuantizationType[sensitive], "norm": GGMLQuantizationType.F32}
+    tensors = [("token_embd.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]), ("output_norm.weight", (n_embd,), types["norm"])]
+    if not arch.startswith("gemma"):
+        tensors.append(("output.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]))
+    for i in range(n_layer):
+        for name, shape_, role in _layer_tensors(arch, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp):
+            tensors.append((f"blk.{i}.{name}.weight", shape_, types[role]))
+
+    w = GGUFWriter(Path(path), arch)
+    w.add_name(f"{shape} synthetic")
+    w.add_file_type(LlamaFileType[ftype])
+    w.add_block_count(n_layer)
+    w.add_context_length(131072)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_vocab_size(n_vocab)
+    if window:
+        w.add_sliding_window(window)
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_used)
+        w.add_expert_feed_forward_length(n_ff_exp)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    rest = n_vocab - len(specials) - len(byte_tokens)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(specials + byte_tokens + [f"\u2581t{i}" for i in range(rest)])
+    w.add_token_scores([0.0] * 260 + [-float(i) for i in range(rest)])
+    w.add_token_types([TokenType.CONTROL, TokenType.CONTROL, TokenType.CONTROL, TokenType.UNKNOWN] + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * rest)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+
+    def nbytes(shape_, qtype) -> int:
+        block, size = GGML_QUANT_SIZES[qtype]
+        return int(np.prod(shape_)) // block * size
+
+    for name, shape_, qtype in tensors:
+        w.add_tensor_info(name, shape_, np.dtype(np.float32), nbytes(shape_, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    fout = w.fout[0]
+    w.write_padding(fout, fout.tell())
+    fout.truncate(fout.tell() + sum(w.ggml_pad(nbytes(s, t), w.data_alignment) for _, s, t in tensors))
+    w.close()
+    return Path(path)

@@ -63,7 +63,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, as_json: boo
             ("▶ " if chosen else "  ") + lv.level,
             human_bytes(lv.file_size),
             FIT_SHORT[lv.fit],
-            f"{lv.n_gpu_layers}/{lv.n_layers + 1}" if lv.fit != "no" else "-",
+            _gpu_layers(lv) if lv.fit != "no" else "-",
             str(lv.n_ctx),
             human_bytes(lv.ram),
             human_bytes(lv.vram) if lv.vram else "-",
@@ -71,3 +71,9 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, as_json: boo
         )
     console.print(t)
     return 0
+
+
+def _gpu_layers(lv) -> str:
+    """GPU layers of a level, and how many layers keep their experts in RAM."""
+    text = f"{lv.n_gpu_layers}/{lv.n_layers + 1}"
+    return text + f" (experts of {lv.n_cpu_moe} in RAM)" if lv.n_cpu_moe else text
