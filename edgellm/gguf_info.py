@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,9 +167,9 @@ def read_gguf(path: str | Path) -> GGUFInfo:
             )
         )
 
-    n_embd = int(key("embedding_length", 0))
-    n_head = int(_first(key("attention.head_count", 0)))
-    n_head_kv = int(_first(key("attention.head_count_kv", n_head)))
+    n_embd = _whole(key("embedding_length", 0))
+    n_head = _whole(_first(key("attention.head_count", 0)))
+    n_head_kv = _whole(_first(key("attention.head_count_kv", n_head)))
     head_dim = n_embd // n_head if n_head else 0
     ftype = meta.get("general.file_type")
     try:
@@ -182,18 +183,26 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         arch=arch,
         name=meta.get("general.name"),
         file_type=file_type,
-        n_layers=int(key("block_count", 0)),
+        n_layers=_whole(key("block_count", 0)),
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=n_head_kv,
-        head_dim_k=int(key("attention.key_length", head_dim)),
-        head_dim_v=int(key("attention.value_length", head_dim)),
-        n_ctx_train=int(key("context_length", 0)),
-        n_vocab=int(key("vocab_size", _array_len(tokens) if tokens else 0)),
+        head_dim_k=_whole(key("attention.key_length", head_dim)),
+        head_dim_v=_whole(key("attention.value_length", head_dim)),
+        n_ctx_train=_whole(key("context_length", 0)),
+        n_vocab=_whole(key("vocab_size", _array_len(tokens) if tokens else 0)),
         chat_template=meta.get("tokenizer.chat_template"),
         metadata=meta,
         tensors=tensors,
     )
+
+
+def _whole(value: Any) -> int:
+    """A count from the header. A damaged one may hold text, a list or NaN there: read as 0, which
+    `gguf_checks` refuses for a model to load, while `inspect` can still show the file."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0
+    return int(value)
 
 
 def _first(value: Any) -> Any:

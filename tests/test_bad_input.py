@@ -3,6 +3,7 @@ no crash of llama.cpp, nothing lost. Each case here once crashed, hung or was si
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgellm.options import GGML_MAX_N_THREADS, THREADS, max_threads
+from edgellm.paths import store_dir
 from fixtures import smollm2_gguf
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")
@@ -145,3 +147,38 @@ def test_a_prompt_that_is_not_utf8_is_refused(how):
         r = subprocess.run([EDGELLM.encode(), b"run", b"-p", bad], capture_output=True, timeout=600)
     r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
     one_line_error(r, 2, "not UTF-8")
+
+
+# --- impossible GGUF hyper-parameters (the rules themselves: test_gguf_checks.py) -----------------------
+
+
+@pytest.fixture(scope="module")
+def no_layers(tmp_path_factory) -> Path:
+    """SmolLM2 with block_count 0: llama.cpp aborts the whole process on it."""
+    from gguf_edit import copy_gguf
+
+    return copy_gguf(smollm2_gguf(), tmp_path_factory.mktemp("bad") / "no-layers.gguf", {"llama.block_count": 0}, data=False)
+
+
+@pytest.mark.parametrize("command", [["run", "-p", "hi"], ["plan"], ["bench", "-p", "8", "-n", "2", "-r", "1"],
+                                     ["bench", "-p", "8", "-n", "2", "-r", "1", "--json"]])
+def test_commands_refuse_a_gguf_with_impossible_values(command, no_layers):
+    r = edgellm(*command[:1], str(no_layers), *command[1:])
+    one_line_error(r, 1, str(no_layers), "llama.block_count = 0", "impossible")
+    assert r.stdout == ""
+
+
+def test_inspect_still_shows_such_a_file(no_layers):
+    r = edgellm("inspect", str(no_layers))
+    assert r.returncode == 0 and "llama.block_count" in r.stdout, r.stderr
+
+
+def test_list_shows_the_entry_as_broken_and_the_others(no_layers):
+    for name, gguf in [("broken", no_layers), ("good", smollm2_gguf())]:
+        (store_dir() / name).mkdir(parents=True)
+        (store_dir() / name / gguf.name).symlink_to(gguf)
+    r = edgellm("list", "--json")
+    assert r.returncode == 0, r.stderr
+    entries = {e["name"]: e for e in json.loads(r.stdout)["packages"]}
+    assert "llama.block_count = 0" in entries["broken"]["error"]
+    assert entries["good"]["error"] is None and entries["good"]["levels"]

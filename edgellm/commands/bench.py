@@ -92,6 +92,9 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
         except EdgeError as exc:  # reported with the results; the other models still run
             unreadable.append(FileResult(file=str(m), level="?", size_bytes=0, bits_per_weight=0.0, error=str(exc)))
 
+    if not refs:  # said before a progress bar is drawn, so the reason is the only line
+        raise EdgeError(unreadable[0].error if len(unreadable) == 1 else "no model could be read")
+
     reports = []
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
@@ -108,8 +111,6 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
     if save_manifest:
         for ref, report in zip(refs, reports):
             _save_into_manifest(report, Path(ref.source))
-    if not reports:
-        raise EdgeError(unreadable[0].error if len(unreadable) == 1 else "no model could be read")
     combined = reports[0] if len(reports) == 1 else _merge(reports)
     combined.results += unreadable
     if json_path:
