@@ -13,7 +13,7 @@
       "imatrix": {"calibration": str, "sha256": str, "chunks": int, "tokens": int, "n_ctx": int} | null,
       "eval":    {"text": str, "sha256": str, "chunks": int, "tokens": int, "n_ctx": int} | null,
       "files": [{
-        "file": "SmolLM2-Q4_K_M.gguf", "level": "Q4_K_M",
+        "file": "SmolLM2-Q4_K_M.gguf", "level": "Q4_K_M",   # a plain name inside the package folder
         "bytes": int,                 # file size
         "bits_per_weight": float,     # tensor bits / parameters
         "sha256": str,
@@ -152,21 +152,27 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if not isinstance(d, dict):
+            raise EdgeError(f"malformed manifest: a JSON {type(d).__name__}, not an object")
         if d.get("schema") != SCHEMA:
             raise EdgeError(f"not an edgellm package manifest (schema {d.get('schema')!r})")
         if d.get("version") != VERSION:
             raise EdgeError(f"manifest version {d.get('version')} is not supported (this edgellm reads {VERSION})")
         try:
+            files = [FileEntry(**f) for f in d["files"]]
+            names = [f.file for f in files] + ([d["base"]["file"]] if "file" in d["base"] else [])
+            for name in names:
+                _plain_name(name)
             return cls(
                 model=ModelFacts(**d["model"]),
                 base=d["base"],
-                files=[FileEntry(**f) for f in d["files"]],
+                files=files,
                 source=d.get("source"),
                 imatrix=TextRef(**d["imatrix"]) if d.get("imatrix") else None,
                 eval=TextRef(**d["eval"]) if d.get("eval") else None,
                 created_by=d.get("created_by", ""),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise EdgeError(f"malformed manifest: {exc}") from exc
 
     @classmethod
@@ -178,7 +184,10 @@ class Manifest:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise EdgeError(f"corrupt {path}: {exc}") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except EdgeError as exc:
+            raise EdgeError(f"{path}: {exc}") from None
 
     def verify(self, folder: Path, on_file=None) -> list[Problem]:
         """Re-hash every file and compare with the manifest; return the problems (empty = all good)."""
@@ -194,6 +203,14 @@ class Manifest:
             elif sha256_file(path) != f.sha256:
                 problems.append(Problem(f.file, "sha256 does not match the manifest"))
         return problems
+
+
+def _plain_name(name: Any) -> str:
+    """A manifest names files right inside its package folder: never a path out of it (`../x`, `/etc/x`) nor
+    a hidden file, so whatever reads the manifest (verify, run, package, push) stays inside the package."""
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\:\0"):
+        raise EdgeError(f"malformed manifest: {name!r} is not a plain file name in the package folder")
+    return name
 
 
 @dataclass

@@ -182,3 +182,44 @@ def test_list_shows_the_entry_as_broken_and_the_others(no_layers):
     entries = {e["name"]: e for e in json.loads(r.stdout)["packages"]}
     assert "llama.block_count = 0" in entries["broken"]["error"]
     assert entries["good"]["error"] is None and entries["good"]["levels"]
+
+
+# --- manifest file names -----------------------------------------------------------------------------
+
+
+def _package_listing(folder: Path, name: str, target: Path) -> Path:
+    """A package folder whose manifest lists `name`, with the size and sha256 of `target` (a real file)."""
+    from edgellm.gguf_info import read_gguf
+    from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
+
+    folder.mkdir()
+    info = read_gguf(smollm2_gguf())
+    entry = FileEntry(file=name, level="Q4_1", bytes=target.stat().st_size, bits_per_weight=5.0,
+                      sha256=sha256_file(target), layer_bytes=[], non_layer_bytes=0)
+    Manifest(ModelFacts.from_gguf(info), {"file": name, "level": "Q4_1", "sha256": entry.sha256}, [entry]).save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "{outside}", "sub/inside.bin", ".hidden.bin", "..", ".", "",
+                                  "C:outside.bin", "back\\slash.bin"])
+def test_verify_refuses_manifest_entries_that_leave_the_package(name, tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"a file next to the package, not in it")
+    name = name.format(outside=outside)  # an absolute path
+    pkg = _package_listing(tmp_path / "pkg", name, outside)
+    r = edgellm("verify", str(pkg))
+    one_line_error(r, 1, "manifest.json", "not a plain file name", repr(name))
+    assert "match" not in r.stdout
+
+
+def test_a_package_whose_manifest_leaves_it_is_refused_by_run_too(tmp_path):
+    pkg = _package_listing(tmp_path / "pkg", "../SmolLM2-Q4_1.gguf", smollm2_gguf())
+    (pkg / "SmolLM2-Q4_1.gguf").symlink_to(smollm2_gguf())
+    one_line_error(edgellm("run", str(pkg), "-p", "hi"), 1, "not a plain file name")
+
+
+@pytest.mark.parametrize("data", [[], None, "manifest", {"schema": "edgellm.package", "version": 1, "model": {},
+                                                          "base": {}, "files": ["x"]}])
+def test_manifests_of_the_wrong_shape_are_one_line(data, tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    one_line_error(edgellm("verify", str(tmp_path)), 1, "malformed manifest")
