@@ -150,8 +150,11 @@ def entries() -> list[Entry]:
 # ------------------------------------------------------------------------------------------------ changing
 
 
-def remove(name: str) -> Entry:
-    """Delete the entry `name`. Files of a hub-registered entry stay in the hub's cache (only links go)."""
+def remove(name: str) -> tuple[Entry, Path | None]:
+    """Delete the entry `name`; return it and, for a folder linked into the store, where the link pointed.
+
+    Only the link goes then: the folder it points to was put there by hand and stays as it was. Files of a
+    hub-registered entry stay in the hub's cache (only links go)."""
     if not _valid_name(name):
         raise UsageError(f"not a store name: {name!r}")
     folder = resolve(name)
@@ -159,8 +162,15 @@ def remove(name: str) -> Entry:
         have = ", ".join(names()) or "the store is empty"
         raise UsageError(f"no package {name!r} in the store ({have})")
     gone = _entry(folder, None)
-    shutil.rmtree(folder)
-    return gone
+    target = folder.resolve() if folder.is_symlink() else None
+    try:
+        if target is not None:
+            folder.unlink()
+        else:
+            shutil.rmtree(folder)
+    except OSError as exc:
+        raise EdgeError(f"could not remove {folder}: {exc.strerror or exc}") from None
+    return gone, target
 
 
 def store_name(repo_id: str) -> str:

@@ -223,3 +223,23 @@ def test_a_package_whose_manifest_leaves_it_is_refused_by_run_too(tmp_path):
 def test_manifests_of_the_wrong_shape_are_one_line(data, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     one_line_error(edgellm("verify", str(tmp_path)), 1, "malformed manifest")
+
+
+# --- rm of a folder linked into the store ------------------------------------------------------------
+
+
+def test_rm_of_a_linked_folder_removes_the_link_and_leaves_the_folder(tmp_path):
+    mine = tmp_path / "my-models" / "SmolLM2"
+    mine.mkdir(parents=True)
+    (mine / "SmolLM2-Q4_1.gguf").symlink_to(smollm2_gguf())
+    (mine / "notes.txt").write_text("kept")
+    store_dir().mkdir(parents=True)
+    (store_dir() / "linked").symlink_to(mine, target_is_directory=True)
+    assert "linked" in edgellm("list").stdout
+
+    r = edgellm("rm", "linked")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.strip() == f"removed linked, a link to {mine}: that folder and its files were left as they are"
+    assert not (store_dir() / "linked").exists() and not (store_dir() / "linked").is_symlink()
+    assert sorted(p.name for p in mine.iterdir()) == ["SmolLM2-Q4_1.gguf", "notes.txt"]
+    assert (mine / "notes.txt").read_text() == "kept"
