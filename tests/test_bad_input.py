@@ -243,3 +243,16 @@ def test_rm_of_a_linked_folder_removes_the_link_and_leaves_the_folder(tmp_path):
     assert not (store_dir() / "linked").exists() and not (store_dir() / "linked").is_symlink()
     assert sorted(p.name for p in mine.iterdir()) == ["SmolLM2-Q4_1.gguf", "notes.txt"]
     assert (mine / "notes.txt").read_text() == "kept"
+
+
+# --- a chat template that never ends -----------------------------------------------------------------
+
+
+def test_run_stops_a_chat_template_that_would_loop_for_ever(tmp_path):
+    from gguf_edit import copy_gguf
+
+    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    model = copy_gguf(smollm2_gguf(), tmp_path / "endless-template.gguf", {"tokenizer.chat_template": endless})
+    r = edgellm("run", str(model), "-p", "hi", "-t", "1")
+    one_line_error(r, 1, "chat template exceeded its budget")
+    assert r.stdout == ""
