@@ -138,11 +138,12 @@ def test_run_with_stdout_closed_refuses_before_loading():
     assert r.returncode == 2 and "stdout is closed" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("how", ["stdin", "argument"])
+@pytest.mark.parametrize("how", ["stdin", "stdin decoded strictly", "argument"])
 def test_a_prompt_that_is_not_utf8_is_refused(how):
     bad = b"caf\xe9 au lait"  # Latin-1, not UTF-8
-    if how == "stdin":
-        r = subprocess.run([EDGELLM, "run"], input=bad, capture_output=True, timeout=600)
+    if how.startswith("stdin"):
+        env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"} if how.endswith("strictly") else None
+        r = subprocess.run([EDGELLM, "run"], input=bad, capture_output=True, timeout=600, env=env)
     else:
         r = subprocess.run([EDGELLM.encode(), b"run", b"-p", bad], capture_output=True, timeout=600)
     r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
