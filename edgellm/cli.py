@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("edgellm: interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # plain `edgellm`: the help, as click prints it
+        exc.show()
+        return exc.exit_code
+    except click.UsageError as exc:  # one line, like every other usage error, with where to read more
+        command = exc.ctx.command_path if exc.ctx else "edgellm"
+        click.echo(f"edgellm: {exc.format_message()} (see '{command} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -257,3 +257,22 @@ def test_run_stops_a_chat_template_that_would_loop_for_ever(tmp_path):
     r = edgellm("run", str(model), "-p", "hi", "-t", "1")
     one_line_error(r, 1, "chat template exceeded its budget")
     assert r.stdout == ""
+
+
+# --- click's own argument checks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, text", [
+    (["run", "-n", "0", "-p", "hi"], "'-n' / '--max-tokens'"),
+    (["run", "--bogus"], "No such option '--bogus'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["serve", "--port", "70000"], "'--port'"),
+])
+def test_argument_errors_are_one_line_with_where_to_read_more(args, text):
+    line = one_line_error(edgellm(*args), 2, text)
+    assert line.endswith("--help')")
+
+
+def test_plain_edgellm_prints_the_help():
+    r = edgellm()
+    assert r.returncode == 2 and "Commands:" in r.stdout + r.stderr and "Traceback" not in r.stderr
