@@ -1,5 +1,7 @@
 """The local store: packages kept under `edgellm.paths.store_dir()`, one folder per name.
 
+Only folders and files here: what each entry holds and whether it runs on this machine is `edgellm.catalog`'s.
+
 An entry is a folder of `<name>-<LEVEL>.gguf` files: a package written by `edgellm package` (with its
 manifest.json), or a GGUF repo pulled from a hub, whose files stay in the hub's cache and are linked here
 under their own names, with the repo's manifest.json and README.md when it has them (`source.json` says
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from . import paths
@@ -19,47 +21,6 @@ from .errors import EdgeError, UsageError
 from .fsutil import atomic_output
 
 SOURCE_FILE = "source.json"  # written for entries registered from a hub
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    level: str
-    file: str
-    size: int
-    bits_per_weight: float
-    fit: str | None = None  # "gpu", "partial" (some layers on the GPU), "cpu", "no"; None when unknown
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    path: Path
-    source: dict | None  # {"hub", "repo_id", "snapshot", "files"} for entries pulled from a hub
-    files: tuple[StoredFile, ...] = ()  # best quality first
-    fits: str | None = None  # the level this machine would run, None when nothing fits or unknown
-    fit_note: str = ""
-    error: str | None = None  # why the entry could not be read (a removed hub cache, a corrupt file)
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def origin(self) -> str:
-        return f"{self.source['hub']}:{self.source['repo_id']}" if self.source else "local"
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "origin": self.origin,
-            "source": self.source,
-            "size": self.size,
-            "levels": [vars(f) for f in self.files],
-            "fits": self.fits,
-            "fit_note": self.fit_note,
-            "error": self.error,
-        }
 
 
 # ------------------------------------------------------------------------------------------------ finding
@@ -93,7 +54,15 @@ def names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if _is_entry(p)) if root.is_dir() else []
 
 
-def _source(folder: Path) -> dict | None:
+def _source_or_none(folder: Path) -> dict | None:
+    try:
+        return read_source(folder)
+    except EdgeError:
+        return None
+
+
+def read_source(folder: Path) -> dict | None:
+    """Where a hub-registered entry came from (source.json), or None for a package made here."""
     f = folder / SOURCE_FILE
     if not f.is_file():
         return None
@@ -103,55 +72,19 @@ def _source(folder: Path) -> dict | None:
         raise EdgeError(f"corrupt {f}: {exc}") from exc
 
 
-# ------------------------------------------------------------------------------------------------ listing
-
-
-class _Fitter:
-    """Which levels run here, as the planner sees this machine."""
-
-    def __init__(self) -> None:
-        from . import hardware
-
-        self._hw = hardware.detect()
-
-    def __call__(self, ref) -> tuple[str | None, str, dict[str, str]]:
-        """(level chosen, why, level -> fit)."""
-        from .plan import FIT_TEXT, make_plan
-
-        try:
-            chosen = make_plan(ref, self._hw)
-        except EdgeError as exc:
-            return None, str(exc), {f.level: "no" for f in ref.files}
-        note = f"{FIT_TEXT.get(chosen.fit, chosen.fit)}, {chosen.n_ctx}-token context"
-        return chosen.level, note, {lf.level: lf.fit for lf in chosen.levels}
-
-
-def _entry(folder: Path, fitter: _Fitter | None) -> Entry:
-    from .models import resolve_model
-
-    try:
-        source = _source(folder)
-        ref = resolve_model(folder)
-    except (EdgeError, OSError) as exc:
-        return Entry(folder.name, folder, None, error=str(exc))
-    level, note, fits = fitter(ref) if fitter else (None, "", {})
-    files = tuple(
-        StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2), fits.get(f.level)) for f in ref.files
-    )
-    return Entry(folder.name, folder, source, files, level, note)
-
-
-def entries() -> list[Entry]:
-    """Every entry in the store, read from its GGUF headers; broken entries carry `error` instead of failing."""
-    fitter = _Fitter()
-    return [_entry(paths.store_dir() / name, fitter) for name in names()]
-
-
 # ------------------------------------------------------------------------------------------------ changing
 
 
-def remove(name: str) -> tuple[Entry, Path | None]:
-    """Delete the entry `name`; return it and, for a folder linked into the store, where the link pointed.
+@dataclass(frozen=True)
+class Removed:
+    name: str
+    size: int  # bytes of its GGUF files (for a hub entry they stay in the hub's cache)
+    source: dict | None  # where a hub-registered entry came from
+    link_to: Path | None  # for a folder linked into the store: where the link pointed
+
+
+def remove(name: str) -> Removed:
+    """Delete the entry `name`; say what it was and, for a folder linked into the store, where the link pointed.
 
     Only the link goes then: the folder it points to was put there by hand and stays as it was. Files of a
     hub-registered entry stay in the hub's cache (only links go)."""
@@ -161,7 +94,8 @@ def remove(name: str) -> tuple[Entry, Path | None]:
     if folder is None:
         have = ", ".join(names()) or "the store is empty"
         raise UsageError(f"no package {name!r} in the store ({have})")
-    gone = _entry(folder, None)
+    size = sum(f.stat().st_size for f in folder.glob("*.gguf") if f.exists())
+    gone = Removed(folder.name, size, _source_or_none(folder), None)
     target = folder.resolve() if folder.is_symlink() else None
     try:
         if target is not None:
@@ -170,7 +104,7 @@ def remove(name: str) -> tuple[Entry, Path | None]:
             shutil.rmtree(folder)
     except OSError as exc:
         raise EdgeError(f"could not remove {folder}: {exc.strerror or exc}") from None
-    return gone, target
+    return replace(gone, link_to=target)
 
 
 def store_name(repo_id: str) -> str:
@@ -196,7 +130,7 @@ def register(pulled) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     name = store_name(pulled.repo_id)
     folder = root / name
-    theirs = folder.exists() and (_source(folder) or {}).get("repo_id") != pulled.repo_id
+    theirs = folder.exists() and (read_source(folder) or {}).get("repo_id") != pulled.repo_id
     if theirs:  # a package of the same name made here, or another repo's: keep both
         name = f"{name}-{pulled.repo_id.split('/')[0]}"
         folder = root / name

@@ -342,7 +342,7 @@ def test_chat_is_listed_with_help(capsys):
 
 def test_without_the_default_model_chat_takes_the_newest_package_or_says_how_to_get_one(monkeypatch, capsys):
     from edgellm import models
-    from edgellm.commands.chat import _default_model
+    from edgellm.catalog import default_model
     from edgellm.errors import EdgeError
     from edgellm.paths import store_dir
     from fixtures import smollm2_gguf
@@ -361,4 +361,4 @@ def test_without_the_default_model_chat_takes_the_newest_package_or_says_how_to_
         folder.mkdir(parents=True)
         (folder / "SmolLM2-Q4_1.gguf").symlink_to(smollm2_gguf())
     os.utime(older, (1, 1))
-    assert _default_model() == str(newer)
+    assert default_model() == str(newer)

