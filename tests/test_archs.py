@@ -246,3 +246,55 @@ def test_bad_configs_are_refused_in_one_line(name, edit, pattern, tmp_path, caps
     assert len(err.splitlines()) == 1 and err.startswith("edgellm: "), err
     assert re.search(pattern, err), err
     assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
+
+
+@pytest.mark.slow
+def test_moe_conversion_streams_expert_by_expert(tmp_path):
+    """A 768 MB layer of 64 experts converts with far less memory than the layer: experts are read in chunks
+    and written one after another into the stacked tensor, never gathered. VmHWM is the child's own peak."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "moe"
+    shutil.copytree(CHECKPOINTS["qwen3moe"](), src)
+    cfg = json.loads((src / "config.json").read_text())
+    n_embd, n_ff, n_expert = 1024, 1024, 64
+    cfg.update(hidden_size=n_embd, moe_intermediate_size=n_ff, num_experts=n_expert, num_hidden_layers=1, num_attention_heads=8,
+               num_key_value_heads=4, head_dim=128)
+    (src / "config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(0)
+    row = lambda *shape: rng.standard_normal(shape[-1], dtype=np.float32) * np.ones(shape, np.float32)  # noqa: E731
+    weights = {
+        "model.embed_tokens.weight": row(1024, n_embd), "lm_head.weight": row(1024, n_embd), "model.norm.weight": row(n_embd),
+        "model.layers.0.input_layernorm.weight": row(n_embd), "model.layers.0.post_attention_layernorm.weight": row(n_embd),
+        "model.layers.0.self_attn.q_proj.weight": row(1024, n_embd), "model.layers.0.self_attn.k_proj.weight": row(512, n_embd),
+        "model.layers.0.self_attn.v_proj.weight": row(512, n_embd), "model.layers.0.self_attn.o_proj.weight": row(n_embd, 1024),
+        "model.layers.0.self_attn.q_norm.weight": row(128), "model.layers.0.self_attn.k_norm.weight": row(128),
+        "model.layers.0.mlp.gate.weight": row(n_expert, n_embd),
+    }
+    save_file(weights, src / "model.safetensors")
+    experts = {}
+    for x in range(n_expert):
+        for w, shape in (("gate_proj", (n_ff, n_embd)), ("up_proj", (n_ff, n_embd)), ("down_proj", (n_embd, n_ff))):
+            experts[f"model.layers.0.mlp.experts.{x}.{w}.weight"] = row(*shape)
+    save_file(experts, src / "experts.safetensors")
+    del experts
+    index = {"weight_map": {**{n: "model.safetensors" for n in weights},
+                            **{f"model.layers.0.mlp.experts.{x}.{w}.weight": "experts.safetensors"
+                               for x in range(n_expert) for w in ("gate_proj", "up_proj", "down_proj")}}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    expert_bytes = (src / "experts.safetensors").stat().st_size
+    code = (
+        "import sys, re; from edgellm.quantize.convert import convert_checkpoint; "
+        "convert_checkpoint(sys.argv[1], sys.argv[2], 'f16', progress=False); "
+        "print(re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read()).group(1))"
+    )
+    out = tmp_path / "moe.gguf"
+    run = subprocess.run([sys.executable, "-c", code, str(src), str(out)], capture_output=True, text=True, check=True)
+    peak = int(run.stdout.split()[-1]) * 1024
+    print(f"\npeak RSS {peak / 2**20:.0f} MiB converting {expert_bytes / 2**20:.0f} MiB of experts")
+    assert peak < 0.3 * expert_bytes, (peak, expert_bytes)
+    info = read_gguf(out)
+    assert {t.name: t.shape for t in info.tensors}["blk.0.ffn_up_exps.weight"] == (n_embd, n_ff, n_expert)
