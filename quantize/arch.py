@@ -206,12 +206,21 @@ IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")
 Config = dict[str, Any]
 
 
+# What a metadata value must be before it reaches the file (config.json is untrusted input).
+KINDS: dict[str, Callable[[Any], bool]] = {
+    "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32,
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+    "flags": lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
+}
+
+
 @dataclass(frozen=True)
 class MetaKey:
-    """One extra GGUF key: the GGUFWriter method that writes it and its value (None: not written)."""
+    """One extra GGUF key: the GGUFWriter method that writes it, its value (None: not written) and its kind."""
 
     writer: str
     value: Callable[[Config, HParams], Any]
+    kind: str = "count"
 
 
 def _opt(name: str) -> Callable[[Config, HParams], Any]:
@@ -262,20 +271,20 @@ def _original_ctx(c: Config, h: HParams) -> Any:
 EXPERT_FF = MetaKey("add_expert_feed_forward_length", lambda c, h: h.n_ff_exp)
 GEMMA2_KEYS = (
     MetaKey("add_sliding_window", _need("sliding_window")),
-    MetaKey("add_sliding_window_pattern", _swa_pattern(2)),
-    MetaKey("add_attn_logit_softcapping", _need("attn_logit_softcapping")),
-    MetaKey("add_final_logit_softcapping", _need("final_logit_softcapping")),
+    MetaKey("add_sliding_window_pattern", _swa_pattern(2), "flags"),
+    MetaKey("add_attn_logit_softcapping", _need("attn_logit_softcapping"), "number"),
+    MetaKey("add_final_logit_softcapping", _need("final_logit_softcapping"), "number"),
 )
 GEMMA3_KEYS = (
     MetaKey("add_sliding_window", _need("sliding_window")),
-    MetaKey("add_sliding_window_pattern", _swa_pattern(6)),
-    MetaKey("add_rope_freq_base_swa", _local_rope_theta),
-    MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping")),
+    MetaKey("add_sliding_window_pattern", _swa_pattern(6), "flags"),
+    MetaKey("add_rope_freq_base_swa", _local_rope_theta, "number"),
+    MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping"), "number"),
 )
 PHI3_KEYS = (
     MetaKey("add_rope_scaling_orig_ctx_len", _original_ctx),
     MetaKey("add_sliding_window", lambda c, h: c.get("sliding_window") or 0),  # llama.cpp runs Phi-3 with full attention
-    MetaKey("add_rope_scaling_attn_factors", _longrope_attn_factor),
+    MetaKey("add_rope_scaling_attn_factors", _longrope_attn_factor, "number"),
 )
 
 
@@ -299,14 +308,21 @@ def _gemma_query_scale(big_layers: int) -> Check:
     return Check(ok, "query_pre_attn_scalar differs from the query scale llama.cpp uses for this shape")
 
 
+LLAMA_MAX_EXPERTS = 1024  # llama.cpp refuses more experts per layer
+
+
+def _experts_ok(c: Config, h: HParams) -> bool:
+    return 0 < h.n_expert <= LLAMA_MAX_EXPERTS and 0 < h.n_expert_used <= h.n_expert and h.n_ff_exp > 0
+
+
 NO_SLIDING_WINDOW = Check(lambda c, h: not c.get("use_sliding_window"), "use_sliding_window is set, and llama.cpp runs this architecture with full attention")
 QWEN3_MOE_CHECKS = (
     NO_SLIDING_WINDOW,
     Check(lambda c, h: not c.get("mlp_only_layers") and int(c.get("decoder_sparse_step", 1)) == 1, "some layers are dense (mlp_only_layers or decoder_sparse_step), which llama.cpp's qwen3moe does not support"),
     Check(lambda c, h: bool(c.get("norm_topk_prob")), "norm_topk_prob is off, and llama.cpp always renormalises the chosen experts' weights"),
-    Check(lambda c, h: h.n_expert > 0 and 0 < h.n_expert_used <= h.n_expert, "num_experts / num_experts_per_tok are missing or inconsistent"),
+    Check(_experts_ok, f"num_experts / num_experts_per_tok / moe_intermediate_size are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
 )
-MIXTRAL_CHECKS = (Check(lambda c, h: h.n_expert > 0 and 0 < h.n_expert_used <= h.n_expert, "num_local_experts / num_experts_per_tok are missing or inconsistent"),)
+MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
 @dataclass(frozen=True)
@@ -371,6 +387,19 @@ def arch_for(config: dict[str, Any]) -> ArchSpec:
     if found is None:
         raise EdgeError(f"unsupported architecture {what}; supported: {', '.join(ARCHS)}")
     return found
+
+
+def metadata_values(arch: ArchSpec, config: Config, h: HParams) -> list[tuple[str, Any]]:
+    """(GGUFWriter method, value) of the architecture's extra keys; EdgeError for a value of the wrong kind."""
+    out = []
+    for key in arch.metadata:
+        value = key.value(config, h)
+        if value is None:
+            continue
+        if not KINDS[key.kind](value):
+            raise EdgeError(f"config.json has a bad value for {key.writer.removeprefix('add_')}: {value!r}")
+        out.append((key.writer, value))
+    return out
 
 
 def check_config(arch: ArchSpec, config: Config, h: HParams) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from edgellm.errors import EdgeError, UsageError
 from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 
-from .arch import ArchSpec, HParams, PlannedTensor, arch_for, check_config, plan_tensors, read_hparams
+from .arch import ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, plan_tensors, read_hparams
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .vocab import Vocab, load_vocab
 
@@ -157,7 +157,8 @@ def _longrope_factors(hp: HParams) -> list[tuple[str, np.ndarray]]:
     out = []
     for kind in ("long", "short"):
         factors = hp.rope.get(f"{kind}_factor")
-        if not isinstance(factors, list) or len(factors) != hp.n_rot // 2:
+        ok = isinstance(factors, list) and len(factors) == hp.n_rot // 2
+        if not (ok and all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in factors)):
             raise EdgeError(f"config.json's rope {kind}_factor must list {hp.n_rot // 2} numbers (one per rotated frequency)")
         out.append((f"rope_factors_{kind}.weight", np.asarray(factors, dtype=np.float32)))
     return out
@@ -231,10 +232,8 @@ def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpo
     if hp.n_expert:
         w.add_expert_count(hp.n_expert)
         w.add_expert_used_count(hp.n_expert_used)
-    for key in arch.metadata:
-        value = key.value(ckpt.config, hp)
-        if value is not None:
-            getattr(w, key.writer)(value)
+    for writer, value in metadata_values(arch, ckpt.config, hp):
+        getattr(w, writer)(value)
     _add_rope_scaling(w, arch, hp)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to_gguf(w)

@@ -227,9 +227,14 @@ BAD_CONFIGS = [
     ("qwen3moe", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob"),
     ("qwen3moe", lambda c, d: c.update(mlp_only_layers=[0]), r"dense"),
     ("qwen3moe", lambda c, d: c.update(num_experts_per_tok=9), r"num_experts_per_tok"),
+    ("mixtral", lambda c, d: c.update(num_local_experts=10**9), r"out of range \(1 to 1024 experts\)"),
     ("qwen3moe", _drop_expert, r"lacks tensor model\.layers\.1\.mlp\.experts\.5\.up_proj\.weight"),
     ("qwen3", lambda c, d: c.update(use_sliding_window=True), r"use_sliding_window"),
     ("phi3", lambda c, d: c["rope_parameters"].update(long_factor=[1.0, 2.0]), r"long_factor must list 6"),
+    ("phi3", lambda c, d: c["rope_parameters"].update(short_factor=["x"] * 6), r"short_factor must list 6 numbers"),
+    ("gemma2", lambda c, d: c.update(sliding_window=-4), r"bad value for sliding_window: -4"),
+    ("gemma2", lambda c, d: c.update(final_logit_softcapping="30"), r"bad value for final_logit_softcapping: '30'"),
+    ("gemma3", lambda c, d: c.update(sliding_window=None), r"lacks 'sliding_window'"),
     ("gemma3", lambda c, d: c.update(architectures=["Gemma3ForConditionalGeneration"]), r"unsupported architecture Gemma3ForConditionalGeneration"),
 ]
 
