@@ -176,3 +176,13 @@ def test_engine_applies_the_planned_expert_placement(tiny):
     assert kept0 == "[]"
     assert kept2 == repr(sorted(f"blk.{i}.ffn_{w}_exps.weight" for i in (0, 1) for w in ("gate", "up", "down")))
     assert text0 == text2
+
+
+def test_smaller_gpu_at_load_moves_more_experts_to_ram(shaped):
+    from edgellm.plan import revalidate
+
+    plan = make_plan(resolve_model(str(shaped["qwen3-30b-a3b"])), synthetic(64 * GIB, 16 * GIB), ctx=8192)
+    later = revalidate(plan, synthetic(64 * GIB, 8 * GIB))
+    assert later.n_gpu_layers == plan.n_gpu_layers and later.n_cpu_moe > plan.n_cpu_moe
+    assert later.memory.vram <= _budget(8 * GIB, VRAM_MARGIN)
+    assert f"the experts of {later.n_cpu_moe} layers in RAM instead of {plan.n_cpu_moe}" in later.notes[-1]
