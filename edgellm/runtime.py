@@ -300,19 +300,20 @@ class Engine:
             n += 1
         n = min(n, len(tokens) - 1)  # the last prompt token is always evaluated again: it gives the logits
         mem = L.llama_get_memory(self._ctx)
-        if not L.llama_memory_seq_rm(mem, 0, n, -1) or not self._window_kept(mem, n):
+        if not L.llama_memory_seq_rm(mem, 0, n, -1) or not self.window_kept(n):
             L.llama_memory_clear(mem, True)
             n = 0
         del self._kv[n:]
         return n
 
-    def _window_kept(self, mem, n: int) -> bool:
-        """Whether the cache still holds every position that position n attends to. A sliding-window layer's
-        cache (swa_full off) forgets positions more than a window behind the newest one it holds."""
+    def window_kept(self, n: int, seq: int = 0) -> bool:
+        """Whether sequence `seq`'s cache still holds every position that position n attends to: after its
+        first n tokens are kept, may evaluation go on from there? A sliding-window layer's cache (swa_full
+        off) forgets positions more than a window behind the newest one it holds."""
         n_swa = L.llama_model_n_swa(self._model)
         if n_swa <= 0 or n == 0:
             return True
-        pos_min = L.llama_memory_seq_pos_min(mem, 0)  # -1: the window cache holds nothing before n
+        pos_min = L.llama_memory_seq_pos_min(L.llama_get_memory(self._ctx), seq)  # -1: nothing before n is left
         return 0 <= pos_min <= max(0, n - n_swa)
 
     def _decode(self, tokens: list[int]) -> None:

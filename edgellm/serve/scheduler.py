@@ -169,7 +169,7 @@ class Scheduler:
         free = [s for s in self.slots if s.job is None]
         slot = max(free, key=lambda s: (common_prefix(s.cache, tokens), -s.seq))
         keep = min(common_prefix(slot.cache, tokens), len(tokens) - 1)  # the last prompt token gives the logits
-        if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+        if not L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1) or not self._engine.window_kept(keep, slot.seq):
             L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0
         del slot.cache[keep:]
