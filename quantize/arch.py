@@ -242,7 +242,8 @@ def sliding_layers(c: Config, n_layers: int, default_pattern: int) -> list[bool]
     types = c.get("layer_types")
     if isinstance(types, list) and len(types) == n_layers:
         return [t == "sliding_attention" for t in types]
-    n = int(c.get("sliding_window_pattern") or default_pattern)
+    n = c.get("sliding_window_pattern")
+    n = n if KINDS["count"](n) and n > 0 else default_pattern
     return [il % n < n - 1 for il in range(n_layers)]
 
 
@@ -259,7 +260,9 @@ def _longrope_attn_factor(c: Config, h: HParams) -> Any:
     """Phi-3's long-context rope scales attention by sqrt(1 + ln(s) / ln(n_orig)), s the context extension."""
     if h.rope["rope_type"] not in ("longrope", "su"):
         return None
-    orig = int(h.rope["original_max_position_embeddings"])
+    orig = _original_ctx(c, h)
+    if not (KINDS["count"](orig) and orig > 1):
+        raise EdgeError(f"config.json's long-context rope needs original_max_position_embeddings above 1, not {orig!r}")
     scale = h.n_ctx / orig
     return math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
 
@@ -303,7 +306,8 @@ def _gemma_query_scale(big_layers: int) -> Check:
 
     def ok(c: Config, h: HParams) -> bool:
         expected = h.n_embd // h.n_head if h.n_layers == big_layers else h.head_dim
-        return float(c.get("query_pre_attn_scalar", expected)) == float(expected)
+        scalar = c.get("query_pre_attn_scalar", expected)
+        return KINDS["number"](scalar) and float(scalar) == float(expected)
 
     return Check(ok, "query_pre_attn_scalar differs from the query scale llama.cpp uses for this shape")
 

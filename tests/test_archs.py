@@ -235,6 +235,9 @@ BAD_CONFIGS = [
     ("gemma2", lambda c, d: c.update(sliding_window=-4), r"bad value for sliding_window: -4"),
     ("gemma2", lambda c, d: c.update(final_logit_softcapping="30"), r"bad value for final_logit_softcapping: '30'"),
     ("gemma3", lambda c, d: c.update(sliding_window=None), r"lacks 'sliding_window'"),
+    ("gemma2", lambda c, d: c.update(query_pre_attn_scalar="16"), r"query_pre_attn_scalar"),
+    ("phi3", lambda c, d: [c.pop("original_max_position_embeddings"), c["rope_parameters"].pop("original_max_position_embeddings")],
+     r"original_max_position_embeddings above 1, not None"),
     ("gemma3", lambda c, d: c.update(architectures=["Gemma3ForConditionalGeneration"]), r"unsupported architecture Gemma3ForConditionalGeneration"),
 ]
 
