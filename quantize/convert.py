@@ -15,6 +15,7 @@ import numpy as np
 
 from edgellm.errors import EdgeError, UsageError
 from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
+from edgellm.testhooks import pause_point
 
 from .arch import ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, plan_tensors, read_hparams
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
@@ -80,11 +81,12 @@ def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str =
             writer.write_ti_data_to_file()
             fout = writer.fout[0]
             with _Progress(progress, sum(t.nbytes for t in tensors), out_path.name) as bar:
-                for t in tensors:
+                for i, t in enumerate(tensors, 1):
                     writer.write_padding(fout, fout.tell())
                     for chunk in _encoded_chunks(t):
                         fout.write(chunk)
                         bar.advance(len(chunk))
+                    pause_point("convert.tensor", i)
         finally:
             writer.close()
     return out_path
@@ -94,6 +96,11 @@ def resolve_outtype(src_dir: str | Path, outtype: str = "auto") -> str:
     """The concrete outtype `outtype` means for this checkpoint (`auto` -> its stored precision)."""
     ckpt, _, _, planned = _read_checkpoint(Path(src_dir))
     return _resolve(outtype, ckpt, planned)
+
+
+def resolve_file_type(src_dir: str | Path, outtype: str = "auto") -> str:
+    """The file type the GGUF will declare, named as `read_gguf` reads it back ("F16", "BF16", "ALL_F32")."""
+    return OUTTYPES[resolve_outtype(src_dir, outtype)][0].name.removeprefix("MOSTLY_")
 
 
 def _read_checkpoint(src_dir: Path) -> tuple[Checkpoint, ArchSpec, HParams, list[PlannedTensor]]:

@@ -10,15 +10,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import fixtures
+import pausing
 from edgellm.cli import main
+from edgellm.gguf_info import read_gguf
 from edgellm.quantize.arch import read_hparams
 from edgellm.quantize.vocab import detect_pre
 
@@ -165,24 +164,45 @@ def test_disk_full_while_writing(ckpt, tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_leaves_no_file(tmp_path):
-    """SIGINT mid-write: exit 130, 'interrupted', no final file, no temp file."""
+    """SIGINT mid-write (after 17 of 272 tensors): exit 130, 'interrupted', no final file, no temp file."""
     out = tmp_path / "out.gguf"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgellm.cli", "convert", str(fixtures.smollm2_checkpoint()), "-o", str(out), "--outtype", "q8_0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "EDGELLM_HOME": str(tmp_path / "home")},
-    )
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.gguf.*.partial")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # inside the tensor loop
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "edgellm: interrupted"
-    assert "Traceback" not in err
+    proc = pausing.start_paused("convert.tensor:17", "convert", fixtures.smollm2_checkpoint(), "-o", out,
+                                "--outtype", "q8_0")
+    assert list(tmp_path.glob(".out.gguf.*.partial")) and not out.exists()  # it is writing
+    done = pausing.finish(proc, signal.SIGINT)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "edgellm: interrupted"
+    assert "Traceback" not in done.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.gguf.*"))
+
+
+def test_killed_convert_leaves_a_temp_file_the_next_run_removes(tmp_path):
+    """SIGKILL cannot be cleaned up after; the next run writing the same output removes what it left."""
+    out = tmp_path / "out.gguf"
+    args = ["convert", fixtures.smollm2_checkpoint(), "-o", out, "--outtype", "f16"]
+    proc = pausing.start_paused("convert.tensor:40", *args)
+    assert pausing.finish(proc, signal.SIGKILL).returncode == -signal.SIGKILL
+    [stale] = tmp_path.glob(".out.gguf.*.partial")
+    assert f".{proc.pid}." in stale.name  # the writer's pid is in the name
+    done = pausing.edgellm(*args, "-q")
+    assert done.returncode == 0, done.stderr
+    assert pausing.hidden_files(tmp_path) == [] and out.is_file()
+
+
+def test_a_live_writer_keeps_its_temp_file(tmp_path):
+    """Two converts to one output: the second leaves the first's temp file alone (it is held, not stale);
+    whichever finishes last wins, and nothing hidden is left."""
+    out = tmp_path / "out.gguf"
+    args = ["convert", fixtures.smollm2_checkpoint(), "-o", out, "--outtype", "f16", "-q"]
+    first = pausing.start_paused("convert.tensor:40", *args)
+    [held] = tmp_path.glob(".out.gguf.*.partial")
+    second = pausing.edgellm(*args)
+    assert second.returncode == 0, second.stderr
+    assert held.exists() and out.is_file()
+    done = pausing.finish(first)
+    assert done.returncode == 0, done.stderr
+    assert pausing.hidden_files(tmp_path) == []
+    assert read_gguf(out).file_type == "F16"
 
 
 def test_unknown_outtype_is_a_usage_error(ckpt, tmp_path, capsys):
