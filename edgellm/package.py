@@ -3,7 +3,9 @@
 Levels are quantized two at a time by default: llama.cpp's quantizer spends much of a small tensor's time
 on one thread (reading, converting to F32, writing), so two levels side by side keep both cores busy.
 Every file is hashed as it is made; a re-run skips files whose sha256 still matches the manifest, and the
-manifest is rewritten after each file so an interrupted run resumes where it stopped.
+manifest is rewritten after each file so an interrupted run resumes where it stopped. A file under its
+final name is always listed in the manifest: one that cannot be recorded is removed. One run at a time
+writes to a package folder (an flock on LOCK_FILE there).
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EdgeError, UsageError
-from .fsutil import atomic_output, ensure_free_space, human_bytes
+from .errors import EdgeError, NotEnoughSpace, UsageError
+from .fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
 from .gguf_info import read_gguf
 from .manifest import FILENAME, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
 from .quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
+from .testhooks import pause_point
 
 BASE_TYPES = ("auto", "f16", "bf16", "f32")
 IMATRIX_FILE = "imatrix.gguf"
 CARD_FILE = "README.md"
+LOCK_FILE = ".edgellm-package.lock"
 
 
 @dataclass
@@ -102,12 +106,6 @@ def _estimate_base(src: Path, base_type: str) -> tuple[int, int]:
     return n_params * out_bytes, n_params
 
 
-def _clean_partials(folder: Path) -> None:
-    """Temp files left by a run that was killed outright (atomic_output removes them otherwise)."""
-    for p in folder.glob(".*.partial"):
-        p.unlink(missing_ok=True)
-
-
 def _entry_ok(folder: Path, entry: FileEntry | None) -> bool:
     if entry is None:
         return False
@@ -180,7 +178,6 @@ def quantize_levels(
 
 def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Reporter | None = None) -> PackageResult:
     """Convert (unless `src` is already a float GGUF), quantize, evaluate and describe a package in out_dir."""
-    rep = reporter or Reporter()
     src, out_dir = Path(src), Path(out_dir)
     if opts.base_type not in BASE_TYPES:
         raise UsageError(f"unknown base type {opts.base_type!r}; choose one of {', '.join(BASE_TYPES)}")
@@ -192,32 +189,51 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
     check_imatrix_needs(opts.levels, calib is not None)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output path is not a folder: {out_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clean_partials(out_dir)
+    # The source is checked before the folder is touched.
+    src_info = convert_to = None
+    if from_gguf:
+        src_info = read_gguf(src)
+        check_base(src_info, opts.allow_requantize)
+    else:
+        from .quantize.convert import resolve_file_type
 
+        convert_to = resolve_file_type(src, opts.base_type)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir / LOCK_FILE, f"another edgellm package run is writing to {out_dir}"):
+        remove_abandoned_partials(out_dir)  # temp files of runs that were killed outright
+        return _build(src, out_dir, opts, reporter or Reporter(), src_info, convert_to, calib, eval_text)
+
+
+def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text) -> PackageResult:
+    """build_package's work, with the folder locked. `src_info` is the source GGUF's header when that file is
+    the base; `convert_to` the base's file type when a checkpoint is converted."""
     try:
         old = Manifest.load(out_dir) if (out_dir / FILENAME).exists() else None
     except EdgeError:
         old = None  # an unreadable manifest is rebuilt from scratch
 
-    # --- base -------------------------------------------------------------------------------------
-    if from_gguf:
-        info = read_gguf(src)
-        check_base(info, opts.allow_requantize)
-        n_params, base_need = info.n_params, 0
+    # --- room: files already there, complete and matching, are kept and need none --------------------
+    if src_info is not None:
+        n_params, base_need, fingerprint, kept_base = src_info.n_params, 0, None, None
     else:
-        base_need, n_params = _estimate_base(src, opts.base_type)
-    stem = file_stem(opts.name or (info.name if from_gguf and info.name else src.name))
-
-    planned = [lv for lv in opts.levels if not (old and _entry_ok(out_dir, old.entry(lv.name)))]
+        base_bytes, n_params = _estimate_base(src, opts.base_type)
+        fingerprint = source_fingerprint(src)
+        kept_base = _kept_base(out_dir, old, fingerprint)
+        base_need = 0 if kept_base else base_bytes
+    stem = file_stem(opts.name or (src_info.name if src_info and src_info.name else src.name))
+    matching = {lv.name for lv in opts.levels if old and _entry_ok(out_dir, old.entry(lv.name))}
+    planned = [lv for lv in opts.levels if lv.name not in matching]
     need = base_need + sum(estimate_bytes(n_params, lv) for lv in planned)
     ensure_free_space(out_dir, need, f"package ({len(planned)} file(s) to make)")
 
-    fingerprint = source_fingerprint(src) if not from_gguf else None
-    if from_gguf:
+    # --- base -------------------------------------------------------------------------------------
+    if src_info is not None:
         base_path, base_sha = src, None
+    elif kept_base is not None:
+        base_path, base_sha = out_dir / kept_base.file, kept_base.sha256
+        rep.level_done(kept_base.level, True)
     else:
-        base_path, base_sha = _ensure_base(src, out_dir, stem, opts.base_type, fingerprint, old, rep)
+        base_path, base_sha = _convert_base(src, out_dir / f"{stem}-{convert_to}.gguf", opts.base_type, rep), None
     info = read_gguf(base_path)
     check_base(info, opts.allow_requantize)
     base_level = info.file_type or "F16"
@@ -231,7 +247,7 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
         base={"file": base_path.name, "level": base_level, "sha256": base_sha},
         source={"path": str(src.resolve()), "fingerprint": fingerprint} if fingerprint else None,
     )
-    if not from_gguf:
+    if src_info is None:
         manifest.put(FileEntry.from_gguf(info, base_level, base_sha, command=opts.command))
 
     # --- importance matrix -------------------------------------------------------------------------
@@ -246,7 +262,7 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
     todo = []
     for lv in opts.levels:
         prev = old.entry(lv.name) if same_inputs else None
-        if prev and prev.imatrix == (imatrix is not None) and _entry_ok(out_dir, prev) and (
+        if prev and prev.imatrix == (imatrix is not None) and lv.name in matching and (
             not prev.imatrix or (old.imatrix and old.imatrix.sha256 == manifest.imatrix.sha256)
         ):
             manifest.put(prev)
@@ -261,12 +277,24 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
                 manifest.put(prev)
 
     def record(level: Level, path: Path, sha: str) -> None:
-        manifest.put(FileEntry.from_gguf(read_gguf(path), level.name, sha, imatrix=imatrix is not None,
-                                         command=opts.command))
+        entry = FileEntry.from_gguf(read_gguf(path), level.name, sha, imatrix=imatrix is not None,
+                                    command=opts.command)
+        manifest.put(entry)
+        try:
+            manifest.save(out_dir)
+        except BaseException as exc:
+            # A file under its final name is always listed: one that cannot be listed goes.
+            manifest.files.remove(entry)
+            path.unlink(missing_ok=True)
+            if isinstance(exc, NotEnoughSpace):
+                raise NotEnoughSpace(f"{exc}: {path.name} was made but could not be recorded, so it was "
+                                     "removed; free some space and run again") from exc
+            raise
         result.made.append(level.name)
-        manifest.save(out_dir)
+        pause_point("package.level", len(result.made))
 
     manifest.save(out_dir)
+    pause_point("package.base")
     if todo:
         rep.stage(f"quantizing {len(todo)} level(s)")
         quantize_levels(base_path, out_dir, stem, todo, imatrix=imatrix, allow_requantize=opts.allow_requantize,
@@ -281,24 +309,20 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
     return result
 
 
-def _ensure_base(src, out_dir, stem, base_type, fingerprint, old, rep) -> tuple[Path, str | None]:
-    """Convert the checkpoint unless the package already holds a base made from this same source."""
+def _kept_base(out_dir: Path, old: Manifest | None, fingerprint: str) -> FileEntry | None:
+    """The base an earlier run converted from this same source, if it is still intact."""
     if old and old.source and old.source.get("fingerprint") == fingerprint:
         prev = old.entry(old.base.get("level", ""))
         if _entry_ok(out_dir, prev):
-            rep.level_done(prev.level, True)
-            return out_dir / prev.file, prev.sha256
+            return prev
+    return None
+
+
+def _convert_base(src: Path, final: Path, base_type: str, rep: Reporter) -> Path:
     from .quantize.convert import convert_checkpoint
 
     rep.stage(f"converting {src.name}")
-    # The base's name carries its type, known only after "auto" resolves: convert, then rename.
-    tmp = out_dir / f".{stem}-base.gguf"
-    with atomic_output(tmp) as t:
-        convert_checkpoint(src, t, outtype=base_type, progress=True)
-    level = read_gguf(tmp).file_type or base_type.upper()
-    final = out_dir / f"{stem}-{level}.gguf"
-    os.replace(tmp, final)
-    return final, None
+    return convert_checkpoint(src, final, outtype=base_type, progress=True)
 
 
 def _ensure_imatrix(base_path, out_dir, calib, opts, old, rep):

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import EdgeError, UsageError
-from ..fsutil import atomic_output
+from ..errors import EdgeError, NotEnoughSpace, UsageError
+from ..fsutil import atomic_output, room_problem
 from ..gguf_info import GGUFInfo, read_gguf
+from ..testhooks import pause_point
 
 if TYPE_CHECKING:
     from .imatrix import ImportanceMatrix
@@ -194,7 +195,8 @@ def quantize(
     import llama_cpp
 
     base, out = Path(base), Path(out)
-    check_base(read_gguf(base), allow_requantize)
+    info = read_gguf(base)
+    check_base(info, allow_requantize)
     check_imatrix_needs([level], imatrix is not None)
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -213,6 +215,8 @@ def quantize(
         m = _TENSOR_LINE.match(text)
         if m and on_tensor:
             on_tensor(int(m.group(1)), int(m.group(2)), m.group(3))
+        if m:
+            pause_point("quantize.tensor", int(m.group(1)), until=cancel.is_set if cancel else None)
 
     _interrupted.clear()
     with atomic_output(out) as tmp, _thread_log(hook):
@@ -220,6 +224,10 @@ def quantize(
         if (cancel is not None and cancel.is_set()) or _interrupted.is_set():
             raise KeyboardInterrupt
         if rc != 0:
+            # llama.cpp reports a failed write as "iostream error", without the reason: ask the file system
+            room = room_problem(tmp, max(estimate_bytes(info.n_params, level) - tmp.stat().st_size, 1 << 20))
+            if room:
+                raise NotEnoughSpace(f"no room to write {out.name}: {room}")
             why = errors[-1] if errors else f"llama_model_quantize returned {rc}"
             raise EdgeError(f"quantizing {base.name} to {level.name} failed: {why}")
     return out

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import resource
 import shutil
+import signal
 import subprocess
+from pathlib import Path
 
 import fixtures
 import llama_cpp
+import pausing
 import pytest
 from gguf import GGUFReader
 
 from edgellm.cli import main
 from edgellm.manifest import Manifest
+from edgellm.quantize.levels import estimate_bytes, parse_levels
 
 LEVELS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
 CTX = "128"
@@ -206,33 +212,102 @@ def test_not_enough_disk_is_checked_before_starting(tmp_path, capsys, monkeypatc
 
 
 def test_interrupted_run_leaves_only_complete_files_and_resumes(tmp_path, capsys):
-    """Ctrl-C while levels are being made: exit 130, every .gguf left is complete and listed; a re-run resumes."""
-    import signal
-    import sys
-    import time
-
+    """Ctrl-C once the first level is recorded: exit 130, every .gguf left is complete and listed; a re-run resumes."""
     out = tmp_path / "pkg"
     base = fixtures.smollm2_f16_gguf()
-    cmd = [sys.executable, "-m", "edgellm.cli", "package", str(base), "-o", str(out), "--levels",
-           "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M", "--jobs", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # wait until the first level is in the manifest
-        m = out / "manifest.json"
-        if m.exists() and json.loads(m.read_text())["files"]:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 130, err[-2000:]
-    assert err.strip().endswith("edgellm: interrupted")
+    levels = "Q8_0,Q6_K,Q4_K_M"
+    proc = pausing.start_paused("package.level:1", "package", base, "-o", out, "--levels", levels, "--jobs", "1")
+    done = pausing.finish(proc, signal.SIGINT)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().endswith("edgellm: interrupted") and "Traceback" not in done.stderr
     listed = {f.file for f in Manifest.load(out).files}
-    assert 1 <= len(listed) < 5
+    assert len(listed) == 1
     assert {p.name for p in out.glob("*.gguf")} == listed  # nothing under a final name that is not complete
-    assert not list(out.glob(".*"))  # no temp files left
+    assert pausing.hidden_files(out) == []  # no temp files, no lock left
     assert Manifest.load(out).verify(out) == []
 
-    rc, js, err = run(capsys, "package", str(base), "-o", str(out), "--levels", "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M",
-                      "--json")
+    rc, js, err = run(capsys, "package", str(base), "-o", str(out), "--levels", levels, "--json")
     assert rc == 0, err
-    assert len(json.loads(js)["files"]) == 5 and err.count("unchanged, skipped") >= len(listed)
+    assert len(json.loads(js)["files"]) == 3 and err.count("unchanged, skipped") == 1
+
+
+def test_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp_path):
+    """A second `package` into a folder another run is writing says so and stops, touching nothing."""
+    out = tmp_path / "pkg"
+    args = ["package", fixtures.smollm2_checkpoint(), "-o", out, "--levels", "Q8_0", "--jobs", "1", "--name", "SmolLM2"]
+    first = pausing.start_paused("convert.tensor:5", *args)  # converting the base: its temp file is there
+    partials = sorted(out.glob(".*.partial"))
+    assert partials
+    second = pausing.edgellm(*args)
+    assert second.returncode == 1
+    assert second.stderr.strip() == f"edgellm: another edgellm package run is writing to {out} (pid {first.pid})"
+    assert sorted(out.glob(".*.partial")) == partials
+    done = pausing.finish(first)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Manifest.load(out).verify(out) == [] and pausing.hidden_files(out) == []
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["SmolLM2-ALL_F32.gguf", "SmolLM2-Q8_0.gguf"]
+
+
+def _no_room_above(limit: int):
+    """For Popen's preexec_fn: files may not grow past `limit` bytes (the kernel's RLIMIT_FSIZE, as `ulimit -f`);
+    a write past it fails with EFBIG instead of killing the process with SIGXFSZ."""
+
+    def limit_child() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return limit_child
+
+
+def test_level_that_does_not_fit_is_named_and_the_rest_is_kept(tmp_path, capsys):
+    """Q4_K_M (101 MiB) fits under a 120 MiB file size limit, Q8_0 (138 MiB) does not: the error names Q8_0,
+    Q4_K_M stays recorded, and a re-run with room makes only Q8_0."""
+    out = tmp_path / "pkg"
+    args = ["package", fixtures.smollm2_f16_gguf(), "-o", out, "--levels", "Q4_K_M,Q8_0", "--jobs", "1",
+            "--name", "SmolLM2"]
+    done = pausing.edgellm(*args, preexec_fn=_no_room_above(120 << 20))
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "edgellm: no room to write SmolLM2-Q8_0.gguf: the file size limit (ulimit -f) of 120.00 MiB was reached")
+    assert "Traceback" not in done.stderr
+    assert [f.file for f in Manifest.load(out).files] == ["SmolLM2-Q4_K_M.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["SmolLM2-Q4_K_M.gguf", "manifest.json"]
+    assert Manifest.load(out).verify(out) == []
+
+    rc, js, err = run(capsys, *map(str, args), "--json")
+    assert rc == 0, err
+    assert [f["level"] for f in json.loads(js)["files"]] == ["Q8_0", "Q4_K_M"] and "unchanged, skipped" in err
+
+
+def test_disk_full_when_recording_a_level(tmp_path, capsys, monkeypatch):
+    """The manifest cannot be rewritten after Q8_0 is made (ENOSPC): the error names Q8_0, which is removed
+    rather than left unlisted; the base and Q4_K_M stay recorded. The re-run needs room only for Q8_0."""
+    out = tmp_path / "pkg"
+    args = ["package", str(fixtures.smollm2_checkpoint()), "-o", str(out), "--levels", "Q4_K_M,Q8_0", "--jobs", "1",
+            "--name", "SmolLM2"]
+    real_write_text = Path.write_text
+
+    def write_text(path, data, *a, **kw):
+        if path.name.startswith(".manifest.json.") and "SmolLM2-Q8_0.gguf" in data:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(path, data, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    rc, _, err = run(capsys, *args)
+    assert rc == 3
+    assert err.strip().splitlines()[-1] == (
+        f"edgellm: disk full while writing {out / 'manifest.json'}: SmolLM2-Q8_0.gguf was made but could not be "
+        "recorded, so it was removed; free some space and run again")
+    m = Manifest.load(out)
+    assert [f.file for f in m.files] == ["SmolLM2-ALL_F32.gguf", "SmolLM2-Q4_K_M.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["SmolLM2-ALL_F32.gguf", "SmolLM2-Q4_K_M.gguf", "manifest.json"]
+    assert m.verify(out) == []
+
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    q8_0 = estimate_bytes(m.model.n_params, parse_levels("Q8_0")[0])
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=q8_0 + (1 << 20)))
+    rc, _, err = run(capsys, *args)
+    assert rc == 0, err
+    assert [f.level for f in Manifest.load(out).files] == ["ALL_F32", "Q8_0", "Q4_K_M"]
+    assert "converting" not in err and Manifest.load(out).verify(out) == []
