@@ -3,11 +3,17 @@
 llama.cpp writes its log to stderr unless told otherwise. edgellm keeps the log in memory instead: the
 chat UI draws on stderr, `edgellm run` keeps stderr for stats, and the memory planner reads buffer sizes
 from the log lines. Errors are reported as one EdgeError line that quotes llama.cpp's last error.
+
+Ctrl-C and callbacks: while llama.cpp runs, it calls back into Python (the log, a load's progress). A
+KeyboardInterrupt raised inside such a callback never reaches the caller: ctypes prints it and drops it.
+So the log callback only notes it, and long calls run under `sigint_deferred()`, where Ctrl-C sets a flag
+that llama.cpp's own callbacks answer by stopping.
 """
 
 from __future__ import annotations
 
 import ctypes
+import signal
 import threading
 from collections import deque
 from contextlib import contextmanager
@@ -28,25 +34,51 @@ _captures: list[list[str]] = []  # open `capture_log()` blocks
 _errors: deque[list[str]] = deque(maxlen=20)  # bursts of consecutive error lines
 _last_was_error = [False]
 _partial = [""]
+interrupted = threading.Event()  # Ctrl-C that came while llama.cpp was working (see sigint_deferred)
 
 
 @L.llama_log_callback
 def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-    chunk = text.decode("utf-8", errors="replace") if text else ""
-    with _lock:
-        buf = _partial[0] + chunk
-        lines = buf.split("\n")
-        _partial[0] = lines.pop()
-        for line in lines:
-            _recent.append(line)
-            for cap in _captures:
-                cap.append(line)
-            is_error = level == GGML_LOG_LEVEL_ERROR
-            if is_error and _last_was_error[0]:
-                _errors[-1].append(line.strip())
-            elif is_error:
-                _errors.append([line.strip()])
-            _last_was_error[0] = is_error
+    try:
+        chunk = text.decode("utf-8", errors="replace") if text else ""
+        with _lock:
+            buf = _partial[0] + chunk
+            lines = buf.split("\n")
+            _partial[0] = lines.pop()
+            for line in lines:
+                _recent.append(line)
+                for cap in _captures:
+                    cap.append(line)
+                is_error = level == GGML_LOG_LEVEL_ERROR
+                if is_error and _last_was_error[0]:
+                    _errors[-1].append(line.strip())
+                elif is_error:
+                    _errors.append([line.strip()])
+                _last_was_error[0] = is_error
+    except KeyboardInterrupt:
+        interrupted.set()  # raised here it would be dropped; sigint_deferred raises it when the call returns
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[threading.Event]:
+    """Run llama.cpp calls with Ctrl-C deferred: it sets the yielded event instead of raising inside a
+    callback. The block hands the event to llama.cpp (a progress callback that returns False once it is set)
+    and frees what it made when it is set; leaving the block then raises KeyboardInterrupt.
+
+    Signals reach only the main thread, and a process that ignores SIGINT keeps ignoring it.
+    """
+    interrupted.clear()
+    previous = signal.getsignal(signal.SIGINT)
+    defer = threading.current_thread() is threading.main_thread() and previous not in (signal.SIG_IGN, None)
+    if defer:
+        signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        if defer:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 _initialised = False

@@ -21,6 +21,7 @@ import llama_cpp as L
 
 from . import chat_template, llamacpp, placement
 from .errors import EdgeError, UsageError
+from .testhooks import pause_point
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 PENALTY_LAST_N = 64  # how many recent tokens the repeat penalty looks at (llama.cpp's default)
@@ -137,6 +138,12 @@ def _resolve_plan(target, n_ctx: int | None):
     return make_plan(ref, detect(), ctx=n_ctx)
 
 
+def _keep_loading(interrupted: threading.Event) -> bool:
+    """llama.cpp's progress callback while a model loads: False (after Ctrl-C) stops the load."""
+    pause_point("engine.load", until=interrupted.is_set)
+    return not interrupted.is_set()
+
+
 class Engine:
     """A loaded model. Not thread-safe: one stream at a time (cancel it from any thread)."""
 
@@ -180,9 +187,6 @@ class Engine:
         mp.n_gpu_layers = ngl
         experts_in_ram = placement.cpu_experts(plan.n_cpu_moe) if ngl else None  # alive until the model is loaded
         mp.tensor_buft_overrides = ctypes.addressof(experts_in_ram) if experts_in_ram is not None else None
-        model = L.llama_model_load_from_file(str(path).encode(), mp)
-        if not model:
-            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_seq_max = n_seq_max
@@ -191,7 +195,19 @@ class Engine:
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
         cp.swa_full = False  # sliding-window layers keep a window-sized cache, as planned
-        ctx = L.llama_init_from_model(model, cp)
+        with llamacpp.sigint_deferred() as interrupted:
+            # llama.cpp asks after each tensor whether to go on: Ctrl-C stops a large model's load there.
+            # (The struct keeps the callback alive while `mp` lives.)
+            mp.progress_callback = L.llama_progress_callback(lambda _p, _u: _keep_loading(interrupted))
+            model = L.llama_model_load_from_file(str(path).encode(), mp)
+            ctx = L.llama_init_from_model(model, cp) if model and not interrupted.is_set() else None
+            if interrupted.is_set():  # leaving the block raises KeyboardInterrupt
+                if ctx:
+                    L.llama_free(ctx)
+                if model:
+                    L.llama_model_free(model)
+        if not model:
+            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
         if not ctx:
             L.llama_model_free(model)
             raise EdgeError(
