@@ -14,7 +14,7 @@ import time
 from edgellm import cli
 from edgellm.chatdb import ChatDB
 from edgellm.paths import chat_db_path
-from edgellm.runtime import Sampling
+from edgellm.runtime import Engine, Sampling
 from edgellm.tui import app as app_module
 from edgellm.tui.app import ChatApp
 from edgellm.tui.backend import list_models, open_model
@@ -60,6 +60,32 @@ async def until(pilot, condition, timeout: float = 240.0) -> None:
         assert pilot.app.is_running, "the app stopped"
         assert time.monotonic() < end, f"timed out; notices: {[str(n.message) for n in pilot.app._notifications]}"
         await pilot.pause(0.02)
+
+
+def hold_first_reply(monkeypatch, after: int = 3) -> None:
+    """The first reply shows its first pieces at once, then waits until it is stopped: a stop then lands
+    mid-reply however fast the machine writes. The real engine writes every piece."""
+    real, frame_s = Engine.stream_chat, app_module.FRAME_S
+    armed = [True]
+
+    def stream_chat(self, messages, sampling=None, cancel=None):
+        pieces = real(self, messages, sampling, cancel)  # refusals come here, before the first piece
+        if not armed[0] or cancel is None:
+            return pieces
+        armed[0] = False
+        app_module.FRAME_S = 0.0  # every piece goes to the screen, so the test sees them before the stop
+
+        def held():
+            for i, piece in enumerate(pieces, 1):
+                yield piece
+                if i == after:
+                    assert cancel.wait(240), "the reply was never stopped"
+                    app_module.FRAME_S = frame_s
+
+        return held()
+
+    monkeypatch.setattr(Engine, "stream_chat", stream_chat)
+    monkeypatch.setattr(app_module, "FRAME_S", frame_s)  # put back after the test
 
 
 async def ready(pilot) -> None:
@@ -119,7 +145,8 @@ async def test_send_streams_a_reply_that_matches_the_runtime(monkeypatch):
 
 
 @pilot_test
-async def test_escape_stops_mid_reply_and_keeps_the_partial_text():
+async def test_escape_stops_mid_reply_and_keeps_the_partial_text(monkeypatch):
+    hold_first_reply(monkeypatch)
     app = make_app(max_tokens=400)
     async with running(app, (80, 24)) as pilot:
         await ready(pilot)
@@ -147,7 +174,8 @@ async def test_escape_stops_mid_reply_and_keeps_the_partial_text():
 
 
 @pilot_test
-async def test_ctrl_c_during_generation_stops_without_quitting():
+async def test_ctrl_c_during_generation_stops_without_quitting(monkeypatch):
+    hold_first_reply(monkeypatch)
     app = make_app(max_tokens=400)
     async with running(app, (80, 24)) as pilot:
         await ready(pilot)
