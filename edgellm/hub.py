@@ -1,11 +1,15 @@
-"""Get models from Hugging Face or ModelScope: only the files conversion needs, into the hubs' own caches.
+"""Get models from Hugging Face or ModelScope: only the files edgellm needs, into the hubs' own caches.
 
-The network work is the hubs' own libraries (`huggingface_hub`, `modelscope_hub`): they keep finished
-files across runs and resume cut transfers (huggingface_hub within a run, or by Xet chunks; modelscope_hub
-by byte ranges across runs too), verify checksums, read the user's token and keep their usual cache layout, so a model fetched
-here is shared with transformers, llama.cpp's tools and the hubs' CLIs. This module decides which files to
-fetch, checks the disk before fetching, picks the hub for a bare id, and turns the libraries' failures into
-one line the user can act on.
+This module decides which files to fetch, checks the disk before fetching, picks the hub for a bare id,
+and falls back to the cache when the hub cannot be reached; `hubclients` talks to the hubs' libraries.
+
+From a checkpoint repo only what conversion reads is fetched (safetensors, config, tokenizer). From a repo
+of GGUF files, one level: the one named, every one with `every_level`, or else the one this machine runs
+best, chosen by size: the largest quantized level whose files fit the memory the planner budgets here
+(`plan.memory_budgets`). The listing gives each file's size and nothing more; a GGUF header would have to
+be read through range requests, and it holds the tokenizer's vocabulary before the tensor list (megabytes
+per level for Llama 3), so the sizes decide. F16/BF16/F32 files are left out of that choice: they are
+bases to quantize from, twice the download of Q8_0 for no difference a chat shows.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import EdgeError, NotEnoughSpace, UsageError
-from .fsutil import ensure_free_space
+from .fsutil import ensure_free_space, human_bytes
+from .hubclients import HUBS, RemoteFile, Say, Unreachable, quiet_hub
 
 HUB_NAMES = ("hf", "modelscope")
 
@@ -40,10 +45,12 @@ CHECKPOINT_FILES = (
 )
 # Mistral publishes its own single-file format beside the HF shards: the same weights twice.
 DUPLICATE_WEIGHTS = ("consolidated*.safetensors",)
-# GGUF repos of vision models carry the image encoder ("multimodal projector") as a GGUF of its own.
-NOT_A_MODEL_GGUF = ("mmproj*",)
+# GGUF files that are not a model to run: vision encoders ("multimodal projector"), importance matrices.
+NOT_A_MODEL_GGUF = ("mmproj*", "imatrix*")
 # Beside a repo's GGUF files: an edgellm package's manifest (sizes, quality) and the model card (licence).
 GGUF_REPO_FILES = ("manifest.json", "README.md")
+# Float levels: what a GGUF repo offers to quantize from, the smallest lossless one first.
+FLOAT_LEVELS = ("BF16", "F16", "F32")
 
 # `--hub auto`: these owners publish on ModelScope (mirrors of Meta's and others' models under their names).
 MODELSCOPE_OWNERS = frozenset(
@@ -61,15 +68,7 @@ ID_PREFIXES = (
     ("modelscope:", "modelscope"),
     ("ms:", "modelscope"),
 )
-RERUN = "run the same command again to resume (finished files are kept)"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str  # inside the repo, "/"-separated
-    size: int  # bytes
-    cached: bool  # already complete in the hub's cache
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,19 @@ class Selection:
         return [f.path for f in self.files]
 
     @property
+    def levels(self) -> list[str]:
+        return sorted(gguf_levels(self.files))
+
+    @property
     def missing_bytes(self) -> int:
         return sum(f.size for f in self.files if not f.cached)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+
+@dataclass(frozen=True)
+class LevelChoice:
+    level: str
+    size: int  # bytes of the level's files
+    why: str  # one line for the user
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,25 @@ class Pulled:
     files: tuple[str, ...]
     downloaded: int  # bytes fetched this time; 0 when everything was cached
     offline: bool
+    sha256: dict[str, str] = field(default_factory=dict)  # repo path -> the hub's checksum, where it gives one
+    choice: LevelChoice | None = None  # the level picked for this machine, when none was named
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A hub repo as seen now: its files as listed online, or, offline or out of reach, as cached."""
+
+    repo_id: str
+    hub: str
+    why: str  # why that hub
+    revision: str | None
+    files: list[RemoteFile]
+    offline: str | None = None  # why the cache answers ("offline", "cannot reach ModelScope"); None online
+    folder: Path | None = None  # the cached snapshot, when the cache answers
+
+    @property
+    def client(self):
+        return HUBS[self.hub]
 
 
 # ---------------------------------------------------------------------------------------------- choosing files
@@ -121,8 +146,19 @@ def gguf_level(path: str) -> str | None:
     return m.group(1).upper() if m else None
 
 
+def gguf_levels(files: Iterable[RemoteFile]) -> dict[str, list[RemoteFile]]:
+    """The model GGUF files by level (a level split in parts has several); a file whose name gives no
+    level is a level of its own, named by its file name."""
+    out: dict[str, list[RemoteFile]] = {}
+    for f in files:
+        if f.path.endswith(".gguf") and not _matches(f.path, NOT_A_MODEL_GGUF):
+            out.setdefault(gguf_level(f.path) or PurePosixPath(f.path).stem, []).append(f)
+    return out
+
+
 def select_files(files: Iterable[RemoteFile], levels: Iterable[str] = ()) -> Selection:
-    """Pick what conversion needs from a repo listing, or its GGUF files when it holds no safetensors."""
+    """Pick what conversion needs from a repo listing, or its GGUF files (all, or those of `levels`) when it
+    holds no safetensors."""
     files = list(files)
     top = [f for f in files if _top_level(f.path)]
     weights = [f for f in top if f.path.endswith(".safetensors")]
@@ -135,18 +171,48 @@ def select_files(files: Iterable[RemoteFile], levels: Iterable[str] = ()) -> Sel
         extras = [f for f in top if f.path in CHECKPOINT_FILES]
         return Selection("checkpoint", tuple(sorted(weights + extras, key=lambda f: f.path)))
 
-    ggufs = [f for f in files if f.path.endswith(".gguf") and not _matches(f.path, NOT_A_MODEL_GGUF)]
-    if ggufs:
+    by_level = gguf_levels(files)
+    if by_level:
         if wanted:
-            have = sorted({gguf_level(f.path) or "?" for f in ggufs})
-            ggufs = [f for f in ggufs if gguf_level(f.path) in wanted]
-            if not ggufs:
-                raise UsageError(f"no GGUF file at level {', '.join(sorted(wanted))} (levels there: {', '.join(have)})")
+            chosen = {lv: fs for lv, fs in by_level.items() if lv.upper() in wanted}
+            if len(chosen) < len(wanted):
+                absent = sorted(wanted - {lv.upper() for lv in chosen})
+                raise UsageError(f"no GGUF file at level {', '.join(absent)} (levels there: {', '.join(sorted(by_level))})")
+            by_level = chosen
+        ggufs = [f for fs in by_level.values() for f in fs]
         extras = [f for f in top if f.path in GGUF_REPO_FILES]
         return Selection("gguf", tuple(sorted(ggufs + extras, key=lambda f: f.path)))
 
     found = ", ".join(sorted({PurePosixPath(f.path).suffix or f.path for f in files})) or "nothing"
     raise EdgeError(f"holds neither .safetensors nor .gguf files (found: {found}); edgellm converts safetensors")
+
+
+def choose_level(files: Iterable[RemoteFile]) -> LevelChoice:
+    """The largest quantized level whose files fit this machine's memory, as the planner budgets it
+    (RAM, plus VRAM where layers can go to a GPU of its own). Floats only when there is nothing else."""
+    from . import hardware
+    from .plan import memory_budgets
+
+    sizes = {lv: sum(f.size for f in fs) for lv, fs in gguf_levels(files).items()}
+    candidates = {lv: s for lv, s in sizes.items() if lv.upper() not in FLOAT_LEVELS} or sizes
+    hw = hardware.detect()  # looked up on the module: tests describe other machines through it
+    ram, vram = memory_budgets(hw)
+    shared = hw.unified_memory or not vram
+    room = ram if shared else ram + vram
+    where = f"{human_bytes(ram)} of RAM" + ("" if shared else f" + {human_bytes(vram)} of VRAM") + " usable here"
+    fitting = [(s, lv) for lv, s in candidates.items() if s <= room]
+    if not fitting:
+        lv, s = min(candidates.items(), key=lambda kv: kv[1])
+        raise NotEnoughSpace(
+            f"has no level that fits this machine: the smallest, {lv}, is {human_bytes(s)} and there is {where}; "
+            "name one with --level (or take every one with --all)"
+        )
+    size, level = max(fitting)
+    return LevelChoice(
+        level, size,
+        f"{level} ({human_bytes(size)}): the largest level that fits the {where}; --level for another of its "
+        f"{len(sizes)}, --all for every one ({human_bytes(sum(sizes.values()))})",
+    )  # fmt: skip
 
 
 def check_complete(folder: Path, selection: Selection) -> None:
@@ -166,18 +232,7 @@ def check_complete(folder: Path, selection: Selection) -> None:
         raise EdgeError(f"is incomplete (missing {', '.join(missing)})")
 
 
-def local_listing(folder: Path) -> list[RemoteFile]:
-    """The files of a snapshot folder on disk, as a listing (links followed: HF snapshots link into blobs)."""
-    out = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if rel.startswith(".cache/") or not p.is_file():
-            continue
-        out.append(RemoteFile(rel, p.stat().st_size, True))
-    return out
-
-
-# ------------------------------------------------------------------------------------------------- the hubs
+# ------------------------------------------------------------------------------------------ which hub, which id
 
 
 def offline_mode() -> bool:
@@ -188,184 +243,6 @@ def offline_mode() -> bool:
     from huggingface_hub import constants
 
     return constants.is_offline_mode()
-
-
-def _line(exc: BaseException) -> str:
-    """The first line of a library's message (some span several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class Unreachable(Exception):
-    """The hub could not be reached: the cache may still serve."""
-
-
-class HuggingFace:
-    name = "hf"
-    title = "Hugging Face"
-    login = "`hf auth login` or HF_TOKEN"
-    forget = "hf cache rm model/{repo_id}"
-
-    def cache_dir(self) -> Path:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-
-    def listing(self, repo_id: str, revision: str | None) -> list[RemoteFile]:
-        from huggingface_hub import HfApi, try_to_load_from_cache
-
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-        cache = self.cache_dir()
-        return [
-            RemoteFile(
-                s.rfilename,
-                s.size or 0,
-                isinstance(try_to_load_from_cache(repo_id, s.rfilename, cache_dir=cache, revision=info.sha), str),
-            )
-            for s in info.siblings or []
-        ]
-
-    def download(self, repo_id: str, revision: str | None, names: list[str]) -> Path:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=names, cache_dir=self.cache_dir()))
-
-    def cached(self, repo_id: str, revision: str | None) -> tuple[Path, list[RemoteFile]]:
-        """The cached snapshot, and the repo's files as last listed online (marked cached or not)."""
-        from huggingface_hub import errors, get_cached_repo_tree, snapshot_download
-
-        cache = self.cache_dir()
-        try:
-            folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
-        except errors.IncompleteSnapshotError as exc:  # files edgellm never fetches are missing too: judge below
-            folder = Path(exc.snapshot_path)
-        try:
-            tree = get_cached_repo_tree(repo_id, revision=revision, cache_dir=cache)
-        except errors.CachedRepoTreeNotFoundError:  # a cache written without the listing: what is there
-            return folder, local_listing(folder)
-        return folder, [RemoteFile(f.path, f.size, (folder / f.path).is_file()) for f in tree]
-
-    def mismatches(self, repo_id: str, revision: str | None) -> list[str]:
-        """Cached files whose SHA-256 differs from the hub's (hashes them all: slow for big files)."""
-        from huggingface_hub import HfApi
-
-        result = HfApi().verify_repo_checksums(repo_id, revision=revision, cache_dir=self.cache_dir())
-        return [m["path"] for m in result.mismatches]  # TypedDicts here, dataclasses in modelscope_hub
-
-    def cached_repos(self) -> list[str]:
-        from huggingface_hub import scan_cache_dir
-
-        try:
-            return sorted(r.repo_id for r in scan_cache_dir(self.cache_dir()).repos if r.repo_type == "model")
-        except Exception:  # a missing or odd cache only means "nothing to list"
-            return []
-
-    def explain(self, exc: BaseException, repo_id: str, revision: str | None) -> Exception | None:
-        """The user's line for a huggingface_hub failure; Unreachable when the cache may serve."""
-        import httpx2
-        from huggingface_hub import errors
-
-        if isinstance(exc, errors.GatedRepoError):
-            return EdgeError(
-                f"{repo_id} is gated on Hugging Face: accept its licence at https://huggingface.co/{repo_id} "
-                f"and log in ({self.login})"
-            )
-        if isinstance(exc, errors.RepositoryNotFoundError):
-            return EdgeError(f"no repo {repo_id} on Hugging Face (if it is private, log in: {self.login})")
-        if isinstance(exc, errors.RevisionNotFoundError):
-            return EdgeError(f"{repo_id} on Hugging Face has no revision {revision}")
-        if isinstance(exc, errors.IncompleteSnapshotError):
-            return EdgeError(f"the cached copy of {repo_id} is incomplete; {RERUN}")
-        unreachable = (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, httpx2.ConnectError, httpx2.ConnectTimeout)
-        if isinstance(exc, unreachable):
-            return Unreachable(str(exc))
-        if isinstance(exc, errors.HfHubHTTPError) and exc.response is not None:
-            code = exc.response.status_code
-            if code == 401:
-                return EdgeError(f"Hugging Face refused the token for {repo_id}: log in again ({self.login})")
-            if code == 429 or code >= 500:
-                return EdgeError(f"Hugging Face answered {code} for {repo_id}; {RERUN}")
-            return EdgeError(f"Hugging Face answered {code} for {repo_id}: {exc.server_message or _line(exc)}")
-        if isinstance(exc, httpx2.TransportError):
-            return EdgeError(f"download of {repo_id} interrupted ({_line(exc)}); {RERUN}")
-        return None
-
-
-class ModelScope:
-    name = "modelscope"
-    title = "ModelScope"
-    login = "`ms login` or MODELSCOPE_API_TOKEN"
-    forget = "ms cache clear"
-
-    def _api(self):
-        from modelscope_hub import HubApi
-
-        return HubApi()
-
-    def cache_dir(self) -> Path:
-        from modelscope_hub import get_default_config
-
-        return Path(get_default_config().cache_dir)
-
-    def listing(self, repo_id: str, revision: str | None) -> list[RemoteFile]:
-        from modelscope_hub import CacheNotFound
-
-        api = self._api()
-        remote = [f for f in api.list_repo_files(repo_id, "model", revision=revision) if not f.is_dir]
-        try:
-            snapshot = Path(api.download_repo(repo_id, "model", revision=revision, local_files_only=True))
-        except CacheNotFound:
-            snapshot = None
-
-        def cached(path: str, size: int) -> bool:
-            return snapshot is not None and (snapshot / path).is_file() and (snapshot / path).stat().st_size == size
-
-        return [RemoteFile(f.path, f.size, cached(f.path, f.size)) for f in remote]
-
-    def download(self, repo_id: str, revision: str | None, names: list[str]) -> Path:
-        return Path(self._api().download_repo(repo_id, "model", revision=revision, allow_patterns=names))
-
-    def cached(self, repo_id: str, revision: str | None) -> tuple[Path, list[RemoteFile]]:
-        folder = Path(self._api().download_repo(repo_id, "model", revision=revision, local_files_only=True))
-        return folder, local_listing(folder)
-
-    def mismatches(self, repo_id: str, revision: str | None) -> list[str]:
-        result = self._api().verify_cache(repo_id, "model", revision=revision)
-        return [m.path for m in result.mismatches]
-
-    def cached_repos(self) -> list[str]:
-        try:
-            return sorted(r.repo_id for r in self._api().scan_cache().repos if str(r.repo_type).startswith("model"))
-        except Exception:  # a missing or odd cache only means "nothing to list"
-            return []
-
-    def explain(self, exc: BaseException, repo_id: str, revision: str | None) -> Exception | None:
-        import modelscope_hub as ms
-
-        page = f"https://modelscope.cn/models/{repo_id}"
-        if isinstance(exc, ms.CacheNotFound):
-            return Unreachable(str(exc))
-        if isinstance(exc, ms.PermissionDeniedError):
-            return EdgeError(f"{repo_id} on ModelScope needs access: accept its licence at {page} and log in ({self.login})")
-        if isinstance(exc, ms.AuthenticationError):
-            return EdgeError(f"ModelScope wants a valid login for {repo_id}: {self.login}")
-        if isinstance(exc, ms.NotExistError):
-            where = f" at revision {revision}" if revision else ""
-            return EdgeError(f"no repo {repo_id}{where} on ModelScope (if it is private, log in: {self.login})")
-        if isinstance(exc, ms.FileDownloadError):
-            failed = ", ".join(sorted(exc.failed_files)) or _line(exc)
-            return EdgeError(f"download of {repo_id} interrupted ({failed} failed); {RERUN}")
-        if isinstance(exc, ms.NetworkError):
-            return Unreachable(str(exc))
-        if isinstance(exc, ms.HubError):  # server errors, rate limits: worth another try later
-            return EdgeError(f"ModelScope failed for {repo_id} ({_line(exc)}); {RERUN}")
-        return None
-
-
-HUBS = {"hf": HuggingFace(), "modelscope": ModelScope()}
-
-
-# ------------------------------------------------------------------------------------------ which hub, which id
 
 
 def parse_repo_id(ref: str) -> tuple[str, str | None]:
@@ -420,34 +297,109 @@ def _holds(h, repo_id: str) -> bool:
 # ------------------------------------------------------------------------------------------------------ pulling
 
 
-def _not_cached(h, repo_id: str, reason: str) -> EdgeError:
-    others = [r for r in h.cached_repos() if r != repo_id]
-    have = f"cached there: {', '.join(others[:8])}" if others else "nothing else is cached there"
-    return EdgeError(f"{reason} and {repo_id} is not in the {h.title} cache ({h.cache_dir()}); {have}")
+def _raise_unless_unreachable(h, exc: Exception, repo_id: str, revision: str | None) -> None:
+    """Raise the user's line for a library failure; return when the hub was out of reach (the cache may serve)."""
+    known = h.explain(exc, repo_id, revision)
+    if isinstance(known, Unreachable):
+        return
+    if known is None:
+        raise exc
+    raise known from exc
 
 
-def _from_cache(h, repo_id: str, revision: str | None, reason: str, levels: Iterable[str]) -> tuple[Path, Selection]:
+def _cached(repo_id: str, hub: str, why: str, revision: str | None, reason: str) -> Remote:
+    h = HUBS[hub]
     try:
         folder, files = h.cached(repo_id, revision)
     except Exception as exc:
-        known = h.explain(exc, repo_id, revision)
-        if isinstance(known, Unreachable):
-            raise _not_cached(h, repo_id, reason) from exc
-        if known is not None:
-            raise known from exc
-        raise
-    levels = tuple(levels)
+        _raise_unless_unreachable(h, exc, repo_id, revision)
+        others = [r for r in h.cached_repos() if r != repo_id]
+        have = f"cached there: {', '.join(others[:8])}" if others else "nothing else is cached there"
+        raise EdgeError(f"{reason} and {repo_id} is not in the {h.title} cache ({h.cache_dir()}); {have}") from exc
+    return Remote(repo_id, hub, why, revision, files, reason, folder)
+
+
+def open_repo(ref: str, hub: str = "auto", revision: str | None = None, offline: bool | None = None,
+              say: Say | None = None) -> Remote:  # fmt: skip
+    """The repo's file listing: from the hub, or from the cache when offline or out of reach. `say` hears
+    which hub was chosen and why, before anything is fetched."""
+    repo_id, named = parse_repo_id(ref)
+    name, why = choose_hub(repo_id, hub, named)
+    h = HUBS[name]
+    offline = offline_mode() if offline is None else offline
+    if say:
+        say(f"{repo_id}: {h.title} ({why}){', offline' if offline else ''}")
+    if offline:
+        return _cached(repo_id, name, why, revision, "offline")
     try:
-        selection = select_files(files, levels)
-        if selection.kind == "gguf" and not levels and any(f.cached and f.path.endswith(".gguf") for f in selection.files):
-            selection = Selection("gguf", tuple(f for f in selection.files if f.cached))  # the levels pulled
-        missing = [f.path for f in selection.files if not f.cached]
-        if missing:
-            raise EdgeError(f"is incomplete (missing {', '.join(missing)}); run again online to resume the download")
-        check_complete(folder, selection)
+        with quiet_hub(h, say):
+            files = h.listing(repo_id, revision)
+    except Exception as exc:
+        _raise_unless_unreachable(h, exc, repo_id, revision)
+        return _cached(repo_id, name, why, revision, f"cannot reach {h.title}")
+    return Remote(repo_id, name, why, revision, files)
+
+
+def select(remote: Remote, levels: Iterable[str] = (), every_level: bool = False) -> tuple[Selection, LevelChoice | None]:
+    """What to fetch from `remote`: see `fetch` (`every_level` means nothing for a checkpoint). Offline, a
+    GGUF repo without levels named gives the levels already in the cache."""
+    levels = tuple(levels)
+    choice = None
+    try:
+        selection = select_files(remote.files, levels)
+        if selection.kind == "gguf" and not levels and not every_level:
+            cached = [f for f in selection.files if f.cached and f.path.endswith(".gguf")]
+            if remote.offline and cached:
+                selection = select_files(remote.files, gguf_levels(cached))  # the levels pulled before
+            elif not remote.offline:
+                choice = choose_level(selection.files)
+                selection = select_files(remote.files, [choice.level])
+        if remote.offline:
+            missing = [f.path for f in selection.files if not f.cached]
+            if missing:
+                raise EdgeError(f"is incomplete (missing {', '.join(missing)}); run again online to resume the download")
+            check_complete(remote.folder, selection)
     except EdgeError as exc:  # keep the kind (a bad --level is a usage error)
-        raise type(exc)(f"{reason} and the cached copy of {repo_id} {exc}") from exc
-    return folder, selection
+        where = (f"{remote.offline} and the cached copy of {remote.repo_id}" if remote.offline
+                 else f"{remote.repo_id} on {remote.client.title}")  # fmt: skip
+        raise type(exc)(f"{where} {exc}") from exc
+    return selection, choice
+
+
+def download(remote: Remote, selection: Selection, verify: bool = False, say: Say | None = None,
+             choice: LevelChoice | None = None) -> Pulled:  # fmt: skip
+    """Fetch `selection` into the hub's cache (or take it from there, offline). Out of reach, the cache
+    serves what it holds of the same selection."""
+    h, repo_id = remote.client, remote.repo_id
+    sums = {f.path: f.sha256 for f in selection.files if f.sha256}
+    if remote.offline:
+        return Pulled(repo_id, remote.hub, remote.why, remote.folder, selection.kind, tuple(selection.names), 0,
+                      True, sums)  # fmt: skip
+    try:
+        cache = h.cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        ensure_free_space(cache, selection.missing_bytes, f"download of {repo_id}")
+        with quiet_hub(h, say):
+            folder = h.download(repo_id, remote.revision, selection.names, say)
+            bad = sorted(set(h.mismatches(repo_id, remote.revision)) & set(selection.names)) if verify else []
+    except EdgeError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise NotEnoughSpace(f"disk full while downloading {repo_id}; free space and run again to resume") from exc
+        _raise_unless_unreachable(h, exc, repo_id, remote.revision)
+        # Out of reach: serve the cached copy, as the hubs' own libraries do.
+        cached = _cached(repo_id, remote.hub, remote.why, remote.revision, f"cannot reach {h.title}")
+        return download(cached, select(cached, selection.levels)[0])
+    if bad:
+        how = h.forget.format(repo_id=repo_id)
+        raise EdgeError(f"{repo_id}: checksum mismatch in {', '.join(bad)}; remove the repo from the cache ({how}) and pull again")
+    try:
+        check_complete(folder, selection)
+    except EdgeError as exc:
+        raise EdgeError(f"{repo_id} on {h.title} {exc}") from exc
+    return Pulled(repo_id, remote.hub, remote.why, folder, selection.kind, tuple(selection.names),
+                  selection.missing_bytes, False, sums, choice)  # fmt: skip
 
 
 def fetch(
@@ -456,62 +408,29 @@ def fetch(
     revision: str | None = None,
     levels: Iterable[str] = (),
     offline: bool | None = None,
-    say: Callable[[str], None] | None = None,
+    say: Say | None = None,
     verify: bool = False,
+    every_level: bool = False,
 ) -> Pulled:
-    """Download (or find in the cache) what edgellm needs from a hub repo; see `pull`.
+    """Download (or find in the cache) what edgellm needs from a hub repo.
 
-    `say` hears which hub was chosen and why, before anything is fetched. `verify` hashes the files
-    against the hub's SHA-256 sums afterwards (the libraries check sizes while downloading).
+    A checkpoint repo gives its safetensors, config and tokenizer files. A GGUF repo gives the `levels`
+    named, or all of them with `every_level`, or else the one `choose_level` picks for this machine
+    (offline: the levels already cached). `verify` hashes the files against the hub's SHA-256 sums
+    afterwards (the libraries check sizes while downloading).
     """
-    levels = tuple(levels)
-    repo_id, named = parse_repo_id(ref)
-    name, why = choose_hub(repo_id, hub, named)
-    h = HUBS[name]
-    offline = offline_mode() if offline is None else offline
-    if say:
-        say(f"{repo_id}: {h.title} ({why}){', offline' if offline else ''}")
-
-    if offline:
-        if verify:
-            raise UsageError("verifying needs the hub's checksums: not possible offline")
-        folder, selection = _from_cache(h, repo_id, revision, "offline", levels)
-        return Pulled(repo_id, name, why, folder, selection.kind, tuple(selection.names), 0, True)
-
-    try:
-        try:
-            selection = select_files(h.listing(repo_id, revision), levels)
-        except EdgeError as exc:
-            raise type(exc)(f"{repo_id} on {h.title} {exc}") from exc
-        cache = h.cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        ensure_free_space(cache, selection.missing_bytes, f"download of {repo_id}")
-        folder = h.download(repo_id, revision, selection.names)
-        bad = sorted(set(h.mismatches(repo_id, revision)) & set(selection.names)) if verify else []
-    except EdgeError:
-        raise
-    except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise NotEnoughSpace(f"disk full while downloading {repo_id}; free space and run again to resume") from exc
-        known = h.explain(exc, repo_id, revision)
-        if known is None:
-            raise
-        if isinstance(known, Unreachable):
-            # Out of reach: serve the cached copy, as the hubs' own libraries do.
-            folder, selection = _from_cache(h, repo_id, revision, f"cannot reach {h.title}", levels)
-            return Pulled(repo_id, name, why, folder, selection.kind, tuple(selection.names), 0, True)
-        raise known from exc
-    if bad:
-        how = h.forget.format(repo_id=repo_id)
-        raise EdgeError(f"{repo_id}: checksum mismatch in {', '.join(bad)}; remove the repo from the cache ({how}) and pull again")
-    try:
-        check_complete(folder, selection)
-    except EdgeError as exc:
-        raise EdgeError(f"{repo_id} on {h.title} {exc}") from exc
-    return Pulled(repo_id, name, why, folder, selection.kind, tuple(selection.names), selection.missing_bytes, False)
+    if verify and (offline_mode() if offline is None else offline):
+        raise UsageError("verifying needs the hub's checksums: not possible offline")
+    remote = open_repo(ref, hub, revision, offline, say)
+    selection, choice = select(remote, levels, every_level)
+    if every_level and selection.kind == "checkpoint":
+        raise UsageError(f"{remote.repo_id} holds a checkpoint, not GGUF files: --all is for GGUF repos")
+    if choice and say:
+        say(f"{remote.repo_id}: {choice.why}")
+    return download(remote, selection, verify, say, choice)
 
 
-def pull(repo_id: str, hub: str = "auto", revision: str | None = None, say: Callable[[str], None] | None = None) -> Path:
+def pull(repo_id: str, hub: str = "auto", revision: str | None = None, say: Say | None = None) -> Path:
     """The local folder holding `repo_id`'s safetensors, config and tokenizer files (or its GGUF files).
 
     Fetches only those files (never `.bin`, `.pth` or `original/`), keeps what an earlier run finished,
@@ -535,13 +454,82 @@ def snapshot_name(folder: Path) -> str | None:
     return None
 
 
-def resolve_source(src: str, say: Callable[[str], None] | None = None) -> Path:
-    """A local folder or file as it is; anything else is a hub repo id, pulled first (see `pull`)."""
-    path = Path(src).expanduser()
-    if path.exists():
-        return path
+def _repo_id_or_usage(src: str) -> None:
     try:
         parse_repo_id(src)
     except UsageError:
         raise UsageError(f"no such file or folder, and not a hub repo id: {src}") from None
-    return pull(src, say=say)
+
+
+# ------------------------------------------------------------------------------------------ packaging a repo
+
+
+@dataclass(frozen=True)
+class PackageSource:
+    """What `edgellm package SRC` works from: a path to convert or quantize, or, for a GGUF repo whose
+    levels were all there, the store entry they were registered as (nothing to package)."""
+
+    path: Path | None = None
+    name: str | None = None  # the model's name, where the path does not tell it (a snapshot or a cached file)
+    registered: Path | None = None
+    note: str = ""  # what happened and why, for the user
+
+
+def package_source(src: str, levels: list[str] | None, say: Say | None = None) -> PackageSource:
+    """The source of a package, pulling a hub repo first with only what the levels need.
+
+    A GGUF repo is already quantized, and requantizing a quantized file only loses quality (llama-quantize
+    refuses it without --allow-requantize, Ollama outright), so: when the repo has every level asked for,
+    those files are fetched and registered in the store as they are, and nothing is packaged; when levels are
+    missing (or none were named), the repo's float level (BF16, F16 or F32) is fetched and the levels are
+    quantized from it, as llama-quantize would; with no float level that is refused before any download.
+    `levels` None means the package's default set.
+    """
+    path = Path(src).expanduser()
+    if path.exists():
+        return PackageSource(path, snapshot_name(path))
+    _repo_id_or_usage(src)
+    remote = open_repo(src, say=say)
+    have = {lv.upper(): lv for lv in gguf_levels(remote.files)}
+    if not have or _holds_checkpoint(remote):
+        pulled = download(remote, select(remote)[0], say=say)  # a checkpoint, or select's error for this repo
+        return PackageSource(pulled.path, snapshot_name(pulled.path))
+
+    from . import store
+
+    repo = remote.repo_id
+    if levels and all(lv.upper() in have for lv in levels):
+        pulled = download(remote, select(remote, [have[lv.upper()] for lv in levels])[0], say=say)
+        entry = store.register(pulled)
+        return PackageSource(registered=entry, note=(
+            f"{repo} holds GGUF files that are already quantized: registered {', '.join(levels)} in the store as "
+            f"{entry.name} (edgellm chat {entry.name}) and packaged nothing. Quantizing them again would only lose "
+            "quality; to make other levels, package a float GGUF or the original checkpoint."
+        ))  # fmt: skip
+    base = next((have[f] for f in FLOAT_LEVELS if f in have), None)
+    asked = f"level{'s' if levels and len(levels) > 1 else ''} {', '.join(levels)}" if levels else "the default levels"
+    if base is None:
+        absent = [lv for lv in levels or () if lv.upper() not in have]
+        raise UsageError(
+            f"{repo} holds only quantized GGUF files (levels: {', '.join(sorted(have.values()))}) and no F16, BF16 or "
+            f"F32 file to make {', '.join(absent) or asked} from; requantizing a quantized file loses quality, so "
+            f"choose among its levels (--levels), or package the original checkpoint"
+        )
+    parts = gguf_levels(remote.files)[base]
+    if len(parts) > 1:
+        raise UsageError(f"{repo}'s {base} level is split in {len(parts)} files; package the original checkpoint instead")
+    pulled = download(remote, select(remote, [base])[0], say=say)
+    from .store import store_name
+
+    return PackageSource(pulled.path / parts[0].path, store_name(repo), note=(
+        f"{repo} holds GGUF files: quantizing {asked} from its {base} file, as llama-quantize would "
+        "(its quantized files are not quantized again)"
+    ))  # fmt: skip
+
+
+
+def _holds_checkpoint(remote: Remote) -> bool:
+    try:
+        return select_files(remote.files).kind == "checkpoint"
+    except EdgeError:
+        return False

@@ -35,6 +35,12 @@ def _budget(free: int, margin: tuple[int, float]) -> int:
     return max(0, int(free - fixed - share * free))
 
 
+def memory_budgets(hw: HardwareProfile) -> tuple[int, int]:
+    """(RAM, VRAM) a model may take on `hw`: what is free less the margins; no VRAM without GPU offload."""
+    vram = _budget(hw.vram_free, VRAM_MARGIN) if hw.offload_gpus else 0
+    return _budget(hw.ram_available, RAM_MARGIN), vram
+
+
 @dataclass(frozen=True)
 class LevelFit:
     level: str
@@ -194,8 +200,7 @@ def make_plan(
     hw = hw.with_overrides(ram=ram, vram=vram)
     kv_type = kv_type or "f16"
     gpu = bool(hw.offload_gpus)
-    ram_budget = _budget(hw.ram_available, RAM_MARGIN)
-    vram_budget = _budget(hw.vram_free, VRAM_MARGIN) if gpu else 0
+    ram_budget, vram_budget = memory_budgets(hw)
     notes: list[str] = []
 
     n_ctx_train = max(f.info.n_ctx_train for f in model.files) or DEFAULT_CTX

@@ -4,8 +4,10 @@ Only folders and files here: what each entry holds and whether it runs on this m
 
 An entry is a folder of `<name>-<LEVEL>.gguf` files: a package written by `edgellm package` (with its
 manifest.json), or a GGUF repo pulled from a hub, whose files stay in the hub's cache and are linked here
-under their own names, with the repo's manifest.json and README.md when it has them (`source.json` says
-where they came from). `edgellm chat NAME` and friends find entries by their folder name.
+under their own names, with the repo's manifest.json and README.md when it has them, or GGUF files found
+elsewhere on this machine (`edgellm import`: another tool's models, linked, never copied). `source.json`
+says where the files came from and their sha256. `edgellm chat NAME` and friends find entries by their
+folder name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from . import paths
 from .errors import EdgeError, UsageError
 from .fsutil import atomic_output
 
-SOURCE_FILE = "source.json"  # written for entries registered from a hub
+SOURCE_FILE = "source.json"  # written for entries registered from a hub or imported
 
 
 # ------------------------------------------------------------------------------------------------ finding
@@ -62,7 +64,7 @@ def _source_or_none(folder: Path) -> dict | None:
 
 
 def read_source(folder: Path) -> dict | None:
-    """Where a hub-registered entry came from (source.json), or None for a package made here."""
+    """Where a hub-registered or imported entry came from (source.json), or None for a package made here."""
     f = folder / SOURCE_FILE
     if not f.is_file():
         return None
@@ -120,33 +122,21 @@ def _link(target: Path, link: Path) -> None:
     try:
         os.symlink(target, link)
     except OSError:  # no symlinks (Windows without the privilege): a hard link costs no space either
-        os.link(target.resolve(), link)
+        try:
+            os.link(target.resolve(), link)
+        except OSError as exc:
+            raise EdgeError(f"cannot link {target} into the store: no symlinks here, and {exc.strerror or exc}") from None
 
 
-def register(pulled) -> Path:
-    """Make a pulled GGUF repo a store entry: links into the hub's cache, under the files' own names
-    (the hubs name them `<model>-<LEVEL>.gguf`), with the repo's manifest.json and model card if any."""
-    root = paths.store_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    name = store_name(pulled.repo_id)
-    folder = root / name
-    theirs = folder.exists() and (read_source(folder) or {}).get("repo_id") != pulled.repo_id
-    if theirs:  # a package of the same name made here, or another repo's: keep both
-        name = f"{name}-{pulled.repo_id.split('/')[0]}"
-        folder = root / name
-
-    staging = root / f".{name}.registering-{os.getpid()}"
+def _write_entry(folder: Path, links: dict[str, Path], source: dict) -> Path:
+    """Make `folder` an entry of links (name -> target) and its source.json, replacing it whole: it is built
+    beside it and moved in, so a failure leaves the old entry (or none), never half of one."""
+    staging = folder.parent / f".{folder.name}.registering-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        links = {}
-        for repo_path in pulled.files:
-            link = PurePosixPath(repo_path).name
-            if link in links:  # the same name in two sub-folders
-                link = repo_path.replace("/", "-")
-            links[link] = repo_path
-            _link(pulled.path / repo_path, staging / link)
-        source = {"hub": pulled.hub, "repo_id": pulled.repo_id, "snapshot": str(pulled.path), "files": links}
+        for link, target in links.items():
+            _link(target, staging / link)
         with atomic_output(staging / SOURCE_FILE) as tmp:
             tmp.write_text(json.dumps(source, indent=2) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
@@ -155,3 +145,55 @@ def register(pulled) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
+
+def register(pulled) -> Path:
+    """Make a pulled GGUF repo a store entry: links into the hub's cache, under the files' own names
+    (the hubs name them `<model>-<LEVEL>.gguf`), with the repo's manifest.json and model card if any.
+    Levels pulled earlier from the same snapshot stay in the entry beside the new ones."""
+    root = paths.store_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    name = store_name(pulled.repo_id)
+    folder = root / name
+    old = _source_or_none(folder) if folder.exists() else None
+    if folder.exists() and (old or {}).get("repo_id") != pulled.repo_id:
+        # a package of the same name made here, or another repo's: keep both
+        name = f"{name}-{pulled.repo_id.split('/')[0]}"
+        folder = root / name
+        old = _source_or_none(folder) if folder.exists() else None
+
+    files: dict[str, str] = {}  # link name -> path in the repo
+    sums: dict[str, str] = {}
+    if old and old.get("snapshot") == str(pulled.path):
+        for link, repo_path in (old.get("files") or {}).items():
+            if _valid_name(link) and isinstance(repo_path, str) and (folder / link).exists():
+                files[link] = repo_path
+                if sha := (old.get("sha256") or {}).get(link):
+                    sums[link] = sha
+    for repo_path in pulled.files:
+        link = PurePosixPath(repo_path).name
+        if files.get(link, repo_path) != repo_path:  # the same name in two sub-folders
+            link = repo_path.replace("/", "-")
+        files[link] = repo_path
+        if repo_path in pulled.sha256:
+            sums[link] = pulled.sha256[repo_path]
+    source = {"hub": pulled.hub, "repo_id": pulled.repo_id, "snapshot": str(pulled.path), "files": files, "sha256": sums}
+    return _write_entry(folder, {link: pulled.path / p for link, p in files.items()}, source)
+
+
+def add_imported(name: str, files: dict[str, Path], sums: dict[str, str], origin: str, rename_on_clash: bool) -> Path:
+    """A store entry `name` of links to GGUF files that live elsewhere (`edgellm import`): nothing is copied.
+
+    An entry of that name imported from the same `origin` is replaced. Any other entry of that name is kept:
+    the new one is named `name-2`, `name-3`... with `rename_on_clash`, else that is an error."""
+    if not _valid_name(name):
+        raise UsageError(f"not a store name: {name!r}")
+    root = paths.store_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    folder, n = root / name, 1
+    while folder.exists() and (_source_or_none(folder) or {}).get("imported") != origin:
+        if not rename_on_clash:
+            raise UsageError(f"the store already has an entry named {name}: choose another name with --name")
+        n += 1
+        folder = root / f"{name}-{n}"
+    source = {"imported": origin, "files": {link: str(t) for link, t in files.items()}, "sha256": sums}
+    return _write_entry(folder, files, source)

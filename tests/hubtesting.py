@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +44,12 @@ def caches(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fake_hub(caches, monkeypatch):
-    """A local Hugging Face Hub (see hubserver.py), online mode."""
+    """A local Hugging Face Hub (see hubserver.py), online mode. Its LFS files are on Xet, whose CAS server
+    cannot be reached: hf_xet tries once (its default is to retry for two minutes, per file)."""
     from huggingface_hub import constants
 
     hub = Hub()
+    monkeypatch.setenv("HF_XET_CLIENT_RETRY_MAX_ATTEMPTS", "1")  # read when the process's Xet session starts
     with HubServer(hub) as url:
         monkeypatch.delenv("HF_HUB_OFFLINE")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -66,6 +71,18 @@ def fake_modelscope(caches, monkeypatch):
         monkeypatch.setenv("MODELSCOPE_ENDPOINT", url)
         modelscope_hub.set_default_config(None)
         yield hub
+
+
+def edgellm_cli(*args: str, endpoint: str | None = None, modelscope: str | None = None, **env: str):
+    """The installed `edgellm` in a subprocess, as a terminal shows it: everything it writes to stderr, log
+    records of the libraries included. `endpoint`/`modelscope`: the hub URLs it talks to (the caches and
+    the store come from the test's environment)."""
+    extra = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}
+    extra.update({"HF_ENDPOINT": endpoint} if endpoint else {})
+    extra.update({"MODELSCOPE_ENDPOINT": modelscope} if modelscope else {})
+    run_env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | extra
+    exe = Path(sys.executable).parent / "edgellm"
+    return subprocess.run([str(exe), *args], env=run_env, capture_output=True, text=True, timeout=600)
 
 
 def go_offline(monkeypatch) -> None:
@@ -123,6 +140,33 @@ def gguf_repo() -> Repo:
     """A repo of ready-made GGUF files, named the hubs' way: the real SmolLM2 Q4_1."""
     data = fixtures.smollm2_gguf().read_bytes()
     return Repo(files={"SmolLM2-135M-Instruct-Q4_1.gguf": data, "README.md": b"# gguf\n"})
+
+
+MiB = 1 << 20
+# A GGUF repo as bartowski's are laid out: a float level, quantized levels, a split level in its own
+# folder, the vision projector. Only Q4_1 is a real file (SmolLM2, 94 MiB): the others are listed at the
+# sizes a bigger model's would have and are never downloaded by the tests that use them.
+LEVELS_LISTED = {
+    "SmolLM2-135M-Instruct-f16.gguf": 400 * MiB,
+    "SmolLM2-135M-Instruct-Q8_0.gguf": 200 * MiB,
+    "SmolLM2-135M-Instruct-Q2_K.gguf": 60 * MiB,
+    "Q6_K/SmolLM2-135M-Instruct-Q6_K-00001-of-00002.gguf": 90 * MiB,
+    "Q6_K/SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf": 90 * MiB,
+    "mmproj-SmolLM2-f16.gguf": 30 * MiB,
+}
+
+
+def levels_repo() -> Repo:
+    files = {name: b"GGUF not downloaded " + name.encode() for name in LEVELS_LISTED}
+    files |= {"SmolLM2-135M-Instruct-Q4_1.gguf": fixtures.smollm2_gguf().read_bytes(), "README.md": b"# gguf\n"}
+    return Repo(files=files, listed_sizes=dict(LEVELS_LISTED))
+
+
+def machine_with_ram(monkeypatch, ram_mib: int) -> None:
+    """Plan for a machine with this much free RAM and no GPU (the planner keeps 512 MiB and 5% free)."""
+    from edgellm import hardware
+
+    monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=ram_mib * MiB))
 
 
 def files_under(folder: Path) -> set[str]:

@@ -9,25 +9,36 @@ modelscope_hub's own cache scanner.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hubtesting import (  # noqa: F401  (fixtures)
+    LEVELS_LISTED,
+    MiB,
     NEEDED,
     Repo,
     caches,
     checkpoint_files,
+    edgellm_cli,
     fake_hub,
     fake_modelscope,
     files_under,
     go_offline,
+    gguf_repo,
+    levels_repo,
+    machine_with_ram,
     safetensors_bytes,
 )
+from hubserver import closed_port
 
 import fixtures
 from edgellm import hub
 from edgellm.cli import main
 from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
+from edgellm.fsutil import human_bytes
 from edgellm.gguf_info import read_gguf
 
 
@@ -58,7 +69,7 @@ def test_select_files_takes_what_conversion_needs_from_a_llama3_repo():
         "config.json", "generation_config.json", "model.safetensors.index.json", "special_tokens_map.json",
         "tokenizer.json", "tokenizer_config.json", *(f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)),
     }  # fmt: skip
-    assert sel.total_bytes == 10 * len(sel.names)
+    assert sum(f.size for f in sel.files) == 10 * len(sel.names)
 
 
 def test_select_files_skips_mistral_consolidated_weights_and_pytorch_bins():
@@ -112,6 +123,51 @@ def test_gguf_level_follows_the_hubs_naming(name, level):
     assert hub.gguf_level(name) == level
 
 
+def test_gguf_levels_group_split_files_and_leave_out_projectors_and_imatrices():
+    repo = listing(
+        "X-Q8_0.gguf", "Q6_K/X-Q6_K-00001-of-00002.gguf", "Q6_K/X-Q6_K-00002-of-00002.gguf", "mmproj-X-f16.gguf",
+        "imatrix.gguf", "model.gguf", "README.md",
+    )  # fmt: skip
+    levels = hub.gguf_levels(repo)
+    assert sorted(levels) == ["Q6_K", "Q8_0", "model"]  # a file without a level is a level of its own
+    assert [f.path for f in levels["Q6_K"]] == ["Q6_K/X-Q6_K-00001-of-00002.gguf", "Q6_K/X-Q6_K-00002-of-00002.gguf"]
+    assert hub.select_files(repo, ["q6_k"]).names == [*(f.path for f in levels["Q6_K"]), "README.md"]
+
+
+@pytest.mark.parametrize(
+    "ram_mib, level",
+    [
+        (700, "Q4_1"),  # 153 MiB usable: Q6_K's two parts (180 MiB) and Q8_0 (200 MiB) do not fit
+        (740, "Q6_K"),  # 191 MiB usable: both parts of the split level (180 MiB) count, Q8_0 does not fit
+        (4000, "Q8_0"),  # room for the F16 file too, but floats are bases to quantize from, not to run
+    ],
+)
+def test_choose_level_takes_the_largest_quantized_level_that_fits(monkeypatch, ram_mib, level):
+    machine_with_ram(monkeypatch, ram_mib)
+    files = [hub.RemoteFile(p, size, False) for p, size in LEVELS_LISTED.items()]
+    files.append(hub.RemoteFile("SmolLM2-135M-Instruct-Q4_1.gguf", 94 * MiB, False))
+    choice = hub.choose_level(files)
+    assert choice.level == level
+    assert choice.why.startswith(f"{level} (") and "of RAM usable here; --level for another of its 5" in choice.why
+
+
+def test_choose_level_counts_vram_where_layers_can_go_to_a_gpu(monkeypatch):
+    from edgellm import hardware
+
+    monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=600 * MiB, vram=800 * MiB))
+    files = [hub.RemoteFile(p, size, False) for p, size in LEVELS_LISTED.items()]
+    choice = hub.choose_level(files)
+    assert choice.level == "Q8_0" and "of RAM + " in choice.why and "of VRAM usable here" in choice.why
+
+
+def test_choose_level_says_when_nothing_fits(monkeypatch):
+    machine_with_ram(monkeypatch, 560)  # 20 MiB usable
+    files = [hub.RemoteFile(p, size, False) for p, size in LEVELS_LISTED.items()]
+    with pytest.raises(NotEnoughSpace, match=r"^has no level that fits this machine: the smallest, Q2_K, is 60\.00 MiB "
+                                             r"and there is .* of RAM usable here; name one with --level"):
+        hub.choose_level(files)
+
+
 # ----------------------------------------------------------------------------------------------- which hub
 
 
@@ -161,7 +217,11 @@ def test_pull_fetches_only_what_conversion_needs_then_serves_the_cache_offline(f
     fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
     said = []
     pulled = hub.fetch("org/tiny-llama", say=said.append)
-    assert said == ["org/tiny-llama: Hugging Face (default)"]
+    # The weights are on Xet, whose storage cannot be reached: one line, then plain HTTPS.
+    assert said[0] == "org/tiny-llama: Hugging Face (default)" and len(said) == 2
+    assert said[1].startswith("Hugging Face: Xet storage failed for org/tiny-llama (CAS Client Error: ")
+    assert said[1].endswith("); retrying over plain HTTPS…")
+    assert fake_hub.xet_requests()  # Xet was tried first, as huggingface_hub does live
     assert pulled.kind == "checkpoint" and set(pulled.files) == NEEDED and not pulled.offline
     assert files_under(pulled.path) == NEEDED
     assert {path for path, _ in fake_hub.downloads()} == NEEDED  # no .bin, .pth, original/, README
@@ -171,29 +231,30 @@ def test_pull_fetches_only_what_conversion_needs_then_serves_the_cache_offline(f
     assert cached.repo_id == "org/tiny-llama" and cached.nb_files == len(NEEDED)
 
     # A second pull online downloads nothing.
-    fake_hub.log.clear()
+    fake_hub.forget()
     assert hub.fetch("org/tiny-llama").downloaded == 0 and fake_hub.downloads() == []
 
     # Offline: the cache answers, no request is made.
     go_offline(monkeypatch)
-    fake_hub.log.clear()
+    fake_hub.forget()
     code, out, err = run_cli(capsys, "pull", "org/tiny-llama")
     assert code == 0 and out.strip() == str(pulled.path), err
     assert "offline" in err and "from the cache" in err and "next: edgellm package org/tiny-llama" in err
     assert fake_hub.log == []
 
 
-def test_pull_json_and_resolve_source(fake_hub, tmp_path, capsys):
+def test_pull_json_and_package_source(fake_hub, tmp_path, capsys):
     fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
     code, out, _ = run_cli(capsys, "pull", "hf:org/tiny-llama", "--json")
     assert code == 0
     result = json.loads(out)
     assert result["hub"] == "hf" and result["hub_reason"] == "named in the id"
     assert result["kind"] == "checkpoint" and set(result["files"]) == NEEDED and result["store_name"] is None
-    assert hub.resolve_source("org/tiny-llama") == Path(result["path"])
-    assert hub.resolve_source(str(tmp_path)) == tmp_path  # a local folder stays as it is
+    assert result["level_chosen"] is None
+    assert hub.package_source("org/tiny-llama", None) == hub.PackageSource(Path(result["path"]), "tiny-llama")
+    assert hub.package_source(str(tmp_path), None).path == tmp_path  # a local folder stays as it is
     with pytest.raises(UsageError, match="no such file or folder, and not a hub repo id: nowhere"):
-        hub.resolve_source("nowhere")
+        hub.package_source("nowhere", None)
 
 
 def test_interrupted_download_keeps_finished_files_and_resumes_on_rerun(fake_hub, caches, capsys):
@@ -210,7 +271,7 @@ def test_interrupted_download_keeps_finished_files_and_resumes_on_rerun(fake_hub
 
     # Offline meanwhile: the cached copy is known to be incomplete.
     fake_hub.failing.clear()
-    fake_hub.log.clear()
+    fake_hub.forget()
     code, out, err = run_cli(capsys, "pull", "org/tiny-llama", "--offline")
     assert code == 1
     assert err.strip().splitlines()[-1] == (
@@ -404,10 +465,10 @@ def test_modelscope_download_then_offline(fake_modelscope, caches, monkeypatch, 
     assert files_under(folder) == NEEDED and set(fake_modelscope.modelscope_downloads()) == NEEDED
     assert [r.repo_id for r in HubApi().scan_cache().repos] == [repo_id]
 
-    fake_modelscope.log.clear()
+    fake_modelscope.forget()
     assert hub.fetch(repo_id).downloaded == 0 and fake_modelscope.modelscope_downloads() == []
     go_offline(monkeypatch)
-    fake_modelscope.log.clear()
+    fake_modelscope.forget()
     assert hub.fetch(repo_id).path == folder and fake_modelscope.log == []
 
 
@@ -420,7 +481,7 @@ def test_modelscope_replaces_a_damaged_file_and_verifies(fake_modelscope, capsys
     fake_modelscope.repos["LLM-Research/tiny"] = Repo(checkpoint_files())
     folder = hub.fetch("LLM-Research/tiny").path
     (folder / "config.json").write_bytes((folder / "config.json").read_bytes().replace(b"llama", b"LLAMA"))
-    fake_modelscope.log.clear()
+    fake_modelscope.forget()
     code, _, err = run_cli(capsys, "pull", "LLM-Research/tiny", "--verify")
     assert code == 0, err
     assert fake_modelscope.modelscope_downloads() == ["config.json"]  # modelscope_hub hashes what it reuses
@@ -442,7 +503,7 @@ def test_modelscope_interrupted_download_resumes_on_rerun(fake_modelscope, monke
         "run the same command again to resume (finished files are kept)"
     )
     fake_modelscope.failing.clear()
-    fake_modelscope.log.clear()
+    fake_modelscope.forget()
     code, _, err = run_cli(capsys, "pull", "LLM-Research/tiny")
     assert code == 0 and fake_modelscope.modelscope_downloads() == [shard]
 
@@ -458,10 +519,11 @@ def test_modelscope_errors_from_the_hub(fake_modelscope, capsys):
         "edgellm: LLM-Research/gated on ModelScope needs access: accept its licence at "
         "https://modelscope.cn/models/LLM-Research/gated and log in (`ms login` or MODELSCOPE_API_TOKEN)"
     )
+    # ModelScope answers 404 for a private repo too, with the code of a missing one.
     fake_modelscope.repos["LLM-Research/private"] = Repo(checkpoint_files(), private=True)
     code, _, err = run_cli(capsys, "pull", "LLM-Research/private")
     assert code == 1 and err.strip().splitlines()[-1] == (
-        "edgellm: ModelScope wants a valid login for LLM-Research/private: `ms login` or MODELSCOPE_API_TOKEN"
+        "edgellm: no repo LLM-Research/private on ModelScope (if it is private, log in: `ms login` or MODELSCOPE_API_TOKEN)"
     )
 
     big = Repo(checkpoint_files())
@@ -486,3 +548,219 @@ def test_no_partial_store_entry_for_checkpoints(fake_hub):
     fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
     hub.pull("org/tiny-llama")
     assert not paths.store_dir().exists() or not any(paths.store_dir().iterdir())
+
+
+# ---------------------------------------------------------------------------- Xet storage, as on the live Hub
+
+
+def test_xet_storage_out_of_reach_is_one_status_line_then_plain_https(fake_hub):
+    """Live, hf_xet fetches weights from a CAS server of its own; where it cannot be reached the installed
+    command used to die with a 70-line RuntimeError traceback (CAS Client Error)."""
+    fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = gguf_repo()
+    r = edgellm_cli("pull", "someone/SmolLM2-135M-Instruct-GGUF", "--level", "Q4_1", endpoint=fake_hub.urls["hub"])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [
+        "someone/SmolLM2-135M-Instruct-GGUF: Hugging Face (default)",
+        "Hugging Face: Xet storage failed for someone/SmolLM2-135M-Instruct-GGUF (CAS Client Error: Request "
+        f"middleware error: error sending request for url {fake_hub.urls['cas']}); retrying over plain HTTPS…",
+        f"2 files, {human_bytes(sum(len(d) for d in gguf_repo().files.values()))} downloaded",
+        "registered as SmolLM2-135M-Instruct: edgellm chat SmolLM2-135M-Instruct",
+    ]
+    assert fake_hub.xet_requests() and ("SmolLM2-135M-Instruct-Q4_1.gguf", None) in fake_hub.downloads()
+
+
+def test_xet_then_plain_https_failing_ends_in_one_error_line(fake_hub):
+    fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = gguf_repo()
+    fake_hub.failing.add("SmolLM2-135M-Instruct-Q4_1.gguf")
+    r = edgellm_cli("pull", "someone/SmolLM2-135M-Instruct-GGUF", "--level", "Q4_1", endpoint=fake_hub.urls["hub"])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[-1] == (
+        "edgellm: Hugging Face answered 503 for someone/SmolLM2-135M-Instruct-GGUF; "
+        "run the same command again to resume (finished files are kept)"
+    )
+    assert len(lines) <= 4, lines  # the hub line, Xet's line, at most one retry line, the error
+
+
+def test_without_xet_lfs_files_come_from_the_storage_host(fake_hub, capsys):
+    """Repos whose files are plain LFS: `resolve/` redirects to the storage host and nothing says Xet."""
+    fake_hub.xet = False
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    code, out, err = run_cli(capsys, "pull", "org/tiny-llama")
+    assert code == 0 and "Xet" not in err and fake_hub.xet_requests() == []
+    assert files_under(Path(out.strip())) == NEEDED
+
+
+# -------------------------------------------------------------------------------------------------- revisions
+
+
+def test_revisions_resolve_as_on_the_hub(fake_hub, capsys):
+    repo = Repo(checkpoint_files(), refs={"v1.0", "refs/pr/1"})
+    fake_hub.repos["org/tiny-llama"] = repo
+    for rev in ("v1.0", "refs/pr/1", repo.sha):  # a tag, a pull request's ref (sent URL-quoted), a commit
+        code, out, err = run_cli(capsys, "pull", "org/tiny-llama", "--revision", rev)
+        assert code == 0, (rev, err)
+        assert Path(out.strip()).name == repo.sha
+    for rev in ("v2.0", "refs/pr/2", "master"):
+        code, _, err = run_cli(capsys, "pull", "org/tiny-llama", "--revision", rev)
+        assert code == 1 and err.strip().splitlines()[-1] == (
+            f"edgellm: org/tiny-llama on Hugging Face has no revision {rev} (a branch, tag, commit or refs/pr/N)"
+        )
+
+
+def test_modelscope_revisions(fake_modelscope, caches, capsys):
+    fake_modelscope.repos["LLM-Research/tiny"] = Repo(checkpoint_files(), refs={"v1.0.0"})
+    code, out, err = run_cli(capsys, "pull", "LLM-Research/tiny", "--revision", "v1.0.0")
+    assert code == 0, err
+    assert Path(out.strip()) == caches["modelscope"] / "models" / "LLM-Research--tiny" / "snapshots" / "v1.0.0"
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/tiny", "--revision", "v9")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: LLM-Research/tiny on ModelScope has no revision v9 (a branch, tag or commit)"
+    )
+
+
+def test_modelscope_refused_token(fake_modelscope, monkeypatch, capsys):
+    import modelscope_hub
+
+    fake_modelscope.repos["LLM-Research/tiny"] = Repo(checkpoint_files())
+    monkeypatch.setenv("MODELSCOPE_API_TOKEN", "ms-expired")
+    modelscope_hub.set_default_config(None)
+    code, _, err = run_cli(capsys, "pull", "LLM-Research/tiny")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: ModelScope refused the login for LLM-Research/tiny: log in again (`ms login` or MODELSCOPE_API_TOKEN)"
+    )
+
+
+def test_modelscope_out_of_reach_is_one_status_line(caches):
+    """modelscope_hub logs each retry as a timestamped WARNING record; the command shows one line."""
+    dead = closed_port()
+    try:
+        r = edgellm_cli("pull", "ms:LLM-Research/tiny", modelscope=f"http://127.0.0.1:{dead.getsockname()[1]}",
+                        MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS="2")  # fmt: skip  (live: 4 tries, 7 s)
+    finally:
+        dead.close()
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "LLM-Research/tiny: ModelScope (named in the id)",
+        "ModelScope: NetworkError; retrying…",
+        f"edgellm: cannot reach ModelScope and LLM-Research/tiny is not in the ModelScope cache "
+        f"({caches['modelscope']}); nothing else is cached there",
+    ]
+
+
+def test_modelscope_forget_command_removes_that_repo_only(fake_modelscope, caches, capsys):
+    """The command rm suggests for a ModelScope entry is modelscope_hub's own, naming the repo."""
+    fake_modelscope.repos["LLM-Research/SmolLM2-GGUF"] = gguf_repo()
+    fake_modelscope.repos["LLM-Research/tiny"] = Repo(checkpoint_files())
+    assert run_cli(capsys, "pull", "LLM-Research/SmolLM2-GGUF", "--level", "Q4_1")[0] == 0
+    assert run_cli(capsys, "pull", "LLM-Research/tiny")[0] == 0
+    code, out, _ = run_cli(capsys, "rm", "SmolLM2")
+    how = "ms cache clear --repo-type model --repo-id LLM-Research/SmolLM2-GGUF"
+    assert code == 0 and out.strip().endswith(f"stay in the ModelScope cache ({how})")
+    ms = Path(sys.executable).parent / "ms"
+    subprocess.run([str(ms), *how.split()[1:], "--yes"], check=True, capture_output=True)
+    assert sorted(os.listdir(caches["modelscope"] / "models")) == ["LLM-Research--tiny"]
+
+
+# ------------------------------------------------------------------------------------------ GGUF repos: levels
+
+
+def test_pull_of_a_gguf_repo_fetches_the_level_that_fits(fake_hub, monkeypatch, capsys):
+    machine_with_ram(monkeypatch, 700)  # 153 MiB usable: Q4_1 (94 MiB) is the largest quantized level that fits
+    fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = levels_repo()
+    code, out, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["level_chosen"] == "Q4_1" and "the largest level that fits" in result["level_reason"]
+    assert result["files"] == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
+    assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
+    code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF")
+    size = human_bytes(fixtures.smollm2_gguf().stat().st_size)
+    assert code == 0 and f"someone/SmolLM2-135M-Instruct-GGUF: Q4_1 ({size}): the largest level that fits" in err
+
+    machine_with_ram(monkeypatch, 560)
+    fake_hub.forget()
+    code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF")
+    assert code == NotEnoughSpace.exit_code and err.strip().splitlines()[-1].startswith(
+        "edgellm: someone/SmolLM2-135M-Instruct-GGUF on Hugging Face has no level that fits this machine: "
+        "the smallest, Q2_K, is 60.00 MiB"
+    )
+    assert fake_hub.downloads() == []
+
+
+def test_pull_level_and_all(fake_hub, capsys):
+    from edgellm import store
+
+    fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = levels_repo()
+    code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--level", "Q6_K")
+    assert code == 0, err
+    assert sorted(p for p, _ in fake_hub.downloads()) == [
+        "Q6_K/SmolLM2-135M-Instruct-Q6_K-00001-of-00002.gguf", "Q6_K/SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf",
+        "README.md",
+    ]  # fmt: skip
+    # A level pulled later joins the entry; the earlier one stays.
+    assert run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--level", "Q4_1")[0] == 0
+    entry = store.resolve("SmolLM2-135M-Instruct")
+    assert sorted(p.name for p in entry.glob("*.gguf")) == [
+        "SmolLM2-135M-Instruct-Q4_1.gguf", "SmolLM2-135M-Instruct-Q6_K-00001-of-00002.gguf",
+        "SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf",
+    ]  # fmt: skip
+    fake_hub.forget()
+    code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--all")
+    assert code == 0, err
+    assert {p for p, _ in fake_hub.downloads()} == set(LEVELS_LISTED) - {
+        "mmproj-SmolLM2-f16.gguf", "Q6_K/SmolLM2-135M-Instruct-Q6_K-00001-of-00002.gguf",
+        "Q6_K/SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf",
+    }  # fmt: skip  (cached levels are not fetched again, the vision projector never)
+
+    code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--all", "--level", "Q4_1")
+    assert code == 2 and err.strip() == "edgellm: --level and --all exclude each other"
+    fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
+    code, _, err = run_cli(capsys, "pull", "org/tiny-llama", "--all")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "edgellm: org/tiny-llama holds a checkpoint, not GGUF files: --all is for GGUF repos"
+    )
+
+
+def test_package_of_a_gguf_repo_registers_the_levels_it_has(fake_hub, tmp_path, capsys):
+    from edgellm import store
+
+    fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = levels_repo()
+    code, out, err = run_cli(capsys, "package", "someone/SmolLM2-135M-Instruct-GGUF", "--levels", "Q4_1",
+                             "-o", str(tmp_path / "pkg"))  # fmt: skip
+    assert code == 0, err
+    assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
+    assert out.strip() == str(store.resolve("SmolLM2-135M-Instruct"))
+    assert (
+        "someone/SmolLM2-135M-Instruct-GGUF holds GGUF files that are already quantized: registered Q4_1 in the "
+        "store as SmolLM2-135M-Instruct (edgellm chat SmolLM2-135M-Instruct) and packaged nothing." in err
+    )
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_package_of_a_gguf_repo_without_a_float_level_is_refused_before_downloading(fake_hub, tmp_path, capsys):
+    fake_hub.repos["someone/SmolLM2-GGUF"] = gguf_repo()  # Q4_1 only
+    for levels in (["--levels", "Q8_0,Q4_1"], []):
+        code, _, err = run_cli(capsys, "package", "someone/SmolLM2-GGUF", *levels, "-o", str(tmp_path / "pkg"))
+        missing = "Q8_0" if levels else "the default levels"
+        assert code == 2 and err.strip().splitlines()[-1] == (
+            f"edgellm: someone/SmolLM2-GGUF holds only quantized GGUF files (levels: Q4_1) and no F16, BF16 or F32 "
+            f"file to make {missing} from; requantizing a quantized file loses quality, so choose among its levels "
+            "(--levels), or package the original checkpoint"
+        )
+    assert fake_hub.downloads() == []
+
+
+@pytest.mark.slow
+def test_package_of_a_gguf_repo_quantizes_missing_levels_from_its_float_file(fake_hub, tmp_path, capsys):
+    f16 = fixtures.smollm2_f16_gguf().read_bytes()
+    q41 = fixtures.smollm2_gguf().read_bytes()
+    fake_hub.repos["someone/SmolLM2-GGUF"] = Repo({"SmolLM2-F16.gguf": f16, "SmolLM2-Q4_1.gguf": q41})
+    code, out, err = run_cli(capsys, "package", "someone/SmolLM2-GGUF", "--levels", "Q8_0,Q4_1",
+                             "-o", str(tmp_path / "pkg"), "--json")  # fmt: skip
+    assert code == 0, err
+    assert "someone/SmolLM2-GGUF holds GGUF files: quantizing levels Q8_0, Q4_1 from its F16 file" in err
+    assert [p for p, _ in fake_hub.downloads()] == ["SmolLM2-F16.gguf"]  # the quantized file is not fetched
+    manifest = json.loads(out)
+    assert {f["level"] for f in manifest["files"]} >= {"Q8_0", "Q4_1"}
+    assert (tmp_path / "pkg" / "SmolLM2-GGUF-Q8_0.gguf").is_file() or any((tmp_path / "pkg").glob("*-Q8_0.gguf"))

@@ -109,16 +109,24 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
     Writes <name>-<LEVEL>.gguf files, manifest.json (sizes, bits per weight, sha256, per-layer bytes,
     quality) and a README.md model card into the output folder.
     """
-    from ..hub import resolve_source, snapshot_name
+    from ..hub import package_source
     from ..package import PackageOptions, build_package, levels_summary
     from ..quantize.levels import DEFAULT_LEVELS, parse_levels
 
     chosen = parse_levels(DEFAULT_LEVELS if levels is None else levels)  # before any download; "" names none
-    source = resolve_source(str(src), say=lambda line: click.echo(line, err=True))  # a hub repo id is pulled first
+    # A hub repo id is pulled first, only what these levels need (a GGUF repo may need nothing packaged).
+    named = None if levels is None else [lv.name for lv in chosen]
+    got = package_source(str(src), named, say=lambda line: click.echo(line, err=True))
+    if got.note:
+        click.echo(got.note, err=True)
+    if got.registered is not None:
+        click.echo(str(got.registered))
+        return 0
+    source = got.path
     opts = PackageOptions(
         levels=chosen, base_type=base_type, imatrix_text=imatrix_text,
         eval_text=eval_text, n_ctx=n_ctx, allow_requantize=allow_requantize, jobs=jobs,
-        name=name or snapshot_name(source),  # a pulled snapshot's folder is named after a commit
+        name=name or got.name,  # a pulled snapshot's folder is named after a commit
     )
     opts.command = shlex.join(
         ["edgellm", "package", str(src), "-o", str(out_dir), "--levels", ",".join(lv.name for lv in opts.levels),

@@ -7,6 +7,7 @@ import json
 import click
 
 from .. import hub, store
+from ..errors import UsageError
 from ..fsutil import human_bytes
 
 
@@ -27,26 +28,33 @@ from ..fsutil import human_bytes
     "levels",
     multiple=True,
     metavar="LEVEL",
-    help="For a repo of GGUF files: fetch only these levels (e.g. Q4_K_M); repeatable. Default: all.",
+    help="For a repo of GGUF files: fetch this level (e.g. Q4_K_M); repeatable. Default: the largest "
+    "quantized level that fits this machine's memory.",
 )
+@click.option("--all", "every_level", is_flag=True, help="For a repo of GGUF files: fetch every level.")
 @click.option("--offline", is_flag=True, help="Use only the cache (as HF_HUB_OFFLINE=1 does).")
 @click.option("--verify", is_flag=True, help="Check the files' SHA-256 against the hub's after downloading.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def pull(
-    repo_id: str, hub_name: str, revision: str | None, levels: tuple[str, ...], offline: bool, verify: bool, as_json: bool
+    repo_id: str, hub_name: str, revision: str | None, levels: tuple[str, ...], every_level: bool, offline: bool,
+    verify: bool, as_json: bool,
 ) -> int:
     """Download what edgellm needs from REPO_ID and print the local folder.
 
     A checkpoint repo gives its safetensors, config and tokenizer files (never .bin, .pth or original/),
-    ready for `edgellm package`. A repo of GGUF files is registered in the local store under its name
-    (without -GGUF), ready for `edgellm chat NAME`. Files go to the hub's own cache (HF_HUB_CACHE,
+    ready for `edgellm package`. From a repo of GGUF files comes one level: the largest quantized one whose
+    files fit this machine's RAM (and VRAM) as the planner budgets it, or those named with --level, or all
+    with --all; it is registered in the local store under the repo's name (without -GGUF), ready for
+    `edgellm chat NAME`, beside levels pulled before. Files go to the hub's own cache (HF_HUB_CACHE,
     MODELSCOPE_CACHE) with its token and resume; the free disk space is checked first.
     """
+    if levels and every_level:
+        raise UsageError("--level and --all exclude each other")
     try:
         pulled = hub.fetch(
             repo_id, hub=hub_name, revision=revision, levels=levels, offline=offline or None,
             say=lambda line: click.echo(line, err=True) if not as_json else None,
-            verify=verify,
+            verify=verify, every_level=every_level,
         )
     except KeyboardInterrupt:
         click.echo("edgellm: download interrupted; run the same command again to resume", err=True)
@@ -65,6 +73,8 @@ def pull(
                     "files": list(pulled.files),
                     "downloaded_bytes": pulled.downloaded,
                     "offline": pulled.offline,
+                    "level_chosen": pulled.choice.level if pulled.choice else None,
+                    "level_reason": pulled.choice.why if pulled.choice else None,
                     "store_name": entry.name if entry else None,
                     "store_path": str(entry) if entry else None,
                 },
