@@ -178,7 +178,7 @@ def test_push_checks_before_uploading(gguf_copy, caches, tmp_path, monkeypatch, 
     from huggingface_hub import constants
 
     code, _, err = run_cli(capsys, "push", str(tmp_path), "me/SmolLM2-GGUF")
-    assert code == 2 and err.strip() == f"edgellm: {tmp_path} holds no .gguf files: nothing to push"
+    assert code == 2 and err.strip() == f"edgellm: {tmp_path} holds no .gguf files at its top level: nothing to push"
     code, _, err = run_cli(capsys, "push", "nope", "me/SmolLM2-GGUF")
     assert code == 2 and err.strip() == "edgellm: no package folder or store entry named nope"
 
@@ -217,12 +217,12 @@ def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
     assert code == 0, err
     assert out.strip().endswith("/me/SmolLM2-GGUF/commit/" + fake_hub.repos["me/SmolLM2-GGUF"].sha)
     uploaded = fake_hub.repos["me/SmolLM2-GGUF"].files
-    assert sorted(uploaded) == ["SmolLM2-Q4_1.gguf", "manifest.json"]
+    assert sorted(uploaded) == ["README.md", "SmolLM2-Q4_1.gguf", "manifest.json"]  # a card written from the manifest
 
     shutil.rmtree(folder)  # and back: the pushed package pulls as a GGUF repo named after it, manifest and all
     code, out, err = run_cli(capsys, "pull", "me/SmolLM2-GGUF")
     assert code == 0, err
     entry = store.resolve("SmolLM2")
-    assert sorted(p.name for p in entry.iterdir()) == ["SmolLM2-Q4_1.gguf", "manifest.json", "source.json"]
+    assert sorted(p.name for p in entry.iterdir()) == ["README.md", "SmolLM2-Q4_1.gguf", "manifest.json", "source.json"]
     assert (entry / "SmolLM2-Q4_1.gguf").read_bytes() == fixtures.smollm2_gguf().read_bytes()
     assert resolve_model("SmolLM2").name == "SmolLM2 135M"  # from the manifest

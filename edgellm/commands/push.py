@@ -1,7 +1,8 @@
-"""`edgellm push DIR REPO_ID`: upload a package to the Hugging Face Hub."""
+"""`edgellm push DIR REPO_ID`: upload a package to the Hugging Face Hub (see `edgellm.publish`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -9,10 +10,6 @@ import click
 from .. import store
 from ..errors import EdgeError, UsageError
 from ..fsutil import human_bytes
-
-# What a package is on the hub: the quant files, their manifest and the model card.
-UPLOADED = ["*.gguf", "manifest.json", "README.md"]
-LOGIN = "`hf auth login` or HF_TOKEN"
 
 
 def package_dir(ref: str) -> Path:
@@ -22,9 +19,23 @@ def package_dir(ref: str) -> Path:
         folder = store.resolve(ref)
         if folder is None:
             raise UsageError(f"no package folder or store entry named {ref}")
-    if not any(folder.glob("*.gguf")):
-        raise UsageError(f"{folder} holds no .gguf files: nothing to push")
     return folder
+
+
+def _show(upload, repo_id: str) -> None:
+    click.echo(f"would upload to {repo_id} ({human_bytes(upload.size)}):")
+    for f in upload.to_dict()["files"]:
+        what = f"{human_bytes(f['bytes'])}, {f['from']}" if f["from"] == "public copy" else human_bytes(f["bytes"])
+        click.echo(f"  {f['path']}  ({what})")
+    if upload.left_out:
+        click.echo("left out:")
+        for name, why in upload.left_out:
+            click.echo(f"  {name}  ({why})")
+    if upload.manifest is not None:
+        click.echo("manifest.json will say:")
+        click.echo(json.dumps(upload.manifest, indent=2))
+    click.echo("README.md will say:")
+    click.echo(upload.card)
 
 
 @click.command("push")
@@ -33,41 +44,43 @@ def package_dir(ref: str) -> Path:
 @click.option("--private", is_flag=True, help="Create the repo as private (when it does not exist yet).")
 @click.option("--revision", help="Branch to commit to (default: main).")
 @click.option("-m", "--message", default=None, help="Commit message.")
-def push(src: str, repo_id: str, private: bool, revision: str | None, message: str | None) -> int:
+@click.option("--with-imatrix", is_flag=True, help="Upload the package's imatrix.gguf too.")
+@click.option("--base-model", default=None, metavar="REPO", help="The card's base_model (default: the Hugging Face "
+              "repo the package was made from, when known).")  # fmt: skip
+@click.option("--license", "license_", default=None, metavar="ID", help="The card's license (default: the GGUF's).")
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded, and what the manifest and card say.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print it as JSON.")
+def push(src: str, repo_id: str, private: bool, revision: str | None, message: str | None, with_imatrix: bool,
+         base_model: str | None, license_: str | None, dry_run: bool, as_json: bool) -> int:  # fmt: skip
     """Upload the package DIR (a folder or a store name) to the Hugging Face model repo REPO_ID.
 
-    Uploads the .gguf files, manifest.json and README.md, creating the repo if needed. Uses your
-    Hugging Face login (`hf auth login` or HF_TOKEN); uploads are resumable and skip unchanged files.
+    Uploads the .gguf files at the top of DIR (not hidden ones, not sub-folders; imatrix.gguf only with
+    --with-imatrix), a copy of manifest.json without local paths, command lines or bench machines, and
+    README.md with the Hub's YAML front matter (base_model, license, tags, quantized_by); the package on
+    disk is not changed. Creates the repo if needed and uses your Hugging Face login (`hf auth login` or
+    HF_TOKEN); an interrupted upload resumes when run again.
     """
-    import httpx2
-    from huggingface_hub import HfApi, constants, errors, get_token
+    from huggingface_hub import constants, get_token
 
+    from .. import publish
     from ..hub import parse_repo_id
 
+    if as_json and not dry_run:
+        raise UsageError("--json goes with --dry-run")
     folder = package_dir(src)
     repo_id, _ = parse_repo_id(repo_id)
+    upload = publish.prepare(folder, with_imatrix, base_model, license_)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({"repo_id": repo_id, **upload.to_dict()}, indent=2))
+        else:
+            _show(upload, repo_id)
+        return 0
     if constants.is_offline_mode():
         raise EdgeError("push needs the network, and HF_HUB_OFFLINE is set")
     if get_token() is None:
-        raise EdgeError(f"push needs a Hugging Face login with write access: {LOGIN}")
-    size = sum(p.stat().st_size for p in folder.glob("*.gguf"))
-    click.echo(f"uploading {folder} ({human_bytes(size)}) to {repo_id}", err=True)
-    api = HfApi()
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            allow_patterns=UPLOADED,
-            revision=revision,
-            commit_message=message or f"Upload {folder.name} with edgellm",
-        )
-    except errors.HfHubHTTPError as exc:
-        code = exc.response.status_code if exc.response is not None else None
-        if code in (401, 403):
-            raise EdgeError(f"Hugging Face refused the upload to {repo_id} ({code}): log in with write access ({LOGIN})") from exc
-        raise EdgeError(f"upload to {repo_id} failed: {exc}; run again to resume") from exc
-    except (OSError, httpx2.TransportError) as exc:
-        raise EdgeError(f"upload to {repo_id} interrupted ({exc}); run again to resume") from exc
-    click.echo(commit.commit_url)
+        raise EdgeError(f"push needs a Hugging Face login with write access: {publish.LOGIN}")
+    click.echo(f"uploading {len(upload.files)} files from {folder} ({human_bytes(upload.size)}) to {repo_id}", err=True)
+    url = publish.push(upload, repo_id, private, revision, message, say=lambda line: click.echo(line, err=True))
+    click.echo(url)
     return 0
