@@ -42,7 +42,11 @@ class Entry:
 
     @property
     def origin(self) -> str:
-        return f"{self.source['hub']}:{self.source['repo_id']}" if self.source else "local"
+        if not self.source:
+            return "local"
+        if "imported" in self.source:  # edgellm import: links to files found elsewhere on this machine
+            return f"import:{self.source['imported']}"
+        return f"{self.source['hub']}:{self.source['repo_id']}"
 
     def to_json(self) -> dict:
         return {

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("chat", "chat", "Chat with a local model in a terminal UI (default: the embedded SmolLM2)."),
     "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder to one GGUF file."),
     "hw": ("hw", "hw", "Show RAM, CPU, GPUs and what the installed llama.cpp can use."),
+    "import": ("import_", "import_", "Put GGUF models from elsewhere (HF cache, LM Studio, Ollama) in the store, linked."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),
     "list": ("list", "list_", "List the packages in the local store: levels, sizes, which fits here."),
     "pull": ("pull", "pull", "Download a model from Hugging Face or ModelScope (only what edgellm needs)."),
