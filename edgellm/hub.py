@@ -208,11 +208,9 @@ def choose_level(files: Iterable[RemoteFile]) -> LevelChoice:
             "name one with --level (or take every one with --all)"
         )
     size, level = max(fitting)
-    return LevelChoice(
-        level, size,
-        f"{level} ({human_bytes(size)}): the largest level that fits the {where}; --level for another of its "
-        f"{len(sizes)}, --all for every one ({human_bytes(sum(sizes.values()))})",
-    )  # fmt: skip
+    others = f"; --level for another of its {len(sizes)}, --all for every one ({human_bytes(sum(sizes.values()))})"
+    why = f"{level} ({human_bytes(size)}): the largest level that fits the {where}{others if len(sizes) > 1 else ''}"
+    return LevelChoice(level, size, why)
 
 
 def check_complete(folder: Path, selection: Selection) -> None:
@@ -286,7 +284,8 @@ def choose_hub(repo_id: str, hub: str = "auto", named: str | None = None) -> tup
 def _holds(h, repo_id: str) -> bool:
     """Whether the hub's cache has a snapshot of the repo (without walking the whole cache)."""
     try:
-        h.cached(repo_id, None)
+        with quiet_hub(h, None):
+            h.cached(repo_id, None)
     except Exception as exc:
         if isinstance(h.explain(exc, repo_id, None), Unreachable):
             return False
@@ -310,10 +309,12 @@ def _raise_unless_unreachable(h, exc: Exception, repo_id: str, revision: str | N
 def _cached(repo_id: str, hub: str, why: str, revision: str | None, reason: str) -> Remote:
     h = HUBS[hub]
     try:
-        folder, files = h.cached(repo_id, revision)
+        with quiet_hub(h, None):
+            folder, files = h.cached(repo_id, revision)
     except Exception as exc:
         _raise_unless_unreachable(h, exc, repo_id, revision)
-        others = [r for r in h.cached_repos() if r != repo_id]
+        with quiet_hub(h, None):
+            others = [r for r in h.cached_repos() if r != repo_id]
         have = f"cached there: {', '.join(others[:8])}" if others else "nothing else is cached there"
         raise EdgeError(f"{reason} and {repo_id} is not in the {h.title} cache ({h.cache_dir()}); {have}") from exc
     return Remote(repo_id, hub, why, revision, files, reason, folder)
