@@ -216,7 +216,9 @@ def push(upload: Upload, repo_id: str, private: bool, revision: str | None, mess
             if isinstance(exc, errors.RevisionNotFoundError):
                 raise EdgeError(f"{repo_id} has no branch {revision} to commit to") from exc
             raise EdgeError(f"upload to {repo_id} failed ({exc.server_message or str(exc).splitlines()[0]}); run again to resume") from exc
-        except ValueError as exc:  # the Hub refused the card's metadata
+        except ValueError as exc:
+            if "Invalid metadata in README.md" not in str(exc):  # the Hub's validate-yaml refusing the card
+                raise EdgeError(f"upload to {repo_id} failed ({str(exc).splitlines()[0]}); run again to resume") from exc
             raise EdgeError(f"Hugging Face refused {CARD_FILE}: {' '.join(str(exc).split())}") from exc
         except (OSError, httpx2.TransportError) as exc:
             raise EdgeError(f"upload to {repo_id} interrupted ({exc}); run again to resume") from exc

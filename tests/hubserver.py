@@ -13,7 +13,7 @@
   (`xet-read-token`, `xet-write-token`) answers, but the CAS server it names is unreachable: hf_xet's
   transfers fail as they do where the Xet service is blocked, and only the plain HTTP path works.
 - Uploads: `/api/repos/create` (409 when the repo exists), `/api/validate-yaml` (a card without YAML gets
-  the Hub's warning, invalid YAML a 400), `preupload` (`lfs` for LFS files, `regular` for small text),
+  the Hub's warning, invalid YAML or a licence that is no identifier a 400), `preupload` (`lfs` for LFS files, `regular` for small text),
   the LFS batch API with PUT to the storage host and verify, and the NDJSON commit (which refuses binary
   content sent inline and LFS pointers to objects never uploaded).
 
@@ -139,6 +139,9 @@ def front_matter(card: str) -> tuple[dict | None, str | None]:
         return None, f"Invalid YAML in the metadata: {str(exc).splitlines()[0]}"
     if meta is not None and not isinstance(meta, dict):
         return None, "The metadata must be a YAML mapping"
+    licence = (meta or {}).get("license")
+    if licence is not None and not (isinstance(licence, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", licence)):
+        return None, '"license" must be one of the Hub\'s licence identifiers (or "other" with license_name)'
     return meta or {}, None
 
 

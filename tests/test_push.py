@@ -144,3 +144,14 @@ def test_push_uploads_the_package_through_lfs_when_xet_is_out_of_reach(fake_hub,
     code, out, err = run_cli(capsys, "push", str(package), "me/SmolLM2-GGUF")
     assert code == 0, err
     assert not any(method == "PUT" for method, _, _ in fake_hub.log)
+
+
+def test_a_card_the_hub_refuses_is_one_line(fake_hub, package, monkeypatch, capsys):
+    (package / "README.md").write_text("---\nlicense: Apache License 2.0\n---\n# Mine\n")
+    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
+    code, _, err = run_cli(capsys, "push", str(package), "me/SmolLM2-GGUF")
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        "edgellm: Hugging Face refused README.md: Invalid metadata in README.md. - \"license\" must be one of the "
+        "Hub's licence identifiers (or \"other\" with license_name)"
+    )
+    assert fake_hub.repos["me/SmolLM2-GGUF"].files == {}  # refused before anything was sent
