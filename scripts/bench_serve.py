@@ -4,7 +4,8 @@
 Both servers run the same GGUF with the same threads, slots and per-slot context; each round sends every
 concurrency level to one server and then the other (which goes first alternates), so load from other
 processes hits both alike. Every request streams `-n` tokens (ignore_eos) from its own prompt. Reported
-per level: aggregate tokens/s (all tokens / wall time of the round), TTFT p50/p95, and the median ratio.
+per level: aggregate tokens/s (all tokens / wall time of the round), TTFT p50/p95, each server's CPU
+time per token (steadier than wall time when other processes share the machine), and the median ratio.
 A single stream is also compared with `edgellm run` on the same prompt (generation tokens/s).
 Targets: one stream >= 0.95x `edgellm run`; four streams' aggregate >= 1.0x llama-server.
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the offline SmolLM2 fixture
@@ -107,12 +109,16 @@ def stream(url: str, text: str, n: int) -> Stream:
     return Stream(first - t0, tokens, (tokens - 1) / max(last - first, 1e-9))
 
 
-def round_at(url: str, clients: int, n: int, offset: int) -> dict:
-    t0 = time.perf_counter()
+def round_at(server: Running, clients: int, n: int, offset: int) -> dict:
+    """One concurrency level against one server: wall-clock numbers, and the server's CPU time per token
+    (all its threads), which other processes' load disturbs far less than wall time."""
+    proc = psutil.Process(server.proc.pid)
+    cpu0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        done = list(pool.map(lambda i: stream(url, prompt(offset + i), n), range(clients)))
-    wall = time.perf_counter() - t0
-    return {"tps": sum(s.tokens for s in done) / wall, "ttft": [s.ttft for s in done], "decode_tps": done[0].decode_tps}
+        done = list(pool.map(lambda i: stream(server.url, prompt(offset + i), n), range(clients)))
+    wall, cpu = time.perf_counter() - t0, sum(proc.cpu_times()[:2]) - cpu0
+    tokens = sum(s.tokens for s in done)
+    return {"tps": tokens / wall, "cpu_ms_per_token": 1000 * cpu / tokens, "ttft": [s.ttft for s in done], "decode_tps": done[0].decode_tps}
 
 
 def edgellm_run_tps(model: Path, threads: int, n: int, i: int) -> float:
@@ -165,7 +171,7 @@ def main() -> int:
             run_tps.append(edgellm_run_tps(args.model, args.threads, args.tokens, offset))
             for c in levels:
                 for s in order:
-                    results[s.name][c].append(round_at(s.url, c, args.tokens, offset))
+                    results[s.name][c].append(round_at(s, c, args.tokens, offset))
                     offset += c
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
@@ -178,9 +184,12 @@ def main() -> int:
         row = {}
         for name, per in results.items():
             ttfts = [x for rnd in per[c] for x in rnd["ttft"]]
-            row[name] = {"tps": statistics.median(rnd["tps"] for rnd in per[c]), "ttft_p50": pct(ttfts, 0.5), "ttft_p95": pct(ttfts, 0.95)}
+            row[name] = {"tps": statistics.median(rnd["tps"] for rnd in per[c]), "ttft_p50": pct(ttfts, 0.5), "ttft_p95": pct(ttfts, 0.95),
+                         "cpu_ms_per_token": statistics.median(rnd["cpu_ms_per_token"] for rnd in per[c])}
         if "llama-server" in results:
-            row["ratio"] = statistics.median(a["tps"] / b["tps"] for a, b in zip(results["edgellm"][c], results["llama-server"][c]))
+            pairs = list(zip(results["edgellm"][c], results["llama-server"][c]))
+            row["ratio"] = statistics.median(a["tps"] / b["tps"] for a, b in pairs)
+            row["cpu_ratio"] = statistics.median(b["cpu_ms_per_token"] / a["cpu_ms_per_token"] for a, b in pairs)  # > 1: edgellm is cheaper
         summary["levels"][c] = row
     if levels[0] == 1:  # paired by round: the load of that moment hits both
         summary["single_vs_run"] = statistics.median(rnd["decode_tps"] / tps for rnd, tps in zip(results["edgellm"][1], run_tps))
@@ -189,11 +198,16 @@ def main() -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{args.model.name} · -t {args.threads} · {args.slots} slots × {ctx} · {args.tokens} tokens per request · {args.rounds} rounds")
-    print(f"{'clients':>7}  {'edgellm tok/s':>13}  {'TTFT p50/p95 s':>15}  {'llama-server tok/s':>18}  {'TTFT p50/p95 s':>15}  {'ratio':>6}")
+    print(f"{'clients':>7}  {'edgellm tok/s':>13}  {'TTFT p50/p95 s':>15}  {'CPU ms/tok':>10}  "
+          f"{'llama-server tok/s':>18}  {'TTFT p50/p95 s':>15}  {'CPU ms/tok':>10}  {'ratio':>6}")
     for c, row in summary["levels"].items():
         e, ls = row["edgellm"], row.get("llama-server")
-        other = f"{ls['tps']:18.1f}  {ls['ttft_p50']:7.3f}/{ls['ttft_p95']:<7.3f}  {row['ratio']:6.2f}" if ls else ""
-        print(f"{c:>7}  {e['tps']:13.1f}  {e['ttft_p50']:7.3f}/{e['ttft_p95']:<7.3f}  {other}")
+        other = (f"  {ls['tps']:18.1f}  {ls['ttft_p50']:7.3f}/{ls['ttft_p95']:<7.3f}  {ls['cpu_ms_per_token']:10.2f}  {row['ratio']:6.2f}"
+                 if ls else "")
+        print(f"{c:>7}  {e['tps']:13.1f}  {e['ttft_p50']:7.3f}/{e['ttft_p95']:<7.3f}  {e['cpu_ms_per_token']:10.2f}{other}")
+    for c, row in summary["levels"].items():
+        if "cpu_ratio" in row:
+            print(f"{c} clients: edgellm gives {row['ratio']:.2f}x llama-server's tokens/s at {1 / row['cpu_ratio']:.2f}x its CPU time per token")
     if "single_vs_run" in summary:
         print(f"one stream decodes at {summary['single_vs_run']:.2f}x of `edgellm run` ({summary['edgellm_run_tps']:.1f} tok/s)")
     return 0

@@ -171,6 +171,10 @@ def test_completion_stop_and_length(server):
     cut = client.completions.create(model="any", prompt="The capital of France is", max_tokens=12, temperature=0, stop=["@@", word])
     assert cut.choices[0].text == text[: text.index(word)]
     assert cut.choices[0].finish_reason == "stop"
+    k = text.index(" " + text.split()[3])
+    across = text[k - 2 : k + 3]  # the end of one token and the start of the next: held back, then cut
+    cut = client.completions.create(model="any", prompt="The capital of France is", max_tokens=12, temperature=0, stop=across)
+    assert cut.choices[0].text == text[: text.index(across)]
     parts = client.completions.create(model="any", prompt="The capital of France is", max_tokens=12, temperature=0, stream=True)
     assert "".join(p.choices[0].text for p in parts) == text
 
