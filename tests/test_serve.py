@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
 import signal
 import subprocess
@@ -407,10 +408,18 @@ def test_cors_only_with_the_option(server, one_slot):
     assert "access-control-allow-origin" not in httpx2.get(one_slot.url + "/health", headers={"Origin": "http://app.test"}).headers
 
 
-def test_a_non_loopback_address_needs_a_key_or_insecure():
-    r = subprocess.run([EDGELLM, "serve", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=WAIT_S)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--host", "0.0.0.0"], "--host 0.0.0.0 lets other machines reach the API: give --api-key KEY, or --insecure to serve it without one"),
+        (["--host", "example.org", "--api-key", " "], "--api-key is empty"),
+        (["/nowhere/model.gguf", "--port", "0"], "no such model file, package folder or store name: /nowhere/model.gguf"),
+    ],
+)
+def test_bad_command_lines_get_one_line(args, message):
+    r = subprocess.run([EDGELLM, "serve", *args], capture_output=True, text=True, timeout=WAIT_S, env={**os.environ, "EDGELLM_API_KEY": ""})
     assert r.returncode == 2
-    assert r.stderr == "edgellm: --host 0.0.0.0 lets other machines reach the API: give --api-key KEY, or --insecure to serve it without one\n"
+    assert r.stderr == f"edgellm: {message}\n"
 
 
 def test_a_port_in_use_is_one_line(server):
