@@ -151,9 +151,10 @@ def default_quality_text() -> str:
 
 def _speed(path: str, cfg: BenchConfig) -> dict[str, Any]:
     """Runs in the child: load, warm up, time pp and tg, TTFT. Returns plain values (or raises)."""
-    from .runtime import Engine, Sampling
+    from .launch import open_engine
+    from .runtime import Sampling
 
-    engine = Engine.load(path, n_ctx=cfg.context(), n_gpu_layers=cfg.ngl, n_threads=cfg.threads)
+    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads)
     with engine:
         n_vocab = engine.n_vocab
         rng = random.Random(0)

@@ -7,6 +7,8 @@ list. A GPU counts for offload only when the llama.cpp build can offload to it.
 
 from __future__ import annotations
 
+import os
+
 import platform
 import re
 from dataclasses import asdict, dataclass, replace
@@ -175,7 +177,7 @@ def detect() -> HardwareProfile:
     return HardwareProfile(
         ram_total=int(vm.total),
         ram_available=int(vm.available),
-        cpu_cores=psutil.cpu_count(logical=False) or 1,
+        cpu_cores=default_threads(),
         cpu_threads=psutil.cpu_count(logical=True) or 1,
         cpu_name=_cpu_name(),
         gpus=tuple(gpus),
@@ -189,3 +191,11 @@ def synthetic(ram: int, vram: int = 0, cores: int = 4) -> HardwareProfile:
     build = LlamaBuild(gpu_offload=vram > 0, backends=("CUDA", "CPU") if vram else ("CPU",), system_info="")
     gpus = (GPU(0, "simulated GPU", "other", vram, vram, "override"),) if vram else ()
     return HardwareProfile(ram, ram, cores, cores * 2, "simulated CPU", gpus, build, simulated=True)
+
+
+def default_threads() -> int:
+    """Physical cores: what llama.cpp's tools use, and faster than hyper-threads for matrix work (a thread
+    that shares a core with another stalls the rest of the batch)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -78,6 +78,12 @@ class Plan:
     levels: tuple[LevelFit, ...] = ()
     notes: tuple[str, ...] = field(default=())
     n_cpu_moe: int = 0  # the experts of layers 0 .. n_cpu_moe-1 stay in RAM (their other weights on the GPU)
+    n_threads: int = 1  # CPU threads llama.cpp runs with
+    n_seq: int = 1  # sequences sharing the context (a server's slots), n_ctx / n_seq tokens each
+
+    @property
+    def gpu_layers(self) -> str:
+        return gpu_layers_text(self.n_gpu_layers, self.n_layers)
 
     @property
     def fit(self) -> str:
@@ -89,7 +95,7 @@ class Plan:
             f"Machine: {self.hardware}",
             f"Model: {self.name} ({len(self.levels) or 1} level{'s' if len(self.levels) != 1 else ''})",
             f"Choice: {self.level} ({self.path.name}), the highest-quality level that fits; {FIT_TEXT[self.fit]}",
-            f"  GPU layers: {self.n_gpu_layers} of {self.n_layers + 1} (incl. output layer)",
+            f"  GPU layers: {self.gpu_layers} (incl. output layer) · {self.n_threads} CPU threads",
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
             *self._attention_lines(),
             f"  RAM:  {human_bytes(m.ram)} of {human_bytes(self.ram_budget)} usable (weights {human_bytes(m.weights_cpu)}, "
@@ -138,31 +144,45 @@ class Plan:
             "levels": [lv.to_dict() for lv in self.levels],
             "notes": list(self.notes),
             "n_cpu_moe": self.n_cpu_moe,
+            "n_threads": self.n_threads,
+            "n_seq": self.n_seq,
         }
+
+
+def gpu_layers_text(n_gpu_layers: int, n_layers: int) -> str:
+    """"12/33": llama.cpp counts the output layer as one more, so n_layers + 1 means all of them."""
+    return f"{n_gpu_layers}/{n_layers + 1}"
 
 
 def _fit_kind(ngl: int, n_layers: int, n_cpu_moe: int = 0) -> str:
     return "gpu" if ngl > n_layers and not n_cpu_moe else "partial" if ngl > 0 else "cpu"
 
 
-def placements(f: ModelFile, gpu: bool) -> list[tuple[int, int]]:
+def placements(f: ModelFile, gpu: bool, ngl: int | None = None) -> list[tuple[int, int]]:
     """(GPU layers, layers with experts in RAM) from the most on the GPU to the least: for a mixture of
-    experts, the experts leave the GPU layer by layer before whole layers do."""
+    experts, the experts leave the GPU layer by layer before whole layers do. `ngl` keeps only the
+    placements with that many GPU layers (more than the model has means all of them)."""
     n = f.info.n_layers
     if not gpu:
         return [(0, 0)]
     if experts(f.info) is None:
-        return [(ngl, 0) for ngl in range(n + 1, -1, -1)]
-    return [(n + 1, k) for k in range(n + 1)] + [(ngl, n) for ngl in range(n, 0, -1)] + [(0, 0)]
+        out = [(g, 0) for g in range(n + 1, -1, -1)]
+    else:
+        out = [(n + 1, k) for k in range(n + 1)] + [(g, n) for g in range(n, 0, -1)] + [(0, 0)]
+    if ngl is None:
+        return out
+    forced = min(ngl, n + 1)
+    return [p for p in out if p[0] == forced] or [(forced, 0)]
 
 
 def best_gpu_layers(
-    f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool, unified: bool = False
+    f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool, unified: bool = False,
+    ngl: int | None = None, n_seq: int = 1,
 ) -> MemoryEstimate | None:
     """The placement with the most on the GPU that fits both budgets, or None. With unified memory
     (Apple silicon) what the GPU holds comes out of the same RAM."""
-    for ngl, n_cpu_moe in placements(f, gpu):
-        m = estimate(f.info, n_ctx, ngl, kv_type, n_cpu_moe=n_cpu_moe)
+    for g, n_cpu_moe in placements(f, gpu, ngl):
+        m = estimate(f.info, n_ctx, g, kv_type, n_cpu_moe=n_cpu_moe, n_seq=n_seq)
         ram_used = m.ram + (m.vram if unified else 0)
         if m.vram <= vram and ram_used <= ram:
             return m
@@ -179,9 +199,11 @@ def _contexts(target: int, min_ctx: int) -> list[int]:
     return out + [min_ctx]
 
 
-def _fit_level(f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool, unified: bool) -> MemoryEstimate | None:
+def _fit_level(
+    f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool, unified: bool, ngl: int | None, n_seq: int
+) -> MemoryEstimate | None:
     for c in contexts:
-        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu, unified)
+        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu, unified, ngl, n_seq)
         if m is not None:
             return m
     return None
@@ -195,8 +217,12 @@ def make_plan(
     min_ctx: int = MIN_CTX,
     ram: int | None = None,
     vram: int | None = None,
+    ngl: int | None = None,
+    threads: int | None = None,
+    n_seq: int = 1,
 ) -> Plan:
-    """Plan `model` for `hw`. `ram`/`vram` replace the machine's free memory (to plan for another machine)."""
+    """Plan `model` for `hw`. `ram`/`vram` replace the machine's free memory (to plan for another machine);
+    `ngl` fixes the GPU layers, `threads` the CPU threads; `n_seq` sequences share the context (`ctx` in all)."""
     hw = hw.with_overrides(ram=ram, vram=vram)
     kv_type = kv_type or "f16"
     gpu = bool(hw.offload_gpus)
@@ -214,7 +240,7 @@ def make_plan(
 
     levels, chosen = [], None
     for f in model.files:
-        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory)
+        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory, ngl, n_seq)
         if m is None:
             worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type)
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
@@ -231,6 +257,8 @@ def make_plan(
         notes.append(f"context shrunk from {contexts[0]} to {m.n_ctx} tokens to keep {f.level}")
     if not gpu and hw.gpus:
         notes.append("the GPU is not used: this llama.cpp build cannot offload")
+    if ngl and not gpu:
+        notes.append(f"--ngl {ngl} asks for GPU layers, but llama.cpp has no GPU to use here: every layer runs in RAM")
     return Plan(
         name=model.name,
         path=f.path,
@@ -246,6 +274,8 @@ def make_plan(
         levels=tuple(levels),
         notes=tuple(notes),
         n_cpu_moe=m.n_cpu_moe,
+        n_threads=threads or hw.cpu_cores,  # physical cores, as llama.cpp's tools use
+        n_seq=n_seq,
     )
 
 
@@ -274,7 +304,7 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
 
     f = ModelFile(plan.level, plan.path, read_gguf(plan.path))
     ram_budget = _budget(hw.ram_available, RAM_MARGIN)
-    m = best_gpu_layers(f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus), hw.unified_memory)
+    m = best_gpu_layers(f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus), hw.unified_memory, n_seq=plan.n_seq)
     why = (
         "the GPU is gone" if not hw.offload_gpus
         else f"the GPU has {human_bytes(hw.vram_free)} free, less than the {human_bytes(plan.memory.vram)} planned"
@@ -284,7 +314,7 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
             f"{plan.name} {plan.level} no longer fits: {why}, and {human_bytes(estimate(f.info, plan.n_ctx, 0, plan.kv_type).ram)} "
             f"of RAM would be needed with {human_bytes(ram_budget)} usable"
         )
-    note = f"{why}: running {m.n_gpu_layers} of {plan.n_layers + 1} layers on the GPU instead of {plan.n_gpu_layers}"
+    note = f"{why}: running {gpu_layers_text(m.n_gpu_layers, plan.n_layers)} layers on the GPU instead of {plan.n_gpu_layers}"
     if m.n_cpu_moe != plan.n_cpu_moe:
         note += f", the experts of {m.n_cpu_moe} layers in RAM instead of {plan.n_cpu_moe}"
     return replace(

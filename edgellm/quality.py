@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import EdgeError, UsageError
 from . import llamacpp
+from .hardware import default_threads
 
 ProgressHook = Callable[[int, int], None]  # (chunks done, chunks total)
 
@@ -53,12 +54,6 @@ class KLDResult:
     same_top: float  # share of tokens where both pick the same most likely token
     ppl: PPLResult  # the model's perplexity on the same tokens
     base_ppl: PPLResult
-
-
-def default_threads() -> int:
-    """About one thread per physical core, like llama.cpp's tools: a busy-waiting thread on a shared
-    logical core slows a whole batch down several times."""
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class Evaluator:

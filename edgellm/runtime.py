@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,27 +20,14 @@ import llama_cpp as L
 
 from . import chat_template, llamacpp, placement
 from .errors import EdgeError, UsageError
+from .hardware import detect
+from .plan import Plan, gpu_layers_text, revalidate
+from .sampling import Sampling
 from .testhooks import pause_point
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 PENALTY_LAST_N = 64  # how many recent tokens the repeat penalty looks at (llama.cpp's default)
 N_BATCH, N_UBATCH = 2048, 512  # llama-bench's defaults: prompt speed is compared against pp512 with these
-
-
-@dataclass
-class Sampling:
-    """How the next token is picked. temperature <= 0 means greedy (always the most likely token)."""
-
-    temperature: float = 0.7
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    seed: int | None = None  # None: a new random seed each time
-    max_tokens: int | None = 512  # None: until the model stops or the context is full
-    ignore_eos: bool = False  # keep going past end-of-turn tokens (benchmarks want exactly max_tokens)
-    presence_penalty: float = 0.0  # subtracted once from each token already in the recent text (OpenAI's meaning)
-    frequency_penalty: float = 0.0  # subtracted per occurrence in the recent text
 
 
 @dataclass
@@ -72,18 +58,15 @@ class EngineInfo:
     load_s: float
     plan: object | None = field(default=None, repr=False, compare=False)  # the Plan it was loaded with
 
+    @property
+    def gpu_layers(self) -> str:
+        return gpu_layers_text(self.n_gpu_layers, self.n_layers)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["path"] = str(self.path)
         d.pop("plan")
         return d
-
-
-def default_threads() -> int:
-    """Physical cores: what llama-bench uses, and faster than hyper-threads for matrix work."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def sampler_chain(vocab, s: Sampling, history: Sequence[int] = (), head=None):
@@ -125,19 +108,6 @@ def sampler_chain(vocab, s: Sampling, history: Sequence[int] = (), head=None):
     return chain
 
 
-def _resolve_plan(target, n_ctx: int | None):
-    """A Plan for whatever `Engine.load` was given: a path or ModelRef is planned for this machine; a Plan
-    that puts layers on a GPU is checked against the GPUs there are now (fewer layers if one vanished)."""
-    from .hardware import detect
-    from .models import ModelRef, resolve_model
-    from .plan import Plan, make_plan, revalidate
-
-    if isinstance(target, Plan):
-        return revalidate(target, detect()) if target.n_gpu_layers else target
-    ref = target if isinstance(target, ModelRef) else resolve_model(target)
-    return make_plan(ref, detect(), ctx=n_ctx)
-
-
 def _keep_loading(interrupted: threading.Event) -> bool:
     """llama.cpp's progress callback while a model loads: False (after Ctrl-C) stops the load."""
     pause_point("engine.load", until=interrupted.is_set)
@@ -165,22 +135,14 @@ class Engine:
     # --- loading ------------------------------------------------------------------------------------
 
     @classmethod
-    def load(
-        cls,
-        plan_or_path,
-        n_ctx: int | None = None,
-        n_gpu_layers: int | None = None,
-        n_threads: int | None = None,
-        n_seq_max: int = 1,
-    ) -> "Engine":
-        """Load a model by Plan, ModelRef or path (None = the default model); the arguments override the plan.
-        n_seq_max > 1 splits the context into that many sequences of n_ctx / n_seq_max tokens each (a server's slots)."""
-        plan = _resolve_plan(plan_or_path, n_ctx)
+    def load(cls, plan: Plan) -> "Engine":
+        """Load the model as `plan` says (`edgellm.launch` makes plans from names and options). A plan that puts
+        layers on a GPU is first checked against the GPUs there are now: fewer layers if one shrank or vanished.
+        With plan.n_seq > 1 the context holds that many sequences of n_ctx / n_seq tokens each (a server's slots)."""
+        if plan.n_gpu_layers:
+            plan = revalidate(plan, detect())
         path = Path(plan.path)
-        n_ctx = n_ctx or plan.n_ctx
-        ngl = plan.n_gpu_layers if n_gpu_layers is None else n_gpu_layers
-        threads = n_threads or default_threads()
-        kv_type = plan.kv_type
+        n_ctx, ngl, threads, kv_type = plan.n_ctx, plan.n_gpu_layers, plan.n_threads, plan.kv_type
         llamacpp.init()
         t0 = time.perf_counter()
         mp = L.llama_model_default_params()
@@ -189,7 +151,7 @@ class Engine:
         mp.tensor_buft_overrides = ctypes.addressof(experts_in_ram) if experts_in_ram is not None else None
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
-        cp.n_seq_max = n_seq_max
+        cp.n_seq_max = plan.n_seq
         cp.n_batch = min(N_BATCH, n_ctx)
         cp.n_ubatch = min(N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
@@ -215,11 +177,11 @@ class Engine:
             )
         n_layers = L.llama_model_n_layer(model)
         info = EngineInfo(
-            name=getattr(plan, "name", None) or path.stem,
+            name=plan.name or path.stem,
             level=plan.level,
             path=path,
             n_layers=n_layers,
-            n_gpu_layers=min(ngl, n_layers + 1) if ngl >= 0 else n_layers + 1,  # the output layer counts as one
+            n_gpu_layers=min(ngl, n_layers + 1),
             n_ctx=L.llama_n_ctx(ctx),
             n_threads=threads,
             kv_type=kv_type,

@@ -76,9 +76,9 @@ def edgellm_rep(engine, rep: int) -> dict[str, float]:
 
 
 def bench_file(bin_dir: Path, path: Path, threads: int, reps: int) -> dict:
-    from edgellm.runtime import Engine
+    from edgellm.launch import open_engine
 
-    with Engine.load(path, n_ctx=2048, n_gpu_layers=0, n_threads=threads) as engine:
+    with open_engine(path, ctx=2048, ngl=0, threads=threads) as engine:
         edgellm_rep(engine, -1)  # warm-up, as llama-bench does
         ours, theirs = [], []
         for rep in range(reps):
@@ -104,7 +104,7 @@ def bench_file(bin_dir: Path, path: Path, threads: int, reps: int) -> dict:
 
 
 def main() -> int:
-    from edgellm.runtime import default_threads
+    from edgellm.hardware import default_threads
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", type=Path, help="GGUF files (default: SmolLM2 Q4_1, Q4_K_M, F16)")

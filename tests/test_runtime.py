@@ -9,6 +9,7 @@ import pytest
 
 from edgellm.errors import UsageError
 from edgellm.models import resolve_model
+from edgellm.launch import open_engine
 from edgellm.runtime import Engine, Sampling
 from fixtures import smollm2_checkpoint, smollm2_gguf, write_llama3_tiny_gguf
 
@@ -19,7 +20,7 @@ EOT, END_OF_TEXT, BOS = 128009, 128001, 128000
 
 @pytest.fixture(scope="module")
 def smol():
-    with Engine.load(smollm2_gguf(), n_ctx=2048) as engine:
+    with open_engine(smollm2_gguf(), ctx=2048) as engine:
         yield engine
 
 
@@ -114,20 +115,20 @@ def test_next_turn_reuses_the_cache_and_answers_as_a_fresh_engine(smol):
     second = "".join(smol.stream_chat(chat, GREEDY))
     reused = smol.last_stats
     assert reused.prompt_eval_tokens < reused.prompt_tokens / 2
-    with Engine.load(smollm2_gguf(), n_ctx=2048) as fresh:
+    with open_engine(smollm2_gguf(), ctx=2048) as fresh:
         assert "".join(fresh.stream_chat(chat, GREEDY)) == second
         assert fresh.last_stats.prompt_eval_tokens == fresh.last_stats.prompt_tokens
 
 
 def test_prompt_longer_than_context_is_refused_with_numbers():
-    with Engine.load(smollm2_gguf(), n_ctx=256) as small:
+    with open_engine(smollm2_gguf(), ctx=256) as small:
         long = [{"role": "user", "content": "word " * 400}]
         with pytest.raises(UsageError, match=r"the prompt is \d+ tokens but the context holds 256"):
             small.stream_chat(long, GREEDY)
 
 
 def test_full_context_ends_by_context():
-    with Engine.load(smollm2_gguf(), n_ctx=256) as small:
+    with open_engine(smollm2_gguf(), ctx=256) as small:
         count = ", ".join(str(i) for i in range(1, 60)) + ","
         out = "".join(small.stream_prompt(count, Sampling(temperature=0, repeat_penalty=1.0, max_tokens=None)))
         s = small.last_stats
@@ -148,7 +149,7 @@ def llama3_tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama3")
     stops = write_llama3_tiny_gguf(folder / "stops.gguf", favourite=EOT)
     talks = write_llama3_tiny_gguf(folder / "talks.gguf", favourite=12366)  # " Paris"
-    with Engine.load(stops, n_ctx=512) as a, Engine.load(talks, n_ctx=512) as b:
+    with open_engine(stops, ctx=512) as a, open_engine(talks, ctx=512) as b:
         yield a, b
 
 

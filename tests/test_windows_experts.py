@@ -19,7 +19,8 @@ from edgellm.models import resolve_model
 from edgellm.placement import expert_patterns
 from edgellm.plan import RAM_MARGIN, VRAM_MARGIN, _budget, make_plan
 from edgellm.quantize.convert import convert_checkpoint
-from edgellm.runtime import Engine, Sampling
+from edgellm.launch import open_engine
+from edgellm.runtime import Sampling
 
 GIB = 1 << 30
 GREEDY = Sampling(temperature=0, max_tokens=8, repeat_penalty=1.0)
@@ -128,7 +129,7 @@ def test_sliding_window_cache_reuse_and_fallback(tiny):
     window before the difference is gone. Both answer as a fresh engine does."""
     long = " ".join(f"word{i}" for i in range(400))
     first = [{"role": "user", "content": long}]
-    with Engine.load(tiny["gemma3"], n_ctx=2048) as e:
+    with open_engine(tiny["gemma3"], ctx=2048) as e:
         assert e.info.n_ctx == 2048
         reply, stats = _turns(e, first)
         assert stats.prompt_tokens > 800
@@ -139,7 +140,7 @@ def test_sliding_window_cache_reuse_and_fallback(tiny):
         again, restarted = _turns(e, edited)
         assert restarted.prompt_eval_tokens == restarted.prompt_tokens
     for messages, expected in ((follow, on), (edited, again)):
-        with Engine.load(tiny["gemma3"], n_ctx=2048) as fresh:
+        with open_engine(tiny["gemma3"], ctx=2048) as fresh:
             assert _turns(fresh, messages)[0] == expected
 
 
@@ -157,9 +158,10 @@ from edgellm.hardware import detect
 from edgellm.models import resolve_model
 from edgellm.plan import make_plan
 from edgellm.runtime import Engine, Sampling
-plan = replace(make_plan(resolve_model(sys.argv[1]), detect(), ctx=512), n_cpu_moe=int(sys.argv[2]))
+plan = make_plan(resolve_model(sys.argv[1]), detect(), ctx=512)
+plan = replace(plan, n_cpu_moe=int(sys.argv[2]), n_gpu_layers=plan.n_layers + 1)  # no GPU here: llama.cpp keeps every layer in RAM
 with llamacpp.capture_log() as lines:
-    with Engine.load(plan, n_gpu_layers=plan.n_layers + 1) as e:  # no GPU here: llama.cpp keeps every layer in RAM
+    with Engine.load(plan) as e:
         print(repr("".join(e.stream_prompt("Hello world", Sampling(temperature=0, max_tokens=8, repeat_penalty=1.0)))))
 print(sorted(m.group(1) for m in map(re.compile(r"tensor (\\S+) .*buffer type overridden to CPU").search, lines) if m))
 """

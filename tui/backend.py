@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from edgellm.models import resolve_model
-
 from .app import LoadedModel
 from .state import ChatSettings, ModelChoice
 
@@ -14,16 +12,17 @@ def placement(n_gpu_layers: int, n_layers: int) -> str:
         return "CPU only"
     if n_gpu_layers > n_layers:
         return "all on GPU"
-    return f"{n_gpu_layers}/{n_layers + 1} layers on GPU"
+    from edgellm.plan import gpu_layers_text
+
+    return f"{gpu_layers_text(n_gpu_layers, n_layers)} layers on GPU"
 
 
 def open_model(ref: str | None, settings: ChatSettings) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine, and load it."""
-    from edgellm.hardware import detect
-    from edgellm.plan import make_plan
+    from edgellm.launch import plan_model
     from edgellm.runtime import Engine
 
-    plan = make_plan(resolve_model(ref), detect(), ctx=settings.n_ctx or None)
+    plan = plan_model(ref, ctx=settings.n_ctx or None)
     engine = Engine.load(plan)
     line = f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx}"
     return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain())

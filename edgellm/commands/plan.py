@@ -6,7 +6,8 @@ import json
 
 import click
 
-from ..options import CONTEXT
+from ..options import CONTEXT, GPU_LAYERS, THREADS
+from ..plan import gpu_layers_text
 
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])
 
@@ -18,8 +19,10 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16; q8_0 halves it, q4_0 quarters it).")
 @click.option("--ram", help="Plan for this much free RAM instead of this machine's (e.g. 16G).")
 @click.option("--vram", help="Plan for one GPU with this much free VRAM (e.g. 8G; 0 = no GPU).")
+@click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
+@click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: physical cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
-def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, as_json: bool) -> int:
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
     Picks the highest-quality level that fits, the most GPU layers that fit with a safety margin, and
@@ -42,6 +45,8 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, as_json: boo
         min_ctx=min_ctx,
         ram=parse_size(ram) if ram else None,
         vram=parse_size(vram) if vram is not None else None,
+        ngl=ngl,
+        threads=threads,
     )
     if as_json:
         click.echo(json.dumps(p.to_dict(), indent=2))
@@ -75,5 +80,5 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, as_json: boo
 
 def _gpu_layers(lv) -> str:
     """GPU layers of a level, and how many layers keep their experts in RAM."""
-    text = f"{lv.n_gpu_layers}/{lv.n_layers + 1}"
+    text = gpu_layers_text(lv.n_gpu_layers, lv.n_layers)
     return text + f" (experts of {lv.n_cpu_moe} in RAM)" if lv.n_cpu_moe else text

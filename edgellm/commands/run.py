@@ -18,7 +18,7 @@ from .plan import KV_CHOICES
 def _stats_lines(engine, stats) -> list[str]:
     i = engine.info
     return [
-        f"plan: {i.level} · {i.n_gpu_layers}/{i.n_layers + 1} layers on the GPU · context {i.n_ctx} ({i.kv_type}) · "
+        f"plan: {i.level} · {i.gpu_layers} layers on the GPU · context {i.n_ctx} ({i.kv_type}) · "
         f"{i.n_threads} threads · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
@@ -70,9 +70,7 @@ def _utf8(text: str, what: str) -> str:
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
-    from ..hardware import detect
-    from ..models import resolve_model, verify_file
-    from ..plan import make_plan
+    from ..launch import plan_model
     from ..runtime import Engine, Sampling
 
     if sys.stdout is None:
@@ -84,14 +82,12 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     if system is not None:
         _utf8(system, "the system message")
 
-    ref = resolve_model(model)
-    plan = make_plan(ref, detect(), ctx=ctx, kv_type=kv_type)
-    verify_file(next(f for f in ref.files if f.path == plan.path))
+    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     sampling = Sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
-    with Engine.load(plan, n_gpu_layers=ngl, n_threads=threads) as engine:
+    with Engine.load(plan) as engine:
         stream = engine.stream_chat(messages, sampling)
         if as_json:
             text = "".join(stream)

@@ -44,9 +44,8 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     """Serve MODEL (a .gguf file, package folder or store name; default: the demo model) over an
     OpenAI-compatible API at http://HOST:PORT/v1."""
     from ..errors import UsageError
-    from ..hardware import detect
-    from ..models import resolve_model, verify_file
-    from ..plan import make_plan
+    from ..launch import plan_model
+    from ..models import resolve_model
     from ..runtime import Engine
     from ..serve.server import ServeOptions, bind, serve as run_server
 
@@ -57,7 +56,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     sock = bind(host, port)  # before loading: a port in use fails fast
     ref = resolve_model(model)
     per_slot = -(-ctx // CTX_STEP) * CTX_STEP if ctx else None
-    plan = make_plan(ref, detect(), ctx=per_slot * parallel if per_slot else None)
+    plan = plan_model(ref, ctx=per_slot * parallel if per_slot else None, threads=threads, n_seq=parallel)
     n_ctx_train = next(f.info.n_ctx_train for f in ref.files if f.path == plan.path)
     if per_slot:  # the planner judged the total against the training context; what matters is each slot's
         plan = replace(plan, notes=tuple(n for n in plan.notes if not n.startswith(f"{plan.n_ctx} tokens is more than")))
@@ -67,10 +66,9 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
             raise UsageError(f"the planned context of {plan.n_ctx} tokens is too small for {parallel} slots: lower --parallel")
     if n_ctx_train and per_slot > n_ctx_train:
         plan = replace(plan, notes=plan.notes + (f"{per_slot} tokens per slot is more than the {n_ctx_train} the model was trained on: quality may drop",))
-    verify_file(next(f for f in ref.files if f.path == plan.path))
     click.echo(plan.explain(), err=True)
     click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
-    with Engine.load(plan, n_ctx=per_slot * parallel, n_threads=threads, n_seq_max=parallel) as engine:
+    with Engine.load(replace(plan, n_ctx=per_slot * parallel)) as engine:
         opts = ServeOptions(host, port, parallel, max_queue, alias or plan.name, api_key, tuple(cors))
         run_server(engine, plan.to_dict(), opts, sock)
     return 0

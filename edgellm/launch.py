@@ -1,0 +1,40 @@
+"""From a model name and the user's options to a plan, and from a plan to a loaded engine: the one path that
+`run`, `chat`, `serve` and `bench` take.
+
+    plan = plan_model("Llama-3.2-1B-Instruct", ctx=4096)   # a store name, package folder, .gguf or None
+    with Engine.load(plan) as engine: ...
+
+Every override (GPU layers, context, KV cache type, threads, slots) goes through the planner, so what a command
+reports is what the planner decided and the engine loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .hardware import HardwareProfile, detect
+from .models import ModelRef, resolve_model, verify_file
+from .plan import Plan, make_plan
+from .runtime import Engine
+
+
+def plan_model(
+    model: str | Path | ModelRef | None,
+    *,
+    ctx: int | None = None,
+    kv_type: str | None = None,
+    ngl: int | None = None,
+    threads: int | None = None,
+    n_seq: int = 1,
+    hw: HardwareProfile | None = None,
+) -> Plan:
+    """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256."""
+    ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    plan = make_plan(ref, hw or detect(), ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq)
+    verify_file(ref.file(plan.level))
+    return plan
+
+
+def open_engine(model: str | Path | ModelRef | None, **overrides) -> Engine:
+    """Plan `model` with `overrides` (as `plan_model` takes them) and load it."""
+    return Engine.load(plan_model(model, **overrides))
