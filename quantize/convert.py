@@ -275,18 +275,9 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, label: str) -> None:
         self.bar = None
         if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+            from edgellm.progress import progress_bar
 
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
+            self.bar = progress_bar("bytes")
             self.task = self.bar.add_task(f"writing {label}", total=total)
 
     def __enter__(self) -> _Progress:

@@ -44,7 +44,7 @@ def test_speed_numbers_are_positive_with_spread(run):
             m = r[key]
             assert len(m["samples"]) == 2 and all(math.isfinite(x) and x > 0 for x in m["samples"])
             assert m["std"] >= 0 and math.isclose(m["mean"], sum(m["samples"]) / 2)
-        assert 0 < r["ttft_s"] < 60 and r["load_s"] > 0
+        assert math.isfinite(r["ttft_s"]) and r["ttft_s"] > 0 and r["load_s"] > 0
         assert r["peak_rss_bytes"] > r["size_bytes"] // 4  # the weights were really read
         assert r["n_ctx"] >= 32 and r["n_layers"] == 30
     assert "random tokens" in data["method"] and "warm-up" in data["method"]

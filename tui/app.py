@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
 
 from textual import work
 from textual.actions import SkipAction
@@ -37,17 +37,38 @@ from .widgets.messages import ChatLog, MessageView
 from .widgets.sidebar import Sidebar
 from .widgets.status import ModelHeader, Stats, StatsBar
 
+if TYPE_CHECKING:  # the runtime loads llama.cpp: layout tests run without it
+    from edgellm.runtime import EngineInfo, GenStats
+    from edgellm.sampling import Sampling
+
 # How often the generation thread hands text to the UI. Each update re-lays out and redraws the chat,
 # CPU that llama.cpp's threads lose on a small machine: on 2 cores, 30 updates/s cost ~15% of tok/s, 4/s ~10%.
 FRAME_S = 0.25
 FINISH_NOTES = {"length": "[max tokens]", "context": "[context full]"}
 
 
+class ChatEngine(Protocol):
+    """What the chat needs of a loaded model: edgellm.runtime.Engine, or a scripted one in layout tests."""
+
+    info: EngineInfo
+    last_stats: GenStats | None
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream_chat(
+        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class LoadedModel:
     """What `open_model` returns: the engine and the planner's one-line account of it."""
 
-    engine: Any  # edgellm.runtime.Engine (or anything with its chat API)
+    engine: ChatEngine
     path: str  # the GGUF file in use
     plan: str  # one line for the header, e.g. "Q4_1 chosen by the planner · CPU only · ctx 8192"
     explain: str = ""  # the planner's full account of its choice
@@ -56,21 +77,42 @@ class LoadedModel:
 OpenModel = Callable[[str | None, ChatSettings], LoadedModel]
 
 
+@dataclass(frozen=True)
+class Action:
+    """One thing the user can do: a key (shown in the footer when it has a label) and a palette command."""
+
+    name: str  # the app's action_<name>
+    title: str
+    help: str
+    key: str | None = None
+    label: str = ""  # footer label; "" keeps the key out of the footer
+    priority: bool = False  # the key works even where the focused widget would take it
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action("stop", "Stop reply", "Stop the reply being written (keeps what it wrote)", "escape", "Stop"),
+    Action("new_chat", "New chat", "Start an empty conversation", "ctrl+n", "New"),
+    Action("regenerate", "Regenerate reply", "Write the last reply again", "ctrl+r", "Regen"),
+    Action("edit_last", "Edit last message", "Put your last message back in the box to change and resend it",
+           "ctrl+e", "Edit", priority=True),
+    Action("toggle_sidebar", "Saved chats", "Show or hide the list of saved conversations", "ctrl+b", "Chats"),
+    Action("settings", "Settings", "Sampling, context size and system prompt", "ctrl+s", "Set"),
+    Action("models", "Pick model", "Local models and how each level fits this machine", "ctrl+o", "Model"),
+    Action("copy_reply", "Copy last reply", "Copy the last reply to the clipboard", "ctrl+y"),
+    Action("help", "Help", "Keys and what the status line means", "f1", "Help"),
+    Action("rename_chat", "Rename chat", "Give this conversation a title"),
+    Action("delete_chat", "Delete chat", "Delete this conversation from the history"),
+    Action("model_info", "Model info", "Why the planner chose this file, offload and context"),
+)
+
+
 class ChatApp(App[None]):
     CSS_PATH = "chat.tcss"
     TITLE = "edgellm chat"
 
-    BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
-        Binding("ctrl+n", "new_chat", "New"),
-        Binding("ctrl+r", "regenerate", "Regen"),
-        Binding("ctrl+e", "edit_last", "Edit", priority=True),
-        Binding("ctrl+b", "toggle_sidebar", "Chats"),
-        Binding("ctrl+s", "settings", "Set"),
-        Binding("ctrl+o", "models", "Model"),
-        Binding("ctrl+y", "copy_reply", "Copy", show=False),
-        Binding("f1", "help", "Help"),
+    # Ctrl+C stops a reply like Esc, and quits when there is none: a key only, not a palette command.
+    BINDINGS = [Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True)] + [
+        Binding(a.key, a.name, a.label or a.title, show=bool(a.label), priority=a.priority) for a in ACTIONS if a.key
     ]
 
     class ModelReady(TextualMessage):
@@ -105,7 +147,7 @@ class ChatApp(App[None]):
         self.list_models = list_models
         self.db_path = db_path
         self.overrides = overrides or {}
-        self.engine = None
+        self.engine: ChatEngine | None = None
         self.loaded: LoadedModel | None = None
         self.model_path: str | None = None
         self.db: ChatDB | None = None
@@ -222,7 +264,7 @@ class ChatApp(App[None]):
             state="ready",
             ctx_size=info.n_ctx,
             level=info.level,
-            gpu_layers=f"{info.n_gpu_layers}/{info.n_layers + 1}",
+            gpu_layers=info.gpu_layers,
         )
 
     def on_chat_app_model_failed(self, event: ModelFailed) -> None:
@@ -547,19 +589,5 @@ class ChatApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        entries = [
-            ("New chat", "Start an empty conversation", self.action_new_chat),
-            ("Stop reply", "Stop the reply being written (keeps what it wrote)", self.action_stop),
-            ("Regenerate reply", "Write the last reply again", self.action_regenerate),
-            ("Edit last message", "Put your last message back in the box to change and resend it", self.action_edit_last),
-            ("Copy last reply", "Copy the last reply to the clipboard", self.action_copy_reply),
-            ("Rename chat", "Give this conversation a title", self.action_rename_chat),
-            ("Delete chat", "Delete this conversation from the history", self.action_delete_chat),
-            ("Saved chats", "Show or hide the list of saved conversations", self.action_toggle_sidebar),
-            ("Settings", "Sampling, context size and system prompt", self.action_settings),
-            ("Pick model", "Local models and how each level fits this machine", self.action_models),
-            ("Model info", "Why the planner chose this file, offload and context", self.action_model_info),
-            ("Help", "Keys and what the status line means", self.action_help),
-        ]
-        for title, help_text, callback in entries:
-            yield SystemCommand(title, help_text, callback)
+        for a in ACTIONS:
+            yield SystemCommand(a.title, a.help, getattr(self, f"action_{a.name}"))

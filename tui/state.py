@@ -9,6 +9,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
+from edgellm.sampling import Sampling
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
@@ -16,11 +18,11 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 class ChatSettings:
     """The settings screen's values; stored in the chat database."""
 
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    max_tokens: int = 512
+    temperature: float = Sampling.temperature
+    top_p: float = Sampling.top_p
+    top_k: int = Sampling.top_k
+    min_p: float = Sampling.min_p
+    max_tokens: int = Sampling.max_tokens
     seed: int = -1  # -1: a new random seed for every reply
     n_ctx: int = 0  # 0: the context size the planner chose
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -43,9 +45,7 @@ class ChatSettings:
                 setattr(out, f.name, value)
         return out
 
-    def sampling(self):
-        from edgellm.runtime import Sampling
-
+    def sampling(self) -> Sampling:
         return Sampling(
             temperature=self.temperature,
             top_k=self.top_k,

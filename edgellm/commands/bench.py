@@ -14,6 +14,7 @@ from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quali
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
 from ..options import CONTEXT, GPU_LAYERS, THREADS
+from ..plan import gpu_layers_text
 
 
 class _DefaultRun(click.Group):
@@ -33,6 +34,25 @@ def bench() -> None:
     edgellm bench MODEL… [options]     benchmark files or packages (see `edgellm bench run -h`)
     edgellm bench compare A.json B.json
     """
+
+
+def _resolve(model: str | None) -> tuple[list, list[FileResult]]:
+    """The model refs to benchmark for one argument, and the files that cannot be read (reported with the
+    results, so the others still run). A package with a damaged level is benchmarked file by file."""
+    from ..models import resolve_model
+
+    try:
+        return [resolve_model(model)], []
+    except EdgeError as exc:
+        if model is None or not Path(model).is_dir():
+            return [], [FileResult(file=str(model), level="?", size_bytes=0, bits_per_weight=0.0, error=str(exc))]
+    refs, failed = [], []
+    for f in sorted(Path(model).glob("*.gguf")):
+        try:
+            refs.append(resolve_model(f))
+        except EdgeError as exc:
+            failed.append(FileResult(file=f.name, level="?", size_bytes=0, bits_per_weight=0.0, error=str(exc)))
+    return refs, failed
 
 
 def _levels(value: str | None) -> list[str] | None:
@@ -69,10 +89,8 @@ def _levels(value: str | None) -> list[str] | None:
 def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
             md_path, json_path, plot_path, save_manifest) -> int:
     """Benchmark each GGUF file or package (all its levels) given; with none, the default model."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..progress import progress_bar
 
-    from ..models import resolve_model
 
     levels = _levels(levels)
     text = None
@@ -87,17 +105,15 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
                       quality_text=text, quality_ctx=quality_ctx)
     refs, unreadable = [], []
     for m in models or [None]:
-        try:
-            refs.append(resolve_model(m))
-        except EdgeError as exc:  # reported with the results; the other models still run
-            unreadable.append(FileResult(file=str(m), level="?", size_bytes=0, bits_per_weight=0.0, error=str(exc)))
+        found, failed = _resolve(m)
+        refs += found
+        unreadable += failed
 
     if not refs:  # said before a progress bar is drawn, so the reason is the only line
         raise EdgeError(unreadable[0].error if len(unreadable) == 1 else "no model could be read")
 
     reports = []
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with progress_bar("steps") as bar:
         task = bar.add_task("bench", total=None)
 
         def on_step(msg: str, total: int) -> None:
@@ -173,7 +189,7 @@ COLUMNS = [  # (header, value of a FileResult as text)
     ("TTFT ms", lambda r: f"{r.ttft_s * 1000:.0f}" if r.ttft_s is not None else "-"),
     ("load s", lambda r: f"{r.load_s:.2f}" if r.load_s is not None else "-"),
     ("peak RAM", lambda r: human_bytes(r.peak_rss_bytes) if r.peak_rss_bytes else "-"),
-    ("GPU layers", lambda r: f"{r.n_gpu_layers}/{r.n_layers + 1}" if r.n_layers is not None else "-"),
+    ("GPU layers", lambda r: gpu_layers_text(r.n_gpu_layers, r.n_layers) if r.n_layers is not None else "-"),
     ("PPL", lambda r: f"{r.ppl:.3f} ± {r.ppl_stderr:.3f}" if r.ppl is not None else "-"),
     ("KLD", lambda r: f"{r.kld:.5f}" if r.kld is not None else "-"),
     ("same top", lambda r: f"{r.same_top * 100:.1f}%" if r.same_top is not None else "-"),

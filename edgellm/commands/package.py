@@ -16,14 +16,10 @@ class ProgressReporter:
     """Rich progress on stderr: one bar per level (tensors, ETA) and one for evaluation chunks."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from ..progress import progress_bar
 
-        self.console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("[bold]{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[what]}"), TimeRemainingColumn(), console=self.console, transient=False,
-        )
+        self.progress = progress_bar("items", label_width=18)
+        self.console = self.progress.console
         self.tasks: dict[str, int] = {}
         self.lock = threading.Lock()
 
