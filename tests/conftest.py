@@ -12,3 +12,18 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     """Nothing a test does may write to the real user data folders. The folder does not exist yet, as on a new
     machine: whatever edgellm needs there, it must create itself."""
     monkeypatch.setenv("EDGELLM_HOME", str(tmp_path_factory.mktemp("home") / "edgellm"))
+
+
+# Modules whose tests load real models through llama.cpp or torch, run servers, or drive a terminal: the whole
+# suite runs them (CI does); `pytest -m "not slow"` leaves them out for a quick edit loop.
+SLOW_MODULES = {
+    "test_archs", "test_bench", "test_convert", "test_convert_errors", "test_faults", "test_first_run", "test_hub",
+    "test_hubserver", "test_levels", "test_memory", "test_package", "test_push", "test_quality", "test_run_cli",
+    "test_runtime", "test_serve", "test_tui", "test_tui_tmux", "test_windows_experts",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
