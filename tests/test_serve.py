@@ -74,9 +74,9 @@ class Server:
         return float(re.search(rf"^edgellm_{name} (\S+)$", text, re.M).group(1))
 
     def wait_idle(self) -> None:
-        """Until no slot is busy: polls the server's own state, bounded by WAIT_S."""
+        """Until no slot is busy and nothing waits: polls the server's own state, bounded by WAIT_S."""
         deadline = time.monotonic() + WAIT_S
-        while self.health()["slots_processing"]:
+        while (h := self.health())["slots_processing"] or h["queue"]:
             assert time.monotonic() < deadline, "a slot stayed busy"
             time.sleep(0.05)
 
@@ -270,7 +270,8 @@ def test_a_client_that_disconnects_frees_its_slot(server):
 def test_a_full_queue_answers_503_with_retry_after(one_slot):
     body = {"messages": CAPITAL, "max_tokens": SLOT_CTX, "ignore_eos": True, "stream": True}
     with one_slot.http().stream("POST", "/v1/chat/completions", json=body) as r:
-        next(r.iter_lines())
+        lines = r.iter_lines()  # kept: a dropped iterator closes the connection
+        next(lines)
         busy = one_slot.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2})
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "1"

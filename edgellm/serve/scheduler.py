@@ -82,6 +82,8 @@ class Scheduler:
         self.slots = [Slot(i) for i in range(n_slots)]
         self._max_queue = max_queue
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._pending = 0  # jobs submitted and not yet in a slot (or dropped): the queue, and one being placed
+        self._lock = threading.Lock()  # `_pending` and the slots' jobs change together under it
         self._pieces: dict[int, bytes] = {}
         self._metrics = metrics
         self._stopping = False
@@ -94,10 +96,11 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        """Queue a job; QueueFull when `max_queue` jobs would wait for a slot. Called from one thread (the event loop)."""
-        free = len(self.slots) - self.busy
-        if self._queue.qsize() >= self._max_queue + free:
-            raise QueueFull
+        """Queue a job; QueueFull when `max_queue` jobs would wait for a slot."""
+        with self._lock:
+            if self._pending >= self._max_queue + len(self.slots) - self.busy:
+                raise QueueFull
+            self._pending += 1
         self._queue.put(job)
 
     def request_stop(self) -> None:
@@ -122,7 +125,7 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._pending
 
     # --- the loop (the scheduler thread) --------------------------------------------------------------
 
@@ -173,7 +176,10 @@ class Scheduler:
             L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             keep = 0
         del slot.cache[keep:]
-        slot.job, slot.n_gen, slot.next_token = job, 0, None
+        with self._lock:
+            slot.job = job
+            self._pending -= 1
+        slot.n_gen, slot.next_token = 0, None
         slot.text = TextStream(job.stop)
         slot.chain = sampler_chain(self._vocab, job.sampling, tokens, head=job.grammar)
         job.grammar = None  # the chain owns it now
@@ -266,6 +272,8 @@ class Scheduler:
 
     def _drop(self, job: Job, reason: str, message: str = "") -> None:
         """End a job that never got a slot."""
+        with self._lock:
+            self._pending -= 1
         if job.grammar is not None:
             L.llama_sampler_free(job.grammar)
             job.grammar = None
