@@ -103,7 +103,11 @@ def parse_levels(spec: str | Iterable[str]) -> list[Level]:
 
 
 def check_base(info: GGUFInfo, allow_requantize: bool = False) -> None:
-    """A base must hold float weights: quantizing quantized weights compounds the error."""
+    """A base must be a file llama.cpp can load (impossible header values abort it) and hold float weights:
+    quantizing quantized weights compounds the error."""
+    from ..gguf_checks import check
+
+    check(info)
     quantized = sorted({t.ggml_type for t in info.tensors if len(t.shape) > 1} - FLOAT_TYPES)
     if quantized and not allow_requantize:
         raise UsageError(
@@ -119,6 +123,31 @@ def check_imatrix_needs(levels: Iterable[Level], have_imatrix: bool) -> None:
             f"level(s) {', '.join(needy)} need an importance matrix: "
             "give calibration text with --imatrix CALIB.txt (edgellm package) or drop them"
         )
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    base: GGUFInfo
+    levels: list[Level]
+    out_dir: Path
+    stem: str  # output files are <stem>-<LEVEL>.gguf
+
+
+def prepare(base: Path, levels: list[Level], out_dir: Path | None, allow_requantize: bool = False) -> QuantizeJob:
+    """Everything checked before quantizing starts: the base is a float GGUF llama.cpp can load, the levels need
+    no importance matrix, the output folder (default: beside the base) exists and has room."""
+    from ..fsutil import ensure_free_space
+
+    info = read_gguf(base)
+    check_base(info, allow_requantize)
+    check_imatrix_needs(levels, have_imatrix=False)
+    out_dir = out_dir or base.resolve().parent
+    if not out_dir.is_dir():
+        raise UsageError(f"output folder does not exist: {out_dir}")
+    ensure_free_space(out_dir, sum(estimate_bytes(info.n_params, lv) for lv in levels), f"{len(levels)} quantized file(s)")
+    # model-F16.gguf -> model-Q4_K_M.gguf rather than model-F16-Q4_K_M.gguf
+    stem = re.sub(rf"[-_.]{info.file_type}$", "", base.name.removesuffix(".gguf"), flags=re.I) or "model"
+    return QuantizeJob(info, levels, out_dir, stem)
 
 
 def estimate_bytes(n_params: int, level: Level) -> int:

@@ -162,7 +162,8 @@ def no_layers(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [["run", "-p", "hi"], ["plan"], ["bench", "-p", "8", "-n", "2", "-r", "1"],
-                                     ["bench", "-p", "8", "-n", "2", "-r", "1", "--json"]])
+                                     ["bench", "-p", "8", "-n", "2", "-r", "1", "--json"],
+                                     ["quantize", "--levels", "Q8_0", "--allow-requantize"]])
 def test_commands_refuse_a_gguf_with_impossible_values(command, no_layers):
     r = edgellm(*command[:1], str(no_layers), *command[1:])
     one_line_error(r, 1, str(no_layers), "llama.block_count = 0", "impossible")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
@@ -39,10 +38,9 @@ def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_
              list_levels: bool, as_json: bool) -> int:
     """Quantize BASE.gguf (F32/F16/BF16) to each level with llama.cpp's own quantizer."""
     from ..errors import UsageError
-    from ..fsutil import ensure_free_space
     from ..gguf_info import read_gguf
     from ..package import quantize_levels
-    from ..quantize.levels import check_base, check_imatrix_needs, estimate_bytes, parse_levels
+    from ..quantize.levels import parse_levels, prepare
 
     if list_levels:
         _list_levels()
@@ -50,17 +48,9 @@ def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_
     if base is None or not levels:
         raise UsageError("give a BASE.gguf and --levels (e.g. --levels Q8_0,Q4_K_M); --list shows the levels")
     wanted = parse_levels(levels)
-    info = read_gguf(base)
-    check_base(info, allow_requantize)
-    check_imatrix_needs(wanted, have_imatrix=False)
-    out_dir = out_dir or base.resolve().parent
-    if not out_dir.is_dir():
-        raise UsageError(f"output folder does not exist: {out_dir}")
-    ensure_free_space(out_dir, sum(estimate_bytes(info.n_params, lv) for lv in wanted), f"{len(wanted)} quantized file(s)")
-    # model-F16.gguf -> model-Q4_K_M.gguf rather than model-F16-Q4_K_M.gguf
-    stem = re.sub(rf"[-_.]{info.file_type}$", "", base.name.removesuffix(".gguf"), flags=re.I) or "model"
+    job = prepare(base, wanted, out_dir, allow_requantize)
     with ProgressReporter() as ui:
-        made = quantize_levels(base, out_dir, stem, wanted, allow_requantize=allow_requantize, jobs=jobs,
+        made = quantize_levels(base, job.out_dir, job.stem, wanted, allow_requantize=allow_requantize, jobs=jobs,
                                reporter=ui.reporter())
     rows = []
     for lv in wanted:
