@@ -25,8 +25,6 @@ import llama_cpp as L
 GGML_LOG_LEVEL_ERROR = 4  # enum ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 GGML_LOG_LEVEL_CONT = 5
 
-# ggml_type ids of the KV cache types edgellm offers
-KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
 
 _lock = threading.Lock()
 _recent: deque[str] = deque(maxlen=400)  # the last lines, for error messages

@@ -32,6 +32,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from .gguf_info import GGUFInfo
 
 MIB = 1 << 20
@@ -39,7 +41,10 @@ KV_CELL_PAD = 256  # llama.cpp rounds the KV cache up to a multiple of this many
 N_UBATCH = 512  # micro-batch the runtime uses (llama.cpp's default)
 RUNTIME_OVERHEAD = 72 * MIB  # the Python process, llama.cpp's libraries and small buffers (measured: 47-56 MiB + batch arrays)
 GPU_HOST_BUFFERS = 3  # activations kept in host memory under full offload, in n_ubatch x n_embd floats
-KV_TYPE_SIZES = {"f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}  # ggml (block size, bytes per block)
+# The KV cache types edgellm offers, as gguf-py's ggml_type enum (its ids are llama.cpp's), and their
+# (block size, bytes per block)
+KV_TYPES = {name: GGMLQuantizationType[name.upper()] for name in ("f16", "q8_0", "q4_0")}
+KV_TYPE_SIZES = {name: GGML_QUANT_SIZES[t] for name, t in KV_TYPES.items()}
 
 
 def _row_bytes(kv_type: str, n: int) -> int:
@@ -306,7 +311,7 @@ def llama_dry_run(
             cp.n_ctx = n_ctx
             cp.n_batch = min(2048, n_ctx)
             cp.n_ubatch = min(n_ubatch, cp.n_batch)
-            cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
+            cp.type_k = cp.type_v = KV_TYPES[kv_type]
             cp.swa_full = swa_full
             ctx = L.llama_init_from_model(model, cp)
             if not ctx:

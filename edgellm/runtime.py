@@ -21,6 +21,7 @@ import llama_cpp as L
 from . import chat_template, llamacpp, placement
 from .errors import EdgeError, UsageError
 from .hardware import detect
+from .memory import KV_TYPES
 from .plan import Plan, gpu_layers_text, revalidate
 from .sampling import Sampling
 from .testhooks import pause_point
@@ -155,7 +156,7 @@ class Engine:
         cp.n_batch = min(N_BATCH, n_ctx)
         cp.n_ubatch = min(N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
-        cp.type_k = cp.type_v = llamacpp.KV_TYPES[kv_type]
+        cp.type_k = cp.type_v = KV_TYPES[kv_type]
         cp.swa_full = False  # sliding-window layers keep a window-sized cache, as planned
         with llamacpp.sigint_deferred() as interrupted:
             # llama.cpp asks after each tensor whether to go on: Ctrl-C stops a large model's load there.

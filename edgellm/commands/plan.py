@@ -9,7 +9,7 @@ import click
 from ..options import CONTEXT, GPU_LAYERS, THREADS
 from ..plan import gpu_layers_text
 
-KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])
+KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES, without loading llama.cpp for --help
 
 
 @click.command("plan")
