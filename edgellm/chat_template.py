@@ -19,13 +19,9 @@ from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
 
+from . import chat_formats
 from .errors import EdgeError
 
-# Used when a GGUF carries no template: ChatML, which most small instruct models were trained on.
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 MAX_STEPS = 5_000_000  # lines of Python run, plus items of ranges and repeated sequences, per render
 MAX_SECONDS = 10.0  # per render, for work the steps do not see (C code called from the template)
@@ -131,7 +127,7 @@ def render(
     for m in messages:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise EdgeError("each chat message needs a role and a content")
-    compiled = _compile(template or CHATML)
+    compiled = _compile(template or chat_formats.FALLBACK.source)
     budget = Budget()
     token = _budget.set(budget)
     previous = sys.gettrace()  # a debugger's or coverage's: back once the render is done

@@ -10,6 +10,7 @@ reports is what the planner decided and the engine loaded.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .hardware import HardwareProfile, detect
@@ -26,13 +27,15 @@ def plan_model(
     ngl: int | None = None,
     threads: int | None = None,
     n_seq: int = 1,
+    chat_template: str | None = None,
     hw: HardwareProfile | None = None,
 ) -> Plan:
-    """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256."""
+    """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
+    `chat_template` (a format name or a Jinja file) replaces the model's own template."""
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     plan = make_plan(ref, hw or detect(), ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq)
     verify_file(ref.file(plan.level))
-    return plan
+    return replace(plan, chat_template=chat_template)
 
 
 def open_engine(model: str | Path | ModelRef | None, **overrides) -> Engine:

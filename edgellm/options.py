@@ -82,3 +82,20 @@ TOP_P = Range(float, 0.0, 1.0, low_open=True)  # 1: off
 MIN_P = Range(float, 0.0, 1.0)  # 0: off
 # 1: off. Past 10 every token seen lately is all but banned, never what anyone means (typo for 1.1?).
 REPEAT_PENALTY = Range(float, 0.0, 10.0, low_open=True)
+
+
+class ChatTemplate(click.ParamType):
+    """A chat format by name (edgellm.chat_formats) or a Jinja template file."""
+
+    name = "format|file"
+
+    def convert(self, value, param, ctx):
+        from .chat_formats import BY_NAME
+
+        if value in BY_NAME or os.path.isfile(value):
+            return value
+        raise UsageError(f"--chat-template must be a format ({', '.join(BY_NAME)}) or a template file, not {value}")
+
+
+CHAT_TEMPLATE = ChatTemplate()
+CHAT_TEMPLATE_HELP = "Chat format (llama3, gemma, phi3, chatml, mistral) or a Jinja file, instead of the model's own."

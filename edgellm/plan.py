@@ -80,6 +80,7 @@ class Plan:
     n_cpu_moe: int = 0  # the experts of layers 0 .. n_cpu_moe-1 stay in RAM (their other weights on the GPU)
     n_threads: int = 1  # CPU threads llama.cpp runs with
     n_seq: int = 1  # sequences sharing the context (a server's slots), n_ctx / n_seq tokens each
+    chat_template: str | None = None  # --chat-template: a format name or a template file (else the model's own)
 
     @property
     def gpu_layers(self) -> str:
@@ -146,6 +147,7 @@ class Plan:
             "n_cpu_moe": self.n_cpu_moe,
             "n_threads": self.n_threads,
             "n_seq": self.n_seq,
+            "chat_template": self.chat_template,
         }
 
 

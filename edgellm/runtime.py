@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import llama_cpp as L
 
-from . import chat_template, llamacpp, placement
+from . import chat_formats, chat_template, llamacpp, placement
 from .errors import EdgeError, UsageError
 from .hardware import detect
 from .memory import KV_TYPES
@@ -123,11 +123,16 @@ class Engine:
         self._ctx = ctx
         self.info = info
         self._vocab = L.llama_model_get_vocab(model)
-        self._template = (L.llama_model_chat_template(model, None) or b"").decode("utf-8", errors="replace") or None
         self._bos = L.llama_vocab_bos(self._vocab)
         self._add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
         self._bos_text = self._special_text(self._bos)
         self._eos_text = self._special_text(L.llama_vocab_eos(self._vocab))
+        stored = (L.llama_model_chat_template(model, None) or b"").decode("utf-8", errors="replace") or None
+        tokenizer = "spm" if L.llama_vocab_type(self._vocab) == L.LLAMA_VOCAB_TYPE_SPM else None
+        # the template's source, and where it came from (the model's own, inferred, --chat-template)
+        self._template, self.template_origin = chat_formats.choose(
+            info.plan.chat_template if info.plan else None, stored, self._is_single_token, tokenizer
+        )
         self._pieces: dict[int, bytes] = {}
         self._kv: list[int] = []  # the tokens the KV cache holds, in order
         self._n_batch = L.llama_n_batch(ctx)
@@ -255,6 +260,9 @@ class Engine:
     @property
     def n_vocab(self) -> int:
         return L.llama_vocab_n_tokens(self._vocab)
+
+    def _is_single_token(self, text: str) -> bool:
+        return len(self.tokenize(text, add_bos=False)) == 1
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))

