@@ -27,3 +27,52 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+# --- converted checkpoints, shared by the converter's tests ----------------------------------------------
+
+
+def _checkpoints() -> dict:
+    """Every checkpoint the converter tests use, by name."""
+    import arch_fixtures
+    import fixtures
+
+    return {**fixtures.CHECKPOINTS, **arch_fixtures.CHECKPOINTS}
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """converted(name, outtype) -> the checkpoint `name` converted by edgellm, once per session."""
+    from edgellm.quantize.convert import convert_checkpoint
+
+    done: dict[tuple[str, str], Path] = {}
+    folder = tmp_path_factory.mktemp("converted")
+
+    def get(name: str, outtype: str = "f32") -> Path:
+        if (name, outtype) not in done:
+            done[name, outtype] = convert_checkpoint(_checkpoints()[name](), folder / f"{name}-{outtype}.gguf", outtype, progress=False)
+        return done[name, outtype]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer():
+    """hf_tokenizer(name) -> transformers' tokenizer of the checkpoint `name`."""
+    from transformers import AutoTokenizer
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = AutoTokenizer.from_pretrained(_checkpoints()[name]())
+        return cache[name]
+
+    return get
+
+
+def llama(path: Path, **kw):
+    """llama-cpp-python's Llama over `path`, quietly, for token and logit comparisons."""
+    import llama_cpp
+
+    return llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, **kw)

@@ -645,3 +645,12 @@ def llamacpp_tools() -> Path | None:
     if done.returncode != 0:
         raise RuntimeError(f"building llama.cpp's tools failed:\n{done.stderr[-3000:]}")
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+# The Llama-family checkpoints the converter is tested on, by name (tests/arch_fixtures.py has the others).
+CHECKPOINTS = {
+    "smollm2": smollm2_checkpoint,
+    "llama3": llama3_checkpoint,
+    "mistral": mistral_checkpoint,
+    "qwen2": qwen2_checkpoint,
+}

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import arch_fixtures
+from conftest import llama
 from edgellm.cli import main
 from edgellm.gguf_info import read_gguf
-from edgellm.quantize.convert import convert_checkpoint
 from test_convert import MESSAGES, TEXT, _fields
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
@@ -34,39 +34,6 @@ EDGELLM_ONLY = {"tokenizer.ggml.add_bos_token", "{arch}.vocab_size", "{arch}.rop
                 "{arch}.attention.sliding_window_pattern"}
 
 
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory):
-    done: dict[tuple[str, str], Path] = {}
-    folder = tmp_path_factory.mktemp("converted-archs")
-
-    def get(name: str, outtype: str = "f32") -> Path:
-        if (name, outtype) not in done:
-            done[name, outtype] = convert_checkpoint(CHECKPOINTS[name](), folder / f"{name}-{outtype}.gguf", outtype, progress=False)
-        return done[name, outtype]
-
-    return get
-
-
-@pytest.fixture(scope="session")
-def hf_tokenizer():
-    from transformers import AutoTokenizer
-
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = AutoTokenizer.from_pretrained(CHECKPOINTS[name]())
-        return cache[name]
-
-    return get
-
-
-def _llama(path: Path, **kw):
-    import llama_cpp
-
-    return llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, **kw)
-
-
 def _reference(name: str) -> Path:
     ckpt = CHECKPOINTS[name]()
     if name in REF_ARCHITECTURES:
@@ -76,7 +43,7 @@ def _reference(name: str) -> Path:
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_token_ids_match_transformers(name, converted, hf_tokenizer):
-    llm = _llama(converted(name), vocab_only=True)
+    llm = llama(converted(name), vocab_only=True)
     tok = hf_tokenizer(name)
     expected = tok(TEXT)["input_ids"]
     assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == expected
@@ -105,7 +72,7 @@ def _logits_vs_transformers(path: Path, name: str, ids: list[int]) -> tuple[floa
     import torch
     from transformers import AutoModelForCausalLM
 
-    llm = _llama(path, logits_all=True)
+    llm = llama(path, logits_all=True)
     llm.eval(ids)
     ours = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
     model = AutoModelForCausalLM.from_pretrained(CHECKPOINTS[name](), dtype=torch.float32)
@@ -142,7 +109,7 @@ def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
 
     info = read_gguf(converted(name))
     tok = hf_tokenizer(name)
-    llm = _llama(converted(name), vocab_only=True)
+    llm = llama(converted(name), vocab_only=True)
 
     def token_text(key: str) -> str:
         tid = info.metadata.get(f"tokenizer.ggml.{key}_token_id")

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import arch_fixtures
 import fixtures
 from edgellm.chat_formats import BY_NAME, FALLBACK, infer
 from edgellm.launch import open_engine
-from edgellm.quantize.convert import convert_checkpoint
 from gguf_edit import copy_gguf
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")
@@ -22,14 +20,8 @@ CHAT = [
     {"role": "assistant", "content": "Paris."},
     {"role": "user", "content": "And of Italy?"},
 ]
-# checkpoint builder -> the format its vocabulary implies
-CHECKPOINTS = {
-    "llama3": fixtures.llama3_checkpoint,
-    "gemma": arch_fixtures.gemma3_checkpoint,
-    "phi3": arch_fixtures.phi3_checkpoint,
-    "chatml": fixtures.qwen2_checkpoint,
-    "mistral": fixtures.mistral_checkpoint,
-}
+# format -> a test checkpoint whose vocabulary implies it (the `converted` fixture's names)
+CHECKPOINTS = {"llama3": "llama3", "gemma": "gemma3", "phi3": "phi3", "chatml": "qwen2", "mistral": "mistral"}
 
 
 @pytest.mark.parametrize("tokens, spm, name", [
@@ -47,20 +39,19 @@ def test_inference_table(tokens, spm, name):
 
 
 @pytest.fixture(scope="module")
-def stripped(tmp_path_factory):
-    """Each checkpoint converted, and the same file without its chat template."""
+def stripped(tmp_path_factory, converted):
+    """format -> each checkpoint converted, and the same file without its chat template."""
     d = tmp_path_factory.mktemp("formats")
     out = {}
-    for name, build in CHECKPOINTS.items():
-        src = build()
-        full = convert_checkpoint(src, d / f"{name}.gguf", "f32", progress=False)
-        out[name] = (src, full, copy_gguf(full, d / f"{name}-bare.gguf", {"tokenizer.chat_template": None}))
+    for name, checkpoint in CHECKPOINTS.items():
+        full = converted(checkpoint)
+        out[name] = (full, copy_gguf(full, d / f"{name}-bare.gguf", {"tokenizer.chat_template": None}))
     return out
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_a_file_without_a_template_gets_its_vocabulary_s_format(stripped, name):
-    _, full, bare = stripped[name]
+    full, bare = stripped[name]
     with open_engine(full, ctx=512) as e:
         assert e.template_origin == "the model's own"
     with open_engine(bare, ctx=512) as e:
@@ -71,12 +62,10 @@ def test_a_file_without_a_template_gets_its_vocabulary_s_format(stripped, name):
 
 
 @pytest.mark.parametrize("name", ["llama3", "gemma", "phi3", "chatml"])
-def test_inferred_format_renders_like_the_model_s_own_template(stripped, name):
+def test_inferred_format_renders_like_the_model_s_own_template(stripped, hf_tokenizer, name):
     """The oracle: transformers renders the checkpoint's own template; the inferred format gives the same tokens."""
-    from transformers import AutoTokenizer
-
-    src, _, bare = stripped[name]
-    theirs = AutoTokenizer.from_pretrained(src).apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    _, bare = stripped[name]
+    theirs = hf_tokenizer(CHECKPOINTS[name]).apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     with open_engine(bare, ctx=512) as e:
         ours = e.render_chat(CHAT)
         assert e.tokenize(ours) == e.tokenize(theirs), (ours, theirs)

@@ -12,14 +12,10 @@ import pytest
 import fixtures
 from edgellm.errors import EdgeError
 from edgellm.gguf_info import read_gguf
+from conftest import llama
 from edgellm.quantize.convert import convert_checkpoint
 
-CHECKPOINTS = {
-    "smollm2": fixtures.smollm2_checkpoint,
-    "llama3": fixtures.llama3_checkpoint,
-    "mistral": fixtures.mistral_checkpoint,
-    "qwen2": fixtures.qwen2_checkpoint,
-}
+CHECKPOINTS = fixtures.CHECKPOINTS
 # mean cosine of next-token logits vs transformers: a trained model must match tighter than random weights
 MIN_COSINE = {"smollm2": 0.99999, "llama3": 0.9999, "mistral": 0.9999, "qwen2": 0.9999}
 
@@ -36,43 +32,9 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory):
-    """converted(name, outtype) -> GGUF path, converted once per session."""
-    done: dict[tuple[str, str], Path] = {}
-    folder = tmp_path_factory.mktemp("converted")
-
-    def get(name: str, outtype: str = "f32") -> Path:
-        if (name, outtype) not in done:
-            done[name, outtype] = convert_checkpoint(CHECKPOINTS[name](), folder / f"{name}-{outtype}.gguf", outtype, progress=False)
-        return done[name, outtype]
-
-    return get
-
-
-@pytest.fixture(scope="session")
-def hf_tokenizer():
-    from transformers import AutoTokenizer
-
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = AutoTokenizer.from_pretrained(CHECKPOINTS[name]())
-        return cache[name]
-
-    return get
-
-
-def _llama(path: Path, **kw):
-    import llama_cpp
-
-    return llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, **kw)
-
-
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_token_ids_match_transformers(name, converted, hf_tokenizer):
-    llm = _llama(converted(name), vocab_only=True)
+    llm = llama(converted(name), vocab_only=True)
     tok = hf_tokenizer(name)
     expected = tok(TEXT)["input_ids"]  # with the special tokens the tokenizer adds (BOS or none)
     assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == expected
@@ -89,7 +51,7 @@ def test_logits_match_transformers(name, converted, hf_tokenizer):
 
     ids = hf_tokenizer(name)((TEXT + "\n") * 12)["input_ids"][:256]
     assert len(ids) == 256
-    llm = _llama(converted(name), logits_all=True)
+    llm = llama(converted(name), logits_all=True)
     llm.eval(ids)
     ours = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
     model = AutoModelForCausalLM.from_pretrained(CHECKPOINTS[name](), dtype=torch.float32)
@@ -108,7 +70,7 @@ def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
     info = read_gguf(converted(name))
     tok = hf_tokenizer(name)
     assert info.chat_template
-    llm = _llama(converted(name), vocab_only=True)
+    llm = llama(converted(name), vocab_only=True)
 
     def token_text(key: str) -> str:
         tid = info.metadata.get(f"tokenizer.ggml.{key}_token_id")
@@ -161,7 +123,7 @@ def test_q8_0_runs_close_to_f32(converted):
     ids = list(range(1000, 1064))
     logits = []
     for outtype in ("f32", "q8_0"):
-        llm = _llama(converted("smollm2", outtype), logits_all=True)
+        llm = llama(converted("smollm2", outtype), logits_all=True)
         llm.eval(ids)
         logits.append(np.asarray(llm.scores[: len(ids)]))
     a, b = logits
