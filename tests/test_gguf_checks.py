@@ -113,6 +113,7 @@ print("decode", L.llama_decode(ctx, L.llama_batch_get_one(tok, 1)))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ABORTS_LLAMA_CPP)
 def test_llama_cpp_aborts_on_what_the_rules_refuse(case, bad_files):
     # If llama.cpp learns to refuse these cleanly, this fails and the rule may go.

@@ -30,6 +30,7 @@ def _field(reader: GGUFReader, key: str):
     return bytes(part).decode() if f.types[0].name == "STRING" else part[0]
 
 
+@pytest.mark.slow
 def test_numbers_agree_with_the_files(package):
     m = Manifest.load(package)
     assert [f.level for f in m.files] == ["Q8_0", "Q4_K_M"]  # a GGUF base stays outside the package

@@ -194,6 +194,7 @@ def test_push_checks_before_uploading(gguf_copy, caches, tmp_path, monkeypatch, 
     assert code == 2 and "not a hub repo id" in err
 
 
+@pytest.mark.slow
 def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
     from edgellm.gguf_info import read_gguf
     from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
