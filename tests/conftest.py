@@ -76,3 +76,27 @@ def llama(path: Path, **kw):
     import llama_cpp
 
     return llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, **kw)
+
+
+# --- the CLI in this process --------------------------------------------------------------------------
+
+
+def run_cli(capsys, *argv):
+    """`edgellm ARGV` run in this process: (exit code, stdout, stderr)."""
+    from edgellm.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def gguf_copy(tmp_path_factory):
+    """One copy of the real SmolLM2 GGUF on the tmp file system, to hard-link into a test's store or layout."""
+    import shutil
+
+    import fixtures
+
+    path = tmp_path_factory.mktemp("gguf") / "source.gguf"
+    shutil.copyfile(fixtures.smollm2_gguf(), path)
+    return path

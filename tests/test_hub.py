@@ -35,17 +35,11 @@ from hubtesting import (  # noqa: F401  (fixtures)
 from hubserver import closed_port
 
 import fixtures
+from conftest import run_cli
 from edgellm import hub
-from edgellm.cli import main
 from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
 from edgellm.fsutil import human_bytes
 from edgellm.gguf_info import read_gguf
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --------------------------------------------------------------------------------------------- choosing files

@@ -6,31 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-
-import pytest
 
 import fixtures
+from conftest import run_cli
 from edgellm import paths, store
-from edgellm.cli import main
 from edgellm.models import resolve_model
 
 DATA = fixtures.smollm2_gguf().read_bytes()
 SHA = hashlib.sha256(DATA).hexdigest()
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def gguf_copy(tmp_path_factory):
-    """One copy of the real GGUF on the tmp file system, hard-linked into each test's layout."""
-    path = tmp_path_factory.mktemp("gguf") / "source.gguf"
-    shutil.copyfile(fixtures.smollm2_gguf(), path)
-    return path
 
 
 def put(gguf_copy, path):

@@ -14,17 +14,11 @@ import yaml
 from hubtesting import caches, fake_hub  # noqa: F401  (fixtures)
 
 import fixtures
-from edgellm.cli import main
+from conftest import run_cli
 from edgellm.gguf_info import read_gguf
 from edgellm.manifest import FileEntry, Manifest, ModelFacts, TextRef, sha256_file
 
 SNAPSHOT = "/home/someone/.cache/huggingface/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/0a1b2c"
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -10,27 +10,13 @@ import pytest
 from hubtesting import caches, fake_hub, gguf_repo, go_offline  # noqa: F401  (fixtures)
 
 import fixtures
+from conftest import run_cli
 from edgellm import hub, paths, store
-from edgellm.cli import main
 from edgellm.fsutil import human_bytes
 from edgellm.models import resolve_model
 
 GGUF_SIZE = fixtures.smollm2_gguf().stat().st_size
 SIZE = human_bytes(GGUF_SIZE)
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def gguf_copy(tmp_path_factory):
-    """One copy of the real GGUF on the tmp file system, hard-linked into each test's store."""
-    path = tmp_path_factory.mktemp("gguf") / "source.gguf"
-    shutil.copyfile(fixtures.smollm2_gguf(), path)
-    return path
 
 
 def make_package(gguf_copy, name="SmolLM2", level="Q4_1"):
