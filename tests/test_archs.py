@@ -15,7 +15,7 @@ import arch_fixtures
 from conftest import llama
 from edgellm.cli import main
 from edgellm.gguf_info import read_gguf
-from test_convert import MESSAGES, TEXT, _fields
+from test_convert import MESSAGES, TEXT, _fields, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
 MOE = {"qwen3moe", "mixtral"}
@@ -105,21 +105,8 @@ def test_logits_match_transformers(name, converted, hf_tokenizer):
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    info = read_gguf(converted(name))
-    tok = hf_tokenizer(name)
-    llm = llama(converted(name), vocab_only=True)
-
-    def token_text(key: str) -> str:
-        tid = info.metadata.get(f"tokenizer.ggml.{key}_token_id")
-        return "" if tid is None else llm.detokenize([tid], special=True).decode()
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    rendered = env.from_string(info.chat_template).render(
-        messages=MESSAGES, add_generation_prompt=True, bos_token=token_text("bos"), eos_token=token_text("eos")
-    )
-    assert rendered == tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    rendered = render_stored_template(converted(name))
+    assert rendered == hf_tokenizer(name).apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))

@@ -63,24 +63,28 @@ def test_logits_match_transformers(name, converted, hf_tokenizer):
     assert cosine.mean() >= MIN_COSINE[name]
 
 
-@pytest.mark.parametrize("name", list(CHECKPOINTS))
-def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
+def render_stored_template(path: Path) -> str:
+    """MESSAGES through the GGUF's own chat template, with its BOS/EOS text, as transformers' sandbox renders it."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    info = read_gguf(converted(name))
-    tok = hf_tokenizer(name)
+    info = read_gguf(path)
     assert info.chat_template
-    llm = llama(converted(name), vocab_only=True)
+    llm = llama(path, vocab_only=True)
 
     def token_text(key: str) -> str:
         tid = info.metadata.get(f"tokenizer.ggml.{key}_token_id")
         return "" if tid is None else llm.detokenize([tid], special=True).decode()
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    rendered = env.from_string(info.chat_template).render(
+    return env.from_string(info.chat_template).render(
         messages=MESSAGES, add_generation_prompt=True, bos_token=token_text("bos"), eos_token=token_text("eos")
     )
-    assert rendered == tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
+    rendered = render_stored_template(converted(name))
+    assert rendered == hf_tokenizer(name).apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
 
 
 def test_special_tokens_and_flags(converted):

@@ -16,18 +16,13 @@ import pausing
 import pytest
 from gguf import GGUFReader
 
+from conftest import run_cli as run
 from edgellm.cli import main
 from edgellm.manifest import Manifest
 from edgellm.quantize.levels import estimate_bytes, parse_levels
 
 LEVELS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
 CTX = "128"
-
-
-def run(capsys, *args):
-    rc = main(list(args))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
