@@ -143,7 +143,7 @@ class Run:
         return out
 
     async def collect(self, request: Request) -> tuple[str, Finished] | None:
-        """The whole reply, or None if the client disconnected first (which cancels the job)."""
+        """The whole reply, or None if the client disconnected first (which cancels the job); a failed reply raises."""
         gone = asyncio.ensure_future(_disconnected(request))
         text: list[str] = []
         try:
@@ -155,6 +155,8 @@ class Run:
                     return None
                 for event in getter.result():
                     if isinstance(event, Finished):
+                        if event.reason == "error":
+                            raise _failed(event)
                         return "".join(text), event
                     text.append(event)
         finally:
@@ -272,8 +274,6 @@ async def chat_completions(request: Request):
     if reply is None:
         return Response(status_code=CLIENT_GONE)
     text, done = reply
-    if done.reason == "error":
-        raise _failed(done)
     msg, finish = message(text, done)
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": model,
@@ -299,8 +299,6 @@ async def completions(request: Request):
     if reply is None:
         return Response(status_code=CLIENT_GONE)
     text, done = reply
-    if done.reason == "error":
-        raise _failed(done)
     return JSONResponse({**body(text, done.reason), "usage": _usage(done)})
 
 
