@@ -33,9 +33,9 @@ def tools_root() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def llama_bench(tool: Path, path: Path, threads: int, reps: int, p: int, n: int) -> dict[str, float]:
+def llama_bench(tool: Path, path: Path, threads: int, reps: int, p: int, n: int, ngl: int) -> dict[str, float]:
     out = subprocess.run([str(tool), "-m", str(path), "-t", str(threads), "-r", str(reps), "-p", str(p), "-n", str(n),
-                          "-ngl", "0", "-o", "json"], check=True, capture_output=True, text=True)
+                          "-ngl", str(ngl), "-o", "json"], check=True, capture_output=True, text=True)
     rows = json.loads(out.stdout)
     return {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in rows}
 
@@ -56,6 +56,8 @@ def main() -> int:
     ap.add_argument("-r", "--reps", type=int, default=5)
     ap.add_argument("--text", type=Path, help="perplexity text [default: edgellm's built-in text]")
     ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--ngl", type=int, default=0, help="GPU layers for both [default: 0, CPU only]")
+    ap.add_argument("--no-ppl", action="store_true", help="speed only (random-weight files have no perplexity to compare)")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args()
 
@@ -69,16 +71,18 @@ def main() -> int:
     refs = [resolve_model(str(p)) for p in args.files] or [resolve_model(None)]
     for ref in refs:
         for mf in ref.files:
-            cfg = BenchConfig(n_prompt=512, n_gen=128, reps=args.reps, ngl=0, threads=args.threads)
+            cfg = BenchConfig(n_prompt=512, n_gen=128, reps=args.reps, ngl=args.ngl, threads=args.threads)
             ours = run_bench(ref, cfg, [mf.level]).results[0]
             if not ours.ok:
                 print(f"{mf.path.name}: edgellm failed: {ours.error}", file=sys.stderr)
                 continue
-            theirs = llama_bench(bin_dir / "llama-bench", mf.path, args.threads, args.reps, 512, 128)
-            ppl_ours = perplexity(mf.path, text, n_ctx=args.ctx, n_threads=args.threads).ppl
-            ppl_theirs = llama_perplexity(bin_dir / "llama-perplexity", mf.path, text_file, args.threads, args.ctx)
+            theirs = llama_bench(bin_dir / "llama-bench", mf.path, args.threads, args.reps, 512, 128, args.ngl)
+            ppl_ours = ppl_theirs = float("nan")
+            if not args.no_ppl:
+                ppl_ours = perplexity(mf.path, text, n_ctx=args.ctx, n_threads=args.threads).ppl
+                ppl_theirs = llama_perplexity(bin_dir / "llama-perplexity", mf.path, text_file, args.threads, args.ctx)
             rows.append({
-                "file": mf.path.name, "threads": args.threads,
+                "file": mf.path.name, "threads": args.threads, "ngl": args.ngl,
                 "pp512": {"edgellm": ours.pp.mean, "llama_bench": theirs["pp"], "ratio": ours.pp.mean / theirs["pp"]},
                 "tg128": {"edgellm": ours.tg.mean, "llama_bench": theirs["tg"], "ratio": ours.tg.mean / theirs["tg"]},
                 "ppl": {"edgellm": ppl_ours, "llama_perplexity": ppl_theirs, "ratio": ppl_ours / ppl_theirs},

@@ -1,43 +1,52 @@
 #!/usr/bin/env bash
 # Check edgellm's hardware detection, planner and runtime on a real NVIDIA GPU, on a machine with no network.
 #
-#   here (package index reachable):  scripts/gpu_check.sh prepare   -> build/gpu_carry/ (~50 MB: the llama-cpp-python
-#                                    sdist, the wheels to build and run it, the Llama 3 tokenizer files). Prepare with
-#                                    the same Python version as the GPU machine's python3 (binary wheels).
+#   here (package index reachable):  scripts/gpu_check.sh prepare   -> build/gpu_carry/ (~25 MB: llama-cpp-python's
+#                                    sdist without llama.cpp's test models and docs, the pure-Python wheels a CUDA
+#                                    image seldom has, the Llama 3 tokenizer files)
 #   there (GPU, offline, carrying build/gpu_carry with the working tree):
 #                                    scripts/gpu_check.sh            = build + check
-#                                    scripts/gpu_check.sh build      venv + llama-cpp-python with CUDA for this GPU's
-#                                                                    architecture only (kept in build/gpu_venv)
+#                                    scripts/gpu_check.sh build      llama.cpp with CUDA for this GPU's architecture
+#                                                                    only (scripts/llamacpp_tools.sh: the shared
+#                                                                    libraries llama_cpp loads, and llama-bench)
 #                                    scripts/gpu_check.sh check      a Llama-3-8B-shaped Q4_K_M (random weights, real
-#                                                                    shape and tokenizer), then `edgellm hw`, `plan`, and
-#                                                                    `run` with full and partial offload; prints planned
-#                                                                    vs NVML-measured VRAM and tokens/s
-# env: PYTHON (default python3), GPU_CARRY (default build/gpu_carry), GPU_SHAPE (default llama3-8b)
-set -euo pipefail
+#                                                                    shape and tokenizer): `edgellm hw`, `plan`, `run`
+#                                                                    with full and partial offload, planned vs
+#                                                                    NVML-measured VRAM, edgellm vs llama-bench, and
+#                                                                    tokens/s per level and per offload split
+# The machine's own python3 runs edgellm (numpy, click, rich, jinja2, psutil, nvidia-ml-py from its image) with
+# llama_cpp imported from the sdist's source, so nothing is compiled twice.
+# env: PYTHON (default python3), GPU_CARRY (default build/gpu_carry), GPU_SHAPE (default llama3-8b),
+#      GPU_DEADLINE_S (optional steps are skipped once the script has run this long; default 480),
+#      GPU_TOOLS (where llama.cpp is built; default build/gpu_tools),
+#      OUT (a folder for the logs and JSON; default build/gpu_out)
+set -uo pipefail
 cd "$(dirname "$0")/.."
+self=$PWD/scripts/gpu_check.sh
 py=${PYTHON:-python3}
 carry=${GPU_CARRY:-build/gpu_carry}
-venv=build/gpu_venv
+tools=${GPU_TOOLS:-$PWD/build/gpu_tools}
+site=$PWD/build/gpu_site
 model_dir=build/gpu_model
 shape=${GPU_SHAPE:-llama3-8b}
-# what edgellm hw/plan/run import, what llama-cpp-python and gguf need, and what builds the sdist
-run_wheels=(numpy typing-extensions diskcache jinja2 markupsafe click rich markdown-it-py mdurl pygments psutil
-  platformdirs nvidia-ml-py gguf pyyaml requests urllib3 idna certifi charset-normalizer tqdm)
-build_wheels=(scikit-build-core pathspec packaging)
+deadline=${GPU_DEADLINE_S:-480}
+out=${OUT:-build/gpu_out}
+wheels=(gguf diskcache platformdirs)
+export PYTHONUNBUFFERED=1
 
 prepare() {
-  local ver
+  set -e
+  local ver tmp
   ver=$("$py" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
-  mkdir -p "$carry/wheels" "$carry/tests-cache"
-  "$py" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$ver" -d "$carry/wheels"
-  # The sdist is 77 MB; without llama.cpp's vocab test models, docs, media and git metadata it is ~25 MB.
-  local tmp sdist="$carry/wheels/llama_cpp_python-$ver.tar.gz"
+  rm -rf "$carry"; mkdir -p "$carry/wheels" "$carry/tests-cache"
   tmp=$(mktemp -d)
-  tar -xzf "$sdist" -C "$tmp"
-  rm -rf "$tmp/llama_cpp_python-$ver/.git" "$tmp/llama_cpp_python-$ver/vendor/llama.cpp/"{models,docs,media}
-  tar -czf "$sdist" -C "$tmp" "llama_cpp_python-$ver"
+  "$py" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$ver" -d "$tmp"
+  tar -xzf "$tmp/llama_cpp_python-$ver.tar.gz" -C "$tmp"
+  local src="$tmp/llama_cpp_python-$ver"
+  rm -rf "$src/.git" "$src/vendor/llama.cpp/"{models,docs,media,benches,.git} "$src/vendor/llama.cpp/tools/server/public"
+  tar -czf "$carry/llama_cpp_python-$ver.tar.gz" -C "$tmp" "llama_cpp_python-$ver"
   rm -rf "$tmp"
-  "$py" -m pip download -q --only-binary :all: -d "$carry/wheels" "${build_wheels[@]}" "${run_wheels[@]}"
+  "$py" -m pip download -q --no-deps --only-binary :all: -d "$carry/wheels" "${wheels[@]}"
   echo "$ver" > "$carry/llama-cpp-python.version"
   # the Llama 3 tokenizer, where tests/fixtures.py looks for it (EDGELLM_TEST_CACHE)
   "$py" -c 'import sys; sys.path.insert(0, "tests"); import fixtures; print(fixtures.llama3_tokenizer_dir())' >/dev/null
@@ -46,46 +55,55 @@ prepare() {
   echo "carry $carry with the working tree, then run scripts/gpu_check.sh there"
 }
 
+root() { echo "$tools/llama_cpp_python-$(cat "$carry/llama-cpp-python.version")"; }
+
 build() {
+  set -e
+  export PATH=$PATH:/usr/local/cuda/bin
   command -v nvidia-smi >/dev/null || { echo "gpu_check: no nvidia-smi: this machine has no NVIDIA driver" >&2; exit 1; }
   command -v nvcc >/dev/null || { echo "gpu_check: no nvcc: the CUDA toolkit is needed to build llama.cpp" >&2; exit 1; }
-  [ -d "$carry/wheels" ] || { echo "gpu_check: $carry is missing: run 'scripts/gpu_check.sh prepare' where pip works" >&2; exit 1; }
-  local arch ver
+  [ -f "$carry/llama-cpp-python.version" ] || { echo "gpu_check: $carry is missing: run 'scripts/gpu_check.sh prepare' where pip works" >&2; exit 1; }
+  local arch ver r
   arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
   ver=$(cat "$carry/llama-cpp-python.version")
+  r=$(root)
   nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' 2>/dev/null; then
-    echo "gpu_check: $venv already has a CUDA llama-cpp-python"; return
-  fi
-  "$py" -m venv "$venv"
-  local pip=("$venv/bin/python" -m pip install -q --no-index --find-links "$carry/wheels")
-  "${pip[@]}" "${build_wheels[@]}" "${run_wheels[@]}"
-  echo "gpu_check: building llama-cpp-python $ver with CUDA for sm_$arch ($(nproc) jobs)"
-  time CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$arch -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "${pip[@]}" --no-build-isolation --no-deps "llama-cpp-python==$ver"
-  "$venv/bin/python" -c 'import llama_cpp, sys; ok = llama_cpp.llama_supports_gpu_offload(); print("GPU offload:", ok); sys.exit(not ok)'
+  nvcc --version | tail -2
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$carry"/wheels/*.whl
+  [ -d "$r" ] || { mkdir -p "$tools"; tar -xzf "$carry/llama_cpp_python-$ver.tar.gz" -C "$tools"; }
+  echo "gpu_check: building llama.cpp $ver with CUDA for sm_$arch ($(nproc) jobs)"
+  time EDGELLM_TOOLS_CACHE=$tools LLAMA_CPP_PYTHON_VERSION=$ver PYTHON=$py \
+    CMAKE_ARGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$arch -DBUILD_SHARED_LIBS=ON" scripts/llamacpp_tools.sh >/dev/null
+  ln -sfn ../vendor/llama.cpp/build/bin "$r/llama_cpp/lib"  # where llama_cpp looks for libllama and libggml
+  PYTHONPATH=$r:$site "$py" -c 'import llama_cpp, sys; ok = llama_cpp.llama_supports_gpu_offload(); print("GPU offload:", ok); sys.exit(not ok)'
 }
 
-check() {
-  [ -x "$venv/bin/python" ] || build
-  export PYTHONPATH=$PWD EDGELLM_TEST_CACHE=$PWD/$carry/tests-cache EDGELLM_HOME=$PWD/build/gpu_home
-  local model="$model_dir/$shape-Q4_K_M.gguf" ed=("$venv/bin/python" -m edgellm.cli)
-  if [ ! -f "$model" ]; then
-    mkdir -p "$model_dir"
-    "$venv/bin/python" -c 'import sys; sys.path.insert(0, "tests"); from pathlib import Path; from fixtures import write_llama3_shaped_gguf as w
-w(Path(sys.argv[1] + ".part"), sys.argv[2], "Q4_K_M", fill="random"); Path(sys.argv[1] + ".part").rename(sys.argv[1])' "$model" "$shape"
-  fi
-  echo "== edgellm hw";                       "${ed[@]}" hw
-  echo "== edgellm plan (this GPU)";          "${ed[@]}" plan "$model"
-  echo "== edgellm plan --vram 3G (partial)"; "${ed[@]}" plan "$model" --vram 3G
-  local partial
-  partial=$("${ed[@]}" plan "$model" --vram 3G --json | "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["n_gpu_layers"])')
-  echo "== edgellm run (full offload)";       "${ed[@]}" run "$model" -p "Tell me a story." -n 64 --seed 1
-  echo "== edgellm run --ngl $partial";       "${ed[@]}" run "$model" -p "Tell me a story." -n 64 --seed 1 --ngl "$partial"
-  echo "== planned vs measured"
-  "$venv/bin/python" - "$model" <<'EOF'
-import random, sys, threading, time
+late() {  # true once the optional steps' time is up
+  if [ "$SECONDS" -ge "$deadline" ]; then echo "gpu_check: skipped ($SECONDS s > GPU_DEADLINE_S=$deadline)"; return 0; fi
+  return 1
+}
 
+step() {  # step TITLE COMMAND...: run one check, say if it failed, go on
+  echo; echo "== $1  [t=${SECONDS}s]"; shift
+  "$@" || echo "gpu_check: FAILED (exit $?): $*"
+}
+
+synth() {  # synth SHAPE LEVEL FILL -> path of a Llama-3-shaped GGUF
+  local path="$model_dir/$1-$2-$3.gguf"
+  if [ ! -f "$path" ]; then
+    mkdir -p "$model_dir"
+    "$py" -c 'import sys; sys.path.insert(0, "tests"); from pathlib import Path; from fixtures import write_llama3_shaped_gguf as w
+p = Path(sys.argv[1]); w(p.with_suffix(".part"), sys.argv[2], sys.argv[3], fill=sys.argv[4]); p.with_suffix(".part").rename(p)' \
+      "$path" "$1" "$2" "$3" >&2
+  fi
+  echo "$path"
+}
+
+vram_table() {  # vram_table MODEL CASE...: planned vs NVML-measured VRAM, planned RAM vs RSS, pp/tg tokens/s
+  "$py" - "$@" <<'EOF'
+import json, os, random, sys, threading, time
+
+import psutil
 import pynvml
 
 from edgellm.hardware import detect
@@ -94,21 +112,32 @@ from edgellm.plan import make_plan
 from edgellm.runtime import Engine, Sampling
 
 GIB = 1 << 30
+CASES = {  # name -> make_plan options
+    "full": {"ctx": 8192},
+    "full-q8kv": {"ctx": 8192, "kv_type": "q8_0"},
+    "full-4seq": {"ctx": 8192, "n_seq": 4},
+    "vram3G": {"ctx": 8192, "vram": 3 * GIB},
+    "vram6G": {"ctx": 8192, "vram": 6 * GIB},
+}
 pynvml.nvmlInit()
 gpu = pynvml.nvmlDeviceGetHandleByIndex(0)
 used = lambda: pynvml.nvmlDeviceGetMemoryInfo(gpu).used
+proc = psutil.Process()
 ref, hw = resolve_model(sys.argv[1]), detect()
-plans = {"full": make_plan(ref, hw, ctx=8192), "partial": make_plan(ref, hw, ctx=8192, vram=3 * GIB)}
-print(f"{'offload':8} {'layers':>7} {'planned VRAM':>13} {'measured':>9} {'ratio':>6} {'planned RAM':>12} {'pp tok/s':>9} {'tg tok/s':>9}")
-for label, plan in plans.items():
-    before, peak, stop = used(), [0], threading.Event()
+rows = []
+print(f"{'case':10} {'layers':>7} {'ctx':>6} {'planned VRAM':>13} {'measured':>9} {'ratio':>6} {'planned RAM':>12} {'RSS':>8} {'pp tok/s':>9} {'tg tok/s':>9}")
+for name in sys.argv[2:]:
+    plan = make_plan(ref, hw, **CASES[name])
+    before, rss0, peak, stop = used(), proc.memory_info().rss, [0, 0], threading.Event()
 
     def poll():
         while not stop.is_set():
             peak[0] = max(peak[0], used())
+            peak[1] = max(peak[1], proc.memory_info().rss)
             time.sleep(0.01)
 
-    threading.Thread(target=poll, daemon=True).start()
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
     with Engine.load(plan) as e:
         rng = random.Random(0)
         list(e.stream_tokens([rng.randrange(e.n_vocab) for _ in range(512)], Sampling(temperature=0, max_tokens=1)))
@@ -117,19 +146,76 @@ for label, plan in plans.items():
         list(e.stream_prompt("Once upon a time", Sampling(max_tokens=129, ignore_eos=True, seed=1)))
         tg = e.last_stats.gen_tps
         layers = e.info.n_gpu_layers
+        time.sleep(0.05)
     stop.set()
-    time.sleep(0.05)
-    measured = peak[0] - before  # includes the CUDA context, which the plan leaves to its safety margin
+    t.join()
+    vram = peak[0] - before  # includes the CUDA context, which the plan leaves to its safety margin
+    rss = peak[1] - rss0
     planned = plan.memory.vram
-    print(f"{label:8} {layers:>4}/{plan.n_layers + 1:<2} {planned / GIB:11.2f} G {measured / GIB:7.2f} G {measured / planned:6.2f} "
-          f"{plan.memory.ram / GIB:10.2f} G {pp:9.1f} {tg:9.1f}")
+    rows.append({"case": name, "file": os.path.basename(sys.argv[1]), "n_gpu_layers": layers, "n_layers": plan.n_layers,
+                 "n_ctx": plan.n_ctx, "kv_type": plan.kv_type, "n_seq": plan.n_seq, "planned_vram": planned,
+                 "measured_vram": vram, "planned_ram": plan.memory.ram, "measured_rss": rss, "pp_tps": pp, "tg_tps": tg})
+    ratio = f"{vram / planned:6.2f}" if planned else "     -"
+    print(f"{name:10} {layers:>4}/{plan.n_layers + 1:<2} {plan.n_ctx:>6} {planned / GIB:11.2f} G {vram / GIB:7.2f} G {ratio} "
+          f"{plan.memory.ram / GIB:10.2f} G {rss / GIB:6.2f} G {pp:9.1f} {tg:9.1f}")
+out = os.environ.get("VRAM_JSON")
+if out:
+    with open(out, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 EOF
+}
+
+llama_bench() {  # llama_bench JSON_OUT ARGS...: llama.cpp's own numbers, as JSON
+  local json=$1; shift
+  "$(root)/vendor/llama.cpp/build/bin/llama-bench" "$@" -o json > "$json.part" && mv "$json.part" "$json" &&
+    "$py" - "$json" <<'EOF'
+import json, sys
+
+for r in json.load(open(sys.argv[1])):
+    test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+    name = r["model_filename"].rsplit("/", 1)[-1]
+    print(f"{name:34} ngl {r['n_gpu_layers']:>3} {test:6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} tok/s")
+EOF
+}
+
+check() {
+  [ -f "$(root)/llama_cpp/lib/libllama.so" ] || bash "$self" build || exit 1
+  mkdir -p "$out"
+  export PYTHONPATH=$PWD:$site:$(root) EDGELLM_TEST_CACHE=$PWD/$carry/tests-cache EDGELLM_HOME=$PWD/build/gpu_home
+  export VRAM_JSON=$PWD/$out/vram.jsonl EDGELLM_TOOLS_CACHE=$tools LLAMA_CPP_PYTHON_VERSION=$(cat "$carry/llama-cpp-python.version")
+  rm -f "$VRAM_JSON"
+  local model ed=("$py" -m edgellm.cli) partial all
+  all=$("$py" -c 'import sys; sys.path.insert(0, "tests"); from fixtures import LLAMA3_SHAPES; print(LLAMA3_SHAPES[sys.argv[1]][0] + 1)' "$shape")
+  model=$(synth "$shape" Q4_K_M random) || exit 1
+  step "edgellm hw" "${ed[@]}" hw
+  step "edgellm plan (this GPU)" "${ed[@]}" plan "$model"
+  step "edgellm plan --vram 3G (partial)" "${ed[@]}" plan "$model" --vram 3G
+  partial=$("${ed[@]}" plan "$model" --vram 3G --json | "$py" -c 'import json, sys; print(json.load(sys.stdin)["n_gpu_layers"])')
+  step "edgellm run (full offload)" "${ed[@]}" run "$model" -p "Tell me a story." -n 64 --seed 1
+  step "edgellm run --ngl $partial" "${ed[@]}" run "$model" -p "Tell me a story." -n 64 --seed 1 --ngl "$partial"
+  step "planned vs measured, $shape Q4_K_M" vram_table "$model" full full-q8kv full-4seq vram3G vram6G
+  late || step "edgellm bench vs llama-bench, full offload" "$py" scripts/bench_vs_llamacpp.py "$model" --ngl "$all" -r 3 \
+    --no-ppl --json "$out/vs_llamabench.json"
+  if ! late; then
+    local levels=() l
+    for l in Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K; do levels+=(-m "$(synth "$shape" $l random)"); done
+    step "llama-bench per level, full offload" llama_bench "$out/levels.json" "${levels[@]}" -ngl "$all" -p 512 -n 128 -r 3
+  fi
+  if ! late; then
+    local big
+    big=$(synth llama3-70b Q4_K_M sparse)
+    step "edgellm plan llama3-70b Q4_K_M" "${ed[@]}" plan "$big"
+    step "planned vs measured, llama3-70b Q4_K_M (zero weights)" vram_table "$big" full vram6G
+  fi
+  late || step "llama-bench per offload split, Q4_K_M" llama_bench "$out/splits.json" -m "$model" -ngl "0,$((all / 4)),$((all / 2)),$((3 * all / 4)),$all" \
+    -p 512 -n 128 -r 2
+  echo; echo "gpu_check: done in ${SECONDS}s; logs and JSON in $out"
 }
 
 case "${1:-all}" in
   prepare) prepare ;;
   build) build ;;
   check) check ;;
-  all) build; check ;;
+  all) bash "$self" build && check ;;  # a process of its own, so that `set -e` holds in it
   *) echo "usage: scripts/gpu_check.sh [prepare|build|check]" >&2; exit 2 ;;
 esac
