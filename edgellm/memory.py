@@ -2,9 +2,9 @@
 
 Everything comes from the file's header (tensor sizes, shape) and follows llama.cpp's own rules:
 
-- weights: layer `blk.i` goes to the GPU when i >= n_layer - n_gpu_layers; the output layer (output norm
-  + output matrix, or a GPU copy of the tied embeddings) only when n_gpu_layers > n_layer; the token
-  embeddings always stay on the CPU. CPU weights are memory-mapped from the file. Mixture-of-experts
+- weights: llama.cpp counts the output layer (output norm + output matrix, or a GPU copy of the tied
+  embeddings) as layer n_layer and puts layer i on the GPU when i >= n_layer + 1 - n_gpu_layers: the output
+  layer goes first, then `blk.i` from the last one down. The token embeddings always stay on the CPU. CPU weights are memory-mapped from the file. Mixture-of-experts
   files: the experts of the first `n_cpu_moe` layers stay in RAM even when their layer is on the GPU
   (llama.cpp's `--n-cpu-moe`, a tensor buffer override), the rest of those layers goes to the GPU.
 - KV cache: n_ctx (rounded up to 256 cells) x each layer's K and V rows, on the device of its layer.
@@ -201,8 +201,8 @@ def estimate(
 ) -> MemoryEstimate:
     n_layer = info.n_layers
     ngl = max(0, min(n_gpu_layers, n_layer + 1))
-    first_gpu = n_layer - min(ngl, n_layer)
-    output_on_gpu = ngl > n_layer
+    first_gpu = min(n_layer, n_layer + 1 - ngl)  # the first repeating layer on the GPU
+    output_on_gpu = ngl > 0
     moe = experts(info)
     n_cpu_moe = max(0, min(n_cpu_moe, n_layer)) if moe and ngl else 0
 

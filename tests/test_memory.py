@@ -59,7 +59,7 @@ def test_kv_cache_is_padded_and_shrinks_with_quantized_types(shaped):
     assert estimate(info, 8192, 0, "q4_0").kv_cpu == f16 * 18 // 64
 
 
-def test_offload_moves_layers_from_the_end_and_output_last(shaped):
+def test_offload_moves_the_output_first_then_layers_from_the_end(shaped):
     info = read_gguf(shaped[("llama3-8b", "Q4_K_M")])
     n = info.n_layers
     total = info.tensor_bytes
@@ -72,13 +72,29 @@ def test_offload_moves_layers_from_the_end_and_output_last(shaped):
         assert m.weights_cpu + m.weights_gpu == total
         assert m.vram > prev_vram
         prev_vram = m.vram
-        on_gpu = min(ngl, n)
+        on_gpu = max(0, ngl - 1)  # repeating layers: the first GPU layer is the output layer
         assert (m.kv_gpu, m.kv_cpu) == (kv_layer * on_gpu, kv_layer * (n - on_gpu))
-    m = estimate(info, 4096, 1)
-    assert m.weights_gpu == per_layer[-1]
+    output = by_name["output.weight"] + by_name["output_norm.weight"]
+    assert estimate(info, 4096, 1).weights_gpu == output
+    assert estimate(info, 4096, 2).weights_gpu == output + per_layer[-1]
     full = estimate(info, 4096, n + 1)
     assert full.weights_cpu == by_name["token_embd.weight"]  # embeddings stay on the CPU
-    assert full.weights_gpu - estimate(info, 4096, n).weights_gpu == by_name["output.weight"] + by_name["output_norm.weight"]
+    assert full.weights_gpu - estimate(info, 4096, n).weights_gpu == per_layer[0]
+
+
+# What llama.cpp itself allocated on an NVIDIA H200 (its CUDA build of the same version, load log of
+# scripts/gpu_check.sh) for the Llama-3-8B-shaped Q4_K_M at an 8192-token f16 context:
+# n_gpu_layers -> CUDA0 model, KV and compute buffers in MiB.
+CUDA_BUFFERS = {13: (2000.99, 384, 258.50), 31: (4385.99, 960, 258.50), 33: (4650.99, 1024, 258.50)}
+
+
+@pytest.mark.parametrize("ngl", sorted(CUDA_BUFFERS))
+def test_gpu_split_matches_what_llamacpp_allocated_on_cuda(shaped, ngl):
+    model, kv, compute = CUDA_BUFFERS[ngl]
+    m = estimate(read_gguf(shaped[("llama3-8b", "Q4_K_M")]), 8192, ngl)
+    assert m.weights_gpu / MIB == pytest.approx(model, rel=0.002)  # llama.cpp pads each tensor a little
+    assert m.kv_gpu / MIB == kv
+    assert compute <= m.compute_gpu / MIB <= compute + 10  # the plan counts one activation more than CUDA keeps
 
 
 def test_tied_embeddings_get_a_gpu_copy_of_the_output():
