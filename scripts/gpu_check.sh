@@ -9,6 +9,10 @@
 #                                    scripts/gpu_check.sh build      llama.cpp with CUDA for this GPU's architecture
 #                                                                    only (scripts/llamacpp_tools.sh: the shared
 #                                                                    libraries llama_cpp loads, and llama-bench)
+#                                    scripts/gpu_check.sh diag       where a crash in edgellm's load comes from: bare
+#                                                                    llama.cpp calls with and without edgellm's callbacks,
+#                                                                    then `edgellm run` with each callback switched off
+#                                                                    (scripts/gpu_diag)
 #                                    scripts/gpu_check.sh check      a Llama-3-8B-shaped Q4_K_M (random weights, real
 #                                                                    shape and tokenizer): `edgellm hw`, `plan`, `run`
 #                                                                    with full and partial offload, planned vs
@@ -178,11 +182,30 @@ for r in json.load(open(sys.argv[1])):
 EOF
 }
 
-check() {
+setup() {  # the environment edgellm runs in here; builds llama.cpp first if needed
   [ -f "$(root)/llama_cpp/lib/libllama.so" ] || bash "$self" build || exit 1
   mkdir -p "$out"
-  export PYTHONPATH=$PWD:$site:$(root) EDGELLM_TEST_CACHE=$PWD/$carry/tests-cache EDGELLM_HOME=$PWD/build/gpu_home
-  export VRAM_JSON=$PWD/$out/vram.jsonl EDGELLM_TOOLS_CACHE=$tools LLAMA_CPP_PYTHON_VERSION=$(cat "$carry/llama-cpp-python.version")
+  out=$(cd "$out" && pwd)
+  export PYTHONPATH=$PWD:$site:$(root)${PYTHONPATH:+:$PYTHONPATH} EDGELLM_TEST_CACHE=$PWD/$carry/tests-cache EDGELLM_HOME=$PWD/build/gpu_home
+  export EDGELLM_TOOLS_CACHE=$tools LLAMA_CPP_PYTHON_VERSION=$(cat "$carry/llama-cpp-python.version") PYTHONFAULTHANDLER=1
+}
+
+diag() {
+  setup
+  local model v p
+  model=$(synth "$shape" Q4_K_M random) || exit 1
+  for v in plain log progress log+progress; do
+    step "bare llama.cpp calls, $v" "$py" scripts/gpu_diag/diag.py "$model" 33 8192 $v
+  done
+  for p in none nolog noprogress nosigint; do
+    PYTHONPATH=$PWD/scripts/gpu_diag:$PYTHONPATH GPU_PATCH=$p step "edgellm run, GPU_PATCH=$p" \
+      "$py" -m edgellm.cli run "$model" -p "Tell me a story." -n 16 --seed 1
+  done
+}
+
+check() {
+  setup
+  export VRAM_JSON=$out/vram.jsonl
   rm -f "$VRAM_JSON"
   local model ed=("$py" -m edgellm.cli) partial all
   all=$("$py" -c 'import sys; sys.path.insert(0, "tests"); from fixtures import LLAMA3_SHAPES; print(LLAMA3_SHAPES[sys.argv[1]][0] + 1)' "$shape")
@@ -197,15 +220,15 @@ check() {
   late || step "edgellm bench vs llama-bench, full offload" "$py" scripts/bench_vs_llamacpp.py "$model" --ngl "$all" -r 3 \
     --no-ppl --json "$out/vs_llamabench.json"
   if ! late; then
-    local levels=() l
-    for l in Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K; do levels+=(-m "$(synth "$shape" $l random)"); done
-    step "llama-bench per level, full offload" llama_bench "$out/levels.json" "${levels[@]}" -ngl "$all" -p 512 -n 128 -r 3
-  fi
-  if ! late; then
     local big
     big=$(synth llama3-70b Q4_K_M sparse)
     step "edgellm plan llama3-70b Q4_K_M" "${ed[@]}" plan "$big"
-    step "planned vs measured, llama3-70b Q4_K_M (zero weights)" vram_table "$big" full vram6G
+    step "planned vs measured, llama3-70b Q4_K_M (zero weights)" vram_table "$big" full
+  fi
+  if ! late; then
+    local levels=() l
+    for l in Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K; do levels+=(-m "$(synth "$shape" $l random)"); done
+    step "llama-bench per level, full offload" llama_bench "$out/levels.json" "${levels[@]}" -ngl "$all" -p 512 -n 128 -r 3
   fi
   late || step "llama-bench per offload split, Q4_K_M" llama_bench "$out/splits.json" -m "$model" -ngl "0,$((all / 4)),$((all / 2)),$((3 * all / 4)),$all" \
     -p 512 -n 128 -r 2
@@ -216,6 +239,7 @@ case "${1:-all}" in
   prepare) prepare ;;
   build) build ;;
   check) check ;;
+  diag) diag ;;
   all) bash "$self" build && check ;;  # a process of its own, so that `set -e` holds in it
-  *) echo "usage: scripts/gpu_check.sh [prepare|build|check]" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu_check.sh [prepare|build|check|diag]" >&2; exit 2 ;;
 esac
