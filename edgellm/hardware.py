@@ -8,9 +8,9 @@ list. A GPU counts for offload only when the llama.cpp build can offload to it.
 from __future__ import annotations
 
 import os
-
 import platform
 import re
+import time
 from dataclasses import asdict, dataclass, replace
 
 import psutil
@@ -191,6 +191,38 @@ def synthetic(ram: int, vram: int = 0, cores: int = 4) -> HardwareProfile:
     build = LlamaBuild(gpu_offload=vram > 0, backends=("CUDA", "CPU") if vram else ("CPU",), system_info="")
     gpus = (GPU(0, "simulated GPU", "other", vram, vram, "override"),) if vram else ()
     return HardwareProfile(ram, ram, cores, cores * 2, "simulated CPU", gpus, build, simulated=True)
+
+
+@dataclass(frozen=True)
+class CpuLoad:
+    """What other programs keep busy, measured over a short window, and the threads that leaves llama.cpp."""
+
+    busy_cores: float  # other programs' CPU time over the window, in cores' worth
+    threads: int
+
+
+def _busy_and_total(t) -> tuple[float, float]:
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    total = sum(getattr(t, f) for f in t._fields if f not in ("guest", "guest_nice"))  # guest time is in user
+    return total - idle, total
+
+
+def cpu_load(cores: int, sample_s: float = 0.2) -> CpuLoad:
+    """Threads for llama.cpp now: `cores` minus the cores other programs keep busy, at least one.
+
+    llama.cpp's threads wait for each other at every step of a token, so a thread that shares its core with
+    a busy program stalls all of them: on a laptop with a build or a browser running, fewer threads decode
+    faster. This process's own CPU time over the window is not counted."""
+    import psutil
+
+    proc = psutil.Process()
+    own0, (busy0, total0) = sum(proc.cpu_times()[:2]), _busy_and_total(psutil.cpu_times())
+    time.sleep(sample_s)
+    own1, (busy1, total1) = sum(proc.cpu_times()[:2]), _busy_and_total(psutil.cpu_times())
+    n_cpus = psutil.cpu_count() or 1
+    span = (total1 - total0) / n_cpus  # seconds of wall time each CPU saw
+    busy = max(0.0, (busy1 - busy0) - (own1 - own0)) / span if span > 0 else 0.0
+    return CpuLoad(busy, max(1, min(cores, n_cpus - round(busy))))
 
 
 def default_threads() -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .hardware import HardwareProfile, detect
+from .hardware import HardwareProfile, cpu_load, detect
 from .models import ModelRef, resolve_model, verify_file
 from .plan import Plan, make_plan
 from .runtime import Engine
@@ -31,11 +31,28 @@ def plan_model(
     hw: HardwareProfile | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
-    `chat_template` (a format name or a Jinja file) replaces the model's own template."""
+    `chat_template` (a format name or a Jinja file) replaces the model's own template. Without `threads`,
+    the cores that other programs leave idle right now (`hardware.cpu_load`)."""
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
-    plan = make_plan(ref, hw or detect(), ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq)
+    hw = hw or detect()
+    threads, notes = choose_threads(hw, threads)
+    plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq)
     verify_file(ref.file(plan.level))
-    return replace(plan, chat_template=chat_template)
+    return replace(plan, chat_template=chat_template, notes=plan.notes + notes)
+
+
+def choose_threads(hw: HardwareProfile, threads: int | None) -> tuple[int, tuple[str, ...]]:
+    """`threads` if the user chose them, else the physical cores other programs leave idle now; and a note
+    when that is fewer than all of them."""
+    if threads is not None:
+        return threads, ()
+    load = cpu_load(hw.cpu_cores)
+    if load.threads == hw.cpu_cores:
+        return load.threads, ()
+    return load.threads, (
+        f"{load.threads} of {hw.cpu_cores} cores used: other programs keep {load.busy_cores:.1f} of them busy "
+        "(--threads to choose)",
+    )
 
 
 def open_engine(model: str | Path | ModelRef | None, **overrides) -> Engine:

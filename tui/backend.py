@@ -24,7 +24,8 @@ def open_model(ref: str | None, settings: ChatSettings, chat_template: str | Non
 
     plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template)
     engine = Engine.load(plan)
-    line = f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx}"
+    threads = f"{plan.n_threads} thread{'s' if plan.n_threads != 1 else ''}"
+    line = f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · {threads}"
     if engine.template_origin != "the model's own":
         line += f" · chat format {engine.template_origin.split(' (')[0]}"
     return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain())

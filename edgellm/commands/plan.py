@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
 
@@ -30,6 +31,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     """
     from ..errors import UsageError
     from ..hardware import detect, parse_size
+    from ..launch import choose_threads
     from ..models import resolve_models
     from ..plan import FIT_SHORT, make_plan
 
@@ -37,9 +39,11 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     if ctx is not None and given and min_ctx > ctx:
         raise UsageError(f"--min-ctx {min_ctx} is more than --ctx {ctx}: a context cannot be smaller than its minimum")
     ref = resolve_models(list(models))
+    hw = detect()
+    threads, notes = choose_threads(hw, threads)
     p = make_plan(
         ref,
-        detect(),
+        hw,
         ctx=ctx,
         kv_type=kv_type,
         min_ctx=min_ctx,
@@ -48,6 +52,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
         ngl=ngl,
         threads=threads,
     )
+    p = replace(p, notes=p.notes + notes)
     if as_json:
         click.echo(json.dumps(p.to_dict(), indent=2))
         return 0

@@ -1,0 +1,71 @@
+"""Threads that fit the moment: a program keeping a core busy takes that core away from llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import run_cli
+from edgellm.hardware import cpu_load
+
+N_CPUS = psutil.cpu_count() or 1
+pytestmark = pytest.mark.skipif(N_CPUS < 2 or not hasattr(os, "sched_setaffinity"), reason="needs 2 CPUs and affinity")
+
+
+@pytest.fixture
+def busy_core():
+    """Another program spinning on CPU 0, as a build or a browser tab would."""
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    time.sleep(0.3)
+    yield
+    spin.kill()
+    spin.wait()
+
+
+def test_a_busy_program_costs_llamacpp_a_thread(busy_core):
+    load = cpu_load(cores=N_CPUS)
+    assert load.busy_cores >= 0.7
+    assert 1 <= load.threads <= N_CPUS - 1
+
+
+def test_own_work_is_not_counted_as_another_programs():
+    # this process spins (in a child thread of its own) while it measures: that is not another program's load
+    import threading
+
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    before = cpu_load(cores=N_CPUS)
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        while_spinning = cpu_load(cores=N_CPUS)
+    finally:
+        stop.set()
+        t.join()
+    assert while_spinning.busy_cores < before.busy_cores + 0.5
+
+
+def test_plan_and_run_say_the_threads_they_chose(capsys, busy_core):
+    code, out, _ = run_cli(capsys, "plan", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["n_threads"] <= N_CPUS - 1
+    assert any("other programs keep" in n and "--threads" in n for n in plan["notes"])
+
+    code, out, _ = run_cli(capsys, "plan", "--json", "--threads", "2")
+    plan = json.loads(out)
+    assert code == 0 and plan["n_threads"] == 2 and not any("other programs" in n for n in plan["notes"])
+
+    code, _, err = run_cli(capsys, "run", "-p", "Hi", "-n", "4")
+    assert code == 0 and "other programs keep" in err
+    threads = int(err.split(" thread")[0].rsplit("· ", 1)[1])
+    assert threads <= N_CPUS - 1
