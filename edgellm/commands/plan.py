@@ -21,7 +21,7 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES,
 @click.option("--ram", help="Plan for this much free RAM instead of this machine's (e.g. 16G).")
 @click.option("--vram", help="Plan for one GPU with this much free VRAM (e.g. 8G; 0 = no GPU).")
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
-@click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: physical cores).")
+@click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
 def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).

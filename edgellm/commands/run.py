@@ -65,7 +65,7 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--ctx", type=CONTEXT, help="Context size in tokens, 256 or more (default: planned).")
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16).")
-@click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: physical cores).")
+@click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
 @click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads,

@@ -37,7 +37,7 @@ def _is_loopback(host: str) -> bool:
               help="Requests that may wait for a slot; more are answered 503.")
 @click.option("--api-key", envvar="EDGELLM_API_KEY", help="Require 'Authorization: Bearer KEY' (or set EDGELLM_API_KEY).")
 @click.option("--alias", help="The model name clients see (default: the model's own).")
-@click.option("-t", "--threads", type=THREADS, help="CPU threads (default: physical cores).")
+@click.option("-t", "--threads", type=THREADS, help="CPU threads (default: the physical cores other programs leave idle).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API key.")
 @click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
 @click.option("--cors", multiple=True, metavar="ORIGIN", help="Allow browser pages from ORIGIN (repeatable; '*' for any).")
