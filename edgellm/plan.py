@@ -151,6 +151,11 @@ class Plan:
         }
 
 
+def threads_text(n_threads: int) -> str:
+    """"1 thread", "4 threads"."""
+    return f"{n_threads} thread{'s' if n_threads != 1 else ''}"
+
+
 def gpu_layers_text(n_gpu_layers: int, n_layers: int) -> str:
     """"12/33": llama.cpp counts the output layer as one more, so n_layers + 1 means all of them."""
     return f"{n_gpu_layers}/{n_layers + 1}"

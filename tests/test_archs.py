@@ -15,7 +15,7 @@ import arch_fixtures
 from conftest import llama
 from edgellm.cli import main
 from edgellm.gguf_info import read_gguf
-from test_convert import MESSAGES, TEXT, _fields, render_stored_template
+from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
 MOE = {"qwen3moe", "mixtral"}
@@ -122,11 +122,7 @@ def test_identical_to_llamacpp_converter(name, converted):
             continue
         assert key in meta and key in ref_meta, key
         assert meta[key] == ref_meta[key], key
-    assert set(tensors) == set(ref_tensors)
-    for tname, ref in ref_tensors.items():
-        ours = tensors[tname]
-        assert (ours.tensor_type, list(ours.shape)) == (ref.tensor_type, list(ref.shape)), tname
-        assert np.array_equal(np.asarray(ours.data).view(np.uint8), np.asarray(ref.data).view(np.uint8)), tname
+    assert_same_tensors(tensors, ref_tensors)
 
 
 def test_architecture_metadata(converted):

@@ -162,6 +162,15 @@ EXPECTED_DIFFERENT = {"general.name", "general.size_label", "tokenizer.ggml.add_
 PRE_DIFFERENT = {"smollm2": ("gpt-2", "smollm")}
 
 
+def assert_same_tensors(tensors: dict, ref_tensors: dict) -> None:
+    """The same tensor names, and each one's type, shape and bytes (tensors as `_fields` returns them)."""
+    assert set(tensors) == set(ref_tensors)
+    for tname, ref in ref_tensors.items():
+        ours = tensors[tname]
+        assert (ours.tensor_type, list(ours.shape)) == (ref.tensor_type, list(ref.shape)), tname
+        assert np.array_equal(np.asarray(ours.data).view(np.uint8), np.asarray(ref.data).view(np.uint8)), tname
+
+
 def _fields(path: Path) -> tuple[dict, dict]:
     """Metadata as each key's exact encoded bytes (key, type and value), and the tensors by name.
 
@@ -192,11 +201,7 @@ def test_identical_to_llamacpp_converter(name, outtype, ref_outtype, converted):
             continue
         assert key in meta and key in ref_meta, key
         assert meta[key] == ref_meta[key], key
-    assert set(tensors) == set(ref_tensors)
-    for tname, ref in ref_tensors.items():
-        ours = tensors[tname]
-        assert (ours.tensor_type, list(ours.shape)) == (ref.tensor_type, list(ref.shape)), tname
-        assert np.array_equal(np.asarray(ours.data).view(np.uint8), np.asarray(ref.data).view(np.uint8)), tname
+    assert_same_tensors(tensors, ref_tensors)
 
 
 def test_converts_a_retrained_tokenizer_llamacpp_refuses(converted, tmp_path):

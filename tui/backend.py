@@ -20,12 +20,15 @@ def placement(n_gpu_layers: int, n_layers: int) -> str:
 def open_model(ref: str | None, settings: ChatSettings, chat_template: str | None = None) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine, and load it."""
     from edgellm.launch import plan_model
+    from edgellm.plan import threads_text
     from edgellm.runtime import Engine
 
     plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template)
     engine = Engine.load(plan)
-    threads = f"{plan.n_threads} thread{'s' if plan.n_threads != 1 else ''}"
-    line = f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · {threads}"
+    line = (
+        f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · "
+        f"{threads_text(plan.n_threads)}"
+    )
     if engine.template_origin != "the model's own":
         line += f" · chat format {engine.template_origin.split(' (')[0]}"
     return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain())

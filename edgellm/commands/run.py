@@ -16,10 +16,12 @@ from .plan import KV_CHOICES
 
 
 def _stats_lines(engine, stats) -> list[str]:
+    from ..plan import threads_text
+
     i = engine.info
     return [
         f"plan: {i.level} · {i.gpu_layers} layers on the GPU · context {i.n_ctx} ({i.kv_type}) · "
-        f"{i.n_threads} thread{'s' if i.n_threads != 1 else ''} · loaded in {i.load_s:.2f} s",
+        f"{threads_text(i.n_threads)} · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
         f"reply: {stats.gen_tokens} tokens at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
