@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +54,12 @@ class OutTensor:
         return math.prod(self.shape) // block * size
 
 
-def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True) -> Path:
-    """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path."""
+def convert_checkpoint(
+    src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True,
+    merge: Callable[[Checkpoint], Checkpoint] | None = None,
+) -> Path:
+    """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path. `merge` replaces
+    weights before they are written (LoRA adapters merged in: `quantize.lora.merged`)."""
     src_dir, out_path = Path(src_dir), Path(out_path)
     if outtype not in OUTTYPE_CHOICES:
         raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPE_CHOICES)}")
@@ -65,6 +69,7 @@ def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str =
 
     ckpt, arch, hp, planned = _read_checkpoint(src_dir)
     ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
+    ckpt = merge(ckpt) if merge else ckpt
     vocab = load_vocab(src_dir, hp.n_vocab)
     tensors = _rope_factors(arch, hp) + [_out_tensor(p, ckpt, hp, wtype) for p in planned]
 
