@@ -10,9 +10,11 @@ reports is what the planner decided and the engine loaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .adapters import read_adapters
 from .hardware import HardwareProfile, cpu_load, detect
 from .models import ModelRef, resolve_model, verify_file
 from .plan import Plan, make_plan
@@ -28,15 +30,18 @@ def plan_model(
     threads: int | None = None,
     n_seq: int = 1,
     chat_template: str | None = None,
+    loras: Sequence[tuple[Path, float]] = (),
     hw: HardwareProfile | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
-    `chat_template` (a format name or a Jinja file) replaces the model's own template. Without `threads`,
-    the cores that other programs leave idle right now (`hardware.cpu_load`)."""
+    `chat_template` (a format name or a Jinja file) replaces the model's own template. `loras` are LoRA adapter
+    files and their scales, checked against the model before anything loads. Without `threads`, the cores
+    that other programs leave idle right now (`hardware.cpu_load`)."""
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    adapters = read_adapters(loras, ref.files[0].info)
     hw = hw or detect()
     threads, notes = choose_threads(hw, threads)
-    plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq)
+    plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, loras=adapters)
     verify_file(ref.file(plan.level))
     return replace(plan, chat_template=chat_template, notes=plan.notes + notes)
 

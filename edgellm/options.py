@@ -99,3 +99,19 @@ class ChatTemplate(click.ParamType):
 
 CHAT_TEMPLATE = ChatTemplate()
 CHAT_TEMPLATE_HELP = "Chat format (llama3, gemma, phi3, chatml, mistral) or a Jinja file, instead of the model's own."
+
+
+class LoraFile(click.ParamType):
+    """`FILE[:SCALE]`: a LoRA adapter and the scale it is applied at (1 when not given)."""
+
+    name = "file[:scale]"
+
+    def convert(self, value, param, ctx):
+        from .adapters import parse_lora
+
+        return value if isinstance(value, tuple) else parse_lora(value)
+
+
+LORA = LoraFile()
+LORA_HELP = ("A LoRA adapter GGUF (edgellm convert ADAPTER_DIR --base BASE) applied at SCALE (default 1, from -10 to 10); "
+             "repeatable.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .adapters import LoraAdapter, describe
 from .errors import NotEnoughSpace
 from .fsutil import human_bytes
 from .hardware import HardwareProfile
@@ -81,6 +82,7 @@ class Plan:
     n_threads: int = 1  # CPU threads llama.cpp runs with
     n_seq: int = 1  # sequences sharing the context (a server's slots), n_ctx / n_seq tokens each
     chat_template: str | None = None  # --chat-template: a format name or a template file (else the model's own)
+    loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
 
     @property
     def gpu_layers(self) -> str:
@@ -99,6 +101,7 @@ class Plan:
             f"  GPU layers: {self.gpu_layers} (incl. output layer) · {self.n_threads} CPU threads",
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
             *self._attention_lines(),
+            *([f"  {describe(self.loras)}, counted with the weights"] if self.loras else []),
             f"  RAM:  {human_bytes(m.ram)} of {human_bytes(self.ram_budget)} usable (weights {human_bytes(m.weights_cpu)}, "
             f"KV {human_bytes(m.kv_cpu)}, compute {human_bytes(m.compute_cpu_touched)}, runtime {human_bytes(m.overhead)})",
         ]
@@ -148,6 +151,7 @@ class Plan:
             "n_threads": self.n_threads,
             "n_seq": self.n_seq,
             "chat_template": self.chat_template,
+            "loras": [a.to_dict() for a in self.loras],
         }
 
 
@@ -182,14 +186,20 @@ def placements(f: ModelFile, gpu: bool, ngl: int | None = None) -> list[tuple[in
     return [p for p in out if p[0] == forced] or [(forced, 0)]
 
 
+def lora_bytes(loras: tuple[LoraAdapter, ...], n_layers: int) -> list[int]:
+    """The adapters' bytes in each layer, then outside the layers (as `estimate` takes them)."""
+    return [sum(col) for col in zip(*(a.layer_bytes(n_layers) for a in loras))]
+
+
 def best_gpu_layers(
     f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool, unified: bool = False,
-    ngl: int | None = None, n_seq: int = 1,
+    ngl: int | None = None, n_seq: int = 1, loras: tuple[LoraAdapter, ...] = (),
 ) -> MemoryEstimate | None:
     """The placement with the most on the GPU that fits both budgets, or None. With unified memory
     (Apple silicon) what the GPU holds comes out of the same RAM."""
+    lora = lora_bytes(loras, f.info.n_layers)
     for g, n_cpu_moe in placements(f, gpu, ngl):
-        m = estimate(f.info, n_ctx, g, kv_type, n_cpu_moe=n_cpu_moe, n_seq=n_seq)
+        m = estimate(f.info, n_ctx, g, kv_type, n_cpu_moe=n_cpu_moe, n_seq=n_seq, lora=lora)
         ram_used = m.ram + (m.vram if unified else 0)
         if m.vram <= vram and ram_used <= ram:
             return m
@@ -207,10 +217,11 @@ def _contexts(target: int, min_ctx: int) -> list[int]:
 
 
 def _fit_level(
-    f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool, unified: bool, ngl: int | None, n_seq: int
+    f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool, unified: bool, ngl: int | None, n_seq: int,
+    loras: tuple[LoraAdapter, ...],
 ) -> MemoryEstimate | None:
     for c in contexts:
-        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu, unified, ngl, n_seq)
+        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu, unified, ngl, n_seq, loras)
         if m is not None:
             return m
     return None
@@ -227,9 +238,11 @@ def make_plan(
     ngl: int | None = None,
     threads: int | None = None,
     n_seq: int = 1,
+    loras: tuple[LoraAdapter, ...] = (),
 ) -> Plan:
     """Plan `model` for `hw`. `ram`/`vram` replace the machine's free memory (to plan for another machine);
-    `ngl` fixes the GPU layers, `threads` the CPU threads; `n_seq` sequences share the context (`ctx` in all)."""
+    `ngl` fixes the GPU layers, `threads` the CPU threads; `n_seq` sequences share the context (`ctx` in all);
+    `loras` count with the weights."""
     hw = hw.with_overrides(ram=ram, vram=vram)
     kv_type = kv_type or "f16"
     gpu = bool(hw.offload_gpus)
@@ -247,9 +260,9 @@ def make_plan(
 
     levels, chosen = [], None
     for f in model.files:
-        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory, ngl, n_seq)
+        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory, ngl, n_seq, loras)
         if m is None:
-            worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type)
+            worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type, lora=lora_bytes(loras, f.info.n_layers))
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
             continue
         kind = _fit_kind(m.n_gpu_layers, f.info.n_layers, m.n_cpu_moe)
@@ -283,6 +296,7 @@ def make_plan(
         n_cpu_moe=m.n_cpu_moe,
         n_threads=threads or hw.cpu_cores,  # physical cores, as llama.cpp's tools use
         n_seq=n_seq,
+        loras=loras,
     )
 
 
@@ -311,7 +325,10 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
 
     f = ModelFile(plan.level, plan.path, read_gguf(plan.path))
     ram_budget = _budget(hw.ram_available, RAM_MARGIN)
-    m = best_gpu_layers(f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus), hw.unified_memory, n_seq=plan.n_seq)
+    m = best_gpu_layers(
+        f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus), hw.unified_memory, n_seq=plan.n_seq,
+        loras=plan.loras,
+    )
     why = (
         "the GPU is gone" if not hw.offload_gpus
         else f"the GPU has {human_bytes(hw.vram_free)} free, less than the {human_bytes(plan.memory.vram)} planned"

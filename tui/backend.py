@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .app import LoadedModel
 from .state import ChatSettings, ModelChoice
 
@@ -17,13 +19,16 @@ def placement(n_gpu_layers: int, n_layers: int) -> str:
     return f"{gpu_layers_text(n_gpu_layers, n_layers)} layers on GPU"
 
 
-def open_model(ref: str | None, settings: ChatSettings, chat_template: str | None = None) -> LoadedModel:
-    """Resolve `ref`, let the planner pick file, offload and context for this machine, and load it."""
+def open_model(
+    ref: str | None, settings: ChatSettings, chat_template: str | None = None, loras: tuple[tuple[Path, float], ...] = ()
+) -> LoadedModel:
+    """Resolve `ref`, let the planner pick file, offload and context for this machine, and load it with the
+    LoRA adapters (file, scale) given."""
     from edgellm.launch import plan_model
     from edgellm.plan import threads_text
     from edgellm.runtime import Engine
 
-    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template)
+    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, loras=loras)
     engine = Engine.load(plan)
     line = (
         f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · "
@@ -31,7 +36,10 @@ def open_model(ref: str | None, settings: ChatSettings, chat_template: str | Non
     )
     if engine.template_origin != "the model's own":
         line += f" · chat format {engine.template_origin.split(' (')[0]}"
-    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain())
+    lora = ", ".join(engine.info.loras)
+    if lora:
+        line += f" · LoRA {lora}"
+    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain(), lora=lora)
 
 
 def list_models(extra: str | None = None) -> list[ModelChoice]:

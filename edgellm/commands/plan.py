@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import click
 
-from ..options import CONTEXT, GPU_LAYERS, THREADS
+from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, THREADS
 from ..plan import gpu_layers_text
 
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES, without loading llama.cpp for --help
@@ -22,13 +22,15 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES,
 @click.option("--vram", help="Plan for one GPU with this much free VRAM (e.g. 8G; 0 = no GPU).")
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
+@click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
-def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, as_json: bool) -> int:
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, loras, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
     Picks the highest-quality level that fits, the most GPU layers that fit with a safety margin, and
     shrinks the context (not below --min-ctx) before dropping to a lower level.
     """
+    from ..adapters import read_adapters
     from ..errors import UsageError
     from ..hardware import detect, parse_size
     from ..launch import choose_threads
@@ -39,6 +41,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     if ctx is not None and given and min_ctx > ctx:
         raise UsageError(f"--min-ctx {min_ctx} is more than --ctx {ctx}: a context cannot be smaller than its minimum")
     ref = resolve_models(list(models))
+    adapters = read_adapters(loras, ref.files[0].info)
     hw = detect()
     threads, notes = choose_threads(hw, threads)
     p = make_plan(
@@ -51,6 +54,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
         vram=parse_size(vram) if vram is not None else None,
         ngl=ngl,
         threads=threads,
+        loras=adapters,
     )
     p = replace(p, notes=p.notes + notes)
     if as_json:

@@ -11,7 +11,10 @@ import sys
 
 import click
 
-from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, MIN_P, REPEAT_PENALTY, TEMPERATURE, THREADS, TOP_K, TOP_P
+from ..options import (
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, REPEAT_PENALTY, TEMPERATURE, THREADS, TOP_K,
+    TOP_P,
+)
 from .plan import KV_CHOICES
 
 
@@ -19,9 +22,10 @@ def _stats_lines(engine, stats) -> list[str]:
     from ..plan import threads_text
 
     i = engine.info
+    lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""
     return [
         f"plan: {i.level} · {i.gpu_layers} layers on the GPU · context {i.n_ctx} ({i.kv_type}) · "
-        f"{threads_text(i.n_threads)} · loaded in {i.load_s:.2f} s",
+        f"{threads_text(i.n_threads)}{lora} · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
         f"reply: {stats.gen_tokens} tokens at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
@@ -69,9 +73,10 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16).")
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
 @click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
+@click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads,
-        chat_template, as_json) -> int:
+        chat_template, loras, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
     from ..launch import plan_model
@@ -86,7 +91,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     if system is not None:
         _utf8(system, "the system message")
 
-    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template)
+    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template, loras=loras)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

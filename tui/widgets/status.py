@@ -20,6 +20,7 @@ class Stats:
     ctx_size: int = 0
     level: str = "?"
     gpu_layers: str = "?"
+    lora: str = ""  # LoRA adapters applied, e.g. "my-tune ×0.5"
     note: str = ""  # e.g. "context full: 2 oldest messages left out"
 
 
@@ -30,6 +31,8 @@ class StatsBar(Static):
         s = self.stats
         speed = f"{s.tok_s:.1f} tok/s" if s.tok_s is not None else "– tok/s"
         parts = [s.state, speed, f"ctx {s.ctx_used}/{s.ctx_size}", s.level, f"GPU {s.gpu_layers}"]
+        if s.lora:
+            parts.append(f"LoRA {s.lora}")
         if s.note:
             parts.append(s.note)
         return " │ ".join(parts)
