@@ -28,9 +28,9 @@ COLUMNS = [  # (header, value of a FileResult as text)
     ("same top", lambda r: f"{r.same_top * 100:.1f}%" if r.same_top is not None else "-"),
 ]
 
-CSV_FIELDS = ["file", "level", "lora", "size_bytes", "bits_per_weight", "pp_mean", "pp_std", "tg_mean", "tg_std", "ttft_s",
+CSV_FIELDS = ["file", "level", "size_bytes", "bits_per_weight", "pp_mean", "pp_std", "tg_mean", "tg_std", "ttft_s",
               "load_s", "peak_rss_bytes", "n_threads", "n_ctx", "n_layers", "n_gpu_layers", "ppl", "ppl_stderr", "kld",
-              "kld_p99", "delta_p", "same_top", "error"]
+              "kld_p99", "delta_p", "same_top", "error", "lora"]  # new columns go last
 
 
 def to_csv(report: BenchReport) -> str:
