@@ -32,7 +32,7 @@ def convert(src: Path, out: Path | None, outtype: str, base: str | None, as_json
 
     Supports LlamaForCausalLM (Llama 2/3/3.1/3.2, SmolLM2), MistralForCausalLM, Qwen2ForCausalLM and the
     others the README lists. A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
-    becomes a GGUF LoRA adapter for `--lora` on run, chat, serve and bench; --base names the checkpoint it was
+    becomes a GGUF LoRA adapter for `--lora` on run, chat, serve, bench and plan; --base names the checkpoint it was
     trained on (only its config.json is read). The file appears under its final name only when complete.
     """
     from ..gguf_info import read_gguf
