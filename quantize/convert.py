@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
@@ -22,6 +23,9 @@ from .arch import ArchSpec, HParams, PlannedTensor, arch_for, check_config, meta
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .parallel import ordered_results, usable_cores
 from .vocab import Vocab, load_vocab
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -56,8 +60,11 @@ class OutTensor:
         return math.prod(self.shape) // block * size
 
 
-def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True) -> Path:
-    """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path."""
+def convert_checkpoint(
+    src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True, digest: Hash | None = None
+) -> Path:
+    """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path. `digest` (a
+    hashlib object) is fed the file's bytes as they are written, which spares reading them back to hash them."""
     src_dir, out_path = Path(src_dir), Path(out_path)
     if outtype not in OUTTYPE_CHOICES:
         raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPE_CHOICES)}")
@@ -82,16 +89,25 @@ def convert_checkpoint(src_dir: str | Path, out_path: str | Path, outtype: str =
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             fout = writer.fout[0]
-            writer.write_padding(fout, fout.tell())
+
+            def emit(data) -> None:
+                fout.write(data)
+                if digest is not None:
+                    digest.update(data)
+
+            if digest is not None:
+                fout.flush()
+                digest.update(tmp.read_bytes())  # the header so far: a few MiB
+            emit(bytes(-fout.tell() % writer.data_alignment))
             workers = usable_cores()
             chunks = ordered_results(_chunk_jobs(tensors), workers, ahead=2 * workers + 1)
             with _Progress(progress, sum(t.nbytes for t in tensors), out_path.name) as bar:
                 for index, last, data in chunks:
-                    fout.write(data)
+                    emit(data)
                     bar.advance(len(data))
                     if last:
                         if index + 1 < len(tensors):
-                            writer.write_padding(fout, fout.tell())
+                            emit(bytes(-fout.tell() % writer.data_alignment))
                         pause_point("convert.tensor", index + 1)
         finally:
             writer.close()

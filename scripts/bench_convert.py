@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from make_checkpoint import cached_checkpoint  # noqa: E402
 
 TARGETS = {"small": (0.35, 0.5), "shape": (0.5, 0.25)}  # (wall, peak RSS) ratios to llama.cpp's converter
 BLOCK = 16 << 20
@@ -84,18 +85,6 @@ def copy_floor(src: Path, tmp: Path) -> float:
     return wall
 
 
-def shape_checkpoint(shape: str) -> Path:
-    """A checkpoint of random weights at `shape`, generated once into the test cache."""
-    import fixtures
-
-    folder = fixtures.cache_root() / f"bench-{shape}-hf"
-    if not (folder / "model.safetensors").exists():
-        tmp = folder.with_name(folder.name + ".partial")
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), shape, str(tmp)], check=True)
-        tmp.rename(folder)
-    return folder
-
-
 def tensors_identical(a: Path, b: Path) -> tuple[bool, str]:
     from gguf import GGUFReader
 
@@ -123,7 +112,7 @@ def main() -> int:
 
     import fixtures
 
-    src = shape_checkpoint(args.shape) if args.shape else args.src or fixtures.smollm2_checkpoint()
+    src = cached_checkpoint(args.shape) if args.shape else args.src or fixtures.smollm2_checkpoint()
     wall_target, rss_target = TARGETS["shape" if args.shape else "small"]
     root = llamacpp_root()
     env = {**os.environ, "PYTHONPATH": str(root / "gguf-py")}

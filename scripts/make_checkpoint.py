@@ -104,17 +104,33 @@ def write_safetensors(path: Path, cfg: dict, seed: int = 0) -> int:
     return offset
 
 
+def cached_checkpoint(shape: str) -> Path:
+    """A checkpoint at `shape`, generated once into the test cache (for the benchmarks)."""
+    from fixtures import cache_root
+
+    folder = cache_root() / f"bench-{shape}-hf"
+    if not (folder / "model.safetensors").exists():
+        tmp = folder.with_name(folder.name + ".partial")
+        write_checkpoint(shape, tmp)
+        tmp.rename(folder)
+    return folder
+
+
+def write_checkpoint(shape: str, out: Path, seed: int = 0) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config(SHAPES[shape])
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    write_llama3_tokenizer(out)
+    return write_safetensors(out / "model.safetensors", cfg, seed)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shape", choices=sorted(SHAPES))
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    cfg = config(SHAPES[args.shape])
-    (args.out / "config.json").write_text(json.dumps(cfg, indent=2))
-    write_llama3_tokenizer(args.out)
-    nbytes = write_safetensors(args.out / "model.safetensors", cfg, args.seed)
+    nbytes = write_checkpoint(args.shape, args.out, args.seed)
     print(f"{args.out}: {args.shape}, {nbytes / 2:.3g} parameters, {nbytes / 1e9:.2f} GB bf16")
 
 

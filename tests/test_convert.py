@@ -262,3 +262,13 @@ def test_peak_memory_stays_far_below_the_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "m.gguf")], capture_output=True, text=True, check=True)
     peak = int(run.stdout.split()[-1]) * 1024
     assert peak < 0.3 * weights
+
+
+def test_digest_fed_while_writing_is_the_files_sha256(tmp_path):
+    import hashlib
+
+    from edgellm.manifest import sha256_file
+
+    digest = hashlib.sha256()
+    out = convert_checkpoint(fixtures.llama3_checkpoint(), tmp_path / "out.gguf", "f16", progress=False, digest=digest)
+    assert digest.hexdigest() == sha256_file(out)
