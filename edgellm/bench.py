@@ -285,7 +285,7 @@ def run_bench(
     if with_quality:
         _quality(files, results, base, cfg, step)
     hw = detect()
-    machine = {"summary": hw.summary(), "platform": platform.platform(), "python": platform.python_version()}
+    machine = {"summary": hw.summary(), "id": hw.machine_id, "platform": platform.platform(), "python": platform.python_version()}
     threads = next((r.n_threads for r in results if r.n_threads), cfg.threads)
     method = METHOD.format(p=cfg.n_prompt, n=cfg.n_gen, r=cfg.reps, threads=threads)
     return BenchReport(model=model.name, config=cfg, method=method, machine=machine, results=results,

@@ -91,6 +91,12 @@ class HardwareProfile:
         d["vram_free"] = self.vram_free
         return d
 
+    @property
+    def machine_id(self) -> str:
+        """What speed depends on and free memory does not change: CPU, cores, GPUs."""
+        gpus = ", ".join(g.name for g in self.gpus)
+        return f"{self.cpu_name}; {self.cpu_cores} cores; GPU: {gpus or 'none'}"
+
     def summary(self) -> str:
         gpus = ", ".join(f"{g.name} ({human_bytes(g.free)} free of {human_bytes(g.total)})" for g in self.gpus)
         return (

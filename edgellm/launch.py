@@ -28,15 +28,16 @@ def plan_model(
     threads: int | None = None,
     n_seq: int = 1,
     chat_template: str | None = None,
+    min_speed: float | None = None,
     hw: HardwareProfile | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
     `chat_template` (a format name or a Jinja file) replaces the model's own template. Without `threads`,
-    the cores that other programs leave idle right now (`hardware.cpu_load`)."""
+    the cores that other programs leave idle right now (`hardware.cpu_load`). `min_speed`: see make_plan."""
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     hw = hw or detect()
     threads, notes = choose_threads(hw, threads)
-    plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq)
+    plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
     verify_file(ref.file(plan.level))
     return replace(plan, chat_template=chat_template, notes=plan.notes + notes)
 

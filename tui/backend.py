@@ -17,13 +17,13 @@ def placement(n_gpu_layers: int, n_layers: int) -> str:
     return f"{gpu_layers_text(n_gpu_layers, n_layers)} layers on GPU"
 
 
-def open_model(ref: str | None, settings: ChatSettings, chat_template: str | None = None) -> LoadedModel:
+def open_model(ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine, and load it."""
     from edgellm.launch import plan_model
     from edgellm.plan import threads_text
     from edgellm.runtime import Engine
 
-    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template)
+    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed)
     engine = Engine.load(plan)
     line = (
         f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · "
