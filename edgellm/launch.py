@@ -36,10 +36,12 @@ def plan_model(
     the cores that other programs leave idle right now (`hardware.cpu_load`). `min_speed`: see make_plan."""
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     hw = hw or detect()
+    auto_threads = threads is None
     threads, notes = choose_threads(hw, threads)
     plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
     verify_file(ref.file(plan.level))
-    return replace(plan, chat_template=chat_template, notes=plan.notes + notes)
+    adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
+    return replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
 
 
 def choose_threads(hw: HardwareProfile, threads: int | None) -> tuple[int, tuple[str, ...]]:
