@@ -21,9 +21,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import platform
-import random
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -32,6 +30,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import EdgeError, UsageError
+from .measure import pp_tg
 from .models import ModelFile, ModelRef
 from .procmem import peak_rss_bytes
 
@@ -156,33 +155,7 @@ def _speed(path: str, cfg: BenchConfig) -> dict[str, Any]:
 
     engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads)
     with engine:
-        n_vocab = engine.n_vocab
-        rng = random.Random(0)
-        bos = engine.tokenize("", add_bos=True) or [0]
-
-        def pp() -> float:
-            tokens = bos + [rng.randrange(n_vocab) for _ in range(cfg.n_prompt - len(bos))]
-            engine.reset()
-            t0 = time.perf_counter()
-            engine.evaluate(tokens)
-            return cfg.n_prompt / (time.perf_counter() - t0)
-
-        greedy = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=cfg.n_gen, ignore_eos=True)
-
-        def tg() -> float:
-            # A 1-token prompt, then n_gen - 1 more single-token decodes: n_gen decodes, as in llama-bench's tg.
-            engine.reset()
-            t0 = time.perf_counter()
-            for _ in engine.stream_tokens(bos[:1], greedy):
-                pass
-            return cfg.n_gen / (time.perf_counter() - t0)
-
-        out: dict[str, Any] = {}
-        for name, test, n in (("pp", pp, cfg.n_prompt), ("tg", tg, cfg.n_gen)):
-            if n > 0:
-                test()  # warm-up
-                out[name] = [test() for _ in range(cfg.reps)]
-        engine.reset()
+        out: dict[str, Any] = dict(pp_tg(engine, cfg.n_prompt, cfg.n_gen, cfg.reps))
         for _ in engine.stream_chat([{"role": "user", "content": TTFT_QUESTION}], Sampling(temperature=0.0, max_tokens=1)):
             pass
         out["ttft_s"] = engine.last_stats.ttft_s

@@ -17,6 +17,7 @@ from .hardware import HardwareProfile, cpu_load, detect
 from .models import ModelRef, resolve_model, verify_file
 from .plan import Plan, make_plan
 from .runtime import Engine
+from .tune import Settings, lookup
 
 
 def plan_model(
@@ -41,7 +42,21 @@ def plan_model(
     plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
     verify_file(ref.file(plan.level))
     adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
-    return replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
+    plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
+    tuned = lookup(plan.path, hw.machine_id)
+    return _with_tuned(plan, tuned, ref, hw, kv_type is None, dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)) if tuned else plan
+
+
+def _with_tuned(plan: Plan, tuned: Settings, ref: ModelRef, hw: HardwareProfile, kv_free: bool, plan_args: dict) -> Plan:
+    """`plan` with what `edgellm tune` found best for its file here, where the user's options left room: the
+    KV cache type (planned again: it changes the memory), the micro-batch, and at most the tuned threads."""
+    if kv_free and tuned.kv_type != plan.kv_type:
+        again = make_plan(ref, hw, kv_type=tuned.kv_type, threads=plan.n_threads, **plan_args)
+        if again.path == plan.path:
+            plan = replace(again, chat_template=plan.chat_template, notes=plan.notes, adaptive_threads=plan.adaptive_threads)
+    if plan.adaptive_threads:
+        plan = replace(plan, n_threads=min(plan.n_threads, tuned.threads), adaptive_threads=tuned.threads)
+    return replace(plan, n_ubatch=tuned.n_ubatch, notes=plan.notes + (f"tuned here by `edgellm tune`: {tuned.text()}",))
 
 
 def choose_threads(hw: HardwareProfile, threads: int | None) -> tuple[int, tuple[str, ...]]:

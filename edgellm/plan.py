@@ -85,6 +85,7 @@ class Plan:
     n_cpu_moe: int = 0  # the experts of layers 0 .. n_cpu_moe-1 stay in RAM (their other weights on the GPU)
     n_threads: int = 1  # CPU threads llama.cpp runs with
     adaptive_threads: int = 0  # >0: re-choose threads among this many cores before each reply (no --threads)
+    n_ubatch: int = 512  # prompt tokens per llama.cpp step (the memory estimate counts 512)
     n_seq: int = 1  # sequences sharing the context (a server's slots), n_ctx / n_seq tokens each
     chat_template: str | None = None  # --chat-template: a format name or a template file (else the model's own)
     speed: Speed | None = None  # the chosen level's tokens/s
@@ -156,6 +157,7 @@ class Plan:
             "n_cpu_moe": self.n_cpu_moe,
             "n_threads": self.n_threads,
             "adaptive_threads": self.adaptive_threads,
+            "n_ubatch": self.n_ubatch,
             "n_seq": self.n_seq,
             "chat_template": self.chat_template,
             "speed": self.speed.to_dict() if self.speed else None,

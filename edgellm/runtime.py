@@ -163,7 +163,7 @@ class Engine:
         cp.n_ctx = n_ctx
         cp.n_seq_max = plan.n_seq
         cp.n_batch = min(N_BATCH, n_ctx)
-        cp.n_ubatch = min(N_UBATCH, cp.n_batch)
+        cp.n_ubatch = min(plan.n_ubatch, N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = KV_TYPES[kv_type]
         cp.swa_full = False  # sliding-window layers keep a window-sized cache, as planned
