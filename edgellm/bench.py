@@ -213,15 +213,11 @@ def select_files(model: ModelRef, levels: list[str] | None) -> list[ModelFile]:
     return [model.file(level) for level in levels]
 
 
-def _check_config(cfg: BenchConfig, files: list[ModelFile]) -> None:
+def _check_config(cfg: BenchConfig) -> None:
     if cfg.reps < 1:
         raise UsageError("--reps must be at least 1")
     if cfg.n_prompt < 0 or cfg.n_gen < 0 or cfg.n_prompt + cfg.n_gen == 0:
         raise UsageError("-p and -n must not be negative, and not both 0")
-    if cfg.ngl is not None:
-        for f in files:
-            if cfg.ngl > f.info.n_layers + 1:
-                raise UsageError(f"--ngl {cfg.ngl} is more than {f.path.name} has layers ({f.info.n_layers} + output)")
 
 
 def run_bench(
@@ -234,7 +230,7 @@ def run_bench(
     from .hardware import detect
 
     files = select_files(model, levels)
-    _check_config(cfg, files)
+    _check_config(cfg)
     base = _base_file(list(model.files))
     with_quality = cfg.quality_text is not None
     total = len(files) * (2 if with_quality else 1) + (1 if with_quality and base else 0)
