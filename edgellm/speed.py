@@ -9,13 +9,14 @@ Otherwise a model of the machine:
   per byte for its quant type at one thread, divided over the threads) and its share of the machine's
   memory bandwidth; on a GPU, its bytes over the GPU's bandwidth. Each layer adds a fixed cost (graph,
   synchronisation, kernel launches).
-- prompt: compute-bound, a cost per weight for the quant type, divided over the threads. With a GPU,
+- prompt: compute-bound, a cost per weight for the quant type plus one per layer and model width (norms,
+  rope, attention), divided over the threads. With a GPU,
   llama.cpp multiplies a prompt's batches there and copies the weights of layers kept in RAM over the bus.
 
-The per-type costs were measured with llama-bench on the reference machine below and are scaled to this
-machine by its single-thread memory speed; the bandwidths are measured once (numpy reads, a fraction of a
-second) and cached. `scripts/bench_speed_model.py` compares predictions with llama-bench on every level of a
-package.
+The per-type costs were fitted to one thread's CPU time in llama-bench on the reference machine below
+(`scripts/bench_speed_model.py --fit`; other x86 cores with AVX2 are within a few tens of percent); the memory
+bandwidth is measured once (numpy reads, a fraction of a second) and cached. `scripts/bench_speed_model.py`
+compares predictions with llama-bench on every level of a package.
 """
 
 from __future__ import annotations
@@ -32,19 +33,23 @@ from .memory import EXPERT_TENSOR, experts
 GB = 1e9
 INTERACTIVE_TPS = 10.0  # decode speed the default policy asks for: a reply streams faster than most people read
 
-# Reference machine: AMD EPYC (2 cores of a cloud VM), llama.cpp CPU backend, AVX2.
-REF_ONE_THREAD_BPS = 20e9  # its single-thread read speed as measure_machine() sees it
-# Decode: seconds per GB of weights at one thread, by tensor type (llama-bench tg, fitted over two models).
+# Reference machine: AMD EPYC (2 cores of a cloud VM), llama.cpp's CPU backend with AVX2; fitted on the seven
+# levels of SmolLM2-135M and of a Llama-3.2-1B-shaped model (F16 to Q2_K).
+REF_MEMORY_BPS = 2 * 21e9  # what two of its threads read together, as measure_machine() sees it (a simulated
+# machine scales this with its cores)
+# Decode: seconds per GB of weights at one thread, by tensor type.
 DECODE_S_PER_GB = {
-    "F32": 0.050, "F16": 0.045, "BF16": 0.060, "Q8_0": 0.050, "Q6_K": 0.046, "Q5_K": 0.060, "Q4_K": 0.047,
-    "Q3_K": 0.070, "Q2_K": 0.073, "Q5_0": 0.080, "Q5_1": 0.080, "Q4_0": 0.060, "Q4_1": 0.060,
+    "F32": 0.033, "F16": 0.033, "BF16": 0.040, "Q8_0": 0.046, "Q6_K": 0.034, "Q5_K": 0.048, "Q4_K": 0.050,
+    "Q3_K": 0.080, "Q2_K": 0.076, "Q5_0": 0.078, "Q5_1": 0.090, "Q4_0": 0.037, "Q4_1": 0.040,
 }
 DECODE_S_PER_GB_OTHER = 0.080  # i-quants and rarer types: decoding them costs more per byte
-LAYER_S = 20e-6  # fixed cost per layer and token on the CPU
+LAYER_S = 27e-6  # fixed cost per layer and token on the CPU
 # Prompt: nanoseconds per weight and token at one thread, by tensor type.
-PROMPT_NS_PER_WEIGHT = {"F32": 0.030, "F16": 0.018, "BF16": 0.020, "Q8_0": 0.017, "Q6_K": 0.016, "Q5_K": 0.016,
-                        "Q4_K": 0.015, "Q3_K": 0.016, "Q2_K": 0.017, "Q4_0": 0.014, "Q4_1": 0.014}
+PROMPT_NS_PER_WEIGHT = {"F32": 0.030, "F16": 0.016, "BF16": 0.020, "Q8_0": 0.014, "Q6_K": 0.0073, "Q5_K": 0.0049,
+                        "Q4_K": 0.012, "Q3_K": 0.0062, "Q2_K": 0.021, "Q5_0": 0.016, "Q5_1": 0.052, "Q4_0": 0.008,
+                        "Q4_1": 0.010}
 PROMPT_NS_PER_WEIGHT_OTHER = 0.020
+PROMPT_LAYER_NS_PER_EMBD = 59.0  # per layer and prompt token, times n_embd: norms, rope, attention over the prompt
 
 # GPUs: memory bandwidth by name (bytes/s); matrix speed as a multiple of it (calibrated on an H200:
 # 8B Q4_K_M decodes 263 tok/s and reads prompts at 9300 tok/s there).
@@ -62,15 +67,9 @@ N_UBATCH = 512
 class MachineSpeed:
     """What the speed model needs of a machine."""
 
-    one_thread_bps: float  # memory read speed of one thread
-    all_threads_bps: float  # memory read speed of every core together
+    memory_bps: float  # memory read speed of every core together
     gpu_bps: float = 0.0  # the offload GPU's memory bandwidth (0: none)
     source: str = "measured"  # "measured" or "reference" (a simulated machine)
-
-    @property
-    def scale(self) -> float:
-        """How much slower this machine's cores are than the reference machine's."""
-        return REF_ONE_THREAD_BPS / self.one_thread_bps
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class Speed:
 def reference_machine(cores: int, gpu_name: str | None = None) -> MachineSpeed:
     """The reference machine's cores, `cores` of them (a simulated machine's plan is the same wherever it is
     made); memory bandwidth grows with up to three of them, as a laptop's two memory channels fill."""
-    return MachineSpeed(REF_ONE_THREAD_BPS, min(cores, 3) * REF_ONE_THREAD_BPS, gpu_bandwidth(gpu_name), "reference")
+    return MachineSpeed(min(cores, 3) * REF_MEMORY_BPS / 2, gpu_bandwidth(gpu_name), "reference")
 
 
 def gpu_bandwidth(name: str | None) -> float:
@@ -97,7 +96,8 @@ def gpu_bandwidth(name: str | None) -> float:
 
 # --- measuring this machine --------------------------------------------------------------------------
 
-_SAMPLE = 128 << 20  # bytes read per thread: beyond the caches
+_SAMPLE = 48 << 20  # bytes read per thread: beyond a core's share of the caches
+_MAX_READERS = 8  # enough threads to fill a laptop's or a workstation's memory bus
 
 
 def _read_bps(threads: int) -> float:
@@ -118,7 +118,8 @@ def _read_bps(threads: int) -> float:
 
 
 def measure_machine(cores: int, gpu_name: str | None = None) -> MachineSpeed:
-    return MachineSpeed(_read_bps(1), _read_bps(max(1, cores)), gpu_bandwidth(gpu_name))
+    every = max(_read_bps(1), _read_bps(max(1, min(cores, _MAX_READERS))))  # other programs' load only lowers it
+    return MachineSpeed(every, gpu_bandwidth(gpu_name))
 
 
 def machine_speed(hw) -> MachineSpeed:
@@ -133,15 +134,15 @@ def machine_speed(hw) -> MachineSpeed:
     path = cache_dir() / "machine-speed.json"
     try:
         cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return MachineSpeed(float(cached["one_thread_bps"]), float(cached["all_threads_bps"]), gpu_bandwidth(gpu_name))
+        if cached.get("key") == key and float(cached["memory_bps"]) > 0:
+            return MachineSpeed(float(cached["memory_bps"]), gpu_bandwidth(gpu_name))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     m = measure_machine(hw.cpu_cores, gpu_name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps({"key": key, "one_thread_bps": m.one_thread_bps, "all_threads_bps": m.all_threads_bps}))
+            tmp.write_text(json.dumps({"key": key, "memory_bps": m.memory_bps}))
     except (OSError, EdgeError):
         pass  # a cache that cannot be written only costs the measurement next time
     return m
@@ -180,19 +181,19 @@ def predict(info: GGUFInfo, machine: MachineSpeed, threads: int, n_gpu_layers: i
             gpu_s += nbytes / machine.gpu_bps
             prompt_gpu_s += 2 * weights / (GPU_FLOPS_PER_BPS * machine.gpu_bps)
             continue
-        compute = nbytes / GB * DECODE_S_PER_GB.get(qtype, DECODE_S_PER_GB_OTHER) * machine.scale / threads
-        cpu_s += max(compute, nbytes / machine.all_threads_bps)
-        ns = PROMPT_NS_PER_WEIGHT.get(qtype, PROMPT_NS_PER_WEIGHT_OTHER) * machine.scale / threads
+        compute = nbytes / GB * DECODE_S_PER_GB.get(qtype, DECODE_S_PER_GB_OTHER) / threads
+        cpu_s += max(compute, nbytes / machine.memory_bps)
+        ns = PROMPT_NS_PER_WEIGHT.get(qtype, PROMPT_NS_PER_WEIGHT_OTHER) / threads
         prompt_cpu_s += weights * ns * 1e-9
         bus_bytes += nbytes
     n_gpu = max(0, n + 1 - first_gpu)
     n_cpu = n + 1 - n_gpu
-    decode = cpu_s + n_cpu * LAYER_S * machine.scale + gpu_s + n_gpu * GPU_LAYER_S
+    decode = cpu_s + n_cpu * LAYER_S + gpu_s + n_gpu * GPU_LAYER_S
     if machine.gpu_bps:
         # prompt batches run on the GPU even with no layer there; RAM layers' weights cross the bus per micro-batch
         prompt = prompt_gpu_s + bus_bytes / BUS_BPS / N_UBATCH
     else:
-        prompt = prompt_cpu_s + n_cpu * LAYER_S * machine.scale / N_UBATCH
+        prompt = prompt_cpu_s + n_cpu * info.n_embd * PROMPT_LAYER_NS_PER_EMBD * 1e-9 / threads
     return Speed(1.0 / decode if decode > 0 else 0.0, 1.0 / prompt if prompt > 0 else 0.0, "predicted")
 
 

@@ -100,6 +100,6 @@ def test_a_bench_record_from_elsewhere_or_damaged_is_not_used(bench):
 def test_machine_speed_is_measured_once_and_cached(monkeypatch):
     hw = detect()
     first = speed.machine_speed(hw)
-    assert first.one_thread_bps > 1e8 and first.all_threads_bps > 1e8
+    assert first.memory_bps > 1e8
     monkeypatch.setattr(speed, "measure_machine", lambda *a: pytest.fail("measured again"))
-    assert speed.machine_speed(hw).one_thread_bps == first.one_thread_bps
+    assert speed.machine_speed(hw).memory_bps == first.memory_bps
