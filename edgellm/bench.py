@@ -25,9 +25,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import platform
-import random
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -36,6 +34,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import EdgeError, UsageError
+from .measure import pp_tg
 from .models import ModelFile, ModelRef
 from .procmem import peak_rss_bytes
 
@@ -168,33 +167,7 @@ def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) ->
 
     engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, loras=[(Path(p), s) for p, s in loras])
     with engine:
-        n_vocab = engine.n_vocab
-        rng = random.Random(0)
-        bos = engine.tokenize("", add_bos=True) or [0]
-
-        def pp() -> float:
-            tokens = bos + [rng.randrange(n_vocab) for _ in range(cfg.n_prompt - len(bos))]
-            engine.reset()
-            t0 = time.perf_counter()
-            engine.evaluate(tokens)
-            return cfg.n_prompt / (time.perf_counter() - t0)
-
-        greedy = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=cfg.n_gen, ignore_eos=True)
-
-        def tg() -> float:
-            # A 1-token prompt, then n_gen - 1 more single-token decodes: n_gen decodes, as in llama-bench's tg.
-            engine.reset()
-            t0 = time.perf_counter()
-            for _ in engine.stream_tokens(bos[:1], greedy):
-                pass
-            return cfg.n_gen / (time.perf_counter() - t0)
-
-        out: dict[str, Any] = {}
-        for name, test, n in (("pp", pp, cfg.n_prompt), ("tg", tg, cfg.n_gen)):
-            if n > 0:
-                test()  # warm-up
-                out[name] = [test() for _ in range(cfg.reps)]
-        engine.reset()
+        out: dict[str, Any] = dict(pp_tg(engine, cfg.n_prompt, cfg.n_gen, cfg.reps))
         for _ in engine.stream_chat([{"role": "user", "content": TTFT_QUESTION}], Sampling(temperature=0.0, max_tokens=1)):
             pass
         out["ttft_s"] = engine.last_stats.ttft_s
@@ -259,15 +232,11 @@ def select_files(model: ModelRef, levels: list[str] | None) -> list[ModelFile]:
     return [model.file(level) for level in levels]
 
 
-def _check_config(cfg: BenchConfig, files: list[ModelFile]) -> None:
+def _check_config(cfg: BenchConfig) -> None:
     if cfg.reps < 1:
         raise UsageError("--reps must be at least 1")
     if cfg.n_prompt < 0 or cfg.n_gen < 0 or cfg.n_prompt + cfg.n_gen == 0:
         raise UsageError("-p and -n must not be negative, and not both 0")
-    if cfg.ngl is not None:
-        for f in files:
-            if cfg.ngl > f.info.n_layers + 1:
-                raise UsageError(f"--ngl {cfg.ngl} is more than {f.path.name} has layers ({f.info.n_layers} + output)")
 
 
 def run_bench(
@@ -280,7 +249,7 @@ def run_bench(
     from .hardware import detect
 
     files = select_files(model, levels)
-    _check_config(cfg, files)
+    _check_config(cfg)
     base = _base_file(list(model.files))
     with_quality = cfg.quality_text is not None
     variants = [(), cfg.loras] if cfg.loras else [()]
@@ -308,7 +277,7 @@ def run_bench(
     if with_quality:
         _quality(runs, results, base, cfg, step)
     hw = detect()
-    machine = {"summary": hw.summary(), "platform": platform.platform(), "python": platform.python_version()}
+    machine = {"summary": hw.summary(), "id": hw.machine_id, "platform": platform.platform(), "python": platform.python_version()}
     threads = next((r.n_threads for r in results if r.n_threads), cfg.threads)
     method = METHOD.format(p=cfg.n_prompt, n=cfg.n_gen, r=cfg.reps, threads=threads)
     return BenchReport(model=model.name, config=cfg, method=method, machine=machine, results=results,

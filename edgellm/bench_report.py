@@ -77,7 +77,8 @@ def save_into_manifest(report: BenchReport, folder: Path) -> None:
             entry.kld = r.kld
         entry.bench = {"pp_tps": r.pp.mean if r.pp else None, "tg_tps": r.tg.mean if r.tg else None,
                        "ttft_s": r.ttft_s, "peak_rss_bytes": r.peak_rss_bytes, "machine": report.machine["summary"],
-                       "created": report.created}
+                       "machine_id": report.machine.get("id"), "n_threads": r.n_threads,
+                       "n_gpu_layers": r.n_gpu_layers, "created": report.created}
     manifest.save(folder)
 
 

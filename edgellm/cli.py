@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rm": ("rm", "rm", "Remove packages from the local store."),
     "run": ("run", "run", "Answer one prompt with a model, streamed to stdout (stats on stderr)."),
     "serve": ("serve", "serve", "Serve a model over an OpenAI-compatible HTTP API (slots decoded together)."),
+    "tune": ("tune", "tune", "Measure the threads and batch sizes that run a model fastest here, and keep them."),
     "verify": ("verify", "verify", "Re-hash a package's files and check them against its manifest."),
 }
 

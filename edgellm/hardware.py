@@ -91,6 +91,12 @@ class HardwareProfile:
         d["vram_free"] = self.vram_free
         return d
 
+    @property
+    def machine_id(self) -> str:
+        """What speed depends on and free memory does not change: CPU, cores, GPUs."""
+        gpus = ", ".join(g.name for g in self.gpus)
+        return f"{self.cpu_name}; {self.cpu_cores} cores; GPU: {gpus or 'none'}"
+
     def summary(self) -> str:
         gpus = ", ".join(f"{g.name} ({human_bytes(g.free)} free of {human_bytes(g.total)})" for g in self.gpus)
         return (
@@ -207,22 +213,51 @@ def _busy_and_total(t) -> tuple[float, float]:
     return total - idle, total
 
 
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(this process's CPU seconds, the machine's busy CPU seconds, its total CPU seconds)."""
+    import psutil
+
+    return (sum(psutil.Process().cpu_times()[:2]), *_busy_and_total(psutil.cpu_times()))
+
+
+def _load_between(before: tuple[float, float, float], after: tuple[float, float, float], cores: int) -> CpuLoad:
+    import psutil
+
+    n_cpus = psutil.cpu_count() or 1
+    span = (after[2] - before[2]) / n_cpus  # seconds of wall time each CPU saw
+    busy = max(0.0, (after[1] - before[1]) - (after[0] - before[0])) / span if span > 0 else 0.0
+    return CpuLoad(busy, max(1, min(cores, n_cpus - round(busy))))
+
+
 def cpu_load(cores: int, sample_s: float = 0.2) -> CpuLoad:
     """Threads for llama.cpp now: `cores` minus the cores other programs keep busy, at least one.
 
     llama.cpp's threads wait for each other at every step of a token, so a thread that shares its core with
     a busy program stalls all of them: on a laptop with a build or a browser running, fewer threads decode
     faster. This process's own CPU time over the window is not counted."""
-    import psutil
-
-    proc = psutil.Process()
-    own0, (busy0, total0) = sum(proc.cpu_times()[:2]), _busy_and_total(psutil.cpu_times())
+    before = _cpu_snapshot()
     time.sleep(sample_s)
-    own1, (busy1, total1) = sum(proc.cpu_times()[:2]), _busy_and_total(psutil.cpu_times())
-    n_cpus = psutil.cpu_count() or 1
-    span = (total1 - total0) / n_cpus  # seconds of wall time each CPU saw
-    busy = max(0.0, (busy1 - busy0) - (own1 - own0)) / span if span > 0 else 0.0
-    return CpuLoad(busy, max(1, min(cores, n_cpus - round(busy))))
+    return _load_between(before, _cpu_snapshot(), cores)
+
+
+class LoadTracker:
+    """The load other programs put on the CPU since the last look, without waiting: a chat or a server asks
+    before each reply, and the time since the previous one is the window."""
+
+    MIN_WINDOW_S = 0.2  # shorter windows say too little: keep the last answer
+
+    def __init__(self, cores: int, threads: int):
+        self.cores = cores
+        self.last = threads
+        self._snap, self._t = _cpu_snapshot(), time.monotonic()
+
+    def threads(self) -> int:
+        now = time.monotonic()
+        if now - self._t >= self.MIN_WINDOW_S:
+            snap = _cpu_snapshot()
+            self.last = _load_between(self._snap, snap, self.cores).threads
+            self._snap, self._t = snap, now
+        return self.last
 
 
 def default_threads() -> int:

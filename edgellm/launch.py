@@ -19,6 +19,7 @@ from .hardware import HardwareProfile, cpu_load, detect
 from .models import ModelRef, resolve_model, verify_file
 from .plan import Plan, make_plan
 from .runtime import Engine
+from .tune import Settings, lookup
 
 
 def plan_model(
@@ -30,20 +31,38 @@ def plan_model(
     threads: int | None = None,
     n_seq: int = 1,
     chat_template: str | None = None,
+    min_speed: float | None = None,
     loras: Sequence[tuple[Path, float]] = (),
     hw: HardwareProfile | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
     `chat_template` (a format name or a Jinja file) replaces the model's own template. `loras` are LoRA adapter
     files and their scales, checked against the model before anything loads. Without `threads`, the cores
-    that other programs leave idle right now (`hardware.cpu_load`)."""
+    that other programs leave idle right now (`hardware.cpu_load`). `min_speed`: see make_plan."""
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     adapters = read_adapters(loras, ref.files[0].info)
     hw = hw or detect()
+    auto_threads = threads is None
     threads, notes = choose_threads(hw, threads)
-    plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, loras=adapters)
+    plan_args = dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed, loras=adapters)
+    plan = make_plan(ref, hw, kv_type=kv_type, threads=threads, **plan_args)
     verify_file(ref.file(plan.level))
-    return replace(plan, chat_template=chat_template, notes=plan.notes + notes)
+    adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
+    plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
+    tuned = lookup(plan.path, hw.machine_id)
+    return _with_tuned(plan, tuned, ref, hw, kv_type is None, plan_args) if tuned else plan
+
+
+def _with_tuned(plan: Plan, tuned: Settings, ref: ModelRef, hw: HardwareProfile, kv_free: bool, plan_args: dict) -> Plan:
+    """`plan` with what `edgellm tune` found best for its file here, where the user's options left room: the
+    KV cache type (planned again: it changes the memory), the micro-batch, and at most the tuned threads."""
+    if kv_free and tuned.kv_type != plan.kv_type:
+        again = make_plan(ref, hw, kv_type=tuned.kv_type, threads=plan.n_threads, **plan_args)
+        if again.path == plan.path:
+            plan = replace(again, chat_template=plan.chat_template, notes=plan.notes, adaptive_threads=plan.adaptive_threads)
+    if plan.adaptive_threads:
+        plan = replace(plan, n_threads=min(plan.n_threads, tuned.threads), adaptive_threads=tuned.threads)
+    return replace(plan, n_ubatch=tuned.n_ubatch, notes=plan.notes + (f"tuned here by `edgellm tune`: {tuned.text()}",))
 
 
 def choose_threads(hw: HardwareProfile, threads: int | None) -> tuple[int, tuple[str, ...]]:

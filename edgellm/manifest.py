@@ -30,8 +30,10 @@
         "ppl": float | null,          # perplexity on the eval text (llama-perplexity's chunking)
         "kld": float | null,          # mean KL divergence of its token distribution from the base's
         "command": str,               # the command line that made it
-        "bench": {"pp_tps", "tg_tps", "ttft_s", "peak_rss_bytes", "machine", "created"} | null
-                                      # speed measured by `edgellm bench --save` (on the machine named)
+        "bench": {"pp_tps", "tg_tps", "ttft_s", "peak_rss_bytes", "machine", "machine_id", "n_threads",
+                  "n_gpu_layers", "created"} | null
+                                      # speed measured by `edgellm bench --save` (on the machine named; the
+                                      # planner uses it on the machine with that id, threads and GPU layers)
       }, ...]
     }
 

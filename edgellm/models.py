@@ -27,6 +27,7 @@ class ModelFile:
     path: Path
     info: GGUFInfo = field(repr=False, compare=False)
     sha256: str | None = None  # what the package manifest says the file hashes to
+    bench: dict | None = field(default=None, repr=False, compare=False)  # the manifest's `bench` record
 
     @property
     def size(self) -> int:
@@ -107,7 +108,7 @@ def _package(folder: Path) -> ModelRef:
                     f"{f.path.name} is {f.size} bytes but the manifest says {entry.bytes}: the package is damaged "
                     f"(check it with `edgellm verify {folder}`)"
                 )
-            files[i] = replace(f, sha256=entry.sha256)
+            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench)
     return ModelRef(name=name, source=folder, files=tuple(files))
 
 

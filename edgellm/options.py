@@ -72,6 +72,8 @@ class GpuLayers(Range):
 
 
 THREADS = Range(int, 1, max_threads())
+MIN_SPEED = Range(float, 0.0, 1e6)  # decode tokens/s; 0: the highest quality that fits
+MIN_SPEED_HELP = "Decode tokens/s the chosen level must reach (default 10; 0 = the highest quality that fits)."
 CONTEXT = Range(int, 256, C_INT_MAX)  # tokens; llama.cpp pads smaller contexts up to 256 anyway
 GPU_LAYERS = GpuLayers()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from .fsutil import atomic_output, ensure_free_space, exclusive_lock, human_byte
 from .gguf_info import read_gguf
 from .manifest import FILENAME, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
 from .quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
+from .quantize.parallel import usable_cores
 from .quantize.peft import PeftAdapter
 from .testhooks import pause_point
 
@@ -168,7 +168,8 @@ def quantize_levels(
     cancel = threading.Event()
     results: dict[str, tuple[Path, str]] = {}
     jobs = max(1, min(jobs, len(levels), _jobs_that_fit(base)))
-    nthread = max(1, (os.cpu_count() or 1) // jobs)
+    # Every level may use every core: while two run they share them, and the last one left keeps them all busy.
+    nthread = usable_cores()
 
     def one(level: Level) -> tuple[Level, Path, str]:
         out = out_dir / f"{stem}-{level.name}.gguf"
@@ -264,7 +265,7 @@ def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text, adap
         base_path, base_sha = out_dir / kept_base.file, kept_base.sha256
         rep.level_done(kept_base.level, True)
     else:
-        base_path, base_sha = _convert_base(src, out_dir / f"{stem}-{convert_to}.gguf", opts.base_type, rep, adapters), None
+        base_path, base_sha = _convert_base(src, out_dir / f"{stem}-{convert_to}.gguf", opts.base_type, rep, adapters)
     info = read_gguf(base_path)
     check_base(info, opts.allow_requantize)
     base_level = info.file_type or "F16"
@@ -350,13 +351,20 @@ def _kept_base(out_dir: Path, old: Manifest | None, fingerprint: str) -> FileEnt
     return None
 
 
-def _convert_base(src: Path, final: Path, base_type: str, rep: Reporter, adapters: list[tuple[PeftAdapter, float]]) -> Path:
+def _convert_base(
+    src: Path, final: Path, base_type: str, rep: Reporter, adapters: list[tuple[PeftAdapter, float]]
+) -> tuple[Path, str]:
+    """The converted base (with the adapters merged in) and its sha256 (hashed as it is written)."""
     from .quantize.convert import convert_checkpoint
     from .quantize.lora import merged
 
     merging = f" with {', '.join(a.name for a, _ in adapters)} merged in" if adapters else ""
     rep.stage(f"converting {src.name}{merging}")
-    return convert_checkpoint(src, final, outtype=base_type, progress=True, merge=merged(adapters) if adapters else None)
+    digest = hashlib.sha256()
+    path = convert_checkpoint(
+        src, final, outtype=base_type, progress=True, digest=digest, merge=merged(adapters) if adapters else None
+    )
+    return path, digest.hexdigest()
 
 
 def _ensure_imatrix(base_path, out_dir, calib, opts, old, rep):

@@ -1,7 +1,10 @@
 """Which file, how many GPU layers and what context: the plan for running a model on a machine.
 
 Rules, in order:
-1. the highest-quality level (most bits per weight) that fits at all;
+1. the highest-quality level (most bits per weight) that fits and is predicted to decode at least
+   `min_speed` tokens/s (default 10, `INTERACTIVE_TPS`: a reply streams faster than people read; 0 = the
+   highest quality that fits at all); when none is that fast, the fastest that fits. Speeds are measured
+   ones (`bench --save` on this machine) or predicted (`edgellm.speed`);
 2. for it, the most GPU layers that fit in free VRAM with a safety margin (the rest runs from RAM). A
    mixture-of-experts model first keeps every layer on the GPU and moves the experts of its first layers
    to RAM, one layer at a time (llama.cpp's --n-cpu-moe): experts are most of the weights but only a few
@@ -24,6 +27,7 @@ from .fsutil import human_bytes
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate, experts, kv_cells
 from .models import ModelFile, ModelRef
+from .speed import INTERACTIVE_TPS, MachineSpeed, Speed, machine_speed, measured, predict
 
 DEFAULT_CTX = 8192  # context asked for when none is given (capped by what the model was trained for)
 MIN_CTX = 2048  # the planner never shrinks the context below this
@@ -54,9 +58,10 @@ class LevelFit:
     ram: int
     vram: int
     n_cpu_moe: int = 0  # layers whose experts stay in RAM while the layer is on the GPU
+    speed: Speed | None = None  # tokens/s with this placement (None: it does not fit)
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "path": str(self.path)}
+        return {**self.__dict__, "path": str(self.path), "speed": self.speed.to_dict() if self.speed else None}
 
 
 FIT_TEXT = {"gpu": "fits fully on the GPU", "partial": "fits partially on the GPU", "cpu": "fits in RAM", "no": "does not fit"}
@@ -80,8 +85,12 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     n_cpu_moe: int = 0  # the experts of layers 0 .. n_cpu_moe-1 stay in RAM (their other weights on the GPU)
     n_threads: int = 1  # CPU threads llama.cpp runs with
+    adaptive_threads: int = 0  # >0: re-choose threads among this many cores before each reply (no --threads)
+    n_ubatch: int = 512  # prompt tokens per llama.cpp step (the memory estimate counts 512)
     n_seq: int = 1  # sequences sharing the context (a server's slots), n_ctx / n_seq tokens each
     chat_template: str | None = None  # --chat-template: a format name or a template file (else the model's own)
+    speed: Speed | None = None  # the chosen level's tokens/s
+    why: str = "the highest-quality level that fits"  # how the level was chosen
     loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
 
     @property
@@ -97,8 +106,9 @@ class Plan:
         lines = [
             f"Machine: {self.hardware}",
             f"Model: {self.name} ({len(self.levels) or 1} level{'s' if len(self.levels) != 1 else ''})",
-            f"Choice: {self.level} ({self.path.name}), the highest-quality level that fits; {FIT_TEXT[self.fit]}",
+            f"Choice: {self.level} ({self.path.name}), {self.why}; {FIT_TEXT[self.fit]}",
             f"  GPU layers: {self.gpu_layers} (incl. output layer) · {self.n_threads} CPU threads",
+            *([f"  Speed: {speed_text(self.speed)}"] if self.speed else []),
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
             *self._attention_lines(),
             *([f"  {describe(self.loras)}, counted with the weights"] if self.loras else []),
@@ -149,10 +159,21 @@ class Plan:
             "notes": list(self.notes),
             "n_cpu_moe": self.n_cpu_moe,
             "n_threads": self.n_threads,
+            "adaptive_threads": self.adaptive_threads,
+            "n_ubatch": self.n_ubatch,
             "n_seq": self.n_seq,
             "chat_template": self.chat_template,
+            "speed": self.speed.to_dict() if self.speed else None,
+            "why": self.why,
             "loras": [a.to_dict() for a in self.loras],
         }
+
+
+def speed_text(speed: Speed) -> str:
+    """"~24 tok/s decode, ~310 tok/s prompt (predicted)"."""
+    mark = "~" if speed.source == "predicted" else ""
+    prompt = f", {mark}{speed.prompt_tps:.0f} tok/s prompt" if speed.prompt_tps else ""
+    return f"{mark}{speed.decode_tps:.1f} tok/s decode{prompt} ({speed.source})"
 
 
 def threads_text(n_threads: int) -> str:
@@ -238,12 +259,18 @@ def make_plan(
     ngl: int | None = None,
     threads: int | None = None,
     n_seq: int = 1,
+    min_speed: float | None = None,
+    machine: MachineSpeed | None = None,
     loras: tuple[LoraAdapter, ...] = (),
 ) -> Plan:
     """Plan `model` for `hw`. `ram`/`vram` replace the machine's free memory (to plan for another machine);
-    `ngl` fixes the GPU layers, `threads` the CPU threads; `n_seq` sequences share the context (`ctx` in all);
+    `ngl` fixes the GPU layers, `threads` the CPU threads; `n_seq` sequences share the context (`ctx` in all).
+    `min_speed` is the decode tokens/s to reach (None: INTERACTIVE_TPS; 0: quality first); `machine` the speeds
+    to predict with (default: this machine's, measured once; a simulated machine's are the reference's).
     `loras` count with the weights."""
     hw = hw.with_overrides(ram=ram, vram=vram)
+    threads = threads or hw.cpu_cores  # physical cores, as llama.cpp's tools use
+    machine = machine or machine_speed(hw)
     kv_type = kv_type or "f16"
     gpu = bool(hw.offload_gpus)
     ram_budget, vram_budget = memory_budgets(hw)
@@ -258,7 +285,7 @@ def make_plan(
         target = min(DEFAULT_CTX, n_ctx_train)
         contexts = _contexts(target, min(min_ctx, target))
 
-    levels, chosen = [], None
+    levels, fitting = [], []
     for f in model.files:
         m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory, ngl, n_seq, loras)
         if m is None:
@@ -266,13 +293,15 @@ def make_plan(
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
             continue
         kind = _fit_kind(m.n_gpu_layers, f.info.n_layers, m.n_cpu_moe)
-        levels.append(LevelFit(f.level, f.path, f.size, kind, f.info.n_layers, m.n_gpu_layers, m.n_ctx, m.ram, m.vram, m.n_cpu_moe))
-        if chosen is None:
-            chosen = (f, m)
+        speed = measured(f.bench, hw.machine_id, threads, m.n_gpu_layers) or predict(
+            f.info, machine, threads, m.n_gpu_layers, m.n_cpu_moe
+        )
+        levels.append(LevelFit(f.level, f.path, f.size, kind, f.info.n_layers, m.n_gpu_layers, m.n_ctx, m.ram, m.vram, m.n_cpu_moe, speed))
+        fitting.append((f, m, speed))
 
-    if chosen is None:
+    if not fitting:
         raise NotEnoughSpace(_does_not_fit(model, hw, contexts[-1], kv_type, ram_budget, vram_budget, gpu))
-    f, m = chosen
+    (f, m, speed), why = choose_level(fitting, INTERACTIVE_TPS if min_speed is None else min_speed, len(model.files))
     if m.n_ctx < contexts[0]:
         notes.append(f"context shrunk from {contexts[0]} to {m.n_ctx} tokens to keep {f.level}")
     if not gpu and hw.gpus:
@@ -294,10 +323,26 @@ def make_plan(
         levels=tuple(levels),
         notes=tuple(notes),
         n_cpu_moe=m.n_cpu_moe,
-        n_threads=threads or hw.cpu_cores,  # physical cores, as llama.cpp's tools use
+        n_threads=threads,
         n_seq=n_seq,
+        speed=speed,
+        why=why,
         loras=loras,
     )
+
+
+def choose_level(fitting: list, min_speed: float, n_levels: int) -> tuple[tuple, str]:
+    """The first (highest-quality) of `fitting` [(file, memory, speed)] that decodes at `min_speed` or more,
+    else the fastest; and why, in words."""
+    if n_levels == 1:
+        return fitting[0], "the only level"
+    if min_speed <= 0:
+        return fitting[0], "the highest-quality level that fits"
+    for item in fitting:
+        if item[2].decode_tps >= min_speed:
+            return item, f"the highest-quality level that fits and decodes at {min_speed:g} tok/s or more"
+    fastest = max(fitting, key=lambda item: item[2].decode_tps)
+    return fastest, f"the fastest level that fits (none decodes at {min_speed:g} tok/s here)"
 
 
 def _does_not_fit(model: ModelRef, hw, n_ctx: int, kv_type: str, ram_budget: int, vram_budget: int, gpu: bool) -> str:

@@ -12,7 +12,7 @@ import codecs
 import ctypes
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,7 +20,7 @@ import llama_cpp as L
 
 from . import chat_formats, chat_template, llamacpp, placement
 from .errors import EdgeError, UsageError
-from .hardware import detect
+from .hardware import LoadTracker, detect
 from .memory import KV_TYPES
 from .plan import Plan, gpu_layers_text, revalidate
 from .sampling import Sampling
@@ -41,6 +41,7 @@ class GenStats:
     finish_reason: str  # "stop" | "length" | "cancelled" | "context"
     prompt_eval_tokens: int = 0  # prompt tokens actually evaluated (the rest were reused from the KV cache)
     total_s: float = 0.0
+    n_threads: int = 0  # CPU threads the reply ran with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,6 +140,9 @@ class Engine:
         self._kv: list[int] = []  # the tokens the KV cache holds, in order
         self._n_batch = L.llama_n_batch(ctx)
         self.last_stats: GenStats | None = None
+        plan = info.plan
+        adaptive = getattr(plan, "adaptive_threads", 0)
+        self._load = LoadTracker(adaptive, info.n_threads) if adaptive else None
 
     # --- loading ------------------------------------------------------------------------------------
 
@@ -161,7 +165,7 @@ class Engine:
         cp.n_ctx = n_ctx
         cp.n_seq_max = plan.n_seq
         cp.n_batch = min(N_BATCH, n_ctx)
-        cp.n_ubatch = min(N_UBATCH, cp.n_batch)
+        cp.n_ubatch = min(plan.n_ubatch, N_UBATCH, cp.n_batch)
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = KV_TYPES[kv_type]
         cp.swa_full = False  # sliding-window layers keep a window-sized cache, as planned
@@ -362,11 +366,21 @@ class Engine:
             )
         return self._generate(tokens, sampling or Sampling(), cancel)
 
+    def adapt_threads(self) -> int:
+        """Before a reply: threads again from the cores other programs kept busy since the last one (unless the
+        user fixed them). A busy core shared with a llama.cpp thread stalls all of them."""
+        if self._load is not None:
+            n = self._load.threads()
+            if n != self.info.n_threads:
+                L.llama_set_n_threads(self._ctx, n, n)
+                self.info = replace(self.info, n_threads=n)
+        return self.info.n_threads
+
     def _generate(self, tokens: list[int], s: Sampling, cancel: threading.Event | None) -> Iterator[str]:
         t0 = time.perf_counter()
         ctx, vocab, pieces = self._ctx, self._vocab, self._pieces
         n_ctx, max_tokens, ignore_eos = self.info.n_ctx, s.max_tokens, s.ignore_eos
-        stats = GenStats(len(tokens), 0, 0.0, 0.0, 0.0, "cancelled")
+        stats = GenStats(len(tokens), 0, 0.0, 0.0, 0.0, "cancelled", n_threads=self.adapt_threads())
         self.last_stats = stats
         smpl = self._sampler(s)
         try:

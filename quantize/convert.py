@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
@@ -19,7 +21,11 @@ from edgellm.testhooks import pause_point
 
 from .arch import ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, plan_tensors, read_hparams
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
+from .parallel import ordered_results, usable_cores
 from .vocab import Vocab, load_vocab
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -55,11 +61,12 @@ class OutTensor:
 
 
 def convert_checkpoint(
-    src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True,
+    src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True, digest: Hash | None = None,
     merge: Callable[[Checkpoint], Checkpoint] | None = None,
 ) -> Path:
-    """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path. `merge` replaces
-    weights before they are written (LoRA adapters merged in: `quantize.lora.merged`)."""
+    """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path. `digest` (a
+    hashlib object) is fed the file's bytes as they are written, which spares reading them back to hash them.
+    `merge` replaces weights before they are written (LoRA adapters merged in: `quantize.lora.merged`)."""
     src_dir, out_path = Path(src_dir), Path(out_path)
     if outtype not in OUTTYPE_CHOICES:
         raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPE_CHOICES)}")
@@ -85,13 +92,26 @@ def convert_checkpoint(
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             fout = writer.fout[0]
+
+            def emit(data) -> None:
+                fout.write(data)
+                if digest is not None:
+                    digest.update(data)
+
+            if digest is not None:
+                fout.flush()
+                digest.update(tmp.read_bytes())  # the header so far: a few MiB
+            emit(bytes(-fout.tell() % writer.data_alignment))
+            workers = usable_cores()
+            chunks = ordered_results(_chunk_jobs(tensors), workers, ahead=2 * workers + 1)
             with _Progress(progress, sum(t.nbytes for t in tensors), out_path.name) as bar:
-                for i, t in enumerate(tensors, 1):
-                    writer.write_padding(fout, fout.tell())
-                    for chunk in _encoded_chunks(t):
-                        fout.write(chunk)
-                        bar.advance(len(chunk))
-                    pause_point("convert.tensor", i)
+                for index, last, data in chunks:
+                    emit(data)
+                    bar.advance(len(data))
+                    if last:
+                        if index + 1 < len(tensors):
+                            emit(bytes(-fout.tell() % writer.data_alignment))
+                        pause_point("convert.tensor", index + 1)
         finally:
             writer.close()
     return out_path
@@ -179,20 +199,37 @@ def _longrope_factors(hp: HParams) -> list[tuple[str, np.ndarray]]:
 ROPE_FACTORS = {"llama3": _llama3_rope_freqs, "longrope": _longrope_factors}
 
 
-def _encoded_chunks(t: OutTensor) -> Iterator[memoryview]:
-    """The tensor's GGUF bytes, a few MiB at a time (stacked experts one after the other)."""
-    if t.data is not None:
-        yield memoryview(t.data.tobytes())
-        return
-    for src in t.sources:
-        if t.permute_groups:
-            rows = src.read_rows(0, src.n_rows).reshape(src.shape[0], -1)  # whole: rows move between heads
-            yield memoryview(_encode(_permute_rows(rows, t.permute_groups), src, t).reshape(-1).view(np.uint8))
+# One chunk of output: (tensor index, whether it ends the tensor, its GGUF bytes)
+Chunk = tuple[int, bool, memoryview]
+
+
+def _chunk_jobs(tensors: list[OutTensor]) -> Iterator[Callable[[], Chunk]]:
+    """Jobs that each read and encode a few MiB of one tensor (stacked experts one after the other); a tensor
+    whose rows move between heads is one job, read whole."""
+    for index, t in enumerate(tensors):
+        if t.data is not None:
+            yield partial(_as_chunk, index, True, t.data)
             continue
-        step = max(1, CHUNK_BYTES // max(1, src.nbytes // src.n_rows))
-        for start in range(0, src.n_rows, step):
-            raw = src.read_rows(start, min(src.n_rows, start + step))
-            yield memoryview(_encode(raw, src, t).reshape(-1).view(np.uint8))
+        for k, src in enumerate(t.sources):
+            final_source = k == len(t.sources) - 1
+            if t.permute_groups:
+                yield partial(_encoded_rows, index, final_source, t, src, 0, src.n_rows)
+                continue
+            step = max(1, CHUNK_BYTES // max(1, src.nbytes // src.n_rows))
+            for start in range(0, src.n_rows, step):
+                stop = min(src.n_rows, start + step)
+                yield partial(_encoded_rows, index, final_source and stop == src.n_rows, t, src, start, stop)
+
+
+def _as_chunk(index: int, last: bool, values: np.ndarray) -> Chunk:
+    return index, last, memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
+
+
+def _encoded_rows(index: int, last: bool, t: OutTensor, src: TensorEntry, start: int, stop: int) -> Chunk:
+    raw = src.read_rows(start, stop)
+    if t.permute_groups:  # rows move between heads
+        raw = _permute_rows(raw.reshape(src.shape[0], -1), t.permute_groups)
+    return _as_chunk(index, last, _encode(raw, src, t))
 
 
 def _permute_rows(rows: np.ndarray, groups: int) -> np.ndarray:
@@ -201,11 +238,15 @@ def _permute_rows(rows: np.ndarray, groups: int) -> np.ndarray:
     return rows.reshape(groups, 2, n // groups // 2, cols).swapaxes(1, 2).reshape(n, cols)
 
 
+# stored type -> GGUF type whose bits are the same
+_SAME_BITS = {("BF16", Q.BF16), ("F16", Q.F16), ("F32", Q.F32)}
+
+
 def _encode(raw: np.ndarray, src: TensorEntry, t: OutTensor) -> np.ndarray:
-    if t.qtype == Q.BF16 and src.dtype == "BF16" and not t.shift:
-        return raw  # bfloat16 bits copied as they are
-    if t.qtype == Q.F16 and src.dtype == "F16" and not t.shift:
-        return raw
+    if not t.shift and (src.dtype, t.qtype) in _SAME_BITS:
+        return raw  # copied as they are
+    if not t.shift and (src.dtype, t.qtype) == ("BF16", Q.F16):
+        return _bf16_to_f16(raw, src)
     values = to_float32(raw, src.dtype)
     if t.shift:
         values = values + np.float32(t.shift)  # in float32, as transformers computes 1 + w
@@ -215,13 +256,37 @@ def _encode(raw: np.ndarray, src: TensorEntry, t: OutTensor) -> np.ndarray:
         with np.errstate(over="ignore"):  # overflow is checked right below, with a better message
             out = values.astype(np.float16)
         if np.isinf(out).any() and (np.isinf(out) & np.isfinite(values)).any():
-            peak = float(np.abs(values[np.isfinite(values)]).max())
-            raise EdgeError(
-                f"tensor {src.name} has values up to {peak:.4g}, beyond float16's range (65504): "
-                "converting to f16 would write inf; use --outtype bf16 or f32"
-            )
+            _too_large_for_f16(src, values)
         return out
     return gguf.quants.quantize(values, t.qtype)
+
+
+@cache
+def _bf16_f16_table() -> np.ndarray:
+    """Every bfloat16 bit pattern's float16 bits, rounded as numpy casts float32 to float16."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32).astype(np.float16).view(np.uint16)
+
+
+def _bf16_to_f16(raw: np.ndarray, src: TensorEntry) -> np.ndarray:
+    """bfloat16 -> float16 by table lookup: one pass, no float32 copy in between."""
+    magnitude = raw & np.uint16(0x7FFF)
+    if magnitude.max(initial=0) >= BF16_F16_OVERFLOW:  # rare: look closer (bfloat16 inf and nan may stay)
+        if ((magnitude >= BF16_F16_OVERFLOW) & (magnitude < BF16_INF)).any():  # finite, but inf as float16
+            _too_large_for_f16(src, to_float32(raw, "BF16"))
+    return _bf16_f16_table()[raw]
+
+
+BF16_F16_OVERFLOW = 0x4780  # 65536: the smallest bfloat16 magnitude float16 cannot hold (its largest is 65504)
+BF16_INF = 0x7F80
+
+
+def _too_large_for_f16(src: TensorEntry, values: np.ndarray) -> None:
+    peak = float(np.abs(values[np.isfinite(values)]).max())
+    raise EdgeError(
+        f"tensor {src.name} has values up to {peak:.4g}, beyond float16's range (65504): "
+        "converting to f16 would write inf; use --outtype bf16 or f32"
+    )
 
 
 def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpoint, ftype: FT, vocab: Vocab) -> None:

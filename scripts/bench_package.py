@@ -8,8 +8,9 @@ Prints both wall times and their ratio A/B (target <= 0.65), then, for every lev
 edgellm wrote are identical to what llama-quantize writes from the same base file (edgellm's F16).
 The tools come from scripts/llamacpp_tools.sh (built from the sources llama-cpp-python vendors).
 
-  usage: .venv/bin/python scripts/bench_package.py [SRC] [--repeat N] [--keep DIR]
-  SRC defaults to the SmolLM2 test checkpoint (tests/fixtures.py).
+  usage: .venv/bin/python scripts/bench_package.py [SRC | --shape llama3.2-1b] [--repeat N] [--keep DIR]
+  SRC defaults to the SmolLM2 test checkpoint (tests/fixtures.py); --shape generates random weights at a real
+  model's shape (scripts/make_checkpoint.py), once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from make_checkpoint import cached_checkpoint  # noqa: E402
 LEVELS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]
 
 
@@ -85,11 +88,13 @@ def tensors_identical(a: Path, b: Path) -> tuple[bool, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", nargs="?", type=Path)
+    ap.add_argument("--shape", help="random weights at this shape instead of SRC, e.g. llama3.2-1b")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of A and B, alternating which goes first")
     ap.add_argument("--keep", type=Path, help="keep the outputs here instead of a temp folder")
     args = ap.parse_args()
-    if args.src is None:
-        sys.path.insert(0, str(ROOT / "tests"))
+    if args.shape:
+        args.src = cached_checkpoint(args.shape)
+    elif args.src is None:
         import fixtures
 
         args.src = fixtures.smollm2_checkpoint()

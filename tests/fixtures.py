@@ -329,6 +329,20 @@ def _save_random_model(tmp: Path, config, dtype: str, max_shard_size: str | None
     model.save_pretrained(tmp, **kwargs)
 
 
+def write_llama3_tokenizer(folder: Path) -> None:
+    """The real Llama 3 tokenizer as a text checkpoint has it (128256 tokens: the vision model's <|image|>
+    dropped), with an instruct chat template."""
+    src = llama3_tokenizer_dir()
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["added_tokens"] = [a for a in tok["added_tokens"] if a["id"] < 128256]
+    (folder / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    tcfg = json.loads((src / "tokenizer_config.json").read_text())
+    tcfg["added_tokens_decoder"] = {k: v for k, v in tcfg["added_tokens_decoder"].items() if int(k) < 128256}
+    tcfg["chat_template"] = LLAMA3_CKPT_TEMPLATE
+    tcfg["eos_token"] = "<|eot_id|>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2, ensure_ascii=False))
+
+
 def llama3_checkpoint() -> Path:
     """A tiny random Llama-3.2-shaped checkpoint (bf16, GQA, llama3 rope scaling, tied embeddings) with the
     real Llama 3 tokenizer (128256 tokens: the vision model's <|image|> dropped) and a chat template."""
@@ -336,15 +350,7 @@ def llama3_checkpoint() -> Path:
     def build(tmp: Path) -> None:
         from transformers import LlamaConfig
 
-        src = llama3_tokenizer_dir()
-        tok = json.loads((src / "tokenizer.json").read_text())
-        tok["added_tokens"] = [a for a in tok["added_tokens"] if a["id"] < 128256]
-        (tmp / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
-        tcfg = json.loads((src / "tokenizer_config.json").read_text())
-        tcfg["added_tokens_decoder"] = {k: v for k, v in tcfg["added_tokens_decoder"].items() if int(k) < 128256}
-        tcfg["chat_template"] = LLAMA3_CKPT_TEMPLATE
-        tcfg["eos_token"] = "<|eot_id|>"
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2, ensure_ascii=False))
+        write_llama3_tokenizer(tmp)
         config = LlamaConfig(
             vocab_size=128256,
             hidden_size=64,

@@ -152,3 +152,10 @@ def test_quality_text_too_short(tmp_path, capsys):
                      "--quality", str(short)]) == 2
     err = capsys.readouterr().err
     assert "too short" in err and "Traceback" not in err
+
+
+def test_ngl_beyond_the_layers_means_all_of_them(capsys):
+    # llama.cpp's users write --ngl 99 for "everything on the GPU"; without a GPU every layer stays in RAM
+    assert cli.main(["bench", "-p", "16", "-n", "4", "-r", "1", "--ngl", "99", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["error"] is None and result["n_gpu_layers"] <= result["n_layers"] + 1

@@ -134,7 +134,8 @@ def test_q8_0_runs_close_to_f32(converted):
     assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean() > 0.999
 
 
-def test_f16_overflow_from_bf16_source_is_reported(tmp_path):
+def _bf16_checkpoint_with(tmp_path: Path, value: float) -> Path:
+    """The Llama 3 test checkpoint (bf16) with one weight set to `value`."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -143,13 +144,28 @@ def test_f16_overflow_from_bf16_source_is_reported(tmp_path):
         if f.suffix != ".safetensors":
             (tmp_path / f.name).symlink_to(f)
     weights = load_file(src / "model.safetensors")
-    weights["model.layers.1.mlp.down_proj.weight"][3, 5] = torch.tensor(1e6, dtype=torch.bfloat16)
+    weights["model.layers.1.mlp.down_proj.weight"][3, 5] = torch.tensor(value, dtype=torch.bfloat16)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    return tmp_path
+
+
+@pytest.mark.parametrize("value", [65536.0, 1e6, -65536.0])  # 65536: the smallest bfloat16 float16 cannot hold
+def test_f16_overflow_from_bf16_source_is_reported(tmp_path, value):
+    src = _bf16_checkpoint_with(tmp_path, value)
     out = tmp_path / "out.gguf"
     with pytest.raises(EdgeError, match=r"model\.layers\.1\.mlp\.down_proj\.weight.*float16.*bf16"):
-        convert_checkpoint(tmp_path, out, "f16", progress=False)
+        convert_checkpoint(src, out, "f16", progress=False)
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
-    assert read_gguf(convert_checkpoint(tmp_path, out, "auto", progress=False)).file_type == "BF16"
+    assert read_gguf(convert_checkpoint(src, out, "auto", progress=False)).file_type == "BF16"
+
+
+def test_largest_bf16_below_f16_range_converts(tmp_path):
+    from gguf import GGUFReader
+
+    src = _bf16_checkpoint_with(tmp_path, -65280.0)  # bfloat16's largest magnitude below 65504
+    out = convert_checkpoint(src, tmp_path / "out.gguf", "f16", progress=False)
+    down = next(t for t in GGUFReader(out).tensors if t.name == "blk.1.ffn_down.weight")
+    assert np.asarray(down.data)[3, 5] == np.float16(-65280.0)
 
 
 # --- identical to llama.cpp's own converter ------------------------------------------------------------
@@ -187,7 +203,13 @@ def _fields(path: Path) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize(
     "name,outtype,ref_outtype",
-    [("smollm2", "f16", "f16"), ("smollm2", "q8_0", "q8_0"), ("llama3", "auto", "bf16"), ("mistral", "auto", "f16")],
+    [
+        ("smollm2", "f16", "f16"),
+        ("smollm2", "q8_0", "q8_0"),
+        ("llama3", "auto", "bf16"),
+        ("llama3", "f16", "f16"),  # bfloat16 -> float16, rounded as llama.cpp rounds
+        ("mistral", "auto", "f16"),
+    ],
 )
 def test_identical_to_llamacpp_converter(name, outtype, ref_outtype, converted):
     ref_meta, ref_tensors = _fields(fixtures.llamacpp_reference_gguf(name, CHECKPOINTS[name](), ref_outtype))
@@ -240,3 +262,13 @@ def test_peak_memory_stays_far_below_the_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "m.gguf")], capture_output=True, text=True, check=True)
     peak = int(run.stdout.split()[-1]) * 1024
     assert peak < 0.3 * weights
+
+
+def test_digest_fed_while_writing_is_the_files_sha256(tmp_path):
+    import hashlib
+
+    from edgellm.manifest import sha256_file
+
+    digest = hashlib.sha256()
+    out = convert_checkpoint(fixtures.llama3_checkpoint(), tmp_path / "out.gguf", "f16", progress=False, digest=digest)
+    assert digest.hexdigest() == sha256_file(out)

@@ -2,7 +2,8 @@
 
 Each choice is checked against the memory model by brute force: the chosen level is the best one that
 fits at any GPU split, the chosen GPU layers fit and one more would not, and the context only shrank
-because the full one did not fit."""
+because the full one did not fit. These plans put quality first (min_speed=0); the speed policy is tested
+in test_speed.py."""
 
 from __future__ import annotations
 
@@ -15,10 +16,16 @@ from edgellm.errors import NotEnoughSpace
 from edgellm.hardware import synthetic
 from edgellm.memory import estimate
 from edgellm.models import resolve_model
-from edgellm.plan import MIN_CTX, RAM_MARGIN, VRAM_MARGIN, _budget, make_plan, revalidate
+from edgellm.plan import MIN_CTX, RAM_MARGIN, VRAM_MARGIN, _budget, revalidate
+from edgellm.plan import make_plan as _make_plan
 from fixtures import llama3_shaped_package
 
 GIB = 1 << 30
+
+
+def make_plan(*args, **kwargs):
+    """The planner with quality first: the highest level that fits, whatever its speed."""
+    return _make_plan(*args, **{"min_speed": 0, **kwargs})
 LEVELS = ("F16", "Q8_0", "Q6_K", "Q4_K_M", "Q2_K")
 LAPTOP = synthetic(8 * GIB)
 MID = synthetic(16 * GIB, 6 * GIB)
@@ -161,7 +168,7 @@ def test_explain_names_the_choice(llama8b):
 
 
 def test_plan_command_json(llama8b, capsys):
-    assert main(["plan", str(llama8b.source), "--ram", "16G", "--vram", "6G", "--json"]) == 0
+    assert main(["plan", str(llama8b.source), "--ram", "16G", "--vram", "6G", "--json", "--min-speed", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["level"] == "F16" and out["fit"] == "partial"
     assert [lv["level"] for lv in out["levels"]] == list(LEVELS)
@@ -169,13 +176,13 @@ def test_plan_command_json(llama8b, capsys):
 
 
 def test_plan_command_table(llama8b, capsys):
-    assert main(["plan", str(llama8b.source), "--ram", "8G", "--vram", "0"]) == 0
+    assert main(["plan", str(llama8b.source), "--ram", "8G", "--vram", "0", "--min-speed", "0"]) == 0
     out = capsys.readouterr().out
     assert "Choice: Q6_K" in out and "full (RAM)" in out and "no" in out
 
 
 def test_plan_command_does_not_fit(llama70b, capsys):
-    assert main(["plan", str(llama70b.source), "--ram", "8G", "--vram", "0"]) == 3
+    assert main(["plan", str(llama70b.source), "--ram", "8G", "--vram", "0", "--min-speed", "0"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("edgellm: ") and "does not fit" in err and "GiB" in err and len(err.strip().splitlines()) == 1
 
@@ -183,14 +190,14 @@ def test_plan_command_does_not_fit(llama70b, capsys):
 def test_plan_command_bad_inputs(tmp_path, capsys):
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_text("hello")
-    assert main(["plan", str(not_gguf)]) == 1
+    assert main(["plan", str(not_gguf), "--min-speed", "0"]) == 1
     assert "not a GGUF file" in capsys.readouterr().err
-    assert main(["plan", str(tmp_path / "missing.gguf")]) == 2
+    assert main(["plan", str(tmp_path / "missing.gguf"), "--min-speed", "0"]) == 2
     assert "no such model" in capsys.readouterr().err
-    assert main(["plan", "--ram", "lots"]) == 2
+    assert main(["plan", "--ram", "lots", "--min-speed", "0"]) == 2
     assert "not a size" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["plan", str(tmp_path / "empty")]) == 2
+    assert main(["plan", str(tmp_path / "empty"), "--min-speed", "0"]) == 2
     assert "holds no .gguf files" in capsys.readouterr().err
 
 

@@ -69,3 +69,36 @@ def test_plan_and_run_say_the_threads_they_chose(capsys, busy_core):
     assert code == 0 and "other programs keep" in err
     threads = int(err.split(" thread")[0].rsplit("· ", 1)[1])
     assert threads <= N_CPUS - 1
+
+
+@pytest.fixture(scope="module")
+def idle_machine_engine():
+    """The demo model loaded as if every core were idle, threads chosen by the planner (not by the user)."""
+    from dataclasses import replace
+
+    from edgellm.launch import plan_model
+    from edgellm.runtime import Engine
+
+    plan = plan_model(None)
+    with Engine.load(replace(plan, n_threads=N_CPUS, adaptive_threads=N_CPUS)) as engine:
+        yield engine
+
+
+def test_each_reply_takes_the_threads_the_moment_leaves(idle_machine_engine):
+    from edgellm.runtime import Sampling
+
+    engine = idle_machine_engine
+    assert engine.info.n_threads == N_CPUS
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    try:
+        time.sleep(0.5)  # the window since the engine looked last: a busy core in it
+        "".join(engine.stream_prompt("Hi", Sampling(temperature=0, max_tokens=4)))
+    finally:
+        spin.kill()
+        spin.wait()
+    assert engine.last_stats.n_threads <= N_CPUS - 1 and engine.info.n_threads == engine.last_stats.n_threads
+
+
+def test_threads_the_user_fixed_stay(capsys, busy_core):
+    code, out, _ = run_cli(capsys, "run", "-p", "Hi", "-n", "4", "--threads", "2", "--json")
+    assert code == 0 and json.loads(out)["stats"]["n_threads"] == 2

@@ -384,6 +384,7 @@ class ChatApp(App[None]):
                 state="stopped" if message.stopped else "ready",
                 tok_s=stats.gen_tps,
                 ctx_used=stats.prompt_tokens + stats.gen_tokens,
+                threads=getattr(stats, "n_threads", 0),
             )
         else:
             message.stopped = True

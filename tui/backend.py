@@ -20,7 +20,8 @@ def placement(n_gpu_layers: int, n_layers: int) -> str:
 
 
 def open_model(
-    ref: str | None, settings: ChatSettings, chat_template: str | None = None, loras: tuple[tuple[Path, float], ...] = ()
+    ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None,
+    loras: tuple[tuple[Path, float], ...] = (),
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine, and load it with the
     LoRA adapters (file, scale) given."""
@@ -28,7 +29,7 @@ def open_model(
     from edgellm.plan import threads_text
     from edgellm.runtime import Engine
 
-    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, loras=loras)
+    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, loras=loras)
     engine = Engine.load(plan)
     line = (
         f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · "

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import click
 
-from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, THREADS
+from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS
 from ..plan import gpu_layers_text
 
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES, without loading llama.cpp for --help
@@ -22,13 +22,15 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES,
 @click.option("--vram", help="Plan for one GPU with this much free VRAM (e.g. 8G; 0 = no GPU).")
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
+@click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
-def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, loras, as_json: bool) -> int:
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, min_speed, loras, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
-    Picks the highest-quality level that fits, the most GPU layers that fit with a safety margin, and
-    shrinks the context (not below --min-ctx) before dropping to a lower level.
+    Picks the highest-quality level that fits and decodes at --min-speed tokens/s or more (else the fastest),
+    the most GPU layers that fit with a safety margin, and shrinks the context (not below --min-ctx) before
+    dropping to a lower level. Speeds are measured ones (`bench --save` on this machine) or predicted (~).
     """
     from ..adapters import read_adapters
     from ..errors import UsageError
@@ -54,6 +56,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
         vram=parse_size(vram) if vram is not None else None,
         ngl=ngl,
         threads=threads,
+        min_speed=min_speed,
         loras=adapters,
     )
     p = replace(p, notes=p.notes + notes)
@@ -68,23 +71,36 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
 
     console = Console()
     console.print(p.explain(), highlight=False, markup=False)
-    t = Table(title="Levels", title_justify="left")
-    for col in ("level", "file size", "fit", "GPU layers", "context", "RAM", "VRAM"):
+    gpu = any(lv.vram for lv in p.levels)  # GPU columns only where a GPU is planned for
+    t = Table(title="Levels (tok/s: decode / prompt, ~ predicted)", title_justify="left")
+    columns = ("level", "file size", "fit", *(("GPU layers",) if gpu else ()), "context", "RAM", *(("VRAM",) if gpu else ()), "tok/s")
+    for col in columns:
         t.add_column(col, justify="left" if col in ("level", "fit") else "right")
     for lv in p.levels:
         chosen = lv.level == p.level and lv.path == p.path
+        gpu_cells = (_gpu_layers(lv) if lv.fit != "no" else "-",) if gpu else ()
+        vram_cells = (human_bytes(lv.vram) if lv.vram else "-",) if gpu else ()
         t.add_row(
             ("▶ " if chosen else "  ") + lv.level,
             human_bytes(lv.file_size),
             FIT_SHORT[lv.fit],
-            _gpu_layers(lv) if lv.fit != "no" else "-",
+            *gpu_cells,
             str(lv.n_ctx),
             human_bytes(lv.ram),
-            human_bytes(lv.vram) if lv.vram else "-",
+            *vram_cells,
+            _speeds(lv.speed),
             style="bold" if chosen else ("dim" if lv.fit == "no" else None),
         )
     console.print(t)
     return 0
+
+
+def _speeds(speed) -> str:
+    """"~4.4 / 9": decode and prompt tokens/s for the table; ~ marks a prediction."""
+    if speed is None:
+        return "-"
+    mark = "~" if speed.source == "predicted" else ""
+    return f"{mark}{speed.decode_tps:.1f} / {speed.prompt_tps:.0f}" if speed.prompt_tps else f"{mark}{speed.decode_tps:.1f}"
 
 
 def _gpu_layers(lv) -> str:

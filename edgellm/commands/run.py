@@ -12,8 +12,8 @@ import sys
 import click
 
 from ..options import (
-    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, REPEAT_PENALTY, TEMPERATURE, THREADS, TOP_K,
-    TOP_P,
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY,
+    TEMPERATURE, THREADS, TOP_K, TOP_P,
 )
 from .plan import KV_CHOICES
 
@@ -72,11 +72,12 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16).")
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
+@click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads,
-        chat_template, loras, as_json) -> int:
+        min_speed, chat_template, loras, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
     from ..launch import plan_model
@@ -91,7 +92,8 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     if system is not None:
         _utf8(system, "the system message")
 
-    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template, loras=loras)
+    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template,
+                      min_speed=min_speed, loras=loras)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

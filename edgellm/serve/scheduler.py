@@ -168,6 +168,7 @@ class Scheduler:
             self._metrics.ended(cancelled=True)
             self._drop(job, "cancelled")
             return
+        self._engine.adapt_threads()
         tokens = job.tokens
         free = [s for s in self.slots if s.job is None]
         slot = max(free, key=lambda s: (common_prefix(s.cache, tokens), -s.seq))

@@ -22,6 +22,7 @@ class Stats:
     gpu_layers: str = "?"
     lora: str = ""  # LoRA adapters applied, e.g. "my-tune ×0.5"
     note: str = ""  # e.g. "context full: 2 oldest messages left out"
+    threads: int = 0  # CPU threads the last reply ran with (chosen again before each one)
 
 
 class StatsBar(Static):
@@ -31,6 +32,8 @@ class StatsBar(Static):
         s = self.stats
         speed = f"{s.tok_s:.1f} tok/s" if s.tok_s is not None else "– tok/s"
         parts = [s.state, speed, f"ctx {s.ctx_used}/{s.ctx_size}", s.level, f"GPU {s.gpu_layers}"]
+        if s.threads:
+            parts.append(f"{s.threads} thread{'s' if s.threads != 1 else ''}")
         if s.lora:
             parts.append(f"LoRA {s.lora}")
         if s.note:
