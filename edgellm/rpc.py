@@ -219,6 +219,37 @@ def attach(workers: tuple[Worker, ...]) -> list[int]:
     return out
 
 
+KEEPALIVE = (10, 3, 3)  # idle s, between probes s, probes: a silent worker machine is dropped within ~20 s
+USER_TIMEOUT_MS = 20_000  # data sent but not acknowledged for this long: the worker's machine is gone
+
+
+def bound_waits(w: Worker) -> int:
+    """ggml's RPC client waits on its socket without a timeout: a worker machine that vanishes (suspended,
+    network cut) would hang the reply forever. Let the kernel close such a connection (TCP keepalive and
+    user timeout on the client's socket to `w`); ggml then aborts, which `_on_abort` turns into one line.
+    Call it once the model is loaded: the client connects when it first needs a worker and keeps that
+    connection while buffers there live. Returns how many sockets were set (one per worker)."""
+    peer = (socket.gethostbyname(w.host), w.port)
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(fd))) as s:  # a second handle on the same socket
+                if s.family != socket.AF_INET or s.getpeername() != peer:
+                    continue
+                idle, interval, count = KEEPALIVE
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+                n += 1
+        except OSError:
+            continue  # closed meanwhile, or not a connected socket
+    return n
+
+
 def offload_to_workers(mp, plan) -> tuple:
     """Point llama_model_params `mp` at the plan's workers: they are the only offload devices, sharing the
     offloaded layers as planned (tensor_split in whole layers). Returns what must stay alive until the load."""

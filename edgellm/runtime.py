@@ -187,6 +187,8 @@ class Engine:
                 f"llama.cpp could not make a {n_ctx}-token context for {path.name}: {llamacpp.last_error() or 'out of memory?'}"
             )
         n_layers = L.llama_model_n_layer(model)
+        for w in plan.workers:
+            rpc.bound_waits(rpc.Worker(w.host, w.port))
         info = EngineInfo(
             name=plan.name or path.stem,
             level=plan.level,

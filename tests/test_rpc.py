@@ -171,3 +171,25 @@ def test_a_worker_killed_mid_reply_is_one_line_within_bounded_time(two_workers):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert p.returncode != 0 and len(lines) == 1, err
     assert lines[0].startswith(f"edgellm: worker {rpc.split(',')[1]} is gone"), err
+
+
+def test_the_connection_to_a_worker_has_bounded_waits(two_workers):
+    """ggml's client has no timeout of its own: the kernel closes a connection to a machine that went silent."""
+    from edgellm import rpc
+    from edgellm.launch import plan_model
+    from edgellm.runtime import Engine
+
+    w = parse_workers(two_workers[0])[0]
+    engine = Engine.load(plan_model(None, ctx=512, ngl=31, threads=1, rpc=w.endpoint))
+    peer = (w.host, w.port)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            with socket.socket(fileno=os.dup(int(fd))) as s:
+                if s.family == socket.AF_INET and s.getpeername() == peer:
+                    found.append((s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                                  s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)))
+        except OSError:
+            continue
+    engine.close()
+    assert found == [(1, rpc.USER_TIMEOUT_MS)]

@@ -67,6 +67,7 @@ def worker(host: str, port: int, mem: str | None, threads: int | None, allow_rem
         raise UsageError(f"--mem {mem} is too little to hold any layer: give 64M or more")
     build = find_build()
     _check_port_free(host, port)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as cleanly as Ctrl-C
     free = psutil.virtual_memory().available
     lent = min(free, limit) if limit else free
     cmd = [str(build.server), "--host", host, "--port", str(port)] + (["--threads", str(threads)] if threads else [])
