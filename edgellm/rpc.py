@@ -158,7 +158,11 @@ def probe(w: Worker, timeout: float = PROBE_TIMEOUT_S) -> WorkerInfo:
 
 
 def _probe_main(lib_path: str, endpoint: str) -> None:
-    """Child side of `probe`: print {"free", "total"} of the worker's first device as JSON."""
+    """Child side of `probe`: print {"free", "total"} of the worker's first device as JSON.
+
+    A CPU device reports all of its RAM as free, so "free" is also the largest buffer the worker agrees to
+    allocate (found by halving; nothing is touched, so nothing is committed): `edgellm worker` caps what its
+    server may allocate at what it lends."""
     lib = ctypes.CDLL(lib_path)
     lib.ggml_backend_rpc_add_server.argtypes, lib.ggml_backend_rpc_add_server.restype = [ctypes.c_char_p], ctypes.c_void_p
     fn = lib.ggml_backend_rpc_get_device_memory
@@ -167,7 +171,37 @@ def _probe_main(lib_path: str, endpoint: str) -> None:
         sys.exit("the worker has no device")
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
     fn(endpoint.encode(), 0, ctypes.byref(free), ctypes.byref(total))
-    print(json.dumps({"free": free.value, "total": total.value}))
+    lendable = _largest_buffer(lib, endpoint, free.value)
+    if lendable < free.value:  # capped: by `edgellm worker`, at what it lends plus room for the server itself
+        lendable = max(0, lendable - SERVER_OWN)
+    print(json.dumps({"free": lendable, "total": total.value}))
+
+
+PROBE_STEP = 8 << 20  # precision of the largest-buffer search
+SERVER_OWN = 64 << 20  # `edgellm worker` lets its server allocate this much more than it lends: its own data, stacks
+
+
+def _largest_buffer(lib: ctypes.CDLL, endpoint: str, upper: int) -> int:
+    """The largest buffer (to PROBE_STEP) the worker allocates, up to `upper`: each try is allocated and freed."""
+    lib.ggml_backend_rpc_buffer_type.argtypes, lib.ggml_backend_rpc_buffer_type.restype = [ctypes.c_char_p, ctypes.c_uint32], ctypes.c_void_p
+    base = ctypes.CDLL("libggml-base.so.0")  # the one libggml-rpc.so linked to
+    base.ggml_backend_buft_alloc_buffer.argtypes, base.ggml_backend_buft_alloc_buffer.restype = [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p
+    base.ggml_backend_buffer_free.argtypes, base.ggml_backend_buffer_free.restype = [ctypes.c_void_p], None
+    buft = lib.ggml_backend_rpc_buffer_type(endpoint.encode(), 0)
+
+    def fits(size: int) -> bool:
+        buf = base.ggml_backend_buft_alloc_buffer(buft, size)
+        if buf:
+            base.ggml_backend_buffer_free(buf)
+        return bool(buf)
+
+    if upper <= 0 or fits(upper):
+        return upper
+    low, high = 0, upper  # fits(low), not fits(high)
+    while high - low > PROBE_STEP:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 # --- attaching workers to this process -----------------------------------------------------------------
@@ -188,8 +222,27 @@ def _on_abort(message: bytes) -> None:
     who = f"worker {', '.join(gone)} is gone" if gone else "a worker stopped answering"
     text = (message or b"").decode(errors="replace").strip().splitlines()
     why = re.sub(r"^\S+:\d+: ", "", text[0]) if text else "llama.cpp aborted"  # without the source file and line
+    _restore_terminal()
     os.write(2, f"\nedgellm: {who} ({why})\n".encode())
     os._exit(4)
+
+
+def _restore_terminal() -> None:
+    """The chat UI holds the terminal (raw mode, another screen, mouse reports): give it back before exiting."""
+    try:
+        import termios
+
+        if not os.isatty(0):
+            return
+        attrs = termios.tcgetattr(0)
+        attrs[0] |= termios.ICRNL
+        attrs[1] |= termios.OPOST
+        attrs[3] |= termios.ICANON | termios.ECHO | termios.ISIG
+        termios.tcsetattr(0, termios.TCSANOW, attrs)
+        if os.isatty(1):
+            os.write(1, b"\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?1049l\x1b[?25h")  # mouse off, main screen, cursor
+    except (OSError, ImportError):
+        pass
 
 
 def attach(workers: tuple[Worker, ...]) -> list[int]:

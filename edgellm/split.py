@@ -16,8 +16,10 @@ from .fsutil import human_bytes
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate
 from .models import ModelRef
-from .plan import DEFAULT_CTX, MIN_CTX, RAM_MARGIN, Plan, WorkerShare, _budget, _contexts, make_plan, memory_budgets
+from .plan import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, make_plan, memory_budgets
 from .rpc import WorkerInfo
+
+WORKER_SHARE_MARGIN = 0.05  # of what a worker lends: its buffers are several allocations, not one
 
 
 def shares(n: int, budgets: list[int]) -> list[int]:
@@ -65,7 +67,7 @@ def plan_with_workers(
     hw = hw.with_overrides(ram=ram)
     kv_type = kv_type or "f16"
     ram_budget, _ = memory_budgets(hw)
-    budgets = [_budget(w.free, RAM_MARGIN) for w in workers]
+    budgets = [int(w.free * (1 - WORKER_SHARE_MARGIN)) for w in workers]  # `edgellm worker` kept the OS's margin
     n_ctx_train = max(f.info.n_ctx_train for f in model.files) or DEFAULT_CTX
     target = min(DEFAULT_CTX, n_ctx_train)
     contexts = [ctx] if ctx is not None else _contexts(target, min(min_ctx, target))

@@ -84,6 +84,8 @@ def test_an_unreachable_worker_is_one_line_within_seconds():
 
 # --- real workers ------------------------------------------------------------------------------------
 
+slow = pytest.mark.slow  # they load the model through llama.cpp, here and in the workers
+
 
 @pytest.fixture(scope="module")
 def rpc_build():
@@ -96,8 +98,8 @@ def rpc_build():
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def start_worker(port: int) -> subprocess.Popen:
-    p = subprocess.Popen([EDGELLM, "worker", "--port", str(port), "--threads", "1"], stdout=subprocess.PIPE,
+def start_worker(port: int, *extra: str) -> subprocess.Popen:
+    p = subprocess.Popen([EDGELLM, "worker", "--port", str(port), "--threads", "1", *extra], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     line = p.stdout.readline()
     assert f"worker on 127.0.0.1:{port}: lending" in line, line + p.stderr.read() if p.poll() is not None else line
@@ -122,18 +124,21 @@ def two_workers(rpc_build):
             p.wait(timeout=30)
 
 
+@slow
 def test_worker_stops_cleanly_on_ctrl_c(rpc_build):
     p = start_worker(free_port())
     err = stop_worker(p)
     assert p.returncode == 0 and err.strip() == "worker stopped", err
 
 
+@slow
 def test_worker_port_taken_is_one_line(two_workers):
     rpc, _ = two_workers
     r = edgellm("worker", "--port", rpc.split(",")[0].split(":")[1], timeout=60)
     one_line_error(r, "did not start")
 
 
+@slow
 def test_plan_puts_on_the_workers_what_does_not_fit_here(two_workers):
     rpc, _ = two_workers
     r = edgellm("plan", "--rpc", rpc, "--ram", "700M", "--ctx", "2048", "--json")
@@ -149,6 +154,7 @@ def test_plan_puts_on_the_workers_what_does_not_fit_here(two_workers):
     assert json.loads(r.stdout)["workers"] == [] and "not needed" in r.stdout
 
 
+@slow
 def test_greedy_reply_over_two_workers_is_the_local_one(two_workers):
     rpc, _ = two_workers
     args = ["run", "-p", PROMPT, "--temp", "0", "-n", "24", "--ctx", "1024", "-t", "1"]
@@ -158,6 +164,7 @@ def test_greedy_reply_over_two_workers_is_the_local_one(two_workers):
     assert split.stdout == local.stdout and "Paris" in local.stdout
 
 
+@slow
 def test_a_worker_killed_mid_reply_is_one_line_within_bounded_time(two_workers):
     rpc, procs = two_workers
     p = subprocess.Popen([EDGELLM, "run", "-p", "Write a very long story about a dragon.", "--temp", "0", "-n", "2000",
@@ -173,6 +180,28 @@ def test_a_worker_killed_mid_reply_is_one_line_within_bounded_time(two_workers):
     assert lines[0].startswith(f"edgellm: worker {rpc.split(',')[1]} is gone"), err
 
 
+@slow
+def test_plan_over_workers_that_lend_little(rpc_build):
+    """Workers lend only --mem: the planner finds that out (a CPU worker reports all its RAM as free) and a model
+    that fits neither here (--ram) nor on one worker is split over both; llama.cpp then loads it within those caps."""
+    ports = [free_port(), free_port()]
+    procs = [start_worker(port, "--mem", "200M") for port in ports]
+    try:
+        rpc = ",".join(f"127.0.0.1:{port}" for port in ports)
+        r = edgellm("plan", "--rpc", rpc, "--ram", "700M", "--ctx", "2048", "--json")
+        assert r.returncode == 0, r.stderr
+        p = json.loads(r.stdout)
+        assert [w["free"] <= 200 << 20 for w in p["workers"]] == [True, True]
+        assert all(0 < w["memory"] <= w["budget"] for w in p["workers"])
+        run = edgellm("run", "--rpc", rpc, "-p", PROMPT, "--temp", "0", "-n", "8", "--ctx", "2048", "-t", "1")
+        assert run.returncode == 0, run.stderr
+        one_line_error(edgellm("plan", "--rpc", rpc.split(",")[0], "--ram", "700M", "--ctx", "2048"), "does not fit here and on the 1 worker")
+    finally:
+        for p in procs:
+            stop_worker(p)
+
+
+@slow
 def test_the_connection_to_a_worker_has_bounded_waits(two_workers):
     """ggml's client has no timeout of its own: the kernel closes a connection to a machine that went silent."""
     from edgellm import rpc

@@ -28,7 +28,7 @@ REMOTE_RISK = (
 PR_SET_PDEATHSIG = 1
 
 
-def _in_child(mem: int | None):
+def _in_child(mem: int):
     """In the server's process before it starts: die with this one (a killed `edgellm worker` must not leave a
     server lending the machine), and cap the data it may allocate to `mem` (what is lent)."""
 
@@ -37,8 +37,7 @@ def _in_child(mem: int | None):
         import resource
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if mem:
-            resource.setrlimit(resource.RLIMIT_DATA, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_DATA, (mem, mem))
 
     return apply
 
@@ -46,7 +45,7 @@ def _in_child(mem: int | None):
 @click.command("worker")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (IPv4).")
 @click.option("--port", type=click.IntRange(1, 65535), default=50052, show_default=True)
-@click.option("--mem", metavar="SIZE", help="Lend at most this much memory (e.g. 8G; default: what is free).")
+@click.option("--mem", metavar="SIZE", help="Lend at most this much memory (e.g. 8G; default: what is free at start).")
 @click.option("-t", "--threads", type=THREADS, help="CPU threads for the layers run here (default: llama.cpp's).")
 @click.option("--allow-remote", is_flag=True, help="Allow listening on a non-loopback address (no authentication!).")
 def worker(host: str, port: int, mem: str | None, threads: int | None, allow_remote: bool) -> int:
@@ -56,7 +55,8 @@ def worker(host: str, port: int, mem: str | None, threads: int | None, allow_rem
     from ..errors import EdgeError, UsageError
     from ..fsutil import human_bytes
     from ..hardware import parse_size
-    from ..rpc import find_build, is_loopback, parse_host
+    from ..plan import RAM_MARGIN, _budget
+    from ..rpc import SERVER_OWN, find_build, is_loopback, parse_host
 
     host = "127.0.0.1" if host == "localhost" else parse_host(host)
     if not is_loopback(host) and not allow_remote:
@@ -69,16 +69,18 @@ def worker(host: str, port: int, mem: str | None, threads: int | None, allow_rem
     _check_port_free(host, port)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as cleanly as Ctrl-C
     free = psutil.virtual_memory().available
-    lent = min(free, limit) if limit else free
+    lent = min(free, limit) if limit else _budget(free, RAM_MARGIN)  # the OS and other programs keep their margin
     cmd = [str(build.server), "--host", host, "--port", str(port)] + (["--threads", str(threads)] if threads else [])
+    # what it lends is what its server may allocate, plus its own data and thread stacks: the planner elsewhere
+    # finds the lent size by trying buffers (a CPU device reports all of its RAM as free)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_in_child(limit + (256 << 20) if limit else None))  # + its code, stacks
+                            preexec_fn=_in_child(lent + SERVER_OWN))
     try:
         _wait_listening(proc, host, port)
         if not is_loopback(host):
             click.echo(REMOTE_RISK.format(addr=f"{host}:{port}", port=port), err=True)
         click.echo(f"worker on {host}:{port}: lending {human_bytes(lent)} of RAM"
-                   + (f" (--mem; {human_bytes(free)} free)" if limit else " (free now)") + " and the CPU; Ctrl-C to stop")
+                   + (f" (--mem; {human_bytes(free)} free)" if limit else f" (of {human_bytes(free)} free now)") + " and the CPU; Ctrl-C to stop")
         sys.stdout.flush()
         rc = proc.wait()
         raise EdgeError(f"the RPC server stopped by itself (exit code {rc})")
