@@ -106,6 +106,12 @@ def start_worker(port: int, *extra: str) -> subprocess.Popen:
     return p
 
 
+def rpc_reachable(port: int) -> str | None:
+    from edgellm.rpc import reachable
+
+    return reachable(Worker("127.0.0.1", port), 1.0)
+
+
 def stop_worker(p: subprocess.Popen) -> str:
     if p.poll() is None:
         p.send_signal(signal.SIGINT)
@@ -125,10 +131,14 @@ def two_workers(rpc_build):
 
 
 @slow
-def test_worker_stops_cleanly_on_ctrl_c(rpc_build):
-    p = start_worker(free_port())
-    err = stop_worker(p)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_worker_stops_cleanly_on_ctrl_c_or_kill(rpc_build, sig):
+    port = free_port()
+    p = start_worker(port)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=30)
     assert p.returncode == 0 and err.strip() == "worker stopped", err
+    assert rpc_reachable(port) is not None  # its server is gone too
 
 
 @slow

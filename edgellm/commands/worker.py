@@ -127,7 +127,7 @@ def _wait_listening(proc: subprocess.Popen, host: str, port: int) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
+    proc.terminate()  # not SIGINT: started in the background, the server inherits an ignored SIGINT
     try:
         proc.wait(timeout=STOP_S)
     except subprocess.TimeoutExpired:
