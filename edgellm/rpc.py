@@ -164,6 +164,9 @@ def _probe_main(lib_path: str, endpoint: str) -> None:
     allocate (found by halving; nothing is touched, so nothing is committed): `edgellm worker` caps what its
     server may allocate at what it lends."""
     lib = ctypes.CDLL(lib_path)
+    base = ctypes.CDLL("libggml-base.so.0")  # the one libggml-rpc.so linked to
+    base.ggml_set_abort_callback.argtypes, base.ggml_set_abort_callback.restype = [ctypes.c_void_p], ctypes.c_void_p
+    base.ggml_set_abort_callback(ctypes.cast(_probe_abort, ctypes.c_void_p))
     lib.ggml_backend_rpc_add_server.argtypes, lib.ggml_backend_rpc_add_server.restype = [ctypes.c_char_p], ctypes.c_void_p
     fn = lib.ggml_backend_rpc_get_device_memory
     fn.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
@@ -175,6 +178,14 @@ def _probe_main(lib_path: str, endpoint: str) -> None:
     if lendable < free.value:  # capped: by `edgellm worker`, at what it lends plus room for the server itself
         lendable = max(0, lendable - SERVER_OWN)
     print(json.dumps({"free": lendable, "total": total.value}))
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+def _probe_abort(message: bytes) -> None:
+    """In the probe's child: ggml's reason on one line (for the parent), instead of ggml's backtrace."""
+    text = (message or b"").decode(errors="replace").strip().splitlines()
+    os.write(2, (re.sub(r"^\S+:\d+: ", "", text[0]) if text else "llama.cpp aborted").encode() + b"\n")
+    os._exit(3)
 
 
 PROBE_STEP = 8 << 20  # precision of the largest-buffer search

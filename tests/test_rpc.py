@@ -82,6 +82,26 @@ def test_an_unreachable_worker_is_one_line_within_seconds():
     one_line_error(edgellm("plan", "--rpc", "127.0.0.1:99999"), "not HOST:PORT")
 
 
+@pytest.mark.slow  # the first needs the RPC build
+def test_something_else_on_the_port_is_one_line(rpc_build):
+    """A port where another program answers: ggml's client would abort; edgellm asks in a child process first."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+
+        def answer() -> None:
+            for _ in range(4):
+                conn, _ = srv.accept()
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                conn.close()
+
+        import threading
+
+        threading.Thread(target=answer, daemon=True).start()
+        r = edgellm("run", "--rpc", f"127.0.0.1:{srv.getsockname()[1]}", "-p", "hi", "-n", "2", timeout=60)
+    one_line_error(r, "is not a llama.cpp RPC server of this version: Remote RPC server crashed or returned malformed response")
+
+
 # --- real workers ------------------------------------------------------------------------------------
 
 slow = pytest.mark.slow  # they load the model through llama.cpp, here and in the workers
