@@ -162,6 +162,16 @@ def test_worker_stops_cleanly_on_ctrl_c_or_kill(rpc_build, sig):
 
 
 @slow
+def test_worker_on_the_network_with_allow_remote_states_the_risk(rpc_build):
+    p = subprocess.Popen([EDGELLM, "worker", "--host", "0.0.0.0", "--port", str(free_port()), "--allow-remote"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "lending" in p.stdout.readline()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert "no authentication" in err and "SSH tunnel" in err and err.strip().endswith("worker stopped"), err
+
+
+@slow
 def test_worker_port_taken_is_one_line(two_workers):
     rpc, _ = two_workers
     r = edgellm("worker", "--port", rpc.split(",")[0].split(":")[1], timeout=60)

@@ -49,7 +49,8 @@ def _in_child(mem: int):
 @click.option("-t", "--threads", type=THREADS, help="CPU threads for the layers run here (default: llama.cpp's).")
 @click.option("--allow-remote", is_flag=True, help="Allow listening on a non-loopback address (no authentication!).")
 def worker(host: str, port: int, mem: str | None, threads: int | None, allow_remote: bool) -> int:
-    """Lend this machine to `edgellm run/plan --rpc HOST:PORT` elsewhere, until Ctrl-C."""
+    """Lend this machine's free RAM (or --mem) and CPU to `edgellm run/chat/serve/plan --rpc HOST:PORT` on
+    another machine, until Ctrl-C. Needs llama.cpp's RPC build: LLAMACPP_RPC=1 scripts/llamacpp_tools.sh."""
     import psutil
 
     from ..errors import EdgeError, UsageError
