@@ -262,3 +262,13 @@ def test_the_connection_to_a_worker_has_bounded_waits(two_workers):
             continue
     engine.close()
     assert found == [(1, rpc.USER_TIMEOUT_MS)]
+
+
+@slow
+def test_bench_over_workers(two_workers):
+    rpc, _ = two_workers
+    r = edgellm("bench", "run", "-p", "32", "-n", "16", "-r", "1", "--threads", "1", "--rpc", rpc, "--ngl", "31", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)["results"][0]
+    assert result["error"] is None and result["n_gpu_layers"] == 31 and result["tg"]["mean"] > 0
+    one_line_error(edgellm("bench", "run", "--rpc", rpc, "--save"), "leave it out with --rpc")
