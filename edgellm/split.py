@@ -76,7 +76,9 @@ def plan_with_workers(
         for c in contexts:
             for g in [min(ngl, n + 1)] if ngl is not None else range(1, n + 2):
                 m = estimate(f.info, c, g, kv_type, n_seq=n_seq)
-                counts = shares(g, budgets)
+                # layers in proportion to what is left beside each worker's compute buffer: one too small for
+                # that gets none (and then needs no compute buffer either)
+                counts = shares(g, [max(0, b - m.compute_gpu) for b in budgets])
                 used = _on_workers(m, counts)
                 if m.ram > ram_budget or any(u > b for u, b in zip(used, budgets)):
                     continue

@@ -63,6 +63,28 @@ def test_layers_are_shared_in_proportion_to_what_workers_lend():
     assert shares(3, [0, 0]) == [0, 0]
 
 
+def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
+    """The planner alone, with what two workers lend as data: more RAM here means fewer layers on the workers."""
+    from edgellm.errors import NotEnoughSpace
+    from edgellm.hardware import detect
+    from edgellm.models import resolve_model
+    from edgellm.rpc import WorkerInfo
+    from edgellm.split import plan_with_workers
+
+    ref, hw = resolve_model(str(fixtures.smollm2_gguf())), detect()
+    workers = [WorkerInfo(Worker("127.0.0.1", 1), 300 << 20, 8 << 30), WorkerInfo(Worker("127.0.0.1", 2), 100 << 20, 8 << 30)]
+    tight = plan_with_workers(ref, hw, workers, ctx=2048, ram=700 << 20, threads=1)
+    roomier = plan_with_workers(ref, hw, workers, ctx=2048, ram=750 << 20, threads=1)
+    assert 0 < roomier.n_gpu_layers < tight.n_gpu_layers <= tight.n_layers + 1
+    assert sum(w.n_layers for w in tight.workers) == tight.n_gpu_layers
+    assert tight.workers[0].n_layers > tight.workers[1].n_layers  # in proportion to what each lends
+    assert all(w.memory <= w.budget for w in tight.workers) and tight.memory.ram <= tight.ram_budget
+    assert "Split over 3 devices" in tight.explain()
+    assert plan_with_workers(ref, hw, workers, ctx=2048, threads=1).workers == ()  # it fits here: workers idle
+    with pytest.raises(NotEnoughSpace, match="does not fit here and on the 2 workers"):
+        plan_with_workers(ref, hw, [WorkerInfo(w.worker, 50 << 20, 8 << 30) for w in workers], ctx=2048, ram=600 << 20, threads=1)
+
+
 def test_worker_refuses_a_network_address_without_allow_remote():
     one_line_error(edgellm("worker", "--host", "0.0.0.0"), "--allow-remote")
     one_line_error(edgellm("worker", "--host", "10.1.2.3", "--port", "1"), "--allow-remote")
