@@ -145,7 +145,9 @@ def probe(w: Worker, timeout: float = PROBE_TIMEOUT_S) -> WorkerInfo:
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise EdgeError(f"worker {w.endpoint} did not answer within {timeout:g} s") from None
+        raise EdgeError(
+            f"worker {w.endpoint} did not answer within {timeout:g} s (a worker serves one machine at a time: is another using it?)"
+        ) from None
     try:
         reply = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
         free, total = int(reply["free"]), int(reply["total"])

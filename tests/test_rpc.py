@@ -294,3 +294,15 @@ def test_bench_over_workers(two_workers):
     result = json.loads(r.stdout)["results"][0]
     assert result["error"] is None and result["n_gpu_layers"] == 31 and result["tg"]["mean"] > 0
     one_line_error(edgellm("bench", "run", "--rpc", rpc, "--save"), "leave it out with --rpc")
+
+
+@slow
+def test_a_worker_busy_with_another_machine_is_one_line(two_workers):
+    """llama.cpp's rpc-server serves one client at a time: a second one waits unanswered, edgellm no longer than its timeout."""
+    rpc, _ = two_workers
+    host, port = rpc.split(",")[0].split(":")
+    with socket.create_connection((host, int(port))):  # another client, connected and silent
+        t0 = time.monotonic()
+        r = edgellm("plan", "--rpc", rpc, timeout=120)
+    one_line_error(r, "is another using it?")
+    assert time.monotonic() - t0 < 40
