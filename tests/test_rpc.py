@@ -88,6 +88,9 @@ def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
 def test_worker_refuses_a_network_address_without_allow_remote():
     one_line_error(edgellm("worker", "--host", "0.0.0.0"), "--allow-remote")
     one_line_error(edgellm("worker", "--host", "10.1.2.3", "--port", "1"), "--allow-remote")
+    one_line_error(edgellm("worker", "--host", "::1"), "not IPv6")
+    one_line_error(edgellm("worker", "--mem", "lots"), "--mem: not a size")
+    one_line_error(edgellm("worker", "--mem", "10M"), "too little")
 
 
 def test_worker_without_the_rpc_build_says_how_to_build_it(tmp_path):

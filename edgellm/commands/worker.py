@@ -63,7 +63,10 @@ def worker(host: str, port: int, mem: str | None, threads: int | None, allow_rem
     if not is_loopback(host) and not allow_remote:
         raise UsageError(f"--host {host} would expose this machine to the network without authentication: "
                          "add --allow-remote if you mean it (or use an SSH tunnel to 127.0.0.1)")
-    limit = parse_size(mem) if mem else None
+    try:
+        limit = parse_size(mem) if mem else None
+    except UsageError as exc:
+        raise UsageError(f"--mem: {exc}") from None
     if limit is not None and limit < 64 << 20:
         raise UsageError(f"--mem {mem} is too little to hold any layer: give 64M or more")
     build = find_build()
