@@ -333,7 +333,8 @@ def _ggml_bases() -> list[ctypes.CDLL]:
     """Every ggml-base loaded in this process. llama-cpp-python's wheel holds copies, not links, of
     libggml-base.so and .so.0, and both may be loaded: the abort callback must be set in each."""
     loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libggml-base.so" in line}
-    libs = [ctypes.CDLL(p) for p in sorted(loaded) if Path(p).is_file()]
+    # libllama links to the .so.0 file: that copy first, for the calls that go through one
+    libs = [ctypes.CDLL(p) for p in sorted(loaded, key=lambda p: not p.endswith(".so.0")) if Path(p).is_file()]
     if not libs:
         raise EdgeError("llama-cpp-python's ggml-base library is not loaded")
     return libs
