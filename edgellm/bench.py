@@ -55,6 +55,7 @@ class BenchConfig:
     n_ctx: int | None = None  # None: just enough for the longer of the two tests
     quality_text: str | None = None  # None: no quality test
     quality_ctx: int = 512
+    rpc: str | None = None  # HOST:PORT,... of `edgellm worker`s (ngl: the layers on them)
 
     def context(self) -> int:
         return self.n_ctx or max(self.n_prompt, self.n_gen + 1, 256) + 16
@@ -153,7 +154,7 @@ def _speed(path: str, cfg: BenchConfig) -> dict[str, Any]:
     from .launch import open_engine
     from .runtime import Sampling
 
-    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads)
+    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, rpc=cfg.rpc)
     with engine:
         out: dict[str, Any] = dict(pp_tg(engine, cfg.n_prompt, cfg.n_gen, cfg.reps))
         for _ in engine.stream_chat([{"role": "user", "content": TTFT_QUESTION}], Sampling(temperature=0.0, max_tokens=1)):

@@ -31,6 +31,7 @@ def plan_model(
     chat_template: str | None = None,
     min_speed: float | None = None,
     hw: HardwareProfile | None = None,
+    rpc: str | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
     `chat_template` (a format name or a Jinja file) replaces the model's own template. Without `threads`,
@@ -39,11 +40,14 @@ def plan_model(
     hw = hw or detect()
     auto_threads = threads is None
     threads, notes = choose_threads(hw, threads)
-    plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
+    if rpc:  # HOST:PORT,...: the layers that do not fit here go to these workers
+        plan = plan_over_workers(ref, hw, rpc, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
+    else:
+        plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
     verify_file(ref.file(plan.level))
     adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
     plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
-    tuned = lookup(plan.path, hw.machine_id)
+    tuned = lookup(plan.path, hw.machine_id) if not plan.workers else None  # tuned for this machine alone
     return _with_tuned(plan, tuned, ref, hw, kv_type is None, dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)) if tuned else plan
 
 
@@ -57,6 +61,14 @@ def _with_tuned(plan: Plan, tuned: Settings, ref: ModelRef, hw: HardwareProfile,
     if plan.adaptive_threads:
         plan = replace(plan, n_threads=min(plan.n_threads, tuned.threads), adaptive_threads=tuned.threads)
     return replace(plan, n_ubatch=tuned.n_ubatch, notes=plan.notes + (f"tuned here by `edgellm tune`: {tuned.text()}",))
+
+
+def plan_over_workers(ref: ModelRef, hw: HardwareProfile, rpc: str, **options) -> Plan:
+    """The plan over this machine and the workers in `rpc` (HOST:PORT,...), each asked what it lends."""
+    from .rpc import parse_workers, probe
+    from .split import plan_with_workers
+
+    return plan_with_workers(ref, hw, [probe(w) for w in parse_workers(rpc)], **options)
 
 
 def choose_threads(hw: HardwareProfile, threads: int | None) -> tuple[int, tuple[str, ...]]:
