@@ -147,8 +147,9 @@ class Plan:
         if not self.workers:
             return []
         local = self.n_layers + 1 - self.n_gpu_layers
-        lines = [f"  Split over {len(self.workers) + 1} devices (layers incl. output layer; speed not predicted: "
-                 "it depends on the network, `edgellm run --rpc` measures it):",
+        lines = [f"  Split over {len(self.workers) + 1} devices (layers incl. output layer; the speed above takes the "
+                 "workers to be as fast as this machine and the network as fast as loopback: `edgellm run --rpc` "
+                 "measures it):",
                  f"    here (CPU): {local} layers, {human_bytes(self.memory.ram)} of RAM"]
         for w in self.workers:
             lines.append(f"    worker {w.endpoint}: {w.n_layers} layers, {human_bytes(w.memory)} of {human_bytes(w.budget)} usable "

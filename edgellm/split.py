@@ -18,6 +18,7 @@ from .memory import MemoryEstimate, estimate
 from .models import ModelRef
 from .plan import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, make_plan, memory_budgets
 from .rpc import WorkerInfo
+from .speed import machine_speed, predict_split
 
 WORKER_SHARE_MARGIN = 0.05  # of what a worker lends: its buffers are several allocations, not one
 
@@ -90,11 +91,13 @@ def plan_with_workers(
                     notes.append(f"context shrunk from {contexts[0]} to {c} tokens to keep {f.level}")
                 if hw.offload_gpus:
                     notes.append("with --rpc the local GPU is not used: layers run here on the CPU or on the workers")
+                n_threads = threads or hw.cpu_cores
+                speed = predict_split(f.info, machine_speed(hw), n_threads, sum(1 for k in counts if k))
                 return Plan(
                     name=model.name, path=f.path, level=f.level, n_layers=n, n_gpu_layers=g, n_ctx=c, kv_type=kv_type,
                     memory=m, ram_budget=ram_budget, vram_budget=sum(budgets),
                     hardware=hw.summary() + (" (simulated)" if hw.simulated else "") + f" + {n_workers}",
-                    notes=tuple(notes), n_threads=threads or hw.cpu_cores, n_seq=n_seq, workers=split,
+                    notes=tuple(notes), n_threads=n_threads, n_seq=n_seq, workers=split, speed=speed,
                     why="the highest-quality level that fits here and on the workers",
                 )
     smallest = min(model.files, key=lambda f: f.size)
