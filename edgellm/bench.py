@@ -59,6 +59,7 @@ class BenchConfig:
     n_ctx: int | None = None  # None: just enough for the longer of the two tests
     quality_text: str | None = None  # None: no quality test
     quality_ctx: int = 512
+    rpc: str | None = None  # HOST:PORT,... of `edgellm worker`s (ngl: the layers on them)
     loras: tuple[tuple[str, float], ...] = ()  # LoRA adapter files and scales: each file measured with and without
 
     def context(self) -> int:
@@ -165,7 +166,8 @@ def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) ->
     from .launch import open_engine
     from .runtime import Sampling
 
-    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, loras=[(Path(p), s) for p, s in loras])
+    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, rpc=cfg.rpc,
+                         loras=[(Path(p), s) for p, s in loras])
     with engine:
         out: dict[str, Any] = dict(pp_tg(engine, cfg.n_prompt, cfg.n_gen, cfg.reps))
         for _ in engine.stream_chat([{"role": "user", "content": TTFT_QUESTION}], Sampling(temperature=0.0, max_tokens=1)):

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serve", "serve", "Serve a model over an OpenAI-compatible HTTP API (slots decoded together)."),
     "tune": ("tune", "tune", "Measure the threads and batch sizes that run a model fastest here, and keep them."),
     "verify": ("verify", "verify", "Re-hash a package's files and check them against its manifest."),
+    "worker": ("worker", "worker", "Lend this machine's memory and CPU to another machine's --rpc (llama.cpp RPC server)."),
 }
 
 

@@ -34,6 +34,7 @@ def plan_model(
     min_speed: float | None = None,
     loras: Sequence[tuple[Path, float]] = (),
     hw: HardwareProfile | None = None,
+    rpc: str | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
     `chat_template` (a format name or a Jinja file) replaces the model's own template. `loras` are LoRA adapter
@@ -44,13 +45,17 @@ def plan_model(
     hw = hw or detect()
     auto_threads = threads is None
     threads, notes = choose_threads(hw, threads)
-    plan_args = dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed, loras=adapters)
-    plan = make_plan(ref, hw, kv_type=kv_type, threads=threads, **plan_args)
+    plan_args = dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)
+    if rpc:  # HOST:PORT,...: the layers that do not fit here go to these workers
+        # (the split does not count the adapters' memory; they are applied all the same)
+        plan = replace(plan_over_workers(ref, hw, rpc, kv_type=kv_type, threads=threads, **plan_args), loras=adapters)
+    else:
+        plan = make_plan(ref, hw, kv_type=kv_type, threads=threads, loras=adapters, **plan_args)
     verify_file(ref.file(plan.level))
     adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
     plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
-    tuned = lookup(plan.path, hw.machine_id)
-    return _with_tuned(plan, tuned, ref, hw, kv_type is None, plan_args) if tuned else plan
+    tuned = lookup(plan.path, hw.machine_id) if not plan.workers else None  # tuned for this machine alone
+    return _with_tuned(plan, tuned, ref, hw, kv_type is None, {**plan_args, "loras": adapters}) if tuned else plan
 
 
 def _with_tuned(plan: Plan, tuned: Settings, ref: ModelRef, hw: HardwareProfile, kv_free: bool, plan_args: dict) -> Plan:
@@ -63,6 +68,14 @@ def _with_tuned(plan: Plan, tuned: Settings, ref: ModelRef, hw: HardwareProfile,
     if plan.adaptive_threads:
         plan = replace(plan, n_threads=min(plan.n_threads, tuned.threads), adaptive_threads=tuned.threads)
     return replace(plan, n_ubatch=tuned.n_ubatch, notes=plan.notes + (f"tuned here by `edgellm tune`: {tuned.text()}",))
+
+
+def plan_over_workers(ref: ModelRef, hw: HardwareProfile, rpc: str, **options) -> Plan:
+    """The plan over this machine and the workers in `rpc` (HOST:PORT,...), each asked what it lends."""
+    from .rpc import parse_workers, probe
+    from .split import plan_with_workers
+
+    return plan_with_workers(ref, hw, [probe(w) for w in parse_workers(rpc)], **options)
 
 
 def choose_threads(hw: HardwareProfile, threads: int | None) -> tuple[int, tuple[str, ...]]:

@@ -165,10 +165,24 @@ class Device:
     total: int
 
 
-def _ggml():
-    from llama_cpp._ggml import libggml
+def ggml_library(name: str) -> ctypes.CDLL:
+    """ggml's library `name` ("ggml", "ggml-base") as libllama uses it.
 
-    lib = libggml
+    llama-cpp-python's wheel holds file copies, not links, of libggml.so and libggml.so.0 (and of ggml-base):
+    opening the unversioned name would load a second ggml with a registry and state of its own. libllama links
+    to the versioned name, so that one is opened (already loaded, it is the same copy); other platforms'
+    names are tried after it."""
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    for file in (f"lib{name}.so.0", f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll", f"lib{name}.dll"):
+        if (lib_dir / file).is_file():
+            return ctypes.CDLL(str(lib_dir / file))
+    raise EdgeError(f"llama-cpp-python's {name} library is not in {lib_dir}")
+
+
+def _ggml():
+    lib = ggml_library("ggml")
     if not getattr(lib, "_edgellm_typed", False):
         vp, sz = ctypes.c_void_p, ctypes.c_size_t
         for name, args, res in [

@@ -103,6 +103,21 @@ CHAT_TEMPLATE = ChatTemplate()
 CHAT_TEMPLATE_HELP = "Chat format (llama3, gemma, phi3, chatml, mistral) or a Jinja file, instead of the model's own."
 
 
+class Workers(click.ParamType):
+    """`--rpc HOST:PORT[,HOST:PORT...]`: `edgellm worker`s to put the layers that do not fit here on."""
+
+    name = "host:port,..."
+
+    def convert(self, value, param, ctx):
+        from .rpc import parse_workers
+
+        return ",".join(w.endpoint for w in parse_workers(value))
+
+
+WORKERS = Workers()
+WORKERS_HELP = "edgellm workers (HOST:PORT,...) that take the layers that do not fit here (with --ngl N: the last N)."
+
+
 class LoraFile(click.ParamType):
     """`FILE[:SCALE]`: a LoRA adapter and the scale it is applied at (1 when not given)."""
 

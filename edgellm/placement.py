@@ -8,9 +8,7 @@ the tensor in RAM even when its layer is offloaded. This is what its `--n-cpu-mo
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
-from .errors import EdgeError
 from .memory import EXPERT_TENSOR
 
 
@@ -26,13 +24,9 @@ def expert_patterns(n_layers: int) -> list[str]:
 
 
 def _cpu_buffer_type() -> int:
-    import llama_cpp
+    from .llamacpp import ggml_library
 
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    libs = sorted(lib_dir.glob("libggml-base.*")) + sorted(lib_dir.glob("ggml-base.*"))
-    if not libs:
-        raise EdgeError(f"cannot place experts in RAM: no ggml-base library in {lib_dir}")
-    fn = ctypes.CDLL(str(libs[0])).ggml_backend_cpu_buffer_type
+    fn = ggml_library("ggml-base").ggml_backend_cpu_buffer_type
     fn.restype = ctypes.c_void_p
     return fn()
 

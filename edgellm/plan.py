@@ -64,6 +64,25 @@ class LevelFit:
         return {**self.__dict__, "path": str(self.path), "speed": self.speed.to_dict() if self.speed else None}
 
 
+@dataclass(frozen=True)
+class WorkerShare:
+    """The layers a plan puts on one `edgellm worker` (llama.cpp RPC server), and the memory they take there."""
+
+    host: str
+    port: int
+    n_layers: int  # of the offloaded ones (the output layer counts as one)
+    memory: int  # bytes planned on the worker
+    budget: int  # what the worker lends, less the margins
+    free: int  # free memory it reported
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "endpoint": self.endpoint}
+
+
 FIT_TEXT = {"gpu": "fits fully on the GPU", "partial": "fits partially on the GPU", "cpu": "fits in RAM", "no": "does not fit"}
 FIT_SHORT = {"gpu": "full (GPU)", "partial": "partial", "cpu": "full (RAM)", "no": "no"}
 
@@ -91,6 +110,7 @@ class Plan:
     chat_template: str | None = None  # --chat-template: a format name or a template file (else the model's own)
     speed: Speed | None = None  # the chosen level's tokens/s
     why: str = "the highest-quality level that fits"  # how the level was chosen
+    workers: tuple[WorkerShare, ...] = ()  # --rpc: the offloaded layers go to these, in order (not to a GPU)
     loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
 
     @property
@@ -106,8 +126,9 @@ class Plan:
         lines = [
             f"Machine: {self.hardware}",
             f"Model: {self.name} ({len(self.levels) or 1} level{'s' if len(self.levels) != 1 else ''})",
-            f"Choice: {self.level} ({self.path.name}), {self.why}; {FIT_TEXT[self.fit]}",
-            f"  GPU layers: {self.gpu_layers} (incl. output layer) · {self.n_threads} CPU threads",
+            f"Choice: {self.level} ({self.path.name}), {self.why}; "
+            + (f"split with {len(self.workers)} worker{'s' if len(self.workers) != 1 else ''}" if self.workers else FIT_TEXT[self.fit]),
+            f"  {'Worker' if self.workers else 'GPU'} layers: {self.gpu_layers} (incl. output layer) · {self.n_threads} CPU threads",
             *([f"  Speed: {speed_text(self.speed)}"] if self.speed else []),
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
             *self._attention_lines(),
@@ -115,13 +136,28 @@ class Plan:
             f"  RAM:  {human_bytes(m.ram)} of {human_bytes(self.ram_budget)} usable (weights {human_bytes(m.weights_cpu)}, "
             f"KV {human_bytes(m.kv_cpu)}, compute {human_bytes(m.compute_cpu_touched)}, runtime {human_bytes(m.overhead)})",
         ]
-        if self.vram_budget or m.vram:
+        if (self.vram_budget or m.vram) and not self.workers:
             lines.append(
                 f"  VRAM: {human_bytes(m.vram)} of {human_bytes(self.vram_budget)} usable (weights {human_bytes(m.weights_gpu)}, "
                 f"KV {human_bytes(m.kv_gpu)}, compute {human_bytes(m.compute_gpu)})"
             )
+        lines += self._worker_lines()
         lines += [f"  Note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _worker_lines(self) -> list[str]:
+        """The split per device: the first layers here, the last ones (and the output layer) on the workers."""
+        if not self.workers:
+            return []
+        local = self.n_layers + 1 - self.n_gpu_layers
+        lines = [f"  Split over {len(self.workers) + 1} devices (layers incl. output layer; the speed above takes the "
+                 "workers to be as fast as this machine and the network as fast as loopback: `edgellm run --rpc` "
+                 "measures it):",
+                 f"    here (CPU): {local} layers, {human_bytes(self.memory.ram)} of RAM"]
+        for w in self.workers:
+            lines.append(f"    worker {w.endpoint}: {w.n_layers} layers, {human_bytes(w.memory)} of {human_bytes(w.budget)} usable "
+                         f"({human_bytes(w.free)} free)")
+        return lines
 
     def _attention_lines(self) -> list[str]:
         """What the plan decided for experts and sliding windows, for models that have them."""
@@ -165,6 +201,7 @@ class Plan:
             "chat_template": self.chat_template,
             "speed": self.speed.to_dict() if self.speed else None,
             "why": self.why,
+            "workers": [w.to_dict() for w in self.workers],
             "loras": [a.to_dict() for a in self.loras],
         }
 

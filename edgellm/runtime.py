@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import llama_cpp as L
 
-from . import chat_formats, chat_template, llamacpp, placement
+from . import chat_formats, chat_template, llamacpp, placement, rpc
 from .errors import EdgeError, UsageError
 from .hardware import LoadTracker, detect
 from .memory import KV_TYPES
@@ -151,7 +151,7 @@ class Engine:
         """Load the model as `plan` says (`edgellm.launch` makes plans from names and options). A plan that puts
         layers on a GPU is first checked against the GPUs there are now: fewer layers if one shrank or vanished.
         With plan.n_seq > 1 the context holds that many sequences of n_ctx / n_seq tokens each (a server's slots)."""
-        if plan.n_gpu_layers:
+        if plan.n_gpu_layers and not plan.workers:  # layers on workers were planned with what they lend now
             plan = revalidate(plan, detect())
         path = Path(plan.path)
         n_ctx, ngl, threads, kv_type = plan.n_ctx, plan.n_gpu_layers, plan.n_threads, plan.kv_type
@@ -161,6 +161,7 @@ class Engine:
         mp.n_gpu_layers = ngl
         experts_in_ram = placement.cpu_experts(plan.n_cpu_moe) if ngl else None  # alive until the model is loaded
         mp.tensor_buft_overrides = ctypes.addressof(experts_in_ram) if experts_in_ram is not None else None
+        on_workers = rpc.offload_to_workers(mp, plan) if plan.workers else ()  # noqa: F841 - alive until loaded
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_seq_max = plan.n_seq
@@ -194,6 +195,8 @@ class Engine:
             L.llama_model_free(model)
             raise
         n_layers = L.llama_model_n_layer(model)
+        for w in plan.workers:
+            rpc.bound_waits(rpc.Worker(w.host, w.port))
         info = EngineInfo(
             name=plan.name or path.stem,
             level=plan.level,

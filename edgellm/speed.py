@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .errors import EdgeError
 from .gguf_info import GGUFInfo
@@ -195,6 +195,19 @@ def predict(info: GGUFInfo, machine: MachineSpeed, threads: int, n_gpu_layers: i
     else:
         prompt = prompt_cpu_s + n_cpu * info.n_embd * PROMPT_LAYER_NS_PER_EMBD * 1e-9 / threads
     return Speed(1.0 / decode if decode > 0 else 0.0, 1.0 / prompt if prompt > 0 else 0.0, "predicted")
+
+
+RPC_TOKEN_S = 2.1e-3  # per worker and generated token: llama.cpp's RPC round trips (measured on loopback)
+RPC_PROMPT_TOKEN_S = 0.05e-3  # per worker and prompt token (a batch crosses in one round trip)
+
+
+def predict_split(info: GGUFInfo, machine: MachineSpeed, threads: int, n_workers: int) -> Speed:
+    """Tokens/s with layers spread over this machine and `n_workers` RPC workers, taking the workers to be as
+    fast as this machine (layers run one device after the other) and the network as fast as loopback."""
+    local = predict(info, replace(machine, gpu_bps=0.0), threads)
+    decode = 1 / local.decode_tps + n_workers * RPC_TOKEN_S
+    prompt = 1 / local.prompt_tps + n_workers * RPC_PROMPT_TOKEN_S
+    return Speed(1 / decode, 1 / prompt, "predicted")
 
 
 def measured(bench: dict | None, machine_id: str, threads: int, n_gpu_layers: int) -> Speed | None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import llama_cpp
 import psutil
@@ -82,3 +85,18 @@ def test_hw_command_table(capsys):
     assert main(["hw"]) == 0
     out = capsys.readouterr().out
     assert "RAM" in out and "CPU" in out and "GPU" in out and "llama.cpp" in out and "backends" in out
+
+
+def test_one_ggml_in_the_process():
+    # llama-cpp-python's wheel holds copies of libggml.so / .so.0: edgellm's own ggml calls must reach the copy
+    # libllama uses, not load a second ggml with a registry of its own
+    code = (
+        "from edgellm import hardware, placement\n"
+        "hardware.detect()\n"
+        "assert placement._cpu_buffer_type()\n"
+        "print('\\n'.join(l.split()[-1] for l in open('/proc/self/maps') if 'libggml' in l))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    names = {Path(p).name for p in out.split()}
+    assert {"libggml.so.0", "libggml-base.so.0"} <= names
+    assert not names & {"libggml.so", "libggml-base.so"}, names

@@ -20,19 +20,20 @@ def placement(n_gpu_layers: int, n_layers: int) -> str:
 
 
 def open_model(
-    ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None,
+    ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None,
     loras: tuple[tuple[Path, float], ...] = (),
 ) -> LoadedModel:
-    """Resolve `ref`, let the planner pick file, offload and context for this machine, and load it with the
-    LoRA adapters (file, scale) given."""
+    """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
+    with the LoRA adapters (file, scale) given."""
     from edgellm.launch import plan_model
     from edgellm.plan import threads_text
     from edgellm.runtime import Engine
 
-    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, loras=loras)
+    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
     engine = Engine.load(plan)
+    where = f"{plan.n_gpu_layers}/{plan.n_layers + 1} layers on {len(plan.workers)} workers" if plan.workers else None
     line = (
-        f"{plan.level} chosen by the planner · {placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · "
+        f"{plan.level} chosen by the planner · {where or placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · "
         f"{threads_text(plan.n_threads)}"
     )
     if engine.template_origin != "the model's own":

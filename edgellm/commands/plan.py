@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import click
 
-from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS
+from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
 from ..plan import gpu_layers_text
 
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES, without loading llama.cpp for --help
@@ -23,9 +23,10 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES,
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
+@click.option("--rpc", type=WORKERS, help=WORKERS_HELP + " Each is asked what it lends.")
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
-def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, min_speed, loras, as_json: bool) -> int:
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, min_speed, rpc, loras, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
     Picks the highest-quality level that fits and decodes at --min-speed tokens/s or more (else the fastest),
@@ -46,6 +47,11 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     adapters = read_adapters(loras, ref.files[0].info)
     hw = detect()
     threads, notes = choose_threads(hw, threads)
+    if rpc:
+        if vram is not None:
+            raise UsageError("--vram plans for a GPU here; with --rpc the workers take the layers that do not fit in --ram")
+        return _over_workers(ref, hw, rpc, notes, as_json, ctx=ctx, kv_type=kv_type, min_ctx=min_ctx,
+                             ram=parse_size(ram) if ram else None, ngl=ngl, threads=threads, min_speed=min_speed)
     p = make_plan(
         ref,
         hw,
@@ -92,6 +98,16 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
             style="bold" if chosen else ("dim" if lv.fit == "no" else None),
         )
     console.print(t)
+    return 0
+
+
+def _over_workers(ref, hw, rpc: str, notes: tuple[str, ...], as_json: bool, **options) -> int:
+    """The plan over this machine and the --rpc workers: the split per device (no table of levels)."""
+    from ..launch import plan_over_workers
+
+    p = plan_over_workers(ref, hw, rpc, **options)
+    p = replace(p, notes=p.notes + notes)
+    click.echo(json.dumps(p.to_dict(), indent=2) if as_json else p.explain())
     return 0
 
 
