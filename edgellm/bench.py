@@ -13,6 +13,10 @@ does not take the others down):
 Quality is perplexity on a text (chunked like llama-perplexity; see `edgellm.quality`) and, when the
 package holds a 16/32-bit base file, KL divergence, Δp and same-top-token rate against that base.
 
+With LoRA adapters (`loras`), every file is measured twice: as it is, and with the adapters applied (a row
+whose `lora` names them). The adapter rows' KL divergence is from the base without adapters: how far the
+fine-tune moves the model, quantization included.
+
 The JSON report (`BenchReport.to_dict`, schema "edgellm.bench", version 1) is stable: fields are only added.
 """
 
@@ -56,6 +60,7 @@ class BenchConfig:
     quality_text: str | None = None  # None: no quality test
     quality_ctx: int = 512
     rpc: str | None = None  # HOST:PORT,... of `edgellm worker`s (ngl: the layers on them)
+    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapter files and scales: each file measured with and without
 
     def context(self) -> int:
         return self.n_ctx or max(self.n_prompt, self.n_gen + 1, 256) + 16
@@ -98,10 +103,16 @@ class FileResult:
     kld_p99: float | None = None
     delta_p: float | None = None
     same_top: float | None = None
+    lora: str | None = None  # the LoRA adapters applied ("name" or "name ×scale"), None for the file alone
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def label(self) -> str:
+        """The level, and the adapters when applied: "Q4_K_M", "Q4_K_M + my-tune"."""
+        return self.level if self.lora is None else f"{self.level} + {self.lora}"
 
 
 @dataclass
@@ -130,6 +141,7 @@ class BenchReport:
         if d.get("schema") != SCHEMA:
             raise EdgeError(f"not an edgellm bench report (schema {d.get('schema')!r})")
         cfg = {k: v for k, v in d["config"].items() if k in BenchConfig.__dataclass_fields__}
+        cfg["loras"] = tuple((str(p), float(s)) for p, s in cfg.get("loras", ()))  # JSON has lists
         results = []
         for r in d["results"]:
             r = dict(r)
@@ -149,12 +161,13 @@ def default_quality_text() -> str:
 # --- speed, in a child process -------------------------------------------------------------------------
 
 
-def _speed(path: str, cfg: BenchConfig) -> dict[str, Any]:
+def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) -> dict[str, Any]:
     """Runs in the child: load, warm up, time pp and tg, TTFT. Returns plain values (or raises)."""
     from .launch import open_engine
     from .runtime import Sampling
 
-    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, rpc=cfg.rpc)
+    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, rpc=cfg.rpc,
+                         loras=[(Path(p), s) for p, s in loras])
     with engine:
         out: dict[str, Any] = dict(pp_tg(engine, cfg.n_prompt, cfg.n_gen, cfg.reps))
         for _ in engine.stream_chat([{"role": "user", "content": TTFT_QUESTION}], Sampling(temperature=0.0, max_tokens=1)):
@@ -167,9 +180,9 @@ def _speed(path: str, cfg: BenchConfig) -> dict[str, Any]:
     return out
 
 
-def _child(path: str, cfg: BenchConfig, conn) -> None:
+def _child(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...], conn) -> None:
     try:
-        conn.send(("ok", _speed(path, cfg)))
+        conn.send(("ok", _speed(path, cfg, loras)))
     except EdgeError as exc:
         conn.send(("error", str(exc)))
     except Exception as exc:  # reported as that file's failure; the other files still run
@@ -178,11 +191,12 @@ def _child(path: str, cfg: BenchConfig, conn) -> None:
         conn.close()
 
 
-def measure_speed(path: Path, cfg: BenchConfig) -> dict[str, Any]:
-    """Speed of one file, measured in a fresh process. Raises EdgeError when it fails there."""
+def measure_speed(path: Path, cfg: BenchConfig, loras: tuple[tuple[str, float], ...] = ()) -> dict[str, Any]:
+    """Speed of one file (with the LoRA adapters given), measured in a fresh process. Raises EdgeError when it
+    fails there."""
     mp = multiprocessing.get_context("spawn")
     recv, send = mp.Pipe(duplex=False)
-    proc = mp.Process(target=_child, args=(str(path), cfg, send), daemon=True)
+    proc = mp.Process(target=_child, args=(str(path), cfg, loras, send), daemon=True)
     proc.start()
     send.close()
     try:
@@ -206,6 +220,12 @@ def _base_file(files: list[ModelFile]) -> ModelFile | None:
             if f.level.upper() == level:
                 return f
     return None
+
+
+def _lora_label(loras: tuple[tuple[str, float], ...]) -> str:
+    from .adapters import read_adapter
+
+    return ", ".join(read_adapter(Path(path), scale).label for path, scale in loras)
 
 
 def select_files(model: ModelRef, levels: list[str] | None) -> list[ModelFile]:
@@ -234,16 +254,20 @@ def run_bench(
     _check_config(cfg)
     base = _base_file(list(model.files))
     with_quality = cfg.quality_text is not None
-    total = len(files) * (2 if with_quality else 1) + (1 if with_quality and base else 0)
+    variants = [(), cfg.loras] if cfg.loras else [()]
+    runs = [(f, lora) for f in files for lora in variants]
+    total = len(runs) * (2 if with_quality else 1) + (1 if with_quality and base else 0)
     step = (lambda msg: on_step(msg, total)) if on_step else (lambda _msg: None)
+    label = _lora_label(cfg.loras)
     results = [
-        FileResult(file=f.path.name, level=f.level, size_bytes=f.size, bits_per_weight=round(f.info.bits_per_weight, 3))
-        for f in files
+        FileResult(file=f.path.name, level=f.level, size_bytes=f.size, bits_per_weight=round(f.info.bits_per_weight, 3),
+                   lora=label if lora else None)
+        for f, lora in runs
     ]
-    for f, r in zip(files, results):
-        step(f"speed {f.level}")
+    for (f, lora), r in zip(runs, results):
+        step(f"speed {r.label}")
         try:
-            s = measure_speed(f.path, cfg)
+            s = measure_speed(f.path, cfg, lora)
         except EdgeError as exc:
             r.error = str(exc)
             continue
@@ -253,7 +277,7 @@ def run_bench(
             setattr(r, key, value)
 
     if with_quality:
-        _quality(files, results, base, cfg, step)
+        _quality(runs, results, base, cfg, step)
     hw = detect()
     machine = {"summary": hw.summary(), "id": hw.machine_id, "platform": platform.platform(), "python": platform.python_version()}
     threads = next((r.n_threads for r in results if r.n_threads), cfg.threads)
@@ -262,16 +286,17 @@ def run_bench(
                        base_level=base.level if base and with_quality else None)
 
 
-def _quality(files: list[ModelFile], results: list[FileResult], base: ModelFile | None, cfg: BenchConfig, step) -> None:
+def _quality(runs: list[tuple[ModelFile, tuple]], results: list[FileResult], base: ModelFile | None, cfg: BenchConfig,
+             step) -> None:
     from . import quality
 
     text = cfg.quality_text
-    ok = [(f, r) for f, r in zip(files, results) if r.ok]
+    ok = [(f, lora, r) for (f, lora), r in zip(runs, results) if r.ok]
     if base is None:
-        for f, r in ok:
-            step(f"perplexity {f.level}")
+        for f, lora, r in ok:
+            step(f"perplexity {r.label}")
             try:
-                p = quality.perplexity(f.path, text, n_ctx=cfg.quality_ctx, n_threads=cfg.threads)
+                p = quality.perplexity(f.path, text, n_ctx=cfg.quality_ctx, n_threads=cfg.threads, loras=lora)
             except EdgeError as exc:
                 r.error = str(exc)
                 continue
@@ -279,10 +304,10 @@ def _quality(files: list[ModelFile], results: list[FileResult], base: ModelFile 
         return
     step(f"base log-probs {base.level}")
     with quality.BaseLogProbs(base.path, text, n_ctx=cfg.quality_ctx, n_threads=cfg.threads) as ref:
-        for f, r in ok:
-            step(f"KL divergence {f.level}")
+        for f, lora, r in ok:
+            step(f"KL divergence {r.label}")
             try:
-                k = ref.compare(f.path)
+                k = ref.compare(f.path, loras=lora)
             except EdgeError as exc:
                 r.error = str(exc)
                 continue
@@ -302,13 +327,13 @@ def _value(r: FileResult, key: str) -> float | None:
 
 def compare(a: BenchReport, b: BenchReport) -> list[dict[str, Any]]:
     """Rows per level present in both runs: each metric in A and B and the ratio B/A."""
-    by_level = {r.level: r for r in a.results}
+    by_level = {r.label: r for r in a.results}
     rows = []
     for rb in b.results:
-        ra = by_level.get(rb.level)
+        ra = by_level.get(rb.label)
         if ra is None:
             continue
-        row: dict[str, Any] = {"level": rb.level}
+        row: dict[str, Any] = {"level": rb.label}
         for key in COMPARED:
             va, vb = _value(ra, key), _value(rb, key)
             ratio = vb / va if va and vb is not None and math.isfinite(va) and va != 0 else None

@@ -14,7 +14,7 @@ from .manifest import Manifest
 from .plan import gpu_layers_text
 
 COLUMNS = [  # (header, value of a FileResult as text)
-    ("level", lambda r: r.level),
+    ("level", lambda r: r.label),
     ("size", lambda r: human_bytes(r.size_bytes)),
     ("bpw", lambda r: f"{r.bits_per_weight:.2f}"),
     ("pp t/s", lambda r: str(r.pp) if r.pp else "-"),
@@ -30,7 +30,7 @@ COLUMNS = [  # (header, value of a FileResult as text)
 
 CSV_FIELDS = ["file", "level", "size_bytes", "bits_per_weight", "pp_mean", "pp_std", "tg_mean", "tg_std", "ttft_s",
               "load_s", "peak_rss_bytes", "n_threads", "n_ctx", "n_layers", "n_gpu_layers", "ppl", "ppl_stderr", "kld",
-              "kld_p99", "delta_p", "same_top", "error"]
+              "kld_p99", "delta_p", "same_top", "error", "lora"]  # new columns go last
 
 
 def to_csv(report: BenchReport) -> str:
@@ -50,7 +50,7 @@ def to_markdown(report: BenchReport) -> str:
     lines = [f"### {report.model}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |",
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in report.results:
-        cells = [fmt(r) for _, fmt in COLUMNS] if r.ok else [r.level, "failed: " + (r.error or "")] + [""] * (len(COLUMNS) - 2)
+        cells = [fmt(r) for _, fmt in COLUMNS] if r.ok else [r.label, "failed: " + (r.error or "")] + [""] * (len(COLUMNS) - 2)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"_{report.method}. Machine: {report.machine['summary']}._", ""]
     return "\n".join(lines)
@@ -69,7 +69,7 @@ def save_into_manifest(report: BenchReport, folder: Path) -> None:
     manifest = Manifest.load(folder)
     for r in report.results:
         entry = manifest.entry(r.level)
-        if entry is None or not r.ok:
+        if entry is None or not r.ok or r.lora is not None:  # the file's own numbers, not with an adapter
             continue
         if r.ppl is not None:
             entry.ppl = r.ppl

@@ -34,7 +34,7 @@ def panels(report: BenchReport) -> list[Panel]:
     out = []
     for label, value, higher in metrics:
         rows = [(r, value(r)) for r in ok if value(r) is not None]
-        out.append(Panel(label, higher, [r.level for r, _ in rows], [(r.size_bytes / GiB, v) for r, v in rows]))
+        out.append(Panel(label, higher, [r.label for r, _ in rows], [(r.size_bytes / GiB, v) for r, v in rows]))
     return out
 
 

@@ -18,7 +18,7 @@ from .errors import EdgeError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("bench", "bench", "Measure tokens/s and quality (perplexity, KL divergence) per quant level."),
     "chat": ("chat", "chat", "Chat with a local model in a terminal UI (default: the embedded SmolLM2)."),
-    "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder to one GGUF file."),
+    "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder (or a PEFT LoRA adapter) to one GGUF file."),
     "hw": ("hw", "hw", "Show RAM, CPU, GPUs and what the installed llama.cpp can use."),
     "import": ("import_", "import_", "Put GGUF models from elsewhere (HF cache, LM Studio, Ollama) in the store, linked."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),

@@ -10,9 +10,11 @@ reports is what the planner decided and the engine loaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .adapters import read_adapters
 from .hardware import HardwareProfile, cpu_load, detect
 from .models import ModelRef, resolve_model, verify_file
 from .plan import Plan, make_plan
@@ -30,25 +32,30 @@ def plan_model(
     n_seq: int = 1,
     chat_template: str | None = None,
     min_speed: float | None = None,
+    loras: Sequence[tuple[Path, float]] = (),
     hw: HardwareProfile | None = None,
     rpc: str | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
-    `chat_template` (a format name or a Jinja file) replaces the model's own template. Without `threads`,
-    the cores that other programs leave idle right now (`hardware.cpu_load`). `min_speed`: see make_plan."""
+    `chat_template` (a format name or a Jinja file) replaces the model's own template. `loras` are LoRA adapter
+    files and their scales, checked against the model before anything loads. Without `threads`, the cores
+    that other programs leave idle right now (`hardware.cpu_load`). `min_speed`: see make_plan."""
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    adapters = read_adapters(loras, ref.files[0].info)
     hw = hw or detect()
     auto_threads = threads is None
     threads, notes = choose_threads(hw, threads)
+    plan_args = dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)
     if rpc:  # HOST:PORT,...: the layers that do not fit here go to these workers
-        plan = plan_over_workers(ref, hw, rpc, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
+        # (the split does not count the adapters' memory; they are applied all the same)
+        plan = replace(plan_over_workers(ref, hw, rpc, kv_type=kv_type, threads=threads, **plan_args), loras=adapters)
     else:
-        plan = make_plan(ref, hw, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, n_seq=n_seq, min_speed=min_speed)
+        plan = make_plan(ref, hw, kv_type=kv_type, threads=threads, loras=adapters, **plan_args)
     verify_file(ref.file(plan.level))
     adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
     plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
     tuned = lookup(plan.path, hw.machine_id) if not plan.workers else None  # tuned for this machine alone
-    return _with_tuned(plan, tuned, ref, hw, kv_type is None, dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)) if tuned else plan
+    return _with_tuned(plan, tuned, ref, hw, kv_type is None, {**plan_args, "loras": adapters}) if tuned else plan
 
 
 def _with_tuned(plan: Plan, tuned: Settings, ref: ModelRef, hw: HardwareProfile, kv_free: bool, plan_args: dict) -> Plan:

@@ -16,6 +16,7 @@ import ctypes
 import signal
 import threading
 from collections import deque
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,36 @@ def last_error() -> str:
     """
     with _lock:
         return _errors[-1][0] if _errors else ""
+
+
+# --- LoRA adapters --------------------------------------------------------------------------------
+
+
+def load_loras(model, ctx, adapters: Sequence[tuple[str | Path, float]]) -> list:
+    """Load each LoRA adapter (file, scale) onto `model` and apply them all to `ctx` at their scales. Returns the
+    handles, which `free_loras` frees after the context and before the model (an adapter the model still holds
+    would otherwise be freed only with the model)."""
+    handles: list = []
+    try:
+        for path, _ in adapters:
+            handle = L.llama_adapter_lora_init(model, str(path).encode())
+            if not handle:
+                raise EdgeError(f"llama.cpp could not load the LoRA adapter {path}: {last_error() or 'unknown error'}")
+            handles.append(handle)
+        if handles:
+            n = len(handles)
+            array = (L.llama_adapter_lora_p_ctypes * n)(*handles)
+            scales = (ctypes.c_float * n)(*(scale for _, scale in adapters))
+            L.llama_set_adapters_lora(ctx, array, n, scales)  # copies both arrays
+    except BaseException:
+        free_loras(handles)
+        raise
+    return handles
+
+
+def free_loras(handles: list) -> None:
+    while handles:
+        L.llama_adapter_lora_free(handles.pop())
 
 
 # --- backends and devices (ggml's registry) -------------------------------------------------------

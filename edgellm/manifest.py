@@ -12,6 +12,13 @@
       "base":   {"file": str, "level": "F16"|"BF16"|"F32"|..., "sha256": str},
       "imatrix": {"calibration": str, "sha256": str, "chunks": int, "tokens": int, "n_ctx": int} | null,
       "eval":    {"text": str, "sha256": str, "chunks": int, "tokens": int, "n_ctx": int} | null,
+      "adapters": [{                  # LoRA adapters merged into the base before quantizing (package --lora)
+        "name": str,                  # the adapter folder's name
+        "rank": int, "alpha": float,  # its config's r and lora_alpha
+        "rslora": bool,               # scaled by alpha / sqrt(rank) instead of alpha / rank
+        "scale": float,               # the strength it was merged at (1: as trained)
+        "sha256": {file name: str}    # adapter_config.json and adapter_model.safetensors
+      }, ...],                        # absent or empty: the checkpoint as it is
       "files": [{
         "file": "SmolLM2-Q4_K_M.gguf", "level": "Q4_K_M",   # a plain name inside the package folder
         "bytes": int,                 # file size
@@ -96,6 +103,18 @@ class TextRef:
 
 
 @dataclass
+class AdapterRef:
+    """A LoRA adapter merged into the package's weights."""
+
+    name: str
+    rank: int
+    alpha: float
+    rslora: bool
+    scale: float
+    sha256: dict[str, str]
+
+
+@dataclass
 class FileEntry:
     file: str
     level: str
@@ -132,6 +151,7 @@ class Manifest:
     source: dict[str, str] | None = None
     imatrix: TextRef | None = None
     eval: TextRef | None = None
+    adapters: list[AdapterRef] = field(default_factory=list)
     created_by: str = f"edgellm {__version__}"
 
     def entry(self, level: str) -> FileEntry | None:
@@ -172,6 +192,7 @@ class Manifest:
                 source=d.get("source"),
                 imatrix=TextRef(**d["imatrix"]) if d.get("imatrix") else None,
                 eval=TextRef(**d["eval"]) if d.get("eval") else None,
+                adapters=[AdapterRef(**a) for a in d.get("adapters") or []],
                 created_by=d.get("created_by", ""),
             )
         except (KeyError, TypeError, AttributeError) as exc:

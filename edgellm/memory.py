@@ -18,6 +18,7 @@ Everything comes from the file's header (tensor sizes, shape) and follows llama.
   intermediates: gate, up and their product, n_ubatch x the active width (n_ff, or experts used x expert
   width), plus the experts' outputs and two activations.
 - output buffer: one row of logits.
+- LoRA adapters: their tensors sit beside the base tensors they change (on the GPU for offloaded layers).
 
 Checked against llama.cpp's own accounting (a no-alloc dry run, `llama_dry_run` below) in the tests.
 
@@ -29,6 +30,7 @@ reservation is a real allocation) counts all of it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -148,6 +150,7 @@ class MemoryEstimate:
     n_expert_used: int = 0
     swa_window: int = 0  # sliding window of the sliding layers (0: none)
     swa_cells: int = 0  # KV cells each sliding layer keeps (per sequence)
+    lora: int = 0  # LoRA adapter bytes (counted in the weights)
 
     @property
     def ram(self) -> int:
@@ -198,7 +201,9 @@ def estimate(
     n_ubatch: int = N_UBATCH,
     n_cpu_moe: int = 0,
     n_seq: int = 1,
+    lora: Sequence[int] = (),
 ) -> MemoryEstimate:
+    """`lora`: adapter bytes in each layer, then outside the layers (`LoraAdapter.layer_bytes`)."""
     n_layer = info.n_layers
     ngl = max(0, min(n_gpu_layers, n_layer + 1))
     first_gpu = min(n_layer, n_layer + 1 - ngl)  # the first repeating layer on the GPU
@@ -217,6 +222,9 @@ def estimate(
         else:
             w_cpu -= out - sum(t.n_bytes for t in info.tensors if t.name == "token_embd.weight")  # norm moved, copy made
         w_gpu += out
+    lora_layers, lora_outside = list(lora[:n_layer]), sum(lora[n_layer:])
+    w_gpu += sum(lora_layers[first_gpu:]) + (lora_outside if output_on_gpu else 0)
+    w_cpu += sum(lora_layers[:first_gpu]) + (0 if output_on_gpu else lora_outside)
 
     cells, att, swa_cells = layer_cells(info, n_ctx, n_ubatch, n_seq)
     per_cell = kv_bytes_per_cell(info, kv_type)
@@ -263,6 +271,7 @@ def estimate(
         n_expert_used=moe.n_used if moe else 0,
         swa_window=att.window,
         swa_cells=swa_cells if att.n_sliding else 0,
+        lora=sum(lora),
     )
 
 

@@ -73,7 +73,11 @@ def _level_from_name(path: Path, info: GGUFInfo) -> str:
 
 
 def _single(path: Path) -> ModelRef:
-    info = check(read_gguf(path))
+    info = read_gguf(path)
+    if info.metadata.get("general.type") == "adapter":
+        raise UsageError(f"{path.name} is a LoRA adapter, not a model: give the model it was made for, and the "
+                         f"adapter with --lora {path}")
+    info = check(info)
     f = ModelFile(level=_level_from_name(path, info), path=path, info=info)
     return ModelRef(name=info.name or path.stem, source=path, files=(f,))
 

@@ -116,3 +116,19 @@ class Workers(click.ParamType):
 
 WORKERS = Workers()
 WORKERS_HELP = "edgellm workers (HOST:PORT,...) that take the layers that do not fit here (with --ngl N: the last N)."
+
+
+class LoraFile(click.ParamType):
+    """`FILE[:SCALE]`: a LoRA adapter and the scale it is applied at (1 when not given)."""
+
+    name = "file[:scale]"
+
+    def convert(self, value, param, ctx):
+        from .adapters import parse_lora
+
+        return value if isinstance(value, tuple) else parse_lora(value)
+
+
+LORA = LoraFile()
+LORA_HELP = ("A LoRA adapter GGUF (edgellm convert ADAPTER_DIR --base BASE) applied at SCALE (default 1, from -10 to 10); "
+             "repeatable.")

@@ -1,5 +1,8 @@
 """Make a package: HF checkpoint (or a float GGUF) -> base GGUF -> every level -> manifest + model card.
 
+LoRA adapters (PEFT folders, `loras`) are merged into the checkpoint's weights as the base is written, so
+every level carries the fine-tune; the manifest records each adapter and the hashes of its files.
+
 Levels are quantized two at a time by default: llama.cpp's quantizer spends much of a small tensor's time
 on one thread (reading, converting to F32, writing), so two levels side by side keep both cores busy.
 Every file is hashed as it is made; a re-run skips files whose sha256 still matches the manifest, and the
@@ -15,16 +18,17 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import EdgeError, NotEnoughSpace, UsageError
 from .fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
 from .gguf_info import read_gguf
-from .manifest import FILENAME, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
+from .manifest import FILENAME, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
 from .quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
 from .quantize.parallel import usable_cores
+from .quantize.peft import PeftAdapter
 from .testhooks import pause_point
 
 BASE_TYPES = ("auto", "f16", "bf16", "f32")
@@ -44,6 +48,7 @@ class PackageOptions:
     jobs: int = 2
     name: str | None = None
     command: str = ""
+    loras: tuple[tuple[Path, float], ...] = ()  # PEFT LoRA adapter folders merged into the weights, at these scales
 
 
 @dataclass
@@ -83,14 +88,38 @@ def _text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def source_fingerprint(src: Path) -> str:
-    """Names, sizes and mtimes of a checkpoint's files: changes when the checkpoint does, costs no reading."""
+def source_fingerprint(src: Path, adapters: Sequence[AdapterRef] = ()) -> str:
+    """Names, sizes and mtimes of a checkpoint's files, and the adapters merged into it: changes when the
+    checkpoint or an adapter does, costs no reading of the checkpoint."""
     h = hashlib.sha256()
     for p in sorted(src.iterdir()):
         if p.is_file():
             st = p.stat()
             h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for a in adapters:
+        h.update(json.dumps(asdict(a), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def open_adapters(src: Path, loras: tuple[tuple[Path, float], ...]) -> list[tuple[PeftAdapter, float]]:
+    """The LoRA adapters to merge into the checkpoint in `src`, each checked against its config first."""
+    from .quantize.checkpoint import read_config
+    from .quantize.peft import match, open_adapter
+
+    if not loras:
+        return []
+    if src.is_file():
+        raise UsageError(f"--lora merges a PEFT adapter into a Hugging Face checkpoint's weights, and {src.name} is a "
+                         "GGUF file; apply a GGUF adapter at run time instead (--lora on run, chat and serve)")
+    config = read_config(src)
+    adapters = [(open_adapter(path), scale) for path, scale in loras]
+    for adapter, _ in adapters:
+        match(adapter, config)
+    return adapters
+
+
+def adapter_refs(adapters: list[tuple[PeftAdapter, float]]) -> list[AdapterRef]:
+    return [AdapterRef(a.name, a.rank, a.alpha, a.rslora, scale, a.sha256()) for a, scale in adapters]
 
 
 def _estimate_base(src: Path, base_type: str) -> tuple[int, int]:
@@ -185,6 +214,7 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
     from_gguf = src.is_file()
     if not from_gguf and not (src / "config.json").is_file():
         raise UsageError(f"{src} is neither a GGUF file nor a Hugging Face checkpoint folder (no config.json)")
+    adapters = open_adapters(src, opts.loras)
     calib = read_text(opts.imatrix_text, "calibration text") if opts.imatrix_text else None
     eval_text = read_text(opts.eval_text, "evaluation text") if opts.eval_text else None
     check_imatrix_needs(opts.levels, calib is not None)
@@ -202,12 +232,13 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out_dir / LOCK_FILE, f"another edgellm package run is writing to {out_dir}"):
         remove_abandoned_partials(out_dir)  # temp files of runs that were killed outright
-        return _build(src, out_dir, opts, reporter or Reporter(), src_info, convert_to, calib, eval_text)
+        return _build(src, out_dir, opts, reporter or Reporter(), src_info, convert_to, calib, eval_text, adapters)
 
 
-def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text) -> PackageResult:
+def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text, adapters) -> PackageResult:
     """build_package's work, with the folder locked. `src_info` is the source GGUF's header when that file is
-    the base; `convert_to` the base's file type when a checkpoint is converted."""
+    the base; `convert_to` the base's file type when a checkpoint is converted; `adapters` are merged into it."""
+    refs = adapter_refs(adapters)
     try:
         old = Manifest.load(out_dir) if (out_dir / FILENAME).exists() else None
     except EdgeError:
@@ -218,7 +249,7 @@ def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text) -> P
         n_params, base_need, fingerprint, kept_base = src_info.n_params, 0, None, None
     else:
         base_bytes, n_params = _estimate_base(src, opts.base_type)
-        fingerprint = source_fingerprint(src)
+        fingerprint = source_fingerprint(src, refs)
         kept_base = _kept_base(out_dir, old, fingerprint)
         base_need = 0 if kept_base else base_bytes
     stem = file_stem(opts.name or (src_info.name if src_info and src_info.name else src.name))
@@ -234,7 +265,7 @@ def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text) -> P
         base_path, base_sha = out_dir / kept_base.file, kept_base.sha256
         rep.level_done(kept_base.level, True)
     else:
-        base_path, base_sha = _convert_base(src, out_dir / f"{stem}-{convert_to}.gguf", opts.base_type, rep)
+        base_path, base_sha = _convert_base(src, out_dir / f"{stem}-{convert_to}.gguf", opts.base_type, rep, adapters)
     info = read_gguf(base_path)
     check_base(info, opts.allow_requantize)
     base_level = info.file_type or "F16"
@@ -247,6 +278,7 @@ def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text) -> P
         model=ModelFacts.from_gguf(info, name=opts.name),
         base={"file": base_path.name, "level": base_level, "sha256": base_sha},
         source={"path": str(src.resolve()), "fingerprint": fingerprint} if fingerprint else None,
+        adapters=refs,
     )
     if src_info is None:
         manifest.put(FileEntry.from_gguf(info, base_level, base_sha, command=opts.command))
@@ -319,13 +351,19 @@ def _kept_base(out_dir: Path, old: Manifest | None, fingerprint: str) -> FileEnt
     return None
 
 
-def _convert_base(src: Path, final: Path, base_type: str, rep: Reporter) -> tuple[Path, str]:
-    """The converted base and its sha256 (hashed as it is written)."""
+def _convert_base(
+    src: Path, final: Path, base_type: str, rep: Reporter, adapters: list[tuple[PeftAdapter, float]]
+) -> tuple[Path, str]:
+    """The converted base (with the adapters merged in) and its sha256 (hashed as it is written)."""
     from .quantize.convert import convert_checkpoint
+    from .quantize.lora import merged
 
-    rep.stage(f"converting {src.name}")
+    merging = f" with {', '.join(a.name for a, _ in adapters)} merged in" if adapters else ""
+    rep.stage(f"converting {src.name}{merging}")
     digest = hashlib.sha256()
-    path = convert_checkpoint(src, final, outtype=base_type, progress=True, digest=digest)
+    path = convert_checkpoint(
+        src, final, outtype=base_type, progress=True, digest=digest, merge=merged(adapters) if adapters else None
+    )
     return path, digest.hexdigest()
 
 
@@ -385,6 +423,9 @@ def write_card(folder: Path, m: Manifest) -> Path:
         f"Made by {m.created_by} with llama.cpp's quantizer from the base file `{m.base['file']}` "
         f"({m.base['level']}).",
     ]
+    for a in m.adapters:
+        lines.append(f"LoRA adapter `{a.name}` (rank {a.rank}, alpha {a.alpha:g}{', rsLoRA' if a.rslora else ''}) merged "
+                     f"into the weights at scale {a.scale:g}.")
     if m.imatrix:
         lines.append(f"Importance matrix from `{m.imatrix.text}` ({m.imatrix.tokens} tokens), file `{IMATRIX_FILE}`.")
     lines += ["", "| file | level | size | bits/weight |" + (" PPL | KLD vs base |" if has_q else ""),

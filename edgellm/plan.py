@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .adapters import LoraAdapter, describe
 from .errors import NotEnoughSpace
 from .fsutil import human_bytes
 from .hardware import HardwareProfile
@@ -110,6 +111,7 @@ class Plan:
     speed: Speed | None = None  # the chosen level's tokens/s
     why: str = "the highest-quality level that fits"  # how the level was chosen
     workers: tuple[WorkerShare, ...] = ()  # --rpc: the offloaded layers go to these, in order (not to a GPU)
+    loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
 
     @property
     def gpu_layers(self) -> str:
@@ -130,6 +132,7 @@ class Plan:
             *([f"  Speed: {speed_text(self.speed)}"] if self.speed else []),
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
             *self._attention_lines(),
+            *([f"  {describe(self.loras)}, counted with the weights"] if self.loras else []),
             f"  RAM:  {human_bytes(m.ram)} of {human_bytes(self.ram_budget)} usable (weights {human_bytes(m.weights_cpu)}, "
             f"KV {human_bytes(m.kv_cpu)}, compute {human_bytes(m.compute_cpu_touched)}, runtime {human_bytes(m.overhead)})",
         ]
@@ -199,6 +202,7 @@ class Plan:
             "speed": self.speed.to_dict() if self.speed else None,
             "why": self.why,
             "workers": [w.to_dict() for w in self.workers],
+            "loras": [a.to_dict() for a in self.loras],
         }
 
 
@@ -240,14 +244,20 @@ def placements(f: ModelFile, gpu: bool, ngl: int | None = None) -> list[tuple[in
     return [p for p in out if p[0] == forced] or [(forced, 0)]
 
 
+def lora_bytes(loras: tuple[LoraAdapter, ...], n_layers: int) -> list[int]:
+    """The adapters' bytes in each layer, then outside the layers (as `estimate` takes them)."""
+    return [sum(col) for col in zip(*(a.layer_bytes(n_layers) for a in loras))]
+
+
 def best_gpu_layers(
     f: ModelFile, n_ctx: int, kv_type: str, ram: int, vram: int, gpu: bool, unified: bool = False,
-    ngl: int | None = None, n_seq: int = 1,
+    ngl: int | None = None, n_seq: int = 1, loras: tuple[LoraAdapter, ...] = (),
 ) -> MemoryEstimate | None:
     """The placement with the most on the GPU that fits both budgets, or None. With unified memory
     (Apple silicon) what the GPU holds comes out of the same RAM."""
+    lora = lora_bytes(loras, f.info.n_layers)
     for g, n_cpu_moe in placements(f, gpu, ngl):
-        m = estimate(f.info, n_ctx, g, kv_type, n_cpu_moe=n_cpu_moe, n_seq=n_seq)
+        m = estimate(f.info, n_ctx, g, kv_type, n_cpu_moe=n_cpu_moe, n_seq=n_seq, lora=lora)
         ram_used = m.ram + (m.vram if unified else 0)
         if m.vram <= vram and ram_used <= ram:
             return m
@@ -265,10 +275,11 @@ def _contexts(target: int, min_ctx: int) -> list[int]:
 
 
 def _fit_level(
-    f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool, unified: bool, ngl: int | None, n_seq: int
+    f: ModelFile, contexts: list[int], kv_type: str, ram: int, vram: int, gpu: bool, unified: bool, ngl: int | None, n_seq: int,
+    loras: tuple[LoraAdapter, ...],
 ) -> MemoryEstimate | None:
     for c in contexts:
-        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu, unified, ngl, n_seq)
+        m = best_gpu_layers(f, c, kv_type, ram, vram, gpu, unified, ngl, n_seq, loras)
         if m is not None:
             return m
     return None
@@ -287,11 +298,13 @@ def make_plan(
     n_seq: int = 1,
     min_speed: float | None = None,
     machine: MachineSpeed | None = None,
+    loras: tuple[LoraAdapter, ...] = (),
 ) -> Plan:
     """Plan `model` for `hw`. `ram`/`vram` replace the machine's free memory (to plan for another machine);
     `ngl` fixes the GPU layers, `threads` the CPU threads; `n_seq` sequences share the context (`ctx` in all).
     `min_speed` is the decode tokens/s to reach (None: INTERACTIVE_TPS; 0: quality first); `machine` the speeds
-    to predict with (default: this machine's, measured once; a simulated machine's are the reference's)."""
+    to predict with (default: this machine's, measured once; a simulated machine's are the reference's).
+    `loras` count with the weights."""
     hw = hw.with_overrides(ram=ram, vram=vram)
     threads = threads or hw.cpu_cores  # physical cores, as llama.cpp's tools use
     machine = machine or machine_speed(hw)
@@ -311,9 +324,9 @@ def make_plan(
 
     levels, fitting = [], []
     for f in model.files:
-        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory, ngl, n_seq)
+        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory, ngl, n_seq, loras)
         if m is None:
-            worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type)
+            worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type, lora=lora_bytes(loras, f.info.n_layers))
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
             continue
         kind = _fit_kind(m.n_gpu_layers, f.info.n_layers, m.n_cpu_moe)
@@ -351,6 +364,7 @@ def make_plan(
         n_seq=n_seq,
         speed=speed,
         why=why,
+        loras=loras,
     )
 
 
@@ -393,7 +407,10 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
 
     f = ModelFile(plan.level, plan.path, read_gguf(plan.path))
     ram_budget = _budget(hw.ram_available, RAM_MARGIN)
-    m = best_gpu_layers(f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus), hw.unified_memory, n_seq=plan.n_seq)
+    m = best_gpu_layers(
+        f, plan.n_ctx, plan.kv_type, ram_budget, vram_budget, bool(hw.offload_gpus), hw.unified_memory, n_seq=plan.n_seq,
+        loras=plan.loras,
+    )
     why = (
         "the GPU is gone" if not hw.offload_gpus
         else f"the GPU has {human_bytes(hw.vram_free)} free, less than the {human_bytes(plan.memory.vram)} planned"

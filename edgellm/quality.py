@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,7 @@ class Evaluator:
         n_ctx: int = 512,
         n_threads: int | None = None,
         cb_eval: object | None = None,
+        loras: Sequence[tuple[str | Path, float]] = (),
     ) -> None:
         import llama_cpp
 
@@ -87,6 +88,12 @@ class Evaluator:
             if not self.ctx:
                 llama_cpp.llama_model_free(self.model)
                 raise EdgeError(f"llama.cpp could not make a context for {self.path}: {llamacpp.last_error() or 'unknown error'}")
+            try:
+                self.loras = llamacpp.load_loras(self.model, self.ctx, loras)
+            except BaseException:
+                llama_cpp.llama_free(self.ctx)
+                llama_cpp.llama_model_free(self.model)
+                raise
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -106,6 +113,7 @@ class Evaluator:
             llamacpp.init()  # freeing logs buffer sizes: keep them off the terminal
             llama_cpp.llama_batch_free(self.batch)
             llama_cpp.llama_free(self.ctx)
+            llamacpp.free_loras(self.loras)
             llama_cpp.llama_model_free(self.model)
             self.ctx = None
 
@@ -175,10 +183,11 @@ def _ppl(nll: np.ndarray, n_ctx: int, chunks: int) -> PPLResult:
 
 
 def perplexity(
-    path: str | Path, text: str, n_ctx: int = 512, n_threads: int | None = None, progress: ProgressHook | None = None
+    path: str | Path, text: str, n_ctx: int = 512, n_threads: int | None = None, progress: ProgressHook | None = None,
+    loras: Sequence[tuple[str | Path, float]] = (),
 ) -> PPLResult:
     nll: list[np.ndarray] = []
-    with Evaluator(path, n_ctx, n_threads) as ev:
+    with Evaluator(path, n_ctx, n_threads, loras=loras) as ev:
         for logp, targets in _scored(ev, text, progress):
             nll.append(-logp[np.arange(len(targets)), targets].astype(np.float64))
     return _ppl(np.concatenate(nll), n_ctx, len(nll))
@@ -215,9 +224,12 @@ class BaseLogProbs:
         self.ppl = _ppl(np.concatenate(nll), self.n_ctx, len(targets))
         self.logp = np.memmap(self.file, dtype=np.float32, mode="r", shape=(len(self.targets), self.n_vocab))
 
-    def compare(self, path: str | Path, progress: ProgressHook | None = None) -> KLDResult:
+    def compare(
+        self, path: str | Path, progress: ProgressHook | None = None, loras: Sequence[tuple[str | Path, float]] = ()
+    ) -> KLDResult:
+        """`path` (with LoRA adapters (file, scale), if given) against the base."""
         kld, nll, dp, same = [], [], [], []
-        with Evaluator(path, self.n_ctx, self.n_threads) as ev:
+        with Evaluator(path, self.n_ctx, self.n_threads, loras=loras) as ev:
             if ev.n_vocab != self.n_vocab:
                 raise EdgeError(f"{Path(path).name} has {ev.n_vocab} tokens, the base {self.n_vocab}: not comparable")
             for i, (logp, tgt) in enumerate(_scored(ev, self.text, progress)):

@@ -59,6 +59,7 @@ class EngineInfo:
     kv_type: str
     load_s: float
     plan: object | None = field(default=None, repr=False, compare=False)  # the Plan it was loaded with
+    loras: tuple[str, ...] = ()  # the LoRA adapters applied, as "name" or "name ×scale"
 
     @property
     def gpu_layers(self) -> str:
@@ -119,9 +120,10 @@ def _keep_loading(interrupted: threading.Event) -> bool:
 class Engine:
     """A loaded model. Not thread-safe: one stream at a time (cancel it from any thread)."""
 
-    def __init__(self, model, ctx, info: EngineInfo):
+    def __init__(self, model, ctx, info: EngineInfo, loras: list | None = None):
         self._model = model
         self._ctx = ctx
+        self._loras = loras or []  # llama.cpp adapter handles, freed between the context and the model
         self.info = info
         self._vocab = L.llama_model_get_vocab(model)
         self._bos = L.llama_vocab_bos(self._vocab)
@@ -186,6 +188,12 @@ class Engine:
             raise EdgeError(
                 f"llama.cpp could not make a {n_ctx}-token context for {path.name}: {llamacpp.last_error() or 'out of memory?'}"
             )
+        try:
+            loras = llamacpp.load_loras(model, ctx, [(a.path, a.scale) for a in plan.loras])
+        except BaseException:
+            L.llama_free(ctx)
+            L.llama_model_free(model)
+            raise
         n_layers = L.llama_model_n_layer(model)
         for w in plan.workers:
             rpc.bound_waits(rpc.Worker(w.host, w.port))
@@ -200,13 +208,15 @@ class Engine:
             kv_type=kv_type,
             load_s=time.perf_counter() - t0,
             plan=plan,
+            loras=tuple(a.label for a in plan.loras),
         )
-        return cls(model, ctx, info)
+        return cls(model, ctx, info, loras)
 
     def close(self) -> None:
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
+        llamacpp.free_loras(self._loras)
         if self._model:
             L.llama_model_free(self._model)
             self._model = None

@@ -452,3 +452,28 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
     if extra:
         raise EdgeError(f"checkpoint has tensor(s) {arch.hf_arch} does not use: {', '.join(extra[:5])}")
     return out
+
+
+def weight_map(arch: ArchSpec, h: HParams) -> dict[str, PlannedTensor]:
+    """Every single-source HF matrix the arch table knows for this shape (stacked experts left out), by HF
+    name: its GGUF tensor, shape and row reordering. Adapters name the matrices they change this way."""
+    out: dict[str, PlannedTensor] = {}
+    for spec in arch.tensors:
+        want = spec.shape(h)
+        if "{xid}" in spec.hf or len(want) != 2 or (spec.untied_only and h.tied_embeddings):
+            continue
+        for bid in range(h.n_layers) if "{bid}" in spec.hf else [None]:
+            name = spec.hf.format(bid=bid)
+            out[name] = PlannedTensor((name,), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None)
+    return out
+
+
+def permute_groups(permute: str | None, h: HParams) -> int:
+    """Head groups whose rows llama.cpp's rope wants reordered: Q has n_head of them, K n_head_kv (0: none)."""
+    return {"q": h.n_head, "k": h.n_head_kv}.get(permute or "", 0)
+
+
+def permute_rows(rows, groups: int):
+    """HF keeps each head's rope pairs as two halves; llama.cpp wants them interleaved (rows of a 2-D array)."""
+    n, cols = rows.shape
+    return rows.reshape(groups, 2, n // groups // 2, cols).swapaxes(1, 2).reshape(n, cols)

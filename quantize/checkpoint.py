@@ -90,14 +90,23 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise EdgeError(f"missing config.json in {folder}")
+    config = read_json_object(path)
+    # Multimodal wrappers keep the language model's settings under text_config.
+    return {**config, **config.get("text_config", {})}
+
+
+def read_json_object(path: Path, max_bytes: int = _MAX_HEADER) -> dict[str, Any]:
+    """A settings file that must hold one JSON object (config.json, adapter_config.json); EdgeError otherwise."""
+    where = f"{path.name} in {path.parent}"
+    if path.stat().st_size > max_bytes:
+        raise EdgeError(f"{where} is {path.stat().st_size} bytes: too large for a settings file")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeError(f"config.json in {folder} is not valid JSON: {exc}") from exc
+        raise EdgeError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
-        raise EdgeError(f"config.json in {folder} is not a JSON object")
-    # Multimodal wrappers keep the language model's settings under text_config.
-    return {**config, **config.get("text_config", {})}
+        raise EdgeError(f"{where} is not a JSON object")
+    return config
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -61,10 +61,12 @@ class OutTensor:
 
 
 def convert_checkpoint(
-    src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True, digest: Hash | None = None
+    src_dir: str | Path, out_path: str | Path, outtype: str = "auto", progress: bool = True, digest: Hash | None = None,
+    merge: Callable[[Checkpoint], Checkpoint] | None = None,
 ) -> Path:
     """Convert the HF checkpoint in `src_dir` to the GGUF file `out_path` and return its path. `digest` (a
-    hashlib object) is fed the file's bytes as they are written, which spares reading them back to hash them."""
+    hashlib object) is fed the file's bytes as they are written, which spares reading them back to hash them.
+    `merge` replaces weights before they are written (LoRA adapters merged in: `quantize.lora.merged`)."""
     src_dir, out_path = Path(src_dir), Path(out_path)
     if outtype not in OUTTYPE_CHOICES:
         raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPE_CHOICES)}")
@@ -74,6 +76,7 @@ def convert_checkpoint(
 
     ckpt, arch, hp, planned = _read_checkpoint(src_dir)
     ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
+    ckpt = merge(ckpt) if merge else ckpt
     vocab = load_vocab(src_dir, hp.n_vocab)
     tensors = _rope_factors(arch, hp) + [_out_tensor(p, ckpt, hp, wtype) for p in planned]
 

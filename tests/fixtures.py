@@ -490,7 +490,8 @@ def qwen2_checkpoint() -> Path:
 
 
 def llamacpp_converter() -> Path:
-    """llama.cpp's own convert_hf_to_gguf.py (with its gguf-py beside it), the reference converter.
+    """llama.cpp's own convert_hf_to_gguf.py (with its gguf-py and convert_lora_to_gguf.py beside it), the
+    reference converter.
 
     Taken from the llama-cpp-python sdist edgellm runs on: scripts/llamacpp_tools.sh's cache when it is
     there, else the sdist is downloaded and only its Python converter is unpacked (nothing is built).
@@ -501,7 +502,7 @@ def llamacpp_converter() -> Path:
     ver = importlib.metadata.version("llama-cpp-python")
     tools = Path(os.environ.get("EDGELLM_TOOLS_CACHE", Path.home() / ".cache" / "edgellm-tools"))
     script = tools / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
-    if script.is_file():
+    if script.is_file() and (script.parent / "convert_lora_to_gguf.py").is_file():
         return script
 
     def build(tmp: Path) -> None:
@@ -510,14 +511,15 @@ def llamacpp_converter() -> Path:
             check=True,
         )
         prefix = f"llama_cpp_python-{ver}/vendor/llama.cpp/"
-        keep = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+        keep = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
         with tarfile.open(next(tmp.glob("*.tar.gz"))) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix):].startswith(keep)]
             for m in members:
                 m.name = m.name[len(prefix):]
             tar.extractall(tmp / "llama.cpp", members=members, filter="data")
 
-    return _build_once(f"llamacpp-converter-{ver}", build) / "llama.cpp" / "convert_hf_to_gguf.py"
+    # (named anew when what is kept grows, so an older unpacked copy is not taken for this one)
+    return _build_once(f"llamacpp-converters-{ver}", build) / "llama.cpp" / "convert_hf_to_gguf.py"
 
 
 def llamacpp_reference_gguf(name: str, src: Path, outtype: str) -> Path:
@@ -534,6 +536,56 @@ def llamacpp_reference_gguf(name: str, src: Path, outtype: str) -> Path:
         )
 
     return _build_once(f"llamacpp-ref-{name}-{outtype}", build) / "ref.gguf"
+
+
+# PEFT LoRA adapters on the SmolLM2 checkpoint, by name: LoraConfig settings. Every attention and MLP projection.
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORAS = {
+    "plain": {"r": 8, "lora_alpha": 16},
+    "rslora": {"r": 4, "lora_alpha": 4, "use_rslora": True},
+}
+
+
+def peft_lora(name: str, checkpoint: Path, targets: list[str], **settings) -> Path:
+    """A PEFT LoRA adapter folder made by `peft` on `checkpoint` (cached as `name`). PEFT starts B at zero (the
+    adapter changes nothing until trained): here B is random, with a fixed seed, so the adapter moves the model."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        peft_model = get_peft_model(model, LoraConfig(target_modules=targets, lora_dropout=0.0, **settings))
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for param_name, param in peft_model.named_parameters():
+                if "lora_B" in param_name:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+        peft_model.save_pretrained(tmp)
+
+    return _build_once(name, build)
+
+
+def smollm2_lora(kind: str = "plain") -> Path:
+    """A LoRA adapter on the SmolLM2 checkpoint with the LORAS settings `kind`."""
+    return peft_lora(f"smollm2-lora-{kind}", smollm2_checkpoint(), LORA_TARGETS, **LORAS[kind])
+
+
+def llamacpp_reference_lora(name: str, adapter: Path, base: Path, outtype: str = "f32") -> Path:
+    """`adapter` (trained on `base`) converted by llama.cpp's own convert_lora_to_gguf.py (cached as `name`)."""
+    script = llamacpp_converter().parent / "convert_lora_to_gguf.py"
+
+    def build(tmp: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
+        subprocess.run(
+            [sys.executable, str(script), str(adapter), "--base", str(base), "--outtype", outtype, "--outfile", str(tmp / "ref.gguf")],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+
+    return _build_once(f"llamacpp-ref-lora-{name}-{outtype}", build) / "ref.gguf"
 
 
 def write_llama3_tiny_gguf(path: Path, favourite: int, eos_id: int = 128001) -> Path:

@@ -72,6 +72,7 @@ class LoadedModel:
     path: str  # the GGUF file in use
     plan: str  # one line for the header, e.g. "Q4_1 chosen by the planner · CPU only · ctx 8192"
     explain: str = ""  # the planner's full account of its choice
+    lora: str = ""  # the LoRA adapters applied, for the status line ("" when none)
 
 
 OpenModel = Callable[[str | None, ChatSettings], LoadedModel]
@@ -265,6 +266,7 @@ class ChatApp(App[None]):
             ctx_size=info.n_ctx,
             level=info.level,
             gpu_layers=info.gpu_layers,
+            lora=loaded.lora,
         )
 
     def on_chat_app_model_failed(self, event: ModelFailed) -> None:

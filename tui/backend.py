@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .app import LoadedModel
 from .state import ChatSettings, ModelChoice
 
@@ -18,14 +20,16 @@ def placement(n_gpu_layers: int, n_layers: int) -> str:
 
 
 def open_model(
-    ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None
+    ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None,
+    loras: tuple[tuple[Path, float], ...] = (),
 ) -> LoadedModel:
-    """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it."""
+    """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
+    with the LoRA adapters (file, scale) given."""
     from edgellm.launch import plan_model
     from edgellm.plan import threads_text
     from edgellm.runtime import Engine
 
-    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc)
+    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
     engine = Engine.load(plan)
     where = f"{plan.n_gpu_layers}/{plan.n_layers + 1} layers on {len(plan.workers)} workers" if plan.workers else None
     line = (
@@ -34,7 +38,10 @@ def open_model(
     )
     if engine.template_origin != "the model's own":
         line += f" · chat format {engine.template_origin.split(' (')[0]}"
-    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain())
+    lora = ", ".join(engine.info.loras)
+    if lora:
+        line += f" · LoRA {lora}"
+    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain(), lora=lora)
 
 
 def list_models(extra: str | None = None) -> list[ModelChoice]:

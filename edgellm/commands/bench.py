@@ -12,7 +12,7 @@ from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quali
 from ..bench_report import COLUMNS, load_report, merge, save_into_manifest, to_csv, to_markdown
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
-from ..options import CONTEXT, GPU_LAYERS, THREADS, WORKERS, WORKERS_HELP
+from ..options import CONTEXT, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
 
 
 class _DefaultRun(click.Group):
@@ -85,11 +85,17 @@ def _levels(value: str | None) -> list[str] | None:
               help="Write a PNG: tokens/s and KL divergence against file size, Pareto front marked.")
 @click.option("--save", "save_manifest", is_flag=True, help="Write the measured numbers into the package manifest.")
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
+@click.option("--lora", "loras", type=LORA, multiple=True,
+              help="A LoRA adapter GGUF applied at SCALE (default 1); repeatable. Each file is measured without and "
+                   "with the adapters (KL divergence of the adapter rows: from the base without them).")
 def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
-            md_path, json_path, plot_path, save_manifest, rpc) -> int:
+            md_path, json_path, plot_path, save_manifest, rpc, loras) -> int:
     """Benchmark each GGUF file or package (all its levels) given; with none, the default model."""
+    from ..adapters import read_adapter
     from ..progress import progress_bar
 
+    for path, scale in loras:  # a bad adapter is said before anything is measured
+        read_adapter(path, scale)
 
     levels = _levels(levels)
     text = None
@@ -103,7 +109,7 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
     if rpc and save_manifest:  # the manifest keeps speeds of this machine alone, by GPU layers
         raise UsageError("--save keeps speeds measured on this machine alone: leave it out with --rpc")
     cfg = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, reps=reps, ngl=ngl, threads=threads, n_ctx=n_ctx,
-                      quality_text=text, quality_ctx=quality_ctx, rpc=rpc)
+                      quality_text=text, quality_ctx=quality_ctx, rpc=rpc, loras=tuple((str(p), s) for p, s in loras))
     refs, unreadable = [], []
     for m in models or [None]:
         found, failed = _resolve(m)
@@ -163,7 +169,7 @@ def _print_table(report: BenchReport) -> None:
         if r.ok:
             table.add_row(*(fmt(r) for _, fmt in COLUMNS))
         else:
-            table.add_row(r.level, human_bytes(r.size_bytes), f"{r.bits_per_weight:.2f}", f"[red]failed: {r.error}[/]")
+            table.add_row(r.label, human_bytes(r.size_bytes), f"{r.bits_per_weight:.2f}", f"[red]failed: {r.error}[/]")
     Console(file=sys.stdout).print(table)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from ..options import LORA
+
 LEVELS_HELP = "Comma-separated quantization levels (e.g. Q8_0,Q4_K_M,Q2_K); `edgellm quantize --list` shows all."
 
 
@@ -95,21 +97,27 @@ def print_levels_table(rows: list[dict], title: str) -> None:
 @click.option("--name", default=None, help="Model name for file names and the card (default: from the model).")
 @click.option("--jobs", type=click.IntRange(1, 16), default=2, show_default=True, help="Levels quantized at once.")
 @click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized GGUF as the base.")
+@click.option("--lora", "loras", type=LORA, multiple=True, metavar="ADAPTER_DIR[:SCALE]",
+              help="A PEFT LoRA adapter folder merged into the checkpoint's weights at SCALE (default 1) before "
+                   "quantizing; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a table.")
 def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatrix_text: Path | None,
             eval_text: Path | None, n_ctx: int, name: str | None, jobs: int, allow_requantize: bool,
-            as_json: bool) -> int:
+            loras: tuple, as_json: bool) -> int:
     """Convert SRC (a Hugging Face checkpoint folder, a float GGUF, or a hub repo id to pull first, as
     `edgellm pull` does) and quantize it to several levels.
 
     Writes <name>-<LEVEL>.gguf files, manifest.json (sizes, bits per weight, sha256, per-layer bytes,
-    quality) and a README.md model card into the output folder.
+    quality, merged LoRA adapters) and a README.md model card into the output folder.
     """
     from ..hub import package_source
     from ..package import PackageOptions, build_package, levels_summary
     from ..quantize.levels import DEFAULT_LEVELS, parse_levels
+    from ..quantize.peft import open_adapter
 
     chosen = parse_levels(DEFAULT_LEVELS if levels is None else levels)  # before any download; "" names none
+    for path, _ in loras:  # a bad adapter too (whether it fits the checkpoint is checked once that is here)
+        open_adapter(path)
     # A hub repo id is pulled first, only what these levels need (a GGUF repo may need nothing packaged).
     named = None if levels is None else [lv.name for lv in chosen]
     got = package_source(str(src), named, say=lambda line: click.echo(line, err=True))
@@ -123,6 +131,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
         levels=chosen, base_type=base_type, imatrix_text=imatrix_text,
         eval_text=eval_text, n_ctx=n_ctx, allow_requantize=allow_requantize, jobs=jobs,
         name=name or got.name,  # a pulled snapshot's folder is named after a commit
+        loras=loras,
     )
     opts.command = shlex.join(
         ["edgellm", "package", str(src), "-o", str(out_dir), "--levels", ",".join(lv.name for lv in opts.levels),
@@ -130,6 +139,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
         + (["--imatrix", str(imatrix_text)] if imatrix_text else [])
         + (["--eval", str(eval_text)] if eval_text else [])
         + (["--allow-requantize"] if allow_requantize else [])
+        + [arg for path, scale in loras for arg in ("--lora", f"{path}:{scale:g}")]
     )
     with ProgressReporter() as ui:
         result = build_package(source, out_dir, opts, ui.reporter())

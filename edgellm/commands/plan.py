@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import click
 
-from ..options import CONTEXT, GPU_LAYERS, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
+from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
 from ..plan import gpu_layers_text
 
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES, without loading llama.cpp for --help
@@ -24,14 +24,16 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES,
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP + " Each is asked what it lends.")
+@click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
-def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, min_speed, rpc, as_json: bool) -> int:
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, min_speed, rpc, loras, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
     Picks the highest-quality level that fits and decodes at --min-speed tokens/s or more (else the fastest),
     the most GPU layers that fit with a safety margin, and shrinks the context (not below --min-ctx) before
     dropping to a lower level. Speeds are measured ones (`bench --save` on this machine) or predicted (~).
     """
+    from ..adapters import read_adapters
     from ..errors import UsageError
     from ..hardware import detect, parse_size
     from ..launch import choose_threads
@@ -42,6 +44,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     if ctx is not None and given and min_ctx > ctx:
         raise UsageError(f"--min-ctx {min_ctx} is more than --ctx {ctx}: a context cannot be smaller than its minimum")
     ref = resolve_models(list(models))
+    adapters = read_adapters(loras, ref.files[0].info)
     hw = detect()
     threads, notes = choose_threads(hw, threads)
     if rpc:
@@ -60,6 +63,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
         ngl=ngl,
         threads=threads,
         min_speed=min_speed,
+        loras=adapters,
     )
     p = replace(p, notes=p.notes + notes)
     if as_json:

@@ -12,8 +12,8 @@ import sys
 import click
 
 from ..options import (
-    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY, TEMPERATURE, THREADS,
-    TOP_K, TOP_P, WORKERS, WORKERS_HELP,
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY,
+    TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP,
 )
 from .plan import KV_CHOICES
 
@@ -22,9 +22,10 @@ def _stats_lines(engine, stats) -> list[str]:
     from ..plan import threads_text
 
     i = engine.info
+    lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""
     return [
         f"plan: {i.level} · {i.gpu_layers} layers on the {'workers' if getattr(i.plan, 'workers', ()) else 'GPU'} · context {i.n_ctx} ({i.kv_type}) · "
-        f"{threads_text(i.n_threads)} · loaded in {i.load_s:.2f} s",
+        f"{threads_text(i.n_threads)}{lora} · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
         f"reply: {stats.gen_tokens} tokens at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
@@ -74,9 +75,10 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
+@click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads,
-        min_speed, chat_template, rpc, as_json) -> int:
+        min_speed, chat_template, rpc, loras, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
     from ..launch import plan_model
@@ -92,7 +94,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         _utf8(system, "the system message")
 
     plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template,
-                      min_speed=min_speed, rpc=rpc)
+                      min_speed=min_speed, rpc=rpc, loras=loras)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import click
 
-from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
+from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
 
 CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this
 
@@ -43,7 +43,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--cors", multiple=True, metavar="ORIGIN", help="Allow browser pages from ORIGIN (repeatable; '*' for any).")
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP.replace(" (with --ngl N: the last N)", ""))
-def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, rpc) -> int:
+@click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
+def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, rpc,
+          loras) -> int:
     """Serve MODEL (a .gguf file, package folder or store name; default: the demo model) over an
     OpenAI-compatible API at http://HOST:PORT/v1."""
     from ..errors import UsageError
@@ -60,7 +62,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     ref = resolve_model(model)
     per_slot = -(-ctx // CTX_STEP) * CTX_STEP if ctx else None
     plan = plan_model(ref, ctx=per_slot * parallel if per_slot else None, threads=threads, n_seq=parallel,
-                      chat_template=chat_template, min_speed=min_speed, rpc=rpc)
+                      chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
     n_ctx_train = next(f.info.n_ctx_train for f in ref.files if f.path == plan.path)
     if per_slot:  # the planner judged the total against the training context; what matters is each slot's
         plan = replace(plan, notes=tuple(n for n in plan.notes if not n.startswith(f"{plan.n_ctx} tokens is more than")))

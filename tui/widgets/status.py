@@ -20,6 +20,7 @@ class Stats:
     ctx_size: int = 0
     level: str = "?"
     gpu_layers: str = "?"
+    lora: str = ""  # LoRA adapters applied, e.g. "my-tune ×0.5"
     note: str = ""  # e.g. "context full: 2 oldest messages left out"
     threads: int = 0  # CPU threads the last reply ran with (chosen again before each one)
 
@@ -33,6 +34,8 @@ class StatsBar(Static):
         parts = [s.state, speed, f"ctx {s.ctx_used}/{s.ctx_size}", s.level, f"GPU {s.gpu_layers}"]
         if s.threads:
             parts.append(f"{s.threads} thread{'s' if s.threads != 1 else ''}")
+        if s.lora:
+            parts.append(f"LoRA {s.lora}")
         if s.note:
             parts.append(s.note)
         return " │ ".join(parts)
