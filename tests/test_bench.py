@@ -135,7 +135,6 @@ def test_files_that_do_not_load_fail_alone(tmp_path, capsys):
     "extra, code, message",
     [
         (["--levels", "Q5_K_M"], 2, "has no level Q5_K_M"),
-        (["--levels", "Q8_0", "--ngl", "99"], 2, "--ngl 99 is more than"),
         (["--levels", "Q8_0", "-r", "0"], 2, "--reps must be at least 1"),
     ],
 )
