@@ -19,7 +19,9 @@ from edgellm.errors import EdgeError, UsageError
 from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 from edgellm.testhooks import pause_point
 
-from .arch import ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, plan_tensors, read_hparams
+from .arch import (
+    ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors, read_hparams,
+)
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .parallel import ordered_results, usable_cores
 from .vocab import Vocab, load_vocab
@@ -228,14 +230,8 @@ def _as_chunk(index: int, last: bool, values: np.ndarray) -> Chunk:
 def _encoded_rows(index: int, last: bool, t: OutTensor, src: TensorEntry, start: int, stop: int) -> Chunk:
     raw = src.read_rows(start, stop)
     if t.permute_groups:  # rows move between heads
-        raw = _permute_rows(raw.reshape(src.shape[0], -1), t.permute_groups)
+        raw = permute_rows(raw.reshape(src.shape[0], -1), t.permute_groups)
     return _as_chunk(index, last, _encode(raw, src, t))
-
-
-def _permute_rows(rows: np.ndarray, groups: int) -> np.ndarray:
-    """HF keeps each head's rope pairs as two halves; llama.cpp wants them interleaved."""
-    n, cols = rows.shape
-    return rows.reshape(groups, 2, n // groups // 2, cols).swapaxes(1, 2).reshape(n, cols)
 
 
 # stored type -> GGUF type whose bits are the same
