@@ -13,8 +13,8 @@ Otherwise a model of the machine:
   rope, attention), divided over the threads. With a GPU,
   llama.cpp multiplies a prompt's batches there and copies the weights of layers kept in RAM over the bus.
 
-The per-type costs were fitted to one thread's CPU time in llama-bench on the reference machine below
-(`scripts/bench_speed_model.py --fit`; other x86 cores with AVX2 are within a few tens of percent); the memory
+The per-type costs were fitted to llama-bench on the reference machine below (`scripts/bench_speed_model.py`
+measures; other x86 cores with AVX2 should be within a few tens of percent); the memory
 bandwidth is measured once (numpy reads, a fraction of a second) and cached. `scripts/bench_speed_model.py`
 compares predictions with llama-bench on every level of a package.
 """
@@ -33,23 +33,24 @@ from .memory import EXPERT_TENSOR, experts
 GB = 1e9
 INTERACTIVE_TPS = 10.0  # decode speed the default policy asks for: a reply streams faster than most people read
 
-# Reference machine: AMD EPYC (2 cores of a cloud VM), llama.cpp's CPU backend with AVX2; fitted on the seven
-# levels of SmolLM2-135M and of a Llama-3.2-1B-shaped model (F16 to Q2_K).
-REF_MEMORY_BPS = 2 * 21e9  # what two of its threads read together, as measure_machine() sees it (a simulated
-# machine scales this with its cores)
+# Reference machine: AMD EPYC (2 cores of a cloud VM), llama.cpp's CPU backend with AVX2; fitted to llama-bench's
+# wall-clock tokens/s at one thread on the seven levels of SmolLM2-135M and of a Llama-3.2-1B shape (F16 to
+# Q2_K), and checked at two threads (within 15%).
+REF_MEMORY_BPS = 31e9  # what its two threads read together, as measure_machine() sees it (a simulated machine
+# scales this with its cores)
 # Decode: seconds per GB of weights at one thread, by tensor type.
 DECODE_S_PER_GB = {
-    "F32": 0.033, "F16": 0.033, "BF16": 0.040, "Q8_0": 0.046, "Q6_K": 0.034, "Q5_K": 0.048, "Q4_K": 0.050,
-    "Q3_K": 0.080, "Q2_K": 0.076, "Q5_0": 0.078, "Q5_1": 0.090, "Q4_0": 0.037, "Q4_1": 0.040,
+    "F32": 0.046, "F16": 0.046, "BF16": 0.055, "Q8_0": 0.062, "Q6_K": 0.044, "Q5_K": 0.066, "Q4_K": 0.047,
+    "Q3_K": 0.091, "Q2_K": 0.070, "Q5_0": 0.105, "Q5_1": 0.116, "Q4_0": 0.037, "Q4_1": 0.040,
 }
-DECODE_S_PER_GB_OTHER = 0.080  # i-quants and rarer types: decoding them costs more per byte
-LAYER_S = 27e-6  # fixed cost per layer and token on the CPU
+DECODE_S_PER_GB_OTHER = 0.100  # i-quants and rarer types: decoding them costs more per byte
+LAYER_S = 92e-6  # fixed cost per layer and token (graph, threads meeting at each step)
 # Prompt: nanoseconds per weight and token at one thread, by tensor type.
-PROMPT_NS_PER_WEIGHT = {"F32": 0.030, "F16": 0.016, "BF16": 0.020, "Q8_0": 0.014, "Q6_K": 0.0073, "Q5_K": 0.0049,
-                        "Q4_K": 0.012, "Q3_K": 0.0062, "Q2_K": 0.021, "Q5_0": 0.016, "Q5_1": 0.052, "Q4_0": 0.008,
-                        "Q4_1": 0.010}
+PROMPT_NS_PER_WEIGHT = {"F32": 0.030, "F16": 0.0154, "BF16": 0.020, "Q8_0": 0.0129, "Q6_K": 0.0079, "Q5_K": 0.0046,
+                        "Q4_K": 0.0101, "Q3_K": 0.0073, "Q2_K": 0.021, "Q5_0": 0.0149, "Q5_1": 0.050, "Q4_0": 0.0068,
+                        "Q4_1": 0.0080}
 PROMPT_NS_PER_WEIGHT_OTHER = 0.020
-PROMPT_LAYER_NS_PER_EMBD = 59.0  # per layer and prompt token, times n_embd: norms, rope, attention over the prompt
+PROMPT_LAYER_NS_PER_EMBD = 41.0  # per layer and prompt token, times n_embd: norms, rope, attention over the prompt
 
 # GPUs: memory bandwidth by name (bytes/s); matrix speed as a multiple of it (calibrated on an H200:
 # 8B Q4_K_M decodes 263 tok/s and reads prompts at 9300 tok/s there).

@@ -40,24 +40,6 @@ def measure(tool: Path, path: Path, threads: int, reps: int) -> tuple[float, flo
     return by["tg"], by["pp"]
 
 
-def cpu_seconds_per_token(tool: Path, path: Path, reps: int) -> tuple[float, float]:
-    """One thread's CPU seconds per generated and per prompt token, from the difference between two llama-bench
-    runs of different lengths (load and warm-up cancel out). Other programs on the machine barely move it, so
-    the per-type costs can be fitted on a busy machine."""
-    import resource
-
-    def cpu(args: list[str]) -> float:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([str(tool), "-m", str(path), "-t", "1", "-r", str(reps), *args], check=True, capture_output=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-
-    runs = reps + 1  # llama-bench warms up once
-    tg = (cpu(["-p", "0", "-n", "64"]) - cpu(["-p", "0", "-n", "16"])) / (48 * runs)
-    pp = (cpu(["-p", "512", "-n", "0"]) - cpu(["-p", "128", "-n", "0"])) / (384 * runs)
-    return tg, pp
-
-
 def decode_features(info) -> tuple[int, Counter]:
     """Layers and GB per tensor type a token reads (as edgellm.speed counts them)."""
     from edgellm.speed import _per_token_tensors
@@ -73,7 +55,7 @@ def main() -> int:
     ap.add_argument("packages", nargs="+", type=Path)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--fit", action="store_true", help="print the per-type costs that fit best (one thread's CPU time: works on a busy machine)")
+    ap.add_argument("--fit", action="store_true", help="print the per-type costs that fit best (one thread; a quiet machine)")
     args = ap.parse_args()
 
     from edgellm.gguf_info import read_gguf
@@ -103,23 +85,24 @@ def main() -> int:
 
 
 def fit(tool: Path, files: list[Path], reps: int, machine) -> int:
-    """Least-squares per-type costs from one thread's CPU time on every file."""
+    """Least-squares per-type costs from llama-bench at one thread (wall clock: run it on a quiet machine)."""
     from edgellm.gguf_info import read_gguf
 
     ones = []
     for f in files:
-        tg_s, pp_s = cpu_seconds_per_token(tool, f, reps)
-        ones.append((read_gguf(f), 1 / tg_s, 1 / pp_s))
-        print(f"  {f.name:34s} one thread, CPU time: tg {1 / tg_s:7.1f} tok/s  pp {1 / pp_s:7.1f} tok/s", flush=True)
+        tg, pp = measure(tool, f, 1, reps)
+        ones.append((read_gguf(f), tg, pp))
+        print(f"  {f.name:34s} one thread: tg {tg:7.1f} tok/s  pp {pp:7.1f} tok/s", flush=True)
     feats = [decode_features(info) for info, _, _ in ones]
-    types = sorted({k for _, by in feats for k in by})
+    types = sorted({k for _, by in feats for k in by} - {"F32"})  # norms: too few bytes to fit
     x = np.array([[n] + [by[k] for k in types] for n, by in feats])
     coef, *_ = np.linalg.lstsq(x, np.array([1 / tg for _, tg, _ in ones]), rcond=None)
-    print(f"one thread's CPU time on this machine (memory read speed {machine.memory_bps / 1e9:.1f} GB/s):")
-    print(f"  per layer: {coef[0] * 1e6:.1f} us; decode s/GB: " + ", ".join(f"{k} {c:.4f}" for k, c in zip(types, coef[1:])))
-    xw = np.array([[sum(w for q, _, w, _, _ in _tensors(info) if q == k) / 1e9 for k in types] for info, _, _ in ones])
+    print(f"one thread on this machine (memory read speed {machine.memory_bps / 1e9:.1f} GB/s):")
+    print(f"  decode: per layer {coef[0] * 1e6:.1f} us; s/GB: " + ", ".join(f"{k} {c:.4f}" for k, c in zip(types, coef[1:])))
+    xw = np.array([[info.n_layers * info.n_embd / 1e9] + [sum(w for q, _, w, _, _ in _tensors(info) if q == k) / 1e9 for k in types]
+                   for info, _, _ in ones])
     cw, *_ = np.linalg.lstsq(xw, np.array([1 / pp for _, _, pp in ones]), rcond=None)
-    print("  prompt ns/weight: " + ", ".join(f"{k} {c:.4f}" for k, c in zip(types, cw)))
+    print(f"  prompt: per layer and n_embd {cw[0]:.1f} ns; ns/weight: " + ", ".join(f"{k} {c:.4f}" for k, c in zip(types, cw[1:])))
     return 0
 
 
