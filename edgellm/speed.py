@@ -35,20 +35,20 @@ INTERACTIVE_TPS = 10.0  # decode speed the default policy asks for: a reply stre
 
 # Reference machine: AMD EPYC (2 cores of a cloud VM), llama.cpp's CPU backend with AVX2; fitted to llama-bench's
 # wall-clock tokens/s at one thread on the seven levels of SmolLM2-135M and of a Llama-3.2-1B shape (F16 to
-# Q2_K), and checked at two threads (within 15%).
+# Q2_K), and checked at two threads (within 15%); Q4_1 from the demo model (SmolLM2 Q4_1) alone.
 REF_MEMORY_BPS = 31e9  # what its two threads read together, as measure_machine() sees it (a simulated machine
 # scales this with its cores)
 # Decode: seconds per GB of weights at one thread, by tensor type.
 DECODE_S_PER_GB = {
     "F32": 0.046, "F16": 0.046, "BF16": 0.055, "Q8_0": 0.062, "Q6_K": 0.044, "Q5_K": 0.066, "Q4_K": 0.047,
-    "Q3_K": 0.091, "Q2_K": 0.070, "Q5_0": 0.105, "Q5_1": 0.116, "Q4_0": 0.037, "Q4_1": 0.040,
+    "Q3_K": 0.091, "Q2_K": 0.070, "Q5_0": 0.105, "Q5_1": 0.116, "Q4_0": 0.037, "Q4_1": 0.137,
 }
 DECODE_S_PER_GB_OTHER = 0.100  # i-quants and rarer types: decoding them costs more per byte
 LAYER_S = 92e-6  # fixed cost per layer and token (graph, threads meeting at each step)
 # Prompt: nanoseconds per weight and token at one thread, by tensor type.
 PROMPT_NS_PER_WEIGHT = {"F32": 0.030, "F16": 0.0154, "BF16": 0.020, "Q8_0": 0.0129, "Q6_K": 0.0079, "Q5_K": 0.0046,
                         "Q4_K": 0.0101, "Q3_K": 0.0073, "Q2_K": 0.021, "Q5_0": 0.0149, "Q5_1": 0.050, "Q4_0": 0.0068,
-                        "Q4_1": 0.0080}
+                        "Q4_1": 0.042}
 PROMPT_NS_PER_WEIGHT_OTHER = 0.020
 PROMPT_LAYER_NS_PER_EMBD = 41.0  # per layer and prompt token, times n_embd: norms, rope, attention over the prompt
 
