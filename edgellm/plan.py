@@ -128,7 +128,7 @@ class Plan:
             f"Model: {self.name} ({len(self.levels) or 1} level{'s' if len(self.levels) != 1 else ''})",
             f"Choice: {self.level} ({self.path.name}), {self.why}; "
             + (f"split with {len(self.workers)} worker{'s' if len(self.workers) != 1 else ''}" if self.workers else FIT_TEXT[self.fit]),
-            f"  {'Worker' if self.workers else 'GPU'} layers: {self.gpu_layers} (incl. output layer) · {self.n_threads} CPU threads",
+            f"  {'Worker' if self.workers else 'GPU'} layers: {self.gpu_layers} (incl. output layer) · {threads_text(self.n_threads)} on the CPU",
             *([f"  Speed: {speed_text(self.speed)}"] if self.speed else []),
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
             *self._attention_lines(),
