@@ -32,8 +32,8 @@ A `Sparse` file stands in for a big one (a GGUF level of an 8B model): its heade
 reads as zeros, and its checksums are stand-ins, so it can be listed, HEADed and read by ranges but is
 never served whole.
 
-Tests can cut a transfer short once (`hub.cut`), make a file fail with 503 (`hub.failing`) or send it slowly
-(`hub.throttle`).
+Tests can cut a transfer short once (`hub.cut`), make a file fail with 503 (`hub.failing`), send it slowly
+(`hub.throttle`) or whole whatever Range asks (`hub.ranges_ignored`).
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class Hub:
     cut: dict[str, int] = field(default_factory=dict)  # file -> bytes to send before dropping the connection once
     failing: set[str] = field(default_factory=set)  # files that answer 503 (after their cut)
     throttle: dict[str, int] = field(default_factory=dict)  # file -> bytes per second its content is sent at
+    ranges_ignored: set[str] = field(default_factory=set)  # files whose every answer is the whole file (a CDN dropping Range)
     token: str = "hf_test"  # the one token uploads are accepted with
     xet: bool = True  # LFS files live on Xet storage, as on the live Hub
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content uploaded through LFS
@@ -406,6 +407,7 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
             if name in hub.failing and name not in hub.cut:
                 return self._send(503, b"", {"Connection": "close"})
             asked = self.headers.get("Range")
+            ranges = ranges and name not in hub.ranges_ignored
             if ranges and asked and _BOUNDED.fullmatch(asked.strip()):
                 hub.ranges.append((name, asked))
             else:
