@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import EdgeError, NotEnoughSpace
 from .fsutil import human_bytes
+from .gguf_checks import check
 from .hardware import HardwareProfile
 from .hub import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
 from .hubclients import Say
@@ -217,6 +218,7 @@ def _plan_checkpoint(remote: Remote, hw: HardwareProfile, opts: PlanOptions, rea
     ckpt = Checkpoint(Path(name), config, checkpoint_tensors(reader, weights))
     vocab = sum(by_path[t].size for t in TOKENIZER_FILES if t in by_path) or 32 * int(config.get("vocab_size") or 0)
     base, infos = level_infos(ckpt, name, parse_levels(DEFAULT_LEVELS), vocab + HEADER_BESIDES_VOCAB)
+    check(infos[base])  # what llama.cpp would refuse (or abort on) is refused before anything is downloaded
     files = [ModelFile(lv, info.path, info) for lv, info in infos.items() if lv != base]
     try:
         plan, why_not = _make_plan(files, name, hw, opts), ""

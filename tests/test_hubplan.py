@@ -27,7 +27,7 @@ from hubtesting import (  # noqa: F401  (fixtures)
 
 import fixtures
 from conftest import run_cli
-from edgellm import hardware, hub
+from edgellm import hardware, hub, store
 from edgellm.errors import EdgeError, NotEnoughSpace
 from edgellm.fsutil import human_bytes
 from edgellm.gguf_info import Truncated, read_gguf, read_gguf_prefix
@@ -213,6 +213,22 @@ def test_a_checkpoint_with_a_damaged_safetensors_header_is_refused_before_downlo
         f"{len(files[shard]) * 2} bytes"
     )
     assert fake_hub.downloads() == [] and all(n <= 2 << 20 for n in fake_hub.bytes_sent.values())
+
+
+def test_a_config_that_does_not_match_its_tensors_is_refused_before_downloading(fake_hub, capsys):
+    files = {p.name: p.read_bytes() for p in fixtures.qwen2_checkpoint().iterdir() if p.is_file()}
+    config = json.loads(files["config.json"])
+    fake_hub.repos["Qwen/huge"] = Repo(files | {"config.json": json.dumps(config | {"num_hidden_layers": 10**9}).encode()})
+    code, _, err = run_cli(capsys, "run", "Qwen/huge", "-p", "hi")
+    assert code == 1 and err.strip().splitlines()[-1].startswith(
+        "edgellm: Qwen/huge on Hugging Face: checkpoint lacks tensor model.layers."
+    )
+    assert fake_hub.downloads() == [] and store.names() == []
+    # A value llama.cpp would refuse in the GGUF the converter would write is refused from the plan already.
+    fake_hub.repos["Qwen/long"] = Repo(files | {"config.json": json.dumps(config | {"max_position_embeddings": 2**40}).encode()})
+    code, _, err = run_cli(capsys, "plan", "Qwen/long")
+    assert code == 1 and "impossible header value qwen2.context_length = 1099511627776" in err.strip().splitlines()[-1]
+    assert fake_hub.downloads() == []
 
 
 # ------------------------------------------------------------------------------------- ModelScope, offline
