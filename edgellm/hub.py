@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import EdgeError, NotEnoughSpace, UsageError
-from .fsutil import ensure_free_space, human_bytes
+from .fsutil import ensure_free_space
 from .hubclients import HUBS, RemoteFile, Say, Unreachable, quiet_hub
 from .interrupt import run_interruptibly
 

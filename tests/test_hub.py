@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from hubtesting import (  # noqa: F401  (fixtures)
     LEVELS_LISTED,
-    MiB,
     NEEDED,
     Repo,
     caches,

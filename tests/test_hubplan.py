@@ -32,7 +32,7 @@ from edgellm.errors import EdgeError, NotEnoughSpace
 from edgellm.fsutil import human_bytes
 from edgellm.gguf_info import Truncated, read_gguf, read_gguf_prefix
 from edgellm.hubheaders import MAX_GGUF_HEADER
-from edgellm.hubplan import PlanOptions, plan_repo
+from edgellm.hubplan import plan_repo
 
 GiB = 1 << 30
 REPO = "bartowski/Llama-3-8B-Instruct-GGUF"

@@ -11,7 +11,7 @@ from hubtesting import caches, fake_hub, gguf_repo, go_offline  # noqa: F401  (f
 
 import fixtures
 from conftest import run_cli
-from edgellm import hub, hubmodel, paths, store
+from edgellm import hubmodel, paths, store
 from edgellm.fsutil import human_bytes
 from edgellm.models import resolve_model
 
