@@ -26,7 +26,7 @@ from .fsutil import human_bytes
 from .gguf_checks import check
 from .hardware import HardwareProfile
 from .hub import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
-from .hubclients import Say
+from .hubclients import HUBS, Say
 from .hubheaders import checkpoint_tensors, gguf_header, json_file
 from .hubranges import Fetched, reader_for
 from .models import ModelFile, ModelRef
@@ -114,8 +114,6 @@ class RepoPlan:
 
     @property
     def hub_title(self) -> str:
-        from .hubclients import HUBS
-
         return HUBS[self.hub].title
 
     def to_dict(self) -> dict:
