@@ -53,9 +53,11 @@ def pull(ref: str, hub: str = "auto", revision: str | None = None, say: Say | No
     return pulled.path
 
 
-def local_model(ref: str | None, say: Say | None = None, progress: Callable | None = None) -> str | None:
+def local_model(ref: str | None, say: Say | None = None, progress: Callable | None = None,
+                min_speed: float | None = None) -> str | None:  # fmt: skip
     """`ref` itself, or for a hub id the folder of its store entry, made first if need be. `progress()` gives
-    the progress display for converting and quantizing (a context manager with `.reporter()`)."""
+    the progress display for converting and quantizing (a context manager with `.reporter()`); `min_speed`
+    the decode tokens/s the level must reach, as the planner takes it."""
     if not is_hub_ref(ref):
         return ref
     from . import store
@@ -69,26 +71,26 @@ def local_model(ref: str | None, say: Say | None = None, progress: Callable | No
         return str(entry)
     stage = ["planning"]
     try:
-        return str(_obtain(ref, say, progress, stage))
+        return str(_obtain(ref, say, progress, stage, min_speed))
     except RepoNotFound as exc:
         raise UsageError(f"no such model file, package folder or store name here: {ref}; and {exc}") from None
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while {stage[0]} {repo_id}; run the same command again to go on") from None
 
 
-def _obtain(ref: str, say: Say, progress: Callable | None, stage: list[str]) -> Path:
+def _obtain(ref: str, say: Say, progress: Callable | None, stage: list[str], min_speed: float | None) -> Path:
     from . import hardware, store
     from .fsutil import human_bytes
     from .hub import download, open_repo, select
-    from .hubplan import plan_repo
+    from .hubplan import PlanOptions, plan_repo
 
     remote = open_repo(ref, say=say)
-    rp = plan_repo(remote, hardware.detect(), say=say)
+    rp = plan_repo(remote, hardware.detect(), PlanOptions(min_speed=min_speed), say=say)
     if rp.plan is None:
         raise NotEnoughSpace(f"{remote.repo_id}: {rp.why_not}")
     row = rp.chosen
-    how = "made from its checkpoint" if rp.kind == "checkpoint" else "the highest-quality level that fits"
-    say(f"{remote.repo_id}: {rp.level}, {how} ({'about ' if row.estimated else ''}{human_bytes(row.size)}, "
+    made = ", made from its checkpoint" if rp.kind == "checkpoint" else ""
+    say(f"{remote.repo_id}: {rp.level}{made}, {rp.plan.why} ({'about ' if row.estimated else ''}{human_bytes(row.size)}, "
         f"{rp.plan.n_ctx}-token context)")  # fmt: skip
     for line in rp.cost_lines():
         say(line)

@@ -3,8 +3,9 @@
 A repo of GGUF files: each candidate level's header is read by byte ranges (`hubheaders`) and judged by
 the planner as the downloaded file would be. Levels are tried from the largest down. One larger than the
 memory usable here (RAM, plus the VRAM of a GPU llama.cpp can use) cannot fit and is not read; once one
-fits, the smaller ones are not read either: the planner takes the highest-quality level that fits, and
-the levels of one model differ only in bits per weight. F16/BF16/F32 files are bases to quantize from,
+fits and decodes as fast as the planner asks (--min-speed, 10 tok/s by default), the smaller ones are not
+read either: the planner takes the highest-quality level that does, and the levels of one model differ
+only in bits per weight. When none is that fast, every level that fits is read, and the fastest chosen. F16/BF16/F32 files are bases to quantize from,
 chosen only where a repo has nothing else; a level split in several files is listed but not chosen
 (edgellm runs single-file levels).
 
@@ -31,6 +32,7 @@ from .hubheaders import checkpoint_tensors, gguf_header, json_file
 from .hubranges import Fetched, reader_for
 from .models import ModelFile, ModelRef
 from .plan import FIT_TEXT, MIN_CTX, LevelFit, Plan, make_plan, memory_budgets
+from .speed import INTERACTIVE_TPS
 from .store import store_name
 
 # Beside the weights: the tokenizer, whose size stands in for the vocabulary's in a converted header.
@@ -47,6 +49,11 @@ class PlanOptions:
     min_ctx: int = MIN_CTX
     ngl: int | None = None
     threads: int | None = None
+    min_speed: float | None = None  # decode tokens/s the level must reach (None: the planner's default; 0: quality first)
+
+    @property
+    def target_tps(self) -> float:
+        return INTERACTIVE_TPS if self.min_speed is None else self.min_speed
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,13 @@ def plan_repo(remote: Remote, hw: HardwareProfile, opts: PlanOptions = PlanOptio
 def _make_plan(files: list[ModelFile], name: str, hw: HardwareProfile, opts: PlanOptions) -> Plan:
     files = sorted(files, key=lambda f: f.info.bits_per_weight, reverse=True)
     ref = ModelRef(name=name, source=Path(name), files=tuple(files))
-    return make_plan(ref, hw, ctx=opts.ctx, kv_type=opts.kv_type, min_ctx=opts.min_ctx, ngl=opts.ngl, threads=opts.threads)
+    return make_plan(ref, hw, ctx=opts.ctx, kv_type=opts.kv_type, min_ctx=opts.min_ctx, ngl=opts.ngl, threads=opts.threads,
+                     min_speed=opts.min_speed)  # fmt: skip
+
+
+def fast_enough(plan: Plan, opts: PlanOptions) -> bool:
+    """Whether `plan`'s level decodes as fast as the planner asks (always, when quality comes first)."""
+    return opts.target_tps <= 0 or (plan.speed is not None and plan.speed.decode_tps >= opts.target_tps)
 
 
 def _plan_gguf(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -> RepoPlan:
@@ -161,7 +174,7 @@ def _plan_gguf(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -
     limit, where = room(hw)
     rows: dict[str, LevelRow] = {}
     read: list[ModelFile] = []
-    chosen, why_not = None, ""
+    fitting, chosen, why_not = 0, None, ""
     for lv, fs in sorted(by_level.items(), key=lambda kv: -sum(f.size for f in kv[1])):
         size, paths = sum(f.size for f in fs), tuple(f.path for f in fs)
         note = (
@@ -183,21 +196,36 @@ def _plan_gguf(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -
         read.append(mf)
         rows[lv] = LevelRow(lv, paths, size)
         try:
-            _make_plan([mf], name, hw, opts)
-            chosen = lv
+            alone = _make_plan([mf], name, hw, opts)
         except NotEnoughSpace as exc:
             why_not = str(exc)
             need = why_not.split(" does not fit this machine: ", 1)[-1].replace(f"its smallest level {lv} ", "")
             rows[lv] = LevelRow(lv, paths, size, note=f"does not fit: {need}")
+            continue
+        fitting += 1
+        if fast_enough(alone, opts):  # the planner takes it: smaller levels would be lower quality
+            chosen = lv
     if not read and not why_not:
         smallest = min(candidates, key=lambda lv: rows[lv].size)
         why_not = f"{name} does not fit this machine: its smallest level {smallest} is {human_bytes(rows[smallest].size)}, and there is {where}"
-    plan = _make_plan(read, name, hw, opts) if chosen else None
+    plan = _make_plan(read, name, hw, opts) if fitting else None
+    if plan is not None and len(read) == 1 < len(candidates):  # one level judged of several: why, as the planner says it
+        plan = replace(plan, why=_why(opts, fast_enough(plan, opts)))
     for lf in plan.levels if plan else ():
         rows[lf.level] = LevelRow(lf.level, rows[lf.level].files, rows[lf.level].size, lf)
-    download = sum(f.size for f in by_level.get(chosen, ()) if not f.cached)
+    level = plan.level if plan else None
+    download = sum(f.size for f in by_level.get(level, ()) if not f.cached)
     return RepoPlan(remote.repo_id, remote.hub, "gguf", name, tuple(rows.values()), plan, why_not if not plan else "",
-                    download=download, keep=rows[chosen].size if chosen else 0, headers_read=len(read))  # fmt: skip
+                    download=download, keep=rows[level].size if level else 0, headers_read=len(read))  # fmt: skip
+
+
+def _why(opts: PlanOptions, fast: bool) -> str:
+    """How the planner words its choice (`plan.choose_level`), for a level judged alone."""
+    if opts.target_tps <= 0:
+        return "the highest-quality level that fits"
+    if fast:
+        return f"the highest-quality level that fits and decodes at {opts.target_tps:g} tok/s or more"
+    return f"the fastest level that fits (none decodes at {opts.target_tps:g} tok/s here)"
 
 
 def _plan_checkpoint(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -> RepoPlan:
@@ -247,7 +275,6 @@ def choose_level(remote: Remote, say: Say | None = None) -> LevelChoice:
         reason = rp.why_not.split(" does not fit this machine: ", 1)[-1]
         raise NotEnoughSpace(f"has no level that fits this machine: {reason}; name one with --level (or take every one with --all)")
     p, row = rp.plan, rp.chosen
-    why = (f"{p.level} ({human_bytes(row.size)}): the highest-quality level the planner fits here "
-           f"({FIT_TEXT[p.fit]}, {p.n_ctx}-token context; read {human_bytes(rp.fetched.bytes)} of headers)"
-           f"{others if len(levels) > 1 else ''}")  # fmt: skip
+    why = (f"{p.level} ({human_bytes(row.size)}): the planner's choice here, {p.why} ({FIT_TEXT[p.fit]}, "
+           f"{p.n_ctx}-token context; read {human_bytes(rp.fetched.bytes)} of headers){others if len(levels) > 1 else ''}")  # fmt: skip
     return LevelChoice(p.level, row.size, why)

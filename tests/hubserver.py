@@ -548,8 +548,9 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
             rate = hub.throttle.get(name)
             step = max(1, rate // 10) if rate else len(sent) or 1
             for at in range(0, len(sent), step):  # a slow link: a tenth of a second's bytes at a time
-                self.wfile.write(sent[at : at + step])
+                # counted before they go: the client may act on them before this thread runs again
                 hub.bytes_sent[name] = hub.bytes_sent.get(name, 0) + len(sent[at : at + step])
+                self.wfile.write(sent[at : at + step])
                 if rate:
                     time.sleep(0.1)
             if keep is not None:

@@ -637,14 +637,14 @@ def test_pull_of_a_gguf_repo_fetches_the_level_the_planner_picks(fake_hub, monke
     code, out, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["level_chosen"] == "Q4_1" and "the highest-quality level the planner fits here" in result["level_reason"]
+    assert result["level_chosen"] == "Q4_1" and "the planner's choice here, the highest-quality level that fits" in result["level_reason"]
     assert result["files"] == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
     assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
     # Q8_0 was read and judged too big, Q4_1 read and chosen; F16 (a base) and the smaller Q2_K were never read.
     assert {p for p, _ in fake_hub.range_reads()} == {"SmolLM2-135M-Instruct-Q8_0.gguf", "SmolLM2-135M-Instruct-Q4_1.gguf"}
     code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF")
     size = human_bytes(fixtures.smollm2_gguf().stat().st_size)
-    assert code == 0 and f"someone/SmolLM2-135M-Instruct-GGUF: Q4_1 ({size}): the highest-quality level the planner fits here" in err
+    assert code == 0 and f"someone/SmolLM2-135M-Instruct-GGUF: Q4_1 ({size}): the planner's choice here, the highest" in err
 
     machine_with_ram(monkeypatch, 560)  # 20 MiB usable: smaller than every level, so no header is read
     fake_hub.forget()

@@ -32,7 +32,7 @@ from edgellm.errors import EdgeError, NotEnoughSpace
 from edgellm.fsutil import human_bytes
 from edgellm.gguf_info import Truncated, read_gguf, read_gguf_prefix
 from edgellm.hubheaders import MAX_GGUF_HEADER
-from edgellm.hubplan import plan_repo
+from edgellm.hubplan import PlanOptions, plan_repo
 
 GiB = 1 << 30
 REPO = "bartowski/Llama-3-8B-Instruct-GGUF"
@@ -63,19 +63,22 @@ def test_a_header_whose_tensors_lie_past_the_file_s_end_is_refused():
 
 
 @pytest.mark.parametrize(
-    "ram_gib, vram_gib, level, fit",
+    "ram_gib, vram_gib, min_speed, level, fit, headers",
     [
-        (8, 0, "Q6_K", "cpu"),  # 7.1 GiB usable: Q8_0 (7.95 GiB) is larger, not read
-        (16, 0, "Q8_0", "cpu"),  # floats are bases to quantize from: F16 is never chosen
-        (6, 10, "Q8_0", "gpu"),  # VRAM counts where layers can go to a GPU of its own
-        (6, 4, "Q6_K", "partial"),  # Q8_0 read, and judged too big for 5.2 GiB of RAM + 3.3 of VRAM
-        (4.5, 0, "Q2_K", "cpu"),
+        (8, 0, None, "Q6_K", "cpu", 1),  # 7.1 GiB usable: Q8_0 (7.95 GiB) is larger, not read
+        (16, 0, 0, "Q8_0", "cpu", 1),  # quality first; floats are bases to quantize from: F16 is never chosen
+        (16, 0, None, "Q6_K", "cpu", 2),  # Q8_0 fits but decodes at ~7.8 tok/s here, below the planner's 10
+        (6, 10, None, "Q8_0", "gpu", 1),  # VRAM counts where layers can go to a GPU of its own
+        (6, 4, None, "Q6_K", "partial", 2),  # Q8_0 read, and judged too big for 5.2 GiB of RAM + 3.3 of VRAM
+        (4.5, 0, None, "Q2_K", "cpu", 2),  # Q3_K_M read: too big at any context
     ],
 )
-def test_the_plan_reads_the_headers_of_the_levels_that_could_fit_and_no_more(fake_hub, ram_gib, vram_gib, level, fit):
+def test_the_plan_reads_the_headers_of_the_levels_that_could_fit_and_no_more(fake_hub, ram_gib, vram_gib, min_speed,
+                                                                              level, fit, headers):  # fmt: skip
     fake_hub.repos[REPO] = llama3_8b_repo()
-    rp = plan_repo(hub.open_repo(REPO), hardware.synthetic(ram=int(ram_gib * GiB), vram=vram_gib * GiB))
-    assert (rp.level, rp.plan.fit) == (level, fit)
+    machine = hardware.synthetic(ram=int(ram_gib * GiB), vram=vram_gib * GiB)
+    rp = plan_repo(hub.open_repo(REPO), machine, PlanOptions(min_speed=min_speed))
+    assert (rp.level, rp.plan.fit, rp.headers_read) == (level, fit, headers)
     reads = fake_hub.range_reads()
     read_files = {p for p, _ in reads}
     assert f"Llama-3-8B-Instruct-{level}.gguf" in read_files and fake_hub.downloads() == []
@@ -94,17 +97,18 @@ def test_the_plan_reads_the_headers_of_the_levels_that_could_fit_and_no_more(fak
 def test_plan_hub_id_shows_the_choice_the_levels_and_the_cost(fake_hub, monkeypatch, capsys):
     fake_hub.repos[REPO] = llama3_8b_repo()
     machine_with_ram(monkeypatch, 8 * 1024)
-    code, out, err = run_cli(capsys, "plan", REPO, "--ctx", "4096")
+    code, out, err = run_cli(capsys, "plan", REPO, "--ctx", "4096", "-t", "4")  # threads fixed: speeds are predicted with them
     assert code == 0, err
     text = " ".join(out.split())
-    assert "Choice: Q6_K (Llama-3-8B-Instruct-Q6_K.gguf), the highest-quality level that fits; fits in RAM" in text
+    assert ("Choice: Q6_K (Llama-3-8B-Instruct-Q6_K.gguf), the highest-quality level that fits and decodes at 10 tok/s "
+            "or more; fits in RAM") in text  # fmt: skip
     assert "Context: 4096 tokens" in text and "Levels of bartowski/Llama-3-8B-Instruct-GGUF" in text
     q6 = fake_hub.repos[REPO].files["Llama-3-8B-Instruct-Q6_K.gguf"]
     assert f"On disk: {human_bytes(q6.size)} to download (Q6_K, 1 file)" in text
     assert f"Read to plan: {human_bytes(sum(fake_hub.bytes_sent.values()))} from Hugging Face in 3 request(s) (the headers of 1 level)" in text
     assert fake_hub.downloads() == []
 
-    code, out, _ = run_cli(capsys, "plan", REPO, "--ram", "64G", "--vram", "0", "--json")
+    code, out, _ = run_cli(capsys, "plan", REPO, "--ram", "64G", "--vram", "0", "--min-speed", "0", "--json")
     result = json.loads(out)
     assert code == 0 and result["level"] == "Q8_0" and result["plan"]["n_ctx"] == 8192
     assert result["download_bytes"] == fake_hub.repos[REPO].files["Llama-3-8B-Instruct-Q8_0.gguf"].size

@@ -58,7 +58,7 @@ def test_run_a_gguf_repo_pulls_the_planned_level_then_answers_and_reuses_it(hub_
     size = fixtures.smollm2_gguf().stat().st_size
     assert lines[:2] == [
         f"{GGUF_REPO}: Hugging Face (default)",
-        f"{GGUF_REPO}: Q4_1, the highest-quality level that fits (93.81 MiB, 8192-token context)",
+        f"{GGUF_REPO}: Q4_1, the only level (93.81 MiB, 8192-token context)",
     ]
     assert "On disk: 93.81 MiB to download (Q4_1, 1 file)" in lines
     assert any(line.startswith("Read to plan: 2.00 MiB from Hugging Face in 1 request(s) (the headers of 1 level)") for line in lines)
@@ -82,7 +82,7 @@ def test_run_a_checkpoint_repo_converts_and_quantizes_only_the_planned_level(hub
     took = time.monotonic() - start
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["engine"]["level"] == "Q8_0"
-    assert f"{CKPT_REPO}: Q8_0, made from its checkpoint (about " in r.stderr
+    assert f"{CKPT_REPO}: Q8_0, made from its checkpoint, the highest-quality level that fits" in r.stderr
     assert "Traceback" not in r.stderr
     # Only what conversion reads was fetched; the store holds the level, its manifest and card; the base is gone.
     assert {p for p, _ in hub_env.downloads()} == {n for n in qwen2_repo().files if n.endswith((".json", ".safetensors", ".jinja"))}

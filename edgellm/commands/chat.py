@@ -45,7 +45,7 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
         from edgellm.catalog import default_model
 
         model = default_model()
-    model = local_model(model)  # a hub id: pulled (converted, quantized) first, progress shown before the chat opens
+    model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first, progress shown before the chat opens
 
     from functools import partial
 

@@ -50,7 +50,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     if ctx is not None and given and min_ctx > ctx:
         raise UsageError(f"--min-ctx {min_ctx} is more than --ctx {ctx}: a context cannot be smaller than its minimum")
     if hub_ref(models):  # a hub repo, before anything is downloaded: the headers of its files, by byte ranges
-        return plan_hub(models[0], ram, vram, PlanOptions(ctx, kv_type, min_ctx, ngl, threads), as_json)
+        return plan_hub(models[0], ram, vram, PlanOptions(ctx, kv_type, min_ctx, ngl, threads, min_speed), as_json, rpc)
     ref = resolve_models(list(models))
     adapters = read_adapters(loras, ref.files[0].info)
     hw = detect()

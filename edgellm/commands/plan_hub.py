@@ -19,7 +19,7 @@ def hub_ref(models: tuple[str, ...]) -> bool:
     return len(models) == 1 and is_hub_ref(models[0])
 
 
-def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_json: bool) -> int:
+def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_json: bool, rpc: str | None = None) -> int:
     """Plan the repo `ref` for this machine (or the `ram`/`vram` given): the level the planner picks, what
     each level would use, and what the choice costs."""
     from dataclasses import replace
@@ -32,8 +32,11 @@ def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_
     from ..hardware import detect, parse_size
     from ..hub import open_repo
     from ..hubplan import plan_repo
+    from ..errors import UsageError
     from ..launch import choose_threads
 
+    if rpc:
+        raise UsageError("--rpc plans a model on this machine: pull the level to split first (edgellm pull REPO --level L)")
     hw = detect()
     threads, notes = choose_threads(hw, opts.threads)
     hw = hw.with_overrides(ram=parse_size(ram) if ram else None, vram=parse_size(vram) if vram is not None else None)
@@ -49,15 +52,15 @@ def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_
     console = Console()
     if rp.plan:
         console.print(rp.plan.explain(), highlight=False, markup=False)
-    t = Table(title=f"Levels of {rp.repo_id}", title_justify="left")
-    for col in ("level", "size", "fit", "GPU layers", "context", "RAM", "VRAM", "note"):
+    t = Table(title=f"Levels of {rp.repo_id} (tok/s: decode, ~ predicted)", title_justify="left")
+    for col in ("level", "size", "fit", "GPU layers", "context", "RAM", "VRAM", "tok/s", "note"):
         t.add_column(col, justify="left" if col in ("level", "fit", "note") else "right")
     for row in rp.rows:
         chosen = row.level == rp.level
         size = ("~" if row.estimated else "") + human_bytes(row.size)
         lf = row.fit
         cells = [FIT_SHORT[lf.fit], gpu_layers_text(lf.n_gpu_layers, lf.n_layers) if lf.fit != "no" else "-", str(lf.n_ctx),
-                 human_bytes(lf.ram), human_bytes(lf.vram) if lf.vram else "-"] if lf else ["-"] * 5  # fmt: skip
+                 human_bytes(lf.ram), human_bytes(lf.vram) if lf.vram else "-", _decode_speed(lf.speed)] if lf else ["-"] * 6  # fmt: skip
         t.add_row(("▶ " if chosen else "  ") + row.level, size, *cells, row.note,
                   style="bold" if chosen else ("dim" if not lf or lf.fit == "no" else None))  # fmt: skip
     console.print(t)
@@ -66,3 +69,8 @@ def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_
     if rp.plan is None:
         raise NotEnoughSpace(f"{rp.repo_id}: {rp.why_not}")
     return 0
+
+
+def _decode_speed(speed) -> str:
+    """"~10.1": the decode tokens/s the planner judged the level by (~: predicted, not measured here)."""
+    return "-" if speed is None else ("~" if speed.source == "predicted" else "") + f"{speed.decode_tps:.1f}"

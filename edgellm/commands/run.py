@@ -95,7 +95,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         raise UsageError("the prompt is empty")
     if system is not None:
         _utf8(system, "the system message")
-    model = local_model(model)  # a hub id: pulled (converted, quantized) first
+    model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first
 
     plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template,
                       min_speed=min_speed, rpc=rpc, loras=loras)

@@ -64,7 +64,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
     sock = bind(host, port)  # before loading: a port in use fails fast
-    ref = resolve_model(local_model(model))  # a hub id: pulled (converted, quantized) first
+    ref = resolve_model(local_model(model, min_speed, rpc))  # a hub id: pulled (converted, quantized) first
     per_slot = -(-ctx // CTX_STEP) * CTX_STEP if ctx else None
     plan = plan_model(ref, ctx=per_slot * parallel if per_slot else None, threads=threads, n_seq=parallel,
                       chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
