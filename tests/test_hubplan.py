@@ -63,21 +63,22 @@ def test_a_header_whose_tensors_lie_past_the_file_s_end_is_refused():
 
 
 @pytest.mark.parametrize(
-    "ram_gib, vram_gib, min_speed, level, fit, headers",
+    "ram_gib, vram_gib, level, fit, headers",
     [
-        (8, 0, None, "Q6_K", "cpu", 1),  # 7.1 GiB usable: Q8_0 (7.95 GiB) is larger, not read
-        (16, 0, 0, "Q8_0", "cpu", 1),  # quality first; floats are bases to quantize from: F16 is never chosen
-        (16, 0, None, "Q6_K", "cpu", 2),  # Q8_0 fits but decodes at ~7.8 tok/s here, below the planner's 10
-        (6, 10, None, "Q8_0", "gpu", 1),  # VRAM counts where layers can go to a GPU of its own
-        (6, 4, None, "Q6_K", "partial", 2),  # Q8_0 read, and judged too big for 5.2 GiB of RAM + 3.3 of VRAM
-        (4.5, 0, None, "Q2_K", "cpu", 2),  # Q3_K_M read: too big at any context
+        (8, 0, "Q6_K", "cpu", 1),  # 7.1 GiB usable: Q8_0 (7.95 GiB) is larger, not read
+        (16, 0, "Q8_0", "cpu", 1),  # floats are bases to quantize from: F16 is never chosen
+        (6, 10, "Q8_0", "gpu", 1),  # VRAM counts where layers can go to a GPU of its own
+        (6, 4, "Q6_K", "partial", 2),  # Q8_0 read, and judged too big for 5.2 GiB of RAM + 3.3 of VRAM
+        (4.5, 0, "Q2_K", "cpu", 2),  # Q3_K_M read: too big at any context
     ],
 )
-def test_the_plan_reads_the_headers_of_the_levels_that_could_fit_and_no_more(fake_hub, ram_gib, vram_gib, min_speed,
-                                                                              level, fit, headers):  # fmt: skip
+def test_the_plan_reads_the_headers_of_the_levels_that_could_fit_and_no_more(fake_hub, ram_gib, vram_gib, level, fit,
+                                                                              headers):  # fmt: skip
+    """Quality first (--min-speed 0): the largest level that fits, and no header of a level larger than the
+    memory usable here or smaller than the one chosen."""
     fake_hub.repos[REPO] = llama3_8b_repo()
     machine = hardware.synthetic(ram=int(ram_gib * GiB), vram=vram_gib * GiB)
-    rp = plan_repo(hub.open_repo(REPO), machine, PlanOptions(min_speed=min_speed))
+    rp = plan_repo(hub.open_repo(REPO), machine, PlanOptions(min_speed=0))
     assert (rp.level, rp.plan.fit, rp.headers_read) == (level, fit, headers)
     reads = fake_hub.range_reads()
     read_files = {p for p, _ in reads}
@@ -94,14 +95,39 @@ def test_the_plan_reads_the_headers_of_the_levels_that_could_fit_and_no_more(fak
     assert all(notes[lv] == "smaller: not read" for lv in LLAMA3_8B_LEVELS[LLAMA3_8B_LEVELS.index(level) + 1 :])
 
 
+@pytest.mark.parametrize("ram_gib, min_speed", [(8, None), (16, None), (64, None), (64, 5.0), (16, 1000.0)])
+def test_with_a_speed_to_reach_the_plan_is_the_planner_s_over_every_level(fake_hub, ram_gib, min_speed):
+    """The planner takes the highest-quality level that fits and decodes at --min-speed (else the fastest): read
+    from the largest down, a level that is too slow is read past, and the choice is the one the planner makes
+    with every level's header in hand."""
+    from edgellm.models import ModelFile, ModelRef
+    from edgellm.plan import make_plan
+
+    fake_hub.repos[REPO] = llama3_8b_repo()
+    machine = hardware.synthetic(ram=ram_gib * GiB)
+    rp = plan_repo(hub.open_repo(REPO), machine, PlanOptions(min_speed=min_speed, threads=4))
+    every = [ModelFile(lv, Path(f"{lv}.gguf"), read_gguf_prefix(f.head, f"{lv}.gguf", f.size))
+             for lv in LLAMA3_8B_LEVELS[1:] for f in [fake_hub.repos[REPO].files[f"Llama-3-8B-Instruct-{lv}.gguf"]]]  # fmt: skip
+    every.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
+    expected = make_plan(ModelRef("x", Path("x"), tuple(every)), machine, min_speed=min_speed, threads=4)
+    assert (rp.level, rp.plan.n_ctx) == (expected.level, expected.n_ctx)
+    chosen = LLAMA3_8B_LEVELS.index(rp.level)
+    read = {p.removeprefix("Llama-3-8B-Instruct-").removesuffix(".gguf") for p, _ in fake_hub.range_reads()}
+    fast = expected.speed.decode_tps >= (10.0 if min_speed is None else min_speed)
+    if fast:  # nothing smaller than the choice was read
+        assert all(LLAMA3_8B_LEVELS.index(lv) <= chosen for lv in read)
+        assert expected.why.startswith("the highest-quality level that fits and decodes at") and rp.plan.why == expected.why
+    else:  # none is fast enough: every level that could fit was read, the fastest taken
+        assert rp.level == "Q2_K" and "Q2_K" in read and rp.plan.why.startswith("the fastest level that fits")
+
+
 def test_plan_hub_id_shows_the_choice_the_levels_and_the_cost(fake_hub, monkeypatch, capsys):
     fake_hub.repos[REPO] = llama3_8b_repo()
     machine_with_ram(monkeypatch, 8 * 1024)
-    code, out, err = run_cli(capsys, "plan", REPO, "--ctx", "4096", "-t", "4")  # threads fixed: speeds are predicted with them
+    code, out, err = run_cli(capsys, "plan", REPO, "--ctx", "4096", "--min-speed", "0")
     assert code == 0, err
     text = " ".join(out.split())
-    assert ("Choice: Q6_K (Llama-3-8B-Instruct-Q6_K.gguf), the highest-quality level that fits and decodes at 10 tok/s "
-            "or more; fits in RAM") in text  # fmt: skip
+    assert "Choice: Q6_K (Llama-3-8B-Instruct-Q6_K.gguf), the highest-quality level that fits; fits in RAM" in text
     assert "Context: 4096 tokens" in text and "Levels of bartowski/Llama-3-8B-Instruct-GGUF" in text
     q6 = fake_hub.repos[REPO].files["Llama-3-8B-Instruct-Q6_K.gguf"]
     assert f"On disk: {human_bytes(q6.size)} to download (Q6_K, 1 file)" in text
