@@ -62,17 +62,19 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected failures print one line and exit non-zero, never a traceback."""
+    from .interrupt import leave
+
     try:
         rv = cli.main(args=argv, prog_name="edgellm", standalone_mode=False)
     except EdgeError as exc:
         click.echo(f"edgellm: {exc}", err=True)
-        return exc.exit_code
+        return leave(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("edgellm: interrupted", err=True)
-        return 130
+        return leave(130)
     except KeyboardInterrupt:
         click.echo("edgellm: interrupted", err=True)
-        return 130
+        return leave(130)
     except click.exceptions.NoArgsIsHelpError as exc:  # plain `edgellm`: the help, as click prints it
         exc.show()
         return exc.exit_code

@@ -19,3 +19,9 @@ class NotEnoughSpace(EdgeError):
     """Disk or memory too small for the work asked."""
 
     exit_code = 3
+
+
+class Interrupted(EdgeError):
+    """Ctrl-C during work that the same command resumes: the message says what was under way."""
+
+    exit_code = 130

@@ -1,10 +1,14 @@
-"""What a GGUF file holds, read from its header only (tensor data is never touched)."""
+"""What a GGUF file holds, read from its header only (tensor data is never touched).
+
+`read_gguf` reads a file on disk; `read_gguf_prefix` reads the first bytes of a file that is elsewhere (a
+hub's, fetched by byte range), saying how many more it needs when they end inside the header.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +75,17 @@ class GGUFInfo:
         return sum(t.n_bytes for t in self.tensors if t.layer is None)
 
 
+class Truncated(ValueError):
+    """The bytes end before the header does: at least `needed` bytes are needed."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(f"cut short: reading it needs {needed:,} bytes")
+        self.needed = needed
+
+
 def _reader_class():
-    """GGUFReader that steps over long arrays instead of making a numpy view per item.
+    """GGUFReader that steps over long arrays instead of making a numpy view per item, and never reads past
+    the end of its bytes (`Truncated` says how far it wanted to read).
 
     A Llama 3 vocabulary is ~400k strings; the stock reader takes ~25 s on them, this one well under a
     second. Long arrays keep only their type and length parts ([item type, length]) and no data."""
@@ -81,6 +94,12 @@ def _reader_class():
     from gguf import GGUFReader, GGUFValueType
 
     class HeaderReader(GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            end = int(offset) + np.dtype(dtype).itemsize * int(count)
+            if end > len(self.data):  # a damaged or cut file: numpy would hand back fewer items, silently
+                raise Truncated(end)
+            return super()._get(offset, dtype, count, override_order)
+
         def _get_field_parts(self, orig_offs, raw_type):
             if raw_type == GGUFValueType.ARRAY:
                 itype = self._get(orig_offs, np.uint32)
@@ -97,10 +116,34 @@ def _reader_class():
             length = struct.Struct(">Q" if self.byte_order == "S" else "<Q").unpack_from
             buf, o = memoryview(self.data), offs
             for _ in range(n):
+                if o + 8 > len(buf):
+                    raise Truncated(o + 8)
                 o += 8 + length(buf, o)[0]
             return o - offs
 
     return HeaderReader
+
+
+def _prefix_reader_class():
+    """HeaderReader for the first bytes of a file: tensors are described from their infos (type, shape,
+    offset) without views of their data, which is not there."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, ReaderTensor
+
+    class PrefixReader(_reader_class()):
+        def _build_tensors(self, start_offs, fields):
+            self.tensors = []
+            for f in fields:
+                _, name, _, dims, raw_type, offset = f.parts
+                qtype = GGMLQuantizationType(int(raw_type[0]))  # ValueError for a type llama.cpp does not have
+                n_elements = math.prod(int(d) for d in dims)  # Python ints: a forged shape cannot wrap around
+                block, size = GGML_QUANT_SIZES[qtype]
+                self.tensors.append(ReaderTensor(
+                    name=bytes(name).decode("utf-8"), tensor_type=qtype, shape=dims, n_elements=n_elements,
+                    n_bytes=n_elements * size // block, data_offset=int(start_offs) + int(offset[0]),
+                    data=np.empty(0, np.uint8), field=f,
+                ))  # fmt: skip
+
+    return PrefixReader
 
 
 def _array_len(field_) -> int:
@@ -134,8 +177,6 @@ def _scalar(part: np.ndarray, vtype) -> Any:
 
 def read_gguf(path: str | Path) -> GGUFInfo:
     """Read a GGUF header. Missing, non-GGUF or truncated files raise EdgeError with one line."""
-    from gguf import GGMLQuantizationType, LlamaFileType
-
     path = Path(path)
     if not path.is_file():
         raise EdgeError(f"no such file: {path}")
@@ -146,27 +187,63 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         reader = _reader_class()(path, "r")
     except Exception as exc:  # the reader raises ValueError/IndexError/struct errors on damaged headers
         raise EdgeError(f"corrupt GGUF file {path}: {exc}") from exc
+    return _info(reader, path, path.stat().st_size)
+
+
+def read_gguf_prefix(data: bytes, name: str, file_size: int) -> GGUFInfo:
+    """The header of a GGUF file of `file_size` bytes from its first bytes, `data` (the file is elsewhere:
+    `name` is how it is called there). Raises Truncated when `data` ends inside the header, and EdgeError for
+    bytes no GGUF file could start with, including tensors said to lie beyond the file's end."""
+    import tempfile
+
+    if data[:4] != b"GGUF":
+        raise EdgeError(f"not a GGUF file: {name}")
+    with tempfile.TemporaryFile() as f:  # GGUFReader maps a file; this one has no name and leaves nothing
+        f.write(data)
+        f.flush()
+        try:
+            reader = _prefix_reader_class()(f, "r")
+        except Truncated:
+            raise
+        except Exception as exc:
+            raise EdgeError(f"corrupt GGUF header in {name}: {exc}") from exc
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
+        if end > file_size:
+            raise EdgeError(f"corrupt GGUF header in {name}: its tensors need {end:,} bytes, the file has {file_size:,}")
+        return _info(reader, Path(name), file_size)
+
+
+def _info(reader, path: Path, file_size: int) -> GGUFInfo:
+    """GGUFInfo from a parsed header."""
+    from gguf import GGMLQuantizationType
 
     meta = {name: _plain(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    tensors = [
+        TensorInfo(
+            name=t.name,
+            ggml_type=GGMLQuantizationType(t.tensor_type).name,
+            shape=tuple(int(x) for x in t.shape),
+            n_elements=int(t.n_elements),
+            n_bytes=int(t.n_bytes),
+            layer=None,  # set by make_info
+        )
+        for t in reader.tensors
+    ]
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    return make_info(path, file_size, meta, tensors, _array_len(tokens) if tokens else 0)
+
+
+def make_info(path: Path, file_size: int, meta: dict[str, Any], tensors: list[TensorInfo], n_tokens: int = 0) -> GGUFInfo:
+    """GGUFInfo from a header's metadata and tensors (read from a file, or estimated before one exists);
+    `n_tokens`: the vocabulary's length, for files without a vocab_size key."""
+    from gguf import LlamaFileType
+
     arch = str(meta.get("general.architecture", "unknown"))
 
     def key(suffix: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{suffix}", default)
 
-    tensors = []
-    for t in reader.tensors:
-        m = _LAYER.match(t.name)
-        tensors.append(
-            TensorInfo(
-                name=t.name,
-                ggml_type=GGMLQuantizationType(t.tensor_type).name,
-                shape=tuple(int(x) for x in t.shape),
-                n_elements=int(t.n_elements),
-                n_bytes=int(t.n_bytes),
-                layer=int(m.group(1)) if m else None,
-            )
-        )
-
+    tensors = [replace(t, layer=int(m.group(1)) if (m := _LAYER.match(t.name)) else None) for t in tensors]
     n_embd = _whole(key("embedding_length", 0))
     n_head = _whole(_first(key("attention.head_count", 0)))
     n_head_kv = _whole(_first(key("attention.head_count_kv", n_head)))
@@ -176,10 +253,9 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         file_type = LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else None
     except ValueError:
         file_type = None
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
     return GGUFInfo(
         path=path,
-        file_size=path.stat().st_size,
+        file_size=file_size,
         arch=arch,
         name=meta.get("general.name"),
         file_type=file_type,
@@ -190,7 +266,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         head_dim_k=_whole(key("attention.key_length", head_dim)),
         head_dim_v=_whole(key("attention.value_length", head_dim)),
         n_ctx_train=_whole(key("context_length", 0)),
-        n_vocab=_whole(key("vocab_size", _array_len(tokens) if tokens else 0)),
+        n_vocab=_whole(key("vocab_size", n_tokens)),
         chat_template=meta.get("tokenizer.chat_template"),
         metadata=meta,
         tensors=tensors,

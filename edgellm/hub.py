@@ -5,11 +5,9 @@ and falls back to the cache when the hub cannot be reached; `hubclients` talks t
 
 From a checkpoint repo only what conversion reads is fetched (safetensors, config, tokenizer). From a repo
 of GGUF files, one level: the one named, every one with `every_level`, or else the one this machine runs
-best, chosen by size: the largest quantized level whose files fit the memory the planner budgets here
-(`plan.memory_budgets`). The listing gives each file's size and nothing more; a GGUF header would have to
-be read through range requests, and it holds the tokenizer's vocabulary before the tensor list (megabytes
-per level for Llama 3), so the sizes decide. F16/BF16/F32 files are left out of that choice: they are
-bases to quantize from, twice the download of Q8_0 for no difference a chat shows.
+best, as the planner judges it from the levels' headers, read by byte ranges before anything is
+downloaded (`hubplan`). F16/BF16/F32 files are left out of that choice: they are bases to quantize from,
+twice the download of Q8_0 for no difference a chat shows.
 """
 
 from __future__ import annotations
@@ -19,13 +17,14 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import EdgeError, NotEnoughSpace, UsageError
-from .fsutil import ensure_free_space, human_bytes
+from .fsutil import ensure_free_space
 from .hubclients import HUBS, RemoteFile, Say, Unreachable, quiet_hub
+from .interrupt import run_interruptibly
 
 HUB_NAMES = ("hf", "modelscope")
 
@@ -187,32 +186,6 @@ def select_files(files: Iterable[RemoteFile], levels: Iterable[str] = ()) -> Sel
     raise EdgeError(f"holds neither .safetensors nor .gguf files (found: {found}); edgellm converts safetensors")
 
 
-def choose_level(files: Iterable[RemoteFile]) -> LevelChoice:
-    """The largest quantized level whose files fit this machine's memory, as the planner budgets it
-    (RAM, plus VRAM where layers can go to a GPU of its own). Floats only when there is nothing else."""
-    from . import hardware
-    from .plan import memory_budgets
-
-    sizes = {lv: sum(f.size for f in fs) for lv, fs in gguf_levels(files).items()}
-    candidates = {lv: s for lv, s in sizes.items() if lv.upper() not in FLOAT_LEVELS} or sizes
-    hw = hardware.detect()  # looked up on the module: tests describe other machines through it
-    ram, vram = memory_budgets(hw)
-    shared = hw.unified_memory or not vram
-    room = ram if shared else ram + vram
-    where = f"{human_bytes(ram)} of RAM" + ("" if shared else f" + {human_bytes(vram)} of VRAM") + " usable here"
-    fitting = [(s, lv) for lv, s in candidates.items() if s <= room]
-    if not fitting:
-        lv, s = min(candidates.items(), key=lambda kv: kv[1])
-        raise NotEnoughSpace(
-            f"has no level that fits this machine: the smallest, {lv}, is {human_bytes(s)} and there is {where}; "
-            "name one with --level (or take every one with --all)"
-        )
-    size, level = max(fitting)
-    others = f"; --level for another of its {len(sizes)}, --all for every one ({human_bytes(sum(sizes.values()))})"
-    why = f"{level} ({human_bytes(size)}): the largest level that fits the {where}{others if len(sizes) > 1 else ''}"
-    return LevelChoice(level, size, why)
-
-
 def check_complete(folder: Path, selection: Selection) -> None:
     """A checkpoint needs its config and every shard its index names (the error completes "<repo> ...")."""
     if selection.kind != "checkpoint":
@@ -341,9 +314,14 @@ def open_repo(ref: str, hub: str = "auto", revision: str | None = None, offline:
     return Remote(repo_id, name, why, revision, files)
 
 
-def select(remote: Remote, levels: Iterable[str] = (), every_level: bool = False) -> tuple[Selection, LevelChoice | None]:
+# Picks the level of a GGUF repo to fetch when none is named (`hubplan.choose_level`: the planner, above this module).
+Chooser = Callable[[Remote, Say | None], LevelChoice]
+
+
+def select(remote: Remote, levels: Iterable[str] = (), every_level: bool = False, say: Say | None = None,
+           choose: Chooser | None = None) -> tuple[Selection, LevelChoice | None]:  # fmt: skip
     """What to fetch from `remote`: see `fetch` (`every_level` means nothing for a checkpoint). Offline, a
-    GGUF repo without levels named gives the levels already in the cache."""
+    GGUF repo without levels named gives the levels already in the cache; online `choose` picks one."""
     levels = tuple(levels)
     choice = None
     try:
@@ -353,7 +331,9 @@ def select(remote: Remote, levels: Iterable[str] = (), every_level: bool = False
             if remote.offline and cached:
                 selection = select_files(remote.files, gguf_levels(cached))  # the levels pulled before
             elif not remote.offline:
-                choice = choose_level(selection.files)
+                if choose is None:
+                    raise UsageError(f"holds {len(gguf_levels(selection.files))} GGUF levels: name one with --level")
+                choice = choose(remote, say)
                 selection = select_files(remote.files, [choice.level])
         if remote.offline:
             missing = [f.path for f in selection.files if not f.cached]
@@ -381,7 +361,7 @@ def download(remote: Remote, selection: Selection, verify: bool = False, say: Sa
         cache.mkdir(parents=True, exist_ok=True)
         ensure_free_space(cache, selection.missing_bytes, f"download of {repo_id}")
         with quiet_hub(h, say):
-            folder = h.download(repo_id, remote.revision, selection.names, say)
+            folder = run_interruptibly(lambda: h.download(repo_id, remote.revision, selection.names, say))
             bad = sorted(set(h.mismatches(repo_id, remote.revision)) & set(selection.names)) if verify else []
     except EdgeError:
         raise
@@ -412,37 +392,24 @@ def fetch(
     say: Say | None = None,
     verify: bool = False,
     every_level: bool = False,
+    choose: Chooser | None = None,
 ) -> Pulled:
     """Download (or find in the cache) what edgellm needs from a hub repo.
 
     A checkpoint repo gives its safetensors, config and tokenizer files. A GGUF repo gives the `levels`
-    named, or all of them with `every_level`, or else the one `choose_level` picks for this machine
-    (offline: the levels already cached). `verify` hashes the files against the hub's SHA-256 sums
+    named, or all of them with `every_level`, or else the one `choose` picks for this machine
+    (`hubplan.choose_level`; offline: the levels already cached). `verify` hashes the files against the hub's SHA-256 sums
     afterwards (the libraries check sizes while downloading).
     """
     if verify and (offline_mode() if offline is None else offline):
         raise UsageError("verifying needs the hub's checksums: not possible offline")
     remote = open_repo(ref, hub, revision, offline, say)
-    selection, choice = select(remote, levels, every_level)
+    selection, choice = select(remote, levels, every_level, say, choose)
     if every_level and selection.kind == "checkpoint":
         raise UsageError(f"{remote.repo_id} holds a checkpoint, not GGUF files: --all is for GGUF repos")
     if choice and say:
         say(f"{remote.repo_id}: {choice.why}")
     return download(remote, selection, verify, say, choice)
-
-
-def pull(repo_id: str, hub: str = "auto", revision: str | None = None, say: Say | None = None) -> Path:
-    """The local folder holding `repo_id`'s safetensors, config and tokenizer files (or its GGUF files).
-
-    Fetches only those files (never `.bin`, `.pth` or `original/`), keeps what an earlier run finished,
-    and serves the cache when offline. GGUF repos are registered in the local store as a package.
-    """
-    pulled = fetch(repo_id, hub=hub, revision=revision, say=say)
-    if pulled.kind == "gguf":
-        from . import store
-
-        store.register(pulled)
-    return pulled.path
 
 
 def snapshot_name(folder: Path) -> str | None:

@@ -14,6 +14,10 @@ Paths the live hubs take that a plain HTTP mirror would not:
   apart, and a revision the repo lacks has a code of its own.
 - Both libraries log every retry (modelscope_hub with timestamps). While edgellm works their log records
   are taken: a retry becomes one status line, and what fails in the end is edgellm's one error line.
+- A byte range of a file (to read a GGUF or safetensors header before downloading) is a GET with `Range`
+  on the file's download URL, through the library's own session, login and typed errors: Hugging Face's
+  `resolve/` redirects LFS and Xet files to its CDN, ModelScope's file endpoint redirects LFS files to OSS,
+  and both storage hosts answer 206. `open_range` hands the answer over unjudged; `hubranges` checks it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,20 @@ RERUN = "run the same command again to resume (finished files are kept)"
 
 
 @dataclass(frozen=True)
+class RangeAnswer:
+    """A hub's answer to a byte-range request, as received: judged by `hubranges`."""
+
+    status: int
+    content_range: str | None
+    content_encoding: str | None
+    chunks: Iterator[bytes]
+
+
+RANGE_CHUNK = 1 << 20
+RANGE_RETRIES = 2  # a plan reads a few headers: a hub that fails twice is reported, not waited for
+
+
+@dataclass(frozen=True)
 class RemoteFile:
     path: str  # inside the repo, "/"-separated
     size: int  # bytes
@@ -43,6 +61,10 @@ class RemoteFile:
 
 class Unreachable(Exception):
     """The hub could not be reached: the cache may still serve."""
+
+
+class RepoNotFound(EdgeError):
+    """The hub has no such repo (or it is private and the login may not see it)."""
 
 
 def _line(exc: BaseException) -> str:
@@ -193,6 +215,21 @@ class HuggingFace:
 
         return Path(retry_without_xet(fetch, say, repo_id))
 
+    @contextmanager
+    def open_range(self, repo_id: str, revision: str | None, path: str, first: int, last: int) -> Iterator[RangeAnswer]:
+        """GET bytes first..last of `path` through `resolve/` (redirects followed, the login not sent on to the
+        CDN), with huggingface_hub's session, token, timeout and typed errors."""
+        from huggingface_hub import constants, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+        headers = build_hf_headers() | {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+        url = hf_hub_url(repo_id, path, revision=revision)
+        with http_stream_backoff("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                                 max_retries=RANGE_RETRIES) as r:  # fmt: skip
+            hf_raise_for_status(r)
+            yield RangeAnswer(r.status_code, r.headers.get("Content-Range"), r.headers.get("Content-Encoding"),
+                              r.iter_bytes(RANGE_CHUNK))  # fmt: skip
+
     def cached(self, repo_id: str, revision: str | None) -> tuple[Path, list[RemoteFile]]:
         """The cached snapshot, and the repo's files as last listed online (marked cached or not)."""
         from huggingface_hub import errors, get_cached_repo_tree, snapshot_download
@@ -236,7 +273,7 @@ class HuggingFace:
                 f"and log in ({self.login})"
             )
         if isinstance(exc, errors.RepositoryNotFoundError):
-            return EdgeError(f"no repo {repo_id} on Hugging Face (if it is private, log in: {self.login})")
+            return RepoNotFound(f"no repo {repo_id} on Hugging Face (if it is private, log in: {self.login})")
         if isinstance(exc, errors.RevisionNotFoundError):
             return EdgeError(f"{repo_id} on Hugging Face has no revision {revision} (a branch, tag, commit or refs/pr/N)")
         if isinstance(exc, errors.IncompleteSnapshotError):
@@ -264,6 +301,7 @@ class HuggingFace:
 MS_NOT_FOUND = 10010205001  # no such repo, or a private one this login may not see
 MS_NO_ACCESS = 10010200001  # a gated repo: its licence is not accepted yet
 MS_NO_REVISION = 10990101004
+MS_DEFAULT_REVISION = "master"
 
 
 def _ms_code(exc: BaseException) -> int | None:
@@ -311,6 +349,18 @@ class ModelScope:
     def download(self, repo_id: str, revision: str | None, names: list[str], say: Say | None) -> Path:
         return Path(self._api().download_repo(repo_id, "model", revision=revision, allow_patterns=names))
 
+    @contextmanager
+    def open_range(self, repo_id: str, revision: str | None, path: str, first: int, last: int) -> Iterator[RangeAnswer]:
+        """GET bytes first..last of `path` through the file endpoint (LFS files redirect to OSS), with
+        modelscope_hub's session, login, timeouts and typed errors."""
+        headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+        r = self._api().legacy.download_stream(repo_id, "model", path, revision or MS_DEFAULT_REVISION, headers=headers)
+        try:
+            yield RangeAnswer(r.status_code, r.headers.get("Content-Range"), r.headers.get("Content-Encoding"),
+                              r.iter_content(RANGE_CHUNK))  # fmt: skip
+        finally:
+            r.close()
+
     def cached(self, repo_id: str, revision: str | None) -> tuple[Path, list[RemoteFile]]:
         folder = Path(self._api().download_repo(repo_id, "model", revision=revision, local_files_only=True))
         return folder, local_listing(folder)
@@ -346,7 +396,7 @@ class ModelScope:
         if isinstance(exc, ms.AuthenticationError):
             return EdgeError(f"ModelScope refused the login for {repo_id}: log in again ({self.login})")
         if code == MS_NOT_FOUND or isinstance(exc, ms.NotExistError):
-            return EdgeError(f"no repo {repo_id} on ModelScope (if it is private, log in: {self.login})")
+            return RepoNotFound(f"no repo {repo_id} on ModelScope (if it is private, log in: {self.login})")
         if isinstance(exc, ms.NetworkError):
             return Unreachable(str(exc))
         if isinstance(exc, ms.HubError):  # server errors, rate limits: worth another try later

@@ -4,9 +4,11 @@ Only folders and files here: what each entry holds and whether it runs on this m
 
 An entry is a folder of `<name>-<LEVEL>.gguf` files: a package written by `edgellm package` (with its
 manifest.json), or a GGUF repo pulled from a hub, whose files stay in the hub's cache and are linked here
-under their own names, with the repo's manifest.json and README.md when it has them, or GGUF files found
-elsewhere on this machine (`edgellm import`: another tool's models, linked, never copied). `source.json`
-says where the files came from and their sha256. `edgellm chat NAME` and friends find entries by their
+under their own names, with the repo's manifest.json and README.md when it has them, or a level made here
+from a hub's checkpoint (`edgellm chat HUB_ID`: converted and quantized beside the store, in `.building/`,
+then moved in with its manifest and card), or GGUF files found elsewhere on this machine (`edgellm
+import`: another tool's models, linked, never copied). `source.json` says where the files came from and
+their sha256. `edgellm chat NAME` and friends find entries by their
 folder name.
 """
 
@@ -128,15 +130,18 @@ def _link(target: Path, link: Path) -> None:
             raise EdgeError(f"cannot link {target} into the store: no symlinks here, and {exc.strerror or exc}") from None
 
 
-def _write_entry(folder: Path, links: dict[str, Path], source: dict) -> Path:
-    """Make `folder` an entry of links (name -> target) and its source.json, replacing it whole: it is built
-    beside it and moved in, so a failure leaves the old entry (or none), never half of one."""
+def _write_entry(folder: Path, links: dict[str, Path], source: dict, moves: dict[str, Path] | None = None) -> Path:
+    """Make `folder` an entry of links (name -> target), files moved in (name -> where it is now, on the same
+    file system) and its source.json, replacing it whole: it is built beside it and moved in, so a failure
+    leaves the old entry (or none), never half of one."""
     staging = folder.parent / f".{folder.name}.registering-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         for link, target in links.items():
             _link(target, staging / link)
+        for name, now in (moves or {}).items():
+            os.replace(now, staging / name)
         with atomic_output(staging / SOURCE_FILE) as tmp:
             tmp.write_text(json.dumps(source, indent=2) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
@@ -146,20 +151,52 @@ def _write_entry(folder: Path, links: dict[str, Path], source: dict) -> Path:
     return folder
 
 
+def _folder_for(repo_id: str) -> tuple[Path, dict | None]:
+    """The entry folder for a model from the hub repo `repo_id`, and what is there now: the repo's name, or,
+    where a package of that name made here or another repo's entry has it, the name and the repo's owner."""
+    root = paths.store_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / store_name(repo_id)
+    old = _source_or_none(folder) if folder.exists() else None
+    if folder.exists() and (old or {}).get("repo_id") != repo_id:  # keep both
+        folder = root / f"{folder.name}-{repo_id.split('/')[0]}"
+        old = _source_or_none(folder) if folder.exists() else None
+    return folder, old
+
+
+def from_repo(repo_id: str, hub: str | None = None) -> Path | None:
+    """The entry made from the hub repo `repo_id` (pulled, or built from its checkpoint), if every file of
+    it is still there (a hub cache cleared under its links leaves an entry to make again)."""
+    for name in names():
+        folder = paths.store_dir() / name
+        source = _source_or_none(folder) or {}
+        if source.get("repo_id") == repo_id and hub in (None, source.get("hub")):
+            if all(p.exists() for p in folder.glob("*.gguf")):
+                return folder
+    return None
+
+
+def building_dir(repo_id: str) -> Path:
+    """Where a model from `repo_id` is converted and quantized before it becomes an entry: beside the store,
+    on the same file system (the result moves in without a copy), hidden from `names`."""
+    return paths.store_dir() / ".building" / store_name(repo_id)
+
+
+def add_built(repo_id: str, work: Path, keep: list[str], source: dict) -> Path:
+    """Move the files `keep` of a package made in `work` (`building_dir`) into the store as the entry for
+    `repo_id`, with `source` as its source.json; the rest of `work` (the base) is removed. The entry is made
+    beside its final name and moved in whole."""
+    folder, _ = _folder_for(repo_id)
+    _write_entry(folder, {}, source, {name: work / name for name in keep})
+    shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
 def register(pulled) -> Path:
     """Make a pulled GGUF repo a store entry: links into the hub's cache, under the files' own names
     (the hubs name them `<model>-<LEVEL>.gguf`), with the repo's manifest.json and model card if any.
     Levels pulled earlier from the same snapshot stay in the entry beside the new ones."""
-    root = paths.store_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    name = store_name(pulled.repo_id)
-    folder = root / name
-    old = _source_or_none(folder) if folder.exists() else None
-    if folder.exists() and (old or {}).get("repo_id") != pulled.repo_id:
-        # a package of the same name made here, or another repo's: keep both
-        name = f"{name}-{pulled.repo_id.split('/')[0]}"
-        folder = root / name
-        old = _source_or_none(folder) if folder.exists() else None
+    folder, old = _folder_for(pulled.repo_id)
 
     files: dict[str, str] = {}  # link name -> path in the repo
     sums: dict[str, str] = {}

@@ -151,16 +151,29 @@ def read_safetensors_header(path: Path) -> Iterator[TensorEntry]:
     """Parse one safetensors header and check every tensor's bytes lie inside the file."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise EdgeError(f"truncated safetensors file {path.name}: {size} bytes")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, _MAX_HEADER):
-            raise EdgeError(f"corrupt or truncated safetensors file {path.name}: header claims {n} bytes")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EdgeError(f"corrupt safetensors file {path.name}: bad header ({exc})") from exc
+        n = header_length(f.read(8), size, path.name)
+        header = f.read(n)
+    yield from tensor_entries(header, n, size, path)
+
+
+def header_length(first: bytes, size: int, name: str, limit: int = _MAX_HEADER) -> int:
+    """The JSON header's length from a safetensors file's first 8 bytes, checked against the file's size."""
+    if len(first) < 8:
+        raise EdgeError(f"truncated safetensors file {name}: {size} bytes")
+    (n,) = struct.unpack("<Q", first[:8])
+    if n > min(size - 8, limit):
+        raise EdgeError(f"corrupt or truncated safetensors file {name}: header claims {n} bytes")
+    return n
+
+
+def tensor_entries(header: bytes, n: int, size: int, path: Path) -> Iterator[TensorEntry]:
+    """The tensors an `n`-byte safetensors header describes, each checked to lie inside the file's `size`."""
+    try:
+        header = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgeError(f"corrupt safetensors file {path.name}: bad header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise EdgeError(f"corrupt safetensors file {path.name}: its header is not a JSON object")
     data_start = 8 + n
     data_size = size - data_start
     for name, meta in header.items():
@@ -172,6 +185,8 @@ def read_safetensors_header(path: Path) -> Iterator[TensorEntry]:
             raise EdgeError(f"corrupt safetensors file {path.name}: bad entry for {name}") from exc
         if dtype not in DTYPES:
             raise EdgeError(f"tensor {name} in {path.name} has dtype {dtype}; supported: {', '.join(DTYPES)}")
+        if not (isinstance(begin, int) and isinstance(end, int)) or min(shape, default=0) < 0:
+            raise EdgeError(f"corrupt safetensors file {path.name}: bad entry for {name}")
         if end - begin != math.prod(shape) * DTYPES[dtype].itemsize or begin < 0:
             raise EdgeError(f"corrupt safetensors file {path.name}: tensor {name} size disagrees with its shape")
         if end > data_size:

@@ -131,7 +131,10 @@ def resolve_file_type(src_dir: str | Path, outtype: str = "auto") -> str:
 
 
 def _read_checkpoint(src_dir: Path) -> tuple[Checkpoint, ArchSpec, HParams, list[PlannedTensor]]:
-    ckpt = open_checkpoint(src_dir)
+    return _plan_checkpoint(open_checkpoint(src_dir))
+
+
+def _plan_checkpoint(ckpt: Checkpoint) -> tuple[Checkpoint, ArchSpec, HParams, list[PlannedTensor]]:
     arch = arch_for(ckpt.config)
     hp = read_hparams(ckpt.config)
     check_config(arch, ckpt.config, hp)
@@ -358,3 +361,22 @@ class _Progress:
     def advance(self, n: int) -> None:
         if self.bar:
             self.bar.update(self.task, advance=n)
+
+
+class _NoVocab:
+    """Stands in for the vocabulary where only the model's shape is wanted."""
+
+    def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
+        pass
+
+
+def describe_output(ckpt: Checkpoint, outtype: str = "auto") -> tuple[dict, list[OutTensor]]:
+    """What `convert_checkpoint` would write from `ckpt`, without reading a weight or the tokenizer: the
+    header's metadata (key -> value, no vocabulary) and the tensors, with their types and sizes. `ckpt` may
+    describe files that are not here (safetensors headers read from a hub); the same checks apply."""
+    ckpt, arch, hp, planned = _plan_checkpoint(ckpt)
+    ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
+    writer = gguf.GGUFWriter(None, arch.gguf_arch)
+    _add_metadata(writer, arch, hp, ckpt, ftype, _NoVocab())
+    meta = {key: v.value for key, v in writer.kv_data[0].items()}
+    return meta, _rope_factors(arch, hp) + [_out_tensor(p, ckpt, hp, wtype) for p in planned]

@@ -20,9 +20,20 @@
 `HubServer(hub, modelscope=True)` stands in for modelscope.cn: file listing and download
 (`/api/v1/models/<id>/repo/files`, `.../repo?FilePath=`), with its errors: 404 for a missing or private
 repo (body `Code` 10010205001) and for a gated one (10010200001), 404 with 10990101004 for a revision the
-repo lacks, 401 for a token it refuses.
+repo lacks, 401 for a token it refuses. LFS files redirect (302) to the storage host (OSS on the live
+hub), which honours byte ranges; small git files are served in place and ignore `Range`, as the live
+endpoint does (modelscope_hub expects both).
 
-Tests can cut a transfer short once (`hub.cut`) or make a file fail with 503 (`hub.failing`).
+Byte ranges, as the live storage hosts answer them: `bytes=a-b`, `bytes=a-` and `bytes=-n` get 206 with
+`Content-Range: bytes a-b/size`, a start past the end 416 with `Content-Range: bytes */size`, other forms
+(several ranges) the whole file with 200. HEAD answers like GET without the body, through the same redirects.
+
+A `Sparse` file stands in for a big one (a GGUF level of an 8B model): its header bytes are real, the rest
+reads as zeros, and its checksums are stand-ins, so it can be listed, HEADed and read by ranges but is
+never served whole.
+
+Tests can cut a transfer short once (`hub.cut`), make a file fail with 503 (`hub.failing`), send it slowly
+(`hub.throttle`) or whole whatever Range asks (`hub.ranges_ignored`).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import json
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -53,11 +65,34 @@ MS_DEFAULT_BRANCH = "master"
 MS_NOT_FOUND = 10010205001  # no such repo, or a private one the caller may not see
 MS_NO_ACCESS = 10010200001  # a gated repo whose licence the caller has not accepted
 MS_NO_REVISION = 10990101004
+SPARSE_RANGE_MAX = 64 << 20  # the most of a Sparse file one answer carries: a test reading more has a bug
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """A big file held as its first bytes and its size; the bytes after `head` read as zeros."""
+
+    head: bytes
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, _ = key.indices(self.size)
+        if stop - start > SPARSE_RANGE_MAX:
+            raise ValueError(f"a Sparse file is not served whole ({stop - start} bytes asked)")
+        return self.head[start:stop] + bytes(max(0, stop - max(start, len(self.head))))
+
+
+def _digest_input(data: bytes | Sparse) -> bytes:
+    """What the checksums of `data` are taken over: a Sparse file's are stand-ins (it is never downloaded)."""
+    return b"sparse %d " % data.size + data.head if isinstance(data, Sparse) else data
 
 
 @dataclass
 class Repo:
-    files: dict[str, bytes]
+    files: dict[str, bytes | Sparse]
     gated: bool = False  # downloads need the licence accepted (HF: GatedRepo; ModelScope: Code 10010200001)
     private: bool = False  # seen by nobody without its owner's login: answers as a missing repo
     sha: str = "0123456789abcdef0123456789abcdef01234567"
@@ -76,23 +111,33 @@ class Hub:
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
     cut: dict[str, int] = field(default_factory=dict)  # file -> bytes to send before dropping the connection once
     failing: set[str] = field(default_factory=set)  # files that answer 503 (after their cut)
+    throttle: dict[str, int] = field(default_factory=dict)  # file -> bytes per second its content is sent at
+    ranges_ignored: set[str] = field(default_factory=set)  # files whose every answer is the whole file (a CDN dropping Range)
     token: str = "hf_test"  # the one token uploads are accepted with
     xet: bool = True  # LFS files live on Xet storage, as on the live Hub
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content uploaded through LFS
     card_checks: list[str] = field(default_factory=list)  # READMEs sent to /api/validate-yaml
     urls: dict[str, str] = field(default_factory=dict)  # "hub", "storage", "cas": set by HubServer
 
-    served: list[tuple[str, str | None]] = field(default_factory=list)  # (file, Range) of each body of bytes sent
+    served: list[tuple[str, str | None]] = field(default_factory=list)  # (file, Range): downloads, resumes
+    ranges: list[tuple[str, str]] = field(default_factory=list)  # (file, Range) of each bounded range read
+    bytes_sent: dict[str, int] = field(default_factory=dict)  # file -> bytes of its content sent, all answers
 
     def forget(self) -> None:
         """Clear the record of requests and downloads (before the part of a test that counts them)."""
         self.log.clear()
         self.served.clear()
+        self.ranges.clear()
+        self.bytes_sent.clear()
 
     def downloads(self) -> list[tuple[str, str | None]]:
-        """(file path in repo, Range) of each answer that carried a file's bytes (from the Hub or its storage
-        host; a redirect carries none)."""
+        """(file path in repo, Range) of each answer that carried a file's bytes to download it: whole, or the
+        rest of it from a byte on (a resume). From the Hub or its storage host; a redirect carries none."""
         return list(self.served)
+
+    def range_reads(self) -> list[tuple[str, str]]:
+        """(file path in repo, Range) of each answer to a bounded range `bytes=a-b` (a header read)."""
+        return list(self.ranges)
 
     def xet_requests(self) -> list[str]:
         """The Xet token requests (each Xet transfer asks for one first)."""
@@ -103,25 +148,46 @@ class Hub:
         return [p.split("?FilePath=", 1)[1] for m, p, _ in self.log if m == "GET" and "?FilePath=" in p]
 
 
-def is_lfs(path: str, data: bytes) -> bool:
+def is_lfs(path: str, data: bytes | Sparse) -> bool:
     name = path.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatchcase(name, p) for p in LFS_PATTERNS) or len(data) >= LFS_MIN_SIZE or b"\0" in data[:8000]
 
 
 @functools.lru_cache(maxsize=64)  # bytes hash once; big files are listed many times
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _sha256(data: bytes | Sparse) -> str:
+    return hashlib.sha256(_digest_input(data)).hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
-def _git_oid(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+def _git_oid(data: bytes | Sparse) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + _digest_input(data)).hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
-def _xet_hash(data: bytes) -> str:
+def _xet_hash(data: bytes | Sparse) -> str:
     """Stands in for Xet's Merkle hash: 64 hex digits, not the sha256."""
-    return hashlib.sha256(b"xet" + data).hexdigest()
+    return hashlib.sha256(b"xet" + _digest_input(data)).hexdigest()
+
+
+# `Range: bytes=a-b`, `bytes=a-`, `bytes=-n` (one range; anything else is ignored, as servers may)
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_BOUNDED = re.compile(r"bytes=\d+-\d+")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """The inclusive (first, last) byte a Range header asks of a file of `size` bytes; "unsatisfiable" for a
+    start at or past the end; None when there is no Range to honour (the whole file is sent)."""
+    m = _RANGE.fullmatch(header.strip()) if header else None
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    if not m.group(1):  # the last n bytes
+        n = int(m.group(2))
+        return (max(0, size - n), size - 1) if n and size else "unsatisfiable"
+    first = int(m.group(1))
+    last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    if m.group(2) and int(m.group(2)) < first:
+        return None  # invalid: ignored
+    return (first, last) if first < size else "unsatisfiable"
 
 
 def _pointer_size(data: bytes) -> int:
@@ -196,6 +262,8 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             if modelscope:
                 self._record(unquote(url.path) + (f"?FilePath={query['FilePath']}" if "FilePath" in query else ""))
+                if url.path.startswith("/storage/"):
+                    return self._storage(url.path)
                 return self._modelscope(unquote(url.path), query)
             self._record(unquote(url.path))
             raw = url.path  # revisions and paths stay quoted until matched: refs%2Fpr%2F1 is one segment
@@ -331,17 +399,20 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
                 return self._send(403, b"<Error><Code>AccessDenied</Code></Error>")
             self._file(name, repo.files[name], {"ETag": f'"{_sha256(repo.files[name])}"', "Accept-Ranges": "bytes"})
 
-        def _file(self, name: str, data: bytes, meta: dict) -> None:
+        def _file(self, name: str, data: bytes | Sparse, meta: dict, ranges: bool = True) -> None:
+            """Send a file's bytes: the range asked for where `ranges` (else the whole file, as an endpoint
+            that ignores Range does)."""
             if self.command == "HEAD":
                 return self._send(200, b"", meta, length=len(data))
             if name in hub.failing and name not in hub.cut:
                 return self._send(503, b"", {"Connection": "close"})
-            hub.served.append((name, self.headers.get("Range")))
-            if name in hub.cut:
-                self._send_range(data, meta, hub.cut.pop(name))
-                self.close_connection = True
-                return
-            self._send_range(data, meta)
+            asked = self.headers.get("Range")
+            ranges = ranges and name not in hub.ranges_ignored
+            if ranges and asked and _BOUNDED.fullmatch(asked.strip()):
+                hub.ranges.append((name, asked))
+            else:
+                hub.served.append((name, asked))
+            self._send_range(name, data, meta, hub.cut.pop(name, None), ranges)
 
         def _xet_token(self, repo_id: str, kind: str, revision: str) -> None:
             if kind == "write" and not self._authorized():
@@ -451,29 +522,59 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
             name = query.get("FilePath", "")
             if name not in repo.files:
                 return self._ms_error(10010205002, f"file {name} not found")
-            self._file(name, repo.files[name], {"Accept-Ranges": "bytes"})
+            data = repo.files[name]
+            if is_lfs(name, data):  # LFS objects live on OSS: a redirect there, which honours byte ranges
+                location = f"{urls['storage']}/storage/{_sha256(data)}/{m.group(1)}/{quote(name)}"
+                return self._send(302, b"", {"Location": location})
+            self._file(name, data, {}, ranges=False)  # git blobs come in place, whole: Range is ignored
 
-        def _send_range(self, data: bytes, meta: dict, keep: int | None = None) -> None:
-            start = 0
-            if (r := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-", r)):
-                start = int(m.group(1))
-                meta = {**meta, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-            body = data[start:]
-            self.send_response(206 if start else 200)
+        def _send_range(self, name: str, data: bytes | Sparse, meta: dict, keep: int | None, ranges: bool) -> None:
+            """200 with the file, 206 with the range asked for, or 416; `keep` bytes of the body, then the
+            connection drops (a cut transfer)."""
+            size = len(data)
+            asked = byte_range(self.headers.get("Range"), size) if ranges else None
+            if asked == "unsatisfiable":
+                return self._send(416, b"", {**meta, "Content-Range": f"bytes */{size}"})
+            first, last = asked or (0, size - 1)
+            if asked:
+                meta = {**meta, "Content-Range": f"bytes {first}-{last}/{size}"}
+            body = data[first : last + 1]
+            self.send_response(206 if asked else 200)
             for k, v in meta.items():
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body if keep is None else body[:keep])
+            sent = body if keep is None else body[:keep]
+            rate = hub.throttle.get(name)
+            step = max(1, rate // 10) if rate else len(sent) or 1
+            for at in range(0, len(sent), step):  # a slow link: a tenth of a second's bytes at a time
+                # counted before they go: the client may act on them before this thread runs again
+                hub.bytes_sent[name] = hub.bytes_sent.get(name, 0) + len(sent[at : at + step])
+                self.wfile.write(sent[at : at + step])
+                if rate:
+                    time.sleep(0.1)
+            if keep is not None:
+                self.close_connection = True
 
     return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-answer (an interrupted download) is no error of the hub's."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class HubServer:
     """`with HubServer(hub) as url:` serves `hub` on localhost until the block ends.
 
-    Hugging Face has a second origin beside it, the storage host that LFS downloads are redirected to and
-    uploads are PUT to, and a Xet CAS address where nothing answers.
+    Each hub has a second origin beside it, the storage host that LFS downloads are redirected to (and, on
+    Hugging Face, uploads are PUT to); Hugging Face has a Xet CAS address too, where nothing answers.
     """
 
     def __init__(self, hub: Hub, modelscope: bool = False) -> None:
@@ -481,9 +582,7 @@ class HubServer:
         self.urls = hub.urls
         self._cas = closed_port()
         handler = _handler(hub, modelscope, self.urls)
-        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(1 if modelscope else 2)]
-        for s in self.servers:
-            s.daemon_threads = True
+        self.servers = [_Server(("127.0.0.1", 0), handler) for _ in range(2)]
         ports = [s.server_address[1] for s in self.servers]
         self.urls["hub"] = f"http://127.0.0.1:{ports[0]}"
         self.urls["storage"] = f"http://127.0.0.1:{ports[-1]}"  # another origin, as the Hub's CDN is

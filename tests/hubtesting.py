@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import functools
+
 import numpy as np
 import pytest
-from hubserver import Hub, HubServer, Repo
+from hubserver import Hub, HubServer, Repo, Sparse
 
 import fixtures
 
@@ -167,6 +169,66 @@ def machine_with_ram(monkeypatch, ram_mib: int) -> None:
     from edgellm import hardware
 
     monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=ram_mib * MiB))
+
+
+def ram_for_budget(budget: int) -> int:
+    """The free RAM (MiB, rounded up) whose planner budget is at least `budget` bytes (512 MiB and 5% kept free)."""
+    return -(-int((budget + 512 * MiB) / 0.95) // MiB) + 1
+
+
+def ram_needed(path: Path, n_ctx: int = 2048) -> int:
+    """What the planner counts in RAM for the GGUF file `path` at `n_ctx` tokens on a CPU (its least)."""
+    from edgellm.gguf_info import read_gguf
+    from edgellm.memory import estimate
+
+    return estimate(read_gguf(path), n_ctx).ram
+
+
+def sparse_gguf(path: Path) -> Sparse:
+    """A GGUF file on disk as the test hub serves a big one: its real header and size, zeros after."""
+    from edgellm.gguf_info import _reader_class
+
+    end = _reader_class()(path, "r").data_offset
+    with open(path, "rb") as f:
+        return Sparse(f.read(end), Path(path).stat().st_size)
+
+
+@functools.cache
+def smollm2_levels() -> dict[str, Path]:
+    """SmolLM2's levels as files: F16, Q8_0 and Q2_K from edgellm's package of it, and the real Q4_1."""
+    pkg = fixtures.smollm2_package()
+    return {"F16": pkg / "smollm2-hf-F16.gguf", "Q8_0": pkg / "smollm2-hf-Q8_0.gguf",
+            "Q4_1": fixtures.smollm2_gguf(), "Q2_K": pkg / "smollm2-hf-Q2_K.gguf"}  # fmt: skip
+
+
+def planned_levels_repo() -> Repo:
+    """SmolLM2 as a GGUF repo whose levels all have real headers: Q4_1 whole (it can be downloaded), the others
+    as Sparse (planned from, never downloaded), beside a vision projector and the card."""
+    files = {f"SmolLM2-135M-Instruct-{lv}.gguf": sparse_gguf(p) for lv, p in smollm2_levels().items() if lv != "Q4_1"}
+    files["SmolLM2-135M-Instruct-Q4_1.gguf"] = smollm2_levels()["Q4_1"].read_bytes()
+    files |= {"mmproj-SmolLM2-f16.gguf": b"GGUF projector", "README.md": b"# gguf\n"}
+    return Repo(files=files)
+
+
+LLAMA3_8B_LEVELS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
+
+
+@functools.cache
+def _llama3_8b_files() -> dict[str, Sparse]:
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for lv in LLAMA3_8B_LEVELS:
+            path = fixtures.write_llama3_shaped_gguf(Path(tmp) / f"Llama-3-8B-Instruct-{lv}.gguf", "llama3-8b", lv)
+            out[path.name] = sparse_gguf(path)  # a sparse file on disk: only the header is read
+    return out
+
+
+def llama3_8b_repo() -> Repo:
+    """A repo of GGUF levels of a Llama-3-8B-shaped model (the real Llama 3 vocabulary: a 7.5 MiB header), as
+    bartowski's are laid out, none of it downloadable: the files are Sparse."""
+    return Repo(files={**_llama3_8b_files(), "README.md": b"# Llama 3 8B\n"})
 
 
 def files_under(folder: Path) -> set[str]:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from hubtesting import (  # noqa: F401  (fixtures)
     LEVELS_LISTED,
-    MiB,
     NEEDED,
     Repo,
     caches,
@@ -30,13 +29,17 @@ from hubtesting import (  # noqa: F401  (fixtures)
     gguf_repo,
     levels_repo,
     machine_with_ram,
+    planned_levels_repo,
+    ram_for_budget,
+    ram_needed,
     safetensors_bytes,
+    smollm2_levels,
 )
 from hubserver import closed_port
 
 import fixtures
 from conftest import run_cli
-from edgellm import hub
+from edgellm import hub, hubmodel
 from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
 from edgellm.fsutil import human_bytes
 from edgellm.gguf_info import read_gguf
@@ -126,40 +129,6 @@ def test_gguf_levels_group_split_files_and_leave_out_projectors_and_imatrices():
     assert sorted(levels) == ["Q6_K", "Q8_0", "model"]  # a file without a level is a level of its own
     assert [f.path for f in levels["Q6_K"]] == ["Q6_K/X-Q6_K-00001-of-00002.gguf", "Q6_K/X-Q6_K-00002-of-00002.gguf"]
     assert hub.select_files(repo, ["q6_k"]).names == [*(f.path for f in levels["Q6_K"]), "README.md"]
-
-
-@pytest.mark.parametrize(
-    "ram_mib, level",
-    [
-        (700, "Q4_1"),  # 153 MiB usable: Q6_K's two parts (180 MiB) and Q8_0 (200 MiB) do not fit
-        (740, "Q6_K"),  # 191 MiB usable: both parts of the split level (180 MiB) count, Q8_0 does not fit
-        (4000, "Q8_0"),  # room for the F16 file too, but floats are bases to quantize from, not to run
-    ],
-)
-def test_choose_level_takes_the_largest_quantized_level_that_fits(monkeypatch, ram_mib, level):
-    machine_with_ram(monkeypatch, ram_mib)
-    files = [hub.RemoteFile(p, size, False) for p, size in LEVELS_LISTED.items()]
-    files.append(hub.RemoteFile("SmolLM2-135M-Instruct-Q4_1.gguf", 94 * MiB, False))
-    choice = hub.choose_level(files)
-    assert choice.level == level
-    assert choice.why.startswith(f"{level} (") and "of RAM usable here; --level for another of its 5" in choice.why
-
-
-def test_choose_level_counts_vram_where_layers_can_go_to_a_gpu(monkeypatch):
-    from edgellm import hardware
-
-    monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=600 * MiB, vram=800 * MiB))
-    files = [hub.RemoteFile(p, size, False) for p, size in LEVELS_LISTED.items()]
-    choice = hub.choose_level(files)
-    assert choice.level == "Q8_0" and "of RAM + " in choice.why and "of VRAM usable here" in choice.why
-
-
-def test_choose_level_says_when_nothing_fits(monkeypatch):
-    machine_with_ram(monkeypatch, 560)  # 20 MiB usable
-    files = [hub.RemoteFile(p, size, False) for p, size in LEVELS_LISTED.items()]
-    with pytest.raises(NotEnoughSpace, match=r"^has no level that fits this machine: the smallest, Q2_K, is 60\.00 MiB "
-                                             r"and there is .* of RAM usable here; name one with --level"):
-        hub.choose_level(files)
 
 
 # ----------------------------------------------------------------------------------------------- which hub
@@ -540,7 +509,7 @@ def test_no_partial_store_entry_for_checkpoints(fake_hub):
     from edgellm import paths
 
     fake_hub.repos["org/tiny-llama"] = Repo(checkpoint_files())
-    hub.pull("org/tiny-llama")
+    hubmodel.pull("org/tiny-llama")
     assert not paths.store_dir().exists() or not any(paths.store_dir().iterdir())
 
 
@@ -659,27 +628,33 @@ def test_modelscope_forget_command_removes_that_repo_only(fake_modelscope, cache
 # ------------------------------------------------------------------------------------------ GGUF repos: levels
 
 
-def test_pull_of_a_gguf_repo_fetches_the_level_that_fits(fake_hub, monkeypatch, capsys):
-    machine_with_ram(monkeypatch, 700)  # 153 MiB usable: Q4_1 (94 MiB) is the largest quantized level that fits
-    fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = levels_repo()
+def test_pull_of_a_gguf_repo_fetches_the_level_the_planner_picks(fake_hub, monkeypatch, capsys):
+    """The levels' headers are read by byte ranges (largest first), the planner judges them, and only the
+    level it picks is downloaded."""
+    levels = smollm2_levels()
+    machine_with_ram(monkeypatch, ram_for_budget(ram_needed(levels["Q4_1"])))  # Q4_1 fits at 2048 tokens, Q8_0 not
+    fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = planned_levels_repo()
     code, out, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["level_chosen"] == "Q4_1" and "the largest level that fits" in result["level_reason"]
+    assert result["level_chosen"] == "Q4_1" and "the planner's choice here, the highest-quality level that fits" in result["level_reason"]
     assert result["files"] == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
     assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
+    # Q8_0 was read and judged too big, Q4_1 read and chosen; F16 (a base) and the smaller Q2_K were never read.
+    assert {p for p, _ in fake_hub.range_reads()} == {"SmolLM2-135M-Instruct-Q8_0.gguf", "SmolLM2-135M-Instruct-Q4_1.gguf"}
     code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF")
     size = human_bytes(fixtures.smollm2_gguf().stat().st_size)
-    assert code == 0 and f"someone/SmolLM2-135M-Instruct-GGUF: Q4_1 ({size}): the largest level that fits" in err
+    assert code == 0 and f"someone/SmolLM2-135M-Instruct-GGUF: Q4_1 ({size}): the planner's choice here, the highest" in err
 
-    machine_with_ram(monkeypatch, 560)
+    machine_with_ram(monkeypatch, 560)  # 20 MiB usable: smaller than every level, so no header is read
     fake_hub.forget()
     code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF")
-    assert code == NotEnoughSpace.exit_code and err.strip().splitlines()[-1].startswith(
-        "edgellm: someone/SmolLM2-135M-Instruct-GGUF on Hugging Face has no level that fits this machine: "
-        "the smallest, Q2_K, is 60.00 MiB"
+    assert code == NotEnoughSpace.exit_code and err.strip().splitlines()[-1] == (
+        "edgellm: someone/SmolLM2-135M-Instruct-GGUF on Hugging Face has no level that fits this machine: its smallest "
+        f"level Q2_K is {human_bytes(levels['Q2_K'].stat().st_size)}, and there is 20.00 MiB of RAM usable here; "
+        "name one with --level (or take every one with --all)"
     )
-    assert fake_hub.downloads() == []
+    assert fake_hub.downloads() == [] and fake_hub.range_reads() == []
 
 
 def test_pull_level_and_all(fake_hub, capsys):

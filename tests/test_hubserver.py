@@ -81,3 +81,61 @@ def test_modelscope_tells_its_404s_apart_by_code(fake_modelscope):
             api.list_repo_files(repo_id, "model", revision=revision)
         assert caught.value.status_code == 404 and caught.value.response_body["Code"] == code
     assert {f.path for f in api.list_repo_files("org/x", "model")} == set(checkpoint_files())
+
+
+# ------------------------------------------------------------------------------------------------ byte ranges
+
+
+def test_byte_ranges_come_through_the_cdn_redirect_as_huggingface_hub_reads_them(fake_hub):
+    """HfFileSystem reads a file by ranges through `resolve/` and the 302 to the storage host (206 there);
+    a bounded range, an open one, a suffix and one past the end (416) answer as the live storage does."""
+    from huggingface_hub import HfFileSystem, constants, hf_hub_url
+    from huggingface_hub.utils import get_session
+
+    data = bytes(range(256)) * 64
+    fake_hub.repos["org/x"] = Repo({"x.gguf": data, "config.json": b'{"a": 1}'})
+    with HfFileSystem().open("org/x/x.gguf", "rb", block_size=1024) as f:
+        f.seek(5000)
+        assert f.read(100) == data[5000:5100]
+    assert all(p == "x.gguf" for p, _ in fake_hub.range_reads()) and fake_hub.downloads() == []
+
+    url = hf_hub_url("org/x", "x.gguf")
+    for asked, status, content_range, body in (
+        ("bytes=10-19", 206, f"bytes 10-19/{len(data)}", data[10:20]),
+        ("bytes=16380-", 206, f"bytes 16380-16383/{len(data)}", data[16380:]),
+        ("bytes=-4", 206, f"bytes 16380-16383/{len(data)}", data[-4:]),
+        ("bytes=0-99999", 206, f"bytes 0-16383/{len(data)}", data),
+        (f"bytes={len(data)}-", 416, f"bytes */{len(data)}", b""),
+        ("bytes=0-1,5-6", 200, None, data),  # several ranges: the whole file, as servers may answer
+    ):
+        r = get_session().get(url, headers={"Range": asked}, follow_redirects=True)
+        assert (r.status_code, r.headers.get("Content-Range"), r.content) == (status, content_range, body), asked
+        assert str(r.url).startswith(fake_hub.urls["storage"])
+    head = get_session().head(url, follow_redirects=True)
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(data) and head.content == b""
+    small = get_session().get(hf_hub_url("org/x", "config.json"), headers={"Range": "bytes=1-3"})  # a git blob, in place
+    assert (small.status_code, small.headers["Content-Range"], small.content) == (206, "bytes 1-3/8", b'"a"')
+    assert str(small.url).startswith(constants.ENDPOINT)
+
+
+def test_modelscope_lfs_files_redirect_to_oss_which_answers_ranges(fake_modelscope, monkeypatch, tmp_path):
+    """modelscope_hub downloads a large file in parallel byte ranges, each of which must come back exactly as
+    asked; small git files come in place and whole, whatever Range asks."""
+    import modelscope_hub as ms
+    from modelscope_hub import _download
+
+    big = bytes(range(256)) * (4 << 10)  # 1 MiB
+    fake_modelscope.repos["org/x"] = Repo({"x.gguf": big, "config.json": b'{"a": 1}'})
+    monkeypatch.setattr(_download, "DOWNLOAD_PARALLEL_THRESHOLD", 64 << 10)
+    monkeypatch.setattr(_download, "DOWNLOAD_PARALLELS", 4)
+    monkeypatch.setattr(_download, "DOWNLOAD_PART_SIZE", 256 << 10)
+    folder = ms.HubApi().download_repo("org/x", "model", local_dir=str(tmp_path / "x"))
+    assert (tmp_path / "x" / "x.gguf").read_bytes() == big and str(folder) == str(tmp_path / "x")
+    reads = fake_modelscope.range_reads()
+    assert len(reads) > 1 and all(p == "x.gguf" for p, _ in reads)  # parallel parts, no fallback to one stream
+
+    api = ms.HubApi().legacy
+    r = api.download_stream("org/x", "model", "x.gguf", "master", headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == big[100:200] and r.url.startswith(fake_modelscope.urls["storage"])
+    r = api.download_stream("org/x", "model", "config.json", "master", headers={"Range": "bytes=2-4"})
+    assert r.status_code == 200 and r.content == b'{"a": 1}' and "Content-Range" not in r.headers

@@ -11,7 +11,7 @@ from hubtesting import caches, fake_hub, gguf_repo, go_offline  # noqa: F401  (f
 
 import fixtures
 from conftest import run_cli
-from edgellm import hub, paths, store
+from edgellm import hubmodel, paths, store
 from edgellm.fsutil import human_bytes
 from edgellm.models import resolve_model
 
@@ -152,7 +152,7 @@ def test_pull_a_gguf_repo_registers_it(fake_hub, caches, monkeypatch, capsys):
 def test_a_registered_repo_never_replaces_a_local_package(fake_hub, gguf_copy):
     local = make_package(gguf_copy, "SmolLM2-135M-Instruct")
     fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = gguf_repo()
-    hub.pull("someone/SmolLM2-135M-Instruct-GGUF")
+    hubmodel.pull("someone/SmolLM2-135M-Instruct-GGUF")
     assert store.names() == ["SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct-someone"]
     assert not (local / store.SOURCE_FILE).exists()
 

@@ -40,6 +40,20 @@ class Tmux:
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
+    def ask_and_quit(self, exit_file: Path) -> str:
+        """Ask QUESTION in the open chat, wait for an answer naming Paris with its speed shown, quit with Ctrl+Q
+        and check the command (which writes its exit code to `exit_file`) ended with 0; the answer's screen."""
+        self("send-keys", "-t", "chat", "-l", QUESTION)
+        self("send-keys", "-t", "chat", "Enter")
+        screen = self.wait_for(lambda s: "Paris" in s and "ready │" in s and "tok/s" in s and "– tok/s" not in s)
+        self("send-keys", "-t", "chat", "C-q")
+        end = time.monotonic() + 30
+        while not exit_file.exists():
+            assert time.monotonic() < end, f"did not quit; the screen shows:\n{self.pane()}"
+            time.sleep(0.1)
+        assert exit_file.read_text().strip() == "0"
+        return screen
+
 
 @pytest.mark.slow
 def test_installed_chat_answers_in_tmux_and_quits_cleanly(tmp_path):
@@ -55,17 +69,9 @@ def test_installed_chat_answers_in_tmux_and_quits_cleanly(tmp_path):
     try:
         tmux("new-session", "-d", "-s", "chat", "-x", "80", "-y", "24", command)
         tmux.wait_for(lambda s: "ready │" in s and "CPU only" in s)
-        tmux("send-keys", "-t", "chat", "-l", QUESTION)
-        tmux("send-keys", "-t", "chat", "Enter")
-        screen = tmux.wait_for(lambda s: "Paris" in s and "ready │" in s and "tok/s" in s and "– tok/s" not in s)
+        screen = tmux.ask_and_quit(exit_file)
         (tmp_path / "pane.txt").write_text(screen)
         assert "You" in screen and "Assistant" in screen and "capital of France" in screen
         assert "^n New" in screen and "Q4_1" in screen  # footer keys and the model's quant level
-        tmux("send-keys", "-t", "chat", "C-q")
-        end = time.monotonic() + 30
-        while not exit_file.exists():
-            assert time.monotonic() < end, f"did not quit; the screen shows:\n{tmux.pane()}"
-            time.sleep(0.1)
-        assert exit_file.read_text().strip() == "0"
     finally:
         tmux.kill()

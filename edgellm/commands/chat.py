@@ -35,11 +35,17 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     The planner picks the file, GPU offload and context size for this machine; the header says what it chose
     (and which LoRA adapters are applied).
     Settings (Ctrl+S) and chats are saved under edgellm's data folder.
+
+    MODEL may also be a store name, or a Hugging Face or ModelScope repo id: the level the planner picks for
+    this machine is pulled (from a checkpoint: converted and quantized to that level only) into the store first.
     """
+    from .hubref import local_model
+
     if model is None:
         from edgellm.catalog import default_model
 
         model = default_model()
+    model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first, progress shown before the chat opens
 
     from functools import partial
 

@@ -32,6 +32,11 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     Picks the highest-quality level that fits and decodes at --min-speed tokens/s or more (else the fastest),
     the most GPU layers that fit with a safety margin, and shrinks the context (not below --min-ctx) before
     dropping to a lower level. Speeds are measured ones (`bench --save` on this machine) or predicted (~).
+
+    A store name or a Hugging Face or ModelScope repo id works too. A repo is planned before anything is
+    downloaded: a repo of GGUF files from the headers of the levels that could fit (the first few MiB of each,
+    by byte ranges), a checkpoint from config.json and its safetensors headers (each level's size
+    estimated); the plan says what the chosen level costs on disk.
     """
     from ..adapters import read_adapters
     from ..errors import UsageError
@@ -39,10 +44,13 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     from ..launch import choose_threads
     from ..models import resolve_models
     from ..plan import FIT_SHORT, make_plan
+    from .plan_hub import PlanOptions, hub_ref, plan_hub
 
     given = click.get_current_context().get_parameter_source("min_ctx") is click.core.ParameterSource.COMMANDLINE
     if ctx is not None and given and min_ctx > ctx:
         raise UsageError(f"--min-ctx {min_ctx} is more than --ctx {ctx}: a context cannot be smaller than its minimum")
+    if hub_ref(models):  # a hub repo, before anything is downloaded: the headers of its files, by byte ranges
+        return plan_hub(models[0], ram, vram, PlanOptions(ctx, kv_type, min_ctx, ngl, threads, min_speed), as_json, rpc)
     ref = resolve_models(list(models))
     adapters = read_adapters(loras, ref.files[0].info)
     hw = detect()

@@ -7,7 +7,7 @@ import json
 import click
 
 from .. import hub, store
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..fsutil import human_bytes
 
 
@@ -28,8 +28,8 @@ from ..fsutil import human_bytes
     "levels",
     multiple=True,
     metavar="LEVEL",
-    help="For a repo of GGUF files: fetch this level (e.g. Q4_K_M); repeatable. Default: the largest "
-    "quantized level that fits this machine's memory.",
+    help="For a repo of GGUF files: fetch this level (e.g. Q4_K_M); repeatable. Default: the level the "
+    "planner picks for this machine, judged from the levels' headers before downloading.",
 )
 @click.option("--all", "every_level", is_flag=True, help="For a repo of GGUF files: fetch every level.")
 @click.option("--offline", is_flag=True, help="Use only the cache (as HF_HUB_OFFLINE=1 does).")
@@ -42,23 +42,25 @@ def pull(
     """Download what edgellm needs from REPO_ID and print the local folder.
 
     A checkpoint repo gives its safetensors, config and tokenizer files (never .bin, .pth or original/),
-    ready for `edgellm package`. From a repo of GGUF files comes one level: the largest quantized one whose
-    files fit this machine's RAM (and VRAM) as the planner budgets it, or those named with --level, or all
-    with --all; it is registered in the local store under the repo's name (without -GGUF), ready for
-    `edgellm chat NAME`, beside levels pulled before. Files go to the hub's own cache (HF_HUB_CACHE,
+    ready for `edgellm package`. From a repo of GGUF files comes one level: the highest-quality quantized one
+    the planner fits on this machine (RAM, and VRAM), judged from the levels' GGUF headers read by byte
+    ranges before anything is downloaded (`edgellm plan REPO_ID` shows the plan), or those named with
+    --level, or all with --all; it is registered in the local store under the repo's name (without -GGUF),
+    ready for `edgellm chat NAME`, beside levels pulled before. Files go to the hub's own cache (HF_HUB_CACHE,
     MODELSCOPE_CACHE) with its token and resume; the free disk space is checked first.
     """
+    from ..hubplan import choose_level
+
     if levels and every_level:
         raise UsageError("--level and --all exclude each other")
     try:
         pulled = hub.fetch(
             repo_id, hub=hub_name, revision=revision, levels=levels, offline=offline or None,
             say=lambda line: click.echo(line, err=True) if not as_json else None,
-            verify=verify, every_level=every_level,
+            verify=verify, every_level=every_level, choose=choose_level,
         )
     except KeyboardInterrupt:
-        click.echo("edgellm: download interrupted; run the same command again to resume", err=True)
-        return 130
+        raise Interrupted("download interrupted; run the same command again to resume") from None
     entry = store.register(pulled) if pulled.kind == "gguf" else None  # the entry's folder
 
     if as_json:

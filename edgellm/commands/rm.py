@@ -24,6 +24,11 @@ def rm(names: tuple[str, ...]) -> int:
         elif gone.source and "imported" in gone.source:
             click.echo(f"removed {gone.name}; its {human_bytes(gone.size)} stay where they were imported from "
                        f"({gone.source['imported']})")
+        elif gone.source and "built" in gone.source:  # made here from a hub's checkpoint, which stays cached
+            h = hub.HUBS[gone.source["hub"]]
+            how = h.forget.format(repo_id=gone.source["repo_id"])
+            click.echo(f"removed {gone.name} ({human_bytes(gone.size)} freed); the checkpoint it was made from stays "
+                       f"in the {h.title} cache ({how})")
         elif gone.source:
             h = hub.HUBS[gone.source["hub"]]
             how = h.forget.format(repo_id=gone.source["repo_id"])

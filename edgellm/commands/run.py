@@ -57,7 +57,9 @@ def _utf8(text: str, what: str) -> str:
     return text
 
 
-@click.command("run")
+@click.command("run", epilog="MODEL may also be a store name, or a Hugging Face or ModelScope repo id: the level the "
+               "planner picks for this machine is pulled (from a checkpoint: converted and quantized to that level only) "
+               "into the store first.")
 @click.argument("model", required=False)
 @click.option("-p", "--prompt", help="The user message ('-' or omitted with piped input: read stdin).")
 @click.option("-s", "--system", help="A system message before the prompt.")
@@ -83,6 +85,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     from ..errors import UsageError
     from ..launch import plan_model
     from ..runtime import Engine, Sampling
+    from .hubref import local_model
 
     if sys.stdout is None:
         raise UsageError("stdout is closed: there is nowhere to write the reply")
@@ -92,6 +95,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         raise UsageError("the prompt is empty")
     if system is not None:
         _utf8(system, "the system message")
+    model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first
 
     plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template,
                       min_speed=min_speed, rpc=rpc, loras=loras)

@@ -47,19 +47,24 @@ def _is_loopback(host: str) -> bool:
 def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, rpc,
           loras) -> int:
     """Serve MODEL (a .gguf file, package folder or store name; default: the demo model) over an
-    OpenAI-compatible API at http://HOST:PORT/v1."""
+    OpenAI-compatible API at http://HOST:PORT/v1.
+
+    A Hugging Face or ModelScope repo id is pulled first: the level the planner picks for this machine (from
+    a checkpoint: converted and quantized to that level only), kept in the store.
+    """
     from ..errors import UsageError
     from ..launch import plan_model
     from ..models import resolve_model
     from ..runtime import Engine
     from ..serve.server import ServeOptions, bind, serve as run_server
+    from .hubref import local_model
 
     if not _is_loopback(host) and not api_key and not insecure:
         raise UsageError(f"--host {host} lets other machines reach the API: give --api-key KEY, or --insecure to serve it without one")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
     sock = bind(host, port)  # before loading: a port in use fails fast
-    ref = resolve_model(model)
+    ref = resolve_model(local_model(model, min_speed, rpc))  # a hub id: pulled (converted, quantized) first
     per_slot = -(-ctx // CTX_STEP) * CTX_STEP if ctx else None
     plan = plan_model(ref, ctx=per_slot * parallel if per_slot else None, threads=threads, n_seq=parallel,
                       chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
