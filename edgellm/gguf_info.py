@@ -83,7 +83,7 @@ class Truncated(ValueError):
         self.needed = needed
 
 
-def _reader_class():
+def header_reader_class():
     """GGUFReader that steps over long arrays instead of making a numpy view per item, and never reads past
     the end of its bytes (`Truncated` says how far it wanted to read).
 
@@ -129,7 +129,7 @@ def _prefix_reader_class():
     offset) without views of their data, which is not there."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, ReaderTensor
 
-    class PrefixReader(_reader_class()):
+    class PrefixReader(header_reader_class()):
         def _build_tensors(self, start_offs, fields):
             self.tensors = []
             for f in fields:
@@ -184,7 +184,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         if f.read(4) != b"GGUF":
             raise EdgeError(f"not a GGUF file: {path}")
     try:
-        reader = _reader_class()(path, "r")
+        reader = header_reader_class()(path, "r")
     except Exception as exc:  # the reader raises ValueError/IndexError/struct errors on damaged headers
         raise EdgeError(f"corrupt GGUF file {path}: {exc}") from exc
     return _info(reader, path, path.stat().st_size)

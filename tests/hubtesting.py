@@ -186,9 +186,9 @@ def ram_needed(path: Path, n_ctx: int = 2048) -> int:
 
 def sparse_gguf(path: Path) -> Sparse:
     """A GGUF file on disk as the test hub serves a big one: its real header and size, zeros after."""
-    from edgellm.gguf_info import _reader_class
+    from edgellm.gguf_info import header_reader_class
 
-    end = _reader_class()(path, "r").data_offset
+    end = header_reader_class()(path, "r").data_offset
     with open(path, "rb") as f:
         return Sparse(f.read(end), Path(path).stat().st_size)
 

@@ -192,9 +192,9 @@ def _fields(path: Path) -> tuple[dict, dict]:
 
     A field's bytes run to the next field (the last one to the first tensor info); gguf_info's header
     reader steps over long arrays (Llama 3's 400k vocabulary strings) quickly."""
-    from edgellm.gguf_info import _reader_class
+    from edgellm.gguf_info import header_reader_class
 
-    reader = _reader_class()(path, "r")
+    reader = header_reader_class()(path, "r")
     fields = sorted(reader.fields.values(), key=lambda f: f.offset)
     ends = [f.offset for f in fields[1:]] + [reader.tensors[0].field.offset]
     meta = {f.name: bytes(reader.data[f.offset : end]) for f, end in zip(fields, ends) if not f.name.startswith("GGUF.")}
