@@ -132,3 +132,10 @@ class LoraFile(click.ParamType):
 LORA = LoraFile()
 LORA_HELP = ("A LoRA adapter GGUF (edgellm convert ADAPTER_DIR --base BASE) applied at SCALE (default 1, from -10 to 10); "
              "repeatable.")
+
+
+# `--jobs` of package and quantize
+levels_per_pass = click.option(
+    "--jobs", type=Range(int, 0, 64), default=0, show_default=True,
+    help="Levels made together in one pass over the base, where tensors they quantize alike are quantized once "
+         "(0: all). Fewer per pass records each level sooner; all at once is fastest.")

@@ -3,8 +3,8 @@
 LoRA adapters (PEFT folders, `loras`) are merged into the checkpoint's weights as the base is written, so
 every level carries the fine-tune; the manifest records each adapter and the hashes of its files.
 
-Levels are quantized two at a time by default: llama.cpp's quantizer spends much of a small tensor's time
-on one thread (reading, converting to F32, writing), so two levels side by side keep both cores busy.
+All levels are made in one pass over the base (quantize/onepass.py): each tensor is read once and each
+(tensor, type) pair quantized once, however many levels share it.
 Every file is hashed as it is made; a re-run skips files whose sha256 still matches the manifest, and the
 manifest is rewritten after each file so an interrupted run resumes where it stopped. A file under its
 final name is always listed in the manifest: one that cannot be recorded is removed. One run at a time
@@ -13,11 +13,9 @@ writes to a package folder (an flock on LOCK_FILE there).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +43,7 @@ class PackageOptions:
     eval_text: Path | None = None
     n_ctx: int = 512
     allow_requantize: bool = False
-    jobs: int = 2
+    jobs: int = 0  # levels per pass over the base; 0: all in one
     name: str | None = None
     command: str = ""
     loras: tuple[tuple[Path, float], ...] = ()  # PEFT LoRA adapter folders merged into the weights, at these scales
@@ -142,15 +140,6 @@ def _entry_ok(folder: Path, entry: FileEntry | None) -> bool:
     return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
 
 
-def _jobs_that_fit(base: Path) -> int:
-    """Each quantizer holds its largest tensor as F32 plus the quantized copy: keep them within free RAM."""
-    import psutil
-
-    largest = max((t.n_elements for t in read_gguf(base).tensors), default=0)
-    per_job = largest * 4 * 2 + (256 << 20)
-    return max(1, psutil.virtual_memory().available // per_job)
-
-
 def quantize_levels(
     base: Path,
     out_dir: Path,
@@ -159,50 +148,38 @@ def quantize_levels(
     *,
     imatrix=None,
     allow_requantize: bool = False,
-    jobs: int = 2,
+    jobs: int = 0,
     reporter: Reporter | None = None,
     on_done: Callable[[Level, Path, str], None] | None = None,
 ) -> dict[str, tuple[Path, str]]:
-    """Quantize `base` to every level (`jobs` at a time); returns {level: (path, sha256)}."""
+    """Quantize `base` to every level, `jobs` levels per pass over the base (0: all in one pass); returns
+    {level: (path, sha256)}. Levels made in one pass share the tensors they quantize alike and are all done
+    when the pass is; `on_done` records each as it is done."""
+    from .quantize.onepass import quantize_together, read_base
+
     rep = reporter or Reporter()
-    cancel = threading.Event()
     results: dict[str, tuple[Path, str]] = {}
-    jobs = max(1, min(jobs, len(levels), _jobs_that_fit(base)))
-    # Every level may use every core: while two run they share them, and the last one left keeps them all busy.
-    nthread = usable_cores()
-
-    def one(level: Level) -> tuple[Level, Path, str]:
-        out = out_dir / f"{stem}-{level.name}.gguf"
-        rep.level_start(level.name, 0)
-        quantize(
-            base, out, level, imatrix=imatrix, allow_requantize=allow_requantize, nthread=nthread,
-            on_tensor=lambda i, n, _name: rep.tensor(level.name, i, n), cancel=cancel,
-        )
-        return level, out, sha256_file(out)
-
-    def finished(fut: cf.Future) -> None:
-        level, path, sha = fut.result()
-        results[level.name] = (path, sha)
-        rep.level_done(level.name, False)
-        if on_done:
-            on_done(level, path, sha)
-
-    with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(one, lv) for lv in levels]
-        try:
-            for fut in cf.as_completed(futures):
-                finished(fut)
-        except BaseException:
-            # Stop: levels not started are dropped, running ones discard their output. A level that was
-            # already complete is still recorded, so every file under a final name is in the manifest.
-            cancel.set()
-            for f in futures:
-                f.cancel()
-            cf.wait(futures)
-            for f in futures:
-                if not f.cancelled() and f.exception() is None and f.result()[0].name not in results:
-                    finished(f)
-            raise
+    source = read_base(base)
+    size = 1 if source is None else jobs or len(levels)
+    for at in range(0, len(levels), size):
+        group = levels[at:at + size]
+        outs = [(lv, out_dir / f"{stem}-{lv.name}.gguf") for lv in group]
+        for lv in group:
+            rep.level_start(lv.name, 0)
+        if source is not None:
+            shas = quantize_together(source, outs, imatrix=imatrix, nthread=usable_cores(),
+                                     on_tensor=lambda level, i, n: rep.tensor(level, i, n))
+        else:  # weights quantized already (--allow-requantize): llama.cpp's quantizer takes them, level by level
+            shas = {}
+            for lv, out in outs:
+                quantize(base, out, lv, imatrix=imatrix, allow_requantize=allow_requantize, nthread=usable_cores(),
+                         on_tensor=lambda i, n, _name, lv=lv: rep.tensor(lv.name, i, n))
+                shas[lv.name] = sha256_file(out)
+        for lv, out in outs:
+            results[lv.name] = (out, shas[lv.name])
+            rep.level_done(lv.name, False)
+            if on_done:
+                on_done(lv, out, shas[lv.name])
     return results
 
 

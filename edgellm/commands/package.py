@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import LORA
+from ..options import LORA, levels_per_pass
 
 LEVELS_HELP = "Comma-separated quantization levels (e.g. Q8_0,Q4_K_M,Q2_K); `edgellm quantize --list` shows all."
 
@@ -95,7 +95,7 @@ def print_levels_table(rows: list[dict], title: str) -> None:
 @click.option("--ctx", "n_ctx", type=click.IntRange(64, 32768), default=512, show_default=True,
               help="Chunk size in tokens for --imatrix and --eval (as llama-perplexity's -c).")
 @click.option("--name", default=None, help="Model name for file names and the card (default: from the model).")
-@click.option("--jobs", type=click.IntRange(1, 16), default=2, show_default=True, help="Levels quantized at once.")
+@levels_per_pass
 @click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized GGUF as the base.")
 @click.option("--lora", "loras", type=LORA, multiple=True, metavar="ADAPTER_DIR[:SCALE]",
               help="A PEFT LoRA adapter folder merged into the checkpoint's weights at SCALE (default 1) before "

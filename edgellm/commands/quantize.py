@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..options import levels_per_pass
 from .package import LEVELS_HELP, ProgressReporter, print_levels_table
 
 
@@ -31,12 +32,13 @@ def _list_levels() -> None:
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Folder for the files (default: beside BASE). Files are named <BASE stem>-<LEVEL>.gguf.")
 @click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized BASE (adds error to error).")
-@click.option("--jobs", type=click.IntRange(1, 16), default=2, show_default=True, help="Levels quantized at once.")
+@levels_per_pass
 @click.option("--list", "list_levels", is_flag=True, help="List every level llama.cpp offers and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_requantize: bool, jobs: int,
              list_levels: bool, as_json: bool) -> int:
-    """Quantize BASE.gguf (F32/F16/BF16) to each level with llama.cpp's own quantizer."""
+    """Quantize BASE.gguf (F32/F16/BF16) to each level: byte for byte what llama.cpp's quantizer writes, all levels
+    in one pass over BASE."""
     from ..errors import UsageError
     from ..gguf_info import read_gguf
     from ..package import quantize_levels
