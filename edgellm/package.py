@@ -168,7 +168,7 @@ def quantize_levels(
             rep.level_start(lv.name, 0)
         if source is not None:
             shas = quantize_together(source, outs, imatrix=imatrix, nthread=usable_cores(),
-                                     on_tensor=lambda level, i, n: rep.tensor(level, i, n))
+                                     on_tensor=rep.tensor)
         else:  # weights quantized already (--allow-requantize): llama.cpp's quantizer takes them, level by level
             shas = {}
             for lv, out in outs:

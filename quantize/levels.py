@@ -183,7 +183,7 @@ _callback = None  # the ctypes thunk, made once llama_cpp is imported and kept a
 
 
 @contextlib.contextmanager
-def _thread_log(hook: Callable[[int, str], None]) -> Iterator[None]:
+def thread_log(hook: Callable[[int, str], None]) -> Iterator[None]:
     global _callback
     import llama_cpp
 
@@ -248,7 +248,7 @@ def quantize(
             pause_point("quantize.tensor", int(m.group(1)), until=cancel.is_set if cancel else None)
 
     _interrupted.clear()
-    with atomic_output(out) as tmp, _thread_log(hook):
+    with atomic_output(out) as tmp, thread_log(hook):
         rc = llama_cpp.llama_model_quantize(str(base).encode(), str(tmp).encode(), ctypes.byref(params))
         if (cancel is not None and cancel.is_set()) or _interrupted.is_set():
             raise KeyboardInterrupt

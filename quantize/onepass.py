@@ -155,7 +155,7 @@ def recipe(base: Base, level: Level, imatrix: ImportanceMatrix | None = None) ->
     """Ask llama.cpp's quantizer, in a dry run, which type each tensor gets at `level` and in what order."""
     import llama_cpp
 
-    from .levels import _thread_log
+    from .levels import thread_log
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.dry_run = level.ftype, True
@@ -163,7 +163,7 @@ def recipe(base: Base, level: Level, imatrix: ImportanceMatrix | None = None) ->
     if entries is not None:
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     log = io.StringIO()
-    with _thread_log(lambda _lvl, text: log.write(text)):
+    with thread_log(lambda _lvl, text: log.write(text)):
         rc = llama_cpp.llama_model_quantize(str(base.path).encode(), b"", ctypes.byref(params))
     text = log.getvalue()
     if rc != 0:
@@ -219,11 +219,15 @@ def _as_f32(raw: np.ndarray, ggml_type: int) -> np.ndarray:
     return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)  # bf16: the high half of an f32
 
 
-def _quantized_rows(t: SourceTensor, raw: np.ndarray, first_row: int, types: tuple[int, ...],
-                    imatrix: np.ndarray | None) -> dict[int, np.ndarray]:
-    """Rows [first_row, first_row + n) of `t` (within one expert) in each of `types`."""
+def _encoded_rows(t: SourceTensor, raw: bytes, first_row: int, types: tuple[int, ...],
+                  imatrix: np.ndarray | None) -> dict[int, bytes | np.ndarray]:
+    """Rows [first_row, first_row + n) of `t` (within one expert) in each of `types`; its own type is `raw`."""
+    out: dict[int, bytes | np.ndarray] = {ty: raw for ty in types if ty == t.ggml_type}  # kept as the base holds it
+    todo = [ty for ty in types if ty != t.ggml_type]
+    if not todo:
+        return out
     lib, n_per_row = _ggml(), t.ne[0]
-    values = np.ascontiguousarray(_as_f32(raw, t.ggml_type))
+    values = np.ascontiguousarray(_as_f32(np.frombuffer(raw, dtype=np.uint8), t.ggml_type))
     if not np.isfinite(values).all():  # llama.cpp's loader refuses such a base too
         raise EdgeError(f"{t.name} holds weights that are not finite (NaN or infinity): the base is damaged")
     n_rows = values.size // n_per_row
@@ -232,8 +236,7 @@ def _quantized_rows(t: SourceTensor, raw: np.ndarray, first_row: int, types: tup
     if imatrix is not None:
         expert = first_row // t.rows_per_matrix
         weights = imatrix[expert * n_per_row:(expert + 1) * n_per_row].ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-    out = {}
-    for ggml_type in types:
+    for ggml_type in todo:
         dst = np.empty(row_size(ggml_type, n_per_row) * n_rows, dtype=np.uint8)
         size = lib.ggml_quantize_chunk(ggml_type, src, dst.ctypes.data, 0, n_rows, n_per_row, weights)
         if not lib.ggml_validate_row_data(ggml_type, dst.ctypes.data, size):
@@ -244,9 +247,9 @@ def _quantized_rows(t: SourceTensor, raw: np.ndarray, first_row: int, types: tup
     return out
 
 
-def _importance(t: SourceTensor, imatrix: ImportanceMatrix | None, means: dict[str, np.ndarray]) -> np.ndarray | None:
+def _importance(t: SourceTensor, means: dict[str, np.ndarray]) -> np.ndarray | None:
     """The tensor's importance weights as llama.cpp's quantizer looks them up (none found: quantized without)."""
-    if imatrix is None or t.name not in means:
+    if t.name not in means:
         return None
     values = means[t.name]
     n_matrices = t.ne[2] if len(t.ne) > 2 else 1
@@ -259,15 +262,16 @@ def _importance(t: SourceTensor, imatrix: ImportanceMatrix | None, means: dict[s
 
 
 # One job's result: (tensor index, first row, rows, {ggml type: bytes})
-Piece = tuple[int, int, int, dict[int, np.ndarray]]
+Piece = tuple[int, int, int, dict[int, bytes | np.ndarray]]
 
 
-def _jobs(base: Base, order: list[str], wanted: list[tuple[int, ...]], imatrix, means,
+def _jobs(base: Base, order: list[str], wanted: list[tuple[int, ...]], means: dict[str, np.ndarray],
           fd: int) -> Iterator[Callable[[], Piece]]:
     for index, name in enumerate(order):
         t = base.tensors[name]
-        weights = _importance(t, imatrix, means) if wanted[index] else None
-        for ggml_type in wanted[index]:
+        quantized = [ty for ty in wanted[index] if ty != t.ggml_type]
+        weights = _importance(t, means) if quantized else None
+        for ggml_type in quantized:
             if weights is None and _ggml().ggml_quantize_requires_imatrix(ggml_type):
                 raise EdgeError(f"{name} needs an importance matrix to be quantized to "
                                 f"{_ggml().ggml_type_name(ggml_type).decode()}")
@@ -275,10 +279,7 @@ def _jobs(base: Base, order: list[str], wanted: list[tuple[int, ...]], imatrix, 
         while first < t.n_rows:
             # a job never crosses from one expert's matrix to the next: each has its own importance weights
             last = min(first + step, t.n_rows, (first // t.rows_per_matrix + 1) * t.rows_per_matrix)
-            if wanted[index]:
-                yield partial(_piece, fd, index, t, first, last, wanted[index], weights)
-            else:
-                yield partial(lambda i, a, b: (i, a, b - a, {}), index, first, last)
+            yield partial(_piece, fd, index, t, first, last, wanted[index], weights)
             first = last
 
 
@@ -292,8 +293,7 @@ def _read_rows(fd: int, t: SourceTensor, first: int, last: int) -> bytes:
 
 
 def _piece(fd, index, t, first, last, types, weights) -> Piece:
-    raw = np.frombuffer(_read_rows(fd, t, first, last), dtype=np.uint8)
-    return index, first, last - first, _quantized_rows(t, raw, first, types, weights)
+    return index, first, last - first, _encoded_rows(t, _read_rows(fd, t, first, last), first, types, weights)
 
 
 def quantize_together(
@@ -307,19 +307,17 @@ def quantize_together(
     """Write every level in `outs` in one pass over `base`; each file appears under its name only when all are
     complete. Returns each level's sha256, hashed as it was written. `on_tensor(level, index from 1, total)`
     follows the pass."""
-    if imatrix is not None:
-        bad = [n for n, v in imatrix.means().items() if not np.isfinite(v).all()]
-        if bad:
-            raise EdgeError(f"the importance matrix holds values that are not finite (first in {bad[0]})")
+    means = imatrix.means() if imatrix is not None else {}
+    bad = [name for name, v in means.items() if not np.isfinite(v).all()]
+    if bad:
+        raise EdgeError(f"the importance matrix holds values that are not finite (first in {bad[0]})")
     recipes = [recipe(base, level, imatrix) for level, _ in outs]
     order = [name for name, _ in recipes[0].tensors]
     if any([name for name, _ in r.tensors] != order for r in recipes):
         raise EdgeError("llama.cpp orders the tensors differently for different levels; make them one at a time")
-    # Per tensor: the types to quantize to (each once), and per level which of those it takes (None: copied).
-    picks = [[dict(r.tensors)[name] for r in recipes] for name in order]
-    wanted = [tuple(sorted({ty for ty in row if ty != base.tensors[name].ggml_type}))
-              for name, row in zip(order, picks)]
-    means = imatrix.means() if imatrix is not None else {}
+    # Per tensor: the type each level takes, and the types to make (each once; its own type is copied).
+    picks = list(zip(*([ty for _, ty in r.tensors] for r in recipes)))
+    wanted = [tuple(sorted(set(row))) for row in picks]
     n = len(order)
     with contextlib.ExitStack() as stack:
         fd = stack.enter_context(open(base.path, "rb")).fileno()
@@ -329,18 +327,13 @@ def quantize_together(
             f = _HashingWriter(stack.enter_context(open(tmp, "wb", buffering=4 << 20)))
             f.write(header(base, rcp))
             files.append(f)
-        jobs = _jobs(base, order, wanted, imatrix, means, fd)
+        jobs = _jobs(base, order, wanted, means, fd)
         for index, first, count, pieces in ordered_results(jobs, nthread, ahead=2 * nthread + 2):
             t = base.tensors[order[index]]
             if first == 0:
                 pause_point("quantize.tensor", index + 1)
-            copy = None
             for f, ggml_type in zip(files, picks[index]):
-                data = pieces.get(ggml_type)
-                if data is None:  # a level that keeps the tensor as the base holds it
-                    copy = copy or _read_rows(fd, t, first, first + count)
-                    data = copy
-                f.write(data)
+                f.write(pieces[ggml_type])
             if first + count == t.n_rows:
                 for f, ggml_type in zip(files, picks[index]):
                     size = row_size(ggml_type, t.ne[0]) * t.n_rows

@@ -44,13 +44,13 @@ def test_needs_imatrix_agrees_with_llama_cpp(base, tmp_path):
     """llama.cpp's dry run tells which levels it would refuse without an imatrix: the table agrees."""
     import ctypes
 
-    from edgellm.quantize.levels import _thread_log
+    from edgellm.quantize.levels import thread_log
 
     def refuses(level) -> bool:
         text: list[str] = []
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype, params.dry_run = level.ftype, True
-        with _thread_log(lambda _lvl, t: text.append(t)):
+        with thread_log(lambda _lvl, t: text.append(t)):
             rc = llama_cpp.llama_model_quantize(str(base).encode(), str(tmp_path / "dry.gguf").encode(),
                                                 ctypes.byref(params))
         # rc != 0: llama.cpp cannot make this level for this model at all (Q1_0 here)
