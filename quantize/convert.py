@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import gguf
 import numpy as np
@@ -84,39 +85,47 @@ def convert_checkpoint(
 
     writer = gguf.GGUFWriter(None, arch.gguf_arch)
     _add_metadata(writer, arch, hp, ckpt, ftype, vocab)
+    with gguf_output(writer, tensors, out_path, _vocab_bytes(vocab), "GGUF file") as (tmp, fout):
+
+        def emit(data) -> None:
+            fout.write(data)
+            if digest is not None:
+                digest.update(data)
+
+        if digest is not None:
+            fout.flush()
+            digest.update(tmp.read_bytes())  # the header so far: a few MiB
+        emit(bytes(-fout.tell() % writer.data_alignment))
+        workers = usable_cores()
+        chunks = ordered_results(_chunk_jobs(tensors), workers, ahead=2 * workers + 1)
+        with _Progress(progress, sum(t.nbytes for t in tensors), out_path.name) as bar:
+            for index, last, data in chunks:
+                emit(data)
+                bar.advance(len(data))
+                if last:
+                    if index + 1 < len(tensors):
+                        emit(bytes(-fout.tell() % writer.data_alignment))
+                    pause_point("convert.tensor", index + 1)
+    return out_path
+
+
+@contextlib.contextmanager
+def gguf_output(writer: gguf.GGUFWriter, tensors, out_path: Path, other_bytes: int, what: str
+                ) -> Iterator[tuple[Path, BinaryIO]]:
+    """Describe `tensors` (each with name, shape, nbytes, qtype) in `writer`, check there is room for them and
+    `other_bytes` more, and write the header, metadata and tensor descriptions to a temp file beside `out_path`.
+    Yields (temp path, open file) for the tensor data; the file takes its final name when the block succeeds."""
     for t in tensors:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-    ensure_free_space(out_path.resolve().parent, sum(t.nbytes for t in tensors) + _vocab_bytes(vocab), "GGUF file")
-
+    ensure_free_space(out_path.resolve().parent, sum(t.nbytes for t in tensors) + other_bytes, what)
     with atomic_output(out_path) as tmp:
         try:
             writer.write_header_to_file(tmp)
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            fout = writer.fout[0]
-
-            def emit(data) -> None:
-                fout.write(data)
-                if digest is not None:
-                    digest.update(data)
-
-            if digest is not None:
-                fout.flush()
-                digest.update(tmp.read_bytes())  # the header so far: a few MiB
-            emit(bytes(-fout.tell() % writer.data_alignment))
-            workers = usable_cores()
-            chunks = ordered_results(_chunk_jobs(tensors), workers, ahead=2 * workers + 1)
-            with _Progress(progress, sum(t.nbytes for t in tensors), out_path.name) as bar:
-                for index, last, data in chunks:
-                    emit(data)
-                    bar.advance(len(data))
-                    if last:
-                        if index + 1 < len(tensors):
-                            emit(bytes(-fout.tell() % writer.data_alignment))
-                        pause_point("convert.tensor", index + 1)
+            yield tmp, writer.fout[0]
         finally:
             writer.close()
-    return out_path
 
 
 def resolve_outtype(src_dir: str | Path, outtype: str = "auto") -> str:

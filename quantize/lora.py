@@ -26,11 +26,10 @@ import gguf
 import numpy as np
 
 from edgellm.errors import UsageError
-from edgellm.fsutil import atomic_output, ensure_free_space
 
 from .arch import arch_for, permute_groups, permute_rows, read_hparams
 from .checkpoint import Checkpoint, TensorEntry, to_float32
-from .convert import AUTO_FROM_SOURCE, OUTTYPE_CHOICES, OUTTYPES
+from .convert import AUTO_FROM_SOURCE, OUTTYPE_CHOICES, OUTTYPES, gguf_output
 from .peft import LoraPair, PeftAdapter, match
 
 Q = gguf.GGMLQuantizationType
@@ -103,20 +102,10 @@ def write_adapter_gguf(
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
     writer.add_file_type(ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for t in tensors:
-        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-    ensure_free_space(out_path.resolve().parent, sum(t.nbytes for t in tensors) + (1 << 20), "adapter GGUF")
-    with atomic_output(out_path) as tmp:
-        try:
-            writer.write_header_to_file(tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            fout = writer.fout[0]
-            for t in tensors:
-                writer.write_padding(fout, fout.tell())
-                fout.write(t.data().tobytes())
-        finally:
-            writer.close()
+    with gguf_output(writer, tensors, out_path, 1 << 20, "adapter GGUF") as (_, fout):
+        for t in tensors:
+            writer.write_padding(fout, fout.tell())
+            fout.write(t.data().tobytes())
     return out_path
 
 
