@@ -7,6 +7,7 @@ Each subcommand lives in `edgellm/commands/<name>.py` and is imported only when 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -56,8 +57,23 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgellm")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Stream llama.cpp's log to stderr as it is written (EDGELLM_LLAMA_LOG=1).")
+def cli(verbose: bool) -> None:
     """edgellm: from a Hugging Face checkpoint to a fast, private chat on your laptop."""
+    if verbose:
+        os.environ["EDGELLM_LLAMA_LOG"] = "1"  # read by edgellm.llamacpp when llama.cpp first logs
+    _check_lib_path(os.environ.get("LLAMA_CPP_LIB_PATH"))
+
+
+LIBLLAMA_NAMES = ("libllama.so", "libllama.dylib", "llama.dll", "libllama.dll")
+
+
+def _check_lib_path(folder: str | None) -> None:
+    """llama-cpp-python loads libllama from LLAMA_CPP_LIB_PATH when it is set: a folder without one would end
+    the first command that needs llama.cpp in a traceback."""
+    if folder is not None and not any(os.path.isfile(os.path.join(folder, n)) for n in LIBLLAMA_NAMES):
+        raise EdgeError(f"LLAMA_CPP_LIB_PATH={folder} holds no llama.cpp library ({LIBLLAMA_NAMES[0]}): "
+                        "point it at a build's bin folder, or unset it to use llama-cpp-python's own")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """What this machine offers a model: RAM, CPU cores, GPUs and their memory, and what llama.cpp can use.
 
-NVIDIA GPUs are read through NVML (nvidia-ml-py). Other GPUs (Apple unified memory, AMD through ROCm or
-Vulkan) are seen only when the installed llama.cpp was built with their backend, through ggml's device
-list. A GPU counts for offload only when the llama.cpp build can offload to it.
+GPUs come from one place: the device list of the ggml that libllama loaded (LLAMA_CPP_LIB_PATH included):
+each with its backend (CUDA, Vulkan, Metal, ROCm, SYCL), ggml's device name (CUDA0, Vulkan1) and the memory
+its backend reports. An integrated GPU's memory is the system's: it is marked unified, never counted twice.
+Where that build sees no GPU, NVML (nvidia-ml-py) still lists NVIDIA GPUs, to say why none is used.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ class GPU:
     vendor: str  # nvidia / apple / amd / other
     total: int  # bytes
     free: int  # bytes
-    source: str  # "nvml", "llama.cpp" (ggml device) or "override"
-    unified: bool = False  # memory shared with the CPU (Apple silicon)
+    source: str  # "llama.cpp" (a ggml device), "nvml" (seen, not usable by this build) or "override"
+    unified: bool = False  # memory shared with the CPU (Apple silicon, integrated GPUs)
+    backend: str = ""  # ggml's backend: CUDA, Vulkan, Metal, ROCm, SYCL ("" where llama.cpp cannot use it)
+    device: str = ""  # ggml's device name (CUDA0, Vulkan0), what llama.cpp's --device takes
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class HardwareProfile:
     @property
     def offload_gpus(self) -> tuple[GPU, ...]:
         """GPUs llama.cpp can put layers on."""
-        return self.gpus if self.llama.gpu_offload else ()
+        return tuple(g for g in self.gpus if g.source != "nvml") if self.llama.gpu_offload else ()
 
     @property
     def unified_memory(self) -> bool:
@@ -150,8 +153,11 @@ def _vendor(*names: str) -> str:
     return next((v for key, v in _VENDORS if key in text), "other")
 
 
-def _ggml_gpus(skip_vendor: str | None) -> list[GPU]:
-    """GPUs the llama.cpp build itself sees (Metal, ROCm, Vulkan, ...), for vendors NVML does not cover."""
+HOST_BACKENDS = ("CPU", "BLAS", "RPC")  # backends that are not a GPU's
+
+
+def _ggml_gpus() -> list[GPU]:
+    """The GPUs of the ggml that libllama loaded, as its backends report them."""
     from . import llamacpp
 
     out = []
@@ -159,10 +165,8 @@ def _ggml_gpus(skip_vendor: str | None) -> list[GPU]:
         if d.kind not in ("gpu", "igpu"):
             continue
         vendor = _vendor(d.name, d.description, d.backend)
-        if vendor == skip_vendor:
-            continue
         unified = vendor == "apple" or d.kind == "igpu"
-        out.append(GPU(len(out), d.description or d.name, vendor, d.total, d.free, "llama.cpp", unified))
+        out.append(GPU(len(out), d.description or d.name, vendor, d.total, d.free, "llama.cpp", unified, d.backend, d.name))
     return out
 
 
@@ -170,16 +174,24 @@ def detect() -> HardwareProfile:
     from . import llamacpp
 
     vm = psutil.virtual_memory()
-    gpus, note = _nvml_gpus()
-    gpus += _ggml_gpus(skip_vendor="nvidia" if gpus else None)
     build = LlamaBuild(
         gpu_offload=llamacpp.supports_gpu_offload(),
         backends=tuple(llamacpp.backends()),
         system_info=llamacpp.system_info(),
     )
-    notes = [note] if note and not gpus else []
-    if gpus and not build.gpu_offload:
-        notes.append("this llama.cpp build cannot offload to a GPU (reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on)")
+    gpus, notes = _ggml_gpus(), []
+    idle = [b for b in build.backends if b not in HOST_BACKENDS]
+    if idle and not gpus:
+        notes.append(f"llama.cpp's {', '.join(idle)} backend found no GPU")
+    if not gpus:
+        gpus, note = _nvml_gpus()
+        if note and not gpus:
+            notes.append(note)
+        if gpus:
+            notes.append(
+                f"this llama.cpp build ({', '.join(build.backends)}) cannot use these GPUs: reinstall llama-cpp-python "
+                "with CMAKE_ARGS=-DGGML_CUDA=on (NVIDIA) or -DGGML_VULKAN=on, or point LLAMA_CPP_LIB_PATH at such a build"
+            )
     return HardwareProfile(
         ram_total=int(vm.total),
         ram_available=int(vm.available),

@@ -8,11 +8,19 @@ Ctrl-C and callbacks: while llama.cpp runs, it calls back into Python (the log, 
 KeyboardInterrupt raised inside such a callback never reaches the caller: ctypes prints it and drops it.
 So the log callback only notes it, and long calls run under `sigint_deferred()`, where Ctrl-C sets a flag
 that llama.cpp's own callbacks answer by stopping.
+
+Aborts: llama.cpp ends the whole process on a failed assert, a CUDA or Vulkan error it cannot recover from, or
+an exception nobody catches. Before it dies, `report_abort` writes its reason, the last lines of its log and
+what was being done (the plan being loaded) to stderr, and gives the terminal back if the chat held it.
+`EDGELLM_LLAMA_LOG=1` (or `edgellm -v`) also streams the log to stderr as it is written; a path appends it
+to that file instead.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import re
 import signal
 import threading
 from collections import deque
@@ -37,12 +45,33 @@ _errors: deque[list[str]] = deque(maxlen=20)  # bursts of consecutive error line
 _last_was_error = [False]
 _partial = [""]
 interrupted = threading.Event()  # Ctrl-C that came while llama.cpp was working (see sigint_deferred)
+LOG_ENV = "EDGELLM_LLAMA_LOG"  # 1 / stderr: stream llama.cpp's log to stderr; a path: append it to that file
+_live: list[int] = []  # the open file descriptor the log streams to, if any
+
+
+def _live_fd() -> int | None:
+    """Where the log streams to now (the variable is read once, when first needed)."""
+    if not _live:
+        target = os.environ.get(LOG_ENV, "").strip()
+        if target in ("", "0"):
+            _live.append(-1)
+        elif target in ("1", "stderr"):
+            _live.append(2)
+        else:
+            try:
+                _live.append(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+            except OSError:
+                _live.append(2)
+    return _live[0] if _live[0] >= 0 else None
 
 
 @L.llama_log_callback
 def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     try:
         chunk = text.decode("utf-8", errors="replace") if text else ""
+        fd = _live_fd()
+        if fd is not None and chunk:
+            os.write(fd, chunk.encode())
         with _lock:
             buf = _partial[0] + chunk
             lines = buf.split("\n")
@@ -93,6 +122,7 @@ def init() -> None:
     L.llama_log_set(_on_log, ctypes.c_void_p(0))
     if not _initialised:
         L.llama_backend_init()
+        _catch_aborts()
         _initialised = True
 
 
@@ -165,20 +195,136 @@ class Device:
     total: int
 
 
+def loaded_files(name: str) -> list[str]:
+    """The files of library `name` ("ggml", "ggml-base") mapped into this process, the one libllama links to
+    (the versioned name) first. Empty where /proc/self/maps does not exist (macOS, Windows)."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return []
+    is_lib = re.compile(rf"/lib{re.escape(name)}\.so(\.\d+)*$")
+    found = {line.split(None, 5)[-1] for line in maps.read_text().splitlines() if is_lib.search(line)}
+    return sorted((f for f in found if Path(f).is_file()), key=lambda f: (f.endswith(".so"), f))
+
+
+def library_dir() -> Path:
+    """The folder llama-cpp-python loaded libllama from: its own lib/ or LLAMA_CPP_LIB_PATH."""
+    import llama_cpp.llama_cpp as bindings
+
+    return Path(bindings._base_path)
+
+
 def ggml_library(name: str) -> ctypes.CDLL:
-    """ggml's library `name` ("ggml", "ggml-base") as libllama uses it.
+    """ggml's library `name` ("ggml", "ggml-base") as libllama uses it: the very file libllama loaded, so that
+    its device registry and state are the ones llama.cpp works with.
 
-    llama-cpp-python's wheel holds file copies, not links, of libggml.so and libggml.so.0 (and of ggml-base):
-    opening the unversioned name would load a second ggml with a registry and state of its own. libllama links
-    to the versioned name, so that one is opened (already loaded, it is the same copy); other platforms'
-    names are tried after it."""
-    import llama_cpp
+    llama-cpp-python's wheel holds file copies, not links, of libggml.so and libggml.so.0 (and of ggml-base),
+    and LLAMA_CPP_LIB_PATH can point at another build altogether: opening a file by name could load a second
+    ggml. On Linux the mapped file is opened (already loaded, it is the same copy); elsewhere the names in the
+    folder libllama came from are tried, the versioned one first."""
+    import llama_cpp  # noqa: F401 - loads libllama, and with it the ggml it links to
 
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    loaded = loaded_files(name)
+    if loaded:
+        return ctypes.CDLL(loaded[0])
+    lib_dir = library_dir()
     for file in (f"lib{name}.so.0", f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll", f"lib{name}.dll"):
         if (lib_dir / file).is_file():
             return ctypes.CDLL(str(lib_dir / file))
-    raise EdgeError(f"llama-cpp-python's {name} library is not in {lib_dir}")
+    raise EdgeError(f"llama.cpp's {name} library is not in {lib_dir}")
+
+
+# --- aborts that explain themselves ---------------------------------------------------------------
+
+ABORT_LOG_LINES = 12  # log lines shown with an abort
+_doing: list[str] = []  # what llama.cpp is doing now, innermost last ("loading model.gguf: 31/31 layers on Vulkan0")
+_reported = threading.Event()
+
+
+@contextmanager
+def doing(what: str) -> Iterator[None]:
+    """Name what the calls in this block do, for the report if llama.cpp aborts inside them."""
+    _doing.append(what)
+    try:
+        yield
+    finally:
+        _doing.remove(what)
+
+
+def abort_report(message: str) -> str:
+    """What `report_abort` writes: the reason, what was being done, llama.cpp's last log lines."""
+    reason = re.sub(r"^\S+:\d+: ", "", message.strip().splitlines()[0]) if message.strip() else "no reason given"
+    lines = [f"edgellm: llama.cpp aborted: {reason}"]
+    lines += [f"  while {what}" for what in _doing]
+    with _lock:
+        recent = [line.rstrip() for line in _recent if line.strip()][-ABORT_LOG_LINES:]
+    if recent:
+        lines.append("  llama.cpp's last log lines:")
+        lines += [f"    {line}" for line in recent]
+    lines.append(f"  (set {LOG_ENV}=1 or run edgellm -v to see its whole log)")
+    return "\n".join(lines) + "\n"
+
+
+def report_abort(message: str) -> None:
+    """Write the abort report to stderr once (ggml's abort callback and the SIGABRT handler may both call)."""
+    if _reported.is_set():
+        return
+    _reported.set()
+    restore_terminal()
+    try:
+        os.write(2, b"\n" + abort_report(message).encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def restore_terminal() -> None:
+    """The chat UI holds the terminal (raw mode, another screen, mouse reports): give it back before dying."""
+    try:
+        import termios
+
+        if not os.isatty(0):
+            return
+        attrs = termios.tcgetattr(0)
+        attrs[0] |= termios.ICRNL
+        attrs[1] |= termios.OPOST
+        attrs[3] |= termios.ICANON | termios.ECHO | termios.ISIG
+        termios.tcsetattr(0, termios.TCSANOW, attrs)
+        if os.isatty(1):
+            os.write(1, b"\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?1049l\x1b[?25h")  # mouse off, main screen, cursor
+    except (OSError, ImportError):
+        pass
+
+
+ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+
+
+@ABORT_CALLBACK
+def _on_ggml_abort(message: bytes) -> None:
+    """ggml is about to abort (GGML_ASSERT, GGML_ABORT, a CUDA error): report, then let it."""
+    report_abort((message or b"").decode(errors="replace"))
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int)
+def _on_sigabrt(_signum: int) -> None:
+    """abort() from elsewhere (an exception nobody caught, e.g. from the Vulkan driver's C++ wrapper): report;
+    returning lets abort() end the process as it would have."""
+    report_abort("abort() called (an uncaught C++ exception or a failed check)")
+
+
+def set_abort_callback(callback) -> None:
+    """Install `callback` (an ABORT_CALLBACK) in every ggml-base loaded here: whichever copy the failing
+    library calls ggml_abort through."""
+    for path in loaded_files("ggml-base") or [None]:
+        base = ctypes.CDLL(path) if path else ggml_library("ggml-base")
+        base.ggml_set_abort_callback.argtypes, base.ggml_set_abort_callback.restype = [ctypes.c_void_p], ctypes.c_void_p
+        base.ggml_set_abort_callback(ctypes.cast(callback, ctypes.c_void_p))
+
+
+def _catch_aborts() -> None:
+    set_abort_callback(_on_ggml_abort)
+    if os.name == "posix":
+        libc = ctypes.CDLL(None)
+        libc.signal.argtypes, libc.signal.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+        libc.signal(signal.SIGABRT, ctypes.cast(_on_sigabrt, ctypes.c_void_p))
 
 
 def _ggml():
@@ -191,6 +337,7 @@ def _ggml():
             ("ggml_backend_reg_name", [vp], ctypes.c_char_p),
             ("ggml_backend_dev_count", [], sz),
             ("ggml_backend_dev_get", [sz], vp),
+            ("ggml_backend_dev_by_name", [ctypes.c_char_p], vp),
             ("ggml_backend_dev_name", [vp], ctypes.c_char_p),
             ("ggml_backend_dev_description", [vp], ctypes.c_char_p),
             ("ggml_backend_dev_type", [vp], ctypes.c_int),
@@ -230,6 +377,16 @@ def devices() -> list[Device]:
             )
         )
     return out
+
+
+def device_handle(name: str) -> int:
+    """ggml's device `name` (CUDA0, Vulkan1), for llama_model_params.devices."""
+    init()
+    g = _ggml()
+    dev = g.ggml_backend_dev_by_name(name.encode())
+    if not dev:
+        raise EdgeError(f"llama.cpp has no device {name} (devices: {', '.join(d.name for d in devices())})")
+    return dev
 
 
 def supports_gpu_offload() -> bool:

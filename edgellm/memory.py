@@ -297,6 +297,23 @@ _COMPUTE = re.compile(r"(\S+) compute buffer size =\s*([\d.]+) MiB")
 _OUTPUT = re.compile(r"(\S+)\s+output buffer size =\s*([\d.]+) MiB")
 
 
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+BUFFER_KINDS = {"model": "weights", "KV": "kv", "compute": "compute", "output": "output"}
+
+
+def allocations(log: Sequence[str]) -> dict[str, dict[str, int]]:
+    """What llama.cpp says it allocated while loading (its log lines): bytes per buffer (CPU_Mapped, CPU,
+    Vulkan0, CUDA0, CUDA_Host, ...) and kind (weights, kv, compute, output)."""
+    out: dict[str, dict[str, int]] = {}
+    for line in log:
+        m = _BUFFER.search(line)
+        if m:
+            kinds = out.setdefault(m.group(1), {})
+            kind = BUFFER_KINDS[m.group(2)]
+            kinds[kind] = kinds.get(kind, 0) + int(float(m.group(3)) * MIB)
+    return out
+
+
 def llama_dry_run(
     path: str | Path, n_ctx: int, kv_type: str = "f16", n_gpu_layers: int = 0, n_ubatch: int = N_UBATCH, swa_full: bool = False
 ) -> DryRun:

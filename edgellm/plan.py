@@ -112,6 +112,7 @@ class Plan:
     why: str = "the highest-quality level that fits"  # how the level was chosen
     workers: tuple[WorkerShare, ...] = ()  # --rpc: the offloaded layers go to these, in order (not to a GPU)
     loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
+    devices: tuple[str, ...] = ()  # the GPUs (ggml device names: CUDA0, Vulkan0) the offloaded layers go to
 
     @property
     def gpu_layers(self) -> str:
@@ -128,7 +129,8 @@ class Plan:
             f"Model: {self.name} ({len(self.levels) or 1} level{'s' if len(self.levels) != 1 else ''})",
             f"Choice: {self.level} ({self.path.name}), {self.why}; "
             + (f"split with {len(self.workers)} worker{'s' if len(self.workers) != 1 else ''}" if self.workers else FIT_TEXT[self.fit]),
-            f"  {'Worker' if self.workers else 'GPU'} layers: {self.gpu_layers} (incl. output layer) · {threads_text(self.n_threads)} on the CPU",
+            f"  {'Worker' if self.workers else 'GPU'} layers: {self.gpu_layers} (incl. output layer){self._on_devices} · "
+            f"{threads_text(self.n_threads)} on the CPU",
             *([f"  Speed: {speed_text(self.speed)}"] if self.speed else []),
             f"  Context: {self.n_ctx} tokens, KV cache {self.kv_type}: {human_bytes(m.kv_cpu + m.kv_gpu)}",
             *self._attention_lines(),
@@ -144,6 +146,10 @@ class Plan:
         lines += self._worker_lines()
         lines += [f"  Note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    @property
+    def _on_devices(self) -> str:
+        return f" on {', '.join(self.devices)}" if self.devices and self.n_gpu_layers and not self.workers else ""
 
     def _worker_lines(self) -> list[str]:
         """The split per device: the first layers here, the last ones (and the output layer) on the workers."""
@@ -203,6 +209,7 @@ class Plan:
             "why": self.why,
             "workers": [w.to_dict() for w in self.workers],
             "loras": [a.to_dict() for a in self.loras],
+            "devices": list(self.devices),
         }
 
 
@@ -365,7 +372,12 @@ def make_plan(
         speed=speed,
         why=why,
         loras=loras,
+        devices=_devices(hw) if m.n_gpu_layers else (),
     )
+
+
+def _devices(hw: HardwareProfile) -> tuple[str, ...]:
+    return tuple(g.device for g in hw.offload_gpus if g.device)
 
 
 def choose_level(fitting: list, min_speed: float, n_levels: int) -> tuple[tuple, str]:
@@ -397,11 +409,16 @@ def _does_not_fit(model: ModelRef, hw, n_ctx: int, kv_type: str, ram_budget: int
 
 
 def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
-    """Check a GPU plan against the GPUs there are now; fewer layers on the GPU (or none) if it shrank."""
+    """Check a GPU plan against the GPUs there are now; fewer layers on the GPU (or none) if it shrank, or if a
+    device it names is not here."""
     if plan.n_gpu_layers == 0:
         return plan
+    present = _devices(hw)
+    missing = [d for d in plan.devices if d not in present]
+    if plan.devices:  # the plan's own devices only
+        hw = replace(hw, gpus=tuple(g for g in hw.gpus if g.device in plan.devices))
     vram_budget = _budget(hw.vram_free, VRAM_MARGIN) if hw.offload_gpus else 0
-    if plan.memory.vram <= vram_budget:
+    if plan.memory.vram <= vram_budget and not missing:
         return plan
     from .gguf_info import read_gguf
 
@@ -412,7 +429,8 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
         loras=plan.loras,
     )
     why = (
-        "the GPU is gone" if not hw.offload_gpus
+        f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not here (devices: {', '.join(present) or 'none'})" if missing
+        else "the GPU is gone" if not hw.offload_gpus
         else f"the GPU has {human_bytes(hw.vram_free)} free, less than the {human_bytes(plan.memory.vram)} planned"
     )
     if m is None:
@@ -425,5 +443,5 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
         note += f", the experts of {m.n_cpu_moe} layers in RAM instead of {plan.n_cpu_moe}"
     return replace(
         plan, n_gpu_layers=m.n_gpu_layers, n_cpu_moe=m.n_cpu_moe, memory=m, vram_budget=vram_budget, ram_budget=ram_budget,
-        notes=plan.notes + (note,),
+        notes=plan.notes + (note,), devices=_devices(hw) if m.n_gpu_layers else (),
     )

@@ -235,27 +235,11 @@ def _on_abort(message: bytes) -> None:
     who = f"worker {', '.join(gone)} is gone" if gone else "a worker stopped answering"
     text = (message or b"").decode(errors="replace").strip().splitlines()
     why = re.sub(r"^\S+:\d+: ", "", text[0]) if text else "llama.cpp aborted"  # without the source file and line
-    _restore_terminal()
+    from . import llamacpp
+
+    llamacpp.restore_terminal()
     os.write(2, f"\nedgellm: {who} ({why})\n".encode())
     os._exit(4)
-
-
-def _restore_terminal() -> None:
-    """The chat UI holds the terminal (raw mode, another screen, mouse reports): give it back before exiting."""
-    try:
-        import termios
-
-        if not os.isatty(0):
-            return
-        attrs = termios.tcgetattr(0)
-        attrs[0] |= termios.ICRNL
-        attrs[1] |= termios.OPOST
-        attrs[3] |= termios.ICANON | termios.ECHO | termios.ISIG
-        termios.tcsetattr(0, termios.TCSANOW, attrs)
-        if os.isatty(1):
-            os.write(1, b"\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?1049l\x1b[?25h")  # mouse off, main screen, cursor
-    except (OSError, ImportError):
-        pass
 
 
 def attach(workers: tuple[Worker, ...]) -> list[int]:
@@ -266,11 +250,8 @@ def attach(workers: tuple[Worker, ...]) -> list[int]:
     llamacpp.init()  # llama-cpp-python's ggml-base is loaded first: libggml-rpc.so then links to it
     lib = ctypes.CDLL(str(find_build().lib))
     lib.ggml_backend_rpc_add_server.argtypes, lib.ggml_backend_rpc_add_server.restype = [ctypes.c_char_p], ctypes.c_void_p
-    bases = _ggml_bases()
-    for base in bases:  # whichever copy ggml-rpc's abort resolves to
-        base.ggml_set_abort_callback.argtypes, base.ggml_set_abort_callback.restype = [ctypes.c_void_p], ctypes.c_void_p
-        base.ggml_set_abort_callback(ctypes.cast(_on_abort, ctypes.c_void_p))
-    base = bases[0]
+    llamacpp.set_abort_callback(_on_abort)  # in whichever copy of ggml-base ggml-rpc's abort resolves to
+    base = llamacpp.ggml_library("ggml-base")
     base.ggml_backend_reg_dev_get.argtypes, base.ggml_backend_reg_dev_get.restype = [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_void_p
     out = []
     for w in workers:
@@ -327,17 +308,6 @@ def offload_to_workers(mp, plan) -> tuple:
     mp.devices = ctypes.addressof(dev_list)
     mp.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
     return dev_list, split
-
-
-def _ggml_bases() -> list[ctypes.CDLL]:
-    """Every ggml-base loaded in this process. llama-cpp-python's wheel holds copies, not links, of
-    libggml-base.so and .so.0, and both may be loaded: the abort callback must be set in each."""
-    loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libggml-base.so" in line}
-    # libllama links to the .so.0 file: that copy first, for the calls that go through one
-    libs = [ctypes.CDLL(p) for p in sorted(loaded, key=lambda p: not p.endswith(".so.0")) if Path(p).is_file()]
-    if not libs:
-        raise EdgeError("llama-cpp-python's ggml-base library is not loaded")
-    return libs
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from typing import Iterator, Sequence
 
 import llama_cpp as L
 
-from . import chat_formats, chat_template, llamacpp, placement, rpc
+from . import chat_formats, chat_template, llamacpp, memory, placement, rpc
 from .errors import EdgeError, UsageError
+from .fsutil import human_bytes
 from .hardware import LoadTracker, detect
 from .memory import KV_TYPES
 from .plan import Plan, gpu_layers_text, revalidate
@@ -60,6 +61,14 @@ class EngineInfo:
     load_s: float
     plan: object | None = field(default=None, repr=False, compare=False)  # the Plan it was loaded with
     loras: tuple[str, ...] = ()  # the LoRA adapters applied, as "name" or "name ×scale"
+    devices: tuple[str, ...] = ()  # the GPUs the offloaded layers went to (ggml device names)
+    # what llama.cpp says it allocated: buffer (CPU_Mapped, Vulkan0, CUDA_Host, ...) -> kind -> bytes
+    allocated: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+
+    @property
+    def device_bytes(self) -> dict[str, int]:
+        """Bytes llama.cpp allocated on each GPU of this load."""
+        return {d: sum(self.allocated.get(d, {}).values()) for d in self.devices}
 
     @property
     def gpu_layers(self) -> str:
@@ -69,6 +78,7 @@ class EngineInfo:
         d = asdict(self)
         d["path"] = str(self.path)
         d.pop("plan")
+        d["device_bytes"] = self.device_bytes
         return d
 
 
@@ -109,6 +119,36 @@ def sampler_chain(vocab, s: Sampling, history: Sequence[int] = (), head=None):
     add(L.llama_sampler_init_temp(s.temperature))
     add(L.llama_sampler_init_dist(LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF))
     return chain
+
+
+def _placement(plan: Plan) -> str:
+    """Where the plan puts the layers, in words."""
+    if plan.workers:
+        return f"{plan.gpu_layers} layers on {', '.join(w.endpoint for w in plan.workers)}"
+    if plan.n_gpu_layers:
+        return f"{plan.gpu_layers} layers on {', '.join(plan.devices) or 'the GPU'}"
+    return "every layer on the CPU"
+
+
+def _lower_hint(plan: Plan) -> str:
+    """For a load that failed with layers on a GPU: the plan, and the flags that need less device memory."""
+    if not plan.n_gpu_layers or plan.workers:
+        return ""
+    fewer = max(0, plan.n_gpu_layers - max(1, (plan.n_layers + 1) // 4))
+    return (
+        f" (the plan put {_placement(plan)}, {human_bytes(plan.memory.vram)} of device memory: "
+        f"--ngl {fewer} or a smaller --ctx than {plan.n_ctx} needs less)"
+    )
+
+
+def _offload_to_devices(mp, names: tuple[str, ...]) -> ctypes.Array:
+    """Point llama_model_params `mp` at the ggml devices `names`, in order (the offloaded layers are shared among
+    them as llama.cpp shares them: by free memory; none: the CPU alone). Returns the list, which must stay alive
+    until the load."""
+    handles = [llamacpp.device_handle(n) for n in names]
+    dev_list = (ctypes.c_void_p * (len(handles) + 1))(*handles)  # the last entry stays NULL: the end of the list
+    mp.devices = ctypes.addressof(dev_list)
+    return dev_list
 
 
 def _keep_loading(interrupted: threading.Event) -> bool:
@@ -162,6 +202,9 @@ class Engine:
         experts_in_ram = placement.cpu_experts(plan.n_cpu_moe) if ngl else None  # alive until the model is loaded
         mp.tensor_buft_overrides = ctypes.addressof(experts_in_ram) if experts_in_ram is not None else None
         on_workers = rpc.offload_to_workers(mp, plan) if plan.workers else ()  # noqa: F841 - alive until loaded
+        # no GPU layers: no GPU at all (llama.cpp would still send prompt batches to one, with buffers the plan
+        # did not count); else the plan's GPUs (all of llama.cpp's when it names none: a simulated machine)
+        on_gpus = _offload_to_devices(mp, plan.devices if ngl else ()) if not plan.workers and (plan.devices or not ngl) else ()  # noqa: F841
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_seq_max = plan.n_seq
@@ -170,7 +213,8 @@ class Engine:
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = KV_TYPES[kv_type]
         cp.swa_full = False  # sliding-window layers keep a window-sized cache, as planned
-        with llamacpp.sigint_deferred() as interrupted:
+        doing = f"loading {path.name}: {_placement(plan)}, {n_ctx}-token context, KV cache {kv_type}"
+        with llamacpp.sigint_deferred() as interrupted, llamacpp.capture_log() as log, llamacpp.doing(doing):
             # llama.cpp asks after each tensor whether to go on: Ctrl-C stops a large model's load there.
             # (The struct keeps the callback alive while `mp` lives.)
             mp.progress_callback = L.llama_progress_callback(lambda _p, _u: _keep_loading(interrupted))
@@ -182,11 +226,12 @@ class Engine:
                 if model:
                     L.llama_model_free(model)
         if not model:
-            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}")
+            raise EdgeError(f"llama.cpp could not load {path}: {llamacpp.last_error() or 'unknown error'}{_lower_hint(plan)}")
         if not ctx:
             L.llama_model_free(model)
             raise EdgeError(
-                f"llama.cpp could not make a {n_ctx}-token context for {path.name}: {llamacpp.last_error() or 'out of memory?'}"
+                f"llama.cpp could not make a {n_ctx}-token context for {path.name}: "
+                f"{llamacpp.last_error() or 'out of memory?'}{_lower_hint(plan)}"
             )
         try:
             loras = llamacpp.load_loras(model, ctx, [(a.path, a.scale) for a in plan.loras])
@@ -209,6 +254,8 @@ class Engine:
             load_s=time.perf_counter() - t0,
             plan=plan,
             loras=tuple(a.label for a in plan.loras),
+            devices=plan.devices if ngl and not plan.workers else (),
+            allocated=memory.allocations(log),
         )
         return cls(model, ctx, info, loras)
 

@@ -30,7 +30,8 @@ def hw(as_json: bool) -> int:
     t.add_row("CPU", f"{profile.cpu_name}: {profile.cpu_cores} cores, {profile.cpu_threads} threads")
     for g in profile.gpus:
         shared = ", shared with the CPU" if g.unified else ""
-        t.add_row(f"GPU {g.index}", f"{g.name}: {human_bytes(g.free)} free of {human_bytes(g.total)}{shared} ({g.source})")
+        where = f"{g.device}, {g.backend}" if g.device else f"{g.source}: llama.cpp cannot use it"
+        t.add_row(f"GPU {g.index}", f"{g.name}: {human_bytes(g.free)} free of {human_bytes(g.total)}{shared} ({where})")
     if not profile.gpus:
         t.add_row("GPU", "none")
     t.add_row("llama.cpp", f"backends {', '.join(profile.llama.backends)}; GPU offload {'yes' if profile.llama.gpu_offload else 'no'}")
