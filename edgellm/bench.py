@@ -104,6 +104,7 @@ class FileResult:
     delta_p: float | None = None
     same_top: float | None = None
     lora: str | None = None  # the LoRA adapters applied ("name" or "name ×scale"), None for the file alone
+    devices: list[str] | None = None  # the GPUs the offloaded layers ran on (ggml device names: CUDA0, Vulkan0)
 
     @property
     def ok(self) -> bool:
@@ -175,7 +176,7 @@ def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) ->
         out["ttft_s"] = engine.last_stats.ttft_s
         info = engine.info
         out.update(load_s=info.load_s, n_threads=info.n_threads, n_ctx=info.n_ctx, n_layers=info.n_layers,
-                   n_gpu_layers=info.n_gpu_layers)
+                   n_gpu_layers=info.n_gpu_layers, devices=list(info.devices))
     out["peak_rss_bytes"] = peak_rss_bytes()
     return out
 

@@ -22,15 +22,19 @@ COLUMNS = [  # (header, value of a FileResult as text)
     ("TTFT ms", lambda r: f"{r.ttft_s * 1000:.0f}" if r.ttft_s is not None else "-"),
     ("load s", lambda r: f"{r.load_s:.2f}" if r.load_s is not None else "-"),
     ("peak RAM", lambda r: human_bytes(r.peak_rss_bytes) if r.peak_rss_bytes else "-"),
-    ("GPU layers", lambda r: gpu_layers_text(r.n_gpu_layers, r.n_layers) if r.n_layers is not None else "-"),
+    ("GPU layers", lambda r: _on_devices(gpu_layers_text(r.n_gpu_layers, r.n_layers), r.devices) if r.n_layers is not None else "-"),
     ("PPL", lambda r: f"{r.ppl:.3f} ± {r.ppl_stderr:.3f}" if r.ppl is not None else "-"),
     ("KLD", lambda r: f"{r.kld:.5f}" if r.kld is not None else "-"),
     ("same top", lambda r: f"{r.same_top * 100:.1f}%" if r.same_top is not None else "-"),
 ]
 
+def _on_devices(layers: str, devices: list[str] | None) -> str:
+    return f"{layers} {'+'.join(devices)}" if devices else layers
+
+
 CSV_FIELDS = ["file", "level", "size_bytes", "bits_per_weight", "pp_mean", "pp_std", "tg_mean", "tg_std", "ttft_s",
               "load_s", "peak_rss_bytes", "n_threads", "n_ctx", "n_layers", "n_gpu_layers", "ppl", "ppl_stderr", "kld",
-              "kld_p99", "delta_p", "same_top", "error", "lora"]  # new columns go last
+              "kld_p99", "delta_p", "same_top", "error", "lora", "devices"]  # new columns go last
 
 
 def to_csv(report: BenchReport) -> str:
@@ -42,6 +46,7 @@ def to_csv(report: BenchReport) -> str:
         for key in ("pp", "tg"):
             m = getattr(r, key)
             row[f"{key}_mean"], row[f"{key}_std"] = (m.mean, m.std) if m else (None, None)
+        row["devices"] = "+".join(r.devices or [])
         writer.writerow(row)
     return out.getvalue()
 

@@ -77,3 +77,15 @@ def test_the_log_streams_live_when_asked(tmp_path, target):
     assert "llama_model_loader: loaded meta data" in streamed and "llama_kv_cache: size =" in streamed, streamed[-1000:]
     quiet = _python(script, str(smollm2_gguf()), EDGELLM_LLAMA_LOG="0")
     assert quiet.stderr.strip() == "", quiet.stderr[-1000:]
+
+
+def test_a_failed_load_with_gpu_layers_names_the_plan_and_the_flags_that_lower_it():
+    from edgellm.hardware import synthetic
+    from edgellm.launch import plan_model
+    from edgellm.runtime import _lower_hint
+
+    plan = plan_model(smollm2_gguf(), ngl=31, threads=1, hw=synthetic(8 << 30, vram=4 << 30))
+    hint = _lower_hint(plan)
+    assert hint.startswith(" (the plan put 31/31 layers on the GPU, ") and "MiB of device memory" in hint
+    assert "--ngl 24 or a smaller --ctx than" in hint
+    assert _lower_hint(plan_model(smollm2_gguf(), ngl=0, threads=1, hw=synthetic(8 << 30, vram=4 << 30))) == ""

@@ -8,15 +8,16 @@ from .app import LoadedModel
 from .state import ChatSettings, ModelChoice
 
 
-def placement(n_gpu_layers: int, n_layers: int) -> str:
+def placement(n_gpu_layers: int, n_layers: int, devices: tuple[str, ...] = ()) -> str:
     """The planner counts the output layer as one more: n_layers + 1 means everything is on the GPU."""
+    gpu = ", ".join(devices) or "GPU"
     if n_gpu_layers <= 0:
         return "CPU only"
     if n_gpu_layers > n_layers:
-        return "all on GPU"
+        return f"all on {gpu}"
     from edgellm.plan import gpu_layers_text
 
-    return f"{gpu_layers_text(n_gpu_layers, n_layers)} layers on GPU"
+    return f"{gpu_layers_text(n_gpu_layers, n_layers)} layers on {gpu}"
 
 
 def open_model(
@@ -33,7 +34,7 @@ def open_model(
     engine = Engine.load(plan)
     where = f"{plan.n_gpu_layers}/{plan.n_layers + 1} layers on {len(plan.workers)} workers" if plan.workers else None
     line = (
-        f"{plan.level} chosen by the planner · {where or placement(plan.n_gpu_layers, plan.n_layers)} · ctx {engine.info.n_ctx} · "
+        f"{plan.level} chosen by the planner · {where or placement(plan.n_gpu_layers, plan.n_layers, engine.info.devices)} · ctx {engine.info.n_ctx} · "
         f"{threads_text(plan.n_threads)}"
     )
     if engine.template_origin != "the model's own":

@@ -30,8 +30,8 @@ def hw(as_json: bool) -> int:
     t.add_row("CPU", f"{profile.cpu_name}: {profile.cpu_cores} cores, {profile.cpu_threads} threads")
     for g in profile.gpus:
         shared = ", shared with the CPU" if g.unified else ""
-        where = f"{g.device}, {g.backend}" if g.device else f"{g.source}: llama.cpp cannot use it"
-        t.add_row(f"GPU {g.index}", f"{g.name}: {human_bytes(g.free)} free of {human_bytes(g.total)}{shared} ({where})")
+        where = f" ({g.backend})" if g.device else f" (seen by {g.source}; this llama.cpp cannot use it)"
+        t.add_row(g.device or f"GPU {g.index}", f"{g.name}{where}: {human_bytes(g.free)} free of {human_bytes(g.total)}{shared}")
     if not profile.gpus:
         t.add_row("GPU", "none")
     t.add_row("llama.cpp", f"backends {', '.join(profile.llama.backends)}; GPU offload {'yes' if profile.llama.gpu_offload else 'no'}")

@@ -24,7 +24,8 @@ def _stats_lines(engine, stats) -> list[str]:
     i = engine.info
     lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""
     return [
-        f"plan: {i.level} · {i.gpu_layers} layers on the {'workers' if getattr(i.plan, 'workers', ()) else 'GPU'} · context {i.n_ctx} ({i.kv_type}) · "
+        f"plan: {i.level} · {i.gpu_layers} layers on {'the workers' if getattr(i.plan, 'workers', ()) else ', '.join(i.devices) or 'the GPU'} · "
+        f"context {i.n_ctx} ({i.kv_type}) · "
         f"{threads_text(i.n_threads)}{lora} · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
