@@ -60,6 +60,7 @@ class BenchConfig:
     quality_text: str | None = None  # None: no quality test
     quality_ctx: int = 512
     rpc: str | None = None  # HOST:PORT,... of `edgellm worker`s (ngl: the layers on them)
+    devices: tuple[str, ...] | None = None  # --device: these GPUs alone (None: every one)
     loras: tuple[tuple[str, float], ...] = ()  # LoRA adapter files and scales: each file measured with and without
 
     def context(self) -> int:
@@ -167,7 +168,7 @@ def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) ->
     from .launch import open_engine
     from .runtime import Sampling
 
-    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, rpc=cfg.rpc,
+    engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, devices=cfg.devices, threads=cfg.threads, rpc=cfg.rpc,
                          loras=[(Path(p), s) for p, s in loras])
     with engine:
         out: dict[str, Any] = dict(pp_tg(engine, cfg.n_prompt, cfg.n_gen, cfg.reps))

@@ -89,6 +89,16 @@ class HardwareProfile:
             hw = replace(hw, gpus=gpus, llama=build, notes=(), simulated=True)
         return hw
 
+    def only_devices(self, names: tuple[str, ...]) -> tuple["HardwareProfile", list[str]]:
+        """This machine with the GPUs `names` alone (ggml device names; none: the CPU alone), and a line for each
+        name that is not here: its layers stay on the CPU."""
+        present = [g.device for g in self.offload_gpus if g.device]
+        missing = [n for n in names if n not in present]
+        notes = [f"--device {n}: there is no such device here (devices: {', '.join(present) or 'none'}); "
+                 f"{'its share runs' if len(missing) < len(names) else 'running'} on the CPU" for n in missing]
+        gpus = tuple(g for g in self.gpus if g.device in names)
+        return replace(self, gpus=gpus, llama=replace(self.llama, gpu_offload=self.llama.gpu_offload and bool(gpus))), notes
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["vram_free"] = self.vram_free

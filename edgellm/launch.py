@@ -35,6 +35,7 @@ def plan_model(
     loras: Sequence[tuple[Path, float]] = (),
     hw: HardwareProfile | None = None,
     rpc: str | None = None,
+    devices: tuple[str, ...] | None = None,
 ) -> Plan:
     """The plan for `model` on this machine (or `hw`), its chosen file checked against the package's sha256.
     `chat_template` (a format name or a Jinja file) replaces the model's own template. `loras` are LoRA adapter
@@ -45,6 +46,9 @@ def plan_model(
     hw = hw or detect()
     auto_threads = threads is None
     threads, notes = choose_threads(hw, threads)
+    if devices is not None:  # --device: these GPUs alone
+        hw, device_notes = hw.only_devices(devices)
+        notes = (*notes, *device_notes)
     plan_args = dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)
     if rpc:  # HOST:PORT,...: the layers that do not fit here go to these workers
         # (the split does not count the adapters' memory; they are applied all the same)

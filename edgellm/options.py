@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import click
 
@@ -101,6 +102,29 @@ class ChatTemplate(click.ParamType):
 
 CHAT_TEMPLATE = ChatTemplate()
 CHAT_TEMPLATE_HELP = "Chat format (llama3, gemma, phi3, chatml, mistral) or a Jinja file, instead of the model's own."
+
+
+class Devices(click.ParamType):
+    """`--device NAME[,NAME...]`: the GPUs to use, by ggml's device name (CUDA0, Vulkan1; `edgellm hw` lists them);
+    `none`: the CPU alone."""
+
+    name = "name,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        names = tuple(n.strip() for n in str(value).split(",") if n.strip())
+        if names in (("none",), ("cpu",), ("CPU",)):
+            return ()
+        bad = [n for n in names if not DEVICE_NAME.match(n)]
+        if not names or bad or len(names) > 64:
+            raise UsageError(f"--device takes device names as `edgellm hw` lists them (CUDA0, Vulkan1) or none, not {value}")
+        return names
+
+
+DEVICE_NAME = re.compile(r"^[A-Za-z][A-Za-z_-]{0,31}\d{0,4}$")
+DEVICES = Devices()
+DEVICE_HELP = "GPUs to use, as `edgellm hw` names them (CUDA0, Vulkan1, ...; comma-separated), or none for the CPU alone."
 
 
 class Workers(click.ParamType):

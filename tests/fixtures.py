@@ -116,6 +116,7 @@ def llama3_tokenizer_dir() -> Path:
 
 # Real Llama 3 shapes: (n_layer, n_embd, n_ff, n_head, n_head_kv)
 LLAMA3_SHAPES = {
+    "llama3-tiny": (2, 256, 512, 4, 2),  # the Llama 3 vocabulary with two small layers: checks, not measurements
     "llama3-1b": (16, 2048, 8192, 32, 8),
     "llama3-8b": (32, 4096, 14336, 32, 8),
     "llama3-70b": (80, 8192, 28672, 64, 8),

@@ -22,7 +22,7 @@ def placement(n_gpu_layers: int, n_layers: int, devices: tuple[str, ...] = ()) -
 
 def open_model(
     ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None,
-    loras: tuple[tuple[Path, float], ...] = (),
+    loras: tuple[tuple[Path, float], ...] = (), devices: tuple[str, ...] | None = None,
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
     with the LoRA adapters (file, scale) given."""
@@ -30,7 +30,8 @@ def open_model(
     from edgellm.plan import threads_text
     from edgellm.runtime import Engine
 
-    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
+    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras,
+                      devices=devices)
     engine = Engine.load(plan)
     where = f"{plan.n_gpu_layers}/{plan.n_layers + 1} layers on {len(plan.workers)} workers" if plan.workers else None
     line = (

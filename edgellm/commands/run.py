@@ -13,7 +13,7 @@ import click
 
 from ..options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY,
-    TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP,
+    TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP,
 )
 from .plan import KV_CHOICES
 
@@ -73,6 +73,7 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--seed", type=int, help="Sampling seed (default: random).")
 @click.option("--ctx", type=CONTEXT, help="Context size in tokens, 256 or more (default: planned).")
 @click.option("--ngl", type=GPU_LAYERS, help="Layers on the GPU: auto (the planner, default) or a number.")
+@click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
 @click.option("--kv-type", type=KV_CHOICES, help="KV cache type (default f16).")
 @click.option("-t", "--threads", type=THREADS, help=f"CPU threads, 1 to {THREADS.high} (default: the physical cores other programs leave idle).")
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
@@ -80,7 +81,7 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
-def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, kv_type, threads,
+def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, devices, kv_type, threads,
         min_speed, chat_template, rpc, loras, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
@@ -98,7 +99,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         _utf8(system, "the system message")
     model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first
 
-    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, threads=threads, chat_template=chat_template,
+    plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, devices=devices, threads=threads, chat_template=chat_template,
                       min_speed=min_speed, rpc=rpc, loras=loras)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)

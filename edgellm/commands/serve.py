@@ -13,7 +13,7 @@ from dataclasses import replace
 import click
 
 from ..options import (
-    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP,
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP,
 )
 
 CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this
@@ -45,9 +45,10 @@ def _is_loopback(host: str) -> bool:
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--cors", multiple=True, metavar="ORIGIN", help="Allow browser pages from ORIGIN (repeatable; '*' for any).")
 @click.option("--ngl", type=GPU_LAYERS, default="auto", show_default=True, help="GPU layers: auto (the planner) or a number.")
+@click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
-def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, ngl, rpc,
+def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, ngl, devices, rpc,
           loras) -> int:
     """Serve MODEL (a .gguf file, package folder or store name; default: the demo model) over an
     OpenAI-compatible API at http://HOST:PORT/v1.
@@ -69,7 +70,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     sock = bind(host, port)  # before loading: a port in use fails fast
     ref = resolve_model(local_model(model, min_speed, rpc))  # a hub id: pulled (converted, quantized) first
     per_slot = -(-ctx // CTX_STEP) * CTX_STEP if ctx else None
-    plan = plan_model(ref, ctx=per_slot * parallel if per_slot else None, ngl=ngl, threads=threads, n_seq=parallel,
+    plan = plan_model(ref, ctx=per_slot * parallel if per_slot else None, ngl=ngl, devices=devices, threads=threads, n_seq=parallel,
                       chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
     n_ctx_train = next(f.info.n_ctx_train for f in ref.files if f.path == plan.path)
     if per_slot:  # the planner judged the total against the training context; what matters is each slot's
