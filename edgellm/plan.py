@@ -74,10 +74,11 @@ class WorkerShare:
     memory: int  # bytes planned on the worker
     budget: int  # what the worker lends, less the margins
     free: int  # free memory it reported
+    device: str = ""  # a GPU of this machine (ggml device name) instead of a worker: host and port are empty
 
     @property
     def endpoint(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.device or f"{self.host}:{self.port}"
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "endpoint": self.endpoint}
@@ -110,7 +111,7 @@ class Plan:
     chat_template: str | None = None  # --chat-template: a format name or a template file (else the model's own)
     speed: Speed | None = None  # the chosen level's tokens/s
     why: str = "the highest-quality level that fits"  # how the level was chosen
-    workers: tuple[WorkerShare, ...] = ()  # --rpc: the offloaded layers go to these, in order (not to a GPU)
+    workers: tuple[WorkerShare, ...] = ()  # --rpc: the offloaded layers go to these, in order (this machine's GPUs first)
     loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
     devices: tuple[str, ...] = ()  # the GPUs (ggml device names: CUDA0, Vulkan0) the offloaded layers go to
 
@@ -161,7 +162,8 @@ class Plan:
                  "measures it):",
                  f"    here (CPU): {local} layers, {human_bytes(self.memory.ram)} of RAM"]
         for w in self.workers:
-            lines.append(f"    worker {w.endpoint}: {w.n_layers} layers, {human_bytes(w.memory)} of {human_bytes(w.budget)} usable "
+            where = f"GPU {w.device} here" if w.device else f"worker {w.endpoint}"
+            lines.append(f"    {where}: {w.n_layers} layers, {human_bytes(w.memory)} of {human_bytes(w.budget)} usable "
                          f"({human_bytes(w.free)} free)")
         return lines
 

@@ -298,11 +298,16 @@ def bound_waits(w: Worker) -> int:
 
 
 def offload_to_workers(mp, plan) -> tuple:
-    """Point llama_model_params `mp` at the plan's workers: they are the only offload devices, sharing the
-    offloaded layers as planned (tensor_split in whole layers). Returns what must stay alive until the load."""
+    """Point llama_model_params `mp` at the plan's devices, in its order: this machine's GPUs, then the workers,
+    sharing the offloaded layers as planned (tensor_split in whole layers). Returns what must stay alive until
+    the load."""
     import llama_cpp as L
 
-    devs = attach(tuple(Worker(w.host, w.port) for w in plan.workers))
+    from . import llamacpp
+
+    remote = [w for w in plan.workers if not w.device]
+    attached = dict(zip((w.endpoint for w in remote), attach(tuple(Worker(w.host, w.port) for w in remote))))
+    devs = [llamacpp.device_handle(w.device) if w.device else attached[w.endpoint] for w in plan.workers]
     dev_list = (ctypes.c_void_p * (len(devs) + 1))(*devs)  # the last entry stays NULL: the end of the list
     split = (ctypes.c_float * L.llama_max_devices())(*(float(w.n_layers) for w in plan.workers))
     mp.devices = ctypes.addressof(dev_list)

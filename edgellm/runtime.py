@@ -241,7 +241,8 @@ class Engine:
             raise
         n_layers = L.llama_model_n_layer(model)
         for w in plan.workers:
-            rpc.bound_waits(rpc.Worker(w.host, w.port))
+            if not w.device:
+                rpc.bound_waits(rpc.Worker(w.host, w.port))
         info = EngineInfo(
             name=plan.name or path.stem,
             level=plan.level,
@@ -254,7 +255,7 @@ class Engine:
             load_s=time.perf_counter() - t0,
             plan=plan,
             loras=tuple(a.label for a in plan.loras),
-            devices=plan.devices if ngl and not plan.workers else (),
+            devices=plan.devices if ngl else (),
             allocated=memory.allocations(log),
         )
         return cls(model, ctx, info, loras)

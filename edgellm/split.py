@@ -1,9 +1,10 @@
 """Planning a model over this machine and `edgellm worker`s (llama.cpp's RPC backend).
 
 As much stays here as fits: a model that fits this machine is planned as usual and the workers stay idle.
-Otherwise the fewest layers that make it fit go to the workers: llama.cpp offloads the last layers (and the
-output layer) to its devices, so the first layers run here and the last ones on the workers, shared in
-proportion to what each lends. Every worker holds its own compute buffer. The level is the highest-quality
+Otherwise the fewest layers that make it fit are offloaded: llama.cpp offloads the last layers (and the
+output layer) to its devices in order, so the first layers run here on the CPU, the next ones on this machine's
+GPUs (a discrete GPU's memory is not the RAM), and the last ones on the workers, shared in proportion to what
+each device has. Every device holds its own compute buffer. The level is the highest-quality
 one that fits this way; the context shrinks by halves first, as on one machine.
 """
 
@@ -67,8 +68,14 @@ def plan_with_workers(
                 raise
     hw = hw.with_overrides(ram=ram)
     kv_type = kv_type or "f16"
-    ram_budget, _ = memory_budgets(hw)
-    budgets = [int(w.free * (1 - WORKER_SHARE_MARGIN)) for w in workers]  # `edgellm worker` kept the OS's margin
+    ram_budget, vram_budget = memory_budgets(hw)
+    # this machine's GPUs first (an integrated one shares the RAM the CPU layers use: left out), then the workers
+    gpus = [] if hw.unified_memory else [g for g in hw.offload_gpus if g.device]
+    free_vram = sum(g.free for g in gpus) or 1
+    sharers = [("", 0, g.device, int(vram_budget * g.free / free_vram), g.free) for g in gpus]
+    # `edgellm worker` kept the OS's margin
+    sharers += [(w.worker.host, w.worker.port, "", int(w.free * (1 - WORKER_SHARE_MARGIN)), w.free) for w in workers]
+    budgets = [s[3] for s in sharers]
     n_ctx_train = max(f.info.n_ctx_train for f in model.files) or DEFAULT_CTX
     target = min(DEFAULT_CTX, n_ctx_train)
     contexts = [ctx] if ctx is not None else _contexts(target, min(min_ctx, target))
@@ -84,20 +91,21 @@ def plan_with_workers(
                 if m.ram > ram_budget or any(u > b for u, b in zip(used, budgets)):
                     continue
                 split = tuple(
-                    WorkerShare(w.worker.host, w.worker.port, k, u, b, w.free) for w, k, u, b in zip(workers, counts, used, budgets)
+                    WorkerShare(host, port, k, u, b, free, device) for (host, port, device, b, free), k, u in zip(sharers, counts, used)
                 )
                 notes = []
                 if c < contexts[0]:
                     notes.append(f"context shrunk from {contexts[0]} to {c} tokens to keep {f.level}")
-                if hw.offload_gpus:
-                    notes.append("with --rpc the local GPU is not used: layers run here on the CPU or on the workers")
+                if hw.unified_memory:
+                    notes.append("with --rpc the integrated GPU is not used: layers run here on the CPU or on the workers")
                 n_threads = threads or hw.cpu_cores
-                speed = predict_split(f.info, machine_speed(hw), n_threads, sum(1 for k in counts if k))
+                speed = predict_split(f.info, machine_speed(hw), n_threads, sum(1 for s in split if s.n_layers and not s.device))
                 return Plan(
                     name=model.name, path=f.path, level=f.level, n_layers=n, n_gpu_layers=g, n_ctx=c, kv_type=kv_type,
                     memory=m, ram_budget=ram_budget, vram_budget=sum(budgets),
                     hardware=hw.summary() + (" (simulated)" if hw.simulated else "") + f" + {n_workers}",
                     notes=tuple(notes), n_threads=n_threads, n_seq=n_seq, workers=split, speed=speed,
+                    devices=tuple(s.device for s in split if s.device and s.n_layers),
                     why="the highest-quality level that fits here and on the workers",
                 )
     smallest = min(model.files, key=lambda f: f.size)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import smollm2_gguf
+from test_rpc import rpc_build  # noqa: F401 - the fixture: llama.cpp's RPC backend, built once
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -215,3 +216,23 @@ def test_a_named_device_takes_the_layers(gpu):
     assert out["devices"] == [dev] and out["n_gpu_layers"] == 31
     cpu = json.loads(edgellm("plan", str(smollm2_gguf()), "--device", "none", "--json", env=gpu_env()).stdout)
     assert cpu["devices"] == [] and cpu["n_gpu_layers"] == 0
+
+
+def test_rpc_workers_take_the_layers_after_the_local_gpu(gpu, runs, rpc_build):
+    from test_rpc import free_port, start_worker, stop_worker
+
+    port = free_port()
+    worker = start_worker(port, "--mem", "256M")  # llama-cpp-python's own build: another machine's CPU
+    try:
+        rpc = f"127.0.0.1:{port}"
+        dev = gpu["device"]["device"]
+        plan = json.loads(edgellm("plan", str(smollm2_gguf()), "--rpc", rpc, "--ngl", "31", "-t", "1", "--json", env=gpu_env()).stdout)
+        shares = {w["endpoint"]: w["n_layers"] for w in plan["workers"]}
+        assert set(shares) == {dev, rpc} and shares[dev] > 0 and shares[rpc] > 0 and sum(shares.values()) == 31, shares
+        assert plan["devices"] == [dev]
+        out = run_json("--rpc", rpc, "--ngl", "31", env=gpu_env())
+        assert out["text"] == runs["cpu build"]["text"]
+        allocated = out["engine"]["allocated"]
+        assert allocated[dev]["weights"] > 0 and any(name.startswith("RPC") for name in allocated), allocated
+    finally:
+        stop_worker(worker)
