@@ -17,6 +17,8 @@ With LoRA adapters (`loras`), every file is measured twice: as it is, and with t
 whose `lora` names them). The adapter rows' KL divergence is from the base without adapters: how far the
 fine-tune moves the model, quantization included.
 
+Each row names where its layers ran: `n_gpu_layers` of `n_layers` + 1, on the GPUs in `devices` (ggml's names).
+
 The JSON report (`BenchReport.to_dict`, schema "edgellm.bench", version 1) is stable: fields are only added.
 """
 
