@@ -255,8 +255,12 @@ def abort_report(message: str) -> str:
     reason = re.sub(r"^\S+:\d+: ", "", message.strip().splitlines()[0]) if message.strip() else "no reason given"
     lines = [f"edgellm: llama.cpp aborted: {reason}"]
     lines += [f"  while {what}" for what in _doing]
-    with _lock:
-        recent = [line.rstrip() for line in _recent if line.strip()][-ABORT_LOG_LINES:]
+    locked = _lock.acquire(timeout=1.0)  # the thread that holds it may be the one that is dying
+    try:
+        recent = [line.rstrip() for line in list(_recent) if line.strip()][-ABORT_LOG_LINES:]
+    finally:
+        if locked:
+            _lock.release()
     if recent:
         lines.append("  llama.cpp's last log lines:")
         lines += [f"    {line}" for line in recent]
