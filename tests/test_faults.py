@@ -54,6 +54,24 @@ def test_a_folder_lock_has_one_holder_at_a_time(tmp_path):
         pass
 
 
+@pytest.mark.slow
+def test_a_package_run_killed_holding_the_folder_lock_does_not_block_the_next(tmp_path):
+    """A live run holds the folder: a second is refused naming its pid. Killed with SIGKILL, it leaves its lock
+    file, but the flock on it died with the process: the same command goes on and finishes."""
+    folder = tmp_path / "pkg"
+    args = ["package", fixtures.smollm2_f16_gguf(), "-o", folder, "--levels", "Q8_0", "--jobs", "1"]
+    first = pausing.start_paused("package.level:1", *args)
+    second = pausing.edgellm(*args)
+    assert second.returncode != 0
+    assert second.stderr.strip() == f"edgellm: another edgellm package run is writing to {folder} (pid {first.pid})"
+    killed = pausing.finish(first, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert (folder / ".edgellm-package.lock").read_text() == f"{first.pid}\n"  # left behind, holding a dead pid
+    done = pausing.edgellm(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _assert_complete_package(folder, ["Q8_0"])
+
+
 def _assert_complete_package(folder, levels) -> None:
     verify = pausing.edgellm("verify", folder)
     assert verify.returncode == 0, verify.stderr
