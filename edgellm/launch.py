@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .adapters import read_adapters
+from .errors import EdgeError
 from .hardware import HardwareProfile, cpu_load, detect
 from .models import ModelRef, resolve_model, verify_file
 from .plan import Plan, make_plan
@@ -50,12 +51,20 @@ def plan_model(
         hw, device_notes = hw.only_devices(devices)
         notes = (*notes, *device_notes)
     plan_args = dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)
-    if rpc:  # HOST:PORT,...: the layers that do not fit here go to these workers
-        # (the split does not count the adapters' memory; they are applied all the same)
-        plan = replace(plan_over_workers(ref, hw, rpc, kv_type=kv_type, threads=threads, **plan_args), loras=adapters)
-    else:
-        plan = make_plan(ref, hw, kv_type=kv_type, threads=threads, loras=adapters, **plan_args)
-    verify_file(ref.file(plan.level))
+    while True:
+        if rpc:  # HOST:PORT,...: the layers that do not fit here go to these workers
+            # (the split does not count the adapters' memory; they are applied all the same)
+            plan = replace(plan_over_workers(ref, hw, rpc, kv_type=kv_type, threads=threads, **plan_args), loras=adapters)
+        else:
+            plan = make_plan(ref, hw, kv_type=kv_type, threads=threads, loras=adapters, **plan_args)
+        chosen = ref.file(plan.level)
+        try:
+            verify_file(chosen)
+            break
+        except EdgeError as exc:  # a damaged level: plan again without it, while another is left
+            if len(ref.files) == 1:
+                raise
+            ref = ref.without(chosen, str(exc))
     adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
     plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
     tuned = lookup(plan.path, hw.machine_id) if not plan.workers else None  # tuned for this machine alone

@@ -39,6 +39,12 @@ class ModelRef:
     name: str
     source: Path  # the .gguf file or the package folder
     files: tuple[ModelFile, ...]  # best quality first (most bits per weight)
+    skipped: tuple[str, ...] = ()  # a package's damaged files, each with why, left out of `files`
+
+    def without(self, f: ModelFile, why: str) -> "ModelRef":
+        """This model without file `f`, which is damaged (`why`)."""
+        files = tuple(x for x in self.files if x.path != f.path)
+        return replace(self, files=files, skipped=self.skipped + (f"{why}: {f.level} skipped ({f.path.name} is left as it is)",))
 
     def file(self, level: str | None = None) -> ModelFile:
         """The file for `level` (case-insensitive), or the best one."""
@@ -83,13 +89,20 @@ def _single(path: Path) -> ModelRef:
 
 
 def _package(folder: Path) -> ModelRef:
-    files = []
+    """The levels of a package. A damaged file (unreadable, impossible header, not the size its manifest says) is
+    left out with the reason, as long as another level is sound; no file is touched."""
+    files, damaged = [], []
     for p in sorted(folder.glob("*.gguf")):
-        info = read_gguf(p)
-        if info.metadata.get("general.type", "model") != "model":
-            continue  # the package's imatrix.gguf, or an adapter: not a level to run
-        files.append(ModelFile(level=_level_from_name(p, info), path=p, info=check(info)))
+        try:
+            info = read_gguf(p)
+            if info.metadata.get("general.type", "model") != "model":
+                continue  # the package's imatrix.gguf, or an adapter: not a level to run
+            files.append(ModelFile(level=_level_from_name(p, info), path=p, info=check(info)))
+        except EdgeError as exc:
+            damaged.append(exc)
     if not files:
+        if damaged:
+            raise damaged[0]
         raise UsageError(f"{folder} holds no .gguf files")
     files.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
     name = files[0].info.name or folder.name
@@ -104,12 +117,17 @@ def _package(folder: Path) -> ModelRef:
             if entry is None:
                 continue
             if f.size != entry.bytes:
-                raise EdgeError(
+                damaged.append(EdgeError(
                     f"{f.path.name} is {f.size} bytes but the manifest says {entry.bytes}: the package is damaged "
                     f"(check it with `edgellm verify {folder}`)"
-                )
+                ))
+                files[i] = None
+                continue
             files[i] = replace(f, sha256=entry.sha256, bench=entry.bench)
-    return ModelRef(name=name, source=folder, files=tuple(files))
+        if not any(files):
+            raise damaged[0]
+    skipped = tuple(f"{exc}: that level is skipped" for exc in damaged)
+    return ModelRef(name=name, source=folder, files=tuple(f for f in files if f), skipped=skipped)
 
 
 def verify_file(f: ModelFile) -> None:

@@ -320,7 +320,7 @@ def make_plan(
     kv_type = kv_type or "f16"
     gpu = bool(hw.offload_gpus)
     ram_budget, vram_budget = memory_budgets(hw)
-    notes: list[str] = []
+    notes: list[str] = list(model.skipped)  # damaged levels of a package, left out
 
     n_ctx_train = max(f.info.n_ctx_train for f in model.files) or DEFAULT_CTX
     if ctx is not None:

@@ -89,11 +89,15 @@ def test_impossible_values_are_refused_naming_file_key_and_value(case, bad_files
     assert "\n" not in message
 
 
-def test_a_package_with_one_impossible_file_is_refused(tmp_path, bad_files):
+def test_a_package_with_one_impossible_file_offers_the_others(tmp_path, bad_files):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "m-Q4_1.gguf").symlink_to(smollm2_gguf())
     (pkg / "m-Q2_K.gguf").symlink_to(bad_files["no layers"])
+    ref = resolve_model(pkg)
+    assert [f.level for f in ref.files] == ["Q4_1"]
+    assert len(ref.skipped) == 1 and "m-Q2_K.gguf: impossible header value llama.block_count = 0" in ref.skipped[0]
+    (pkg / "m-Q4_1.gguf").unlink()  # nothing sound left: the reason, as before
     with pytest.raises(EdgeError, match="m-Q2_K.gguf: impossible header value llama.block_count = 0"):
         resolve_model(pkg)
 
