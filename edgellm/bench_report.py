@@ -32,6 +32,30 @@ def _on_devices(layers: str, devices: list[str] | None) -> str:
     return f"{layers} {'+'.join(devices)}" if devices else layers
 
 
+# Which columns a terminal shows first when it cannot show them all (lower first); the table keeps COLUMNS' order.
+PRIORITY = ["level", "tg t/s", "pp t/s", "size", "PPL", "KLD", "GPU layers", "TTFT ms", "peak RAM", "bpw", "same top", "load s"]
+CELL_PAD = 3  # a rich table cell's padding and border
+
+
+def columns_that_fit(rows: list[list[str]], width: int) -> list[int]:
+    """Indexes into COLUMNS to show in `width` characters: a column of nothing but "-" never, the others in
+    PRIORITY's order while each one's widest cell and header fit whole."""
+    widths = []
+    for i, (header, _) in enumerate(COLUMNS):
+        cells = [r[i] for r in rows if i < len(r)]
+        if i and cells and all(c in ("-", "") for c in cells):
+            widths.append(None)
+            continue
+        widths.append(max([len(header)] + [len(c) for c in cells]) + CELL_PAD)
+    chosen, used = [], 1
+    for header in PRIORITY:
+        i = next(k for k, (h, _) in enumerate(COLUMNS) if h == header)
+        if widths[i] is not None and used + widths[i] <= width:
+            chosen.append(i)
+            used += widths[i]
+    return sorted(chosen)
+
+
 CSV_FIELDS = ["file", "level", "size_bytes", "bits_per_weight", "pp_mean", "pp_std", "tg_mean", "tg_std", "ttft_s",
               "load_s", "peak_rss_bytes", "n_threads", "n_ctx", "n_layers", "n_gpu_layers", "ppl", "ppl_stderr", "kld",
               "kld_p99", "delta_p", "same_top", "error", "lora", "devices"]  # new columns go last

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quality_text, run_bench
-from ..bench_report import COLUMNS, load_report, merge, save_into_manifest, to_csv, to_markdown
+from ..bench_report import COLUMNS, columns_that_fit, load_report, merge, save_into_manifest, to_csv, to_markdown
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
 from ..options import CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
@@ -163,15 +163,20 @@ def _print_table(report: BenchReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console(file=sys.stdout)
+    rows = [[fmt(r) for _, fmt in COLUMNS] for r in report.results if r.ok]
+    shown = columns_that_fit(rows, console.width)  # at 80 columns: the values, not "138…"
     table = Table(title=f"{report.model}", caption=report.method, caption_justify="left")
-    for header, _ in COLUMNS:
-        table.add_column(header, justify="left" if header == "level" else "right")
+    for i in shown:
+        header = COLUMNS[i][0]
+        table.add_column(header, justify="left" if header == "level" else "right", no_wrap=True)
     for r in report.results:
         if r.ok:
-            table.add_row(*(fmt(r) for _, fmt in COLUMNS))
+            cells = [fmt(r) for _, fmt in COLUMNS]
+            table.add_row(*(cells[i] for i in shown))
         else:
-            table.add_row(r.label, human_bytes(r.size_bytes), f"{r.bits_per_weight:.2f}", f"[red]failed: {r.error}[/]")
-    Console(file=sys.stdout).print(table)
+            table.add_row(r.label, f"[red]failed: {r.error}[/]")
+    console.print(table)
 
 
 # --- compare -----------------------------------------------------------------------------------------
