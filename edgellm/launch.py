@@ -53,8 +53,7 @@ def plan_model(
     plan_args = dict(ctx=ctx, ngl=ngl, n_seq=n_seq, min_speed=min_speed)
     while True:
         if rpc:  # HOST:PORT,...: the layers that do not fit here go to these workers
-            # (the split does not count the adapters' memory; they are applied all the same)
-            plan = replace(plan_over_workers(ref, hw, rpc, kv_type=kv_type, threads=threads, **plan_args), loras=adapters)
+            plan = plan_over_workers(ref, hw, rpc, kv_type=kv_type, threads=threads, loras=adapters, **plan_args)
         else:
             plan = make_plan(ref, hw, kv_type=kv_type, threads=threads, loras=adapters, **plan_args)
         chosen = ref.file(plan.level)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .adapters import LoraAdapter
 from .errors import NotEnoughSpace
 from .fsutil import human_bytes
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate
 from .models import ModelRef
-from .plan import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, make_plan, memory_budgets
+from .plan import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, lora_bytes, make_plan, memory_budgets
 from .rpc import WorkerInfo
 from .speed import machine_speed, predict_split
 
@@ -54,6 +55,7 @@ def plan_with_workers(
     threads: int | None = None,
     n_seq: int = 1,
     min_speed: float | None = None,
+    loras: tuple[LoraAdapter, ...] = (),
 ) -> Plan:
     """Plan `model` over this machine (`ram` to simulate less) and `workers`. `ngl` fixes how many layers
     go to the workers (the output layer counts as one)."""
@@ -61,7 +63,7 @@ def plan_with_workers(
     if not ngl:
         try:
             p = make_plan(model, hw, ctx=ctx, kv_type=kv_type, min_ctx=min_ctx, ram=ram, ngl=ngl, threads=threads, n_seq=n_seq,
-                          min_speed=min_speed)
+                          min_speed=min_speed, loras=loras)
             return replace(p, notes=p.notes + (f"fits here: the {n_workers} are not needed",))
         except NotEnoughSpace:
             if ngl == 0:
@@ -83,7 +85,7 @@ def plan_with_workers(
         n = f.info.n_layers
         for c in contexts:
             for g in [min(ngl, n + 1)] if ngl is not None else range(1, n + 2):
-                m = estimate(f.info, c, g, kv_type, n_seq=n_seq)
+                m = estimate(f.info, c, g, kv_type, n_seq=n_seq, lora=lora_bytes(loras, n))  # adapters sit beside their layers
                 # layers in proportion to what is left beside each worker's compute buffer: one too small for
                 # that gets none (and then needs no compute buffer either)
                 counts = shares(g, [max(0, b - m.compute_gpu) for b in budgets])
@@ -105,7 +107,7 @@ def plan_with_workers(
                     memory=m, ram_budget=ram_budget, vram_budget=sum(budgets),
                     hardware=hw.summary() + (" (simulated)" if hw.simulated else "") + f" + {n_workers}",
                     notes=tuple(notes), n_threads=n_threads, n_seq=n_seq, workers=split, speed=speed,
-                    devices=tuple(s.device for s in split if s.device and s.n_layers),
+                    devices=tuple(s.device for s in split if s.device and s.n_layers), loras=loras,
                     why="the highest-quality level that fits here and on the workers",
                 )
     smallest = min(model.files, key=lambda f: f.size)

@@ -88,6 +88,28 @@ def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
         plan_with_workers(ref, hw, [WorkerInfo(w.worker, 50 << 20, 8 << 30) for w in workers], ctx=2048, ram=600 << 20, threads=1)
 
 
+def test_lora_adapters_count_in_a_split_beside_their_layers(tmp_path):
+    """An adapter's tensors sit beside the layers they change, on the worker for offloaded layers."""
+    from edgellm.adapters import read_adapter
+    from edgellm.hardware import detect
+    from edgellm.models import resolve_model
+    from edgellm.rpc import WorkerInfo
+    from edgellm.split import plan_with_workers
+
+    adapter = tmp_path / "lora.gguf"
+    done = edgellm("convert", str(fixtures.smollm2_lora()), "--base", str(fixtures.smollm2_checkpoint()), "-o", str(adapter))
+    assert done.returncode == 0, done.stderr
+    lora = read_adapter(adapter)
+    ref, hw = resolve_model(str(fixtures.smollm2_gguf())), detect()
+    workers = [WorkerInfo(Worker("127.0.0.1", 1), 300 << 20, 8 << 30)]
+    plain = plan_with_workers(ref, hw, workers, ctx=2048, ram=700 << 20, threads=1, ngl=20)
+    tuned = plan_with_workers(ref, hw, workers, ctx=2048, ram=700 << 20, threads=1, ngl=20, loras=(lora,))
+    assert tuned.loras == (lora,) and tuned.n_gpu_layers == plain.n_gpu_layers == 20
+    on_worker = tuned.workers[0].memory - plain.workers[0].memory
+    here = tuned.memory.ram - plain.memory.ram
+    assert on_worker > 0 and here > 0 and on_worker + here == tuned.memory.lora == sum(lora.layer_bytes(ref.files[0].info.n_layers))
+
+
 def test_worker_refuses_a_network_address_without_allow_remote():
     one_line_error(edgellm("worker", "--host", "0.0.0.0"), "--allow-remote")
     one_line_error(edgellm("worker", "--host", "10.1.2.3", "--port", "1"), "--allow-remote")

@@ -64,7 +64,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices
     if rpc:
         if vram is not None:
             raise UsageError("--vram plans for a GPU here; with --rpc the workers take the layers that do not fit in --ram")
-        return _over_workers(ref, hw, rpc, notes, as_json, ctx=ctx, kv_type=kv_type, min_ctx=min_ctx,
+        return _over_workers(ref, hw, rpc, notes, as_json, ctx=ctx, kv_type=kv_type, min_ctx=min_ctx, loras=adapters,
                              ram=parse_size(ram) if ram else None, ngl=ngl, threads=threads, min_speed=min_speed)
     p = make_plan(
         ref,
