@@ -23,6 +23,16 @@ SLOW_MODULES = {
 }
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The test data cache's size after the run, once entries no run has used for a month are gone."""
+    import fixtures
+    from edgellm.fsutil import human_bytes
+
+    size, removed = fixtures.prune_cache()
+    gone = f"; removed as unused: {', '.join(removed)}" if removed else ""
+    terminalreporter.write_line(f"edgellm test data cache: {human_bytes(size)} in {fixtures.cache_root()}{gone}")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.module.__name__ in SLOW_MODULES:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def _build_once(name: str, build) -> Path:
     """Return cache_root()/name, running build(tmp_dir) first if it is not there yet."""
     final = cache_root() / name
     if final.exists():
+        os.utime(final)  # last used now: `prune_cache` keeps it
         return final
     tmp = cache_root() / f".{name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -39,6 +41,33 @@ def _build_once(name: str, build) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+UNUSED_DAYS = 30  # a cached fixture no run has used for this long is removed (its builder was renamed or removed)
+
+
+def prune_cache(unused_days: float = UNUSED_DAYS) -> tuple[int, list[str]]:
+    """Remove cache entries no run has used for `unused_days`, and builds left by killed runs. Returns the bytes
+    the cache holds afterwards and the names removed."""
+    root, removed = cache_root(), []
+    cutoff = time.time() - unused_days * 86400
+    for entry in root.iterdir():
+        left_over = entry.name.startswith(".") and ".building-" in entry.name and not _alive(entry.name.rsplit("-", 1)[-1])
+        if left_over or entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+    return size, removed
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
 
 
 def pypi_wheel(requirement: str) -> Path:
