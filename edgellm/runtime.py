@@ -141,6 +141,31 @@ def _lower_hint(plan: Plan) -> str:
     )
 
 
+# Vocabularies whose special tokens llama.cpp sets up by the model's name: (architecture, tokenizer model) -> what
+# general.name must contain. Phi-3's SentencePiece files mark their turn tokens to swallow the whitespace after
+# them (rstrip), as transformers does, only when the name says Phi-3; a renamed or re-uploaded file would be
+# tokenized otherwise.
+NAME_DEPENDENT_VOCABS = {("phi3", "llama"): ("phi-3", "phi3")}
+
+
+def _name_override(path: Path) -> ctypes.Array | None:
+    """llama_model_params.kv_overrides that give general.name what llama.cpp looks for, where the file's own name
+    lacks it (the list must stay alive until the load)."""
+    from .gguf_info import read_gguf
+
+    info = read_gguf(path)
+    meta = info.metadata
+    needs = NAME_DEPENDENT_VOCABS.get((meta.get("general.architecture"), meta.get("tokenizer.ggml.model")))
+    name = str(meta.get("general.name") or "")
+    if not needs or any(n in name.lower() for n in needs):
+        return None
+    overrides = (L.llama_model_kv_override * 2)()  # the zeroed last entry (empty key) ends the list
+    overrides[0].tag = L.LLAMA_KV_OVERRIDE_TYPE_STR
+    overrides[0].key = b"general.name"
+    overrides[0].value.val_str = f"{name} ({needs[1]})".encode()[:127]
+    return overrides
+
+
 def _offload_to_devices(mp, names: tuple[str, ...]) -> ctypes.Array:
     """Point llama_model_params `mp` at the ggml devices `names`, in order (the offloaded layers are shared among
     them as llama.cpp shares them: by free memory; none: the CPU alone). Returns the list, which must stay alive
@@ -202,6 +227,8 @@ class Engine:
         experts_in_ram = placement.cpu_experts(plan.n_cpu_moe) if ngl else None  # alive until the model is loaded
         mp.tensor_buft_overrides = ctypes.addressof(experts_in_ram) if experts_in_ram is not None else None
         on_workers = rpc.offload_to_workers(mp, plan) if plan.workers else ()  # noqa: F841 - alive until loaded
+        renamed = _name_override(path)  # alive until loaded
+        mp.kv_overrides = ctypes.cast(renamed, ctypes.POINTER(L.llama_model_kv_override)) if renamed is not None else None
         # no GPU layers: no GPU at all (llama.cpp would still send prompt batches to one, with buffers the plan
         # did not count); else the plan's GPUs (all of llama.cpp's when it names none: a simulated machine)
         on_gpus = _offload_to_devices(mp, plan.devices if ngl else ()) if not plan.workers and (plan.devices or not ngl) else ()  # noqa: F841
