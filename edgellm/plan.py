@@ -420,7 +420,7 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
     vram_budget = _budget(hw.vram_free, VRAM_MARGIN) if hw.offload_gpus else 0
     if plan.memory.vram <= vram_budget and not missing:
         return plan
-    from .gguf_info import read_gguf
+    from .formats.gguf_info import read_gguf
 
     f = ModelFile(plan.level, plan.path, read_gguf(plan.path))
     ram_budget = _budget(hw.ram_available, RAM_MARGIN)

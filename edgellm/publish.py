@@ -139,7 +139,7 @@ def card_with_front_matter(text: str, base: str | None, license_: str | None, ar
 
 def prepare(folder: Path, with_imatrix: bool = False, base: str | None = None, license_: str | None = None) -> Upload:
     """What pushing `folder` would send; reads the package, writes nothing."""
-    from .gguf_info import read_gguf
+    from .formats.gguf_info import read_gguf
 
     take, left = _choose(folder, with_imatrix)
     ggufs = [p for p in take if p.suffix == ".gguf" and p.name != IMATRIX_FILE]

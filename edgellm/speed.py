@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from .errors import EdgeError
-from .gguf_info import GGUFInfo
+from .formats.gguf_info import GGUFInfo
 from .memory import EXPERT_TENSOR, experts
 
 GB = 1e9

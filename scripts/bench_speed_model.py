@@ -58,7 +58,7 @@ def main() -> int:
     ap.add_argument("--fit", action="store_true", help="print the per-type costs that fit best (one thread; a quiet machine)")
     args = ap.parse_args()
 
-    from edgellm.gguf_info import read_gguf
+    from edgellm.formats.gguf_info import read_gguf
     from edgellm.hardware import detect
     from edgellm.speed import measure_machine, predict
 
@@ -86,7 +86,7 @@ def main() -> int:
 
 def fit(tool: Path, files: list[Path], reps: int, machine) -> int:
     """Least-squares per-type costs from llama-bench at one thread (wall clock: run it on a quiet machine)."""
-    from edgellm.gguf_info import read_gguf
+    from edgellm.formats.gguf_info import read_gguf
 
     ones = []
     for f in files:

@@ -15,8 +15,8 @@ import pytest
 from gguf import GGUFValueType as T
 
 from edgellm.errors import EdgeError
-from edgellm.gguf_checks import check
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_checks import check
+from edgellm.formats.gguf_info import read_gguf
 from edgellm.models import resolve_model
 from fixtures import (
     mistral_checkpoint,

@@ -42,7 +42,7 @@ from conftest import run_cli
 from edgellm import hub, hubmodel
 from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
 from edgellm.fsutil import human_bytes
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 
 
 # --------------------------------------------------------------------------------------------- choosing files

@@ -30,7 +30,7 @@ from conftest import run_cli
 from edgellm import hardware, hub, store
 from edgellm.errors import EdgeError, NotEnoughSpace
 from edgellm.fsutil import human_bytes
-from edgellm.gguf_info import Truncated, read_gguf, read_gguf_prefix
+from edgellm.formats.gguf_info import Truncated, read_gguf, read_gguf_prefix
 from edgellm.hubheaders import MAX_GGUF_HEADER
 from edgellm.hubplan import PlanOptions, plan_repo
 

@@ -19,7 +19,7 @@ import pytest
 import arch_fixtures
 import fixtures
 from conftest import run_cli
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from fixtures import LORA_TARGETS, LORAS, llamacpp_reference_lora, peft_lora, smollm2_checkpoint, smollm2_converted_gguf, smollm2_lora
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from edgellm.memory import MIB, estimate, kv_cells, llama_dry_run
 from fixtures import smollm2_converted_gguf, smollm2_gguf, write_llama3_shaped_gguf
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgellm.cli import main
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from edgellm.hardware import synthetic
 from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
 from edgellm.models import resolve_model

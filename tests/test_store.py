@@ -182,7 +182,7 @@ def test_push_checks_before_uploading(gguf_copy, caches, tmp_path, monkeypatch, 
 
 @pytest.mark.slow
 def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
-    from edgellm.gguf_info import read_gguf
+    from edgellm.formats.gguf_info import read_gguf
     from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
 
     folder = make_package(gguf_copy)

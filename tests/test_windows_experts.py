@@ -12,7 +12,7 @@ import pytest
 
 import arch_fixtures
 from edgellm.cli import main
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from edgellm.hardware import synthetic
 from edgellm.memory import attention_layout, estimate, experts, llama_dry_run
 from edgellm.models import resolve_model

@@ -35,7 +35,7 @@ def convert(src: Path, out: Path | None, outtype: str, base: str | None, as_json
     becomes a GGUF LoRA adapter for `--lora` on run, chat, serve, bench and plan; --base names the checkpoint it was
     trained on (only its config.json is read). The file appears under its final name only when complete.
     """
-    from ..gguf_info import read_gguf
+    from ..formats.gguf_info import read_gguf
     from ..quantize.peft import is_adapter_folder
 
     if not src.is_dir():

@@ -40,7 +40,7 @@ def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_
     """Quantize BASE.gguf (F32/F16/BF16) to each level: byte for byte what llama.cpp's quantizer writes, all levels
     in one pass over BASE."""
     from ..errors import UsageError
-    from ..gguf_info import read_gguf
+    from ..formats.gguf_info import read_gguf
     from ..package import quantize_levels
     from ..quantize.levels import parse_levels, prepare
 

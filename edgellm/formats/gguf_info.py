@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EdgeError
+from ..errors import EdgeError
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 # Metadata arrays longer than this (token lists, merges, scores) are summarised, not copied.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .errors import EdgeError
+from ..errors import EdgeError
 from .gguf_info import GGUFInfo
 
 LLAMA_MAX_LAYERS = 512  # llama.cpp asserts 0 < block_count <= this
