@@ -10,7 +10,7 @@ does not take the others down):
 - one warm-up run of each is discarded; the rest give mean ± stddev (tokens per second);
 - TTFT: a one-line chat question through the chat template, from the call to the first token, cache cleared.
 
-Quality is perplexity on a text (chunked like llama-perplexity; see `edgellm.quality`) and, when the
+Quality is perplexity on a text (chunked like llama-perplexity; see `edgellm.engine.quality`) and, when the
 package holds a 16/32-bit base file, KL divergence, Δp and same-top-token rate against that base.
 
 With LoRA adapters (`loras`), every file is measured twice: as it is, and with the adapters applied (a row
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import EdgeError, UsageError
-from .measure import pp_tg
+from .engine.measure import pp_tg
 from .models import ModelFile, ModelRef
 from .procmem import peak_rss_bytes
 
@@ -163,8 +163,8 @@ def default_quality_text() -> str:
 
 def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) -> dict[str, Any]:
     """Runs in the child: load, warm up, time pp and tg, TTFT. Returns plain values (or raises)."""
-    from .launch import open_engine
-    from .runtime import Sampling
+    from .engine.launch import open_engine
+    from .engine.runtime import Sampling
 
     engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, rpc=cfg.rpc,
                          loras=[(Path(p), s) for p, s in loras])
@@ -223,7 +223,7 @@ def _base_file(files: list[ModelFile]) -> ModelFile | None:
 
 
 def _lora_label(loras: tuple[tuple[str, float], ...]) -> str:
-    from .adapters import read_adapter
+    from .engine.adapters import read_adapter
 
     return ", ".join(read_adapter(Path(path), scale).label for path, scale in loras)
 
@@ -288,7 +288,7 @@ def run_bench(
 
 def _quality(runs: list[tuple[ModelFile, tuple]], results: list[FileResult], base: ModelFile | None, cfg: BenchConfig,
              step) -> None:
-    from . import quality
+    from .engine import quality
 
     text = cfg.quality_text
     ok = [(f, lora, r) for (f, lora), r in zip(runs, results) if r.ok]

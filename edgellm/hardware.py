@@ -8,7 +8,6 @@ Where that build sees no GPU, NVML (nvidia-ml-py) still lists NVIDIA GPUs, to sa
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import time
@@ -158,7 +157,7 @@ HOST_BACKENDS = ("CPU", "BLAS", "RPC")  # backends that are not a GPU's
 
 def _ggml_gpus() -> list[GPU]:
     """The GPUs of the ggml that libllama loaded, as its backends report them."""
-    from . import llamacpp
+    from .engine import llamacpp
 
     out = []
     for d in llamacpp.devices():
@@ -171,7 +170,7 @@ def _ggml_gpus() -> list[GPU]:
 
 
 def detect() -> HardwareProfile:
-    from . import llamacpp
+    from .engine import llamacpp
 
     vm = psutil.virtual_memory()
     build = LlamaBuild(
@@ -195,7 +194,7 @@ def detect() -> HardwareProfile:
     return HardwareProfile(
         ram_total=int(vm.total),
         ram_available=int(vm.available),
-        cpu_cores=default_threads(),
+        cpu_cores=llamacpp.default_threads(),
         cpu_threads=psutil.cpu_count(logical=True) or 1,
         cpu_name=_cpu_name(),
         gpus=tuple(gpus),
@@ -270,11 +269,3 @@ class LoadTracker:
             self.last = _load_between(self._snap, snap, self.cores).threads
             self._snap, self._t = snap, now
         return self.last
-
-
-def default_threads() -> int:
-    """Physical cores: what llama.cpp's tools use, and faster than hyper-threads for matrix work (a thread
-    that shares a core with another stalls the rest of the batch)."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1

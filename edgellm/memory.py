@@ -321,7 +321,7 @@ def llama_dry_run(
     layers get a window-sized cache unless `swa_full`, as the runtime loads models."""
     import llama_cpp as L
 
-    from . import llamacpp
+    from .engine import llamacpp
     from .errors import EdgeError
 
     with llamacpp.capture_log() as lines:

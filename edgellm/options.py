@@ -87,12 +87,12 @@ REPEAT_PENALTY = Range(float, 0.0, 10.0, low_open=True)
 
 
 class ChatTemplate(click.ParamType):
-    """A chat format by name (edgellm.chat_formats) or a Jinja template file."""
+    """A chat format by name (edgellm.engine.chat_formats) or a Jinja template file."""
 
     name = "format|file"
 
     def convert(self, value, param, ctx):
-        from .chat_formats import BY_NAME
+        from .engine.chat_formats import BY_NAME
 
         if value in BY_NAME or os.path.isfile(value):
             return value
@@ -109,7 +109,7 @@ class Workers(click.ParamType):
     name = "host:port,..."
 
     def convert(self, value, param, ctx):
-        from .rpc import parse_workers
+        from .engine.rpc import parse_workers
 
         return ",".join(w.endpoint for w in parse_workers(value))
 
@@ -124,7 +124,7 @@ class LoraFile(click.ParamType):
     name = "file[:scale]"
 
     def convert(self, value, param, ctx):
-        from .adapters import parse_lora
+        from .engine.adapters import parse_lora
 
         return value if isinstance(value, tuple) else parse_lora(value)
 

@@ -359,7 +359,7 @@ def _ensure_imatrix(base_path, out_dir, calib, opts, old, rep):
 
 
 def _evaluate(base_path, out_dir, text, opts, manifest, old, result, rep) -> None:
-    from .quality import BaseLogProbs
+    from .engine.quality import BaseLogProbs
 
     sha = _text_sha(text)
     reuse = old is not None and old.eval is not None and old.eval.sha256 == sha and old.eval.n_ctx == opts.n_ctx

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .adapters import LoraAdapter, describe
+from .engine.adapters import LoraAdapter, describe
 from .errors import NotEnoughSpace
 from .fsutil import human_bytes
 from .hardware import HardwareProfile

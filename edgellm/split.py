@@ -17,7 +17,7 @@ from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate
 from .models import ModelRef
 from .plan import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, make_plan, memory_budgets
-from .rpc import WorkerInfo
+from .engine.rpc import WorkerInfo
 from .speed import machine_speed, predict_split
 
 WORKER_SHARE_MARGIN = 0.05  # of what a worker lends: its buffers are several allocations, not one

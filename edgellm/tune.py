@@ -83,9 +83,9 @@ def tune(plan, *, n_prompt: int = 128, n_gen: int = 32, reps: int = 2, kv_quant:
     """Measure the sweeps on the file `plan` chose (its context and GPU layers kept) and store the winner."""
     import psutil
 
-    from .measure import pp_tg
+    from .engine.measure import pp_tg
     from .hardware import detect
-    from .runtime import Engine
+    from .engine.runtime import Engine
 
     hw = detect()
     measured: dict[Settings, Trial] = {}

@@ -187,7 +187,7 @@ def thread_log(hook: Callable[[int, str], None]) -> Iterator[None]:
     global _callback
     import llama_cpp
 
-    from .. import llamacpp
+    from ..engine import llamacpp
 
     tid = threading.get_ident()
     with _hooks_lock:

@@ -85,7 +85,7 @@ class Base:
 
 @lru_cache(maxsize=1)
 def _ggml() -> ctypes.CDLL:
-    from .. import llamacpp
+    from ..engine import llamacpp
 
     lib = llamacpp.ggml_library("ggml-base")
     i64, sz, vp, fp = ctypes.c_int64, ctypes.c_size_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)

@@ -113,7 +113,7 @@ import pynvml
 from edgellm.hardware import detect
 from edgellm.models import resolve_model
 from edgellm.plan import make_plan
-from edgellm.runtime import Engine, Sampling
+from edgellm.engine.runtime import Engine, Sampling
 
 GIB = 1 << 30
 CASES = {  # name -> make_plan options

@@ -18,7 +18,7 @@ from gguf_edit import copy_gguf
 LOAD_UNDER_REPORT = """
 import sys
 import llama_cpp as L
-from edgellm import llamacpp
+from edgellm.engine import llamacpp
 llamacpp.init()
 with llamacpp.doing("loading the test file"):
     model = L.llama_model_load_from_file(sys.argv[1].encode(), L.llama_model_default_params())
@@ -49,14 +49,14 @@ def test_an_assert_in_llama_cpp_says_why_and_what_was_being_done(no_layers):
 
 
 def test_an_abort_from_outside_ggml_is_reported_too():
-    script = "import ctypes\nfrom edgellm import llamacpp\nllamacpp.init()\nctypes.CDLL(None).abort()\n"
+    script = "import ctypes\nfrom edgellm.engine import llamacpp\nllamacpp.init()\nctypes.CDLL(None).abort()\n"
     r = _python(script)
     assert r.returncode == -6
     assert "edgellm: llama.cpp aborted: abort() called" in r.stderr, r.stderr[-1000:]
 
 
 def test_the_report_lists_log_lines_and_work_in_order():
-    from edgellm import llamacpp
+    from edgellm.engine import llamacpp
 
     llamacpp.init()
     with llamacpp.doing("loading a.gguf: 31/31 layers on Vulkan0"), llamacpp.doing("making the context"):

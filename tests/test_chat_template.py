@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edgellm import chat_template
+from edgellm.engine import chat_template
 from edgellm.errors import EdgeError
 from edgellm.formats.gguf_info import read_gguf
 from fixtures import CHATML_TEMPLATE, LLAMA3_CKPT_TEMPLATE, MISTRAL_TEMPLATE, smollm2_gguf

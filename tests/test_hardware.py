@@ -11,7 +11,7 @@ import llama_cpp
 import psutil
 import pytest
 
-from edgellm import llamacpp
+from edgellm.engine import llamacpp
 from edgellm.cli import main
 from edgellm.errors import UsageError
 from edgellm.hardware import detect, parse_size, synthetic

@@ -111,7 +111,7 @@ import json, sys
 from edgellm.hardware import detect
 from edgellm.models import resolve_model
 from edgellm.plan import make_plan
-from edgellm.runtime import Engine, Sampling
+from edgellm.engine.runtime import Engine, Sampling
 path, n_ctx = sys.argv[1], int(sys.argv[2])
 plan = make_plan(resolve_model(path), detect(), ctx=n_ctx)
 with Engine.load(plan) as e:

@@ -20,7 +20,7 @@ import pytest
 
 import fixtures
 from edgellm.errors import UsageError
-from edgellm.rpc import Worker, parse_workers
+from edgellm.engine.rpc import Worker, parse_workers
 from edgellm.split import shares
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")
@@ -68,7 +68,7 @@ def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
     from edgellm.errors import NotEnoughSpace
     from edgellm.hardware import detect
     from edgellm.models import resolve_model
-    from edgellm.rpc import WorkerInfo
+    from edgellm.engine.rpc import WorkerInfo
     from edgellm.split import plan_with_workers
 
     ref, hw = resolve_model(str(fixtures.smollm2_gguf())), detect()
@@ -155,7 +155,7 @@ def start_worker(port: int, *extra: str) -> subprocess.Popen:
 
 
 def rpc_reachable(port: int) -> str | None:
-    from edgellm.rpc import reachable
+    from edgellm.engine.rpc import reachable
 
     return reachable(Worker("127.0.0.1", port), 1.0)
 
@@ -272,9 +272,9 @@ def test_plan_over_workers_that_lend_little(rpc_build):
 @slow
 def test_the_connection_to_a_worker_has_bounded_waits(two_workers):
     """ggml's client has no timeout of its own: the kernel closes a connection to a machine that went silent."""
-    from edgellm import rpc
-    from edgellm.launch import plan_model
-    from edgellm.runtime import Engine
+    from edgellm.engine import rpc
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.runtime import Engine
 
     w = parse_workers(two_workers[0])[0]
     engine = Engine.load(plan_model(None, ctx=512, ngl=31, threads=1, rpc=w.endpoint))

@@ -91,7 +91,7 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "edgellm.runtime" in graph["edgellm.commands.run"]  # imported inside the command function
+    assert "edgellm.engine.runtime" in graph["edgellm.commands.run"]  # imported inside the command function
     assert "edgellm.errors" in graph["edgellm.quantize.convert"]
 
 
@@ -104,8 +104,8 @@ def test_layers_keep_to_their_folders():
     graph = import_graph()
     for name, deps in graph.items():
         if name.startswith("edgellm.quantize"):
-            assert not {d for d in deps if d.startswith(("edgellm.tui", "edgellm.runtime", "edgellm.commands"))}, name
+            assert not {d for d in deps if d.startswith(("edgellm.tui", "edgellm.engine.runtime", "edgellm.commands"))}, name
         if name.startswith("edgellm.tui"):
-            assert "edgellm.llamacpp" not in deps, f"{name} talks to llama.cpp directly"
+            assert "edgellm.engine.llamacpp" not in deps, f"{name} talks to llama.cpp directly"
         if not name.startswith(("edgellm.tui", "edgellm.commands")):
             assert not {d for d in deps if d.startswith("edgellm.tui")}, f"{name} reaches up into the TUI"

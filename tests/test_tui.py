@@ -14,7 +14,7 @@ import time
 from edgellm import cli
 from edgellm.chatdb import ChatDB
 from edgellm.paths import chat_db_path
-from edgellm.runtime import Engine, Sampling
+from edgellm.engine.runtime import Engine, Sampling
 from edgellm.tui import app as app_module
 from edgellm.tui.app import ChatApp
 from edgellm.tui.backend import list_models, open_model

@@ -38,8 +38,8 @@ from .widgets.sidebar import Sidebar
 from .widgets.status import ModelHeader, Stats, StatsBar
 
 if TYPE_CHECKING:  # the runtime loads llama.cpp: layout tests run without it
-    from edgellm.runtime import EngineInfo, GenStats
-    from edgellm.sampling import Sampling
+    from edgellm.engine.runtime import EngineInfo, GenStats
+    from edgellm.engine.sampling import Sampling
 
 # How often the generation thread hands text to the UI. Each update re-lays out and redraws the chat,
 # CPU that llama.cpp's threads lose on a small machine: on 2 cores, 30 updates/s cost ~15% of tok/s, 4/s ~10%.
@@ -48,7 +48,7 @@ FINISH_NOTES = {"length": "[max tokens]", "context": "[context full]"}
 
 
 class ChatEngine(Protocol):
-    """What the chat needs of a loaded model: edgellm.runtime.Engine, or a scripted one in layout tests."""
+    """What the chat needs of a loaded model: edgellm.engine.runtime.Engine, or a scripted one in layout tests."""
 
     info: EngineInfo
     last_stats: GenStats | None

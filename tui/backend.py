@@ -25,9 +25,9 @@ def open_model(
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
     with the LoRA adapters (file, scale) given."""
-    from edgellm.launch import plan_model
+    from edgellm.engine.launch import plan_model
     from edgellm.plan import threads_text
-    from edgellm.runtime import Engine
+    from edgellm.engine.runtime import Engine
 
     plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
     engine = Engine.load(plan)

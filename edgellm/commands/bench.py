@@ -91,7 +91,7 @@ def _levels(value: str | None) -> list[str] | None:
 def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
             md_path, json_path, plot_path, save_manifest, rpc, loras) -> int:
     """Benchmark each GGUF file or package (all its levels) given; with none, the default model."""
-    from ..adapters import read_adapter
+    from ..engine.adapters import read_adapter
     from ..progress import progress_bar
 
     for path, scale in loras:  # a bad adapter is said before anything is measured

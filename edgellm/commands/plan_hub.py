@@ -33,7 +33,7 @@ def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_
     from ..hub import open_repo
     from ..hubplan import plan_repo
     from ..errors import UsageError
-    from ..launch import choose_threads
+    from ..engine.launch import choose_threads
 
     if rpc:
         raise UsageError("--rpc plans a model on this machine: pull the level to split first (edgellm pull REPO --level L)")

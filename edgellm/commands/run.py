@@ -83,8 +83,8 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         min_speed, chat_template, rpc, loras, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
-    from ..launch import plan_model
-    from ..runtime import Engine, Sampling
+    from ..engine.launch import plan_model
+    from ..engine.runtime import Engine, Sampling
     from .hubref import local_model
 
     if sys.stdout is None:

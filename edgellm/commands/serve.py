@@ -53,9 +53,9 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
     from ..errors import UsageError
-    from ..launch import plan_model
+    from ..engine.launch import plan_model
     from ..models import resolve_model
-    from ..runtime import Engine
+    from ..engine.runtime import Engine
     from ..serve.server import ServeOptions, bind, serve as run_server
     from .hubref import local_model
 

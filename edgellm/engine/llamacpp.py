@@ -32,7 +32,7 @@ from typing import Iterator
 
 import llama_cpp as L
 
-from .errors import EdgeError
+from ..errors import EdgeError
 
 GGML_LOG_LEVEL_ERROR = 4  # enum ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 GGML_LOG_LEVEL_CONT = 5
@@ -397,3 +397,11 @@ def supports_gpu_offload() -> bool:
 def system_info() -> str:
     init()
     return (L.llama_print_system_info() or b"").decode(errors="replace").strip()
+
+
+def default_threads() -> int:
+    """Physical cores: what llama.cpp's tools use, and faster than hyper-threads for matrix work (a thread
+    that shares a core with another stalls the rest of the batch)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -18,14 +18,15 @@ from typing import Iterator, Sequence
 
 import llama_cpp as L
 
-from . import chat_formats, chat_template, llamacpp, memory, placement, rpc
-from .errors import EdgeError, UsageError
-from .fsutil import human_bytes
-from .hardware import LoadTracker, detect
-from .memory import KV_TYPES
-from .plan import Plan, gpu_layers_text, revalidate
+from . import chat_formats, chat_template, llamacpp, rpc
+from .. import memory, placement
+from ..errors import EdgeError, UsageError
+from ..fsutil import human_bytes
+from ..hardware import LoadTracker, detect
+from ..memory import KV_TYPES
+from ..plan import Plan, gpu_layers_text, revalidate
 from .sampling import Sampling
-from .testhooks import pause_point
+from ..testhooks import pause_point
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 PENALTY_LAST_N = 64  # how many recent tokens the repeat penalty looks at (llama.cpp's default)
@@ -188,7 +189,7 @@ class Engine:
 
     @classmethod
     def load(cls, plan: Plan) -> "Engine":
-        """Load the model as `plan` says (`edgellm.launch` makes plans from names and options). A plan that puts
+        """Load the model as `plan` says (`edgellm.engine.launch` makes plans from names and options). A plan that puts
         layers on a GPU is first checked against the GPUs there are now: fewer layers if one shrank or vanished.
         With plan.n_seq > 1 the context holds that many sequences of n_ctx / n_seq tokens each (a server's slots)."""
         if plan.n_gpu_layers and not plan.workers:  # layers on workers were planned with what they lend now

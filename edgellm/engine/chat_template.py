@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from . import chat_formats
-from .errors import EdgeError
+from ..errors import EdgeError
 
 
 MAX_STEPS = 5_000_000  # lines of Python run, plus items of ranges and repeated sequences, per render

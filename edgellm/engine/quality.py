@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeError, UsageError
+from ..errors import EdgeError, UsageError
 from . import llamacpp
-from .hardware import default_threads
+from .llamacpp import default_threads
 
 ProgressHook = Callable[[int, int], None]  # (chunks done, chunks total)
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
-from .fsutil import human_bytes
-from .formats.gguf_info import GGUFInfo, TensorInfo, read_gguf
+from ..errors import UsageError
+from ..fsutil import human_bytes
+from ..formats.gguf_info import GGUFInfo, TensorInfo, read_gguf
 
 SCALE_LIMIT = 10.0  # |scale| beyond this is never a fine-tune's strength, rather a typo
 PARTS = (".lora_a", ".lora_b")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 MAX_TEMPLATE_BYTES = 1 << 20  # a template file given on the command line; real ones are a few KiB
 

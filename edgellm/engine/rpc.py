@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeError, UsageError
+from ..errors import EdgeError, UsageError
 
 DEFAULT_PORT = 50052  # rpc-server's own default
 MAX_WORKERS = 16  # GGML_RPC_MAX_SERVERS
@@ -141,7 +141,7 @@ def probe(w: Worker, timeout: float = PROBE_TIMEOUT_S) -> WorkerInfo:
     if why:
         raise EdgeError(f"worker {w.endpoint} cannot be reached: {why} (is `edgellm worker` running there?)")
     b = find_build()
-    cmd = [sys.executable, "-m", "edgellm.rpc", str(b.lib), w.endpoint]
+    cmd = [sys.executable, "-m", "edgellm.engine.rpc", str(b.lib), w.endpoint]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
