@@ -35,7 +35,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import EdgeError, UsageError
 from .engine.measure import pp_tg
-from .models import ModelFile, ModelRef
+from .store.models import ModelFile, ModelRef
 from .procmem import peak_rss_bytes
 
 SCHEMA, VERSION = "edgellm.bench", 1

@@ -10,7 +10,7 @@ from pathlib import Path
 from .bench import BenchReport
 from .errors import EdgeError, UsageError
 from .fsutil import human_bytes
-from .manifest import Manifest
+from .store.manifest import Manifest
 from .plan import gpu_layers_text
 
 COLUMNS = [  # (header, value of a FileResult as text)

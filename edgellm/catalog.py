@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hardware, paths, store
+from . import hardware, paths
+from .store import store
 from .errors import EdgeError
 from .hardware import HardwareProfile
-from .models import ModelRef, resolve_model
+from .store.models import ModelRef, resolve_model
 from .plan import FIT_TEXT, Plan, make_plan
 
 

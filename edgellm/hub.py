@@ -412,16 +412,6 @@ def fetch(
     return download(remote, selection, verify, say, choice)
 
 
-def snapshot_name(folder: Path) -> str | None:
-    """The repo name of a snapshot folder in a hub cache, whose own name is a commit or a branch
-    (`models--meta-llama--Llama-3.2-1B/snapshots/<commit>` -> `Llama-3.2-1B`); None for other folders."""
-    folder = Path(folder).absolute()
-    repo = folder.parent.parent.name  # HF: models--<owner>--<name>; ModelScope: <owner>--<name>
-    if folder.parent.name == "snapshots" and "--" in repo:
-        return repo.rsplit("--", 1)[1]
-    return None
-
-
 def _repo_id_or_usage(src: str) -> None:
     try:
         parse_repo_id(src)
@@ -453,6 +443,8 @@ def package_source(src: str, levels: list[str] | None, say: Say | None = None) -
     quantized from it, as llama-quantize would; with no float level that is refused before any download.
     `levels` None means the package's default set.
     """
+    from .store.store import snapshot_name
+
     path = Path(src).expanduser()
     if path.exists():
         return PackageSource(path, snapshot_name(path))
@@ -463,7 +455,7 @@ def package_source(src: str, levels: list[str] | None, say: Say | None = None) -
         pulled = download(remote, select(remote)[0], say=say)  # a checkpoint, or select's error for this repo
         return PackageSource(pulled.path, snapshot_name(pulled.path))
 
-    from . import store
+    from .store import store
 
     repo = remote.repo_id
     if levels and all(lv.upper() in have for lv in levels):
@@ -487,7 +479,7 @@ def package_source(src: str, levels: list[str] | None, say: Say | None = None) -
     if len(parts) > 1:
         raise UsageError(f"{repo}'s {base} level is split in {len(parts)} files; package the original checkpoint instead")
     pulled = download(remote, select(remote, [base])[0], say=say)
-    from .store import store_name
+    from .store.store import store_name
 
     return PackageSource(pulled.path / parts[0].path, store_name(repo), note=(
         f"{repo} holds GGUF files: quantizing {asked} from its {base} file, as llama-quantize would "

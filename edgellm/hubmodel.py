@@ -27,7 +27,7 @@ from .hubclients import RepoNotFound, Say
 def is_hub_ref(ref: str | None) -> bool:
     """Whether `ref` names a hub repo: not a file or folder here, not a store name, and written as one
     (`owner/name`, `hf:`/`ms:` or a hub URL). A path to a missing .gguf file is a path, not a repo."""
-    from . import store
+    from .store import store
     from .hub import parse_repo_id
 
     if ref is None or Path(ref).expanduser().exists() or store.resolve(ref) is not None or ref.endswith(".gguf"):
@@ -43,7 +43,7 @@ def pull(ref: str, hub: str = "auto", revision: str | None = None, say: Say | No
     """The local folder holding the repo's safetensors, config and tokenizer files, or its GGUF files: for a
     GGUF repo the level the planner picks here, registered in the store. Keeps what an earlier run finished
     and serves the cache offline."""
-    from . import store
+    from .store import store
     from .hub import fetch
     from .hubplan import choose_level
 
@@ -60,7 +60,7 @@ def local_model(ref: str | None, say: Say | None = None, progress: Callable | No
     the decode tokens/s the level must reach, as the planner takes it."""
     if not is_hub_ref(ref):
         return ref
-    from . import store
+    from .store import store
     from .hub import parse_repo_id
 
     say = say or (lambda line: None)
@@ -79,7 +79,8 @@ def local_model(ref: str | None, say: Say | None = None, progress: Callable | No
 
 
 def _obtain(ref: str, say: Say, progress: Callable | None, stage: list[str], min_speed: float | None) -> Path:
-    from . import hardware, store
+    from . import hardware
+    from .store import store
     from .fsutil import human_bytes
     from .hub import download, open_repo, select
     from .hubplan import PlanOptions, plan_repo
@@ -104,9 +105,9 @@ def _obtain(ref: str, say: Say, progress: Callable | None, stage: list[str], min
 
 def _build(remote, pulled, level: str, progress: Callable | None) -> Path:
     """Convert the pulled checkpoint and quantize it to `level` beside the store, then make it the entry."""
-    from . import store
-    from .manifest import Manifest
-    from .package import CARD_FILE, PackageOptions, build_package, write_card
+    from .store import store
+    from .store.manifest import Manifest
+    from .store.package import CARD_FILE, PackageOptions, build_package, write_card
     from .quantize.levels import parse_levels
 
     work = store.building_dir(remote.repo_id)

@@ -30,10 +30,10 @@ from .hub import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
 from .hubclients import HUBS, Say
 from .hubheaders import checkpoint_tensors, gguf_header, json_file
 from .hubranges import Fetched, reader_for
-from .models import ModelFile, ModelRef
+from .store.models import ModelFile, ModelRef
 from .plan import FIT_TEXT, MIN_CTX, LevelFit, Plan, make_plan, memory_budgets
 from .speed import INTERACTIVE_TPS
-from .store import store_name
+from .store.store import store_name
 
 # Beside the weights: the tokenizer, whose size stands in for the vocabulary's in a converted header.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")

@@ -26,7 +26,7 @@ from .errors import NotEnoughSpace
 from .fsutil import human_bytes
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate, experts, kv_cells
-from .models import ModelFile, ModelRef
+from .store.models import ModelFile, ModelRef
 from .speed import INTERACTIVE_TPS, MachineSpeed, Speed, machine_speed, measured, predict
 
 DEFAULT_CTX = 8192  # context asked for when none is given (capped by what the model was trained for)

@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 
 from .errors import EdgeError, UsageError
-from .manifest import FILENAME as MANIFEST_FILE
-from .manifest import Manifest
+from .store.manifest import FILENAME as MANIFEST_FILE
+from .store.manifest import Manifest
 
 CARD_FILE = "README.md"
 IMATRIX_FILE = "imatrix.gguf"
@@ -166,7 +166,7 @@ def prepare(folder: Path, with_imatrix: bool = False, base: str | None = None, l
 
 
 def _written_card(m: Manifest) -> str:
-    from .package import write_card
+    from .store.package import write_card
 
     with tempfile.TemporaryDirectory() as tmp:
         return write_card(Path(tmp), m).read_text()

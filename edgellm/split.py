@@ -15,7 +15,7 @@ from .errors import NotEnoughSpace
 from .fsutil import human_bytes
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate
-from .models import ModelRef
+from .store.models import ModelRef
 from .plan import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, make_plan, memory_budgets
 from .engine.rpc import WorkerInfo
 from .speed import machine_speed, predict_split

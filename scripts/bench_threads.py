@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_vs_llamacpp import tools_root  # noqa: E402
 
 from edgellm.engine.launch import open_engine  # noqa: E402
-from edgellm.models import resolve_model  # noqa: E402
+from edgellm.store.models import resolve_model  # noqa: E402
 from edgellm.engine.sampling import Sampling  # noqa: E402
 
 

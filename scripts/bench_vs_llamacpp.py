@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from edgellm.bench import BenchConfig, default_quality_text, run_bench
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.engine.quality import perplexity
 
 HERE = Path(__file__).resolve().parent

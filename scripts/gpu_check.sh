@@ -111,7 +111,7 @@ import psutil
 import pynvml
 
 from edgellm.hardware import detect
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.plan import make_plan
 from edgellm.engine.runtime import Engine, Sampling
 

@@ -192,7 +192,7 @@ def test_list_shows_the_entry_as_broken_and_the_others(no_layers):
 def _package_listing(folder: Path, name: str, target: Path) -> Path:
     """A package folder whose manifest lists `name`, with the size and sha256 of `target` (a real file)."""
     from edgellm.formats.gguf_info import read_gguf
-    from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
+    from edgellm.store.manifest import FileEntry, Manifest, ModelFacts, sha256_file
 
     folder.mkdir()
     info = read_gguf(smollm2_gguf())

@@ -267,7 +267,7 @@ def test_peak_memory_stays_far_below_the_checkpoint(tmp_path):
 def test_digest_fed_while_writing_is_the_files_sha256(tmp_path):
     import hashlib
 
-    from edgellm.manifest import sha256_file
+    from edgellm.store.manifest import sha256_file
 
     digest = hashlib.sha256()
     out = convert_checkpoint(fixtures.llama3_checkpoint(), tmp_path / "out.gguf", "f16", progress=False, digest=digest)

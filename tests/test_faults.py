@@ -18,7 +18,7 @@ import pausing
 from edgellm.errors import EdgeError
 from edgellm.fsutil import exclusive_lock, room_problem
 from edgellm.formats.gguf_info import read_gguf
-from edgellm.manifest import Manifest
+from edgellm.store.manifest import Manifest
 
 LEVELS = ("Q8_0", "Q4_K_M")
 

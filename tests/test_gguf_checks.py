@@ -17,7 +17,7 @@ from gguf import GGUFValueType as T
 from edgellm.errors import EdgeError
 from edgellm.formats.gguf_checks import check
 from edgellm.formats.gguf_info import read_gguf
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from fixtures import (
     mistral_checkpoint,
     qwen2_checkpoint,

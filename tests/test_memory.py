@@ -109,7 +109,7 @@ def test_tied_embeddings_get_a_gpu_copy_of_the_output():
 PEAK_RSS = """
 import json, sys
 from edgellm.hardware import detect
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.plan import make_plan
 from edgellm.engine.runtime import Engine, Sampling
 path, n_ctx = sys.argv[1], int(sys.argv[2])

@@ -15,7 +15,7 @@ from edgellm.cli import main
 from edgellm.errors import NotEnoughSpace
 from edgellm.hardware import synthetic
 from edgellm.memory import estimate
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.plan import MIN_CTX, RAM_MARGIN, VRAM_MARGIN, _budget, revalidate
 from edgellm.plan import make_plan as _make_plan
 from fixtures import llama3_shaped_package

@@ -67,7 +67,7 @@ def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
     """The planner alone, with what two workers lend as data: more RAM here means fewer layers on the workers."""
     from edgellm.errors import NotEnoughSpace
     from edgellm.hardware import detect
-    from edgellm.models import resolve_model
+    from edgellm.store.models import resolve_model
     from edgellm.engine.rpc import WorkerInfo
     from edgellm.split import plan_with_workers
 

@@ -14,7 +14,7 @@ import pytest
 from edgellm import speed
 from edgellm.cli import main
 from edgellm.hardware import detect, synthetic
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.plan import make_plan
 from fixtures import llama3_shaped_package, smollm2_package
 

@@ -11,9 +11,10 @@ from hubtesting import caches, fake_hub, gguf_repo, go_offline  # noqa: F401  (f
 
 import fixtures
 from conftest import run_cli
-from edgellm import hubmodel, paths, store
+from edgellm import hubmodel, paths
+from edgellm.store import store
 from edgellm.fsutil import human_bytes
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 
 GGUF_SIZE = fixtures.smollm2_gguf().stat().st_size
 SIZE = human_bytes(GGUF_SIZE)
@@ -183,7 +184,7 @@ def test_push_checks_before_uploading(gguf_copy, caches, tmp_path, monkeypatch, 
 @pytest.mark.slow
 def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
     from edgellm.formats.gguf_info import read_gguf
-    from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
+    from edgellm.store.manifest import FileEntry, Manifest, ModelFacts, sha256_file
 
     folder = make_package(gguf_copy)
     info = read_gguf(folder / "SmolLM2-Q4_1.gguf")

@@ -11,7 +11,7 @@ import psutil
 
 from conftest import run_cli
 from edgellm import tune
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.hardware import detect
 from edgellm.paths import data_dir
 

@@ -15,7 +15,7 @@ from edgellm.cli import main
 from edgellm.formats.gguf_info import read_gguf
 from edgellm.hardware import synthetic
 from edgellm.memory import attention_layout, estimate, experts, llama_dry_run
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.placement import expert_patterns
 from edgellm.plan import RAM_MARGIN, VRAM_MARGIN, _budget, make_plan
 from edgellm.quantize.convert import convert_checkpoint
@@ -155,7 +155,7 @@ import re, sys
 from dataclasses import replace
 from edgellm.engine import llamacpp
 from edgellm.hardware import detect
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 from edgellm.plan import make_plan
 from edgellm.engine.runtime import Engine, Sampling
 plan = make_plan(resolve_model(sys.argv[1]), detect(), ctx=512)

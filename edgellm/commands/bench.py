@@ -37,7 +37,7 @@ def bench() -> None:
 def _resolve(model: str | None) -> tuple[list, list[FileResult]]:
     """The model refs to benchmark for one argument, and the files that cannot be read (reported with the
     results, so the others still run). A package with a damaged level is benchmarked file by file."""
-    from ..models import resolve_model
+    from ..store.models import resolve_model
 
     try:
         return [resolve_model(model)], []

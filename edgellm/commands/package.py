@@ -57,7 +57,7 @@ class ProgressReporter:
         self.progress.update(self._task(f"eval {what}", total, "chunks"), total=total, completed=done)
 
     def reporter(self):
-        from ..package import Reporter
+        from ..store.package import Reporter
 
         return Reporter(self.stage, self.level_start, self.tensor, self.level_done, self.chunks)
 
@@ -111,7 +111,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
     quality, merged LoRA adapters) and a README.md model card into the output folder.
     """
     from ..hub import package_source
-    from ..package import PackageOptions, build_package, levels_summary
+    from ..store.package import PackageOptions, build_package, levels_summary
     from ..quantize.levels import DEFAULT_LEVELS, parse_levels
     from ..quantize.peft import open_adapter
 

@@ -42,7 +42,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     from ..errors import UsageError
     from ..hardware import detect, parse_size
     from ..engine.launch import choose_threads
-    from ..models import resolve_models
+    from ..store.models import resolve_models
     from ..plan import FIT_SHORT, make_plan
     from .plan_hub import PlanOptions, hub_ref, plan_hub
 

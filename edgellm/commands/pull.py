@@ -6,7 +6,8 @@ import json
 
 import click
 
-from .. import hub, store
+from .. import hub
+from ..store import store
 from ..errors import Interrupted, UsageError
 from ..fsutil import human_bytes
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import store
+from ..store import store
 from ..errors import EdgeError, UsageError
 from ..fsutil import human_bytes
 

@@ -41,7 +41,7 @@ def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_
     in one pass over BASE."""
     from ..errors import UsageError
     from ..formats.gguf_info import read_gguf
-    from ..package import quantize_levels
+    from ..store.package import quantize_levels
     from ..quantize.levels import parse_levels, prepare
 
     if list_levels:

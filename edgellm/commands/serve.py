@@ -54,7 +54,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     """
     from ..errors import UsageError
     from ..engine.launch import plan_model
-    from ..models import resolve_model
+    from ..store.models import resolve_model
     from ..engine.runtime import Engine
     from ..serve.server import ServeOptions, bind, serve as run_server
     from .hubref import local_model

@@ -22,7 +22,7 @@ def tune(model, level, n_prompt, n_gen, reps, kv_quant, as_json) -> int:
     say otherwise. A setting is scored by the time of a chat turn (a 256-token prompt, a 128-token reply);
     the report compares it with llama.cpp's defaults (every physical core, micro-batch 512, f16 KV)."""
     from ..engine.launch import plan_model
-    from ..models import ModelRef, resolve_model
+    from ..store.models import ModelRef, resolve_model
     from ..tune import tune as run_tune
 
     ref = resolve_model(model)

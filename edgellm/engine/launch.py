@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .adapters import read_adapters
 from ..hardware import HardwareProfile, cpu_load, detect
-from ..models import ModelRef, resolve_model, verify_file
+from ..store.models import ModelRef, resolve_model, verify_file
 from ..plan import Plan, make_plan
 from .runtime import Engine
 from ..tune import Settings, lookup

@@ -20,14 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EdgeError, NotEnoughSpace, UsageError
-from .fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
-from .formats.gguf_info import read_gguf
+from ..errors import EdgeError, NotEnoughSpace, UsageError
+from ..fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
+from ..formats.gguf_info import read_gguf
 from .manifest import FILENAME, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
-from .quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
-from .quantize.parallel import usable_cores
-from .quantize.peft import PeftAdapter
-from .testhooks import pause_point
+from ..quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
+from ..quantize.parallel import usable_cores
+from ..quantize.peft import PeftAdapter
+from ..testhooks import pause_point
 
 BASE_TYPES = ("auto", "f16", "bf16", "f32")
 IMATRIX_FILE = "imatrix.gguf"
@@ -101,8 +101,8 @@ def source_fingerprint(src: Path, adapters: Sequence[AdapterRef] = ()) -> str:
 
 def open_adapters(src: Path, loras: tuple[tuple[Path, float], ...]) -> list[tuple[PeftAdapter, float]]:
     """The LoRA adapters to merge into the checkpoint in `src`, each checked against its config first."""
-    from .quantize.checkpoint import read_config
-    from .quantize.peft import match, open_adapter
+    from ..quantize.checkpoint import read_config
+    from ..quantize.peft import match, open_adapter
 
     if not loras:
         return []
@@ -155,7 +155,7 @@ def quantize_levels(
     """Quantize `base` to every level, `jobs` levels per pass over the base (0: all in one pass); returns
     {level: (path, sha256)}. Levels made in one pass share the tensors they quantize alike and are all done
     when the pass is; `on_done` records each as it is done."""
-    from .quantize.onepass import quantize_together, read_base
+    from ..quantize.onepass import quantize_together, read_base
 
     rep = reporter or Reporter()
     results: dict[str, tuple[Path, str]] = {}
@@ -203,7 +203,7 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
         src_info = read_gguf(src)
         check_base(src_info, opts.allow_requantize)
     else:
-        from .quantize.convert import resolve_file_type
+        from ..quantize.convert import resolve_file_type
 
         convert_to = resolve_file_type(src, opts.base_type)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -332,8 +332,8 @@ def _convert_base(
     src: Path, final: Path, base_type: str, rep: Reporter, adapters: list[tuple[PeftAdapter, float]]
 ) -> tuple[Path, str]:
     """The converted base (with the adapters merged in) and its sha256 (hashed as it is written)."""
-    from .quantize.convert import convert_checkpoint
-    from .quantize.lora import merged
+    from ..quantize.convert import convert_checkpoint
+    from ..quantize.lora import merged
 
     merging = f" with {', '.join(a.name for a, _ in adapters)} merged in" if adapters else ""
     rep.stage(f"converting {src.name}{merging}")
@@ -345,7 +345,7 @@ def _convert_base(
 
 
 def _ensure_imatrix(base_path, out_dir, calib, opts, old, rep):
-    from .quantize.imatrix import ImportanceMatrix, compute_imatrix
+    from ..quantize.imatrix import ImportanceMatrix, compute_imatrix
 
     path = out_dir / IMATRIX_FILE
     if old and old.imatrix and old.imatrix.sha256 == _text_sha(calib) and old.imatrix.n_ctx == opts.n_ctx \
@@ -359,7 +359,7 @@ def _ensure_imatrix(base_path, out_dir, calib, opts, old, rep):
 
 
 def _evaluate(base_path, out_dir, text, opts, manifest, old, result, rep) -> None:
-    from .engine.quality import BaseLogProbs
+    from ..engine.quality import BaseLogProbs
 
     sha = _text_sha(text)
     reuse = old is not None and old.eval is not None and old.eval.sha256 == sha and old.eval.n_ctx == opts.n_ctx

@@ -48,10 +48,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import EdgeError
-from .fsutil import atomic_output
-from .formats.gguf_info import GGUFInfo
+from .. import __version__
+from ..errors import EdgeError
+from ..fsutil import atomic_output
+from ..formats.gguf_info import GGUFInfo
 
 SCHEMA = "edgellm.package"
 VERSION = 1

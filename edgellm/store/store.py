@@ -20,9 +20,9 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from . import paths
-from .errors import EdgeError, UsageError
-from .fsutil import atomic_output
+from .. import paths
+from ..errors import EdgeError, UsageError
+from ..fsutil import atomic_output
 
 SOURCE_FILE = "source.json"  # written for entries registered from a hub or imported
 
@@ -118,6 +118,16 @@ def store_name(repo_id: str) -> str:
         if name.upper().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def snapshot_name(folder: Path) -> str | None:
+    """The repo name of a snapshot folder in a hub cache, whose own name is a commit or a branch
+    (`models--meta-llama--Llama-3.2-1B/snapshots/<commit>` -> `Llama-3.2-1B`); None for other folders."""
+    folder = Path(folder).absolute()
+    repo = folder.parent.parent.name  # HF: models--<owner>--<name>; ModelScope: <owner>--<name>
+    if folder.parent.name == "snapshots" and "--" in repo:
+        return repo.rsplit("--", 1)[1]
+    return None
 
 
 def _link(target: Path, link: Path) -> None:

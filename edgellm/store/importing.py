@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeError, UsageError
-from .fsutil import human_bytes
-from .formats.gguf_checks import check
-from .formats.gguf_info import GGUFInfo, read_gguf
+from ..errors import EdgeError, UsageError
+from ..fsutil import human_bytes
+from ..formats.gguf_checks import check
+from ..formats.gguf_info import GGUFInfo, read_gguf
 from .manifest import sha256_file
 
 MAGIC = b"GGUF"
@@ -111,7 +111,7 @@ def _walk(root: Path) -> list[Path]:
 
 
 def _group_name(folder: Path) -> str:
-    from .hub import snapshot_name
+    from .store import snapshot_name
 
     return clean_name(snapshot_name(folder) or folder.name)
 
