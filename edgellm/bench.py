@@ -248,7 +248,7 @@ def run_bench(
     on_step: Callable[[str, int], None] | None = None,
 ) -> BenchReport:
     """Benchmark every selected file of `model`; failures are recorded per file, not raised."""
-    from .hardware import detect
+    from .plan.hardware import detect
 
     files = select_files(model, levels)
     _check_config(cfg)

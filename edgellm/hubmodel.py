@@ -79,7 +79,7 @@ def local_model(ref: str | None, say: Say | None = None, progress: Callable | No
 
 
 def _obtain(ref: str, say: Say, progress: Callable | None, stage: list[str], min_speed: float | None) -> Path:
-    from . import hardware
+    from .plan import hardware
     from .store import store
     from .fsutil import human_bytes
     from .hub import download, open_repo, select

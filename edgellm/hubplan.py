@@ -25,14 +25,14 @@ from pathlib import Path
 from .errors import EdgeError, NotEnoughSpace
 from .fsutil import human_bytes
 from .formats.gguf_checks import check
-from .hardware import HardwareProfile
+from .plan.hardware import HardwareProfile
 from .hub import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
 from .hubclients import HUBS, Say
 from .hubheaders import checkpoint_tensors, gguf_header, json_file
 from .hubranges import Fetched, reader_for
 from .store.models import ModelFile, ModelRef
-from .plan import FIT_TEXT, MIN_CTX, LevelFit, Plan, make_plan, memory_budgets
-from .speed import INTERACTIVE_TPS
+from .plan.planner import FIT_TEXT, MIN_CTX, LevelFit, Plan, make_plan, memory_budgets
+from .plan.speed import INTERACTIVE_TPS
 from .store.store import store_name
 
 # Beside the weights: the tokenizer, whose size stands in for the vocabulary's in a converted header.
@@ -266,7 +266,7 @@ def choose_level(remote: Remote, say: Say | None = None) -> LevelChoice:
     """The level of a GGUF repo the planner picks for this machine, judged from the levels' headers before
     anything is downloaded (`hubplan`): the highest-quality quantized level that fits, with the most GPU
     layers and context. Floats only when there is nothing else."""
-    from . import hardware
+    from .plan import hardware
 
     rp = plan_repo(remote, hardware.detect(), say=say)  # detect looked up on the module: tests describe machines
     levels = gguf_levels(remote.files)

@@ -34,7 +34,7 @@ def main() -> None:
     from hubserver import Hub, HubServer, Repo
     from hubtesting import llama3_8b_repo
 
-    from edgellm import hardware
+    from edgellm.plan import hardware
     from edgellm.fsutil import human_bytes
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))

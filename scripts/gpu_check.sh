@@ -110,9 +110,9 @@ import json, os, random, sys, threading, time
 import psutil
 import pynvml
 
-from edgellm.hardware import detect
+from edgellm.plan.hardware import detect
 from edgellm.store.models import resolve_model
-from edgellm.plan import make_plan
+from edgellm.plan.planner import make_plan
 from edgellm.engine.runtime import Engine, Sampling
 
 GIB = 1 << 30

@@ -69,7 +69,7 @@ def test_the_report_lists_log_lines_and_work_in_order():
 
 @pytest.mark.parametrize("target", ["1", "file"])
 def test_the_log_streams_live_when_asked(tmp_path, target):
-    script = "import sys\nfrom edgellm.memory import llama_dry_run\nllama_dry_run(sys.argv[1], 512)\nprint('done')\n"
+    script = "import sys\nfrom edgellm.plan.memory import llama_dry_run\nllama_dry_run(sys.argv[1], 512)\nprint('done')\n"
     log = tmp_path / "llama.log"
     r = _python(script, str(smollm2_gguf()), EDGELLM_LLAMA_LOG=str(log) if target == "file" else target)
     assert r.returncode == 0 and "done" in r.stdout, r.stderr[-1000:]

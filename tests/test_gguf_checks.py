@@ -154,8 +154,8 @@ def test_a_packages_importance_matrix_is_not_taken_for_a_level(tmp_path):
     # `package --imatrix` leaves imatrix.gguf beside the levels: a GGUF, but general.type "imatrix", no model.
     import numpy as np
 
-    from edgellm.hardware import synthetic
-    from edgellm.plan import make_plan
+    from edgellm.plan.hardware import synthetic
+    from edgellm.plan.planner import make_plan
     from edgellm.quantize.imatrix import ImportanceMatrix
 
     pkg = tmp_path / "pkg"

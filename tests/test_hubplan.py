@@ -27,7 +27,8 @@ from hubtesting import (  # noqa: F401  (fixtures)
 
 import fixtures
 from conftest import run_cli
-from edgellm import hardware, hub
+from edgellm.plan import hardware
+from edgellm import hub
 from edgellm.store import store
 from edgellm.errors import EdgeError, NotEnoughSpace
 from edgellm.fsutil import human_bytes
@@ -102,7 +103,7 @@ def test_with_a_speed_to_reach_the_plan_is_the_planner_s_over_every_level(fake_h
     from the largest down, a level that is too slow is read past, and the choice is the one the planner makes
     with every level's header in hand."""
     from edgellm.store.models import ModelFile, ModelRef
-    from edgellm.plan import make_plan
+    from edgellm.plan.planner import make_plan
 
     fake_hub.repos[REPO] = llama3_8b_repo()
     machine = hardware.synthetic(ram=ram_gib * GiB)

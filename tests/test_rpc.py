@@ -21,7 +21,7 @@ import pytest
 import fixtures
 from edgellm.errors import UsageError
 from edgellm.engine.rpc import Worker, parse_workers
-from edgellm.split import shares
+from edgellm.plan.split import shares
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")
 PROMPT = "What is the capital of France? Answer in one sentence."
@@ -66,10 +66,10 @@ def test_layers_are_shared_in_proportion_to_what_workers_lend():
 def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
     """The planner alone, with what two workers lend as data: more RAM here means fewer layers on the workers."""
     from edgellm.errors import NotEnoughSpace
-    from edgellm.hardware import detect
+    from edgellm.plan.hardware import detect
     from edgellm.store.models import resolve_model
     from edgellm.engine.rpc import WorkerInfo
-    from edgellm.split import plan_with_workers
+    from edgellm.plan.split import plan_with_workers
 
     ref, hw = resolve_model(str(fixtures.smollm2_gguf())), detect()
     workers = [WorkerInfo(Worker("127.0.0.1", 1), 300 << 20, 8 << 30), WorkerInfo(Worker("127.0.0.1", 2), 100 << 20, 8 << 30)]

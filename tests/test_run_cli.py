@@ -12,10 +12,10 @@ import pytest
 
 from edgellm.cli import main
 from edgellm.formats.gguf_info import read_gguf
-from edgellm.hardware import synthetic
+from edgellm.plan.hardware import synthetic
 from edgellm.store.manifest import FileEntry, Manifest, ModelFacts, sha256_file
 from edgellm.store.models import resolve_model
-from edgellm.plan import make_plan
+from edgellm.plan.planner import make_plan
 from edgellm.engine.runtime import Engine
 from fixtures import smollm2_checkpoint, smollm2_converted_gguf, smollm2_gguf, write_llama3_shaped_gguf
 

@@ -47,7 +47,7 @@ def test_list_json_schema(gguf_copy, capsys):
 
 
 def test_list_on_a_machine_too_small(gguf_copy, monkeypatch, capsys):
-    from edgellm import hardware
+    from edgellm.plan import hardware
 
     make_package(gguf_copy)
     monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=64 << 20))  # 64 MiB of RAM

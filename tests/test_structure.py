@@ -37,7 +37,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         else:
             continue
         for t in targets:
-            while t and t not in known:  # `edgellm.plan.make_plan` -> `edgellm.plan`
+            while t and t not in known:  # `edgellm.plan.planner.make_plan` -> `edgellm.plan.planner`
                 t = t.rpartition(".")[0]
             if t and t != name:
                 found.add(t)

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import run_cli
-from edgellm.hardware import cpu_load
+from edgellm.plan.hardware import cpu_load
 
 N_CPUS = psutil.cpu_count() or 1
 pytestmark = pytest.mark.skipif(N_CPUS < 2 or not hasattr(os, "sched_setaffinity"), reason="needs 2 CPUs and affinity")

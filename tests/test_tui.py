@@ -370,7 +370,7 @@ def test_chat_is_listed_with_help(capsys):
 
 def test_without_the_default_model_chat_takes_the_newest_package_or_says_how_to_get_one(monkeypatch, capsys):
     from edgellm.store import models
-    from edgellm.catalog import default_model
+    from edgellm.plan.catalog import default_model
     from edgellm.errors import EdgeError
     from edgellm.paths import store_dir
     from fixtures import smollm2_gguf

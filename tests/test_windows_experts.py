@@ -13,11 +13,11 @@ import pytest
 import arch_fixtures
 from edgellm.cli import main
 from edgellm.formats.gguf_info import read_gguf
-from edgellm.hardware import synthetic
-from edgellm.memory import attention_layout, estimate, experts, llama_dry_run
+from edgellm.plan.hardware import synthetic
+from edgellm.plan.memory import attention_layout, estimate, experts, llama_dry_run
 from edgellm.store.models import resolve_model
-from edgellm.placement import expert_patterns
-from edgellm.plan import RAM_MARGIN, VRAM_MARGIN, _budget, make_plan
+from edgellm.plan.placement import expert_patterns
+from edgellm.plan.planner import RAM_MARGIN, VRAM_MARGIN, _budget, make_plan
 from edgellm.quantize.convert import convert_checkpoint
 from edgellm.engine.launch import open_engine
 from edgellm.engine.runtime import Sampling
@@ -154,9 +154,9 @@ MOE_LOAD = """
 import re, sys
 from dataclasses import replace
 from edgellm.engine import llamacpp
-from edgellm.hardware import detect
+from edgellm.plan.hardware import detect
 from edgellm.store.models import resolve_model
-from edgellm.plan import make_plan
+from edgellm.plan.planner import make_plan
 from edgellm.engine.runtime import Engine, Sampling
 plan = make_plan(resolve_model(sys.argv[1]), detect(), ctx=512)
 plan = replace(plan, n_cpu_moe=int(sys.argv[2]), n_gpu_layers=plan.n_layers + 1)  # no GPU here: llama.cpp keeps every layer in RAM
@@ -181,7 +181,7 @@ def test_engine_applies_the_planned_expert_placement(tiny):
 
 
 def test_smaller_gpu_at_load_moves_more_experts_to_ram(shaped):
-    from edgellm.plan import revalidate
+    from edgellm.plan.planner import revalidate
 
     plan = make_plan(resolve_model(str(shaped["qwen3-30b-a3b"])), synthetic(64 * GIB, 16 * GIB), ctx=8192)
     later = revalidate(plan, synthetic(64 * GIB, 8 * GIB))

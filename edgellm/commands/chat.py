@@ -42,7 +42,7 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     from .hubref import local_model
 
     if model is None:
-        from edgellm.catalog import default_model
+        from edgellm.plan.catalog import default_model
 
         model = default_model()
     model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first, progress shown before the chat opens

@@ -8,9 +8,9 @@ from dataclasses import replace
 import click
 
 from ..options import CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
-from ..plan import gpu_layers_text
+from ..plan.planner import gpu_layers_text
 
-KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.memory.KV_TYPES, without loading llama.cpp for --help
+KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.plan.memory.KV_TYPES, without loading llama.cpp for --help
 
 
 @click.command("plan")
@@ -40,10 +40,10 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, threads
     """
     from ..engine.adapters import read_adapters
     from ..errors import UsageError
-    from ..hardware import detect, parse_size
+    from ..plan.hardware import detect, parse_size
     from ..engine.launch import choose_threads
     from ..store.models import resolve_models
-    from ..plan import FIT_SHORT, make_plan
+    from ..plan.planner import FIT_SHORT, make_plan
     from .plan_hub import PlanOptions, hub_ref, plan_hub
 
     given = click.get_current_context().get_parameter_source("min_ctx") is click.core.ParameterSource.COMMANDLINE

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..hubplan import PlanOptions
-from ..plan import FIT_SHORT, gpu_layers_text
+from ..plan.planner import FIT_SHORT, gpu_layers_text
 
 __all__ = ["PlanOptions", "hub_ref", "plan_hub"]
 
@@ -29,7 +29,7 @@ def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_
 
     from ..errors import NotEnoughSpace
     from ..fsutil import human_bytes
-    from ..hardware import detect, parse_size
+    from ..plan.hardware import detect, parse_size
     from ..hub import open_repo
     from ..hubplan import plan_repo
     from ..errors import UsageError

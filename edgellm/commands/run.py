@@ -19,7 +19,7 @@ from .plan import KV_CHOICES
 
 
 def _stats_lines(engine, stats) -> list[str]:
-    from ..plan import threads_text
+    from ..plan.planner import threads_text
 
     i = engine.info
     lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""

@@ -55,8 +55,8 @@ def worker(host: str, port: int, mem: str | None, threads: int | None, allow_rem
 
     from ..errors import EdgeError, UsageError
     from ..fsutil import human_bytes
-    from ..hardware import parse_size
-    from ..plan import RAM_MARGIN, _budget
+    from ..plan.hardware import parse_size
+    from ..plan.planner import RAM_MARGIN, _budget
     from ..engine.rpc import SERVER_OWN, find_build, is_loopback, parse_host
 
     host = "127.0.0.1" if host == "localhost" else parse_host(host)

@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from .adapters import read_adapters
-from ..hardware import HardwareProfile, cpu_load, detect
+from ..plan.hardware import HardwareProfile, cpu_load, detect
 from ..store.models import ModelRef, resolve_model, verify_file
-from ..plan import Plan, make_plan
+from ..plan.planner import Plan, make_plan
 from .runtime import Engine
-from ..tune import Settings, lookup
+from ..plan.tune import Settings, lookup
 
 
 def plan_model(
@@ -73,7 +73,7 @@ def _with_tuned(plan: Plan, tuned: Settings, ref: ModelRef, hw: HardwareProfile,
 def plan_over_workers(ref: ModelRef, hw: HardwareProfile, rpc: str, **options) -> Plan:
     """The plan over this machine and the workers in `rpc` (HOST:PORT,...), each asked what it lends."""
     from .rpc import parse_workers, probe
-    from ..split import plan_with_workers
+    from ..plan.split import plan_with_workers
 
     return plan_with_workers(ref, hw, [probe(w) for w in parse_workers(rpc)], **options)
 

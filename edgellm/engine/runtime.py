@@ -19,12 +19,12 @@ from typing import Iterator, Sequence
 import llama_cpp as L
 
 from . import chat_formats, chat_template, llamacpp, rpc
-from .. import memory, placement
+from ..plan import memory, placement
 from ..errors import EdgeError, UsageError
 from ..fsutil import human_bytes
-from ..hardware import LoadTracker, detect
-from ..memory import KV_TYPES
-from ..plan import Plan, gpu_layers_text, revalidate
+from ..plan.hardware import LoadTracker, detect
+from ..plan.memory import KV_TYPES
+from ..plan.planner import Plan, gpu_layers_text, revalidate
 from .sampling import Sampling
 from ..testhooks import pause_point
 

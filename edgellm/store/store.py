@@ -1,6 +1,6 @@
 """The local store: packages kept under `edgellm.paths.store_dir()`, one folder per name.
 
-Only folders and files here: what each entry holds and whether it runs on this machine is `edgellm.catalog`'s.
+Only folders and files here: what each entry holds and whether it runs on this machine is `edgellm.plan.catalog`'s.
 
 An entry is a folder of `<name>-<LEVEL>.gguf` files: a package written by `edgellm package` (with its
 manifest.json), or a GGUF repo pulled from a hub, whose files stay in the hub's cache and are linked here

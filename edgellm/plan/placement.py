@@ -24,7 +24,7 @@ def expert_patterns(n_layers: int) -> list[str]:
 
 
 def _cpu_buffer_type() -> int:
-    from .engine.llamacpp import ggml_library
+    from ..engine.llamacpp import ggml_library
 
     fn = ggml_library("ggml-base").ggml_backend_cpu_buffer_type
     fn.restype = ctypes.c_void_p

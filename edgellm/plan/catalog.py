@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hardware, paths
-from .store import store
-from .errors import EdgeError
+from . import hardware
+from .. import paths
+from ..store import store
+from ..errors import EdgeError
 from .hardware import HardwareProfile
-from .store.models import ModelRef, resolve_model
-from .plan import FIT_TEXT, Plan, make_plan
+from ..store.models import ModelRef, resolve_model
+from .planner import FIT_TEXT, Plan, make_plan
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .errors import EdgeError
-from .paths import data_dir
+from ..errors import EdgeError
+from ..paths import data_dir
 
 UBATCHES = (128, 256, 512)
 TURN_PROMPT, TURN_REPLY = 256, 128  # the chat turn a setting is scored on
@@ -83,9 +83,9 @@ def tune(plan, *, n_prompt: int = 128, n_gen: int = 32, reps: int = 2, kv_quant:
     """Measure the sweeps on the file `plan` chose (its context and GPU layers kept) and store the winner."""
     import psutil
 
-    from .engine.measure import pp_tg
+    from ..engine.measure import pp_tg
     from .hardware import detect
-    from .engine.runtime import Engine
+    from ..engine.runtime import Engine
 
     hw = detect()
     measured: dict[Settings, Trial] = {}
@@ -129,7 +129,7 @@ def _load_all() -> dict:
 
 
 def save(result: TuneResult) -> None:
-    from .fsutil import atomic_output
+    from ..fsutil import atomic_output
 
     entries = _load_all()
     entries[_key(result.path, result.machine_id)] = {**asdict(result.best.settings), "created": time.time()}

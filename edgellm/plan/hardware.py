@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 import psutil
 
-from .fsutil import human_bytes
+from ..fsutil import human_bytes
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -25,7 +25,7 @@ def parse_size(text: str) -> int:
     """'16G', '6.5GiB', '512M', '1073741824' -> bytes (binary units)."""
     m = _SIZE.match(str(text))
     if not m:
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError(f"not a size: {text!r} (try 16G or 512M)")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
@@ -157,7 +157,7 @@ HOST_BACKENDS = ("CPU", "BLAS", "RPC")  # backends that are not a GPU's
 
 def _ggml_gpus() -> list[GPU]:
     """The GPUs of the ggml that libllama loaded, as its backends report them."""
-    from .engine import llamacpp
+    from ..engine import llamacpp
 
     out = []
     for d in llamacpp.devices():
@@ -170,7 +170,7 @@ def _ggml_gpus() -> list[GPU]:
 
 
 def detect() -> HardwareProfile:
-    from .engine import llamacpp
+    from ..engine import llamacpp
 
     vm = psutil.virtual_memory()
     build = LlamaBuild(

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .formats.gguf_info import GGUFInfo
+from ..formats.gguf_info import GGUFInfo
 
 MIB = 1 << 20
 KV_CELL_PAD = 256  # llama.cpp rounds the KV cache up to a multiple of this many cells
@@ -321,8 +321,8 @@ def llama_dry_run(
     layers get a window-sized cache unless `swa_full`, as the runtime loads models."""
     import llama_cpp as L
 
-    from .engine import llamacpp
-    from .errors import EdgeError
+    from ..engine import llamacpp
+    from ..errors import EdgeError
 
     with llamacpp.capture_log() as lines:
         mp = L.llama_model_default_params()

@@ -26,8 +26,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 
-from .errors import EdgeError
-from .formats.gguf_info import GGUFInfo
+from ..errors import EdgeError
+from ..formats.gguf_info import GGUFInfo
 from .memory import EXPERT_TENSOR, experts
 
 GB = 1e9
@@ -128,8 +128,8 @@ def machine_speed(hw) -> MachineSpeed:
     gpu_name = hw.offload_gpus[0].name if hw.offload_gpus else None
     if hw.simulated:
         return reference_machine(hw.cpu_cores, gpu_name)
-    from .fsutil import atomic_output
-    from .paths import cache_dir
+    from ..fsutil import atomic_output
+    from ..paths import cache_dir
 
     key = f"{hw.cpu_name}|{hw.cpu_cores}|{gpu_name or ''}"
     path = cache_dir() / "machine-speed.json"

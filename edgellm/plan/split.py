@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .errors import NotEnoughSpace
-from .fsutil import human_bytes
+from ..errors import NotEnoughSpace
+from ..fsutil import human_bytes
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate
-from .store.models import ModelRef
-from .plan import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, make_plan, memory_budgets
-from .engine.rpc import WorkerInfo
+from ..store.models import ModelRef
+from .planner import DEFAULT_CTX, MIN_CTX, Plan, WorkerShare, _contexts, make_plan, memory_budgets
+from ..engine.rpc import WorkerInfo
 from .speed import machine_speed, predict_split
 
 WORKER_SHARE_MARGIN = 0.05  # of what a worker lends: its buffers are several allocations, not one

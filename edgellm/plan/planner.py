@@ -4,7 +4,7 @@ Rules, in order:
 1. the highest-quality level (most bits per weight) that fits and is predicted to decode at least
    `min_speed` tokens/s (default 10, `INTERACTIVE_TPS`: a reply streams faster than people read; 0 = the
    highest quality that fits at all); when none is that fast, the fastest that fits. Speeds are measured
-   ones (`bench --save` on this machine) or predicted (`edgellm.speed`);
+   ones (`bench --save` on this machine) or predicted (`edgellm.plan.speed`);
 2. for it, the most GPU layers that fit in free VRAM with a safety margin (the rest runs from RAM). A
    mixture-of-experts model first keeps every layer on the GPU and moves the experts of its first layers
    to RAM, one layer at a time (llama.cpp's --n-cpu-moe): experts are most of the weights but only a few
@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .engine.adapters import LoraAdapter, describe
-from .errors import NotEnoughSpace
-from .fsutil import human_bytes
+from ..engine.adapters import LoraAdapter, describe
+from ..errors import NotEnoughSpace
+from ..fsutil import human_bytes
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate, experts, kv_cells
-from .store.models import ModelFile, ModelRef
+from ..store.models import ModelFile, ModelRef
 from .speed import INTERACTIVE_TPS, MachineSpeed, Speed, machine_speed, measured, predict
 
 DEFAULT_CTX = 8192  # context asked for when none is given (capped by what the model was trained for)
@@ -420,7 +420,7 @@ def revalidate(plan: Plan, hw: HardwareProfile) -> Plan:
     vram_budget = _budget(hw.vram_free, VRAM_MARGIN) if hw.offload_gpus else 0
     if plan.memory.vram <= vram_budget and not missing:
         return plan
-    from .formats.gguf_info import read_gguf
+    from ..formats.gguf_info import read_gguf
 
     f = ModelFile(plan.level, plan.path, read_gguf(plan.path))
     ram_budget = _budget(hw.ram_available, RAM_MARGIN)
