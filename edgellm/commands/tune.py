@@ -23,7 +23,7 @@ def tune(model, level, n_prompt, n_gen, reps, kv_quant, as_json) -> int:
     the report compares it with llama.cpp's defaults (every physical core, micro-batch 512, f16 KV)."""
     from ..engine.launch import plan_model
     from ..store.models import ModelRef, resolve_model
-    from ..plan.tune import tune as run_tune
+    from ..engine.measure import tune as run_tune
 
     ref = resolve_model(model)
     if level:

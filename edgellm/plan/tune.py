@@ -1,27 +1,19 @@
-"""`edgellm tune`: the llama.cpp settings that run one model file fastest on this machine, found by measuring.
+"""The llama.cpp settings `edgellm tune` found fastest for one model file on this machine, kept per machine and
+file under edgellm's data folder; `run`, `chat`, `serve` and `bench` use them unless their options say otherwise
+(`engine.launch` lays them over the plan).
 
-Swept one after the other, each sweep keeping the winner of the ones before:
-
-- threads: 1 up to every logical CPU (llama.cpp's threads wait for each other at every step, so the most
-  cores is not always the fastest);
-- micro-batch (n_ubatch): 128, 256 or 512 prompt tokens per step (never more than the planner counted);
-- KV cache type, only with `kv_quant`: q8_0 halves the cache for a small quality cost (f16 otherwise).
-
-Flash attention is left as llama.cpp's "auto" (on for the CPU and CUDA), which the memory planner counts on.
-Each candidate is measured as `bench` measures (prompt and generation tokens/s, short runs) and scored by the
-time of a typical chat turn: a 256-token prompt and a 128-token reply. The winner is stored per machine and
-file under edgellm's data folder; `run`, `chat`, `serve` and `bench` use it unless their options say otherwise.
+A setting is scored by the time of a typical chat turn: a 256-token prompt and a 128-token reply. The sweep that
+measures them loads the model, so it lives in the engine (`edgellm.engine.measure.tune`); this module holds only
+what it finds.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import EdgeError
 from ..paths import data_dir
@@ -76,39 +68,6 @@ class TuneResult:
             "baseline": self.baseline.to_dict(), "best": self.best.to_dict(), "gain": self.gain,
             "trials": [t.to_dict() for t in self.trials],
         }
-
-
-def tune(plan, *, n_prompt: int = 128, n_gen: int = 32, reps: int = 2, kv_quant: bool = False,
-         on_trial: Callable[[Trial], None] | None = None) -> TuneResult:
-    """Measure the sweeps on the file `plan` chose (its context and GPU layers kept) and store the winner."""
-    import psutil
-
-    from ..engine.measure import pp_tg
-    from .hardware import detect
-    from ..engine.runtime import Engine
-
-    hw = detect()
-    measured: dict[Settings, Trial] = {}
-
-    def trial(s: Settings) -> Trial:
-        if s not in measured:
-            p = replace(plan, n_threads=s.threads, n_ubatch=s.n_ubatch, kv_type=s.kv_type, adaptive_threads=0)
-            with Engine.load(p) as engine:
-                speeds = pp_tg(engine, n_prompt, n_gen, reps)
-            measured[s] = Trial(s, statistics.median(speeds["pp"]), statistics.median(speeds["tg"]))
-            if on_trial:
-                on_trial(measured[s])
-        return measured[s]
-
-    baseline = trial(Settings(hw.cpu_cores, 512, "f16"))
-    logical = psutil.cpu_count(logical=True) or hw.cpu_cores
-    best = min((trial(Settings(t, 512, "f16")) for t in range(1, logical + 1)), key=lambda t: t.turn_s)
-    best = min([best] + [trial(replace(best.settings, n_ubatch=u)) for u in UBATCHES], key=lambda t: t.turn_s)
-    if kv_quant:
-        best = min([best, trial(replace(best.settings, kv_type="q8_0"))], key=lambda t: t.turn_s)
-    result = TuneResult(plan.path, plan.level, hw.machine_id, baseline, best, tuple(measured.values()))
-    save(result)
-    return result
 
 
 # --- the store of tuned settings -----------------------------------------------------------------------
