@@ -51,8 +51,8 @@ def main() -> None:
     with HubServer(hub) as url:
         constants.ENDPOINT = url
         constants.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
-        from edgellm.hub import open_repo
-        from edgellm.hubplan import plan_repo
+        from edgellm.hub.download import open_repo
+        from edgellm.hub.remote_plan import plan_repo
 
         print("plan bartowski/Llama-3-8B-Instruct-GGUF (7 levels, Llama 3 vocabulary: a 7.5 MiB header each)")
         for ram in (float(x) for x in args.ram.split(",")):

@@ -1,4 +1,4 @@
-"""edgellm.hub and `edgellm pull`: the hubs' real libraries against their real cache layouts.
+"""edgellm.hub (download, model) and `edgellm pull`: the hubs' real libraries against their real cache layouts.
 
 Downloads run huggingface_hub's and modelscope_hub's own code against hubs on localhost
 (tests/hubserver.py), which fill the caches the way the libraries do; offline runs then read those
@@ -39,7 +39,7 @@ from hubserver import closed_port
 
 import fixtures
 from conftest import run_cli
-from edgellm import hub, hubmodel
+from edgellm.hub import download as hub, model as hubmodel
 from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
 from edgellm.fsutil import human_bytes
 from edgellm.formats.gguf_info import read_gguf

@@ -11,7 +11,8 @@ from hubtesting import caches, fake_hub, gguf_repo, go_offline  # noqa: F401  (f
 
 import fixtures
 from conftest import run_cli
-from edgellm import hubmodel, paths
+from edgellm.hub import model as hubmodel
+from edgellm import paths
 from edgellm.store import store
 from edgellm.fsutil import human_bytes
 from edgellm.store.models import resolve_model

@@ -94,8 +94,8 @@ def _base_folder(base: str | None, recorded: str | None) -> Path:
         if not (path / "config.json").is_file():
             raise UsageError(f"--base {base} is not a Hugging Face checkpoint folder (no config.json)")
         return path
-    from ..hub import parse_repo_id
-    from ..hubmodel import pull
+    from ..hub.download import parse_repo_id
+    from ..hub.model import pull
 
     try:
         parse_repo_id(base)

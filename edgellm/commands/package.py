@@ -110,7 +110,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
     Writes <name>-<LEVEL>.gguf files, manifest.json (sizes, bits per weight, sha256, per-layer bytes,
     quality, merged LoRA adapters) and a README.md model card into the output folder.
     """
-    from ..hub import package_source
+    from ..hub.download import package_source
     from ..store.package import PackageOptions, build_package, levels_summary
     from ..quantize.levels import DEFAULT_LEVELS, parse_levels
     from ..quantize.peft import open_adapter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import hub
+from ..hub import download as hub
 from ..store import store
 from ..fsutil import human_bytes
 

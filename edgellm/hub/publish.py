@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import EdgeError, UsageError
-from .store.manifest import FILENAME as MANIFEST_FILE
-from .store.manifest import Manifest
+from ..errors import EdgeError, UsageError
+from ..store.manifest import FILENAME as MANIFEST_FILE
+from ..store.manifest import Manifest
 
 CARD_FILE = "README.md"
 IMATRIX_FILE = "imatrix.gguf"
@@ -139,7 +139,7 @@ def card_with_front_matter(text: str, base: str | None, license_: str | None, ar
 
 def prepare(folder: Path, with_imatrix: bool = False, base: str | None = None, license_: str | None = None) -> Upload:
     """What pushing `folder` would send; reads the package, writes nothing."""
-    from .formats.gguf_info import read_gguf
+    from ..formats.gguf_info import read_gguf
 
     take, left = _choose(folder, with_imatrix)
     ggufs = [p for p in take if p.suffix == ".gguf" and p.name != IMATRIX_FILE]
@@ -166,7 +166,7 @@ def prepare(folder: Path, with_imatrix: bool = False, base: str | None = None, l
 
 
 def _written_card(m: Manifest) -> str:
-    from .store.package import write_card
+    from ..store.package import write_card
 
     with tempfile.TemporaryDirectory() as tmp:
         return write_card(Path(tmp), m).read_text()
@@ -195,7 +195,7 @@ def push(upload: Upload, repo_id: str, private: bool, revision: str | None, mess
     import httpx2
     from huggingface_hub import CommitOperationAdd, HfApi, errors
 
-    from .hubclients import quiet, retry_without_xet, xet_failure, xet_reason
+    from .clients import quiet, retry_without_xet, xet_failure, xet_reason
 
     api = HfApi()
     with staged(upload) as files, quiet("huggingface_hub", "Hugging Face", say), warnings.catch_warnings(record=True) as seen:

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeError
-from .hubclients import RemoteFile, Say, Unreachable, quiet_hub
+from ..errors import EdgeError
+from .clients import RemoteFile, Say, Unreachable, quiet_hub
 
 MAX_READ = 64 << 20
 MAX_SKIP = 128 << 20  # the most of a file read past when its server ignores Range (headers lie at the start)

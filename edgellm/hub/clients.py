@@ -17,7 +17,7 @@ Paths the live hubs take that a plain HTTP mirror would not:
 - A byte range of a file (to read a GGUF or safetensors header before downloading) is a GET with `Range`
   on the file's download URL, through the library's own session, login and typed errors: Hugging Face's
   `resolve/` redirects LFS and Xet files to its CDN, ModelScope's file endpoint redirects LFS files to OSS,
-  and both storage hosts answer 206. `open_range` hands the answer over unjudged; `hubranges` checks it.
+  and both storage hosts answer 206. `open_range` hands the answer over unjudged; `ranges` checks it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeError
+from ..errors import EdgeError
 
 Say = Callable[[str], None]
 RERUN = "run the same command again to resume (finished files are kept)"
@@ -39,7 +39,7 @@ RERUN = "run the same command again to resume (finished files are kept)"
 
 @dataclass(frozen=True)
 class RangeAnswer:
-    """A hub's answer to a byte-range request, as received: judged by `hubranges`."""
+    """A hub's answer to a byte-range request, as received: judged by `ranges`."""
 
     status: int
     content_range: str | None

@@ -1,6 +1,6 @@
 """The plan for a hub repo before anything is downloaded: which level runs here, and what it costs on disk.
 
-A repo of GGUF files: each candidate level's header is read by byte ranges (`hubheaders`) and judged by
+A repo of GGUF files: each candidate level's header is read by byte ranges (`headers`) and judged by
 the planner as the downloaded file would be. Levels are tried from the largest down. One larger than the
 memory usable here (RAM, plus the VRAM of a GPU llama.cpp can use) cannot fit and is not read; once one
 fits and decodes as fast as the planner asks (--min-speed, 10 tok/s by default), the smaller ones are not
@@ -22,18 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import EdgeError, NotEnoughSpace
-from .fsutil import human_bytes
-from .formats.gguf_checks import check
-from .plan.hardware import HardwareProfile
-from .hub import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
-from .hubclients import HUBS, Say
-from .hubheaders import checkpoint_tensors, gguf_header, json_file
-from .hubranges import Fetched, reader_for
-from .store.models import ModelFile, ModelRef
-from .plan.planner import FIT_TEXT, MIN_CTX, LevelFit, Plan, make_plan, memory_budgets
-from .plan.speed import INTERACTIVE_TPS
-from .store.store import store_name
+from ..errors import EdgeError, NotEnoughSpace
+from ..fsutil import human_bytes
+from ..formats.gguf_checks import check
+from ..plan.hardware import HardwareProfile
+from .download import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
+from .clients import HUBS, Say
+from .headers import checkpoint_tensors, gguf_header, json_file
+from .ranges import Fetched, reader_for
+from ..store.models import ModelFile, ModelRef
+from ..plan.planner import FIT_TEXT, MIN_CTX, LevelFit, Plan, make_plan, memory_budgets
+from ..plan.speed import INTERACTIVE_TPS
+from ..store.store import store_name
 
 # Beside the weights: the tokenizer, whose size stands in for the vocabulary's in a converted header.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -229,9 +229,9 @@ def _why(opts: PlanOptions, fast: bool) -> str:
 
 
 def _plan_checkpoint(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -> RepoPlan:
-    from .quantize.checkpoint import Checkpoint
-    from .quantize.estimate import level_infos
-    from .quantize.levels import DEFAULT_LEVELS, parse_levels
+    from ..quantize.checkpoint import Checkpoint
+    from ..quantize.estimate import level_infos
+    from ..quantize.levels import DEFAULT_LEVELS, parse_levels
 
     name = store_name(remote.repo_id)
     selection = select_files(remote.files)
@@ -264,9 +264,9 @@ def _plan_checkpoint(remote: Remote, hw: HardwareProfile, opts: PlanOptions, rea
 
 def choose_level(remote: Remote, say: Say | None = None) -> LevelChoice:
     """The level of a GGUF repo the planner picks for this machine, judged from the levels' headers before
-    anything is downloaded (`hubplan`): the highest-quality quantized level that fits, with the most GPU
+    anything is downloaded (`remote_plan`): the highest-quality quantized level that fits, with the most GPU
     layers and context. Floats only when there is nothing else."""
-    from .plan import hardware
+    from ..plan import hardware
 
     rp = plan_repo(remote, hardware.detect(), say=say)  # detect looked up on the module: tests describe machines
     levels = gguf_levels(remote.files)

@@ -4,7 +4,7 @@
 
 A file, a folder or a store name stays as it is. A hub id first looks for the store entry made from that
 repo: a second run starts at once, offline too. Otherwise the repo is planned before anything is
-downloaded (`hubplan`), then:
+downloaded (`remote_plan`), then:
 - a repo of GGUF files: the planned level is pulled into the hub's cache and registered (`store.register`);
 - a checkpoint: what conversion reads is pulled, then converted and quantized to the planned level only,
   in a folder beside the store (`store.building_dir`); the level, its manifest and card become the entry
@@ -20,15 +20,15 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from .errors import EdgeError, Interrupted, NotEnoughSpace, UsageError
-from .hubclients import RepoNotFound, Say
+from ..errors import EdgeError, Interrupted, NotEnoughSpace, UsageError
+from .clients import RepoNotFound, Say
 
 
 def is_hub_ref(ref: str | None) -> bool:
     """Whether `ref` names a hub repo: not a file or folder here, not a store name, and written as one
     (`owner/name`, `hf:`/`ms:` or a hub URL). A path to a missing .gguf file is a path, not a repo."""
-    from .store import store
-    from .hub import parse_repo_id
+    from ..store import store
+    from .download import parse_repo_id
 
     if ref is None or Path(ref).expanduser().exists() or store.resolve(ref) is not None or ref.endswith(".gguf"):
         return False
@@ -43,9 +43,9 @@ def pull(ref: str, hub: str = "auto", revision: str | None = None, say: Say | No
     """The local folder holding the repo's safetensors, config and tokenizer files, or its GGUF files: for a
     GGUF repo the level the planner picks here, registered in the store. Keeps what an earlier run finished
     and serves the cache offline."""
-    from .store import store
-    from .hub import fetch
-    from .hubplan import choose_level
+    from ..store import store
+    from .download import fetch
+    from .remote_plan import choose_level
 
     pulled = fetch(ref, hub=hub, revision=revision, say=say, choose=choose_level)
     if pulled.kind == "gguf":
@@ -60,8 +60,8 @@ def local_model(ref: str | None, say: Say | None = None, progress: Callable | No
     the decode tokens/s the level must reach, as the planner takes it."""
     if not is_hub_ref(ref):
         return ref
-    from .store import store
-    from .hub import parse_repo_id
+    from ..store import store
+    from .download import parse_repo_id
 
     say = say or (lambda line: None)
     repo_id, named = parse_repo_id(ref)
@@ -79,11 +79,11 @@ def local_model(ref: str | None, say: Say | None = None, progress: Callable | No
 
 
 def _obtain(ref: str, say: Say, progress: Callable | None, stage: list[str], min_speed: float | None) -> Path:
-    from .plan import hardware
-    from .store import store
-    from .fsutil import human_bytes
-    from .hub import download, open_repo, select
-    from .hubplan import PlanOptions, plan_repo
+    from ..plan import hardware
+    from ..store import store
+    from ..fsutil import human_bytes
+    from .download import download, open_repo, select
+    from .remote_plan import PlanOptions, plan_repo
 
     remote = open_repo(ref, say=say)
     rp = plan_repo(remote, hardware.detect(), PlanOptions(min_speed=min_speed), say=say)
@@ -105,10 +105,10 @@ def _obtain(ref: str, say: Say, progress: Callable | None, stage: list[str], min
 
 def _build(remote, pulled, level: str, progress: Callable | None) -> Path:
     """Convert the pulled checkpoint and quantize it to `level` beside the store, then make it the entry."""
-    from .store import store
-    from .store.manifest import Manifest
-    from .store.package import CARD_FILE, PackageOptions, build_package, write_card
-    from .quantize.levels import parse_levels
+    from ..store import store
+    from ..store.manifest import Manifest
+    from ..store.package import CARD_FILE, PackageOptions, build_package, write_card
+    from ..quantize.levels import parse_levels
 
     work = store.building_dir(remote.repo_id)
     work.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """What a repo's files say about the model before they are downloaded: GGUF headers, safetensors headers
-and config.json, read through `hubranges` (byte ranges online, the cached copy offline).
+and config.json, read through `ranges` (byte ranges online, the cached copy offline).
 
 A GGUF header holds the shape, the context length and every tensor's type and size, but also the
 tokenizer's vocabulary before the tensor list: about 1.7 MiB for SmolLM2, 7.5 MiB for Llama 3. It is read
@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeError
-from .formats.gguf_checks import check
-from .formats.gguf_info import GGUFInfo, Truncated, read_gguf_prefix
-from .hubclients import RemoteFile
+from ..errors import EdgeError
+from ..formats.gguf_checks import check
+from ..formats.gguf_info import GGUFInfo, Truncated, read_gguf_prefix
+from .clients import RemoteFile
 
 FIRST_READ = 2 << 20
 SAFETENSORS_FIRST_READ = 256 << 10  # a shard's header lists its tensors: tens of KiB, a MoE shard's a few hundred
@@ -51,7 +51,7 @@ def gguf_header(reader, f: RemoteFile) -> GGUFInfo:
 
 def safetensors_header(reader, f: RemoteFile) -> tuple[bytes, int]:
     """(the JSON header, its length) of the safetensors file `f`."""
-    from .quantize.checkpoint import header_length
+    from ..quantize.checkpoint import header_length
 
     first = reader.read(f, 0, min(SAFETENSORS_FIRST_READ, f.size))
     n = header_length(first[:8], f.size, f.path, MAX_SAFETENSORS_HEADER)
@@ -76,7 +76,7 @@ def json_file(reader, f: RemoteFile) -> dict[str, Any]:
 def checkpoint_tensors(reader, weights: list[RemoteFile]) -> dict:
     """Every tensor of the checkpoint's safetensors files, as the converter indexes them (name -> TensorEntry,
     its file named by its path in the repo); the converter's checks apply (dtypes, extents, duplicates)."""
-    from .quantize.checkpoint import tensor_entries
+    from ..quantize.checkpoint import tensor_entries
 
     out: dict = {}
     for f in weights:

@@ -1,12 +1,12 @@
 """Get models from Hugging Face or ModelScope: only the files edgellm needs, into the hubs' own caches.
 
 This module decides which files to fetch, checks the disk before fetching, picks the hub for a bare id,
-and falls back to the cache when the hub cannot be reached; `hubclients` talks to the hubs' libraries.
+and falls back to the cache when the hub cannot be reached; `clients` talks to the hubs' libraries.
 
 From a checkpoint repo only what conversion reads is fetched (safetensors, config, tokenizer). From a repo
 of GGUF files, one level: the one named, every one with `every_level`, or else the one this machine runs
 best, as the planner judges it from the levels' headers, read by byte ranges before anything is
-downloaded (`hubplan`). F16/BF16/F32 files are left out of that choice: they are bases to quantize from,
+downloaded (`remote_plan`). F16/BF16/F32 files are left out of that choice: they are bases to quantize from,
 twice the download of Q8_0 for no difference a chat shows.
 """
 
@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import EdgeError, NotEnoughSpace, UsageError
-from .fsutil import ensure_free_space
-from .hubclients import HUBS, RemoteFile, Say, Unreachable, quiet_hub
-from .interrupt import run_interruptibly
+from ..errors import EdgeError, NotEnoughSpace, UsageError
+from ..fsutil import ensure_free_space
+from .clients import HUBS, RemoteFile, Say, Unreachable, quiet_hub
+from ..interrupt import run_interruptibly
 
 HUB_NAMES = ("hf", "modelscope")
 
@@ -314,7 +314,7 @@ def open_repo(ref: str, hub: str = "auto", revision: str | None = None, offline:
     return Remote(repo_id, name, why, revision, files)
 
 
-# Picks the level of a GGUF repo to fetch when none is named (`hubplan.choose_level`: the planner, above this module).
+# Picks the level of a GGUF repo to fetch when none is named (`remote_plan.choose_level`: the planner, above this module).
 Chooser = Callable[[Remote, Say | None], LevelChoice]
 
 
@@ -398,7 +398,7 @@ def fetch(
 
     A checkpoint repo gives its safetensors, config and tokenizer files. A GGUF repo gives the `levels`
     named, or all of them with `every_level`, or else the one `choose` picks for this machine
-    (`hubplan.choose_level`; offline: the levels already cached). `verify` hashes the files against the hub's SHA-256 sums
+    (`remote_plan.choose_level`; offline: the levels already cached). `verify` hashes the files against the hub's SHA-256 sums
     afterwards (the libraries check sizes while downloading).
     """
     if verify and (offline_mode() if offline is None else offline):
@@ -443,7 +443,7 @@ def package_source(src: str, levels: list[str] | None, say: Say | None = None) -
     quantized from it, as llama-quantize would; with no float level that is refused before any download.
     `levels` None means the package's default set.
     """
-    from .store.store import snapshot_name
+    from ..store.store import snapshot_name
 
     path = Path(src).expanduser()
     if path.exists():
@@ -455,7 +455,7 @@ def package_source(src: str, levels: list[str] | None, say: Say | None = None) -
         pulled = download(remote, select(remote)[0], say=say)  # a checkpoint, or select's error for this repo
         return PackageSource(pulled.path, snapshot_name(pulled.path))
 
-    from .store import store
+    from ..store import store
 
     repo = remote.repo_id
     if levels and all(lv.upper() in have for lv in levels):
@@ -479,7 +479,7 @@ def package_source(src: str, levels: list[str] | None, say: Say | None = None) -
     if len(parts) > 1:
         raise UsageError(f"{repo}'s {base} level is split in {len(parts)} files; package the original checkpoint instead")
     pulled = download(remote, select(remote, [base])[0], say=say)
-    from .store.store import store_name
+    from ..store.store import store_name
 
     return PackageSource(pulled.path / parts[0].path, store_name(repo), note=(
         f"{repo} holds GGUF files: quantizing {asked} from its {base} file, as llama-quantize would "
