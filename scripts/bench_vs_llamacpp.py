@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgellm.bench import BenchConfig, default_quality_text, run_bench
+from edgellm.bench.run import BenchConfig, default_quality_text, run_bench
 from edgellm.store.models import resolve_model
 from edgellm.engine.quality import perplexity
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quality_text, run_bench
-from ..bench_report import COLUMNS, load_report, merge, save_into_manifest, to_csv, to_markdown
+from ..bench.run import BenchConfig, BenchReport, FileResult, compare, default_quality_text, run_bench
+from ..bench.report import COLUMNS, load_report, merge, save_into_manifest, to_csv, to_markdown
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
 from ..options import CONTEXT, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
@@ -146,7 +146,7 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, threads, n_ctx, quality,
         with atomic_output(md_path) as tmp:
             tmp.write_text(to_markdown(combined))
     if plot_path:
-        from ..benchplot import plot
+        from ..bench.plot import plot
 
         plot(combined, plot_path)
     if as_json:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bench import BenchReport, pareto
-from .fsutil import atomic_output
+from .run import BenchReport, pareto
+from ..fsutil import atomic_output
 
 GiB = 1024**3
 

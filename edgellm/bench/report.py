@@ -7,11 +7,11 @@ import io
 import json
 from pathlib import Path
 
-from .bench import BenchReport
-from .errors import EdgeError, UsageError
-from .fsutil import human_bytes
-from .store.manifest import Manifest
-from .plan.planner import gpu_layers_text
+from .run import BenchReport
+from ..errors import EdgeError, UsageError
+from ..fsutil import human_bytes
+from ..store.manifest import Manifest
+from ..plan.planner import gpu_layers_text
 
 COLUMNS = [  # (header, value of a FileResult as text)
     ("level", lambda r: r.label),

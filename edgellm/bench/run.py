@@ -32,11 +32,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .errors import EdgeError, UsageError
-from .engine.measure import pp_tg
-from .store.models import ModelFile, ModelRef
-from .procmem import peak_rss_bytes
+from .. import __version__
+from ..errors import EdgeError, UsageError
+from ..engine.measure import pp_tg
+from ..store.models import ModelFile, ModelRef
+from ..procmem import peak_rss_bytes
 
 SCHEMA, VERSION = "edgellm.bench", 1
 BASE_LEVELS = ("F32", "BF16", "F16")  # files that can serve as the reference for KL divergence
@@ -163,8 +163,8 @@ def default_quality_text() -> str:
 
 def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) -> dict[str, Any]:
     """Runs in the child: load, warm up, time pp and tg, TTFT. Returns plain values (or raises)."""
-    from .engine.launch import open_engine
-    from .engine.runtime import Sampling
+    from ..engine.launch import open_engine
+    from ..engine.runtime import Sampling
 
     engine = open_engine(path, ctx=cfg.context(), ngl=cfg.ngl, threads=cfg.threads, rpc=cfg.rpc,
                          loras=[(Path(p), s) for p, s in loras])
@@ -223,7 +223,7 @@ def _base_file(files: list[ModelFile]) -> ModelFile | None:
 
 
 def _lora_label(loras: tuple[tuple[str, float], ...]) -> str:
-    from .engine.adapters import read_adapter
+    from ..engine.adapters import read_adapter
 
     return ", ".join(read_adapter(Path(path), scale).label for path, scale in loras)
 
@@ -248,7 +248,7 @@ def run_bench(
     on_step: Callable[[str, int], None] | None = None,
 ) -> BenchReport:
     """Benchmark every selected file of `model`; failures are recorded per file, not raised."""
-    from .plan.hardware import detect
+    from ..plan.hardware import detect
 
     files = select_files(model, levels)
     _check_config(cfg)
@@ -288,7 +288,7 @@ def run_bench(
 
 def _quality(runs: list[tuple[ModelFile, tuple]], results: list[FileResult], base: ModelFile | None, cfg: BenchConfig,
              step) -> None:
-    from .engine import quality
+    from ..engine import quality
 
     text = cfg.quality_text
     ok = [(f, lora, r) for (f, lora), r in zip(runs, results) if r.ok]
