@@ -12,7 +12,7 @@ import os
 import time
 
 from edgellm import cli
-from edgellm.chatdb import ChatDB
+from edgellm.tui.chatdb import ChatDB
 from edgellm.paths import chat_db_path
 from edgellm.engine.runtime import Engine, Sampling
 from edgellm.tui import app as app_module

@@ -25,7 +25,7 @@ from textual.message import Message as TextualMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from edgellm.chatdb import MEMORY, ChatDB, ChatDBError, Conversation, Message
+from .chatdb import MEMORY, ChatDB, ChatDBError, Conversation, Message
 
 from .screens.error import ErrorScreen
 from .screens.help import HelpScreen

@@ -12,7 +12,7 @@ from ..bench.run import BenchConfig, BenchReport, FileResult, compare, default_q
 from ..bench.report import COLUMNS, load_report, merge, save_into_manifest, to_csv, to_markdown
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
-from ..options import CONTEXT, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
+from .options import CONTEXT, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
 
 
 class _DefaultRun(click.Group):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP
+from .options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP
 
 # option -> ChatSettings field; given options override the saved settings for this session
 OVERRIDES = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import LORA, levels_per_pass
+from .options import LORA, levels_per_pass
 
 LEVELS_HELP = "Comma-separated quantization levels (e.g. Q8_0,Q4_K_M,Q2_K); `edgellm quantize --list` shows all."
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..options import levels_per_pass
+from .options import levels_per_pass
 from .package import LEVELS_HELP, ProgressReporter, print_levels_table
 
 

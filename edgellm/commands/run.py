@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..options import (
+from .options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY,
     TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP,
 )

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import click
 
-from ..options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
+from .options import CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP
 
 CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this
 

@@ -14,7 +14,7 @@ import time
 
 import click
 
-from ..options import THREADS
+from .options import THREADS
 
 STARTUP_S = 10.0  # rpc-server binds within this or has failed
 STOP_S = 5.0  # after Ctrl-C, the server gets this long before it is killed

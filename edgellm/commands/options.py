@@ -11,7 +11,7 @@ import os
 
 import click
 
-from .errors import UsageError
+from ..errors import UsageError
 
 GGML_MAX_N_THREADS = 512  # llama.cpp's thread pool holds no more (5000 hangs it, 100000 crashes it)
 C_INT_MAX = 2**31 - 1  # llama.cpp takes counts as C ints
@@ -92,7 +92,7 @@ class ChatTemplate(click.ParamType):
     name = "format|file"
 
     def convert(self, value, param, ctx):
-        from .engine.chat_formats import BY_NAME
+        from ..engine.chat_formats import BY_NAME
 
         if value in BY_NAME or os.path.isfile(value):
             return value
@@ -109,7 +109,7 @@ class Workers(click.ParamType):
     name = "host:port,..."
 
     def convert(self, value, param, ctx):
-        from .engine.rpc import parse_workers
+        from ..engine.rpc import parse_workers
 
         return ",".join(w.endpoint for w in parse_workers(value))
 
@@ -124,7 +124,7 @@ class LoraFile(click.ParamType):
     name = "file[:scale]"
 
     def convert(self, value, param, ctx):
-        from .engine.adapters import parse_lora
+        from ..engine.adapters import parse_lora
 
         return value if isinstance(value, tuple) else parse_lora(value)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EdgeError
+from edgellm.errors import EdgeError
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: conversations and their messages.
