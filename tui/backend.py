@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .app import LoadedModel
+from .worker import LoadedModel
 from .state import ChatSettings, ModelChoice
 
 
