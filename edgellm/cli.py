@@ -61,7 +61,7 @@ class LazyGroup(click.Group):
 def cli(verbose: bool) -> None:
     """edgellm: from a Hugging Face checkpoint to a fast, private chat on your laptop."""
     if verbose:
-        os.environ["EDGELLM_LLAMA_LOG"] = "1"  # read by edgellm.llamacpp when llama.cpp first logs
+        os.environ["EDGELLM_LLAMA_LOG"] = "1"  # read by edgellm.engine.llamacpp when llama.cpp first logs
     _check_lib_path(os.environ.get("LLAMA_CPP_LIB_PATH"))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from edgellm.gguf_info import GGUFInfo, TensorInfo, make_info
+from edgellm.formats.gguf_info import GGUFInfo, TensorInfo, make_info
 
 from .checkpoint import Checkpoint
 from .convert import describe_output

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import EdgeError
 from ..fsutil import atomic_output
-from ..quality import Evaluator
+from ..engine.quality import Evaluator
 
 GGML_TYPE_F32 = 0
 _ctypes_lock = threading.Lock()

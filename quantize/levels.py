@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import EdgeError, NotEnoughSpace, UsageError
 from ..fsutil import atomic_output, room_problem
-from ..gguf_info import GGUFInfo, read_gguf
+from ..formats.gguf_info import GGUFInfo, read_gguf
 from ..testhooks import pause_point
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def parse_levels(spec: str | Iterable[str]) -> list[Level]:
 def check_base(info: GGUFInfo, allow_requantize: bool = False) -> None:
     """A base must be a file llama.cpp can load (impossible header values abort it) and hold float weights:
     quantizing quantized weights compounds the error."""
-    from ..gguf_checks import check
+    from ..formats.gguf_checks import check
 
     check(info)
     quantized = sorted({t.ggml_type for t in info.tensors if len(t.shape) > 1} - FLOAT_TYPES)
@@ -187,7 +187,7 @@ def thread_log(hook: Callable[[int, str], None]) -> Iterator[None]:
     global _callback
     import llama_cpp
 
-    from .. import llamacpp
+    from ..engine import llamacpp
 
     tid = threading.get_ident()
     with _hooks_lock:

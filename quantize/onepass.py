@@ -85,7 +85,7 @@ class Base:
 
 @lru_cache(maxsize=1)
 def _ggml() -> ctypes.CDLL:
-    from .. import llamacpp
+    from ..engine import llamacpp
 
     lib = llamacpp.ggml_library("ggml-base")
     i64, sz, vp, fp = ctypes.c_int64, ctypes.c_size_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)
@@ -121,7 +121,7 @@ def row_size(ggml_type: int, n_per_row: int) -> int:
 def read_base(path: Path) -> Base | None:
     """The base's metadata entries and tensors, or None when only llama.cpp's own quantizer can take it (weights
     that are quantized already, an alignment other than the default)."""
-    from ..gguf_info import header_reader_class
+    from ..formats.gguf_info import header_reader_class
 
     reader = header_reader_class()(path, "r")
     if "general.alignment" in reader.fields:

@@ -34,7 +34,7 @@ def main() -> None:
     from hubserver import Hub, HubServer, Repo
     from hubtesting import llama3_8b_repo
 
-    from edgellm import hardware
+    from edgellm.plan import hardware
     from edgellm.fsutil import human_bytes
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
@@ -51,8 +51,8 @@ def main() -> None:
     with HubServer(hub) as url:
         constants.ENDPOINT = url
         constants.HUGGINGFACE_CO_URL_TEMPLATE = url + "/{repo_id}/resolve/{revision}/{filename}"
-        from edgellm.hub import open_repo
-        from edgellm.hubplan import plan_repo
+        from edgellm.hub.download import open_repo
+        from edgellm.hub.remote_plan import plan_repo
 
         print("plan bartowski/Llama-3-8B-Instruct-GGUF (7 levels, Llama 3 vocabulary: a 7.5 MiB header each)")
         for ram in (float(x) for x in args.ram.split(",")):

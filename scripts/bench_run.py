@@ -59,7 +59,7 @@ def edgellm_rep(engine, rep: int) -> dict[str, float]:
     """pp: 512 random tokens into an empty cache; tg: 128 tokens after a short prompt, sampled natively."""
     import random
 
-    from edgellm.runtime import Sampling
+    from edgellm.engine.runtime import Sampling
 
     rng = random.Random(rep)
     engine.reset()
@@ -76,7 +76,7 @@ def edgellm_rep(engine, rep: int) -> dict[str, float]:
 
 
 def bench_file(bin_dir: Path, path: Path, threads: int, reps: int) -> dict:
-    from edgellm.launch import open_engine
+    from edgellm.engine.launch import open_engine
 
     with open_engine(path, ctx=2048, ngl=0, threads=threads) as engine:
         edgellm_rep(engine, -1)  # warm-up, as llama-bench does
@@ -104,7 +104,7 @@ def bench_file(bin_dir: Path, path: Path, threads: int, reps: int) -> dict:
 
 
 def main() -> int:
-    from edgellm.hardware import default_threads
+    from edgellm.engine.llamacpp import default_threads
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", type=Path, help="GGUF files (default: SmolLM2 Q4_1, Q4_K_M, F16)")

@@ -2,7 +2,7 @@
 """How close the planner's predicted tokens/s come to llama-bench, on every level of the packages given.
 
 For each file: llama-bench (the tool built by scripts/llamacpp_tools.sh) measures decode (tg) and prompt (pp)
-tokens/s on the CPU at the given threads; edgellm.speed predicts both for this machine. Prints measured,
+tokens/s on the CPU at the given threads; edgellm.plan.speed predicts both for this machine. Prints measured,
 predicted and their ratio per level (target: predicted within ±25% of measured), and with --fit the per-type
 decode costs (seconds per GB at one thread) that would fit these measurements best.
 
@@ -41,8 +41,8 @@ def measure(tool: Path, path: Path, threads: int, reps: int) -> tuple[float, flo
 
 
 def decode_features(info) -> tuple[int, Counter]:
-    """Layers and GB per tensor type a token reads (as edgellm.speed counts them)."""
-    from edgellm.speed import _per_token_tensors
+    """Layers and GB per tensor type a token reads (as edgellm.plan.speed counts them)."""
+    from edgellm.plan.speed import _per_token_tensors
 
     by = Counter()
     for qtype, nbytes, _w, _layer, _e in _per_token_tensors(info):
@@ -58,9 +58,9 @@ def main() -> int:
     ap.add_argument("--fit", action="store_true", help="print the per-type costs that fit best (one thread; a quiet machine)")
     args = ap.parse_args()
 
-    from edgellm.gguf_info import read_gguf
-    from edgellm.hardware import detect
-    from edgellm.speed import measure_machine, predict
+    from edgellm.formats.gguf_info import read_gguf
+    from edgellm.plan.hardware import detect
+    from edgellm.plan.speed import measure_machine, predict
 
     hw = detect()
     machine = measure_machine(hw.cpu_cores)
@@ -86,7 +86,7 @@ def main() -> int:
 
 def fit(tool: Path, files: list[Path], reps: int, machine) -> int:
     """Least-squares per-type costs from llama-bench at one thread (wall clock: run it on a quiet machine)."""
-    from edgellm.gguf_info import read_gguf
+    from edgellm.formats.gguf_info import read_gguf
 
     ones = []
     for f in files:
@@ -107,7 +107,7 @@ def fit(tool: Path, files: list[Path], reps: int, machine) -> int:
 
 
 def _tensors(info):
-    from edgellm.speed import _per_token_tensors
+    from edgellm.plan.speed import _per_token_tensors
 
     return _per_token_tensors(info)
 

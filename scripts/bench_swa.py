@@ -23,9 +23,9 @@ from pathlib import Path
 
 import llama_cpp as L
 
-from edgellm import llamacpp
-from edgellm.memory import MIB, llama_dry_run
-from edgellm.runtime import N_BATCH, N_UBATCH, Engine, EngineInfo, Sampling
+from edgellm.engine import llamacpp
+from edgellm.plan.memory import MIB, llama_dry_run
+from edgellm.engine.runtime import N_BATCH, N_UBATCH, Engine, EngineInfo, Sampling
 
 GREEDY = Sampling(temperature=0, max_tokens=16, repeat_penalty=1.0)
 

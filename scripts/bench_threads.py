@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_vs_llamacpp import tools_root  # noqa: E402
 
-from edgellm.launch import open_engine  # noqa: E402
-from edgellm.models import resolve_model  # noqa: E402
-from edgellm.sampling import Sampling  # noqa: E402
+from edgellm.engine.launch import open_engine  # noqa: E402
+from edgellm.store.models import resolve_model  # noqa: E402
+from edgellm.engine.sampling import Sampling  # noqa: E402
 
 
 def edgellm_tg(path: Path, n: int) -> tuple[float, int]:

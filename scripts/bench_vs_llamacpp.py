@@ -20,9 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgellm.bench import BenchConfig, default_quality_text, run_bench
-from edgellm.models import resolve_model
-from edgellm.quality import perplexity
+from edgellm.bench.run import BenchConfig, default_quality_text, run_bench
+from edgellm.store.models import resolve_model
+from edgellm.engine.quality import perplexity
 
 HERE = Path(__file__).resolve().parent
 

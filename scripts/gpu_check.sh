@@ -133,10 +133,10 @@ import json, os, random, sys, threading, time
 import psutil
 import pynvml
 
-from edgellm.hardware import detect
-from edgellm.models import resolve_model
-from edgellm.plan import make_plan
-from edgellm.runtime import Engine, Sampling
+from edgellm.plan.hardware import detect
+from edgellm.store.models import resolve_model
+from edgellm.plan.planner import make_plan
+from edgellm.engine.runtime import Engine, Sampling
 
 GIB = 1 << 30
 CASES = {  # name -> make_plan options

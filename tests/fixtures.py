@@ -711,10 +711,10 @@ def english_text(part: str, n_chars: int = 12000) -> str:
 
 
 def smollm2_package() -> Path:
-    """An edgellm package of SmolLM2: the F16 base plus Q8_0 and Q2_K, made by `edgellm.package`."""
+    """An edgellm package of SmolLM2: the F16 base plus Q8_0 and Q2_K, made by `edgellm.store.package`."""
 
     def build(tmp: Path) -> None:
-        from edgellm.package import PackageOptions, build_package
+        from edgellm.store.package import PackageOptions, build_package
         from edgellm.quantize.levels import parse_levels
 
         build_package(smollm2_checkpoint(), tmp, PackageOptions(levels=parse_levels("Q8_0,Q2_K"), base_type="f16"))

@@ -166,7 +166,7 @@ def levels_repo() -> Repo:
 
 def machine_with_ram(monkeypatch, ram_mib: int) -> None:
     """Plan for a machine with this much free RAM and no GPU (the planner keeps 512 MiB and 5% free)."""
-    from edgellm import hardware
+    from edgellm.plan import hardware
 
     monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=ram_mib * MiB))
 
@@ -178,15 +178,15 @@ def ram_for_budget(budget: int) -> int:
 
 def ram_needed(path: Path, n_ctx: int = 2048) -> int:
     """What the planner counts in RAM for the GGUF file `path` at `n_ctx` tokens on a CPU (its least)."""
-    from edgellm.gguf_info import read_gguf
-    from edgellm.memory import estimate
+    from edgellm.formats.gguf_info import read_gguf
+    from edgellm.plan.memory import estimate
 
     return estimate(read_gguf(path), n_ctx).ram
 
 
 def sparse_gguf(path: Path) -> Sparse:
     """A GGUF file on disk as the test hub serves a big one: its real header and size, zeros after."""
-    from edgellm.gguf_info import header_reader_class
+    from edgellm.formats.gguf_info import header_reader_class
 
     end = header_reader_class()(path, "r").data_offset
     with open(path, "rb") as f:

@@ -18,7 +18,7 @@ from gguf_edit import copy_gguf
 LOAD_UNDER_REPORT = """
 import sys
 import llama_cpp as L
-from edgellm import llamacpp
+from edgellm.engine import llamacpp
 llamacpp.init()
 with llamacpp.doing("loading the test file"):
     model = L.llama_model_load_from_file(sys.argv[1].encode(), L.llama_model_default_params())
@@ -49,14 +49,14 @@ def test_an_assert_in_llama_cpp_says_why_and_what_was_being_done(no_layers):
 
 
 def test_an_abort_from_outside_ggml_is_reported_too():
-    script = "import ctypes\nfrom edgellm import llamacpp\nllamacpp.init()\nctypes.CDLL(None).abort()\n"
+    script = "import ctypes\nfrom edgellm.engine import llamacpp\nllamacpp.init()\nctypes.CDLL(None).abort()\n"
     r = _python(script)
     assert r.returncode == -6
     assert "edgellm: llama.cpp aborted: abort() called" in r.stderr, r.stderr[-1000:]
 
 
 def test_the_report_lists_log_lines_and_work_in_order():
-    from edgellm import llamacpp
+    from edgellm.engine import llamacpp
 
     llamacpp.init()
     with llamacpp.doing("loading a.gguf: 31/31 layers on Vulkan0"), llamacpp.doing("making the context"):
@@ -69,7 +69,7 @@ def test_the_report_lists_log_lines_and_work_in_order():
 
 @pytest.mark.parametrize("target", ["1", "file"])
 def test_the_log_streams_live_when_asked(tmp_path, target):
-    script = "import sys\nfrom edgellm.memory import llama_dry_run\nllama_dry_run(sys.argv[1], 512)\nprint('done')\n"
+    script = "import sys\nfrom edgellm.plan.memory import llama_dry_run\nllama_dry_run(sys.argv[1], 512)\nprint('done')\n"
     log = tmp_path / "llama.log"
     r = _python(script, str(smollm2_gguf()), EDGELLM_LLAMA_LOG=str(log) if target == "file" else target)
     assert r.returncode == 0 and "done" in r.stdout, r.stderr[-1000:]
@@ -80,9 +80,9 @@ def test_the_log_streams_live_when_asked(tmp_path, target):
 
 
 def test_a_failed_load_with_gpu_layers_names_the_plan_and_the_flags_that_lower_it():
-    from edgellm.hardware import synthetic
-    from edgellm.launch import plan_model
-    from edgellm.runtime import _lower_hint
+    from edgellm.plan.hardware import synthetic
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.runtime import _lower_hint
 
     plan = plan_model(smollm2_gguf(), ngl=31, threads=1, hw=synthetic(8 << 30, vram=4 << 30))
     hint = _lower_hint(plan)

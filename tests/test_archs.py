@@ -14,7 +14,7 @@ import pytest
 import arch_fixtures
 from conftest import llama
 from edgellm.cli import main
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgellm.options import GGML_MAX_N_THREADS, THREADS, max_threads
+from edgellm.commands.options import GGML_MAX_N_THREADS, THREADS, max_threads
 from edgellm.paths import store_dir
 from fixtures import smollm2_gguf
 
@@ -94,7 +94,7 @@ def test_chat_refuses_a_temperature_outside_0_to_5(value):
 
 
 def test_options_accept_only_finite_numbers():
-    from edgellm.options import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_P
+    from edgellm.commands.options import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_P
 
     for kind, good, bad in [
         (TEMPERATURE, [0, 0.7, 5], [math.nan, math.inf, -0.01, 5.01]),
@@ -191,8 +191,8 @@ def test_list_shows_the_entry_as_broken_and_the_others(no_layers):
 
 def _package_listing(folder: Path, name: str, target: Path) -> Path:
     """A package folder whose manifest lists `name`, with the size and sha256 of `target` (a real file)."""
-    from edgellm.gguf_info import read_gguf
-    from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
+    from edgellm.formats.gguf_info import read_gguf
+    from edgellm.store.manifest import FileEntry, Manifest, ModelFacts, sha256_file
 
     folder.mkdir()
     info = read_gguf(smollm2_gguf())

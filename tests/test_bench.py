@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edgellm import cli
-from edgellm.bench import BenchReport, pareto
-from edgellm.benchplot import panels
+from edgellm.bench.run import BenchReport, pareto
+from edgellm.bench.plot import panels
 from fixtures import smollm2_package
 
 REPORT_KEYS = {"schema", "version", "model", "config", "method", "machine", "results", "base_level", "created",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edgellm.bench import BenchConfig, BenchReport, FileResult, Measure
+from edgellm.bench.run import BenchConfig, BenchReport, FileResult, Measure
 
 LEVELS = [("Q8_0", 145_000_000, 8.5), ("Q4_K_M", 105_000_000, 5.1), ("Q2_K", 88_000_000, 3.9)]
 

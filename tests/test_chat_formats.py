@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import fixtures
-from edgellm.chat_formats import BY_NAME, FALLBACK, infer
-from edgellm.launch import open_engine
+from edgellm.engine.chat_formats import BY_NAME, FALLBACK, infer
+from edgellm.engine.launch import open_engine
 from gguf_edit import copy_gguf
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from edgellm import chat_template
+from edgellm.engine import chat_template
 from edgellm.errors import EdgeError
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from fixtures import CHATML_TEMPLATE, LLAMA3_CKPT_TEMPLATE, MISTRAL_TEMPLATE, smollm2_gguf
 
 HI = [{"role": "user", "content": "hi"}]

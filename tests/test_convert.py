@@ -11,7 +11,7 @@ import pytest
 
 import fixtures
 from edgellm.errors import EdgeError
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from conftest import llama
 from edgellm.quantize.convert import convert_checkpoint
 
@@ -192,7 +192,7 @@ def _fields(path: Path) -> tuple[dict, dict]:
 
     A field's bytes run to the next field (the last one to the first tensor info); gguf_info's header
     reader steps over long arrays (Llama 3's 400k vocabulary strings) quickly."""
-    from edgellm.gguf_info import header_reader_class
+    from edgellm.formats.gguf_info import header_reader_class
 
     reader = header_reader_class()(path, "r")
     fields = sorted(reader.fields.values(), key=lambda f: f.offset)
@@ -267,7 +267,7 @@ def test_peak_memory_stays_far_below_the_checkpoint(tmp_path):
 def test_digest_fed_while_writing_is_the_files_sha256(tmp_path):
     import hashlib
 
-    from edgellm.manifest import sha256_file
+    from edgellm.store.manifest import sha256_file
 
     digest = hashlib.sha256()
     out = convert_checkpoint(fixtures.llama3_checkpoint(), tmp_path / "out.gguf", "f16", progress=False, digest=digest)

@@ -17,7 +17,7 @@ import pytest
 import fixtures
 import pausing
 from edgellm.cli import main
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from edgellm.quantize.arch import read_hparams
 from edgellm.quantize.vocab import detect_pre
 
@@ -301,7 +301,7 @@ def test_prefers_hf_weights_over_mistral_consolidated(ckpt, tmp_path, capsys):
 
 
 def test_chat_template_from_chat_template_json(ckpt, tmp_path):
-    from edgellm.gguf_info import read_gguf
+    from edgellm.formats.gguf_info import read_gguf
     from edgellm.quantize.convert import convert_checkpoint
 
     template = (ckpt / "chat_template.jinja").read_text()

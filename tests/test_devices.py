@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from edgellm.errors import UsageError
-from edgellm.hardware import GPU, synthetic
-from edgellm.options import DEVICES
+from edgellm.plan.hardware import GPU, synthetic
+from edgellm.commands.options import DEVICES
 
 
 def two_gpus():

@@ -17,8 +17,8 @@ import fixtures
 import pausing
 from edgellm.errors import EdgeError
 from edgellm.fsutil import exclusive_lock, room_problem
-from edgellm.gguf_info import read_gguf
-from edgellm.manifest import Manifest
+from edgellm.formats.gguf_info import read_gguf
+from edgellm.store.manifest import Manifest
 
 LEVELS = ("Q8_0", "Q4_K_M")
 

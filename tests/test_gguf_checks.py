@@ -15,9 +15,9 @@ import pytest
 from gguf import GGUFValueType as T
 
 from edgellm.errors import EdgeError
-from edgellm.gguf_checks import check
-from edgellm.gguf_info import read_gguf
-from edgellm.models import resolve_model
+from edgellm.formats.gguf_checks import check
+from edgellm.formats.gguf_info import read_gguf
+from edgellm.store.models import resolve_model
 from fixtures import (
     mistral_checkpoint,
     qwen2_checkpoint,
@@ -158,8 +158,8 @@ def test_a_packages_importance_matrix_is_not_taken_for_a_level(tmp_path):
     # `package --imatrix` leaves imatrix.gguf beside the levels: a GGUF, but general.type "imatrix", no model.
     import numpy as np
 
-    from edgellm.hardware import synthetic
-    from edgellm.plan import make_plan
+    from edgellm.plan.hardware import synthetic
+    from edgellm.plan.planner import make_plan
     from edgellm.quantize.imatrix import ImportanceMatrix
 
     pkg = tmp_path / "pkg"

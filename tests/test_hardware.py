@@ -11,10 +11,10 @@ import llama_cpp
 import psutil
 import pytest
 
-from edgellm import llamacpp
+from edgellm.engine import llamacpp
 from edgellm.cli import main
 from edgellm.errors import UsageError
-from edgellm.hardware import detect, parse_size, synthetic
+from edgellm.plan.hardware import detect, parse_size, synthetic
 
 
 def test_detect_reports_this_machine():
@@ -91,7 +91,7 @@ def test_one_ggml_in_the_process():
     # llama-cpp-python's wheel holds copies of libggml.so / .so.0: edgellm's own ggml calls must reach the copy
     # libllama uses, not load a second ggml with a registry of its own
     code = (
-        "from edgellm import hardware, placement\n"
+        "from edgellm.plan import hardware, placement\n"
         "hardware.detect()\n"
         "assert placement._cpu_buffer_type()\n"
         "print('\\n'.join(l.split()[-1] for l in open('/proc/self/maps') if 'libggml' in l))\n"

@@ -1,4 +1,4 @@
-"""edgellm.hub and `edgellm pull`: the hubs' real libraries against their real cache layouts.
+"""edgellm.hub (download, model) and `edgellm pull`: the hubs' real libraries against their real cache layouts.
 
 Downloads run huggingface_hub's and modelscope_hub's own code against hubs on localhost
 (tests/hubserver.py), which fill the caches the way the libraries do; offline runs then read those
@@ -39,10 +39,11 @@ from hubserver import closed_port
 
 import fixtures
 from conftest import run_cli
-from edgellm import hub, hubmodel
+from edgellm.hub import download as hub, model as hubmodel
 from edgellm.errors import EdgeError, NotEnoughSpace, UsageError
 from edgellm.fsutil import human_bytes
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
+from edgellm.store.store import snapshot_name
 
 
 # --------------------------------------------------------------------------------------------- choosing files
@@ -262,7 +263,7 @@ def test_a_pulled_sharded_checkpoint_converts_like_its_source(fake_hub, tmp_path
     a, b = read_gguf(ours), read_gguf(theirs)
     differ = {k for k in a.metadata.keys() | b.metadata.keys() if a.metadata.get(k) != b.metadata.get(k)}
     assert differ == {"general.name"}, differ  # named after the folder: a snapshot's is a commit hash
-    assert hub.snapshot_name(pulled.path) == "tiny-qwen2" and hub.snapshot_name(source) is None
+    assert snapshot_name(pulled.path) == "tiny-qwen2" and snapshot_name(source) is None
     assert a.tensors == b.tensors
     tensor_bytes = sum(t.n_bytes for t in a.tensors)
     assert ours.read_bytes()[-tensor_bytes:] == theirs.read_bytes()[-tensor_bytes:]
@@ -437,7 +438,7 @@ def test_modelscope_download_then_offline(fake_modelscope, caches, monkeypatch, 
 
 def test_modelscope_snapshot_name(caches):
     folder = ms_snapshot(caches["modelscope"], "LLM-Research/Meta-Llama-3.1-8B-Instruct", {"config.json": b"{}"})
-    assert hub.snapshot_name(folder) == "Meta-Llama-3.1-8B-Instruct"
+    assert snapshot_name(folder) == "Meta-Llama-3.1-8B-Instruct"
 
 
 def test_modelscope_replaces_a_damaged_file_and_verifies(fake_modelscope, capsys):
@@ -658,7 +659,7 @@ def test_pull_of_a_gguf_repo_fetches_the_level_the_planner_picks(fake_hub, monke
 
 
 def test_pull_level_and_all(fake_hub, capsys):
-    from edgellm import store
+    from edgellm.store import store
 
     fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = levels_repo()
     code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--level", "Q6_K")
@@ -692,7 +693,7 @@ def test_pull_level_and_all(fake_hub, capsys):
 
 
 def test_package_of_a_gguf_repo_registers_the_levels_it_has(fake_hub, tmp_path, capsys):
-    from edgellm import store
+    from edgellm.store import store
 
     fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = levels_repo()
     code, out, err = run_cli(capsys, "package", "someone/SmolLM2-135M-Instruct-GGUF", "--levels", "Q4_1",

@@ -27,12 +27,14 @@ from hubtesting import (  # noqa: F401  (fixtures)
 
 import fixtures
 from conftest import run_cli
-from edgellm import hardware, hub, store
+from edgellm.plan import hardware
+from edgellm.hub import download as hub
+from edgellm.store import store
 from edgellm.errors import EdgeError, NotEnoughSpace
 from edgellm.fsutil import human_bytes
-from edgellm.gguf_info import Truncated, read_gguf, read_gguf_prefix
-from edgellm.hubheaders import MAX_GGUF_HEADER
-from edgellm.hubplan import PlanOptions, plan_repo
+from edgellm.formats.gguf_info import Truncated, read_gguf, read_gguf_prefix
+from edgellm.hub.headers import MAX_GGUF_HEADER
+from edgellm.hub.remote_plan import PlanOptions, plan_repo
 
 GiB = 1 << 30
 REPO = "bartowski/Llama-3-8B-Instruct-GGUF"
@@ -100,8 +102,8 @@ def test_with_a_speed_to_reach_the_plan_is_the_planner_s_over_every_level(fake_h
     """The planner takes the highest-quality level that fits and decodes at --min-speed (else the fastest): read
     from the largest down, a level that is too slow is read past, and the choice is the one the planner makes
     with every level's header in hand."""
-    from edgellm.models import ModelFile, ModelRef
-    from edgellm.plan import make_plan
+    from edgellm.store.models import ModelFile, ModelRef
+    from edgellm.plan.planner import make_plan
 
     fake_hub.repos[REPO] = llama3_8b_repo()
     machine = hardware.synthetic(ram=ram_gib * GiB)
@@ -192,8 +194,8 @@ def test_a_cdn_that_drops_range_is_read_only_as_far_as_the_header(fake_hub):
 
 
 def test_a_file_that_changed_since_it_was_listed_is_refused(fake_hub):
-    from edgellm.hubheaders import gguf_header
-    from edgellm.hubranges import HubReader
+    from edgellm.hub.headers import gguf_header
+    from edgellm.hub.ranges import HubReader
 
     fake_hub.repos[REPO] = llama3_8b_repo()
     remote = hub.open_repo(REPO)

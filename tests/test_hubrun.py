@@ -19,7 +19,8 @@ from hubtesting import caches, edgellm_cli, fake_hub, fake_modelscope, files_und
 from test_tui_tmux import EDGELLM, QUESTION, Tmux
 
 import fixtures
-from edgellm import paths, store
+from edgellm import paths
+from edgellm.store import store
 
 GGUF_REPO = "someone/SmolLM2-135M-Instruct-GGUF"
 CKPT_REPO = "Qwen/tiny-qwen2"

@@ -9,8 +9,9 @@ import os
 
 import fixtures
 from conftest import run_cli
-from edgellm import paths, store
-from edgellm.models import resolve_model
+from edgellm import paths
+from edgellm.store import store
+from edgellm.store.models import resolve_model
 
 DATA = fixtures.smollm2_gguf().read_bytes()
 SHA = hashlib.sha256(DATA).hexdigest()

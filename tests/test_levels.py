@@ -14,7 +14,7 @@ from gguf import GGUFReader
 
 from edgellm.cli import main
 from edgellm.errors import EdgeError, UsageError
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from edgellm.quantize.imatrix import ImportanceMatrix
 from edgellm.quantize.levels import ALIASES, DEFAULT_LEVELS, TABLE, parse_levels, quantize
 

@@ -19,7 +19,7 @@ import pytest
 import arch_fixtures
 import fixtures
 from conftest import run_cli
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from fixtures import LORA_TARGETS, LORAS, llamacpp_reference_lora, peft_lora, smollm2_checkpoint, smollm2_converted_gguf, smollm2_lora
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")
@@ -129,7 +129,7 @@ def hf_logits(tokens: list[int], adapter: str | None = None, merged: bool = Fals
 
 def llama_logits(path: Path, tokens: list[int], loras=()) -> np.ndarray:
     """llama.cpp's logits at every position, through edgellm's evaluator (which applies `loras`)."""
-    from edgellm.quality import Evaluator
+    from edgellm.engine.quality import Evaluator
 
     with Evaluator(path, n_ctx=256, n_threads=1, loras=loras) as ev:
         return ev.eval_chunk(np.asarray(tokens), 0).copy()
@@ -137,7 +137,7 @@ def llama_logits(path: Path, tokens: list[int], loras=()) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tokens() -> list[int]:
-    from edgellm.quality import Evaluator
+    from edgellm.engine.quality import Evaluator
 
     with Evaluator(smollm2_converted_gguf("f32"), n_ctx=256, n_threads=1) as ev:
         return ev.tokenize(TEXT).tolist()
@@ -162,8 +162,8 @@ def test_the_engine_applies_the_adapter_at_its_scale(adapter_gguf, tokens):
     """Through the planner and Engine.load, as run, chat and serve load it; scale 0.5 halves peft's scaling."""
     import llama_cpp as L
 
-    from edgellm.launch import plan_model
-    from edgellm.runtime import Engine
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.runtime import Engine
 
     plan = plan_model(smollm2_converted_gguf("f32"), ctx=256, threads=1, loras=[(adapter_gguf["plain"], 0.5)])
     assert plan.loras[0].scale == 0.5 and plan.memory.lora == plan.loras[0].n_bytes > 0

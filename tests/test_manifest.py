@@ -12,8 +12,8 @@ import pytest
 from gguf import GGUFReader
 
 from edgellm.errors import EdgeError
-from edgellm.manifest import FILENAME, SCHEMA, VERSION, Manifest
-from edgellm.package import PackageOptions, build_package
+from edgellm.store.manifest import FILENAME, SCHEMA, VERSION, Manifest
+from edgellm.store.package import PackageOptions, build_package
 from edgellm.quantize.levels import parse_levels
 
 

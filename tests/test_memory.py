@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from edgellm.gguf_info import read_gguf
-from edgellm.memory import MIB, estimate, kv_cells, llama_dry_run
+from edgellm.formats.gguf_info import read_gguf
+from edgellm.plan.memory import MIB, estimate, kv_cells, llama_dry_run
 from fixtures import smollm2_converted_gguf, smollm2_gguf, write_llama3_shaped_gguf
 
 
@@ -108,10 +108,10 @@ def test_tied_embeddings_get_a_gpu_copy_of_the_output():
 
 PEAK_RSS = """
 import json, sys
-from edgellm.hardware import detect
-from edgellm.models import resolve_model
-from edgellm.plan import make_plan
-from edgellm.runtime import Engine, Sampling
+from edgellm.plan.hardware import detect
+from edgellm.store.models import resolve_model
+from edgellm.plan.planner import make_plan
+from edgellm.engine.runtime import Engine, Sampling
 path, n_ctx = sys.argv[1], int(sys.argv[2])
 plan = make_plan(resolve_model(path), detect(), ctx=n_ctx)
 with Engine.load(plan) as e:

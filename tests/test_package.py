@@ -18,7 +18,7 @@ from gguf import GGUFReader
 
 from conftest import run_cli as run
 from edgellm.cli import main
-from edgellm.manifest import Manifest
+from edgellm.store.manifest import Manifest
 from edgellm.quantize.levels import estimate_bytes, parse_levels
 
 LEVELS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]

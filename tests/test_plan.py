@@ -13,11 +13,11 @@ import pytest
 
 from edgellm.cli import main
 from edgellm.errors import NotEnoughSpace
-from edgellm.hardware import synthetic
-from edgellm.memory import estimate
-from edgellm.models import resolve_model
-from edgellm.plan import MIN_CTX, RAM_MARGIN, VRAM_MARGIN, _budget, revalidate
-from edgellm.plan import make_plan as _make_plan
+from edgellm.plan.hardware import synthetic
+from edgellm.plan.memory import estimate
+from edgellm.store.models import resolve_model
+from edgellm.plan.planner import MIN_CTX, RAM_MARGIN, VRAM_MARGIN, _budget, revalidate
+from edgellm.plan.planner import make_plan as _make_plan
 from fixtures import llama3_shaped_package
 
 GIB = 1 << 30
@@ -204,7 +204,7 @@ def test_plan_command_bad_inputs(tmp_path, capsys):
 def test_unified_memory_counts_the_gpu_share_against_ram(llama8b):
     from dataclasses import replace
 
-    from edgellm.hardware import GPU
+    from edgellm.plan.hardware import GPU
 
     separate = synthetic(16 * GIB, 12 * GIB)
     apple = replace(separate, gpus=(GPU(0, "Apple M2", "apple", 12 * GIB, 12 * GIB, "llama.cpp", unified=True),))

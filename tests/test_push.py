@@ -15,8 +15,8 @@ from hubtesting import caches, fake_hub  # noqa: F401  (fixtures)
 
 import fixtures
 from conftest import run_cli
-from edgellm.gguf_info import read_gguf
-from edgellm.manifest import FileEntry, Manifest, ModelFacts, TextRef, sha256_file
+from edgellm.formats.gguf_info import read_gguf
+from edgellm.store.manifest import FileEntry, Manifest, ModelFacts, TextRef, sha256_file
 
 SNAPSHOT = "/home/someone/.cache/huggingface/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/0a1b2c"
 

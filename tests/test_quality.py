@@ -10,7 +10,7 @@ import fixtures
 import pytest
 
 from edgellm.errors import UsageError
-from edgellm.quality import BaseLogProbs, Evaluator, kl_divergence, perplexity
+from edgellm.engine.quality import BaseLogProbs, Evaluator, kl_divergence, perplexity
 from edgellm.quantize.levels import TABLE, quantize
 
 N_CTX = 128

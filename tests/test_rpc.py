@@ -20,8 +20,8 @@ import pytest
 
 import fixtures
 from edgellm.errors import UsageError
-from edgellm.rpc import Worker, parse_workers
-from edgellm.split import shares
+from edgellm.engine.rpc import Worker, parse_workers
+from edgellm.plan.split import shares
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")
 PROMPT = "What is the capital of France? Answer in one sentence."
@@ -66,10 +66,10 @@ def test_layers_are_shared_in_proportion_to_what_workers_lend():
 def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
     """The planner alone, with what two workers lend as data: more RAM here means fewer layers on the workers."""
     from edgellm.errors import NotEnoughSpace
-    from edgellm.hardware import detect
-    from edgellm.models import resolve_model
-    from edgellm.rpc import WorkerInfo
-    from edgellm.split import plan_with_workers
+    from edgellm.plan.hardware import detect
+    from edgellm.store.models import resolve_model
+    from edgellm.engine.rpc import WorkerInfo
+    from edgellm.plan.split import plan_with_workers
 
     ref, hw = resolve_model(str(fixtures.smollm2_gguf())), detect()
     workers = [WorkerInfo(Worker("127.0.0.1", 1), 300 << 20, 8 << 30), WorkerInfo(Worker("127.0.0.1", 2), 100 << 20, 8 << 30)]
@@ -90,11 +90,11 @@ def test_the_planner_keeps_here_what_fits_and_splits_the_rest():
 
 def test_lora_adapters_count_in_a_split_beside_their_layers(tmp_path):
     """An adapter's tensors sit beside the layers they change, on the worker for offloaded layers."""
-    from edgellm.adapters import read_adapter
-    from edgellm.hardware import detect
-    from edgellm.models import resolve_model
-    from edgellm.rpc import WorkerInfo
-    from edgellm.split import plan_with_workers
+    from edgellm.engine.adapters import read_adapter
+    from edgellm.plan.hardware import detect
+    from edgellm.store.models import resolve_model
+    from edgellm.engine.rpc import WorkerInfo
+    from edgellm.plan.split import plan_with_workers
 
     adapter = tmp_path / "lora.gguf"
     done = edgellm("convert", str(fixtures.smollm2_lora()), "--base", str(fixtures.smollm2_checkpoint()), "-o", str(adapter))
@@ -177,7 +177,7 @@ def start_worker(port: int, *extra: str) -> subprocess.Popen:
 
 
 def rpc_reachable(port: int) -> str | None:
-    from edgellm.rpc import reachable
+    from edgellm.engine.rpc import reachable
 
     return reachable(Worker("127.0.0.1", port), 1.0)
 
@@ -294,9 +294,9 @@ def test_plan_over_workers_that_lend_little(rpc_build):
 @slow
 def test_the_connection_to_a_worker_has_bounded_waits(two_workers):
     """ggml's client has no timeout of its own: the kernel closes a connection to a machine that went silent."""
-    from edgellm import rpc
-    from edgellm.launch import plan_model
-    from edgellm.runtime import Engine
+    from edgellm.engine import rpc
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.runtime import Engine
 
     w = parse_workers(two_workers[0])[0]
     engine = Engine.load(plan_model(None, ctx=512, ngl=31, threads=1, rpc=w.endpoint))

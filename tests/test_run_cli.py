@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from edgellm.cli import main
-from edgellm.gguf_info import read_gguf
-from edgellm.hardware import synthetic
-from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
-from edgellm.models import resolve_model
-from edgellm.plan import make_plan
-from edgellm.runtime import Engine
+from edgellm.formats.gguf_info import read_gguf
+from edgellm.plan.hardware import synthetic
+from edgellm.store.manifest import FileEntry, Manifest, ModelFacts, sha256_file
+from edgellm.store.models import resolve_model
+from edgellm.plan.planner import make_plan
+from edgellm.engine.runtime import Engine
 from fixtures import smollm2_checkpoint, smollm2_converted_gguf, smollm2_gguf, write_llama3_shaped_gguf
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")

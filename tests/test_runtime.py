@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from edgellm.errors import UsageError
-from edgellm.models import resolve_model
-from edgellm.launch import open_engine
-from edgellm.runtime import Engine, Sampling
+from edgellm.store.models import resolve_model
+from edgellm.engine.launch import open_engine
+from edgellm.engine.runtime import Engine, Sampling
 from fixtures import smollm2_checkpoint, smollm2_gguf, write_llama3_tiny_gguf
 
 GREEDY = Sampling(temperature=0, repeat_penalty=1.0, max_tokens=24)

@@ -13,7 +13,7 @@ import pytest
 from edgellm import cli
 from edgellm.errors import EdgeError, NotEnoughSpace
 from edgellm.fsutil import atomic_output, ensure_free_space, human_bytes
-from edgellm.gguf_info import read_gguf
+from edgellm.formats.gguf_info import read_gguf
 from fixtures import smollm2_gguf
 
 

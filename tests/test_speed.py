@@ -1,4 +1,4 @@
-"""Predicted and measured tokens/s, and the planner's speed policy (edgellm.speed, plan --min-speed).
+"""Predicted and measured tokens/s, and the planner's speed policy (edgellm.plan.speed, plan --min-speed).
 
 Predictions on simulated machines use the reference machine's speeds, so these plans are the same wherever the
 tests run; how close predictions come to llama-bench on this machine is scripts/bench_speed_model.py's job."""
@@ -11,11 +11,11 @@ import shutil
 
 import pytest
 
-from edgellm import speed
+from edgellm.plan import speed
 from edgellm.cli import main
-from edgellm.hardware import detect, synthetic
-from edgellm.models import resolve_model
-from edgellm.plan import make_plan
+from edgellm.plan.hardware import detect, synthetic
+from edgellm.store.models import resolve_model
+from edgellm.plan.planner import make_plan
 from fixtures import llama3_shaped_package, smollm2_package
 
 GIB = 1 << 30

@@ -11,9 +11,11 @@ from hubtesting import caches, fake_hub, gguf_repo, go_offline  # noqa: F401  (f
 
 import fixtures
 from conftest import run_cli
-from edgellm import hubmodel, paths, store
+from edgellm.hub import model as hubmodel
+from edgellm import paths
+from edgellm.store import store
 from edgellm.fsutil import human_bytes
-from edgellm.models import resolve_model
+from edgellm.store.models import resolve_model
 
 GGUF_SIZE = fixtures.smollm2_gguf().stat().st_size
 SIZE = human_bytes(GGUF_SIZE)
@@ -46,7 +48,7 @@ def test_list_json_schema(gguf_copy, capsys):
 
 
 def test_list_on_a_machine_too_small(gguf_copy, monkeypatch, capsys):
-    from edgellm import hardware
+    from edgellm.plan import hardware
 
     make_package(gguf_copy)
     monkeypatch.setattr(hardware, "detect", lambda: hardware.synthetic(ram=64 << 20))  # 64 MiB of RAM
@@ -182,8 +184,8 @@ def test_push_checks_before_uploading(gguf_copy, caches, tmp_path, monkeypatch, 
 
 @pytest.mark.slow
 def test_push_then_pull_round_trip(fake_hub, gguf_copy, monkeypatch, capsys):
-    from edgellm.gguf_info import read_gguf
-    from edgellm.manifest import FileEntry, Manifest, ModelFacts, sha256_file
+    from edgellm.formats.gguf_info import read_gguf
+    from edgellm.store.manifest import FileEntry, Manifest, ModelFacts, sha256_file
 
     folder = make_package(gguf_copy)
     info = read_gguf(folder / "SmolLM2-Q4_1.gguf")

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import run_cli
-from edgellm.hardware import cpu_load
+from edgellm.plan.hardware import cpu_load
 
 N_CPUS = psutil.cpu_count() or 1
 pytestmark = pytest.mark.skipif(N_CPUS < 2 or not hasattr(os, "sched_setaffinity"), reason="needs 2 CPUs and affinity")
@@ -76,8 +76,8 @@ def idle_machine_engine():
     """The demo model loaded as if every core were idle, threads chosen by the planner (not by the user)."""
     from dataclasses import replace
 
-    from edgellm.launch import plan_model
-    from edgellm.runtime import Engine
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.runtime import Engine
 
     plan = plan_model(None)
     with Engine.load(replace(plan, n_threads=N_CPUS, adaptive_threads=N_CPUS)) as engine:
@@ -85,7 +85,7 @@ def idle_machine_engine():
 
 
 def test_each_reply_takes_the_threads_the_moment_leaves(idle_machine_engine):
-    from edgellm.runtime import Sampling
+    from edgellm.engine.runtime import Sampling
 
     engine = idle_machine_engine
     assert engine.info.n_threads == N_CPUS

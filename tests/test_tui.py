@@ -12,10 +12,10 @@ import os
 import time
 
 from edgellm import cli
-from edgellm.chatdb import ChatDB
+from edgellm.tui.chatdb import ChatDB
 from edgellm.paths import chat_db_path
-from edgellm.runtime import Engine, Sampling
-from edgellm.tui import app as app_module
+from edgellm.engine.runtime import Engine, Sampling
+from edgellm.tui import worker
 from edgellm.tui.app import ChatApp
 from edgellm.tui.backend import list_models, open_model
 from edgellm.tui.screens.error import ErrorScreen
@@ -65,7 +65,7 @@ async def until(pilot, condition, timeout: float = 240.0) -> None:
 def hold_first_reply(monkeypatch, after: int = 3) -> None:
     """The first reply shows its first pieces at once, then waits until it is stopped: a stop then lands
     mid-reply however fast the machine writes. The real engine writes every piece."""
-    real, frame_s = Engine.stream_chat, app_module.FRAME_S
+    real, frame_s = Engine.stream_chat, worker.FRAME_S
     armed = [True]
 
     def stream_chat(self, messages, sampling=None, cancel=None):
@@ -73,19 +73,19 @@ def hold_first_reply(monkeypatch, after: int = 3) -> None:
         if not armed[0] or cancel is None:
             return pieces
         armed[0] = False
-        app_module.FRAME_S = 0.0  # every piece goes to the screen, so the test sees them before the stop
+        worker.FRAME_S = 0.0  # every piece goes to the screen, so the test sees them before the stop
 
         def held():
             for i, piece in enumerate(pieces, 1):
                 yield piece
                 if i == after:
                     assert cancel.wait(240), "the reply was never stopped"
-                    app_module.FRAME_S = frame_s
+                    worker.FRAME_S = frame_s
 
         return held()
 
     monkeypatch.setattr(Engine, "stream_chat", stream_chat)
-    monkeypatch.setattr(app_module, "FRAME_S", frame_s)  # put back after the test
+    monkeypatch.setattr(worker, "FRAME_S", frame_s)  # put back after the test
 
 
 async def ready(pilot) -> None:
@@ -113,7 +113,7 @@ def last_view(app) -> MessageView:
 
 @pilot_test
 async def test_send_streams_a_reply_that_matches_the_runtime(monkeypatch):
-    monkeypatch.setattr(app_module, "FRAME_S", 0.0)  # hand every piece to the UI: streaming shows at any speed
+    monkeypatch.setattr(worker, "FRAME_S", 0.0)  # hand every piece to the UI: streaming shows at any speed
     app = make_app()
     async with running(app, (80, 24)) as pilot:
         await ready(pilot)
@@ -369,8 +369,8 @@ def test_chat_is_listed_with_help(capsys):
 
 
 def test_without_the_default_model_chat_takes_the_newest_package_or_says_how_to_get_one(monkeypatch, capsys):
-    from edgellm import models
-    from edgellm.catalog import default_model
+    from edgellm.store import models
+    from edgellm.plan.catalog import default_model
     from edgellm.errors import EdgeError
     from edgellm.paths import store_dir
     from fixtures import smollm2_gguf

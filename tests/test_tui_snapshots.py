@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from edgellm.runtime import GenStats
+from edgellm.engine.runtime import GenStats
 from edgellm.tui.app import ChatApp, LoadedModel
 from edgellm.tui.state import ModelChoice
 

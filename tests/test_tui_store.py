@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from edgellm.chatdb import MIGRATIONS, SCHEMA_VERSION, ChatDB, ChatDBError, Conversation, Message
+from edgellm.tui.chatdb import MIGRATIONS, SCHEMA_VERSION, ChatDB, ChatDBError, Conversation, Message
 from edgellm.tui.state import ChatSettings, ContextFull, code_blocks, fit_context, reply_budget, title_from
 
 

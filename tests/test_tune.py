@@ -10,9 +10,9 @@ import shutil
 import psutil
 
 from conftest import run_cli
-from edgellm import tune
-from edgellm.models import resolve_model
-from edgellm.hardware import detect
+from edgellm.plan import tune
+from edgellm.store.models import resolve_model
+from edgellm.plan.hardware import detect
 from edgellm.paths import data_dir
 
 QUICK = ("-p", "32", "-n", "8", "-r", "1")

@@ -19,9 +19,9 @@ def renamed(converted, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_renamed_phi3_file_tokenizes_chat_turns_as_transformers(renamed, hf_tokenizer):
-    from edgellm.launch import plan_model
-    from edgellm.runtime import Engine
-    from edgellm.gguf_info import read_gguf
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.runtime import Engine
+    from edgellm.formats.gguf_info import read_gguf
 
     assert read_gguf(renamed).metadata["general.name"] == "My Assistant"
     tok = hf_tokenizer("phi3")

@@ -12,15 +12,15 @@ import pytest
 
 import arch_fixtures
 from edgellm.cli import main
-from edgellm.gguf_info import read_gguf
-from edgellm.hardware import synthetic
-from edgellm.memory import attention_layout, estimate, experts, llama_dry_run
-from edgellm.models import resolve_model
-from edgellm.placement import expert_patterns
-from edgellm.plan import RAM_MARGIN, VRAM_MARGIN, _budget, make_plan
+from edgellm.formats.gguf_info import read_gguf
+from edgellm.plan.hardware import synthetic
+from edgellm.plan.memory import attention_layout, estimate, experts, llama_dry_run
+from edgellm.store.models import resolve_model
+from edgellm.plan.placement import expert_patterns
+from edgellm.plan.planner import RAM_MARGIN, VRAM_MARGIN, _budget, make_plan
 from edgellm.quantize.convert import convert_checkpoint
-from edgellm.launch import open_engine
-from edgellm.runtime import Sampling
+from edgellm.engine.launch import open_engine
+from edgellm.engine.runtime import Sampling
 
 GIB = 1 << 30
 GREEDY = Sampling(temperature=0, max_tokens=8, repeat_penalty=1.0)
@@ -153,11 +153,11 @@ def test_expert_patterns_select_the_first_layers_experts(tiny):
 MOE_LOAD = """
 import re, sys
 from dataclasses import replace
-from edgellm import llamacpp
-from edgellm.hardware import detect
-from edgellm.models import resolve_model
-from edgellm.plan import make_plan
-from edgellm.runtime import Engine, Sampling
+from edgellm.engine import llamacpp
+from edgellm.plan.hardware import detect
+from edgellm.store.models import resolve_model
+from edgellm.plan.planner import make_plan
+from edgellm.engine.runtime import Engine, Sampling
 plan = make_plan(resolve_model(sys.argv[1]), detect(), ctx=512)
 plan = replace(plan, n_cpu_moe=int(sys.argv[2]), n_gpu_layers=plan.n_layers + 1)  # no GPU here: llama.cpp keeps every layer in RAM
 with llamacpp.capture_log() as lines:
@@ -181,7 +181,7 @@ def test_engine_applies_the_planned_expert_placement(tiny):
 
 
 def test_smaller_gpu_at_load_moves_more_experts_to_ram(shaped):
-    from edgellm.plan import revalidate
+    from edgellm.plan.planner import revalidate
 
     plan = make_plan(resolve_model(str(shaped["qwen3-30b-a3b"])), synthetic(64 * GIB, 16 * GIB), ctx=8192)
     later = revalidate(plan, synthetic(64 * GIB, 8 * GIB))

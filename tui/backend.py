@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .app import LoadedModel
+from .worker import LoadedModel
 from .state import ChatSettings, ModelChoice
 
 
@@ -15,7 +15,7 @@ def placement(n_gpu_layers: int, n_layers: int, devices: tuple[str, ...] = ()) -
         return "CPU only"
     if n_gpu_layers > n_layers:
         return f"all on {gpu}"
-    from edgellm.plan import gpu_layers_text
+    from edgellm.plan.planner import gpu_layers_text
 
     return f"{gpu_layers_text(n_gpu_layers, n_layers)} layers on {gpu}"
 
@@ -26,9 +26,9 @@ def open_model(
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
     with the LoRA adapters (file, scale) given."""
-    from edgellm.launch import plan_model
-    from edgellm.plan import threads_text
-    from edgellm.runtime import Engine
+    from edgellm.engine.launch import plan_model
+    from edgellm.plan.planner import threads_text
+    from edgellm.engine.runtime import Engine
 
     plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras,
                       devices=devices)
@@ -48,10 +48,10 @@ def open_model(
 
 def list_models(extra: str | None = None) -> list[ModelChoice]:
     """Every level of every local model with the planner's verdict for this machine."""
-    from edgellm.catalog import fit_here, local_models
+    from edgellm.plan.catalog import fit_here, local_models
     from edgellm.fsutil import human_bytes
-    from edgellm.hardware import detect
-    from edgellm.plan import FIT_TEXT
+    from edgellm.plan.hardware import detect
+    from edgellm.plan.planner import FIT_TEXT
 
     hw = detect()
     choices = []

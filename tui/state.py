@@ -9,7 +9,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
-from edgellm.sampling import Sampling
+from edgellm.engine.sampling import Sampling
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from ..bench import BenchConfig, BenchReport, FileResult, compare, default_quality_text, run_bench
-from ..bench_report import COLUMNS, columns_that_fit, load_report, merge, save_into_manifest, to_csv, to_markdown
+from ..bench.run import BenchConfig, BenchReport, FileResult, compare, default_quality_text, run_bench
+from ..bench.report import COLUMNS, columns_that_fit, load_report, merge, save_into_manifest, to_csv, to_markdown
 from ..errors import EdgeError, UsageError
 from ..fsutil import atomic_output, human_bytes
-from ..options import CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
+from .options import CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, THREADS, WORKERS, WORKERS_HELP
 
 
 class _DefaultRun(click.Group):
@@ -37,7 +37,7 @@ def bench() -> None:
 def _resolve(model: str | None) -> tuple[list, list[FileResult]]:
     """The model refs to benchmark for one argument, and the files that cannot be read (reported with the
     results, so the others still run). A package with a damaged level is benchmarked file by file."""
-    from ..models import resolve_model
+    from ..store.models import resolve_model
 
     try:
         return [resolve_model(model)], []
@@ -92,7 +92,7 @@ def _levels(value: str | None) -> list[str] | None:
 def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, devices, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
             md_path, json_path, plot_path, save_manifest, rpc, loras) -> int:
     """Benchmark each GGUF file or package (all its levels) given; with none, the default model."""
-    from ..adapters import read_adapter
+    from ..engine.adapters import read_adapter
     from ..progress import progress_bar
 
     for path, scale in loras:  # a bad adapter is said before anything is measured
@@ -147,7 +147,7 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, devices, threads, n_ctx,
         with atomic_output(md_path) as tmp:
             tmp.write_text(to_markdown(combined))
     if plot_path:
-        from ..benchplot import plot
+        from ..bench.plot import plot
 
         plot(combined, plot_path)
     if as_json:

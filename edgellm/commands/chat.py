@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..options import (
+from .options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP,
 )
 
@@ -45,7 +45,7 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     from .hubref import local_model
 
     if model is None:
-        from edgellm.catalog import default_model
+        from edgellm.plan.catalog import default_model
 
         model = default_model()
     model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first, progress shown before the chat opens

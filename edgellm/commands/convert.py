@@ -35,7 +35,7 @@ def convert(src: Path, out: Path | None, outtype: str, base: str | None, as_json
     becomes a GGUF LoRA adapter for `--lora` on run, chat, serve, bench and plan; --base names the checkpoint it was
     trained on (only its config.json is read). The file appears under its final name only when complete.
     """
-    from ..gguf_info import read_gguf
+    from ..formats.gguf_info import read_gguf
     from ..quantize.peft import is_adapter_folder
 
     if not src.is_dir():
@@ -94,8 +94,8 @@ def _base_folder(base: str | None, recorded: str | None) -> Path:
         if not (path / "config.json").is_file():
             raise UsageError(f"--base {base} is not a Hugging Face checkpoint folder (no config.json)")
         return path
-    from ..hub import parse_repo_id
-    from ..hubmodel import pull
+    from ..hub.download import parse_repo_id
+    from ..hub.model import pull
 
     try:
         parse_repo_id(base)

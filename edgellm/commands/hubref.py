@@ -1,4 +1,4 @@
-"""For run, chat and serve: a hub id becomes a model on this machine before anything loads (`hubmodel`)."""
+"""For run, chat and serve: a hub id becomes a model on this machine before anything loads (`edgellm.hub.model`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ def local_model(model: str | None, min_speed: float | None = None, rpc: str | No
     """`model` itself, or for a hub id its store entry, pulled (and for a checkpoint converted and quantized to
     the level the planner picks, decoding at `min_speed`) first, with progress on stderr."""
     from ..errors import UsageError
-    from ..hubmodel import is_hub_ref, local_model as obtain
+    from ..hub.model import is_hub_ref, local_model as obtain
     from .package import ProgressReporter
 
     if rpc and is_hub_ref(model):  # the level would be planned for this machine alone

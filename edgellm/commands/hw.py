@@ -11,7 +11,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the hardware profile as JSON.")
 def hw(as_json: bool) -> int:
     """Show RAM, CPU cores, GPUs with free VRAM, and the llama.cpp build's backends."""
-    from ..hardware import detect
+    from ..plan.hardware import detect
 
     profile = detect()
     if as_json:

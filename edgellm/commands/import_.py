@@ -21,8 +21,8 @@ def import_(path: Path, name: str | None) -> int:
     their GGUF magic, one model per folder; each header is read and checked and each file's sha256 is
     recorded in the entry's source.json. `edgellm rm NAME` removes only the links.
     """
-    from ..importing import import_models
-    from ..models import resolve_model
+    from ..store.importing import import_models
+    from ..store.models import resolve_model
 
     for entry in import_models(path, name, say=lambda line: click.echo(line, err=True)):
         ref = resolve_model(entry)

@@ -14,7 +14,7 @@ HEADLINE = ("general.architecture", "general.name", "general.file_type", "tokeni
 
 def summary(path: Path) -> dict:
     """The report as plain data (what --json prints)."""
-    from ..gguf_info import read_gguf
+    from ..formats.gguf_info import read_gguf
 
     info = read_gguf(path)
     types: Counter[str] = Counter()

@@ -8,7 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .. import catalog, paths
+from ..plan import catalog
+from .. import paths
 from ..fsutil import human_bytes
 
 

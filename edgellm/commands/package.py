@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..options import LORA, levels_per_pass
+from .options import LORA, levels_per_pass
 
 LEVELS_HELP = "Comma-separated quantization levels (e.g. Q8_0,Q4_K_M,Q2_K); `edgellm quantize --list` shows all."
 
@@ -57,7 +57,7 @@ class ProgressReporter:
         self.progress.update(self._task(f"eval {what}", total, "chunks"), total=total, completed=done)
 
     def reporter(self):
-        from ..package import Reporter
+        from ..store.package import Reporter
 
         return Reporter(self.stage, self.level_start, self.tensor, self.level_done, self.chunks)
 
@@ -110,8 +110,8 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
     Writes <name>-<LEVEL>.gguf files, manifest.json (sizes, bits per weight, sha256, per-layer bytes,
     quality, merged LoRA adapters) and a README.md model card into the output folder.
     """
-    from ..hub import package_source
-    from ..package import PackageOptions, build_package, levels_summary
+    from ..hub.download import package_source
+    from ..store.package import PackageOptions, build_package, levels_summary
     from ..quantize.levels import DEFAULT_LEVELS, parse_levels
     from ..quantize.peft import open_adapter
 

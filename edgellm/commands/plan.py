@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import click
 
-from ..options import (
+from ..plan.planner import gpu_layers_text
+from .options import (
     CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP,
 )
-from ..plan import gpu_layers_text
 
-KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.llamacpp.KV_TYPES, without loading llama.cpp for --help
+KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.plan.memory.KV_TYPES, without loading llama.cpp for --help
 
 
 @click.command("plan")
@@ -41,12 +41,12 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices
     by byte ranges), a checkpoint from config.json and its safetensors headers (each level's size
     estimated); the plan says what the chosen level costs on disk.
     """
-    from ..adapters import read_adapters
+    from ..engine.adapters import read_adapters
     from ..errors import UsageError
-    from ..hardware import detect, parse_size
-    from ..launch import choose_threads
-    from ..models import resolve_models
-    from ..plan import FIT_SHORT, make_plan
+    from ..plan.hardware import detect, parse_size
+    from ..engine.launch import choose_threads
+    from ..store.models import resolve_models
+    from ..plan.planner import FIT_SHORT, make_plan
     from .plan_hub import PlanOptions, hub_ref, plan_hub
 
     given = click.get_current_context().get_parameter_source("min_ctx") is click.core.ParameterSource.COMMANDLINE
@@ -117,7 +117,7 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices
 
 def _over_workers(ref, hw, rpc: str, notes: tuple[str, ...], as_json: bool, **options) -> int:
     """The plan over this machine and the --rpc workers: the split per device (no table of levels)."""
-    from ..launch import plan_over_workers
+    from ..engine.launch import plan_over_workers
 
     p = plan_over_workers(ref, hw, rpc, **options)
     p = replace(p, notes=p.notes + notes)

@@ -1,4 +1,4 @@
-"""`edgellm plan HUB_ID`: the plan for a hub repo before anything is downloaded (`edgellm.hubplan`)."""
+"""`edgellm plan HUB_ID`: the plan for a hub repo before anything is downloaded (`edgellm.hub.remote_plan`)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 
 import click
 
-from ..hubplan import PlanOptions
-from ..plan import FIT_SHORT, gpu_layers_text
+from ..hub.remote_plan import PlanOptions
+from ..plan.planner import FIT_SHORT, gpu_layers_text
 
 __all__ = ["PlanOptions", "hub_ref", "plan_hub"]
 
 
 def hub_ref(models: tuple[str, ...]) -> bool:
     """Whether `edgellm plan MODELS` names one hub repo (not a file, folder or store name)."""
-    from ..hubmodel import is_hub_ref
+    from ..hub.model import is_hub_ref
 
     return len(models) == 1 and is_hub_ref(models[0])
 
@@ -29,11 +29,11 @@ def plan_hub(ref: str, ram: str | None, vram: str | None, opts: PlanOptions, as_
 
     from ..errors import NotEnoughSpace
     from ..fsutil import human_bytes
-    from ..hardware import detect, parse_size
-    from ..hub import open_repo
-    from ..hubplan import plan_repo
+    from ..plan.hardware import detect, parse_size
+    from ..hub.download import open_repo
+    from ..hub.remote_plan import plan_repo
     from ..errors import UsageError
-    from ..launch import choose_threads
+    from ..engine.launch import choose_threads
 
     if rpc:
         raise UsageError("--rpc plans a model on this machine: pull the level to split first (edgellm pull REPO --level L)")

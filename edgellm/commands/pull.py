@@ -6,7 +6,8 @@ import json
 
 import click
 
-from .. import hub, store
+from ..hub import download as hub
+from ..store import store
 from ..errors import Interrupted, UsageError
 from ..fsutil import human_bytes
 
@@ -49,7 +50,7 @@ def pull(
     ready for `edgellm chat NAME`, beside levels pulled before. Files go to the hub's own cache (HF_HUB_CACHE,
     MODELSCOPE_CACHE) with its token and resume; the free disk space is checked first.
     """
-    from ..hubplan import choose_level
+    from ..hub.remote_plan import choose_level
 
     if levels and every_level:
         raise UsageError("--level and --all exclude each other")

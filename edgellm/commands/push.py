@@ -1,4 +1,4 @@
-"""`edgellm push DIR REPO_ID`: upload a package to the Hugging Face Hub (see `edgellm.publish`)."""
+"""`edgellm push DIR REPO_ID`: upload a package to the Hugging Face Hub (see `edgellm.hub.publish`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import store
+from ..store import store
 from ..errors import EdgeError, UsageError
 from ..fsutil import human_bytes
 
@@ -62,8 +62,8 @@ def push(src: str, repo_id: str, private: bool, revision: str | None, message: s
     """
     from huggingface_hub import constants, get_token
 
-    from .. import publish
-    from ..hub import parse_repo_id
+    from ..hub import publish
+    from ..hub.download import parse_repo_id
 
     if as_json and not dry_run:
         raise UsageError("--json goes with --dry-run")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..options import levels_per_pass
+from .options import levels_per_pass
 from .package import LEVELS_HELP, ProgressReporter, print_levels_table
 
 
@@ -40,8 +40,8 @@ def quantize(base: Path | None, levels: str | None, out_dir: Path | None, allow_
     """Quantize BASE.gguf (F32/F16/BF16) to each level: byte for byte what llama.cpp's quantizer writes, all levels
     in one pass over BASE."""
     from ..errors import UsageError
-    from ..gguf_info import read_gguf
-    from ..package import quantize_levels
+    from ..formats.gguf_info import read_gguf
+    from ..store.package import quantize_levels
     from ..quantize.levels import parse_levels, prepare
 
     if list_levels:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .. import hub, store
+from ..hub import download as hub
+from ..store import store
 from ..fsutil import human_bytes
 
 

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..options import (
+from .options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY,
     TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP,
 )
@@ -19,7 +19,7 @@ from .plan import KV_CHOICES
 
 
 def _stats_lines(engine, stats) -> list[str]:
-    from ..plan import threads_text
+    from ..plan.planner import threads_text
 
     i = engine.info
     lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""
@@ -85,8 +85,8 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         min_speed, chat_template, rpc, loras, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
-    from ..launch import plan_model
-    from ..runtime import Engine, Sampling
+    from ..engine.launch import plan_model
+    from ..engine.runtime import Engine, Sampling
     from .hubref import local_model
 
     if sys.stdout is None:

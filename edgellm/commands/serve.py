@@ -12,8 +12,9 @@ from dataclasses import replace
 
 import click
 
-from ..options import (
-    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP,
+from .options import (
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS,
+    WORKERS_HELP,
 )
 
 CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this
@@ -57,9 +58,9 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
     from ..errors import UsageError
-    from ..launch import plan_model
-    from ..models import resolve_model
-    from ..runtime import Engine
+    from ..engine.launch import plan_model
+    from ..store.models import resolve_model
+    from ..engine.runtime import Engine
     from ..serve.server import ServeOptions, bind, serve as run_server
     from .hubref import local_model
 

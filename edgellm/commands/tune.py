@@ -21,9 +21,9 @@ def tune(model, level, n_prompt, n_gen, reps, kv_quant, as_json) -> int:
     machine, by measuring each; the best are saved and used by run, chat, serve and bench unless their options
     say otherwise. A setting is scored by the time of a chat turn (a 256-token prompt, a 128-token reply);
     the report compares it with llama.cpp's defaults (every physical core, micro-batch 512, f16 KV)."""
-    from ..launch import plan_model
-    from ..models import ModelRef, resolve_model
-    from ..tune import tune as run_tune
+    from ..engine.launch import plan_model
+    from ..store.models import ModelRef, resolve_model
+    from ..engine.measure import tune as run_tune
 
     ref = resolve_model(model)
     if level:

@@ -14,7 +14,7 @@ import click
 def verify(folder: Path, as_json: bool) -> int:
     """Check every file listed in FOLDER/manifest.json: present, same size, same sha256."""
     from ..errors import EdgeError
-    from ..manifest import Manifest
+    from ..store.manifest import Manifest
 
     m = Manifest.load(folder)
     problems = m.verify(folder)

@@ -14,7 +14,7 @@ import time
 
 import click
 
-from ..options import THREADS
+from .options import THREADS
 
 STARTUP_S = 10.0  # rpc-server binds within this or has failed
 STOP_S = 5.0  # after Ctrl-C, the server gets this long before it is killed
@@ -55,9 +55,9 @@ def worker(host: str, port: int, mem: str | None, threads: int | None, allow_rem
 
     from ..errors import EdgeError, UsageError
     from ..fsutil import human_bytes
-    from ..hardware import parse_size
-    from ..plan import RAM_MARGIN, _budget
-    from ..rpc import SERVER_OWN, find_build, is_loopback, parse_host
+    from ..plan.hardware import parse_size
+    from ..plan.planner import RAM_MARGIN, _budget
+    from ..engine.rpc import SERVER_OWN, find_build, is_loopback, parse_host
 
     host = "127.0.0.1" if host == "localhost" else parse_host(host)
     if not is_loopback(host) and not allow_remote:
@@ -113,7 +113,7 @@ def _check_port_free(host: str, port: int) -> None:
 def _wait_listening(proc: subprocess.Popen, host: str, port: int) -> None:
     """Until the server accepts connections; its own last line if it exits first (port taken, ...)."""
     from ..errors import EdgeError
-    from ..rpc import Worker, reachable
+    from ..engine.rpc import Worker, reachable
 
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:

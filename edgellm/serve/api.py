@@ -24,7 +24,7 @@ from starlette.routing import Route
 import llama_cpp as L
 
 from ..errors import EdgeError
-from ..runtime import Engine
+from ..engine.runtime import Engine
 from . import grammar, schemas
 from .errors import ApiError, bad_request
 from .metrics import Metrics

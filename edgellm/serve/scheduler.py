@@ -19,8 +19,8 @@ from typing import Callable
 
 import llama_cpp as L
 
-from .. import llamacpp
-from ..runtime import Engine, Sampling, sampler_chain
+from ..engine import llamacpp
+from ..engine.runtime import Engine, Sampling, sampler_chain
 from .metrics import Metrics
 from .textstream import TextStream
 

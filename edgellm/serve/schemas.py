@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..sampling import Sampling
+from ..engine.sampling import Sampling
 from .errors import bad_request
 
 MAX_STOPS = 32  # editor plugins send a dozen stop strings for code completion; OpenAI allows 4

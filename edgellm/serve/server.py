@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from ..errors import EdgeError
-from ..runtime import Engine
+from ..engine.runtime import Engine
 from .api import ServeState, build_app
 from .metrics import Metrics
 from .scheduler import Scheduler

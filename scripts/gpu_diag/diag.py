@@ -6,7 +6,7 @@ import llama_cpp as L
 path, ngl, n_ctx, variant = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 say = lambda s: print(f"diag[{variant}]:", s, flush=True)
 if "log" in variant:
-    from edgellm import llamacpp
+    from edgellm.engine import llamacpp
     llamacpp.init()
     say("edgellm log callback set")
 L.llama_backend_init()

@@ -15,5 +15,5 @@ if _p - {"none"}:
         L.llama_progress_callback = lambda f: ctypes.cast(None, _t)
     if "nosigint" in _p:
         import contextlib, threading
-        from edgellm import llamacpp
+        from edgellm.engine import llamacpp
         llamacpp.sigint_deferred = lambda: contextlib.nullcontext(threading.Event())

@@ -8,7 +8,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message as TextualMessage
 from textual.widgets import Label, Markdown
 
-from edgellm.chatdb import Message
+from ..chatdb import Message
 
 from ..state import code_blocks
 

@@ -9,7 +9,7 @@ from textual.message import Message as TextualMessage
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from edgellm.chatdb import ConversationSummary
+from ..chatdb import ConversationSummary
 
 
 class ConversationList(OptionList):

@@ -1,0 +1,250 @@
+"""The package manifest: what each GGUF file in a package costs and how good it is.
+
+`manifest.json` sits beside the files it describes. Schema (version 1):
+
+    {
+      "schema": "edgellm.package",  "version": 1,  "created_by": "edgellm 0.1.0",
+      "model": {                      # from the base GGUF header
+        "name", "arch", "n_params", "n_layers", "n_embd", "n_head", "n_head_kv",
+        "head_dim_k", "head_dim_v", "n_ctx_train", "n_vocab", "chat_template": bool
+      },
+      "source": {"path": str, "fingerprint": sha256 of the source's file names, sizes and config} | null,
+      "base":   {"file": str, "level": "F16"|"BF16"|"F32"|..., "sha256": str},
+      "imatrix": {"calibration": str, "sha256": str, "chunks": int, "tokens": int, "n_ctx": int} | null,
+      "eval":    {"text": str, "sha256": str, "chunks": int, "tokens": int, "n_ctx": int} | null,
+      "adapters": [{                  # LoRA adapters merged into the base before quantizing (package --lora)
+        "name": str,                  # the adapter folder's name
+        "rank": int, "alpha": float,  # its config's r and lora_alpha
+        "rslora": bool,               # scaled by alpha / sqrt(rank) instead of alpha / rank
+        "scale": float,               # the strength it was merged at (1: as trained)
+        "sha256": {file name: str}    # adapter_config.json and adapter_model.safetensors
+      }, ...],                        # absent or empty: the checkpoint as it is
+      "files": [{
+        "file": "SmolLM2-Q4_K_M.gguf", "level": "Q4_K_M",   # a plain name inside the package folder
+        "bytes": int,                 # file size
+        "bits_per_weight": float,     # tensor bits / parameters
+        "sha256": str,
+        "layer_bytes": [int, ...],    # tensor bytes of each blk.N (what one offloaded layer costs)
+        "non_layer_bytes": int,       # embeddings, output head, final norm
+        "imatrix": bool,              # quantized with the importance matrix above
+        "ppl": float | null,          # perplexity on the eval text (llama-perplexity's chunking)
+        "kld": float | null,          # mean KL divergence of its token distribution from the base's
+        "command": str,               # the command line that made it
+        "bench": {"pp_tps", "tg_tps", "ttft_s", "peak_rss_bytes", "machine", "machine_id", "n_threads",
+                  "n_gpu_layers", "created"} | null
+                                      # speed measured by `edgellm bench --save` (on the machine named; the
+                                      # planner uses it on the machine with that id, threads and GPU layers)
+      }, ...]
+    }
+
+Readers accept any manifest whose "version" they know; a newer version raises a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import EdgeError
+from ..fsutil import atomic_output
+from ..formats.gguf_info import GGUFInfo
+
+SCHEMA = "edgellm.package"
+VERSION = 1
+FILENAME = "manifest.json"
+
+
+@dataclass
+class ModelFacts:
+    name: str
+    arch: str
+    n_params: int
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_ctx_train: int
+    n_vocab: int
+    chat_template: bool
+
+    @classmethod
+    def from_gguf(cls, info: GGUFInfo, name: str | None = None) -> ModelFacts:
+        return cls(
+            name=name or info.name or info.path.stem,
+            arch=info.arch,
+            n_params=info.n_params,
+            n_layers=info.n_layers,
+            n_embd=info.n_embd,
+            n_head=info.n_head,
+            n_head_kv=info.n_head_kv,
+            head_dim_k=info.head_dim_k,
+            head_dim_v=info.head_dim_v,
+            n_ctx_train=info.n_ctx_train,
+            n_vocab=info.n_vocab,
+            chat_template=bool(info.chat_template),
+        )
+
+
+@dataclass
+class TextRef:
+    """A text the package was calibrated or evaluated on."""
+
+    text: str  # file name
+    sha256: str
+    chunks: int
+    tokens: int
+    n_ctx: int
+
+
+@dataclass
+class AdapterRef:
+    """A LoRA adapter merged into the package's weights."""
+
+    name: str
+    rank: int
+    alpha: float
+    rslora: bool
+    scale: float
+    sha256: dict[str, str]
+
+
+@dataclass
+class FileEntry:
+    file: str
+    level: str
+    bytes: int
+    bits_per_weight: float
+    sha256: str
+    layer_bytes: list[int]
+    non_layer_bytes: int
+    imatrix: bool = False
+    ppl: float | None = None
+    kld: float | None = None
+    command: str = ""
+    bench: dict[str, Any] | None = None
+
+    @classmethod
+    def from_gguf(cls, info: GGUFInfo, level: str, sha256: str, **extra: Any) -> FileEntry:
+        return cls(
+            file=info.path.name,
+            level=level,
+            bytes=info.file_size,
+            bits_per_weight=round(info.bits_per_weight, 4),
+            sha256=sha256,
+            layer_bytes=info.layer_bytes(),
+            non_layer_bytes=info.non_layer_bytes,
+            **extra,
+        )
+
+
+@dataclass
+class Manifest:
+    model: ModelFacts
+    base: dict[str, str]  # file, level, sha256
+    files: list[FileEntry] = field(default_factory=list)
+    source: dict[str, str] | None = None
+    imatrix: TextRef | None = None
+    eval: TextRef | None = None
+    adapters: list[AdapterRef] = field(default_factory=list)
+    created_by: str = f"edgellm {__version__}"
+
+    def entry(self, level: str) -> FileEntry | None:
+        return next((f for f in self.files if f.level == level), None)
+
+    def put(self, entry: FileEntry) -> None:
+        """Add or replace the entry for entry.level, keeping files ordered from most to fewest bits."""
+        self.files = [f for f in self.files if f.level != entry.level] + [entry]
+        self.files.sort(key=lambda f: -f.bits_per_weight)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"schema": SCHEMA, "version": VERSION, **d}
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / FILENAME
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if not isinstance(d, dict):
+            raise EdgeError(f"malformed manifest: a JSON {type(d).__name__}, not an object")
+        if d.get("schema") != SCHEMA:
+            raise EdgeError(f"not an edgellm package manifest (schema {d.get('schema')!r})")
+        if d.get("version") != VERSION:
+            raise EdgeError(f"manifest version {d.get('version')} is not supported (this edgellm reads {VERSION})")
+        try:
+            files = [FileEntry(**f) for f in d["files"]]
+            names = [f.file for f in files] + ([d["base"]["file"]] if "file" in d["base"] else [])
+            for name in names:
+                _plain_name(name)
+            return cls(
+                model=ModelFacts(**d["model"]),
+                base=d["base"],
+                files=files,
+                source=d.get("source"),
+                imatrix=TextRef(**d["imatrix"]) if d.get("imatrix") else None,
+                eval=TextRef(**d["eval"]) if d.get("eval") else None,
+                adapters=[AdapterRef(**a) for a in d.get("adapters") or []],
+                created_by=d.get("created_by", ""),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise EdgeError(f"malformed manifest: {exc}") from exc
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        path = Path(folder) / FILENAME
+        if not path.is_file():
+            raise EdgeError(f"no {FILENAME} in {folder}: not an edgellm package")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EdgeError(f"corrupt {path}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except EdgeError as exc:
+            raise EdgeError(f"{path}: {exc}") from None
+
+    def verify(self, folder: Path, on_file=None) -> list[Problem]:
+        """Re-hash every file and compare with the manifest; return the problems (empty = all good)."""
+        problems = []
+        for f in self.files:
+            path = Path(folder) / f.file
+            if on_file:
+                on_file(f)
+            if not path.is_file():
+                problems.append(Problem(f.file, "missing"))
+            elif path.stat().st_size != f.bytes:
+                problems.append(Problem(f.file, f"size {path.stat().st_size} != manifest {f.bytes}"))
+            elif sha256_file(path) != f.sha256:
+                problems.append(Problem(f.file, "sha256 does not match the manifest"))
+        return problems
+
+
+def _plain_name(name: Any) -> str:
+    """A manifest names files right inside its package folder: never a path out of it (`../x`, `/etc/x`) nor
+    a hidden file, so whatever reads the manifest (verify, run, package, push) stays inside the package."""
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\:\0"):
+        raise EdgeError(f"malformed manifest: {name!r} is not a plain file name in the package folder")
+    return name
+
+
+@dataclass
+class Problem:
+    file: str
+    what: str
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

