@@ -137,7 +137,7 @@ def capture_log() -> Iterator[list[str]]:
         yield lines
     finally:
         with _lock:
-            _captures.remove(lines)
+            del _captures[next(i for i, c in enumerate(_captures) if c is lines)]  # by identity: equal lists may nest
 
 
 def last_error() -> str:
