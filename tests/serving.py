@@ -35,6 +35,10 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
                    "required": ["city", "unit"]}}}
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}}}}}
+# the same functions as Anthropic's tools
+ANTHROPIC_WEATHER = {"name": WEATHER["function"]["name"], "description": WEATHER["function"]["description"],
+                     "input_schema": WEATHER["function"]["parameters"]}
+ANTHROPIC_TIME = {"name": TIME["function"]["name"], "input_schema": TIME["function"]["parameters"]}
 
 
 class Server:

@@ -257,7 +257,7 @@ def _state(request: Request) -> ServeState:
     return request.app.state.serve
 
 
-def _render(state: ServeState, req: schemas.ChatRequest) -> str:
+def render_chat(state: ServeState, req: schemas.ChatRequest) -> str:
     messages = list(req.messages)
     try:
         prompt = state.engine.render_chat(messages, tools=list(req.tools) or None)
@@ -274,7 +274,7 @@ def prepare_chat(state: ServeState, req: schemas.ChatRequest) -> Prepared:
     call or the output format needs. Runs in a worker thread."""
     forced = req.tool_choice not in (None, "auto")
     call = grammar.tool_call_gbnf(req.tools, None if req.tool_choice == "required" else req.tool_choice) if forced else None
-    return prepare_prompt(state, _render(state, req), req.gen, "messages", call)
+    return prepare_prompt(state, render_chat(state, req), req.gen, "messages", call)
 
 
 async def chat_completions(request: Request):
