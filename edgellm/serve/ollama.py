@@ -103,12 +103,17 @@ async def _reply(request: Request, run: Run, stream: bool, head: dict, part, las
 # --- generating ----------------------------------------------------------------------------------------
 
 
-async def chat(request: Request):
+async def _request(request: Request, read):
+    """The server, when the request came, the model's name as the client gave it, and the request `read` makes."""
     state = _state(request)
     started = time.perf_counter()
     data = await read_json(request)
     name = _model(state).resolve(data.get("model"))
-    req = parse.chat_request(data, name)
+    return state, started, name, read(data, name)
+
+
+async def chat(request: Request):
+    state, started, name, req = await _request(request, parse.chat_request)
     head = {"model": name}
     if not req.messages:  # Ollama's way to load a model: it is loaded
         return JSONResponse({**head, "created_at": _now(), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
@@ -129,11 +134,7 @@ async def chat(request: Request):
 
 
 async def generate(request: Request):
-    state = _state(request)
-    started = time.perf_counter()
-    data = await read_json(request)
-    name = _model(state).resolve(data.get("model"))
-    req = parse.generate_request(data, name)
+    state, started, name, req = await _request(request, parse.generate_request)
     head = {"model": name}
     if req.prompt is None:
         return JSONResponse({**head, "created_at": _now(), "response": "", "done": True, "done_reason": "load"})

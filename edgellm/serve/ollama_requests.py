@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..engine.runtime import PENALTY_LAST_N
 from ..engine.sampling import Sampling
 from .errors import bad_request
-from .schemas import INT32_MAX, INT64, MAX_MESSAGES, ChatRequest, Fields, Generation, function_tools, stop_strings
+from .schemas import INT32_MAX, INT64, ChatRequest, Fields, Generation, each_message, function_tools, stop_strings
 
 ROLES = ("system", "user", "assistant", "tool")
 SAMPLING_NUMBERS = ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
@@ -115,17 +115,8 @@ def _calls(raw, where: str) -> list[dict]:
 def _messages(raw) -> tuple[dict, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list):
-        raise bad_request("'messages' must be a list of {role, content} objects", "messages")
-    if len(raw) > MAX_MESSAGES:
-        raise bad_request(f"'messages' holds {len(raw)} messages; at most {MAX_MESSAGES}", "messages")
     out = []
-    for i, m in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_request(f"{where} must be an object with a role and a content", where)
-        if m.get("role") not in ROLES:
-            raise bad_request(f"{where}.role must be one of {', '.join(ROLES)}, not {m.get('role')!r}", f"{where}.role")
+    for where, m in each_message(raw, ROLES, empty=True):
         content = m.get("content", "")
         if not isinstance(content, str):
             raise bad_request(f"{where}.content must be a string", f"{where}.content")

@@ -10,6 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..engine.sampling import Sampling
 from .errors import bad_request
@@ -123,19 +124,25 @@ def text_content(content, where: str) -> str:
     raise bad_request(f"{where} must be a string or a list of text parts", where)
 
 
-def _messages(raw) -> tuple[dict, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise bad_request("'messages' must be a non-empty list of {role, content} objects", "messages")
+def each_message(raw, roles, empty: bool = False) -> Iterator[tuple[str, dict]]:
+    """A request's messages, each with where it is (`messages[i]`), checked to be objects with one of `roles`."""
+    if not isinstance(raw, list) or not (raw or empty):
+        raise bad_request(f"'messages' must be a {'' if empty else 'non-empty '}list of {{role, content}} objects", "messages")
     if len(raw) > MAX_MESSAGES:
         raise bad_request(f"'messages' holds {len(raw)} messages; at most {MAX_MESSAGES}", "messages")
-    out = []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad_request(f"{where} must be an object with a role and a content", where)
-        role = m.get("role")
-        if role not in ROLES:
-            raise bad_request(f"{where}.role must be one of {', '.join(sorted(ROLES))}, not {role!r}", f"{where}.role")
+        if m.get("role") not in roles:
+            raise bad_request(f"{where}.role must be one of {', '.join(sorted(roles))}, not {m.get('role')!r}", f"{where}.role")
+        yield where, m
+
+
+def _messages(raw) -> tuple[dict, ...]:
+    out = []
+    for where, m in each_message(raw, ROLES):
+        role = m["role"]
         calls = _tool_calls(m.get("tool_calls"), f"{where}.tool_calls") if role == "assistant" else ()
         if m.get("content") is None and not calls:
             raise bad_request(f"{where}.content is missing", f"{where}.content")
