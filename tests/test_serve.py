@@ -6,85 +6,18 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
 
-EDGELLM = str(Path(sys.executable).parent / "edgellm")
-KEY = "test-key-1234"
+from serving import EDGELLM, KEY, TIME, WAIT_S, WEATHER, Server, make_tools_gguf
+
 SLOT_CTX = 512
 CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
-WAIT_S = 300  # a failure guard for waits on events, never a pacing delay
-# SmolLM2's own template, plus what a tool-calling template adds: the functions in a system message, earlier
-# calls as <tool_call> blocks, and results as <tool_response>
-TOOLS_TEMPLATE = (
-    "{%- if tools %}{{ '<|im_start|>system\\nYou call functions. Write each call as <tool_call>{\\\"name\\\": ..., \\\"arguments\\\": {...}}</tool_call>. "
-    "Functions:\\n' }}{% for t in tools %}{{ t | tojson }}{{ '\\n' }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
-    "{%- for message in messages %}{% if loop.first and messages[0]['role'] != 'system' and not tools %}"
-    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}"
-    "{%- if message.tool_calls %}{{ '<|im_start|>assistant\\n' }}{% for c in message.tool_calls %}{{ '<tool_call>' }}"
-    "{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}{{ '</tool_call>' }}{% endfor %}{{ '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'tool' %}{{ '<|im_start|>user\\n<tool_response>' + message['content'] + '</tool_response><|im_end|>\\n' }}"
-    "{%- else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endif %}{% endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-                   "required": ["city", "unit"]}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}}}}}
 WEATHER_ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-class Server:
-    """A running `edgellm serve`; its address comes from the line it prints once it takes connections."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", "-t", "1", *args], stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if m := re.match(r"serving .* at (http://\S+)/v1 ", line):
-                self.url = m.group(1)
-                break
-        else:
-            raise AssertionError("the server ended before serving:\n" + "".join(self.log))
-        self._drain = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
-        self._drain.start()
-
-    def client(self, key: str | None = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=WAIT_S)
-
-    def http(self, key: str | None = KEY) -> httpx2.Client:
-        return httpx2.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=WAIT_S)
-
-    def health(self) -> dict:
-        return httpx2.get(self.url + "/health").json()
-
-    def metric(self, name: str) -> float:
-        text = httpx2.get(self.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-        return float(re.search(rf"^edgellm_{name} (\S+)$", text, re.M).group(1))
-
-    def wait_idle(self) -> None:
-        """Until no slot is busy and nothing waits: polls the server's own state, bounded by WAIT_S."""
-        deadline = time.monotonic() + WAIT_S
-        while (h := self.health())["slots_processing"] or h["queue"]:
-            assert time.monotonic() < deadline, "a slot stayed busy"
-            time.sleep(0.05)
-
-    def interrupt(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGINT)
-        rc = self.proc.wait(timeout=WAIT_S)
-        self._drain.join()
-        return rc, "".join(self.log)
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +31,7 @@ def server():
 @pytest.fixture(scope="module")
 def tools_gguf(tmp_path_factory) -> Path:
     """SmolLM2 with a chat template that takes tools."""
-    from fixtures import smollm2_gguf
-
-    folder = tmp_path_factory.mktemp("tools")
-    (folder / "tools.jinja").write_text(TOOLS_TEMPLATE)
-    out = folder / "smollm2-tools.gguf"
-    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(smollm2_gguf()), str(out), "--chat-template-file",
-                    str(folder / "tools.jinja"), "--force"], check=True, capture_output=True, timeout=WAIT_S)
-    return out
+    return make_tools_gguf(tmp_path_factory.mktemp("tools"))
 
 
 @pytest.fixture(scope="module")

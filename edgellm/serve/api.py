@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +49,22 @@ class ServeState:
     n_ctx_slot: int
     api_key: str | None
     created: int  # when the server started (Unix time), as /v1/models reports it
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Another API served beside OpenAI's on the same port: its routes, and the shape of its errors, which
+    every answer under its path prefixes takes (a 401 or 404 there too)."""
+
+    prefixes: tuple[str, ...]
+    routes: tuple[Route, ...]
+    error_body: Callable[[ApiError], dict]
+
+
+def error_response(dialects: tuple[Dialect, ...], path: str, err: ApiError) -> JSONResponse:
+    """`err` as the API that `path` belongs to writes errors (OpenAI's shape by default)."""
+    shape = next((d.error_body for d in dialects if path.startswith(d.prefixes)), ApiError.body)
+    return JSONResponse(shape(err), status_code=err.status, headers=err.headers)
 
 
 # --- request bodies ------------------------------------------------------------------------------------
@@ -88,7 +105,7 @@ class Prepared:
     grammar: object | None  # a llama.cpp grammar sampler, or None
 
 
-def _prepare(state: ServeState, prompt: str, gen: schemas.Generation, param: str, call_gbnf: str | None = None) -> Prepared:
+def prepare_prompt(state: ServeState, prompt: str, gen: schemas.Generation, param: str, call_gbnf: str | None = None) -> Prepared:
     """Tokenize and check the prompt, and build the grammar: `call_gbnf` (a forced tool call) or the one
     `response_format` asks for. Runs in a worker thread: both can take a while."""
     tokens = state.engine.tokenize(prompt)
@@ -135,6 +152,17 @@ class Run:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
 
+    async def pieces(self) -> AsyncIterator[str | Finished]:
+        """The reply's text as it arrives (what arrived together as one piece), then its Finished."""
+        while True:
+            batch = await self.next()
+            text = "".join(e for e in batch if isinstance(e, str))
+            if text:
+                yield text
+            if isinstance(batch[-1], Finished):
+                yield batch[-1]
+                return
+
     async def next(self) -> list[str | Finished]:
         """The next events: at least one, and whatever else has arrived (a busy loop sends them as one chunk)."""
         out = [await self.events.get()]
@@ -156,7 +184,7 @@ class Run:
                 for event in getter.result():
                     if isinstance(event, Finished):
                         if event.reason == "error":
-                            raise _failed(event)
+                            raise failed(event)
                         return "".join(text), event
                     text.append(event)
         finally:
@@ -174,7 +202,7 @@ def _usage(done: Finished) -> dict:
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
 
-def _failed(done: Finished) -> ApiError:
+def failed(done: Finished) -> ApiError:
     return ApiError(500, done.message or "the reply failed", "generation_failed")
 
 
@@ -188,33 +216,38 @@ def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=
     that may hold tool calls is only known once complete)."""
 
     async def events():
-        try:
-            if first is not None:
-                yield _sse(first)
-            held: list[str] = []
-            while True:
-                batch = await run.next()
-                text = "".join(e for e in batch if isinstance(e, str))
-                if text and whole is not None:
-                    held.append(text)
-                elif text:
-                    yield _sse(chunk(text, None))
-                done = batch[-1]
-                if not isinstance(done, Finished):
-                    continue
-                if done.reason == "error":
-                    yield _sse(_failed(done).body())
-                    return
-                for last in whole("".join(held), done) if whole is not None else [chunk(None, done.reason)]:
+        if first is not None:
+            yield _sse(first)
+        held: list[str] = []
+        async for event in run.pieces():
+            if isinstance(event, str):
+                if whole is not None:
+                    held.append(event)
+                else:
+                    yield _sse(chunk(event, None))
+            elif event.reason == "error":
+                yield _sse(failed(event).body())
+            else:
+                for last in whole("".join(held), event) if whole is not None else [chunk(None, event.reason)]:
                     yield _sse(last)
                 if gen.include_usage:
-                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(done)})
+                    yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event)})
                 yield _sse("[DONE]")
-                return
+
+    return streaming(run, events(), "text/event-stream")
+
+
+def streaming(run: Run, body: AsyncIterator[str], media_type: str) -> StreamingResponse:
+    """A streamed reply; its job ends as soon as the stream does, also when the client goes away first."""
+
+    async def guarded():
+        try:
+            async for part in body:
+                yield part
         finally:
             run.job.cancelled.set()  # the client went away (or the stream ended): free the slot now
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(guarded(), media_type=media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # --- routes --------------------------------------------------------------------------------------------
@@ -224,7 +257,7 @@ def _state(request: Request) -> ServeState:
     return request.app.state.serve
 
 
-def _render(state: ServeState, req: schemas.ChatRequest) -> str:
+def render_chat(state: ServeState, req: schemas.ChatRequest) -> str:
     messages = list(req.messages)
     try:
         prompt = state.engine.render_chat(messages, tools=list(req.tools) or None)
@@ -236,16 +269,18 @@ def _render(state: ServeState, req: schemas.ChatRequest) -> str:
     return prompt
 
 
+def prepare_chat(state: ServeState, req: schemas.ChatRequest) -> Prepared:
+    """The chat's prompt through the model's template, tokenized and checked, with the grammar a forced tool
+    call or the output format needs. Runs in a worker thread."""
+    forced = req.tool_choice not in (None, "auto")
+    call = grammar.tool_call_gbnf(req.tools, None if req.tool_choice == "required" else req.tool_choice) if forced else None
+    return prepare_prompt(state, render_chat(state, req), req.gen, "messages", call)
+
+
 async def chat_completions(request: Request):
     state = _state(request)
     req = schemas.chat_request(await read_json(request))
-
-    def prepare() -> Prepared:
-        forced = req.tool_choice not in (None, "auto")
-        call = grammar.tool_call_gbnf(req.tools, None if req.tool_choice == "required" else req.tool_choice) if forced else None
-        return _prepare(state, _render(state, req), req.gen, "messages", call)
-
-    prepared = await run_in_threadpool(prepare)
+    prepared = await run_in_threadpool(prepare_chat, state, req)
     run = Run(state, prepared, req.gen)
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
 
@@ -285,7 +320,7 @@ async def chat_completions(request: Request):
 async def completions(request: Request):
     state = _state(request)
     req = schemas.completion_request(await read_json(request))
-    prepared = await run_in_threadpool(_prepare, state, req.prompt, req.gen, "prompt")
+    prepared = await run_in_threadpool(prepare_prompt, state, req.prompt, req.gen, "prompt")
     run = Run(state, prepared, req.gen)
     rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
 
@@ -337,7 +372,7 @@ async def metrics(request: Request):
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return error_response(request.app.state.dialects, request.url.path, exc)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -349,9 +384,10 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 class KeyAndCount:
     """ASGI middleware: counts every answer by endpoint and status, and asks for the API key when one is set."""
 
-    def __init__(self, app, state: ServeState):
+    def __init__(self, app, state: ServeState, dialects: tuple[Dialect, ...] = ()):
         self.app = app
         self.state = state
+        self.dialects = dialects
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -364,17 +400,20 @@ class KeyAndCount:
             await send(message)
 
         if self.state.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
-            err = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
-            return await JSONResponse(err.body(), status_code=401, headers=err.headers)(scope, receive, counting_send)
+            err = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
+                           "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return await error_response(self.dialects, path, err)(scope, receive, counting_send)
         await self.app(scope, receive, counting_send)
 
     def _authorized(self, scope) -> bool:
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        return hmac.compare_digest(given, b"Bearer " + self.state.api_key.encode())
+        """The key as OpenAI's and Ollama's clients send it (a bearer token) or as Anthropic's do (x-api-key)."""
+        headers = dict(scope["headers"])
+        key = self.state.api_key.encode()
+        bearer = hmac.compare_digest(headers.get(b"authorization", b""), b"Bearer " + key)
+        return hmac.compare_digest(headers.get(b"x-api-key", b""), key) or bearer
 
 
-def build_app(state: ServeState, cors: tuple[str, ...] = ()) -> Starlette:
+def build_app(state: ServeState, cors: tuple[str, ...] = (), dialects: tuple[Dialect, ...] = ()) -> Starlette:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
@@ -382,12 +421,14 @@ def build_app(state: ServeState, cors: tuple[str, ...] = ()) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *(r for d in dialects for r in d.routes),
     ]
     middleware = []
     if cors:  # outermost, so preflight requests and error answers carry the CORS headers too
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
-                                     allow_headers=["Authorization", "Content-Type"]))
-    middleware.append(Middleware(KeyAndCount, state=state))
+                                     allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"]))
+    middleware.append(Middleware(KeyAndCount, state=state, dialects=dialects))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={ApiError: _api_error, HTTPException: _http_error})
     app.state.serve = state
+    app.state.dialects = dialects
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,6 +34,9 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     message: str = ""  # what went wrong, for "error"
+    stop: str | None = None  # the stop string that ended the reply ("stop" for the end-of-turn token leaves it None)
+    prompt_s: float = 0.0  # from getting a slot to the first sampled token: the prompt's evaluation
+    gen_s: float = 0.0  # from the first sampled token to the end
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Slot:
     text: TextStream | None = None
     n_gen: int = 0
     next_token: int | None = None  # sampled, decoded in the next step; None while the prompt is evaluated
+    started: float = 0.0  # perf_counter() when the job got this slot
+    first: float | None = None  # perf_counter() at its first sampled token
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -181,6 +187,7 @@ class Scheduler:
             slot.job = job
             self._pending -= 1
         slot.n_gen, slot.next_token = 0, None
+        slot.started, slot.first = time.perf_counter(), None
         slot.text = TextStream(job.stop)
         slot.chain = sampler_chain(self._vocab, job.sampling, tokens, head=job.grammar)
         job.grammar = None  # the chain owns it now
@@ -242,6 +249,8 @@ class Scheduler:
         """Handle one sampled token; return 1 if it is part of the reply."""
         job = slot.job
         s = job.sampling
+        if slot.first is None:
+            slot.first = time.perf_counter()
         if not s.ignore_eos and L.llama_vocab_is_eog(self._vocab, tok):
             self._finish(slot, "stop")
             return 0
@@ -266,10 +275,13 @@ class Scheduler:
             tail = slot.text.flush()
             if tail:
                 job.deliver(tail)
+        stop = slot.text.matched if slot.text is not None else None
+        now = time.perf_counter()
+        first = slot.first if slot.first is not None else now
         L.llama_sampler_free(slot.chain)
         slot.job, slot.chain, slot.text, slot.next_token = None, None, None, None
         self._metrics.ended(cancelled=reason == "cancelled")
-        job.deliver(Finished(reason, len(job.tokens), slot.n_gen, message))
+        job.deliver(Finished(reason, len(job.tokens), slot.n_gen, message, stop, first - slot.started, now - first))
 
     def _drop(self, job: Job, reason: str, message: str = "") -> None:
         """End a job that never got a slot."""

@@ -10,6 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..engine.sampling import Sampling
 from .errors import bad_request
@@ -69,21 +70,26 @@ class CompletionRequest:
 
 
 @dataclass
-class _Body:
-    """Typed reads of one JSON object's fields; each failure is a 400 naming the field."""
+class Fields:
+    """Typed reads of one JSON object's fields; each failure is a 400 naming the field (as `where.name` for
+    a nested object such as Ollama's `options`)."""
 
     data: dict
+    where: str = ""
 
     def get(self, name: str):
         return self.data.get(name)
 
-    def number(self, name: str, default: float) -> float:
+    def param(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def number(self, name: str, default: float | None, bounds: tuple[float, float] | None = None) -> float | None:
         v = self.data.get(name)
         if v is None:
             return default
-        lo, hi = FLOAT_RANGES[name]
+        lo, hi = bounds or FLOAT_RANGES[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            raise bad_request(f"'{name}' must be a number from {lo:g} to {hi:g}, not {v!r}", name)
+            raise bad_request(f"'{self.param(name)}' must be a number from {lo:g} to {hi:g}, not {v!r}", self.param(name))
         return float(v)
 
     def integer(self, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -91,7 +97,7 @@ class _Body:
         if v is None:
             return default
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise bad_request(f"'{name}' must be an integer from {lo} to {hi}, not {v!r}", name)
+            raise bad_request(f"'{self.param(name)}' must be an integer from {lo} to {hi}, not {v!r}", self.param(name))
         return v
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -99,11 +105,11 @@ class _Body:
         if v is None:
             return default
         if not isinstance(v, bool):
-            raise bad_request(f"'{name}' must be true or false, not {v!r}", name)
+            raise bad_request(f"'{self.param(name)}' must be true or false, not {v!r}", self.param(name))
         return v
 
 
-def _text_content(content, where: str) -> str:
+def text_content(content, where: str) -> str:
     """A message's content: a string, or a list of {"type": "text", "text": ...} parts joined."""
     if isinstance(content, str):
         return content
@@ -118,23 +124,29 @@ def _text_content(content, where: str) -> str:
     raise bad_request(f"{where} must be a string or a list of text parts", where)
 
 
-def _messages(raw) -> tuple[dict, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise bad_request("'messages' must be a non-empty list of {role, content} objects", "messages")
+def each_message(raw, roles, empty: bool = False) -> Iterator[tuple[str, dict]]:
+    """A request's messages, each with where it is (`messages[i]`), checked to be objects with one of `roles`."""
+    if not isinstance(raw, list) or not (raw or empty):
+        raise bad_request(f"'messages' must be a {'' if empty else 'non-empty '}list of {{role, content}} objects", "messages")
     if len(raw) > MAX_MESSAGES:
         raise bad_request(f"'messages' holds {len(raw)} messages; at most {MAX_MESSAGES}", "messages")
-    out = []
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad_request(f"{where} must be an object with a role and a content", where)
-        role = m.get("role")
-        if role not in ROLES:
-            raise bad_request(f"{where}.role must be one of {', '.join(sorted(ROLES))}, not {role!r}", f"{where}.role")
+        if m.get("role") not in roles:
+            raise bad_request(f"{where}.role must be one of {', '.join(sorted(roles))}, not {m.get('role')!r}", f"{where}.role")
+        yield where, m
+
+
+def _messages(raw) -> tuple[dict, ...]:
+    out = []
+    for where, m in each_message(raw, ROLES):
+        role = m["role"]
         calls = _tool_calls(m.get("tool_calls"), f"{where}.tool_calls") if role == "assistant" else ()
         if m.get("content") is None and not calls:
             raise bad_request(f"{where}.content is missing", f"{where}.content")
-        msg = {"role": ROLES[role], "content": "" if m.get("content") is None else _text_content(m["content"], f"{where}.content")}
+        msg = {"role": ROLES[role], "content": "" if m.get("content") is None else text_content(m["content"], f"{where}.content")}
         if calls:
             msg["tool_calls"] = list(calls)
         if role == "tool":
@@ -164,7 +176,7 @@ def _tool_calls(raw, where: str) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def _tools(raw, choice) -> tuple[tuple[dict, ...], str | None]:
+def function_tools(raw, choice) -> tuple[tuple[dict, ...], str | None]:
     """The functions offered and how the model must use them."""
     if raw is None or choice == "none":
         return (), None
@@ -189,16 +201,16 @@ def _tools(raw, choice) -> tuple[tuple[dict, ...], str | None]:
     return tuple(tools), named
 
 
-def _stop(raw) -> tuple[str, ...]:
+def stop_strings(raw, param: str = "stop") -> tuple[str, ...]:
     if raw is None:
         return ()
     stops = [raw] if isinstance(raw, str) else raw
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise bad_request("'stop' must be a string or a list of strings", "stop")
+        raise bad_request(f"'{param}' must be a string or a list of strings", param)
     if len(stops) > MAX_STOPS:
-        raise bad_request(f"'stop' holds {len(stops)} strings; at most {MAX_STOPS}", "stop")
+        raise bad_request(f"'{param}' holds {len(stops)} strings; at most {MAX_STOPS}", param)
     if any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
-        raise bad_request(f"each 'stop' string must be 1 to {MAX_STOP_CHARS} characters", "stop")
+        raise bad_request(f"each '{param}' string must be 1 to {MAX_STOP_CHARS} characters", param)
     return tuple(stops)
 
 
@@ -218,7 +230,7 @@ def _response_format(raw) -> dict | None:
     raise bad_request("'response_format.type' must be 'text', 'json_object' or 'json_schema'", "response_format")
 
 
-def _max_tokens(body: _Body) -> int | None:
+def _max_tokens(body: Fields) -> int | None:
     a = body.integer("max_tokens", None, 1, INT32_MAX)
     b = body.integer("max_completion_tokens", None, 1, INT32_MAX)
     if a is not None and b is not None and a != b:
@@ -226,7 +238,7 @@ def _max_tokens(body: _Body) -> int | None:
     return b if b is not None else a
 
 
-def _generation(body: _Body) -> Generation:
+def _generation(body: Fields) -> Generation:
     for name, off in UNSUPPORTED.items():
         if body.get(name) not in off:
             raise bad_request(f"'{name}' is not supported by this server (leave it out)", name, "unsupported_parameter")
@@ -237,7 +249,7 @@ def _generation(body: _Body) -> Generation:
     options = body.get("stream_options")
     if options is not None and (not stream or not isinstance(options, dict)):
         raise bad_request("'stream_options' must be an object, and only with 'stream': true", "stream_options")
-    include_usage = _Body(options).boolean("include_usage", False) if options else False
+    include_usage = Fields(options).boolean("include_usage", False) if options else False
     sampling = Sampling(
         temperature=body.number("temperature", defaults.temperature),
         top_k=body.integer("top_k", defaults.top_k, 0, INT32_MAX),
@@ -250,19 +262,19 @@ def _generation(body: _Body) -> Generation:
         presence_penalty=body.number("presence_penalty", 0.0),
         frequency_penalty=body.number("frequency_penalty", 0.0),
     )
-    return Generation(sampling, _stop(body.get("stop")), stream, include_usage, _response_format(body.get("response_format")))
+    return Generation(sampling, stop_strings(body.get("stop")), stream, include_usage, _response_format(body.get("response_format")))
 
 
-def _model(body: _Body) -> None:
+def _model(body: Fields) -> None:
     # Clients must name a model; any name reaches the one model served (editor plugins hard-code names).
     if body.get("model") is not None and not isinstance(body.get("model"), str):
         raise bad_request("'model' must be a string", "model")
 
 
 def chat_request(data: dict) -> ChatRequest:
-    body = _Body(data)
+    body = Fields(data)
     _model(body)
-    tools, choice = _tools(data.get("tools"), data.get("tool_choice"))
+    tools, choice = function_tools(data.get("tools"), data.get("tool_choice"))
     gen = _generation(body)
     if choice not in (None, "auto") and gen.response_format is not None:
         raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'response_format'", "tool_choice")
@@ -270,7 +282,7 @@ def chat_request(data: dict) -> ChatRequest:
 
 
 def completion_request(data: dict) -> CompletionRequest:
-    body = _Body(data)
+    body = Fields(data)
     _model(body)
     prompt = data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:

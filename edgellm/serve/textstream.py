@@ -12,6 +12,7 @@ class TextStream:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._stops = stops
         self._held = ""
+        self.matched: str | None = None  # the stop string that ended the reply, once one has
 
     def push(self, data: bytes) -> tuple[str, bool]:
         """The text that can be sent now, and whether a stop string ended the reply."""
@@ -21,7 +22,9 @@ class TextStream:
         hits = [i for i in (text.find(s) for s in self._stops) if i >= 0]
         if hits:
             self._held = ""
-            return text[: min(hits)], True
+            at = min(hits)
+            self.matched = next(s for s in self._stops if text.find(s) == at)
+            return text[:at], True
         keep = self._stop_prefix_len(text)
         self._held = text[len(text) - keep :]
         return text[: len(text) - keep], False

@@ -1,0 +1,135 @@
+"""Anthropic's Messages API on the same port: POST /v1/messages (plain, or server-sent events in Anthropic's
+order) and /v1/messages/count_tokens, so coding agents and other apps built on the `anthropic` package talk to
+edgellm. The key is accepted as `x-api-key` too, and errors are Anthropic's
+`{"type": "error", "error": {"type", "message"}}`.
+
+A request becomes the ChatRequest the OpenAI route runs: the same template, slots, sampling and tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import anthropic_requests as parse
+from .api import CLIENT_GONE, Dialect, Run, ServeState, prepare_chat, read_json, render_chat, streaming
+from .errors import ApiError
+from .scheduler import Finished
+from .tools import parse_tool_calls
+
+# HTTP status -> Anthropic's error type
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               405: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+
+
+def _state(request: Request) -> ServeState:
+    return request.app.state.serve
+
+
+def _blocks(text: str, tools: tuple[dict, ...]) -> list[dict]:
+    """The reply as content blocks: its text, then a tool_use block per call."""
+    content, calls = parse_tool_calls(text, tools) if tools else (text, [])
+    blocks = [{"type": "text", "text": content}] if content or not calls else []
+    return blocks + [{"type": "tool_use", "id": f"toolu_{c['id'].removeprefix('call_')}", "name": c["function"]["name"],
+                      "input": json.loads(c["function"]["arguments"])} for c in calls]
+
+
+def _stop(done: Finished, blocks: list[dict], max_tokens: int) -> dict:
+    if any(b["type"] == "tool_use" for b in blocks):
+        reason = "tool_use"
+    elif done.reason == "length":
+        reason = "max_tokens" if done.completion_tokens >= max_tokens else "model_context_window_exceeded"
+    else:
+        reason = "stop_sequence" if done.stop is not None else "end_turn"
+    return {"stop_reason": reason, "stop_sequence": done.stop}
+
+
+def _event(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _block_events(index: int, block: dict) -> list[str]:
+    """A whole content block as its start, one delta and its stop."""
+    if block["type"] == "text":
+        start, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block["text"]}
+    else:
+        start, delta = {**block, "input": {}}, {"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}
+    return [_event("content_block_start", {"index": index, "content_block": start}), _event("content_block_delta", {"index": index, "delta": delta}),
+            _event("content_block_stop", {"index": index})]
+
+
+async def messages(request: Request):
+    state = _state(request)
+    req = parse.messages_request(await read_json(request))
+    chat = req.chat
+    prepared = await run_in_threadpool(prepare_chat, state, chat)
+    run = Run(state, prepared, chat.gen)
+    head = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": req.model}
+    n_prompt = len(prepared.tokens)
+
+    if not chat.gen.stream:
+        reply = await run.collect(request)
+        if reply is None:
+            return Response(status_code=CLIENT_GONE)
+        text, done = reply
+        blocks = _blocks(text, chat.tools)
+        return JSONResponse({**head, "content": blocks, **_stop(done, blocks, req.max_tokens),
+                             "usage": {"input_tokens": done.prompt_tokens, "output_tokens": done.completion_tokens}})
+
+    async def events():
+        start = {**head, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": n_prompt, "output_tokens": 0}}
+        yield _event("message_start", {"message": start})
+        if not chat.tools:  # the text streams as it comes; with tools it is held: a call is known once complete
+            yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        yield _event("ping", {})
+        held: list[str] = []
+        async for event in run.pieces():
+            if isinstance(event, str):
+                if chat.tools:
+                    held.append(event)
+                else:
+                    yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": event}})
+            elif event.reason == "error":
+                yield _event("error", {"error": {"type": "api_error", "message": event.message or "the reply failed"}})
+            else:
+                blocks = _blocks("".join(held), chat.tools) if chat.tools else []
+                if chat.tools:
+                    for i, block in enumerate(blocks):
+                        for e in _block_events(i, block):
+                            yield e
+                else:
+                    yield _event("content_block_stop", {"index": 0})
+                usage = {"input_tokens": event.prompt_tokens, "output_tokens": event.completion_tokens}
+                yield _event("message_delta", {"delta": _stop(event, blocks, req.max_tokens), "usage": usage})
+                yield _event("message_stop", {})
+
+    return streaming(run, events(), "text/event-stream")
+
+
+async def count_tokens(request: Request):
+    state = _state(request)
+    chat = parse.count_request(await read_json(request))
+
+    def count() -> int:
+        return len(state.engine.tokenize(render_chat(state, chat)))
+
+    return JSONResponse({"input_tokens": await run_in_threadpool(count)})
+
+
+def error_body(err: ApiError) -> dict:
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(err.status, "api_error"), "message": err.message}}
+
+
+DIALECT = Dialect(
+    prefixes=("/v1/messages",),
+    routes=(
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+    ),
+    error_body=error_body,
+)

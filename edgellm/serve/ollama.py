@@ -1,0 +1,226 @@
+"""Ollama's API on the port that serves OpenAI's: /api/chat and /api/generate (NDJSON streams unless
+`"stream": false`), /api/tags, /api/show, /api/ps and /api/version, so what speaks to Ollama (Open WebUI,
+Continue, Obsidian and editor plug-ins, the `ollama` package) speaks to edgellm.
+
+A chat becomes the ChatRequest the OpenAI route runs (a raw /api/generate, the bare prompt): the same chat
+template, slots, sampling, JSON grammar and tool calls. Errors are Ollama's `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from . import ollama_requests as parse
+from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, embeddings, prepare_chat, prepare_prompt, read_json, streaming
+from .errors import ApiError
+from .names import ServedModel, served_model
+from .scheduler import Finished
+from .tools import parse_tool_calls
+
+# the Ollama release whose API this follows, as /api/version reports it (clients check it for features)
+OLLAMA_VERSION = "0.12.0"
+LOADED_FOR = timedelta(days=365 * 100)  # /api/ps: the model stays loaded as long as the server runs
+
+
+def _state(request: Request) -> ServeState:
+    return request.app.state.serve
+
+
+def _model(state: ServeState) -> ServedModel:
+    return served_model(state.model_id, state.plan.get("name", ""), state.plan.get("level", ""), state.engine.info.path)
+
+
+def _now() -> str:
+    """A timestamp as Ollama writes them (RFC 3339, UTC)."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _details(m: ServedModel) -> dict:
+    return {"parent_model": "", "format": "gguf", "family": m.family, "families": [m.family], "parameter_size": m.parameter_size(),
+            "quantization_level": m.level}
+
+
+def _final(done: Finished, started: float) -> dict:
+    """What the last object of a reply adds: why it ended, and Ollama's counts and durations (nanoseconds)."""
+    return {"done": True, "done_reason": done.reason, "total_duration": _ns(time.perf_counter() - started), "load_duration": 0,
+            "prompt_eval_count": done.prompt_tokens, "prompt_eval_duration": _ns(done.prompt_s),
+            "eval_count": done.completion_tokens, "eval_duration": _ns(done.gen_s)}
+
+
+def _tool_calls(text: str, tools: tuple[dict, ...]) -> tuple[str, list[dict]]:
+    """The reply's text and its calls as Ollama writes them (arguments as an object)."""
+    content, calls = parse_tool_calls(text, tools) if tools else (text, [])
+    return content or "", [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}} for c in calls]
+
+
+def _line(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+async def _reply(request: Request, run: Run, stream: bool, head: dict, part, last, tools: tuple[dict, ...] = ()):
+    """The reply as Ollama sends it: `head | part(text)` objects, one per line, then `head | last(text, done)`;
+    or, not streamed, that last object with the whole text. With tools the text is held until the end (a call
+    is only known once complete) and goes out with the calls."""
+    if not stream:
+        reply = await run.collect(request)
+        if reply is None:
+            return Response(status_code=CLIENT_GONE)
+        text, done = reply
+        return JSONResponse({**head, "created_at": _now(), **last(text, done)})
+
+    async def lines():
+        held: list[str] = []
+        async for event in run.pieces():
+            if isinstance(event, str):
+                if tools:
+                    held.append(event)
+                else:
+                    yield _line({**head, "created_at": _now(), **part(event), "done": False})
+            elif event.reason == "error":
+                yield _line({"error": event.message or "the reply failed"})
+            else:
+                yield _line({**head, "created_at": _now(), **last("".join(held), event)})
+
+    return streaming(run, lines(), "application/x-ndjson")
+
+
+# --- generating ----------------------------------------------------------------------------------------
+
+
+async def _request(request: Request, read):
+    """The server, when the request came, the model's name as the client gave it, and the request `read` makes."""
+    state = _state(request)
+    started = time.perf_counter()
+    data = await read_json(request)
+    name = _model(state).resolve(data.get("model"))
+    return state, started, name, read(data, name)
+
+
+async def chat(request: Request):
+    state, started, name, req = await _request(request, parse.chat_request)
+    head = {"model": name}
+    if not req.messages:  # Ollama's way to load a model: it is loaded
+        return JSONResponse({**head, "created_at": _now(), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
+    prepared = await run_in_threadpool(prepare_chat, state, req)
+    run = Run(state, prepared, req.gen)
+
+    def part(text: str) -> dict:
+        return {"message": {"role": "assistant", "content": text}}
+
+    def last(text: str, done: Finished) -> dict:
+        content, calls = _tool_calls(text, req.tools)
+        message = {"role": "assistant", "content": content if req.tools or not req.gen.stream else ""}
+        if calls:
+            message["tool_calls"] = calls
+        return {"message": message, **_final(done, started)}
+
+    return await _reply(request, run, req.gen.stream, head, part, last, req.tools)
+
+
+async def generate(request: Request):
+    state, started, name, req = await _request(request, parse.generate_request)
+    head = {"model": name}
+    if req.prompt is None:
+        return JSONResponse({**head, "created_at": _now(), "response": "", "done": True, "done_reason": "load"})
+    prepared: Prepared
+    if req.raw:
+        prepared = await run_in_threadpool(prepare_prompt, state, req.prompt, req.chat.gen, "prompt")
+    else:
+        prepared = await run_in_threadpool(prepare_chat, state, req.chat)
+    run = Run(state, prepared, req.chat.gen)
+
+    def last(text: str, done: Finished) -> dict:
+        return {"response": text if not req.chat.gen.stream else "", **_final(done, started)}
+
+    return await _reply(request, run, req.chat.gen.stream, head, lambda text: {"response": text}, last)
+
+
+# --- the model ------------------------------------------------------------------------------------------
+
+
+async def tags(request: Request):
+    m = _model(_state(request))
+    return JSONResponse({"models": [{"name": m.names[0], "model": m.names[0], "modified_at": _iso(m.modified), "size": m.size,
+                                     "digest": m.digest, "details": _details(m)}]})
+
+
+async def show(request: Request):
+    state = _state(request)
+    m = _model(state)
+    data = await read_json(request)
+    m.resolve(data.get("model", data.get("name")))
+    verbose = parse.show_verbose(data)
+    info = {k: v for k, v in m.metadata.items() if verbose or not k.startswith("tokenizer.")}
+    info["general.parameter_count"] = m.n_params
+    capabilities = ["completion"] + (["tools"] if await run_in_threadpool(_takes_tools, state) else [])
+    return JSONResponse({
+        "modelfile": f"# served by edgellm {__version__}\nFROM {state.engine.info.path}\n",
+        "parameters": "", "template": m.chat_template, "details": _details(m), "model_info": info,
+        "capabilities": capabilities, "modified_at": _iso(m.modified),
+    })
+
+
+def _takes_tools(state: ServeState) -> bool:
+    """Whether the chat template shows the model the functions it may call."""
+    ask = [{"role": "user", "content": "hi"}]
+    tool = {"type": "function", "function": {"name": "f", "description": "", "parameters": {"type": "object"}}}
+    try:
+        return state.engine.render_chat(ask, tools=[tool]) != state.engine.render_chat(ask)
+    except Exception:  # a template that fails on tools does not take them
+        return False
+
+
+async def ps(request: Request):
+    state = _state(request)
+    m = _model(state)
+    memory = state.plan.get("memory", {})
+    vram = int(memory.get("vram", 0))
+    return JSONResponse({"models": [{
+        "name": m.names[0], "model": m.names[0], "size": int(memory.get("ram", 0)) + vram, "size_vram": vram, "digest": m.digest,
+        "details": _details(m), "expires_at": _iso(time.time() + LOADED_FOR.total_seconds()), "context_length": state.n_ctx_slot,
+    }]})
+
+
+async def version(request: Request):
+    return JSONResponse({"version": OLLAMA_VERSION, "edgellm": __version__})
+
+
+async def running(request: Request):
+    return PlainTextResponse("Ollama is running")
+
+
+def error_body(err: ApiError) -> dict:
+    return {"error": err.message}
+
+
+DIALECT = Dialect(
+    prefixes=("/api/",),
+    routes=(
+        Route("/", running, methods=["GET", "HEAD"]),
+        Route("/api/chat", chat, methods=["POST"]),
+        Route("/api/generate", generate, methods=["POST"]),
+        Route("/api/tags", tags, methods=["GET"]),
+        Route("/api/show", show, methods=["POST"]),
+        Route("/api/ps", ps, methods=["GET"]),
+        Route("/api/version", version, methods=["GET"]),
+        Route("/api/embed", embeddings, methods=["POST"]),
+        Route("/api/embeddings", embeddings, methods=["POST"]),
+    ),
+    error_body=error_body,
+)
