@@ -79,12 +79,11 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
 
     if save_manifest and not interrupted:
         save_into_manifest(report, Path(ref.source))
-    if json_path:
-        with atomic_output(json_path) as tmp:
-            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if md_path:
-        with atomic_output(md_path) as tmp:
-            tmp.write_text(to_markdown(report))
+    for path, text in ((json_path, lambda: json.dumps(report.to_dict(), indent=2) + "\n"),
+                       (md_path, lambda: to_markdown(report))):
+        if path:
+            with atomic_output(path) as tmp:
+                tmp.write_text(text())
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -150,6 +150,7 @@ class ChoiceScorer:
             p.n_ctx = p.n_batch = self.n_parallel * n_ctx
             p.n_ubatch = min(512, p.n_ctx)
             p.kv_unified = True
+            p.swa_full = False  # as llama-perplexity: a window-sized cache for sliding-window layers
             p.n_threads = p.n_threads_batch = n_threads or default_threads()
             self.ctx = llama_cpp.llama_init_from_model(self.model, p)
             if not self.ctx:
@@ -170,23 +171,16 @@ class ChoiceScorer:
     def close(self) -> None:
         import llama_cpp
 
-        if getattr(self, "ctx", None):
-            llamacpp.init()  # freeing logs buffer sizes: keep them off the terminal
-            llama_cpp.llama_free(self.ctx)
-            llama_cpp.llama_model_free(self.model)
-            self.ctx = None
+        if self.ctx is None:
+            return
+        llamacpp.init()  # freeing logs buffer sizes: keep them off the terminal
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
+        self.ctx = None
 
     def tokenize(self, text: str) -> np.ndarray:
-        """As llama-perplexity's common_tokenize(ctx, text, add_special=true)."""
-        import llama_cpp
-
-        data = text.encode("utf-8")
-        cap = len(data) + 16
-        buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, True, False)
-        if n < 0:
-            raise EdgeError("tokenizing a task failed")
-        return np.ctypeslib.as_array(buf)[:n].copy()
+        """As llama-perplexity tokenizes a task's text (common_tokenize with add_special)."""
+        return llamacpp.tokenize(self.vocab, text, "a task")
 
     # --- preparing -----------------------------------------------------------------------------------
 
