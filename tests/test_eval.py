@@ -131,6 +131,8 @@ def test_package_levels_paired_and_saved(tmp_path, capsys):
         assert (rec["paired"] is None) == (level == reference)
         if rec["paired"]:
             assert rec["paired"]["reference"] == reference and rec["paired"]["tasks"] == 5
+    card = (pkg / "README.md").read_text()
+    assert "Accuracy on hellaswag tasks, `hs.txt`" in card and f"| {reference} | 5 |" in card
 
 
 def test_ctrl_c_prints_what_was_scored(tmp_path):

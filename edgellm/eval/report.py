@@ -68,6 +68,7 @@ def print_tables(report: EvalReport) -> None:
 def save_into_manifest(report: EvalReport, folder: Path) -> int:
     """Record each complete level's accuracy (by task kind) in the package manifest; returns how many."""
     from ..manifest import Manifest
+    from ..package import CARD_FILE, write_card
 
     if not folder.is_dir():
         raise UsageError(f"--save needs a package folder; {folder} is a single file")
@@ -80,6 +81,8 @@ def save_into_manifest(report: EvalReport, folder: Path) -> int:
         entry.accuracy = {**(entry.accuracy or {}), s.task.kind: record(report, s)}
         saved += 1
     manifest.save(folder)
+    if (folder / CARD_FILE).is_file():  # the card shows what the manifest holds
+        write_card(folder, manifest)
     return saved
 
 
