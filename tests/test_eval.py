@@ -76,10 +76,13 @@ def test_winogrande_matches_llama_perplexity(tmp_path, perplexity_bin, n):
     theirs = re.findall(r"^\d+\t(\d+\.\d{4})\t\s*(-?\d+\.\d+)\s+(-?\d+\.\d+)\s+(\d)\s+(\d)$", out, re.M)
     results = ours(T.WINOGRANDE, path, n)
     gold = {t.number: min(t.gold) + 1 for t in T.load(T.WINOGRANDE, path).tasks}
-    mine = [(acc, f"{r.scores[0]:.6f}", f"{r.scores[1]:.6f}", str(r.chosen + 1), str(gold[r.number]))
-            for acc, r in zip(running(T.WINOGRANDE, results), results)]
+    # the 29 tasks llama-perplexity reads: it leaves out the file's last line (see tasks.read_winogrande)
     assert len(results) == (n or len(eval_data.WINOGRANDE) - 1)
-    assert mine == theirs
+    mine = [(acc, str(r.chosen + 1), str(gold[r.number])) for acc, r in zip(running(T.WINOGRANDE, results), results)]
+    assert mine == [(acc, chosen, answer) for acc, _, _, chosen, answer in theirs]
+    # the scores it prints (6 decimals) agree to the last digit but for rounding (expf/logf may differ by an ulp)
+    for r, (_, one, two, _, _) in zip(results, theirs):
+        assert r.scores == pytest.approx((float(one), float(two)), abs=1.5e-6)
 
 
 def test_multiple_choice_matches_llama_perplexity(tmp_path, perplexity_bin):
