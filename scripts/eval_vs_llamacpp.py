@@ -11,6 +11,7 @@ the printed accuracies agree.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -45,7 +46,8 @@ def main() -> None:
     mode, path = next((m, p) for m, p in (("hellaswag", a.hellaswag), ("winogrande", a.winogrande),
                                           ("multiple-choice", a.multiple_choice)) if p)
     binary = a.perplexity or str(Path(subprocess.run(["bash", str(Path(__file__).parent / "llamacpp_tools.sh")],
-                                                      capture_output=True, text=True, check=True).stdout.split()[-1])
+                                                      capture_output=True, text=True, check=True,
+                                                      env={**os.environ, "PYTHON": sys.executable}).stdout.split()[-1])
                                  / "build" / "bin" / "llama-perplexity")
     n = [f"--{mode}-tasks", str(a.tasks)] if a.tasks is not None else []
     theirs_cmd = [binary, "-m", a.model, "-f", path, f"--{mode}", "-t", str(a.threads), *n]

@@ -74,11 +74,13 @@ def token_logprobs(logits: np.ndarray, rows: np.ndarray, targets: np.ndarray) ->
     """log p(target) at each row, in float: max, a sequential float sum of exp(x - max), x - max - log(sum)."""
     out = np.empty(len(rows), dtype=F32)
     for i in range(0, len(rows), LOGPROB_ROWS):
-        x = logits[rows[i : i + LOGPROB_ROWS]]
+        x = logits[rows[i : i + LOGPROB_ROWS]]  # a copy, worked on in place
         m = x.max(axis=1)
-        sums = np.add.accumulate(np.exp(x - m[:, None]), axis=1)[:, -1]
-        picked = x[np.arange(len(x)), targets[i : i + LOGPROB_ROWS]]
-        out[i : i + LOGPROB_ROWS] = (picked - m) - np.log(sums)
+        picked = x[np.arange(len(x)), targets[i : i + LOGPROB_ROWS]] - m
+        np.subtract(x, m[:, None], out=x)
+        np.exp(x, out=x)
+        sums = np.add.accumulate(x, axis=1, out=x)[:, -1]  # sequential, like a C loop (np.sum pairs them)
+        out[i : i + LOGPROB_ROWS] = picked - np.log(sums)
     return out
 
 
