@@ -4,6 +4,6 @@
                  llama-perplexity's rules for picking N of them
     mt19937.py   the C++ random numbers those rules draw
     score.py     one llama.cpp context that packs tasks into batches and scores every choice
-    stats.py     accuracy, standard errors, paired differences between levels, plain verdicts
+    results.py   what a run found: accuracy, standard errors, paired differences between levels, verdicts
     report.py    the results as a table, JSON and Markdown
 """
