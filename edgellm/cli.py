@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("bench", "bench", "Measure tokens/s and quality (perplexity, KL divergence) per quant level."),
     "chat": ("chat", "chat", "Chat with a local model in a terminal UI (default: the embedded SmolLM2)."),
     "convert": ("convert", "convert", "Convert a Hugging Face checkpoint folder (or a PEFT LoRA adapter) to one GGUF file."),
+    "eval": ("eval", "eval_", "Task accuracy per quant level (HellaSwag, WinoGrande, multiple choice), as llama-perplexity scores it."),
     "hw": ("hw", "hw", "Show RAM, CPU, GPUs and what the installed llama.cpp can use."),
     "import": ("import_", "import_", "Put GGUF models from elsewhere (HF cache, LM Studio, Ollama) in the store, linked."),
     "inspect": ("inspect", "inspect", "Show a GGUF file's metadata and tensors."),

@@ -150,6 +150,20 @@ def last_error() -> str:
         return _errors[-1][0] if _errors else ""
 
 
+def tokenize(vocab, text: str, what: str = "the text"):
+    """`text`'s tokens as a numpy int32 array, with the vocabulary's special prefix (BOS) and special tokens
+    written in the text left as text (llama.cpp's common_tokenize(ctx, text, true))."""
+    import numpy as np
+
+    data = text.encode("utf-8")
+    cap = len(data) + 16
+    buf = (L.llama_token * cap)()
+    n = L.llama_tokenize(vocab, data, len(data), buf, cap, True, False)
+    if n < 0:
+        raise EdgeError(f"tokenizing {what} failed")
+    return np.ctypeslib.as_array(buf)[:n].copy()
+
+
 # --- LoRA adapters --------------------------------------------------------------------------------
 
 

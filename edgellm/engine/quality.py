@@ -118,15 +118,7 @@ class Evaluator:
             self.ctx = None
 
     def tokenize(self, text: str) -> np.ndarray:
-        import llama_cpp
-
-        data = text.encode("utf-8")
-        cap = len(data) + 16
-        buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, True, False)
-        if n < 0:
-            raise EdgeError("tokenizing the text failed")
-        return np.ctypeslib.as_array(buf)[:n].copy()
+        return llamacpp.tokenize(self.vocab, text)
 
     def chunks(self, tokens: np.ndarray, min_chunks: int = 1, what: str = "text") -> list[np.ndarray]:
         n = len(tokens) // self.n_ctx

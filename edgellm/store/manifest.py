@@ -34,6 +34,11 @@
                   "n_gpu_layers", "created"} | null
                                       # speed measured by `edgellm bench --save` (on the machine named; the
                                       # planner uses it on the machine with that id, threads and GPU layers)
+        "accuracy": {kind: {"file", "sha256", "tasks", "correct", "accuracy", "stderr", "skipped",
+                            "paired": {"reference", "tasks", "diff", "stderr", "verdict"} | null,
+                            "created"}} | null
+                                      # task accuracy from `edgellm eval --save`, by task kind (hellaswag,
+                                      # winogrande, multiple-choice), with the task file's name and hash
       }, ...]
     }
 
@@ -128,6 +133,7 @@ class FileEntry:
     kld: float | None = None
     command: str = ""
     bench: dict[str, Any] | None = None
+    accuracy: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo, level: str, sha256: str, **extra: Any) -> FileEntry:

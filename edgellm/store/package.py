@@ -415,6 +415,7 @@ def write_card(folder: Path, m: Manifest) -> Path:
     if has_q and m.eval:
         lines += ["", f"Perplexity and KL divergence on `{m.eval.text}`: {m.eval.chunks} chunks of {m.eval.n_ctx} "
                       "tokens, second half of each scored (llama-perplexity's method). Lower is better."]
+    lines += _accuracy_lines(m)
     lines += ["", "## Run", "", "Let edgellm pick the best file for this machine, or name one:", "", "```sh",
               "edgellm plan .                 # which file fits here, GPU layers, context: and why",
               "edgellm chat .                 # chat with the file the planner picks"]
@@ -424,6 +425,22 @@ def write_card(folder: Path, m: Manifest) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines))
     return path
+
+
+def _accuracy_lines(m: Manifest) -> list[str]:
+    """Task accuracy recorded by `edgellm eval --save`: one table per task kind."""
+    kinds = sorted({k for f in m.files for k in (f.accuracy or {})})
+    lines = []
+    for kind in kinds:
+        rows = [(f, f.accuracy[kind]) for f in m.files if kind in (f.accuracy or {})]
+        lines += ["", f"Accuracy on {kind} tasks, `{rows[0][1]['file']}` (sha256 {rows[0][1]['sha256'][:12]}…), as "
+                      "llama-perplexity scores them; paired with the most precise level on the same tasks:", "",
+                  "| level | tasks | accuracy % | vs reference |", "|---|---|---|---|"]
+        for f, r in rows:
+            se = f" ± {r['stderr'] * 100:.2f}" if r.get("stderr") is not None else ""
+            vs = r["paired"]["verdict"] if r.get("paired") else "reference"
+            lines.append(f"| {f.level} | {r['tasks']} | {r['accuracy'] * 100:.2f}{se} | {vs} |")
+    return lines
 
 
 def _num(x: float | None, digits: int) -> str:
