@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from pausing import finish, start_paused
 
-from edgellm.manifest import Manifest
+from edgellm.store.manifest import Manifest
 
 from edgellm.eval import tasks as T
 from edgellm.eval.score import ChoiceScorer, Scored

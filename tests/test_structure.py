@@ -130,7 +130,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"plan": ("edgellm.plan",)},
     {"hub": ("edgellm.hub",)},
     {"engine (running)": ENGINE_TOP},
-    {"bench": ("edgellm.bench",), "serve": ("edgellm.serve",)},
+    {"bench": ("edgellm.bench",), "eval": ("edgellm.eval",), "serve": ("edgellm.serve",)},
     {"tui": ("edgellm.tui",)},
     {"commands": ("edgellm.commands",)},
     {"cli": ("edgellm.cli", "edgellm.__main__")},

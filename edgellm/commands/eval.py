@@ -11,7 +11,7 @@ import click
 
 from ..errors import UsageError
 from ..fsutil import atomic_output
-from ..options import C_INT_MAX, CONTEXT, THREADS, Range
+from .options import C_INT_MAX, CONTEXT, THREADS, Range
 
 TASKS = Range(int, 0, C_INT_MAX)
 
@@ -56,7 +56,7 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
     from ..eval import tasks as T
     from ..eval.report import print_tables, save_into_manifest, to_markdown
     from ..eval.results import EvalReport
-    from ..models import resolve_model
+    from ..store.models import resolve_model
 
     asked = [(T.HELLASWAG, hellaswag, hellaswag_tasks), (T.WINOGRANDE, winogrande, winogrande_tasks),
              (T.MULTIPLE_CHOICE, multiple_choice, multiple_choice_tasks)]
@@ -106,7 +106,7 @@ def _levels(ref, value: str | None) -> list:
 def _run(report, files, chosen, n_ctx: int, threads: int | None) -> None:
     """Score every task file on every level, appending to `report` as it goes (so Ctrl-C keeps what is done)."""
     from ..eval.results import LevelScore, TaskSet
-    from ..models import verify_file
+    from ..store.models import verify_file
     from ..progress import progress_bar
     from ..testhooks import pause_point
 

@@ -67,8 +67,8 @@ def print_tables(report: EvalReport) -> None:
 
 def save_into_manifest(report: EvalReport, folder: Path) -> int:
     """Record each complete level's accuracy (by task kind) in the package manifest; returns how many."""
-    from ..manifest import Manifest
-    from ..package import CARD_FILE, write_card
+    from ..store.manifest import Manifest
+    from ..store.package import CARD_FILE, write_card
 
     if not folder.is_dir():
         raise UsageError(f"--save needs a package folder; {folder} is a single file")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import llamacpp
+from ..engine import llamacpp
 from ..errors import EdgeError
-from ..hardware import default_threads
+from ..engine.llamacpp import default_threads
 from .tasks import HELLASWAG, WINOGRANDE, Kind, Task
 
 F32 = np.float32
