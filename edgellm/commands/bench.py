@@ -40,7 +40,9 @@ def _resolve(model: str | None) -> tuple[list, list[FileResult]]:
     from ..store.models import resolve_model
 
     try:
-        return [resolve_model(model)], []
+        ref = resolve_model(model)
+        if not ref.skipped:
+            return [ref], []
     except EdgeError as exc:
         if model is None or not Path(model).is_dir():
             return [], [FileResult(file=str(model), level="?", size_bytes=0, bits_per_weight=0.0, error=str(exc))]
