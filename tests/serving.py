@@ -44,8 +44,10 @@ ANTHROPIC_TIME = {"name": TIME["function"]["name"], "input_schema": TIME["functi
 class Server:
     """A running `edgellm serve`; its address comes from the line it prints once it takes connections."""
 
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", "-t", "1", *args], stderr=subprocess.PIPE, text=True)
+    def __init__(self, *args: str, threads: str | None = "1"):
+        """`threads=None` lets the server choose them (and follow the load) as a user's would."""
+        fixed = ["-t", threads] if threads else []
+        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", *fixed, *args], stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
         for line in self.proc.stderr:
             self.log.append(line)

@@ -102,3 +102,69 @@ def test_each_reply_takes_the_threads_the_moment_leaves(idle_machine_engine):
 def test_threads_the_user_fixed_stay(capsys, busy_core):
     code, out, _ = run_cli(capsys, "run", "-p", "Hi", "-n", "4", "--threads", "2", "--json")
     assert code == 0 and json.loads(out)["stats"]["n_threads"] == 2
+
+
+def spinner() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+
+
+def test_a_long_reply_follows_the_load_while_it_writes(idle_machine_engine, monkeypatch):
+    from edgellm.engine.runtime import Sampling
+    from edgellm.plan.hardware import LoadTracker
+
+    monkeypatch.setattr(LoadTracker, "RECHECK_S", 0.5)
+    engine = idle_machine_engine
+    time.sleep(0.3)
+    engine.adapt_threads()  # closes the window an earlier test's busy program may be in
+    time.sleep(0.3)  # and opens one of this test's own for the reply's first look
+    pieces = engine.stream_prompt("Once upon a time", Sampling(temperature=0, max_tokens=100_000, ignore_eos=True))
+    next(pieces)
+    at_start = engine.info.n_threads
+    if at_start < N_CPUS:
+        pieces.close()
+        pytest.skip("other programs kept a core busy before the reply began: nothing to follow")
+    spin = spinner()
+    try:
+        deadline = time.monotonic() + 4 * LoadTracker.RECHECK_S + 1.0
+        for _ in pieces:
+            if time.monotonic() > deadline:
+                break
+        during = engine.info.n_threads
+    finally:
+        pieces.close()
+        spin.kill()
+        spin.wait()
+    assert during <= N_CPUS - 1, "a program started in the middle of a reply did not cost it a thread"
+    assert engine.last_stats.n_threads == during
+
+
+def test_serve_takes_back_the_cores_a_busy_start_left():
+    """Started while another program spins it decodes with fewer threads; once that program ends, the
+    threads come back between batches of a running stream, and /metrics shows the count."""
+    import httpx2
+
+    from serving import KEY, Server
+
+    spin = spinner()
+    try:
+        time.sleep(0.5)
+        server = Server("--api-key", KEY, threads=None)
+        assert server.metric("threads") <= N_CPUS - 1
+    finally:
+        spin.kill()
+        spin.wait()
+    try:
+        body = {"model": "x", "prompt": "Once upon a time", "max_tokens": 100_000, "ignore_eos": True, "stream": True}
+        with httpx2.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
+            with http.stream("POST", "/v1/completions", json=body) as stream:
+                seen, deadline = [], time.monotonic() + 30
+                for line in stream.iter_lines():
+                    if line.startswith("data:") and len(seen) % 20 == 0:
+                        seen.append(server.metric("threads"))
+                        if seen[-1] == N_CPUS or time.monotonic() > deadline:
+                            break
+                    elif line.startswith("data:"):
+                        seen.append(None)
+        assert seen and seen[-1] == N_CPUS, f"threads while streaming: {[s for s in seen if s is not None]}"
+    finally:
+        server.interrupt()

@@ -390,3 +390,36 @@ def test_without_the_default_model_chat_takes_the_newest_package_or_says_how_to_
         (folder / "SmolLM2-Q4_1.gguf").symlink_to(smollm2_gguf())
     os.utime(older, (1, 1))
     assert default_model() == str(newer)
+
+
+@pilot_test
+async def test_the_status_line_follows_the_threads_during_a_long_reply(monkeypatch):
+    import subprocess
+    import sys
+
+    import psutil
+    import pytest
+
+    from edgellm.plan.hardware import LoadTracker
+
+    n_cpus = psutil.cpu_count() or 1
+    if n_cpus < 2 or not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs 2 CPUs and affinity")
+    monkeypatch.setattr(LoadTracker, "RECHECK_S", 0.3)
+    app = make_app(max_tokens=5000)
+    async with running(app, (100, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, LONG)
+        await until(pilot, lambda: app.generating is not None and len(last_view(app).message.content) > 20)
+        if app.engine.info.n_threads < n_cpus:
+            app.action_stop()
+            pytest.skip("other programs kept a core busy as the reply began: nothing to follow")
+        spin = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+        try:
+            fewer = f"{n_cpus - 1} thread"
+            await until(pilot, lambda: fewer in str(app.query_one("#stats").render()), timeout=30)
+        finally:
+            spin.kill()
+            spin.wait()
+            app.action_stop()
+        await reply_done(pilot)

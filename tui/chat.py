@@ -17,7 +17,7 @@ from .chatdb import ChatDBError, Conversation, Message
 from .screens.prompt import PromptScreen
 from .widgets.messages import MessageView
 from .widgets.sidebar import Sidebar
-from .worker import ContextTrimmed
+from .worker import ContextTrimmed, ThreadsChanged
 
 FINISH_NOTES = {"length": "[max tokens]", "context": "[context full]"}
 
@@ -62,6 +62,9 @@ class ChatFlow:
         self.idle.clear()
         self.set_stats(state="generating…", note="")
         self.generate(view, self.history(), self.settings, self.cancel)
+
+    def on_threads_changed(self, event: ThreadsChanged) -> None:
+        self.set_stats(threads=event.threads)
 
     def on_context_trimmed(self, event: ContextTrimmed) -> None:
         note = f"context full: {event.dropped} oldest messages left out, system prompt kept"

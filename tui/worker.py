@@ -3,7 +3,8 @@
 `ChatEngine` is the contract the app codes against (edgellm.engine.runtime.Engine, or a scripted engine in the
 layout tests); `tui.backend.open_model` plans and loads a real one into a `LoadedModel`. Loading and generating
 run in worker threads that answer only by posting messages: `ModelReady` or `ModelFailed` after a load,
-`ContextTrimmed` when the oldest messages are left out, and the reply itself to its MessageView as `Chunk`
+`ContextTrimmed` when the oldest messages are left out, `ThreadsChanged` when a long reply's threads follow the
+load of other programs, and the reply itself to its MessageView as `Chunk`
 messages, batched to a few per second so the UI thread does little work per token, then `Finished`.
 """
 
@@ -79,6 +80,12 @@ class ContextTrimmed(TextualMessage):
         self.dropped = dropped
 
 
+class ThreadsChanged(TextualMessage):
+    def __init__(self, threads: int) -> None:
+        super().__init__()
+        self.threads = threads
+
+
 class EngineWorker:
     """ChatApp's worker threads (mixed into it): they read the app's `open_model`, `settings`, `engine`, `idle`
     and post what comes back."""
@@ -106,6 +113,7 @@ class EngineWorker:
                 self.post_message(ContextTrimmed(fitted.dropped))
             pending: list[str] = []
             last = time.monotonic()
+            threads = engine.info.n_threads
             for piece in engine.stream_chat(fitted.messages, settings.sampling(), cancel):
                 pending.append(piece)
                 now = time.monotonic()
@@ -115,6 +123,9 @@ class EngineWorker:
                     view.post_message(MessageView.Chunk(chunk))
                     pending.clear()
                     last = now
+                    if engine.info.n_threads != threads:
+                        threads = engine.info.n_threads
+                        self.post_message(ThreadsChanged(threads))
             if pending:
                 chunk = "".join(pending)
                 parts.append(chunk)

@@ -43,7 +43,7 @@ class GenStats:
     finish_reason: str  # "stop" | "length" | "cancelled" | "context"
     prompt_eval_tokens: int = 0  # prompt tokens actually evaluated (the rest were reused from the KV cache)
     total_s: float = 0.0
-    n_threads: int = 0  # CPU threads the reply ran with
+    n_threads: int = 0  # CPU threads the reply ran with (at its end: a long one follows the load)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -445,10 +445,11 @@ class Engine:
             )
         return self._generate(tokens, sampling or Sampling(), cancel)
 
-    def adapt_threads(self) -> int:
-        """Before a reply: threads again from the cores other programs kept busy since the last one (unless the
-        user fixed them). A busy core shared with a llama.cpp thread stalls all of them."""
-        if self._load is not None:
+    def adapt_threads(self, midway: bool = False) -> int:
+        """Threads again from the cores other programs kept busy since the last look (unless the user fixed
+        them): before a reply, and `midway` through one or between a server's batches at most every
+        `LoadTracker.RECHECK_S`. A busy core shared with a llama.cpp thread stalls all of them."""
+        if self._load is not None and (not midway or self._load.due()):
             n = self._load.threads()
             if n != self.info.n_threads:
                 L.llama_set_n_threads(self._ctx, n, n)
@@ -479,6 +480,7 @@ class Engine:
             batch = L.llama_batch_get_one(one, 1)
             n_past, n_gen, n_decoded, t_first = len(self._kv), 0, 0, None
             kv = self._kv
+            load, recheck = self._load, time.monotonic() + LoadTracker.RECHECK_S
             while True:
                 if cancel is not None and cancel.is_set():
                     stats.finish_reason = "cancelled"
@@ -514,6 +516,9 @@ class Engine:
                 kv.append(tok)
                 n_past += 1
                 n_decoded += 1
+                if load is not None and time.monotonic() >= recheck:  # a long reply follows the load too
+                    stats.n_threads = self.adapt_threads(midway=True)
+                    recheck = time.monotonic() + LoadTracker.RECHECK_S
             tail = utf8.decode(b"", final=True)
             if tail:
                 yield tail

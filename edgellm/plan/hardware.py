@@ -263,14 +263,20 @@ def cpu_load(cores: int, sample_s: float = 0.2) -> CpuLoad:
 
 class LoadTracker:
     """The load other programs put on the CPU since the last look, without waiting: a chat or a server asks
-    before each reply, and the time since the previous one is the window."""
+    before each reply and every `RECHECK_S` while it writes one, and the time since the previous look is the
+    window. A server or chat lives for hours: a busy moment at its start must not set its threads for life."""
 
     MIN_WINDOW_S = 0.2  # shorter windows say too little: keep the last answer
+    RECHECK_S = 2.0  # while generating: look again this often (a look costs two /proc reads)
 
     def __init__(self, cores: int, threads: int):
         self.cores = cores
         self.last = threads
         self._snap, self._t = _cpu_snapshot(), time.monotonic()
+
+    def due(self) -> bool:
+        """Whether a look in the middle of work is worth its cost now."""
+        return time.monotonic() - self._t >= self.RECHECK_S
 
     def threads(self) -> int:
         now = time.monotonic()

@@ -365,7 +365,7 @@ async def health(request: Request):
 async def metrics(request: Request):
     state = _state(request)
     s = state.scheduler
-    return PlainTextResponse(state.metrics.render(len(s.slots), s.busy, s.queued), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(state.metrics.render(len(s.slots), s.busy, s.queued, state.engine.info.n_threads), media_type="text/plain; version=0.0.4")
 
 
 # --- errors, key and counting --------------------------------------------------------------------------

@@ -57,7 +57,7 @@ class Metrics:
             span = max(now - self._recent[0][0], 1e-3)
             return sum(n for _, n in self._recent) / span
 
-    def render(self, slots: int, busy: int, queued: int) -> str:
+    def render(self, slots: int, busy: int, queued: int, threads: int) -> str:
         tps = self.tokens_per_second()
         with self._lock:
             rows = [
@@ -72,6 +72,7 @@ class Metrics:
                 ("slots", "gauge", "Slots: requests decoded together.", [("", slots)]),
                 ("slots_busy", "gauge", "Slots serving a request now.", [("", busy)]),
                 ("queue_depth", "gauge", "Requests waiting for a free slot.", [("", queued)]),
+                ("threads", "gauge", "CPU threads llama.cpp decodes with now (they follow other programs' load).", [("", threads)]),
             ]
         lines = []
         for name, kind, help_text, samples in rows:

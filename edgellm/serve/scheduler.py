@@ -145,6 +145,7 @@ class Scheduler:
                     self._start(job)
                 self._admit()
                 self._reap_cancelled()
+                self._engine.adapt_threads(midway=True)  # streams last long: follow the load between batches
                 if self.busy:
                     self._step()
         except Exception:  # a bug here must not leave clients waiting forever

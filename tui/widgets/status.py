@@ -22,7 +22,7 @@ class Stats:
     gpu_layers: str = "?"
     lora: str = ""  # LoRA adapters applied, e.g. "my-tune ×0.5"
     note: str = ""  # e.g. "context full: 2 oldest messages left out"
-    threads: int = 0  # CPU threads the last reply ran with (chosen again before each one)
+    threads: int = 0  # CPU threads llama.cpp decodes with (chosen again before each reply and during long ones)
 
 
 class StatsBar(Static):
