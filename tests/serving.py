@@ -3,6 +3,7 @@ from the line it prints once it takes connections, its log kept, stopped with Ct
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx2
 import openai
+
+from edgellm.testhooks import ENV
 
 EDGELLM = str(Path(sys.executable).parent / "edgellm")
 KEY = "test-key-1234"
@@ -44,10 +47,13 @@ ANTHROPIC_TIME = {"name": TIME["function"]["name"], "input_schema": TIME["functi
 class Server:
     """A running `edgellm serve`; its address comes from the line it prints once it takes connections."""
 
-    def __init__(self, *args: str, threads: str | None = "1"):
-        """`threads=None` lets the server choose them (and follow the load) as a user's would."""
+    def __init__(self, *args: str, threads: str | None = "1", pause: str | None = None):
+        """`threads=None` lets the server choose them (and follow the load) as a user's would. `pause` names a
+        test pause point (edgellm/testhooks.py), e.g. `serve.token:3`: the first reply to reach it is held there
+        until its client leaves or the server stops, so a test acts mid-stream on any machine, fast or slow."""
         fixed = ["-t", threads] if threads else []
-        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", *fixed, *args], stderr=subprocess.PIPE, text=True)
+        env = {**os.environ, ENV: pause} if pause else None
+        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", *fixed, *args], stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
         for line in self.proc.stderr:
             self.log.append(line)

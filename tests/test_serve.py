@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import httpx2
@@ -178,32 +179,57 @@ def test_four_parallel_greedy_streams_equal_each_run_alone(server):
     assert all(together)
 
 
-def test_a_client_that_disconnects_frees_its_slot(server):
-    cancelled = server.metric("requests_cancelled_total")
+HELD = "serve.token:3"  # the first reply that sends its third token waits there until its client leaves or Ctrl-C
+
+
+@pytest.fixture
+def held(tools_gguf):
+    """One slot, no waiting room; its first reply is held mid-stream (see HELD)."""
+    s = Server(str(tools_gguf), "--parallel", "1", "--queue", "0", "--ctx", str(SLOT_CTX), "--api-key", KEY, pause=HELD)
+    yield s
+    if s.proc.poll() is None:
+        s.interrupt()
+
+
+def held_stream(server: Server):
+    """A streamed reply that the server holds after its third token: (response context, its lines)."""
     body = {"messages": CAPITAL, "max_tokens": SLOT_CTX, "ignore_eos": True, "stream": True}
-    with server.http().stream("POST", "/v1/chat/completions", json=body) as r:
+    return server.http().stream("POST", "/v1/chat/completions", json=body)
+
+
+def wait_held(server: Server) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while f"edgellm-test: paused at {HELD}\n" not in server.log:
+        assert time.monotonic() < deadline and server.proc.poll() is None, "the reply was never held"
+        time.sleep(0.02)
+
+
+def test_a_client_that_disconnects_frees_its_slot(held):
+    cancelled = held.metric("requests_cancelled_total")
+    with held_stream(held) as r:
         lines = r.iter_lines()
-        next(lines), next(lines), next(lines)  # the reply is under way
-        assert server.health()["slots_processing"] == 1
-    server.wait_idle()
-    assert server.metric("requests_cancelled_total") == cancelled + 1  # ended by the client, not by length or stop
-    metrics = server.http().get("/metrics").text
-    for name in ("requests_total", "prompt_tokens_total", "tokens_per_second", "queue_depth", "slots_busy"):
+        next(lines)
+        wait_held(held)  # the reply is under way, and stays so until the client leaves
+        assert held.health()["slots_processing"] == 1
+    held.wait_idle()
+    assert held.metric("requests_cancelled_total") == cancelled + 1  # ended by the client, not by length or stop
+    metrics = held.http().get("/metrics").text
+    for name in ("requests_total", "prompt_tokens_total", "tokens_per_second", "queue_depth", "slots_busy", "threads"):
         assert f"\nedgellm_{name}" in metrics
     assert 'edgellm_requests_total{endpoint="/v1/chat/completions",status="200"}' in metrics
 
 
-def test_a_full_queue_answers_503_with_retry_after(one_slot):
-    body = {"messages": CAPITAL, "max_tokens": SLOT_CTX, "ignore_eos": True, "stream": True}
-    with one_slot.http().stream("POST", "/v1/chat/completions", json=body) as r:
+def test_a_full_queue_answers_503_with_retry_after(held):
+    with held_stream(held) as r:
         lines = r.iter_lines()  # kept: a dropped iterator closes the connection
         next(lines)
-        busy = one_slot.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2})
+        wait_held(held)
+        busy = held.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2})
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "1"
         assert "busy" in busy.json()["error"]["message"]
-    one_slot.wait_idle()
-    assert one_slot.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2}).status_code == 200
+    held.wait_idle()
+    assert held.http().post("/v1/chat/completions", json={"messages": CAPITAL, "max_tokens": 2}).status_code == 200
 
 
 # --- tool calls -----------------------------------------------------------------------------------------
@@ -356,12 +382,12 @@ def test_a_port_in_use_is_one_line(server):
     assert r.stderr == f"edgellm: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
-def test_ctrl_c_ends_open_streams_and_exits_cleanly(one_slot):
-    body = {"messages": CAPITAL, "max_tokens": SLOT_CTX, "ignore_eos": True, "stream": True}
-    with one_slot.http().stream("POST", "/v1/chat/completions", json=body) as r:
+def test_ctrl_c_ends_open_streams_and_exits_cleanly(held):
+    with held_stream(held) as r:
         lines = r.iter_lines()
         next(lines)
-        rc, log = one_slot.interrupt()
+        wait_held(held)
+        rc, log = held.interrupt()
         rest = [line for line in lines if line]
     assert rc == 130
     assert log.splitlines()[-1] == "edgellm: interrupted" and "Traceback" not in log

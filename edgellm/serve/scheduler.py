@@ -22,6 +22,7 @@ import llama_cpp as L
 
 from ..engine import llamacpp
 from ..engine.runtime import Engine, Sampling, sampler_chain
+from ..testhooks import pause_point
 from .metrics import Metrics
 from .textstream import TextStream
 
@@ -262,6 +263,8 @@ class Scheduler:
         text, stopped = slot.text.push(piece)
         if text:
             job.deliver(text)
+        # tests hold a reply here, mid-stream, until its client leaves or the server stops
+        pause_point("serve.token", slot.n_gen, until=lambda: job.cancelled.is_set() or self._stopping)
         if stopped:
             self._finish(slot, "stop", flush=False)
         elif (s.max_tokens is not None and slot.n_gen >= s.max_tokens) or len(slot.cache) >= self.n_ctx_slot:
