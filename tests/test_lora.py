@@ -157,6 +157,24 @@ def test_llamacpp_with_the_adapter_matches_transformers_with_peft(name, adapter_
     assert cosines(ours, plain).min() < 0.9999
 
 
+def test_the_speed_model_counts_the_adapter_each_token_reads(adapter_gguf):
+    """An adapter's A and B matrices are read beside their weights at every token: the plan predicts that cost
+    (at F32's cost per byte), where the layers run."""
+    from edgellm.engine.launch import plan_model
+    from edgellm.plan import speed
+    from edgellm.plan.hardware import detect
+
+    base = smollm2_converted_gguf("f32")
+    plain = plan_model(base, ctx=256, threads=1)
+    adapted = plan_model(base, ctx=256, threads=1, loras=[(adapter_gguf["plain"], 0.5)])
+    assert adapted.speed.source == "predicted" and adapted.speed.decode_tps < plain.speed.decode_tps
+    extra_s = 1 / adapted.speed.decode_tps - 1 / plain.speed.decode_tps
+    n_bytes = adapted.loras[0].n_bytes
+    bandwidth = speed.machine_speed(detect()).memory_bps
+    assert extra_s == pytest.approx(max(speed.DECODE_S_PER_GB["F32"] * n_bytes / speed.GB, n_bytes / bandwidth), rel=0.05)
+    assert adapted.speed.prompt_tps < plain.speed.prompt_tps
+
+
 @pytest.mark.slow
 def test_the_engine_applies_the_adapter_at_its_scale(adapter_gguf, tokens):
     """Through the planner and Engine.load, as run, chat and serve load it; scale 0.5 halves peft's scaling."""

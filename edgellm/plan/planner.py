@@ -339,8 +339,9 @@ def make_plan(
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
             continue
         kind = _fit_kind(m.n_gpu_layers, f.info.n_layers, m.n_cpu_moe)
-        speed = measured(f.bench, hw.machine_id, threads, m.n_gpu_layers) or predict(
-            f.info, machine, threads, m.n_gpu_layers, m.n_cpu_moe
+        # a level benchmarked here ran without adapters: with them it is predicted
+        speed = (None if loras else measured(f.bench, hw.machine_id, threads, m.n_gpu_layers)) or predict(
+            f.info, machine, threads, m.n_gpu_layers, m.n_cpu_moe, lora_bytes(loras, f.info.n_layers)
         )
         levels.append(LevelFit(f.level, f.path, f.size, kind, f.info.n_layers, m.n_gpu_layers, m.n_ctx, m.ram, m.vram, m.n_cpu_moe, speed))
         fitting.append((f, m, speed))

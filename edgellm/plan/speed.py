@@ -5,7 +5,7 @@ manifest, and a level benchmarked here with the same threads and GPU layers is p
 Otherwise a model of the machine:
 
 - decode: a token reads every weight it passes through once (each layer, the experts it uses, the output
-  matrix; one row of the embeddings). Per tensor on the CPU that costs the larger of its compute (a cost
+  matrix, LoRA adapters' matrices; one row of the embeddings). Per tensor on the CPU that costs the larger of its compute (a cost
   per byte for its quant type at one thread, divided over the threads) and its share of the machine's
   memory bandwidth; on a GPU, its bytes over the GPU's bandwidth. Each layer adds a fixed cost (graph,
   synchronisation, kernel launches).
@@ -169,14 +169,23 @@ def _per_token_tensors(info: GGUFInfo) -> list[tuple[str, int, int, int, bool]]:
     return out
 
 
-def predict(info: GGUFInfo, machine: MachineSpeed, threads: int, n_gpu_layers: int = 0, n_cpu_moe: int = 0) -> Speed:
+def _lora_tensors(lora: list[int]) -> list[tuple[str, int, int, int, bool]]:
+    """LoRA adapters' A and B matrices per layer (bytes in each layer, then outside them, as `planner.lora_bytes`
+    gives them), as tensors a token passes through: llama.cpp multiplies by both beside each adapted weight.
+    Their type is taken as F32 (F16 costs the same per byte here)."""
+    return [("F32", nbytes, nbytes // 4, layer, False) for layer, nbytes in enumerate(lora) if nbytes]
+
+
+def predict(info: GGUFInfo, machine: MachineSpeed, threads: int, n_gpu_layers: int = 0, n_cpu_moe: int = 0,
+            lora: list[int] | None = None) -> Speed:
     """Decode and prompt tokens/s of `info` with `n_gpu_layers` on the GPU (llama.cpp's count: the output
-    layer first) and `threads` CPU threads."""
+    layer first) and `threads` CPU threads; `lora` is the bytes of the adapters applied, per layer then outside
+    the layers (each part runs where its layer does)."""
     n = info.n_layers
     first_gpu = n + 1 - min(max(0, n_gpu_layers), n + 1) if machine.gpu_bps else n + 1
     threads = max(1, threads)
     cpu_s = gpu_s = prompt_cpu_s = prompt_gpu_s = bus_bytes = 0.0
-    for qtype, nbytes, weights, layer, expert in _per_token_tensors(info):
+    for qtype, nbytes, weights, layer, expert in _per_token_tensors(info) + _lora_tensors(lora or []):
         on_gpu = layer >= first_gpu and not (expert and layer < n_cpu_moe)  # --n-cpu-moe keeps those experts in RAM
         if on_gpu:
             gpu_s += nbytes / machine.gpu_bps
@@ -202,10 +211,10 @@ RPC_TOKEN_S = 2.1e-3  # per worker and generated token: llama.cpp's RPC round tr
 RPC_PROMPT_TOKEN_S = 0.05e-3  # per worker and prompt token (a batch crosses in one round trip)
 
 
-def predict_split(info: GGUFInfo, machine: MachineSpeed, threads: int, n_workers: int) -> Speed:
+def predict_split(info: GGUFInfo, machine: MachineSpeed, threads: int, n_workers: int, lora: list[int] | None = None) -> Speed:
     """Tokens/s with layers spread over this machine and `n_workers` RPC workers, taking the workers to be as
     fast as this machine (layers run one device after the other) and the network as fast as loopback."""
-    local = predict(info, replace(machine, gpu_bps=0.0), threads)
+    local = predict(info, replace(machine, gpu_bps=0.0), threads, lora=lora)
     decode = 1 / local.decode_tps + n_workers * RPC_TOKEN_S
     prompt = 1 / local.prompt_tps + n_workers * RPC_PROMPT_TOKEN_S
     return Speed(1 / decode, 1 / prompt, "predicted")

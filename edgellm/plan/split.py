@@ -101,7 +101,8 @@ def plan_with_workers(
                 if hw.unified_memory:
                     notes.append("with --rpc the integrated GPU is not used: layers run here on the CPU or on the workers")
                 n_threads = threads or hw.cpu_cores
-                speed = predict_split(f.info, machine_speed(hw), n_threads, sum(1 for s in split if s.n_layers and not s.device))
+                speed = predict_split(f.info, machine_speed(hw), n_threads, sum(1 for s in split if s.n_layers and not s.device),
+                                      lora_bytes(loras, n))
                 return Plan(
                     name=model.name, path=f.path, level=f.level, n_layers=n, n_gpu_layers=g, n_ctx=c, kv_type=kv_type,
                     memory=m, ram_budget=ram_budget, vram_budget=sum(budgets),
