@@ -433,6 +433,22 @@ def with_architectures(name: str, src: Path, arch: str) -> Path:
     return _build_once(f"{name}-with-architectures", build)
 
 
+
+def tokenizer_json_only(name: str, src: Path) -> Path:
+    """A copy of checkpoint `src` whose tokenizer is saved again by transformers 5 and left without
+    tokenizer.model, as transformers 5, fine-tunes and re-uploads ship SentencePiece models."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        for f in src.iterdir():
+            if not (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")):
+                shutil.copy(f, tmp / f.name)
+        AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+        (tmp / "tokenizer.model").unlink(missing_ok=True)
+
+    return _build_once(f"{name}-tokenizer-json-only", build)
+
 # --- real-shaped GGUFs with no weights (memory planning against llama.cpp's own accounting) ---------------
 
 # name -> (arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, sliding window, experts, experts used, expert n_ff)
