@@ -142,3 +142,27 @@ def test_unigram_is_refused_as_by_llamacpp(tmp_path, capsys, monkeypatch):
     )
     assert ref.returncode != 0 and "pre-tokenizer was not recognized" in ref.stderr
     assert not (tmp_path / "ref.gguf").exists()
+
+
+def test_pieces_scored_by_merge_order_not_id(tmp_path, capsys, monkeypatch):
+    """A BPE whose ids are not in the order its merges were learned (as a tokenizer trained with other tools
+    may number them): the scores follow the merges, so llama.cpp still splits as transformers does."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("EDGELLM_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "ckpt"
+    shutil.copytree(_json_only("gemma3"), folder)
+    tok_json = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tok_json["model"]["vocab"]
+    added = {a["id"] for a in tok_json["added_tokens"]}
+    normal = sorted((i, t) for t, i in vocab.items() if i not in added and not t.startswith("<0x"))
+    ids = [i for i, _ in normal]
+    vocab.update({t: i for (_, t), i in zip(normal, reversed(ids))})
+    (folder / "tokenizer.json").write_text(json.dumps(tok_json))
+
+    out = convert_checkpoint(folder, tmp_path / "out.gguf", "bf16", progress=False)
+    tok = AutoTokenizer.from_pretrained(folder)
+    llm = llama(out, vocab_only=True)
+    expected = tok(TEXT)["input_ids"]
+    assert expected != AutoTokenizer.from_pretrained(_json_only("gemma3"))(TEXT)["input_ids"]  # the ids did move
+    assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == expected
