@@ -46,6 +46,8 @@ BPE_NORMALIZERS = (None, "NFC")
 # SentencePiece-style tokenizer.json: (normalizer steps, pre-tokenizer steps) -> whether text gets a leading
 # "▁" (llama.cpp's add_space_prefix). Every structure only turns spaces into "▁" and splits nothing, as
 # llama.cpp's SentencePiece tokenizer does; Gemma's Split on " " finds no space left after its normalizer.
+# Metaspace adds no "▁" to text that already starts with a space, where SentencePiece and llama.cpp add one:
+# such text splits differently from transformers whether the vocabulary came from here or tokenizer.model.
 SPM_STRUCTURES: dict[tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]], bool] = {
     ((("replace", " ", "\u2581"),), ()): False,  # Gemma, as transformers 4 saves it
     ((("replace", " ", "\u2581"),), (("split", " ", "MergedWithPrevious", "False"),)): False,  # Gemma, transformers 5
