@@ -287,8 +287,7 @@ def _sentencepiece_json_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: i
     top = max([*vocab.values(), *added], default=-1)
     if top >= n_vocab:
         raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
-    named = {config[f] for f in SPECIAL_FIELDS if isinstance(config.get(f), str)}
-    named.update(t for t in [*config.get("extra_special_tokens", []), *config.get("additional_special_tokens", [])] if isinstance(t, str))
+    named = _named_special_tokens(config)
 
     tokens: list[str | bytes] = [f"[PAD{i}]".encode() for i in range(n_vocab)]
     scores = [-10000.0] * n_vocab
@@ -310,6 +309,17 @@ def _sentencepiece_json_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: i
     leading = (post.get("single") or [{}])[0]
     add_bos = post.get("type") != "TemplateProcessing" or "SpecialToken" in leading
     return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=add_bos, space_prefix=space_prefix)
+
+
+def _named_special_tokens(config: dict[str, Any]) -> set[str]:
+    """The texts tokenizer_config.json names as special tokens: single fields, and the extra ones as a list
+    or (transformers 5, multimodal models) a table; each a string or a serialised AddedToken."""
+    found: list[Any] = [config.get(f) for f in SPECIAL_FIELDS]
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        extra = config.get(key) or []
+        found.extend(extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else [])
+    texts = (t.get("content") if isinstance(t, dict) else t for t in found)
+    return {t for t in texts if isinstance(t, str)}
 
 
 def _learned_order(model: dict[str, Any], vocab: dict[str, int], normal: list[int]) -> list[int]:

@@ -18,7 +18,7 @@ import fixtures
 from conftest import llama
 from edgellm.errors import EdgeError
 from edgellm.quantize.convert import convert_checkpoint
-from edgellm.quantize.vocab import load_vocab
+from edgellm.quantize.vocab import CONTROL, USER_DEFINED, load_vocab
 from test_convert import EXPECTED_DIFFERENT, MESSAGES, TEXT, _fields
 from test_convert_errors import assert_failed, run_cli
 
@@ -166,3 +166,22 @@ def test_pieces_scored_by_merge_order_not_id(tmp_path, capsys, monkeypatch):
     expected = tok(TEXT)["input_ids"]
     assert expected != AutoTokenizer.from_pretrained(_json_only("gemma3"))(TEXT)["input_ids"]  # the ids did move
     assert llm.tokenize(TEXT.encode(), add_bos=True, special=False) == expected
+
+
+def test_added_tokens_typed_as_llamacpp_types_them(tmp_path):
+    """Special by tokenizer.json's flag or by tokenizer_config's names (a list, or a table in transformers 5):
+    control; other added tokens: user-defined, with "▁" written as the space llama.cpp matches them against."""
+    tok_json = json.loads((_json_only("gemma3") / "tokenizer.json").read_text())
+    for a in tok_json["added_tokens"]:
+        a["special"] = a["special"] and a["content"] not in ("<start_of_turn>", "<end_of_turn>")
+    extra = {"id": 1000, "content": "\u2581hi\u2581there", "special": False, "normalized": False, "lstrip": False, "rstrip": False, "single_word": False}
+    folder = _spm_folder(tmp_path, added_tokens=[*tok_json["added_tokens"], extra])
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["extra_special_tokens"] = {"turn_start": "<start_of_turn>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    vocab = load_vocab(folder, 1024)
+    assert (vocab.tokens[5], vocab.types[5], vocab.scores[5]) == (b"<start_of_turn>", CONTROL, -1000.0)  # named in the table
+    assert (vocab.tokens[6], vocab.types[6]) == (b"<end_of_turn>", USER_DEFINED)  # named nowhere any more
+    assert (vocab.tokens[1000], vocab.types[1000], vocab.scores[1000]) == (b" hi there", USER_DEFINED, -1000.0)
+    assert vocab.tokens[1001] == b"[PAD1001]"
