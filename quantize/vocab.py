@@ -113,18 +113,23 @@ def looks_special(text: str) -> bool:
 def load_vocab(folder: Path, n_vocab: int) -> Vocab:
     """The vocabulary of `folder`, padded to the model's `n_vocab` rows."""
     tok_json = read_json(folder / "tokenizer.json")
+    if tok_json is not None and not isinstance(tok_json, dict):
+        raise EdgeError(f"tokenizer.json in {folder} is not a JSON object")
     if tok_json is not None and is_byte_level_bpe(tok_json):
         return _bpe_vocab(folder, tok_json, n_vocab)
     if (folder / "tokenizer.model").is_file():
         return _sentencepiece_vocab(folder, n_vocab)
     if tok_json is not None:
-        return _sentencepiece_json_vocab(folder, tok_json, n_vocab)
+        try:
+            return _sentencepiece_json_vocab(folder, tok_json, n_vocab)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a file from anywhere: any field may be off
+            raise EdgeError(f"malformed tokenizer.json in {folder}: {type(exc).__name__} {exc}") from exc
     raise EdgeError(f"missing tokenizer in {folder}: expected tokenizer.json (byte-level BPE, or SentencePiece BPE with byte fallback) or tokenizer.model (SentencePiece)")
 
 
 def is_byte_level_bpe(tok_json: dict[str, Any]) -> bool:
-    model = tok_json.get("model") or {}
-    return model.get("type") == "BPE" and (tok_json.get("decoder") or {}).get("type") == "ByteLevel"
+    model, decoder = tok_json.get("model"), tok_json.get("decoder")
+    return isinstance(model, dict) and model.get("type") == "BPE" and isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"
 
 
 def pre_tokenizer_steps(pre: dict[str, Any] | None) -> tuple[tuple[str, ...], ...]:
@@ -284,7 +289,10 @@ def _sentencepiece_json_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: i
     # tokenizer_config's table, where there is one, decides as it does beside tokenizer.model
     config = read_json(folder / "tokenizer_config.json") or {}
     added.update({int(i): d for i, d in (config.get("added_tokens_decoder") or {}).items()})
-    top = max([*vocab.values(), *added], default=-1)
+    ids = [*vocab.values(), *added]
+    if not all(type(i) is int and i >= 0 for i in ids):
+        raise EdgeError(f"tokenizer.json in {folder} has a token id that is not a whole number from 0")
+    top = max(ids, default=-1)
     if top >= n_vocab:
         raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
     named = _named_special_tokens(config)

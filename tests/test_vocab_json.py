@@ -185,3 +185,23 @@ def test_added_tokens_typed_as_llamacpp_types_them(tmp_path):
     assert (vocab.tokens[6], vocab.types[6]) == (b"<end_of_turn>", USER_DEFINED)  # named nowhere any more
     assert (vocab.tokens[1000], vocab.types[1000], vocab.scores[1000]) == (b" hi there", USER_DEFINED, -1000.0)
     assert vocab.tokens[1001] == b"[PAD1001]"
+
+
+@pytest.mark.parametrize(
+    "field,value,pattern",
+    [
+        ("model", "merges", r"malformed tokenizer\.json in .*: AttributeError"),
+        ("added_tokens", [{"id": -1, "content": "<x>"}], r"token id that is not a whole number from 0"),
+        ("added_tokens", [{"id": 5}], r"malformed tokenizer\.json in .*: KeyError 'content'"),
+    ],
+)
+def test_damaged_tokenizer_json_is_one_readable_error(field, value, pattern, tmp_path):
+    with pytest.raises(EdgeError, match=pattern):
+        load_vocab(_spm_folder(tmp_path, **{field: value}), 1024)
+
+
+def test_damaged_merge_is_one_readable_error(tmp_path):
+    tok_json = json.loads((_json_only("gemma3") / "tokenizer.json").read_text())
+    folder = _spm_folder(tmp_path, model={**tok_json["model"], "merges": [["a", "b", "c"]]})
+    with pytest.raises(EdgeError, match=r"malformed tokenizer\.json in .*: ValueError too many values to unpack"):
+        load_vocab(folder, 1024)
