@@ -326,6 +326,23 @@ QWEN3_MOE_CHECKS = (
     Check(lambda c, h: bool(c.get("norm_topk_prob")), "norm_topk_prob is off, and llama.cpp always renormalises the chosen experts' weights"),
     Check(_experts_ok, f"num_experts / num_experts_per_tok / moe_intermediate_size are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
 )
+
+
+def _rope_skipped_every_fourth(c: Config, h: HParams) -> bool:
+    """llama.cpp's smollm3 leaves out rope in every fourth layer, whatever the config says (no_rope_layers:
+    1 = rope, 0 = none; without it transformers derives the list from no_rope_layer_interval)."""
+    expected = [int((il + 1) % 4 != 0) for il in range(h.n_layers)]
+    layers = c.get("no_rope_layers")
+    if layers is None:
+        return c.get("no_rope_layer_interval", 4) == 4
+    return isinstance(layers, list) and all(isinstance(x, int) for x in layers) and layers == expected
+
+
+SMOLLM3_CHECKS = (
+    Check(_rope_skipped_every_fourth, "no_rope_layers is not every fourth layer without rope, the only pattern llama.cpp's smollm3 runs"),
+    NO_SLIDING_WINDOW,
+    Check(lambda c, h: all(t == "full_attention" for t in c.get("layer_types") or []), "layer_types has sliding-window layers, and llama.cpp's smollm3 attends fully"),
+)
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -370,6 +387,11 @@ ARCHS: dict[str, ArchSpec] = {
             checks=(_gemma_query_scale(62), Check(lambda c, h: c.get("attn_logit_softcapping") is None, "attn_logit_softcapping is set, which Gemma 3 in llama.cpp does not apply")),
         ),
         ArchSpec("Phi3ForCausalLM", "phi3", "phi3", PHI3_TENSORS, permute_qk=False, rope_factors="longrope", metadata=PHI3_KEYS),
+        # SmolLM3: Llama with rope left out of every fourth layer (llama.cpp loads q/k/v biases, not an output one).
+        ArchSpec(
+            "SmolLM3ForCausalLM", "smollm3", "smollm3", LLAMA_TENSORS + _attn_biases(True)[:3], permute_qk=True, rope_factors="llama3",
+            checks=SMOLLM3_CHECKS,
+        ),
         # Mixtral is llama.cpp's "llama" with experts in place of the MLP.
         ArchSpec(
             "MixtralForCausalLM", "mixtral", "llama", EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + FFN_NORM + MIXTRAL_EXPERTS,

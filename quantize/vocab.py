@@ -1,4 +1,5 @@
-"""Tokenizers -> GGUF vocabulary: byte-level BPE from tokenizer.json, SentencePiece from tokenizer.model.
+"""Tokenizers -> GGUF vocabulary: byte-level BPE from tokenizer.json, SentencePiece from tokenizer.model, or
+from tokenizer.json alone when it holds SentencePiece's BPE with byte fallback (as transformers 5 saves it).
 
 The BPE pre-tokenizer is recognised from the tokenizer's own structure (its split regexes and byte-level
 settings), not from a hash of its output, so an extended or retrained vocabulary with a known structure
@@ -8,6 +9,8 @@ still converts.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,25 @@ PRE_TOKENIZERS: dict[tuple[tuple[str, ...], ...], str] = {
 # tokenizer.json normalizers a byte-level BPE may have: llama.cpp applies none, and NFC (Qwen2) changes
 # nothing for text that is already NFC, as typed text almost always is.
 BPE_NORMALIZERS = (None, "NFC")
+
+# SentencePiece-style tokenizer.json: (normalizer steps, pre-tokenizer steps) -> whether text gets a leading
+# "▁" (llama.cpp's add_space_prefix). Every structure only turns spaces into "▁" and splits nothing, as
+# llama.cpp's SentencePiece tokenizer does; Gemma's Split on " " finds no space left after its normalizer.
+# Metaspace adds no "▁" to text that already starts with a space, where SentencePiece and llama.cpp add one:
+# such text splits differently from transformers whether the vocabulary came from here or tokenizer.model.
+SPM_STRUCTURES: dict[tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]], bool] = {
+    ((("replace", " ", "\u2581"),), ()): False,  # Gemma, as transformers 4 saves it
+    ((("replace", " ", "\u2581"),), (("split", " ", "MergedWithPrevious", "False"),)): False,  # Gemma, transformers 5
+    ((("prepend", "\u2581"), ("replace", " ", "\u2581")), ()): True,  # Llama 2, Mistral (legacy tokenizer.json)
+    ((), (("metaspace", "\u2581", "first", "False"),)): True,  # Llama 2, Mistral, Phi-3 (Metaspace)
+    ((), (("metaspace", "\u2581", "always", "False"),)): True,
+    # transformers 5's Llama 2 / Mistral (legacy=False): a leading "▁" doubled, so that Metaspace always prefixes one
+    ((("replace", " ", "\u2581"), ("replace", "\\A\u2581", "\u2581\u2581")), (("metaspace", "\u2581", "always", "False"),)): True,
+    ((), (("metaspace", "\u2581", "never", "False"),)): False,
+}
+BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+# tokenizer_config.json fields naming special tokens (transformers counts them as special, llama.cpp as control)
+SPECIAL_FIELDS = ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token", "sep_token", "cls_token")
 
 # Control tokens that end an assistant turn, in chat templates of the Llama family (llama.cpp's EOT).
 EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|eot|>", "<end_of_turn>")
@@ -91,19 +113,23 @@ def looks_special(text: str) -> bool:
 def load_vocab(folder: Path, n_vocab: int) -> Vocab:
     """The vocabulary of `folder`, padded to the model's `n_vocab` rows."""
     tok_json = read_json(folder / "tokenizer.json")
+    if tok_json is not None and not isinstance(tok_json, dict):
+        raise EdgeError(f"tokenizer.json in {folder} is not a JSON object")
     if tok_json is not None and is_byte_level_bpe(tok_json):
         return _bpe_vocab(folder, tok_json, n_vocab)
     if (folder / "tokenizer.model").is_file():
         return _sentencepiece_vocab(folder, n_vocab)
     if tok_json is not None:
-        kind = (tok_json.get("model") or {}).get("type")
-        raise EdgeError(f"unsupported tokenizer in {folder}: tokenizer.json holds a non-byte-level {kind} model and there is no tokenizer.model")
-    raise EdgeError(f"missing tokenizer in {folder}: expected tokenizer.json (byte-level BPE) or tokenizer.model (SentencePiece)")
+        try:
+            return _sentencepiece_json_vocab(folder, tok_json, n_vocab)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a file from anywhere: any field may be off
+            raise EdgeError(f"malformed tokenizer.json in {folder}: {type(exc).__name__} {exc}") from exc
+    raise EdgeError(f"missing tokenizer in {folder}: expected tokenizer.json (byte-level BPE, or SentencePiece BPE with byte fallback) or tokenizer.model (SentencePiece)")
 
 
 def is_byte_level_bpe(tok_json: dict[str, Any]) -> bool:
-    model = tok_json.get("model") or {}
-    return model.get("type") == "BPE" and (tok_json.get("decoder") or {}).get("type") == "ByteLevel"
+    model, decoder = tok_json.get("model"), tok_json.get("decoder")
+    return isinstance(model, dict) and model.get("type") == "BPE" and isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"
 
 
 def pre_tokenizer_steps(pre: dict[str, Any] | None) -> tuple[tuple[str, ...], ...]:
@@ -189,21 +215,132 @@ def _sentencepiece_vocab(folder: Path, n_vocab: int) -> Vocab:
     # Tokens added on top of the SentencePiece model (added_tokens.json, tokenizer_config's decoder table).
     extra = {int(i): {"content": t} for t, i in (read_json(folder / "added_tokens.json") or {}).items()}
     extra.update({int(i): d for i, d in ((read_json(folder / "tokenizer_config.json") or {}).get("added_tokens_decoder") or {}).items()})
-    for i, data in sorted(extra.items()):
-        if i >= n_vocab:
+    _set_added(tokens, types, scores, extra)
+    special = _special_vocab(folder, n_vocab, load_merges=False)
+    # llama.cpp prefixes a space unless told otherwise; Gemma's model does not (add_dummy_prefix off).
+    space_prefix = None if sp.EncodeAsPieces("a")[0].startswith("\u2581") else False
+    return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=True, space_prefix=space_prefix)
+
+
+def _set_added(
+    tokens: list[str | bytes], types: list[int], scores: list[float], added: dict[int, dict[str, Any]], named: Collection[str] = ()
+) -> None:
+    """Tokens added on top of the SentencePiece pieces, as llama.cpp's converter types and scores them."""
+    for i, data in sorted(added.items()):
+        if i >= len(tokens):
             continue
         text = data["content"]
-        if data.get("special") or looks_special(text):
+        if data.get("special") or text in named or looks_special(text):
             types[i] = CONTROL
         else:
             text = text.replace("\u2581", " ")  # llama.cpp expects user-defined tokens pre-normalised
             types[i] = USER_DEFINED
         tokens[i] = text.encode("utf-8")
         scores[i] = -1000.0
+
+
+def _spm_steps(node: dict[str, Any] | None) -> tuple[tuple[str, ...], ...]:
+    """A normalizer or pre-tokenizer as a tuple of steps (a key part into SPM_STRUCTURES)."""
+    if not node:
+        return ()
+    kind = node.get("type")
+    if kind == "Sequence":
+        parts = node.get("normalizers", node.get("pretokenizers", []))
+        return tuple(step for p in parts for step in _spm_steps(p))
+    if kind == "Replace":
+        pattern = node.get("pattern") or {}
+        return (("replace", str(pattern.get("String", pattern.get("Regex"))), str(node.get("content"))),)
+    if kind == "Prepend":
+        return (("prepend", str(node.get("prepend"))),)
+    if kind == "Metaspace":
+        # older files say add_prefix_space instead of prepend_scheme
+        scheme = node.get("prepend_scheme") or ("always" if node.get("add_prefix_space", True) else "never")
+        return (("metaspace", str(node.get("replacement")), str(scheme), str(bool(node.get("split", True)))),)
+    return pre_tokenizer_steps(node)
+
+
+def _sentencepiece_json_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: int) -> Vocab:
+    """SentencePiece's BPE with byte fallback read from tokenizer.json alone, written as llama.cpp's converter
+    writes it from tokenizer.model: the merged pieces scored by merge order (SentencePiece gives the n-th
+    piece learned the score -n, and transformers orders the merges the same way), `<0xNN>` pieces as bytes."""
+    model = tok_json.get("model") or {}
+    kind = model.get("type")
+    if kind == "Unigram":
+        raise EdgeError(
+            f"unsupported tokenizer in {folder}: tokenizer.json holds a Unigram model and there is no tokenizer.model; "
+            "llama.cpp's SentencePiece tokenizer merges pieces by score instead of finding the most likely split, "
+            "so its token ids would differ from the model's (llama.cpp's own converter refuses it too)"
+        )
+    if kind != "BPE" or not model.get("byte_fallback") or model.get("ignore_merges"):
+        shown = f"{kind} model" + (" without byte fallback" if kind == "BPE" and not model.get("byte_fallback") else "")
+        raise EdgeError(
+            f"unsupported tokenizer in {folder}: tokenizer.json holds a {shown} (neither byte-level BPE nor "
+            "SentencePiece BPE with byte fallback) and there is no tokenizer.model"
+        )
+    structure = (_spm_steps(tok_json.get("normalizer")), _spm_steps(tok_json.get("pre_tokenizer")))
+    if structure not in SPM_STRUCTURES:
+        shown = "; ".join(" ".join(repr(p) if p != p.strip() else p for p in s) for s in structure[0] + structure[1]) or "none"
+        raise EdgeError(
+            f"unsupported SentencePiece-style tokenizer.json in {folder}: its normalizer and pre-tokenizer ({shown}) "
+            "do more than turn spaces into \u2581, which llama.cpp would not repeat"
+        )
+    vocab: dict[str, int] = model.get("vocab") or {}
+    added = {int(a["id"]): a for a in tok_json.get("added_tokens", [])}
+    # tokenizer_config's table, where there is one, decides as it does beside tokenizer.model
+    config = read_json(folder / "tokenizer_config.json") or {}
+    added.update({int(i): d for i, d in (config.get("added_tokens_decoder") or {}).items()})
+    ids = [*vocab.values(), *added]
+    if not all(type(i) is int and i >= 0 for i in ids):
+        raise EdgeError(f"tokenizer.json in {folder} has a token id that is not a whole number from 0")
+    top = max(ids, default=-1)
+    if top >= n_vocab:
+        raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
+    named = _named_special_tokens(config)
+
+    tokens: list[str | bytes] = [f"[PAD{i}]".encode() for i in range(n_vocab)]
+    scores = [-10000.0] * n_vocab
+    types = [UNUSED] * n_vocab
+    unk = model.get("unk_token")
+    pieces = {i: t for t, i in vocab.items() if i not in added}
+    for i, text in pieces.items():
+        tokens[i] = text.encode("utf-8")
+        scores[i] = 0.0
+        types[i] = BYTE if BYTE_PIECE.fullmatch(text) else UNKNOWN if text == unk else NORMAL
+    for rank, i in enumerate(_learned_order(model, vocab, [i for i in sorted(pieces) if types[i] == NORMAL])):
+        scores[i] = -float(rank)
+    _set_added(tokens, types, scores, added, named)
     special = _special_vocab(folder, n_vocab, load_merges=False)
-    # llama.cpp prefixes a space unless told otherwise; Gemma's model does not (add_dummy_prefix off).
-    space_prefix = None if sp.EncodeAsPieces("a")[0].startswith("\u2581") else False
-    return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=True, space_prefix=space_prefix)
+    space_prefix = None if SPM_STRUCTURES[structure] else False
+    # transformers 5 keeps add_bos_token only in the post-processor's template, which gguf-py reads only
+    # when it starts with a special token: a template that does not means no BOS, not llama.cpp's default.
+    post = tok_json.get("post_processor") or {}
+    leading = (post.get("single") or [{}])[0]
+    add_bos = post.get("type") != "TemplateProcessing" or "SpecialToken" in leading
+    return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=add_bos, space_prefix=space_prefix)
+
+
+def _named_special_tokens(config: dict[str, Any]) -> set[str]:
+    """The texts tokenizer_config.json names as special tokens: single fields, and the extra ones as a list
+    or (transformers 5, multimodal models) a table; each a string or a serialised AddedToken."""
+    found: list[Any] = [config.get(f) for f in SPECIAL_FIELDS]
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        extra = config.get(key) or []
+        found.extend(extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else [])
+    texts = (t.get("content") if isinstance(t, dict) else t for t in found)
+    return {t for t in texts if isinstance(t, str)}
+
+
+def _learned_order(model: dict[str, Any], vocab: dict[str, int], normal: list[int]) -> list[int]:
+    """The normal pieces in the order SentencePiece learned them: pieces made by a merge in the order of their
+    first merge, then the single characters no merge makes, by id. For a tokenizer.json made from a
+    SentencePiece model this is id order; llama.cpp's tokenizer then merges by score as BPE does by rank."""
+    first: dict[int, int] = {}
+    for rank, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        i = vocab.get(left + right)
+        if i is not None:
+            first.setdefault(i, rank)
+    return sorted(normal, key=lambda i: (i not in first, first.get(i, 0), i))
 
 
 def _special_vocab(folder: Path, n_vocab: int, load_merges: bool) -> gguf.SpecialVocab:

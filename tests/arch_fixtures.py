@@ -1,7 +1,8 @@
 """Tiny random checkpoints of the architectures beyond the Llama family, each with a tokenizer of its real
 style trained here: Qwen3 and Qwen3-MoE (Qwen2's byte-level BPE), Gemma 2 and 3 (SentencePiece BPE without
 a dummy prefix, turn markers), Phi-3 (Llama's SentencePiece plus `<|...|>` special tokens, long-context rope)
-and Mixtral (Mistral's tokenizer, reused). Built with transformers' own config classes, cached like
+Mixtral (Mistral's tokenizer, reused) and SmolLM3 (Llama without rope in every fourth layer, Qwen's tokenizer
+reused). Built with transformers' own config classes, cached like
 fixtures.py's builders.
 """
 
@@ -377,6 +378,34 @@ def mixtral_checkpoint() -> Path:
     return _build_once("mixtral-tiny-hf", build)
 
 
+def smollm3_checkpoint() -> Path:
+    """A tiny SmolLM3 (bf16, tied embeddings): Llama with rope left out of every fourth layer (layers 3 and
+    7 of 8), with the Qwen-style byte-level BPE tokenizer trained here."""
+
+    def build(tmp: Path) -> None:
+        from transformers import SmolLM3Config
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = SmolLM3Config(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=65536,
+            rope_parameters={"rope_type": "default", "rope_theta": 5000000.0},
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=1002,
+            pad_token_id=1000,
+        )
+        assert config.no_rope_layers == [1, 1, 1, 0, 1, 1, 1, 0]
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("smollm3-tiny-hf", build)
+
+
 CHECKPOINTS = {
     "qwen3": qwen3_checkpoint,
     "qwen3moe": qwen3_moe_checkpoint,
@@ -384,6 +413,7 @@ CHECKPOINTS = {
     "gemma3": gemma3_checkpoint,
     "phi3": phi3_checkpoint,
     "mixtral": mixtral_checkpoint,
+    "smollm3": smollm3_checkpoint,
 }
 
 
@@ -432,6 +462,22 @@ def with_architectures(name: str, src: Path, arch: str) -> Path:
 
     return _build_once(f"{name}-with-architectures", build)
 
+
+
+def tokenizer_json_only(name: str, src: Path) -> Path:
+    """A copy of checkpoint `src` whose tokenizer is saved again by transformers 5 and left without
+    tokenizer.model, as transformers 5, fine-tunes and re-uploads ship SentencePiece models."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        for f in src.iterdir():
+            if not (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")):
+                shutil.copy(f, tmp / f.name)
+        AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+        (tmp / "tokenizer.model").unlink(missing_ok=True)
+
+    return _build_once(f"{name}-tokenizer-json-only", build)
 
 # --- real-shaped GGUFs with no weights (memory planning against llama.cpp's own accounting) ---------------
 
