@@ -56,7 +56,7 @@ def prune_cache(unused_days: float = UNUSED_DAYS) -> tuple[int, list[str]]:
         if left_over or entry.stat().st_mtime < cutoff:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry.name)
-    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+    size = sum(f.stat().st_blocks * 512 for f in root.rglob("*") if f.is_file() and not f.is_symlink())  # sparse files: their blocks
     return size, removed
 
 
@@ -229,15 +229,36 @@ def random_blocks(qtype, n_blocks: int = 4096, seed: int = 0) -> bytes:
 def write_llama3_shaped_gguf(path: Path, shape: str = "llama3-8b", level: str = "Q4_K_M", fill: str = "sparse") -> Path:
     """A GGUF with a real Llama 3 shape and tokenizer but no trained weights.
 
-    fill="sparse": tensor data is a hole in the file (instant, no disk used; weights read as zeros).
+    fill="sparse": tensor data is a hole in the file (instant, no disk used; weights read as zeros). The header
+    (a 128k-token vocabulary, seconds to write) is made once per shape and level and kept in the test cache.
     fill="random": every tensor is a random block pattern repeated (valid, finite, non-zero weights:
     for speed and memory measurements; writes the full size to disk).
     """
-    import numpy as np
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType
+    if fill == "sparse":
+        made = _build_once(f"synthetic-{shape}-{level}", lambda d: _shaped_header(d, shape, level))
+        path = Path(path)
+        path.write_bytes((made / "header.gguf").read_bytes())
+        with path.open("r+b") as f:
+            f.truncate(int((made / "size").read_text()))
+        return path
+    return _write_shaped(path, shape, level, fill)
+
+
+def _shaped_header(folder: Path, shape: str, level: str) -> None:
+    """The header of a sparse shaped file (`header.gguf`) and the file's whole size (`size`)."""
+    full = _write_shaped(folder / "full.gguf", shape, level, "sparse")
+    start = full.stat().st_size - _data_bytes(shape, level)
+    with full.open("rb") as f:
+        (folder / "header.gguf").write_bytes(f.read(start))
+    (folder / "size").write_text(str(full.stat().st_size))
+    full.unlink()
+
+
+def _shaped_tensors(shape: str, level: str) -> list[tuple[str, tuple[int, ...], object]]:
+    from gguf import GGMLQuantizationType
 
     n_layer, n_embd, n_ff, n_head, n_head_kv = LLAMA3_SHAPES[shape]
-    ftype, main, sensitive, out_type = SYNTH_LEVELS[level]
+    _, main, sensitive, out_type = SYNTH_LEVELS[level]
     kv_dim = n_embd // n_head * n_head_kv
     q = GGMLQuantizationType
     tensors = [("token_embd.weight", (LLAMA3_VOCAB, n_embd), q[main])]
@@ -254,11 +275,29 @@ def write_llama3_shaped_gguf(path: Path, shape: str = "llama3-8b", level: str = 
             (b + "ffn_up.weight", (n_ff, n_embd), q[main]),
             (b + "ffn_down.weight", (n_embd, n_ff), q[sensitive]),
         ]
-    tensors += [("output_norm.weight", (n_embd,), q.F32), ("output.weight", (LLAMA3_VOCAB, n_embd), q[out_type])]
+    return tensors + [("output_norm.weight", (n_embd,), q.F32), ("output.weight", (LLAMA3_VOCAB, n_embd), q[out_type])]
 
-    def nbytes(shape_, qtype) -> int:
-        block, size = GGML_QUANT_SIZES[qtype]
-        return int(np.prod(shape_)) // block * size
+
+def _tensor_bytes(shape_, qtype) -> int:
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape_)) // block * size
+
+
+def _data_bytes(shape: str, level: str, alignment: int = 32) -> int:
+    return sum(-(-_tensor_bytes(s, t) // alignment) * alignment for _, s, t in _shaped_tensors(shape, level))
+
+
+def _write_shaped(path: Path, shape: str, level: str, fill: str) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter, LlamaFileType
+
+    n_layer, n_embd, n_ff, n_head, n_head_kv = LLAMA3_SHAPES[shape]
+    ftype = SYNTH_LEVELS[level][0]
+    tensors = _shaped_tensors(shape, level)
+    nbytes = _tensor_bytes
 
     path = Path(path)
     w = GGUFWriter(path, "llama")
