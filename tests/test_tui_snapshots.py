@@ -18,7 +18,7 @@ REPLY = "Here is one:\n\n```python\nprint(\"Hello, world!\")\n```\n\nRun it with
 class ScriptedEngine:
     """The Engine chat API with a fixed reply, for pictures only."""
 
-    info = SimpleNamespace(name="SmolLM2-135M-Instruct", level="Q4_1", n_layers=30, n_gpu_layers=0, gpu_layers="0/31", n_ctx=2048)
+    info = SimpleNamespace(name="SmolLM2-135M-Instruct", level="Q4_1", n_layers=30, n_gpu_layers=0, gpu_layers="0/31", n_ctx=2048, n_threads=2)
 
     def __init__(self) -> None:
         self.last_stats = None
