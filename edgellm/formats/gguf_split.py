@@ -14,12 +14,21 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from ..errors import EdgeError
 
-if TYPE_CHECKING:
-    from .gguf_info import GGUFInfo
+
+class Header(Protocol):
+    """What is read here of a part's header (`gguf_info.GGUFInfo`, which imports this module)."""
+
+    path: Path
+    file_size: int
+    metadata: dict[str, Any]
+    tensors: list
+
+
+H = TypeVar("H", bound=Header)
 
 SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS = "split.count", "split.no", "split.tensors.count"
 MAX_PARTS = 9999  # llama.cpp writes split.count as a uint16; no published model comes near this
@@ -107,7 +116,7 @@ def part_names(first: str, meta: dict[str, Any]) -> list[str]:
     return [s.part(i) for i in range(1, n + 1)]
 
 
-def join(first: GGUFInfo, rest: Sequence[GGUFInfo]) -> GGUFInfo:
+def join(first: H, rest: Sequence[H]) -> H:
     """The model of the first part `first` and the other parts `rest` (in order): its size the sum of theirs,
     its tensors all of theirs. EdgeError naming the part that does not belong or is short of tensors."""
     n = 1 + len(rest)
@@ -134,7 +143,7 @@ def join(first: GGUFInfo, rest: Sequence[GGUFInfo]) -> GGUFInfo:
                    parts=(first.path, *(p.path for p in rest)))  # fmt: skip
 
 
-def gather(first: GGUFInfo, read_one: Callable[[Path], GGUFInfo]) -> GGUFInfo:
+def gather(first: H, read_one: Callable[[Path], H]) -> H:
     """`first` as the whole model: unchanged when it is not split, else joined with the parts beside it, each
     read with `read_one`. A missing part is named with the folder it should be in."""
     names = part_names(first.path.name, first.metadata)
