@@ -204,6 +204,9 @@ def _plan_gguf(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -
         fitting += 1
         if fast_enough(alone, opts):  # the planner takes it: smaller levels would be lower quality
             chosen = lv
+    unreadable = [rows[lv].note.removeprefix("not chosen: ") for lv in candidates if rows[lv].note.startswith("not chosen: ")]
+    if not read and not why_not and len(unreadable) == len(candidates):
+        why_not = f"{name} has no level that can be read: {unreadable[0]}"
     if not read and not why_not:
         smallest = min(candidates, key=lambda lv: rows[lv].size)
         why_not = f"{name} does not fit this machine: its smallest level {smallest} is {human_bytes(rows[smallest].size)}, and there is {where}"

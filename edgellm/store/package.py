@@ -408,7 +408,8 @@ def write_card(folder: Path, m: Manifest) -> Path:
     lines += ["", "| file | level | size | bits/weight |" + (" PPL | KLD vs base |" if has_q else ""),
               "|---|---|---|---|" + ("---|---|" if has_q else "")]
     for f in m.files:
-        row = f"| `{f.file}` | {f.level} | {human_bytes(f.bytes)} | {f.bits_per_weight:.2f} |"
+        split = f" (split in {len(f.parts)} files)" if f.parts else ""
+        row = f"| `{f.file}`{split} | {f.level} | {human_bytes(f.bytes)} | {f.bits_per_weight:.2f} |"
         if has_q:
             row += f" {_num(f.ppl, 3)} | {_num(f.kld, 4)} |"
         lines.append(row)
