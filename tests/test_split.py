@@ -71,6 +71,9 @@ def test_the_parts_read_as_the_file_they_were_split_from(split_dir, capsys):
     assert code == 0 and data["parts"] == [str(split_dir / n) for n in NAMES]
     assert len(data["tensors"]) == len(whole.tensors) and data["file_size"] == first.file_size
     assert f"split in {N} parts" in " ".join(run_cli(capsys, "inspect", str(split_dir / NAMES[0]))[1].split())
+    from edgellm.serve.names import served_model
+
+    assert served_model("smol", "", "Q4_1", split_dir / NAMES[0]).size == first.file_size  # /api/tags, /v1/models
     code, _, err = run_cli(capsys, "inspect", str(split_dir / NAMES[1]))
     assert code == 1 and err.strip() == f"edgellm: {NAMES[1]} is part 2 of {N} of a split model: open its first part, {NAMES[0]}"
 
@@ -92,7 +95,9 @@ def test_list_and_plan_see_one_model_the_size_of_the_unsplit_file(parts, capsys)
     split, whole = plans["smol"], plans[str(fixtures.smollm2_gguf())]
     assert split["memory"] == whole["memory"] and split["memory"]["weights_cpu"] == read_gguf(fixtures.smollm2_gguf()).tensor_bytes
     assert split["levels"][0]["file_size"] == pkg["size"]
-    assert Path(split["path"]).name == f"smol-Q4_1-00001-of-{N:05d}.gguf"
+    assert Path(split["path"]).name == f"smol-Q4_1-00001-of-{N:05d}.gguf" and (split["parts"], whole["parts"]) == (N, 1)
+    code, out, _ = run_cli(capsys, "plan", "smol", "--ctx", "2048", "--ngl", "0")
+    assert f"Choice: Q4_1 (smol-Q4_1-00001-of-{N:05d}.gguf and {N - 1} more parts)" in " ".join(out.split())
 
 
 def test_run_gives_the_unsplit_file_s_greedy_text_and_names_a_missing_part(parts):
