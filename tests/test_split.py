@@ -229,3 +229,13 @@ def test_pull_plans_a_split_level_from_every_part_s_header_and_fetches_them_all(
         f"Broken has no level that can be read: {NAMES[2]} is missing from the repo: the level is split in {N} files "
         f"and part 3 is not listed beside Q4_1/{NAMES[0]}"
     )
+
+
+def test_quantize_refuses_a_split_base_in_one_line(split_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "quantize", str(split_dir / NAMES[0]), "--levels", "Q8_0", "--allow-requantize",
+                           "-o", str(tmp_path))  # fmt: skip
+    assert code == 2 and err.strip() == (
+        f"edgellm: {NAMES[0]} is the first of {N} parts of a split model: quantize from one file "
+        f"(llama-gguf-split --merge {NAMES[0]} merged.gguf makes it)"
+    )
+    assert list(tmp_path.iterdir()) == []
