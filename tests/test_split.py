@@ -17,6 +17,7 @@ from hubtesting import Repo, caches, edgellm_cli, fake_hub, machine_with_ram  # 
 import fixtures
 from conftest import run_cli
 from edgellm.errors import EdgeError
+from edgellm.fsutil import human_bytes
 from edgellm.formats.gguf_info import read_gguf, read_gguf_file
 from edgellm.formats.gguf_split import is_later_part, orphans, split_name, whole_name
 from edgellm.store import store
@@ -78,14 +79,16 @@ def test_the_parts_read_as_the_file_they_were_split_from(split_dir, capsys):
     assert code == 1 and err.strip() == f"edgellm: {NAMES[1]} is part 2 of {N} of a split model: open its first part, {NAMES[0]}"
 
 
-def test_list_and_plan_see_one_model_the_size_of_the_unsplit_file(parts, capsys):
+def test_list_and_plan_see_one_model_the_size_of_the_unsplit_file(parts, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")  # the table's rows on one line each
     code, out, err = run_cli(capsys, "import", str(parts), "--name", "smol")
     assert code == 0, err
     code, out, _ = run_cli(capsys, "list", "--json")
     [pkg] = json.loads(out)["packages"]
     assert pkg["error"] is None and [lv["level"] for lv in pkg["levels"]] == ["Q4_1"]
     assert pkg["size"] == pkg["levels"][0]["size"] == sum((parts / n).stat().st_size for n in NAMES)
-    assert pkg["levels"][0]["file"] == f"smol-Q4_1-00001-of-{N:05d}.gguf"
+    assert pkg["levels"][0]["file"] == f"smol-Q4_1-00001-of-{N:05d}.gguf" and pkg["levels"][0]["parts"] == N
+    assert f"Q4_1 {human_bytes(pkg['size'])} in {N} files" in " ".join(run_cli(capsys, "list")[1].split())
 
     plans = {}
     for ref in ("smol", str(fixtures.smollm2_gguf())):
