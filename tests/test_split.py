@@ -130,6 +130,16 @@ def test_a_part_from_another_split_or_a_renamed_first_part_is_named(parts, split
         read_gguf(parts / NAMES[0])
     assert str(caught.value) == f"{NAMES[1]}: split.count is 6, the first part says {N}: it is from another split of the model"
 
+    (parts / NAMES[1]).unlink()
+    os.link(split_dir / NAMES[1], parts / NAMES[1])
+    last = parts / NAMES[-1]
+    data = last.read_bytes()
+    last.unlink()
+    last.write_bytes(data[: len(data) // 2])  # cut short: its tensors run past its end
+    with pytest.raises(EdgeError) as caught:
+        read_gguf(parts / NAMES[0])
+    assert str(caught.value).startswith(f"corrupt GGUF file {last}: cut short")
+
     renamed = tmp_path / "model.gguf"
     os.link(split_dir / NAMES[0], renamed)
     with pytest.raises(EdgeError) as caught:
