@@ -184,7 +184,7 @@ def test_the_manifest_lists_every_part_and_verify_hashes_each(parts, capsys):
         (n, (parts / n).stat().st_size, sha256_file(parts / n)) for n in NAMES
     ]
     code, out, err = run_cli(capsys, "verify", str(folder), "--json")
-    assert code == 0 and json.loads(out)["ok"], err
+    assert code == 0 and json.loads(out)["ok"] and json.loads(out)["files"] == N, err
 
     last = parts / NAMES[-1]
     data = bytearray(last.read_bytes())
@@ -192,7 +192,10 @@ def test_the_manifest_lists_every_part_and_verify_hashes_each(parts, capsys):
     last.unlink()
     last.write_bytes(data)
     code, _, err = run_cli(capsys, "verify", str(folder))
-    assert code == 1 and err.strip().splitlines()[0] == f"{NAMES[-1]}: sha256 does not match the manifest"
+    assert code == 1 and err.strip().splitlines() == [
+        f"{NAMES[-1]}: sha256 does not match the manifest",
+        f"edgellm: 1 of {N} file(s) in {folder} do not match manifest.json",
+    ]
     done = edgellm_cli("run", str(folder), "-p", "hi", "-n", "2", "--ctx", "512", "-t", "1")
     assert done.returncode == 1 and done.stderr.strip() == (
         f"edgellm: {NAMES[-1]} does not match its manifest's sha256: the file is damaged or was changed"
