@@ -160,6 +160,9 @@ def test_import_links_every_part_and_a_gone_part_is_named(parts, capsys):
     assert source["files"] == {link: str(parts / n) for link, n in zip(links, NAMES)}
     assert source["sha256"] == {link: sha256_file(parts / n) for link, n in zip(links, NAMES)}
 
+    code, _, err = run_cli(capsys, "import", str(parts / NAMES[1]))
+    assert code == 2 and err.strip() == f"edgellm: {NAMES[1]} is part 2 of {N} of a split model: import its first part, {NAMES[0]}"
+
     (parts / NAMES[2]).unlink()
     code, out, _ = run_cli(capsys, "list", "--json")
     [pkg] = json.loads(out)["packages"]

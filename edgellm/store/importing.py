@@ -21,7 +21,7 @@ from ..errors import EdgeError, UsageError
 from ..fsutil import human_bytes
 from ..formats.gguf_checks import check
 from ..formats.gguf_info import GGUFInfo, read_gguf
-from ..formats.gguf_split import is_later_part, orphans
+from ..formats.gguf_split import is_later_part, orphans, split_name
 from .manifest import sha256_file
 
 MAGIC = b"GGUF"
@@ -128,6 +128,8 @@ def find_models(path: Path, say: Say) -> list[Model]:
     if path.is_file():
         if not _is_gguf(path):
             raise UsageError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
+        if (part := split_name(path.name)) and is_later_part(path.name):
+            raise UsageError(f"{path.name} is part {part.no} of {part.count} of a split model: import its first part, {part.first}")
         files = [path]
     else:
         files = _walk(path)
