@@ -258,3 +258,39 @@ def test_quantize_refuses_a_split_base_in_one_line(split_dir, tmp_path, capsys):
         f"(llama-gguf-split --merge {NAMES[0]} merged.gguf makes it)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_package_writes_a_level_in_parts_that_hold_the_whole_file_s_tensors(tmp_path, capsys):
+    """`package --split-max-size` against the same level made in one file: the same tensors, byte for byte, the
+    same metadata but for the split keys, the same greedy text from llama.cpp; a re-run keeps the parts."""
+    from gguf import GGUFReader
+
+    made = fixtures.smollm2_package()
+    base, whole = made / "smollm2-hf-F16.gguf", made / "smollm2-hf-Q8_0.gguf"
+    out = tmp_path / "pkg"
+    args = ("package", str(base), "-o", str(out), "--levels", "Q8_0", "--split-max-size", "40M", "--json")
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    [entry] = [f for f in json.loads(stdout)["files"] if f["level"] == "Q8_0"]
+    names = [p["file"] for p in entry["parts"]]
+    assert len(names) == 4 and names[0] == entry["file"] == "smollm2-hf-Q8_0-00001-of-00004.gguf"
+    assert all((out / n).stat().st_size <= (40 << 20) + (4 << 20) for n in names[1:])  # tensors, plus a header
+    assert not (out / "smollm2-hf-Q8_0.gguf").exists() and entry["bytes"] == sum((out / n).stat().st_size for n in names)
+
+    one = GGUFReader(whole)
+    parts = [GGUFReader(out / n) for n in names]
+    assert {t.name: bytes(t.data) for t in one.tensors} == {t.name: bytes(t.data) for r in parts for t in r.tensors}
+    meta = {k: v for k, v in read_gguf(out / names[0]).metadata.items() if not k.startswith("split.")}
+    assert meta == read_gguf(whole).metadata
+
+    q = ("-p", QUESTION, "--temp", "0", "-n", "16", "--ctx", "512", "--ngl", "0", "-t", "1")
+    split, single = edgellm_cli("run", str(out), *q), edgellm_cli("run", str(whole), *q)
+    assert split.returncode == single.returncode == 0 and split.stdout == single.stdout, split.stderr
+    assert run_cli(capsys, "verify", str(out))[1].strip() == f"{out}: all 4 file(s) match manifest.json"
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0 and [f["parts"] for f in json.loads(stdout)["files"] if f["level"] == "Q8_0"] == [entry["parts"]]
+
+    code, _, err = run_cli(capsys, "package", str(base), "-o", str(tmp_path / "x"), "--split-max-size", "40")
+    assert code == 2 and err.strip() == (
+        "edgellm: --split-max-size must be a size of 1M or more, with a unit (K, M, G, T): 40G, 500M; not 40"
+    )

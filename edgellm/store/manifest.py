@@ -23,8 +23,9 @@
         "file": "SmolLM2-Q4_K_M.gguf", "level": "Q4_K_M",   # a plain name inside the package folder
         "bytes": int,                 # file size (of all parts, for a split level)
         "parts": [{"file": str, "bytes": int, "sha256": str}, ...] | null
-                                      # a level split in several files (`<name>-<LEVEL>-00001-of-00003.gguf` ...,
-                                      # llama-gguf-split's naming): every part, the first first; "file" and
+                                      # a level split in several files (`package --split-max-size`, or
+                                      # llama-gguf-split: `<name>-<LEVEL>-00001-of-00003.gguf` ...):
+                                      # every part, the first first; "file" and
                                       # "sha256" above are then the first part's. Absent or null: one file.
         "bits_per_weight": float,     # tensor bits / parameters
         "sha256": str,
@@ -149,6 +150,11 @@ class FileEntry:
     accuracy: dict[str, dict[str, Any]] | None = None
     parts: list[PartEntry] | None = None
 
+    @property
+    def listed(self) -> list[PartEntry]:
+        """The files of this level as the manifest lists them: every part, or the one file."""
+        return self.parts or [PartEntry(self.file, self.bytes, self.sha256)]
+
     @classmethod
     def from_gguf(cls, info: GGUFInfo, level: str, sha256: str, **extra: Any) -> FileEntry:
         """The entry for the level `info` reads (`sha256`: of its file, or its first part; the other parts of a
@@ -247,13 +253,13 @@ class Manifest:
         for f in self.files:
             if on_file:
                 on_file(f)
-            for part in f.parts or [PartEntry(f.file, f.bytes, f.sha256)]:
-                if what := _problem(Path(folder) / part.file, part):
+            for part in f.listed:
+                if what := file_problem(Path(folder) / part.file, part):
                     problems.append(Problem(part.file, what))
         return problems
 
 
-def _problem(path: Path, want: PartEntry) -> str | None:
+def file_problem(path: Path, want: PartEntry) -> str | None:
     """What is wrong with the file `path`, listed as `want`; None when nothing."""
     if not path.is_file():
         return "missing"
