@@ -103,11 +103,16 @@ def parse_levels(spec: str | Iterable[str]) -> list[Level]:
 
 
 def check_base(info: GGUFInfo, allow_requantize: bool = False) -> None:
-    """A base must be a file llama.cpp can load (impossible header values abort it) and hold float weights:
+    """A base must be one file llama.cpp can load (impossible header values abort it) and hold float weights:
     quantizing quantized weights compounds the error."""
     from ..formats.gguf_checks import check
 
     check(info)
+    if info.parts:  # the one-pass quantizer reads tensor data from one file
+        raise UsageError(
+            f"{info.path.name} is the first of {len(info.parts)} parts of a split model: quantize from one file "
+            f"(llama-gguf-split --merge {info.path.name} merged.gguf makes it)"
+        )
     quantized = sorted({t.ggml_type for t in info.tensors if len(t.shape) > 1} - FLOAT_TYPES)
     if quantized and not allow_requantize:
         raise UsageError(

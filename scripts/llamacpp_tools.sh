@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own tools (llama-bench, llama-quantize, llama-perplexity, llama-imatrix) from the
+# Build llama.cpp's own tools (llama-bench, llama-quantize, llama-perplexity, llama-imatrix, llama-gguf-split) from the
 # sources vendored in the llama-cpp-python sdist that edgellm runs on, so benchmarks compare like with like.
 # Prints the folder that holds the binaries and convert_hf_to_gguf.py. Cached: a second call builds nothing.
 #   usage: scripts/llamacpp_tools.sh            -> prints the tools root
@@ -17,7 +17,7 @@ cache=${EDGELLM_TOOLS_CACHE:-$HOME/.cache/edgellm-tools}
 root="$cache/llama_cpp_python-$ver"
 src="$root/vendor/llama.cpp"
 build="$src/build"
-targets=(llama-bench llama-quantize llama-perplexity llama-imatrix)
+targets=(llama-bench llama-quantize llama-perplexity llama-imatrix llama-gguf-split)
 server=(-DLLAMA_BUILD_SERVER=OFF)
 files=("${targets[@]}")
 if [ "${LLAMACPP_RPC:-0}" = 1 ]; then

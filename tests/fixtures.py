@@ -774,6 +774,31 @@ def llamacpp_tools() -> Path | None:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
+SPLIT_PARTS = 3
+
+
+def smollm2_split() -> Path | None:
+    """The real SmolLM2 Q4_1 GGUF split by llama.cpp's own `llama-gguf-split` into SPLIT_PARTS files
+    (`SmolLM2-135M-Instruct-Q4_1-00001-of-00003.gguf` ...), in a folder of their own; None where llama.cpp's
+    tools cannot be built here."""
+    tools = llamacpp_tools()
+    if tools is None:
+        return None
+
+    def build(tmp: Path) -> None:
+        from gguf import GGUFReader
+
+        n_tensors = len(GGUFReader(smollm2_gguf()).tensors)
+        subprocess.run(
+            [str(tools / "build" / "bin" / "llama-gguf-split"), "--split", "--split-max-tensors",
+             str(-(-n_tensors // SPLIT_PARTS)), str(smollm2_gguf()), str(tmp / "SmolLM2-135M-Instruct-Q4_1")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        assert len(list(tmp.glob("*.gguf"))) == SPLIT_PARTS
+
+    return _build_once("smollm2-split", build)
+
+
 # The Llama-family checkpoints the converter is tested on, by name (tests/arch_fixtures.py has the others).
 CHECKPOINTS = {
     "smollm2": smollm2_checkpoint,

@@ -194,7 +194,7 @@ def test_a_cdn_that_drops_range_is_read_only_as_far_as_the_header(fake_hub):
 
 
 def test_a_file_that_changed_since_it_was_listed_is_refused(fake_hub):
-    from edgellm.hub.headers import gguf_header
+    from edgellm.hub.headers import level_header
     from edgellm.hub.ranges import HubReader
 
     fake_hub.repos[REPO] = llama3_8b_repo()
@@ -203,7 +203,7 @@ def test_a_file_that_changed_since_it_was_listed_is_refused(fake_hub):
     old = fake_hub.repos[REPO].files[q6]
     fake_hub.repos[REPO].files[q6] = Sparse(old.head, old.size + 1)
     with pytest.raises(EdgeError) as caught:
-        gguf_header(HubReader(remote), next(f for f in remote.files if f.path == q6))
+        level_header(HubReader(remote), [next(f for f in remote.files if f.path == q6)])
     assert str(caught.value) == (
         f"{q6} in {REPO} on Hugging Face is {old.size + 1:,} bytes but the repo's listing says {old.size:,}: it "
         "changed meanwhile; try again"

@@ -37,6 +37,7 @@ def bench() -> None:
 def _resolve(model: str | None) -> tuple[list, list[FileResult]]:
     """The model refs to benchmark for one argument, and the files that cannot be read (reported with the
     results, so the others still run). A package with a damaged level is benchmarked file by file."""
+    from ..formats.gguf_split import is_later_part
     from ..store.models import resolve_model
 
     try:
@@ -48,6 +49,8 @@ def _resolve(model: str | None) -> tuple[list, list[FileResult]]:
             return [], [FileResult(file=str(model), level="?", size_bytes=0, bits_per_weight=0.0, error=str(exc))]
     refs, failed = [], []
     for f in sorted(Path(model).glob("*.gguf")):
+        if is_later_part(f.name):
+            continue  # measured with its first part
         try:
             refs.append(resolve_model(f))
         except EdgeError as exc:

@@ -24,7 +24,8 @@ def summary(path: Path) -> dict:
         type_bytes[t.ggml_type] += t.n_bytes
     return {
         "path": str(info.path),
-        "file_size": info.file_size,
+        "file_size": info.file_size,  # of all parts, for a model split in several files
+        "parts": [str(p) for p in info.files],
         "arch": info.arch,
         "name": info.name,
         "file_type": info.file_type,
@@ -48,7 +49,10 @@ def summary(path: Path) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (long arrays summarised).")
 @click.option("--tensors", "all_tensors", is_flag=True, help="List every tensor, not only the non-layer ones and layer 0.")
 def inspect(file: Path, as_json: bool, all_tensors: bool) -> int:
-    """Show FILE.gguf's metadata and a summary of its tensors."""
+    """Show FILE.gguf's metadata and a summary of its tensors.
+
+    A model split in several files (`<name>-00001-of-00003.gguf` ...) is shown whole from its first part:
+    its size and tensors are those of every part."""
     data = summary(file)
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -63,6 +67,7 @@ def inspect(file: Path, as_json: bool, all_tensors: bool) -> int:
     console.print(
         f"[bold]{data['path']}[/bold]  {data['arch']}  {data['file_type']}  "
         f"{data['n_params'] / 1e6:.1f}M params  {data['bits_per_weight']:.2f} bits/weight  {human_bytes(data['file_size'])}"
+        + (f"  split in {len(data['parts'])} parts" if len(data["parts"]) > 1 else "")
     )
     meta = Table("key", "value", title="metadata", title_justify="left")
     keys = [k for k in HEADLINE if k in data["metadata"]] + [k for k in data["metadata"] if k not in HEADLINE]

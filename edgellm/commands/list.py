@@ -23,9 +23,10 @@ def list_(as_json: bool) -> int:
 
     \b
     --json: {"store", "packages": [{"name", "path", "origin", "source", "size",
-             "levels": [{"level", "file", "size", "bits_per_weight", "fit"}],
+             "levels": [{"level", "file", "size", "bits_per_weight", "fit", "parts"}],
              "fits", "fit_note", "error"}]}
-    (fit: "gpu", "partial", "cpu" or "no"; error: why an entry could not be read, else null)
+    (fit: "gpu", "partial", "cpu" or "no"; error: why an entry could not be read, else null; parts: the files
+    of a level split in several, "file" the first of them and "size" all of them, else 1)
     """
     found = catalog.entries()
     if as_json:
@@ -41,10 +42,11 @@ def list_(as_json: bool) -> int:
         if e.error:
             table.add_row(e.name, f"[red]unreadable: {e.error}[/red]", "", "", e.origin)
             continue
-        levels = ", ".join(
-            f"[dim]{f.level} {human_bytes(f.size)}[/dim]" if f.fit == "no" else f"{f.level} {human_bytes(f.size)}"
-            for f in e.files
-        )
+        levels = ", ".join(f"[dim]{_level(f)}[/dim]" if f.fit == "no" else _level(f) for f in e.files)
         table.add_row(e.name, levels, human_bytes(e.size), e.fits or "-", e.origin)
     Console().print(table)
     return 0
+
+
+def _level(f: catalog.StoredFile) -> str:
+    return f"{f.level} {human_bytes(f.size)}" + (f" in {f.parts} files" if f.parts > 1 else "")

@@ -163,3 +163,24 @@ levels_per_pass = click.option(
     "--jobs", type=Range(int, 0, 64), default=0, show_default=True,
     help="Levels made together in one pass over the base, where tensors they quantize alike are quantized once "
          "(0: all). Fewer per pass records each level sooner; all at once is fastest.")
+
+
+class ByteSize(click.ParamType):
+    """A size in bytes written as a number with K, M, G or T (powers of 1024): `40G`, `500M`."""
+
+    name = "size"
+    UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    PATTERN = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])i?B?$", re.IGNORECASE)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = self.PATTERN.match(str(value).strip())
+        size = int(float(m.group(1)) * self.UNITS[m.group(2).upper()]) if m else 0
+        if size < self.UNITS["M"]:
+            option = param.opts[-1] if param is not None and param.opts else "the value"
+            raise UsageError(f"{option} must be a size of 1M or more, with a unit (K, M, G, T): 40G, 500M; not {value}")
+        return size
+
+
+BYTE_SIZE = ByteSize()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import LORA, levels_per_pass
+from .options import BYTE_SIZE, LORA, levels_per_pass
 
 LEVELS_HELP = "Comma-separated quantization levels (e.g. Q8_0,Q4_K_M,Q2_K); `edgellm quantize --list` shows all."
 
@@ -100,10 +100,13 @@ def print_levels_table(rows: list[dict], title: str) -> None:
 @click.option("--lora", "loras", type=LORA, multiple=True, metavar="ADAPTER_DIR[:SCALE]",
               help="A PEFT LoRA adapter folder merged into the checkpoint's weights at SCALE (default 1) before "
                    "quantizing; repeatable.")
+@click.option("--split-max-size", "split_max_size", type=BYTE_SIZE, default=None, metavar="SIZE",
+              help="Write each level larger than SIZE (e.g. 40G: the Hugging Face Hub takes files up to 50 GB) in "
+                   "parts of at most SIZE of tensors, <name>-<LEVEL>-00001-of-0000N.gguf ..., as llama-gguf-split does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a table.")
 def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatrix_text: Path | None,
             eval_text: Path | None, n_ctx: int, name: str | None, jobs: int, allow_requantize: bool,
-            loras: tuple, as_json: bool) -> int:
+            loras: tuple, split_max_size: int | None, as_json: bool) -> int:
     """Convert SRC (a Hugging Face checkpoint folder, a float GGUF, or a hub repo id to pull first, as
     `edgellm pull` does) and quantize it to several levels.
 
@@ -131,7 +134,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
         levels=chosen, base_type=base_type, imatrix_text=imatrix_text,
         eval_text=eval_text, n_ctx=n_ctx, allow_requantize=allow_requantize, jobs=jobs,
         name=name or got.name,  # a pulled snapshot's folder is named after a commit
-        loras=loras,
+        loras=loras, split_max_size=split_max_size or 0,
     )
     opts.command = shlex.join(
         ["edgellm", "package", str(src), "-o", str(out_dir), "--levels", ",".join(lv.name for lv in opts.levels),
@@ -140,6 +143,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
         + (["--eval", str(eval_text)] if eval_text else [])
         + (["--allow-requantize"] if allow_requantize else [])
         + [arg for path, scale in loras for arg in ("--lora", f"{path}:{scale:g}")]
+        + (["--split-max-size", f"{split_max_size >> 20}M"] if split_max_size else [])
     )
     with ProgressReporter() as ui:
         result = build_package(source, out_dir, opts, ui.reporter())

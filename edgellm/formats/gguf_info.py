@@ -1,6 +1,6 @@
 """What a GGUF file holds, read from its header only (tensor data is never touched).
 
-`read_gguf` reads a file on disk; `read_gguf_prefix` reads the first bytes of a file that is elsewhere (a
+`read_gguf` reads a model on disk (all parts of a split one); `read_gguf_prefix` reads the first bytes of a file that is elsewhere (a
 hub's, fetched by byte range), saying how many more it needs when they end inside the header.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeError
+from . import gguf_split
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 # Metadata arrays longer than this (token lists, merges, scores) are summarised, not copied.
@@ -49,6 +50,14 @@ class GGUFInfo:
     chat_template: str | None
     metadata: dict[str, Any] = field(repr=False)
     tensors: list[TensorInfo] = field(repr=False)
+    # A model split in several files (`gguf_split`): every part, the first (`path`) first. `file_size` and
+    # `tensors` are then the whole model's; () for a model in one file.
+    parts: tuple[Path, ...] = field(default=(), repr=False)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files the model takes on disk."""
+        return self.parts or (self.path,)
 
     @property
     def n_params(self) -> int:
@@ -176,7 +185,13 @@ def _scalar(part: np.ndarray, vtype) -> Any:
 
 
 def read_gguf(path: str | Path) -> GGUFInfo:
-    """Read a GGUF header. Missing, non-GGUF or truncated files raise EdgeError with one line."""
+    """Read a GGUF header: of a model split in several files, the first part's, with the tensors and sizes of
+    all parts (`gguf_split`). Missing, non-GGUF or truncated files (or parts) raise EdgeError with one line."""
+    return gguf_split.gather(read_gguf_file(path), read_gguf_file)
+
+
+def read_gguf_file(path: str | Path) -> GGUFInfo:
+    """Read the header of one GGUF file, whatever split it is part of."""
     path = Path(path)
     if not path.is_file():
         raise EdgeError(f"no such file: {path}")

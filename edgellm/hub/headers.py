@@ -13,15 +13,17 @@ own safetensors checks) before anything is planned from it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import EdgeError
+from ..formats import gguf_split
 from ..formats.gguf_checks import check
 from ..formats.gguf_info import GGUFInfo, Truncated, read_gguf_prefix
 from .clients import RemoteFile
 
 FIRST_READ = 2 << 20
+PART_FIRST_READ = 64 << 10  # a split's later parts hold no vocabulary: their headers list tensors only
 SAFETENSORS_FIRST_READ = 256 << 10  # a shard's header lists its tensors: tens of KiB, a MoE shard's a few hundred
 # Below the planner's runtime overhead (72 MiB): a file larger than the memory usable here by more than its
 # header cannot fit, so the planner may judge it by its size without reading it.
@@ -30,15 +32,33 @@ MAX_SAFETENSORS_HEADER = 100 << 20  # as the converter allows
 MAX_CONFIG = 4 << 20  # config.json is a few KiB
 
 
-def gguf_header(reader, f: RemoteFile) -> GGUFInfo:
-    """The checked header of the GGUF file `f`, from its first bytes only."""
+def level_header(reader, files: list[RemoteFile]) -> GGUFInfo:
+    """The checked header of a level in the GGUF files `files`: one file, or every part of a split one (its
+    sizes and tensors all theirs, `gguf_split`), each part's header read and the set found complete."""
+    by_path = {f.path: f for f in files}
+    first = by_path[min(by_path)]
+    info = _prefix(reader, first, FIRST_READ)
+    folder = PurePosixPath(first.path).parent
+    names = gguf_split.part_names(first.path, info.metadata)
+    rest = []
+    for i, name in enumerate(names[1:], start=2):
+        part = by_path.get(str(folder / name))
+        if part is None:
+            raise EdgeError(f"{name} is missing from the repo: the level is split in {len(names)} files and part {i} "
+                            f"is not listed beside {first.path}")  # fmt: skip
+        rest.append(_prefix(reader, part, PART_FIRST_READ))
+    return check(gguf_split.join(info, rest)) if rest else check(info)
+
+
+def _prefix(reader, f: RemoteFile, first_read: int) -> GGUFInfo:
+    """The unchecked header of the GGUF file `f`, read from its start in growing steps."""
     data = b""
-    want = FIRST_READ
+    want = min(first_read, f.size)
     while True:
         got = reader.read(f, len(data), want - len(data))
         data += got
         try:
-            return check(read_gguf_prefix(data, f.path, f.size))
+            return read_gguf_prefix(data, f.path, f.size)
         except Truncated as cut:
             if not got or len(data) >= f.size:
                 raise EdgeError(f"corrupt GGUF header in {f.path}: it runs past the end of the file") from None

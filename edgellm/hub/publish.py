@@ -1,7 +1,8 @@
 """What a package puts on the Hugging Face Hub, and the upload.
 
-Only the package itself goes up: the `.gguf` files at the top of its folder (not hidden ones, nothing from
-sub-folders, the importance matrix only when asked), `manifest.json` and `README.md`. The manifest that
+Only the package itself goes up: the `.gguf` files at the top of its folder (every part of a split level,
+which must all be there; not hidden ones, nothing from sub-folders, the importance matrix only when asked),
+`manifest.json` and `README.md`. The manifest that
 goes up is a copy without what is private to this machine: the checkpoint's local path, the command lines
 that made each file (source, output, calibration and evaluation paths) and the bench results with the
 machine they ran on. The card gets the YAML front matter the Hub reads (`base_model`, `license`, `tags`,
@@ -140,13 +141,20 @@ def card_with_front_matter(text: str, base: str | None, license_: str | None, ar
 def prepare(folder: Path, with_imatrix: bool = False, base: str | None = None, license_: str | None = None) -> Upload:
     """What pushing `folder` would send; reads the package, writes nothing."""
     from ..formats.gguf_info import read_gguf
+    from ..formats.gguf_split import is_later_part, orphans, split_name
 
     take, left = _choose(folder, with_imatrix)
     ggufs = [p for p in take if p.suffix == ".gguf" and p.name != IMATRIX_FILE]
     if not ggufs:
         raise UsageError(f"{folder} holds no .gguf files at its top level: nothing to push")
+    if lost := orphans([p.name for p in ggufs]):
+        raise EdgeError(f"{lost[0]} is missing from {folder}: its later parts are there; push a split level whole")
+    firsts = [p for p in ggufs if not is_later_part(p.name)]
+    for p in firsts:
+        if split_name(p.name):
+            read_gguf(p)  # every part of a split level goes up, so every part must be there
     manifest = Manifest.load(folder) if (folder / MANIFEST_FILE).is_file() else None
-    meta = read_gguf(ggufs[0]).metadata
+    meta = read_gguf(firsts[0]).metadata
     if (folder / CARD_FILE).is_file():
         card = (folder / CARD_FILE).read_text(encoding="utf-8", errors="replace")
     elif manifest is not None:

@@ -6,8 +6,8 @@ memory usable here (RAM, plus the VRAM of a GPU llama.cpp can use) cannot fit an
 fits and decodes as fast as the planner asks (--min-speed, 10 tok/s by default), the smaller ones are not
 read either: the planner takes the highest-quality level that does, and the levels of one model differ
 only in bits per weight. When none is that fast, every level that fits is read, and the fastest chosen. F16/BF16/F32 files are bases to quantize from,
-chosen only where a repo has nothing else; a level split in several files is listed but not chosen
-(edgellm runs single-file levels).
+chosen only where a repo has nothing else. A level split in several files is one level: the header of
+every part is read, and the planner judges their sum.
 
 A checkpoint repo: config.json and the safetensors headers give the converter's output exactly
 (`quantize.estimate`), and each published level's size from its bits per weight; the planner chooses
@@ -28,7 +28,7 @@ from ..formats.gguf_checks import check
 from ..plan.hardware import HardwareProfile
 from .download import FLOAT_LEVELS, LevelChoice, Remote, gguf_levels, select_files
 from .clients import HUBS, Say
-from .headers import checkpoint_tensors, gguf_header, json_file
+from .headers import checkpoint_tensors, json_file, level_header
 from .ranges import Fetched, reader_for
 from ..store.models import ModelFile, ModelRef
 from ..plan.planner import FIT_TEXT, MIN_CTX, LevelFit, Plan, make_plan, memory_budgets
@@ -179,8 +179,6 @@ def _plan_gguf(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -
         size, paths = sum(f.size for f in fs), tuple(f.path for f in fs)
         note = (
             "a base to quantize from, not to run" if lv not in candidates
-            else f"split in {len(fs)} files: not chosen (edgellm runs single-file levels; --level fetches it)"
-            if len(fs) > 1
             else "smaller: not read" if chosen
             else f"larger than the {where}: not read" if size > limit
             else ""
@@ -189,7 +187,8 @@ def _plan_gguf(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -
             rows[lv] = LevelRow(lv, paths, size, note=note)
             continue
         try:
-            mf = ModelFile(lv, Path(fs[0].path), gguf_header(reader, fs[0]))
+            info = level_header(reader, fs)
+            mf = ModelFile(lv, info.path, info)
         except EdgeError as exc:
             rows[lv] = LevelRow(lv, paths, size, note=f"not chosen: {exc}")
             continue
@@ -205,6 +204,9 @@ def _plan_gguf(remote: Remote, hw: HardwareProfile, opts: PlanOptions, reader) -
         fitting += 1
         if fast_enough(alone, opts):  # the planner takes it: smaller levels would be lower quality
             chosen = lv
+    unreadable = [rows[lv].note.removeprefix("not chosen: ") for lv in candidates if rows[lv].note.startswith("not chosen: ")]
+    if not read and not why_not and len(unreadable) == len(candidates):
+        why_not = f"{name} has no level that can be read: {unreadable[0]}"
     if not read and not why_not:
         smallest = min(candidates, key=lambda lv: rows[lv].size)
         why_not = f"{name} does not fit this machine: its smallest level {smallest} is {human_bytes(rows[smallest].size)}, and there is {where}"

@@ -26,6 +26,7 @@ class StoredFile:
     size: int
     bits_per_weight: float
     fit: str | None = None  # "gpu", "partial" (some layers on the GPU), "cpu", "no"; None when unknown
+    parts: int = 1  # files: more than one for a level split in several (`file` is the first, `size` all of them)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def _entry(folder: Path, hw: HardwareProfile) -> Entry:
     fits = {lf.level: lf.fit for lf in plan.levels} if plan else {f.level: "no" for f in ref.files}
     note = f"{FIT_TEXT.get(plan.fit, plan.fit)}, {plan.n_ctx}-token context" if plan else why
     files = tuple(
-        StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2), fits.get(f.level)) for f in ref.files
+        StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2), fits.get(f.level), len(f.parts))
+        for f in ref.files
     )
     return Entry(folder.name, folder, source, files, plan.level if plan else None, note)
 

@@ -114,6 +114,7 @@ class Plan:
     workers: tuple[WorkerShare, ...] = ()  # --rpc: the offloaded layers go to these, in order (this machine's GPUs first)
     loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
     devices: tuple[str, ...] = ()  # the GPUs (ggml device names: CUDA0, Vulkan0) the offloaded layers go to
+    parts: int = 1  # files the level takes: more than one when it is split (`path` is then the first part)
 
     @property
     def gpu_layers(self) -> str:
@@ -123,12 +124,16 @@ class Plan:
     def fit(self) -> str:
         return _fit_kind(self.n_gpu_layers, self.n_layers, self.n_cpu_moe)
 
+    @property
+    def _more_parts(self) -> str:
+        return f" and {self.parts - 1} more parts" if self.parts > 1 else ""
+
     def explain(self) -> str:
         m = self.memory
         lines = [
             f"Machine: {self.hardware}",
             f"Model: {self.name} ({len(self.levels) or 1} level{'s' if len(self.levels) != 1 else ''})",
-            f"Choice: {self.level} ({self.path.name}), {self.why}; "
+            f"Choice: {self.level} ({self.path.name}{self._more_parts}), {self.why}; "
             + (f"split with {len(self.workers)} worker{'s' if len(self.workers) != 1 else ''}" if self.workers else FIT_TEXT[self.fit]),
             f"  {'Worker' if self.workers else 'GPU'} layers: {self.gpu_layers} (incl. output layer){self._on_devices} · "
             f"{threads_text(self.n_threads)} on the CPU",
@@ -189,6 +194,7 @@ class Plan:
         return {
             "name": self.name,
             "path": str(self.path),
+            "parts": self.parts,
             "level": self.level,
             "fit": self.fit,
             "n_layers": self.n_layers,
@@ -358,6 +364,7 @@ def make_plan(
     return Plan(
         name=model.name,
         path=f.path,
+        parts=len(f.parts),
         level=f.level,
         n_layers=f.info.n_layers,
         n_gpu_layers=m.n_gpu_layers,

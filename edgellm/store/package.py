@@ -23,10 +23,11 @@ from pathlib import Path
 from ..errors import EdgeError, NotEnoughSpace, UsageError
 from ..fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
 from ..formats.gguf_info import read_gguf
-from .manifest import FILENAME, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, sha256_file
+from .manifest import FILENAME, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, file_problem, sha256_file
 from ..quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
 from ..quantize.parallel import usable_cores
 from ..quantize.peft import PeftAdapter
+from ..quantize.split import split_gguf
 from ..testhooks import pause_point
 
 BASE_TYPES = ("auto", "f16", "bf16", "f32")
@@ -47,6 +48,7 @@ class PackageOptions:
     name: str | None = None
     command: str = ""
     loras: tuple[tuple[Path, float], ...] = ()  # PEFT LoRA adapter folders merged into the weights, at these scales
+    split_max_size: int = 0  # >0: a level with more tensor bytes than this is written in parts (`quantize.split`)
 
 
 @dataclass
@@ -134,10 +136,8 @@ def _estimate_base(src: Path, base_type: str) -> tuple[int, int]:
 
 
 def _entry_ok(folder: Path, entry: FileEntry | None) -> bool:
-    if entry is None:
-        return False
-    path = folder / entry.file
-    return path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256
+    """Every file of the level (every part of a split one) is there, of its size and sha256."""
+    return entry is not None and not any(file_problem(folder / f.file, f) for f in entry.listed)
 
 
 def quantize_levels(
@@ -287,7 +287,14 @@ def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text, adap
                 manifest.put(prev)
 
     def record(level: Level, path: Path, sha: str) -> None:
-        entry = FileEntry.from_gguf(read_gguf(path), level.name, sha, imatrix=imatrix is not None,
+        files = [path]
+        if opts.split_max_size:
+            ensure_free_space(out_dir, path.stat().st_size, f"the parts of {path.name}")
+            files = split_gguf(path, opts.split_max_size)
+            if files != [path]:
+                path.unlink()
+                sha = sha256_file(files[0])
+        entry = FileEntry.from_gguf(read_gguf(files[0]), level.name, sha, imatrix=imatrix is not None,
                                     command=opts.command)
         manifest.put(entry)
         try:
@@ -295,7 +302,8 @@ def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text, adap
         except BaseException as exc:
             # A file under its final name is always listed: one that cannot be listed goes.
             manifest.files.remove(entry)
-            path.unlink(missing_ok=True)
+            for f in files:
+                f.unlink(missing_ok=True)
             if isinstance(exc, NotEnoughSpace):
                 raise NotEnoughSpace(f"{exc}: {path.name} was made but could not be recorded, so it was "
                                      "removed; free some space and run again") from exc
@@ -408,7 +416,8 @@ def write_card(folder: Path, m: Manifest) -> Path:
     lines += ["", "| file | level | size | bits/weight |" + (" PPL | KLD vs base |" if has_q else ""),
               "|---|---|---|---|" + ("---|---|" if has_q else "")]
     for f in m.files:
-        row = f"| `{f.file}` | {f.level} | {human_bytes(f.bytes)} | {f.bits_per_weight:.2f} |"
+        split = f" (split in {len(f.parts)} files)" if f.parts else ""
+        row = f"| `{f.file}`{split} | {f.level} | {human_bytes(f.bytes)} | {f.bits_per_weight:.2f} |"
         if has_q:
             row += f" {_num(f.ppl, 3)} | {_num(f.kld, 4)} |"
         lines.append(row)
