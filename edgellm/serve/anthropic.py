@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import anthropic_requests as parse
-from .api import CLIENT_GONE, Dialect, Run, ServeState, prepare_chat, read_json, render_chat, streaming
+from .api import CLIENT_GONE, Dialect, Run, ServeState, prepare_chat, read_json, render_chat, streaming, typed_sse as _event
 from .errors import ApiError
 from .scheduler import Finished
 from .tools import parse_tool_calls
@@ -47,10 +47,6 @@ def _stop(done: Finished, blocks: list[dict], max_tokens: int) -> dict:
     else:
         reason = "stop_sequence" if done.stop is not None else "end_turn"
     return {"stop_reason": reason, "stop_sequence": done.stop}
-
-
-def _event(kind: str, data: dict) -> str:
-    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 def _block_events(index: int, block: dict) -> list[str]:

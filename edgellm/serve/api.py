@@ -210,6 +210,11 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+def typed_sse(kind: str, data: dict) -> str:
+    """A server-sent event named `kind`, whose JSON names its type too (Anthropic's and the Responses API's)."""
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
 def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=None) -> StreamingResponse:
     """Server-sent events: `chunk(text, finish_reason)` per piece, usage if asked, then `data: [DONE]`.
     With `whole`, the text is held back and `whole(text, finished)` gives the last chunks instead (a reply

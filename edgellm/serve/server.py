@@ -15,7 +15,7 @@ import uvicorn
 
 from ..errors import EdgeError
 from ..engine.runtime import Engine
-from . import anthropic, ollama
+from . import anthropic, ollama, responses
 from .api import ServeState, build_app
 from .metrics import Metrics
 from .scheduler import Scheduler
@@ -69,7 +69,7 @@ def serve(engine: Engine, plan: dict, opts: ServeOptions, sock: socket.socket) -
     metrics = Metrics()
     scheduler = Scheduler(engine, opts.n_slots, opts.max_queue, metrics)
     state = ServeState(engine, scheduler, metrics, opts.model_id, plan, opts.n_slots, scheduler.n_ctx_slot, opts.api_key, int(time.time()))
-    app = build_app(state, opts.cors, (ollama.DIALECT, anthropic.DIALECT))
+    app = build_app(state, opts.cors, (ollama.DIALECT, anthropic.DIALECT, responses.DIALECT))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=GRACEFUL_S)
     server = _Server(config, scheduler)
     scheduler.start()
