@@ -351,6 +351,11 @@ class Engine:
         return self._vocab
 
     @property
+    def model(self):
+        """llama.cpp's model handle, for a second context on the same weights (embeddings)."""
+        return self._model
+
+    @property
     def n_vocab(self) -> int:
         return L.llama_vocab_n_tokens(self._vocab)
 

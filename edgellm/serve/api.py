@@ -1,4 +1,4 @@
-"""The HTTP routes: OpenAI's /v1/chat/completions, /v1/completions, /v1/models and /v1/embeddings, plus
+"""The HTTP routes: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus
 /health and /metrics. Handlers check the request, render and tokenize the prompt off the event loop,
 hand a Job to the scheduler and turn its events into a JSON body or server-sent events.
 """
@@ -25,6 +25,7 @@ from starlette.routing import Route
 import llama_cpp as L
 
 from ..errors import EdgeError
+from ..engine.embedding import LazyEmbedder
 from ..engine.runtime import Engine
 from . import grammar, schemas
 from .errors import ApiError, bad_request
@@ -49,6 +50,7 @@ class ServeState:
     n_ctx_slot: int
     api_key: str | None
     created: int  # when the server started (Unix time), as /v1/models reports it
+    embedder: LazyEmbedder  # the model's embedding context, made on the first request for one
 
 
 @dataclass(frozen=True)
@@ -342,15 +344,6 @@ async def completions(request: Request):
     return JSONResponse({**body(text, done.reason), "usage": _usage(done)})
 
 
-async def embeddings(request: Request):
-    await read_json(request)
-    raise ApiError(
-        400,
-        "this server generates text and does not compute embeddings: serve an embedding model with a tool made for it",
-        "unsupported_endpoint",
-    )
-
-
 async def models(request: Request):
     state = _state(request)
     return JSONResponse({"object": "list", "data": [{
@@ -422,7 +415,6 @@ def build_app(state: ServeState, cors: tuple[str, ...] = (), dialects: tuple[Dia
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -1,5 +1,5 @@
 """Ollama's API on the port that serves OpenAI's: /api/chat and /api/generate (NDJSON streams unless
-`"stream": false`), /api/tags, /api/show, /api/ps and /api/version, so what speaks to Ollama (Open WebUI,
+`"stream": false`), /api/embed and /api/embeddings, /api/tags, /api/show, /api/ps and /api/version, so what speaks to Ollama (Open WebUI,
 Continue, Obsidian and editor plug-ins, the `ollama` package) speaks to edgellm.
 
 A chat becomes the ChatRequest the OpenAI route runs (a raw /api/generate, the bare prompt): the same chat
@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from .. import __version__
 from . import ollama_requests as parse
-from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, embeddings, prepare_chat, prepare_prompt, read_json, streaming
+from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, prepare_chat, prepare_prompt, read_json, streaming
+from .embeddings import ollama_embed, ollama_embeddings
 from .errors import ApiError
 from .names import ServedModel, served_model
 from .scheduler import Finished
@@ -151,6 +152,17 @@ async def generate(request: Request):
     return await _reply(request, run, req.chat.gen.stream, head, lambda text: {"response": text}, last)
 
 
+async def embed(request: Request):
+    data = await read_json(request)
+    return await ollama_embed(request, _model(_state(request)).resolve(data.get("model")), data)
+
+
+async def embeddings(request: Request):
+    data = await read_json(request)
+    _model(_state(request)).resolve(data.get("model"))
+    return await ollama_embeddings(request, data)
+
+
 # --- the model ------------------------------------------------------------------------------------------
 
 
@@ -219,7 +231,7 @@ DIALECT = Dialect(
         Route("/api/show", show, methods=["POST"]),
         Route("/api/ps", ps, methods=["GET"]),
         Route("/api/version", version, methods=["GET"]),
-        Route("/api/embed", embeddings, methods=["POST"]),
+        Route("/api/embed", embed, methods=["POST"]),
         Route("/api/embeddings", embeddings, methods=["POST"]),
     ),
     error_body=error_body,

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import uvicorn
 
 from ..errors import EdgeError
+from ..engine.embedding import LazyEmbedder
 from ..engine.runtime import Engine
-from . import anthropic, ollama, responses
+from . import anthropic, embeddings, ollama, responses
 from .api import ServeState, build_app
 from .metrics import Metrics
 from .scheduler import Scheduler
@@ -68,8 +69,9 @@ def serve(engine: Engine, plan: dict, opts: ServeOptions, sock: socket.socket) -
     """Answer requests until Ctrl-C (KeyboardInterrupt) or SIGTERM."""
     metrics = Metrics()
     scheduler = Scheduler(engine, opts.n_slots, opts.max_queue, metrics)
-    state = ServeState(engine, scheduler, metrics, opts.model_id, plan, opts.n_slots, scheduler.n_ctx_slot, opts.api_key, int(time.time()))
-    app = build_app(state, opts.cors, (ollama.DIALECT, anthropic.DIALECT, responses.DIALECT))
+    state = ServeState(engine, scheduler, metrics, opts.model_id, plan, opts.n_slots, scheduler.n_ctx_slot, opts.api_key, int(time.time()),
+                       LazyEmbedder(engine.model, scheduler.n_ctx_slot, engine.info.n_threads))
+    app = build_app(state, opts.cors, (ollama.DIALECT, anthropic.DIALECT, responses.DIALECT, embeddings.DIALECT))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=GRACEFUL_S)
     server = _Server(config, scheduler)
     scheduler.start()
@@ -82,3 +84,4 @@ def serve(engine: Engine, plan: dict, opts: ServeOptions, sock: socket.socket) -
         server.run(sockets=[sock])
     finally:
         scheduler.stop()
+        state.embedder.close()  # before the engine frees the model it reads
