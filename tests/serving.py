@@ -42,10 +42,15 @@ ANTHROPIC_TIME = {"name": TIME["function"]["name"], "input_schema": TIME["functi
 
 
 class Server:
-    """A running `edgellm serve`; its address comes from the line it prints once it takes connections."""
+    """A running `edgellm serve`; its address comes from the line it prints once it takes connections. Without a
+    model among `args`, the demo model (or, with `store=True`, the store's models)."""
 
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", "-t", "1", *args], stderr=subprocess.PIPE, text=True)
+    def __init__(self, *args: str, store: bool = False, env: dict | None = None):
+        if not store and (not args or args[0].startswith("-")):
+            from fixtures import smollm2_gguf
+
+            args = (str(smollm2_gguf()), *args)
+        self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", "-t", "1", *args], stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
         for line in self.proc.stderr:
             self.log.append(line)

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import anthropic_requests as parse
-from .api import CLIENT_GONE, Dialect, Run, ServeState, prepare_chat, read_json, render_chat, streaming, typed_sse as _event
+from .api import CLIENT_GONE, Dialect, Run, prepare_chat, read_json, render_chat, served, streaming, typed_sse as _event
 from .errors import ApiError
 from .scheduler import Finished
 from .tools import parse_tool_calls
@@ -25,10 +25,6 @@ from .tools import parse_tool_calls
 # HTTP status -> Anthropic's error type
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                405: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
-
-
-def _state(request: Request) -> ServeState:
-    return request.app.state.serve
 
 
 def _blocks(text: str, tools: tuple[dict, ...]) -> list[dict]:
@@ -60,8 +56,9 @@ def _block_events(index: int, block: dict) -> list[str]:
 
 
 async def messages(request: Request):
-    state = _state(request)
-    req = parse.messages_request(await read_json(request))
+    data = await read_json(request)
+    req = parse.messages_request(data)
+    state = await served(request, req.model)
     chat = req.chat
     prepared = await run_in_threadpool(prepare_chat, state, chat)
     run = Run(state, prepared, chat.gen)
@@ -108,8 +105,9 @@ async def messages(request: Request):
 
 
 async def count_tokens(request: Request):
-    state = _state(request)
-    chat = parse.count_request(await read_json(request))
+    data = await read_json(request)
+    chat = parse.count_request(data)
+    state = await served(request, data.get("model"))
 
     def count() -> int:
         return len(state.engine.tokenize(render_chat(state, chat)))

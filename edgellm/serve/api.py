@@ -264,6 +264,21 @@ def _state(request: Request) -> ServeState:
     return request.app.state.serve
 
 
+async def served(request: Request, name, keep_alive: float | None = None) -> ServeState:
+    """The model a request is for: the one model served, whatever `name` says; or, serving the store, the model
+    `name` names, loaded first if it is not (and held until the reply ends)."""
+    pool = request.app.state.pool
+    if pool is None:
+        return request.app.state.serve
+    return await pool.lease(request.scope, name, keep_alive)
+
+
+def loaded_states(request: Request) -> list[ServeState]:
+    """The models in memory: the one served, or the store's that are loaded."""
+    pool = request.app.state.pool
+    return [request.app.state.serve] if pool is None else [h.state for h in pool.loaded()]
+
+
 def render_chat(state: ServeState, req: schemas.ChatRequest) -> str:
     messages = list(req.messages)
     try:
@@ -285,8 +300,9 @@ def prepare_chat(state: ServeState, req: schemas.ChatRequest) -> Prepared:
 
 
 async def chat_completions(request: Request):
-    state = _state(request)
-    req = schemas.chat_request(await read_json(request))
+    data = await read_json(request)
+    req = schemas.chat_request(data)
+    state = await served(request, data.get("model"))
     prepared = await run_in_threadpool(prepare_chat, state, req)
     run = Run(state, prepared, req.gen)
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
@@ -325,8 +341,9 @@ async def chat_completions(request: Request):
 
 
 async def completions(request: Request):
-    state = _state(request)
-    req = schemas.completion_request(await read_json(request))
+    data = await read_json(request)
+    req = schemas.completion_request(data)
+    state = await served(request, data.get("model"))
     prepared = await run_in_threadpool(prepare_prompt, state, req.prompt, req.gen, "prompt")
     run = Run(state, prepared, req.gen)
     rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
@@ -345,6 +362,11 @@ async def completions(request: Request):
 
 
 async def models(request: Request):
+    pool = request.app.state.pool
+    if pool is not None:
+        loaded = {h.key[0] for h in pool.loaded()}
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": request.app.state.created,
+                                                         "owned_by": "edgellm", "meta": {"loaded": name in loaded}} for name in pool.names()]})
     state = _state(request)
     return JSONResponse({"object": "list", "data": [{
         "id": state.model_id, "object": "model", "created": state.created, "owned_by": "edgellm",
@@ -354,16 +376,22 @@ async def models(request: Request):
     }]})
 
 
+def _slots(request: Request) -> tuple[int, int, int, str | None]:
+    """Slots, busy slots and waiting requests over the models in memory, and a scheduler's failure if one failed."""
+    schedulers = [state.scheduler for state in loaded_states(request)]
+    error = next((s.error for s in schedulers if s.error), None)
+    return sum(len(s.slots) for s in schedulers), sum(s.busy for s in schedulers), sum(s.queued for s in schedulers), error
+
+
 async def health(request: Request):
-    s = _state(request).scheduler
-    body = {"status": "error" if s.error else "ok", "slots_idle": len(s.slots) - s.busy, "slots_processing": s.busy, "queue": s.queued}
-    return JSONResponse(body, status_code=503 if s.error else 200)
+    slots, busy, queued, error = _slots(request)
+    body = {"status": "error" if error else "ok", "slots_idle": slots - busy, "slots_processing": busy, "queue": queued}
+    return JSONResponse(body, status_code=503 if error else 200)
 
 
 async def metrics(request: Request):
-    state = _state(request)
-    s = state.scheduler
-    return PlainTextResponse(state.metrics.render(len(s.slots), s.busy, s.queued), media_type="text/plain; version=0.0.4")
+    slots, busy, queued, _ = _slots(request)
+    return PlainTextResponse(request.app.state.metrics.render(slots, busy, queued), media_type="text/plain; version=0.0.4")
 
 
 # --- errors, key and counting --------------------------------------------------------------------------
@@ -382,9 +410,10 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 class KeyAndCount:
     """ASGI middleware: counts every answer by endpoint and status, and asks for the API key when one is set."""
 
-    def __init__(self, app, state: ServeState, dialects: tuple[Dialect, ...] = ()):
+    def __init__(self, app, metrics: Metrics, api_key: str | None, dialects: tuple[Dialect, ...] = ()):
         self.app = app
-        self.state = state
+        self.metrics = metrics
+        self.api_key = api_key
         self.dialects = dialects
 
     async def __call__(self, scope, receive, send):
@@ -394,10 +423,10 @@ class KeyAndCount:
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
-                self.state.metrics.request(path, message["status"])
+                self.metrics.request(path, message["status"])
             await send(message)
 
-        if self.state.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+        if self.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
             err = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
                            "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await error_response(self.dialects, path, err)(scope, receive, counting_send)
@@ -406,12 +435,14 @@ class KeyAndCount:
     def _authorized(self, scope) -> bool:
         """The key as OpenAI's and Ollama's clients send it (a bearer token) or as Anthropic's do (x-api-key)."""
         headers = dict(scope["headers"])
-        key = self.state.api_key.encode()
+        key = self.api_key.encode()
         bearer = hmac.compare_digest(headers.get(b"authorization", b""), b"Bearer " + key)
         return hmac.compare_digest(headers.get(b"x-api-key", b""), key) or bearer
 
 
-def build_app(state: ServeState, cors: tuple[str, ...] = (), dialects: tuple[Dialect, ...] = ()) -> Starlette:
+def build_app(state: ServeState | None, counts: Metrics, cors: tuple[str, ...] = (), dialects: tuple[Dialect, ...] = (), pool=None,
+              api_key: str | None = None, inner: tuple[Middleware, ...] = ()) -> Starlette:
+    """The app for one model (`state`), or for the store's (`pool`, a ModelPool, whose middleware comes in `inner`)."""
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
@@ -424,8 +455,12 @@ def build_app(state: ServeState, cors: tuple[str, ...] = (), dialects: tuple[Dia
     if cors:  # outermost, so preflight requests and error answers carry the CORS headers too
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
                                      allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"]))
-    middleware.append(Middleware(KeyAndCount, state=state, dialects=dialects))
+    middleware.append(Middleware(KeyAndCount, metrics=counts, api_key=api_key, dialects=dialects))
+    middleware.extend(inner)
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={ApiError: _api_error, HTTPException: _http_error})
     app.state.serve = state
+    app.state.pool = pool
+    app.state.metrics = counts
+    app.state.created = int(time.time())
     app.state.dialects = dialects
     return app

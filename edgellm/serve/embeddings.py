@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from ..engine.embedding import Embedder, Embedding
 from ..errors import EdgeError
-from .api import Dialect, ServeState, read_json
+from .api import Dialect, ServeState, read_json, served
 from .errors import ApiError, bad_request
 from .schemas import Fields
 
@@ -57,16 +57,12 @@ def _embed_all(state: ServeState, texts: list[str], truncate: bool, normalize: b
     return out
 
 
-def _state(request: Request) -> ServeState:
-    return request.app.state.serve
-
-
 async def openai_embeddings(request: Request):
-    state = _state(request)
     data = await read_json(request)
     body = Fields(data)
     if data.get("model") is not None and not isinstance(data.get("model"), str):
         raise bad_request("'model' must be a string", "model")
+    state = await served(request, data.get("model"))
     encoding = data.get("encoding_format", "float")
     if encoding not in ENCODINGS:
         raise bad_request(f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
@@ -84,22 +80,22 @@ async def openai_embeddings(request: Request):
                          "data": [{"object": "embedding", "index": i, "embedding": encoded(e.vector)} for i, e in enumerate(done)]})
 
 
-async def ollama_embed(request: Request, name: str, data: dict):
+async def ollama_embed(state: ServeState, name: str, data: dict):
     """/api/embed: `input` (a string or list), `truncate` (default true): vectors of length 1."""
     started = time.perf_counter()
     texts = _texts(data.get("input"), "input")
     truncate = Fields(data).boolean("truncate", True)
-    done = await run_in_threadpool(_embed_all, _state(request), texts, truncate, True, "input")
+    done = await run_in_threadpool(_embed_all, state, texts, truncate, True, "input")
     return JSONResponse({"model": name, "embeddings": [e.vector for e in done], "total_duration": int((time.perf_counter() - started) * 1e9),
                          "load_duration": 0, "prompt_eval_count": sum(e.n_tokens for e in done)})
 
 
-async def ollama_embeddings(request: Request, data: dict):
+async def ollama_embeddings(state: ServeState, data: dict):
     """/api/embeddings, Ollama's older route: one `prompt`, its vector as the model gives it (not scaled)."""
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise bad_request("'prompt' must be a non-empty string", "prompt")
-    (done,) = await run_in_threadpool(_embed_all, _state(request), [prompt], True, False, "prompt")
+    (done,) = await run_in_threadpool(_embed_all, state, [prompt], True, False, "prompt")
     return JSONResponse({"embedding": done.vector})
 
 

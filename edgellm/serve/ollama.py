@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from .. import __version__
 from . import ollama_requests as parse
-from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, prepare_chat, prepare_prompt, read_json, streaming
+from ..store.models import resolve_model
+from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, prepare_chat, prepare_prompt, read_json, served, streaming
 from .embeddings import ollama_embed, ollama_embeddings
 from .errors import ApiError
 from .names import ServedModel, served_model
@@ -104,20 +105,36 @@ async def _reply(request: Request, run: Run, stream: bool, head: dict, part, las
 # --- generating ----------------------------------------------------------------------------------------
 
 
+def _name(request: Request, raw) -> str:
+    """The model's name as the client gave it, once known to be one this server has (else a 404)."""
+    pool = request.app.state.pool
+    if pool is None:
+        return _model(_state(request)).resolve(raw)
+    pool.resolve(raw)
+    return raw
+
+
 async def _request(request: Request, read):
-    """The server, when the request came, the model's name as the client gave it, and the request `read` makes."""
-    state = _state(request)
+    """The model, when the request came, the model's name as the client gave it, the request `read` makes and
+    its keep_alive (seconds; None: the server's)."""
     started = time.perf_counter()
     data = await read_json(request)
-    name = _model(state).resolve(data.get("model"))
-    return state, started, name, read(data, name)
+    name = _name(request, data.get("model"))
+    req = read(data, name)
+    keep = parse.keep_alive(data)
+    return await served(request, name, keep), started, name, req, keep
+
+
+def _load_reason(keep_alive: float | None) -> str:
+    return "unload" if keep_alive == 0 else "load"
 
 
 async def chat(request: Request):
-    state, started, name, req = await _request(request, parse.chat_request)
+    state, started, name, req, keep = await _request(request, parse.chat_request)
     head = {"model": name}
-    if not req.messages:  # Ollama's way to load a model: it is loaded
-        return JSONResponse({**head, "created_at": _now(), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
+    if not req.messages:  # Ollama's way to load a model (or, with keep_alive 0, to unload it)
+        return JSONResponse({**head, "created_at": _now(), "message": {"role": "assistant", "content": ""}, "done": True,
+                             "done_reason": _load_reason(keep)})
     prepared = await run_in_threadpool(prepare_chat, state, req)
     run = Run(state, prepared, req.gen)
 
@@ -135,10 +152,10 @@ async def chat(request: Request):
 
 
 async def generate(request: Request):
-    state, started, name, req = await _request(request, parse.generate_request)
+    state, started, name, req, keep = await _request(request, parse.generate_request)
     head = {"model": name}
     if req.prompt is None:
-        return JSONResponse({**head, "created_at": _now(), "response": "", "done": True, "done_reason": "load"})
+        return JSONResponse({**head, "created_at": _now(), "response": "", "done": True, "done_reason": _load_reason(keep)})
     prepared: Prepared
     if req.raw:
         prepared = await run_in_threadpool(prepare_prompt, state, req.prompt, req.chat.gen, "prompt")
@@ -154,35 +171,53 @@ async def generate(request: Request):
 
 async def embed(request: Request):
     data = await read_json(request)
-    return await ollama_embed(request, _model(_state(request)).resolve(data.get("model")), data)
+    name = _name(request, data.get("model"))
+    return await ollama_embed(await served(request, name, parse.keep_alive(data)), name, data)
 
 
 async def embeddings(request: Request):
     data = await read_json(request)
-    _model(_state(request)).resolve(data.get("model"))
-    return await ollama_embeddings(request, data)
+    name = _name(request, data.get("model"))
+    return await ollama_embeddings(await served(request, name, parse.keep_alive(data)), data)
 
 
 # --- the model ------------------------------------------------------------------------------------------
 
 
+def _stored(name: str) -> ServedModel:
+    """A store entry as Ollama's listings describe it: its best level (or the one a `name:LEVEL` names)."""
+    ref = resolve_model(name)
+    return served_model(name, ref.name, ref.files[0].level, ref.files[0].path)
+
+
+def _listed(request: Request) -> list[ServedModel]:
+    pool = request.app.state.pool
+    return [_model(_state(request))] if pool is None else [_stored(name) for name in pool.names()]
+
+
 async def tags(request: Request):
-    m = _model(_state(request))
+    models = await run_in_threadpool(_listed, request)
     return JSONResponse({"models": [{"name": m.names[0], "model": m.names[0], "modified_at": _iso(m.modified), "size": m.size,
-                                     "digest": m.digest, "details": _details(m)}]})
+                                     "digest": m.digest, "details": _details(m)} for m in models]})
 
 
 async def show(request: Request):
-    state = _state(request)
-    m = _model(state)
     data = await read_json(request)
-    m.resolve(data.get("model", data.get("name")))
+    name = _name(request, data.get("model", data.get("name")))
+    pool = request.app.state.pool
+    if pool is None:
+        state = _state(request)
+        m = _model(state)
+        takes_tools = await run_in_threadpool(_takes_tools, state)
+    else:  # described from its file, without loading it
+        m = await run_in_threadpool(_stored, pool.resolve(name)[0])
+        takes_tools = "tools" in m.chat_template
     verbose = parse.show_verbose(data)
     info = {k: v for k, v in m.metadata.items() if verbose or not k.startswith("tokenizer.")}
     info["general.parameter_count"] = m.n_params
-    capabilities = ["completion"] + (["tools"] if await run_in_threadpool(_takes_tools, state) else [])
+    capabilities = ["completion"] + (["tools"] if takes_tools else [])
     return JSONResponse({
-        "modelfile": f"# served by edgellm {__version__}\nFROM {state.engine.info.path}\n",
+        "modelfile": f"# served by edgellm {__version__}\nFROM {m.path}\n",
         "parameters": "", "template": m.chat_template, "details": _details(m), "model_info": info,
         "capabilities": capabilities, "modified_at": _iso(m.modified),
     })
@@ -199,14 +234,21 @@ def _takes_tools(state: ServeState) -> bool:
 
 
 async def ps(request: Request):
-    state = _state(request)
-    m = _model(state)
-    memory = state.plan.get("memory", {})
-    vram = int(memory.get("vram", 0))
-    return JSONResponse({"models": [{
-        "name": m.names[0], "model": m.names[0], "size": int(memory.get("ram", 0)) + vram, "size_vram": vram, "digest": m.digest,
-        "details": _details(m), "expires_at": _iso(time.time() + LOADED_FOR.total_seconds()), "context_length": state.n_ctx_slot,
-    }]})
+    pool = request.app.state.pool
+    forever = time.time() + LOADED_FOR.total_seconds()
+    if pool is None:
+        loaded = [(_state(request), forever)]
+    else:  # a model in use expires its keep-alive after its last reply; one kept for ever shows as the one-model server's
+        loaded = [(h.state, h.expires_at if h.users == 0 and h.expires_at < forever else None) for h in pool.loaded()]
+    out = []
+    for state, expires in loaded:
+        m = _model(state)
+        memory = state.plan.get("memory", {})
+        vram = int(memory.get("vram", 0))
+        until = expires if expires is not None else time.time() + min(pool.keep_alive, LOADED_FOR.total_seconds())
+        out.append({"name": m.names[0], "model": m.names[0], "size": int(memory.get("ram", 0)) + vram, "size_vram": vram, "digest": m.digest,
+                    "details": _details(m), "expires_at": _iso(until), "context_length": state.n_ctx_slot})
+    return JSONResponse({"models": out})
 
 
 async def version(request: Request):

@@ -17,15 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .api import CLIENT_GONE, Dialect, Run, ServeState, failed, prepare_chat, read_json, streaming, typed_sse
+from .api import CLIENT_GONE, Dialect, Run, failed, prepare_chat, read_json, served, streaming, typed_sse
 from .errors import ApiError
 from .responses_requests import ResponsesRequest, responses_request
 from .scheduler import Finished
 from .tools import parse_tool_calls
-
-
-def _state(request: Request) -> ServeState:
-    return request.app.state.serve
 
 
 def _id(prefix: str) -> str:
@@ -107,8 +103,8 @@ def _item_events(ev: Events, index: int, item: dict) -> Iterator[str]:
 
 
 async def responses(request: Request):
-    state = _state(request)
     req = responses_request(await read_json(request))
+    state = await served(request, req.model)
     prepared = await run_in_threadpool(prepare_chat, state, req.chat)
     run = Run(state, prepared, req.chat.gen)
     reply = Reply(req)
