@@ -89,12 +89,17 @@ class Server:
         return rc, "".join(self.log)
 
 
-def make_tools_gguf(folder: Path) -> Path:
-    """SmolLM2 with a chat template that takes tools."""
+def make_template_gguf(folder: Path, name: str, template: str) -> Path:
+    """SmolLM2 with another chat template, as `smollm2-NAME.gguf`."""
     from fixtures import smollm2_gguf
 
-    (folder / "tools.jinja").write_text(TOOLS_TEMPLATE)
-    out = folder / "smollm2-tools.gguf"
+    (folder / f"{name}.jinja").write_text(template)
+    out = folder / f"smollm2-{name}.gguf"
     subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(smollm2_gguf()), str(out), "--chat-template-file",
-                    str(folder / "tools.jinja"), "--force"], check=True, capture_output=True, timeout=WAIT_S)
+                    str(folder / f"{name}.jinja"), "--force"], check=True, capture_output=True, timeout=WAIT_S)
     return out
+
+
+def make_tools_gguf(folder: Path) -> Path:
+    """SmolLM2 with a chat template that takes tools."""
+    return make_template_gguf(folder, "tools", TOOLS_TEMPLATE)

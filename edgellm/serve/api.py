@@ -26,6 +26,7 @@ import llama_cpp as L
 
 from ..errors import EdgeError
 from ..engine.embedding import LazyEmbedder
+from ..engine.reasoning import REASONING, ReasoningSplitter, opened_in, split_reasoning
 from ..engine.runtime import Engine
 from . import grammar, schemas
 from .errors import ApiError, bad_request
@@ -51,6 +52,7 @@ class ServeState:
     api_key: str | None
     created: int  # when the server started (Unix time), as /v1/models reports it
     embedder: LazyEmbedder  # the model's embedding context, made on the first request for one
+    thinks: bool = False  # its chat template teaches it to reason in <think>…</think> before answering
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,14 @@ async def read_json(request: Request) -> dict:
 class Prepared:
     tokens: list[int]
     grammar: object | None  # a llama.cpp grammar sampler, or None
+    inside: bool | None = None  # a thinking model's reply starts inside its reasoning (None: the model does not think)
+
+    def splitter(self) -> ReasoningSplitter | None:
+        return ReasoningSplitter(self.inside) if self.inside is not None else None
+
+    def split(self, text: str) -> tuple[str | None, str]:
+        """A whole reply as its reasoning (None: none) and its answer."""
+        return split_reasoning(text, self.inside) if self.inside is not None else (None, text)
 
 
 def prepare_prompt(state: ServeState, prompt: str, gen: schemas.Generation, param: str, call_gbnf: str | None = None) -> Prepared:
@@ -217,10 +227,14 @@ def typed_sse(kind: str, data: dict) -> str:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=None) -> StreamingResponse:
+def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=None, splitter: ReasoningSplitter | None = None) -> StreamingResponse:
     """Server-sent events: `chunk(text, finish_reason)` per piece, usage if asked, then `data: [DONE]`.
     With `whole`, the text is held back and `whole(text, finished)` gives the last chunks instead (a reply
-    that may hold tool calls is only known once complete)."""
+    that may hold tool calls is only known once complete). With `splitter`, a thinking model's reasoning goes
+    out as `chunk(None, None, {"reasoning_content": ...})` deltas."""
+
+    def pieces(parts) -> list[dict]:
+        return [chunk(None, None, {"reasoning_content": p.text}) if p.kind == REASONING else chunk(p.text, None) for p in parts]
 
     async def events():
         if first is not None:
@@ -231,11 +245,13 @@ def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=
                 if whole is not None:
                     held.append(event)
                 else:
-                    yield _sse(chunk(event, None))
+                    for c in pieces(splitter.push(event)) if splitter else [chunk(event, None)]:
+                        yield _sse(c)
             elif event.reason == "error":
                 yield _sse(failed(event).body())
             else:
-                for last in whole("".join(held), event) if whole is not None else [chunk(None, event.reason)]:
+                tail = pieces(splitter.flush()) if splitter and whole is None else []
+                for last in whole("".join(held), event) if whole is not None else [*tail, chunk(None, event.reason)]:
                     yield _sse(last)
                 if gen.include_usage:
                     yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event)})
@@ -296,7 +312,10 @@ def prepare_chat(state: ServeState, req: schemas.ChatRequest) -> Prepared:
     call or the output format needs. Runs in a worker thread."""
     forced = req.tool_choice not in (None, "auto")
     call = grammar.tool_call_gbnf(req.tools, None if req.tool_choice == "required" else req.tool_choice) if forced else None
-    return prepare_prompt(state, render_chat(state, req), req.gen, "messages", call)
+    prompt = render_chat(state, req)
+    prepared = prepare_prompt(state, prompt, req.gen, "messages", call)
+    prepared.inside = opened_in(prompt) if state.thinks else None
+    return prepared
 
 
 async def chat_completions(request: Request):
@@ -309,10 +328,12 @@ async def chat_completions(request: Request):
 
     def message(text: str, done: Finished) -> tuple[dict, str]:
         """The assistant message and finish reason for a whole reply."""
+        reasoning, text = prepared.split(text)
+        thought = {"reasoning_content": reasoning} if reasoning is not None else {}
         content, calls = parse_tool_calls(text, req.tools) if req.tools else (text, [])
         if not calls:
-            return {"role": "assistant", "content": text}, done.reason
-        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+            return {"role": "assistant", "content": text, **thought}, done.reason
+        return {"role": "assistant", "content": content, **thought, "tool_calls": calls}, "tool_calls"
 
     if req.gen.stream:
         def chunk(text: str | None, finish: str | None, delta: dict | None = None) -> dict:
@@ -322,12 +343,14 @@ async def chat_completions(request: Request):
 
         def whole(text: str, done: Finished) -> list[dict]:
             msg, finish = message(text, done)
-            out = [chunk(msg["content"], None)] if msg["content"] else []
+            out = [chunk(None, None, {"reasoning_content": msg["reasoning_content"]})] if msg.get("reasoning_content") else []
+            out += [chunk(msg["content"], None)] if msg["content"] else []
             if "tool_calls" in msg:
                 out.append(chunk(None, None, {"tool_calls": [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]}))
             return out + [chunk(None, finish)]
 
-        return _stream(run, req.gen, chunk, chunk(None, None, {"role": "assistant", "content": ""}), whole if req.tools else None)
+        return _stream(run, req.gen, chunk, chunk(None, None, {"role": "assistant", "content": ""}), whole if req.tools else None,
+                       prepared.splitter())
     reply = await run.collect(request)
     if reply is None:
         return Response(status_code=CLIENT_GONE)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..engine.embedding import LazyEmbedder
 from ..engine.launch import plan_model
+from ..engine.reasoning import thinks
 from ..engine.runtime import Engine
 from ..errors import UsageError
 from ..plan.hardware import HardwareProfile
@@ -63,7 +64,8 @@ def ready(engine: Engine, plan: Plan, model_id: str, o: LoadOptions, metrics: Me
     """A loaded engine with its scheduler (not yet started) and embedding context (made when first asked for)."""
     scheduler = Scheduler(engine, o.parallel, o.max_queue, metrics)
     embedder = LazyEmbedder(engine.model, scheduler.n_ctx_slot, engine.info.n_threads)
-    return ServeState(engine, scheduler, metrics, model_id, plan.to_dict(), o.parallel, scheduler.n_ctx_slot, o.api_key, int(time.time()), embedder)
+    return ServeState(engine, scheduler, metrics, model_id, plan.to_dict(), o.parallel, scheduler.n_ctx_slot, o.api_key, int(time.time()), embedder,
+                      thinks(engine.chat_template))
 
 
 def unload(state: ServeState) -> None:
