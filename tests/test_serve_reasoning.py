@@ -6,6 +6,7 @@ split by `split_reasoning`; the splitter itself is tested on text in test_reason
 from __future__ import annotations
 
 import anthropic
+import ollama
 import pytest
 
 from edgellm.engine.reasoning import split_reasoning
@@ -65,9 +66,20 @@ def test_responses_give_a_reasoning_item(server, expected):
 
 def test_messages_give_a_thinking_block(server, expected):
     c = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0, timeout=WAIT_S)
-    r = c.messages.create(model="any", max_tokens=N, messages=ASK, extra_body={"temperature": 0})
+    r = c.messages.create(model="any", max_tokens=N, messages=ASK, thinking={"type": "enabled", "budget_tokens": 1024}, extra_body={"temperature": 0})
     assert r.content[0].type == "thinking" and r.content[0].thinking == expected[0]
     assert "".join(b.text for b in r.content if b.type == "text") == expected[1]
     with c.messages.stream(model="any", max_tokens=N, messages=ASK, extra_body={"temperature": 0}) as stream:
         final = stream.get_final_message()
     assert final.content[0].type == "thinking" and final.content[0].thinking == expected[0] and final.stop_reason == "max_tokens"
+
+
+def test_ollama_gives_thinking_beside_the_content(server, expected):
+    o = ollama.Client(host=server.url, timeout=WAIT_S)
+    name = o.list().models[0].model
+    r = o.chat(model=name, messages=ASK, think=True, options={"temperature": 0, "num_predict": N})
+    assert (r.message.thinking, r.message.content) == expected
+    parts = list(o.chat(model=name, messages=ASK, think=True, options={"temperature": 0, "num_predict": N}, stream=True))
+    assert ("".join(p.message.thinking or "" for p in parts), "".join(p.message.content for p in parts)) == expected
+    g = o.generate(model=name, prompt=QUESTION, options={"temperature": 0, "num_predict": N})
+    assert (g.thinking, g.response) == expected

@@ -72,6 +72,7 @@ async def messages(request: Request):
     data = await read_json(request)
     req = parse.messages_request(data)
     state = await served(request, req.model)
+    parse.check_thinking(req.thinking, state.thinks)
     chat = req.chat
     prepared = await run_in_threadpool(prepare_chat, state, chat)
     run = Run(state, prepared, chat.gen)
@@ -144,6 +145,7 @@ async def count_tokens(request: Request):
     data = await read_json(request)
     chat = parse.count_request(data)
     state = await served(request, data.get("model"))
+    parse.check_thinking(parse.wants_thinking(data.get("thinking")), state.thinks)
 
     def count() -> int:
         return len(state.engine.tokenize(render_chat(state, chat)))

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from . import ollama_requests as parse
+from ..engine.reasoning import CONTENT, REASONING, Part
 from ..store.models import resolve_model
 from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, prepare_chat, prepare_prompt, read_json, served, streaming
 from .embeddings import ollama_embed, ollama_embeddings
@@ -75,10 +76,11 @@ def _line(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-async def _reply(request: Request, run: Run, stream: bool, head: dict, part, last, tools: tuple[dict, ...] = ()):
-    """The reply as Ollama sends it: `head | part(text)` objects, one per line, then `head | last(text, done)`;
+async def _reply(request: Request, run: Run, stream: bool, head: dict, part, last, tools: tuple[dict, ...] = (), splitter=None):
+    """The reply as Ollama sends it: `head | part(text, kind)` objects, one per line, then `head | last(text, done)`;
     or, not streamed, that last object with the whole text. With tools the text is held until the end (a call
-    is only known once complete) and goes out with the calls."""
+    is only known once complete) and goes out with the calls. With `splitter`, a thinking model's reasoning
+    goes out as parts of its own kind."""
     if not stream:
         reply = await run.collect(request)
         if reply is None:
@@ -92,11 +94,14 @@ async def _reply(request: Request, run: Run, stream: bool, head: dict, part, las
             if isinstance(event, str):
                 if tools:
                     held.append(event)
-                else:
-                    yield _line({**head, "created_at": _now(), **part(event), "done": False})
+                    continue
+                for p in splitter.push(event) if splitter else [Part(CONTENT, event)]:
+                    yield _line({**head, "created_at": _now(), **part(p.text, p.kind), "done": False})
             elif event.reason == "error":
                 yield _line({"error": event.message or "the reply failed"})
             else:
+                for p in splitter.flush() if splitter and not tools else []:
+                    yield _line({**head, "created_at": _now(), **part(p.text, p.kind), "done": False})
                 yield _line({**head, "created_at": _now(), **last("".join(held), event)})
 
     return streaming(run, lines(), "application/x-ndjson")
@@ -122,7 +127,9 @@ async def _request(request: Request, read):
     name = _name(request, data.get("model"))
     req = read(data, name)
     keep = parse.keep_alive(data)
-    return await served(request, name, keep), started, name, req, keep
+    state = await served(request, name, keep)
+    parse.check_think(data, name, state.thinks)
+    return state, started, name, req, keep
 
 
 def _load_reason(keep_alive: float | None) -> str:
@@ -138,17 +145,21 @@ async def chat(request: Request):
     prepared = await run_in_threadpool(prepare_chat, state, req)
     run = Run(state, prepared, req.gen)
 
-    def part(text: str) -> dict:
-        return {"message": {"role": "assistant", "content": text}}
+    def part(text: str, kind: str) -> dict:
+        return {"message": {"role": "assistant", **({"content": "", "thinking": text} if kind == REASONING else {"content": text})}}
 
     def last(text: str, done: Finished) -> dict:
+        whole = req.tools or not req.gen.stream
+        reasoning, text = prepared.split(text)
         content, calls = _tool_calls(text, req.tools)
-        message = {"role": "assistant", "content": content if req.tools or not req.gen.stream else ""}
+        message = {"role": "assistant", "content": content if whole else ""}
+        if reasoning and whole:
+            message["thinking"] = reasoning
         if calls:
             message["tool_calls"] = calls
         return {"message": message, **_final(done, started)}
 
-    return await _reply(request, run, req.gen.stream, head, part, last, req.tools)
+    return await _reply(request, run, req.gen.stream, head, part, last, req.tools, prepared.splitter())
 
 
 async def generate(request: Request):
@@ -163,10 +174,16 @@ async def generate(request: Request):
         prepared = await run_in_threadpool(prepare_chat, state, req.chat)
     run = Run(state, prepared, req.chat.gen)
 
-    def last(text: str, done: Finished) -> dict:
-        return {"response": text if not req.chat.gen.stream else "", **_final(done, started)}
+    def part(text: str, kind: str) -> dict:
+        return {"response": "", "thinking": text} if kind == REASONING else {"response": text}
 
-    return await _reply(request, run, req.chat.gen.stream, head, lambda text: {"response": text}, last)
+    def last(text: str, done: Finished) -> dict:
+        if req.chat.gen.stream:
+            return {"response": "", **_final(done, started)}
+        reasoning, text = prepared.split(text)
+        return {"response": text, **({"thinking": reasoning} if reasoning else {}), **_final(done, started)}
+
+    return await _reply(request, run, req.chat.gen.stream, head, part, last, splitter=prepared.splitter())
 
 
 async def embed(request: Request):

@@ -38,6 +38,12 @@ UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "suffix": (
                "images": (None, []), "width": (None,), "height": (None,), "steps": (None,)}
 
 
+def check_think(data: dict, name: str, thinks: bool) -> None:
+    """`think` asks for reasoning: only a model whose template teaches it can give it."""
+    if data.get("think") not in (None, False) and not thinks:
+        raise bad_request(f'"{name}" does not support thinking', "think", "unsupported_parameter")
+
+
 def duration_seconds(raw) -> float | None:
     """A number of seconds or a Go duration ("5m", "1h30m", "-1") in seconds; None if it is neither."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
@@ -115,8 +121,8 @@ def _generation(data: dict, name: str) -> Generation:
     for field, off in UNSUPPORTED.items():
         if data.get(field) not in off:
             raise bad_request(f"'{field}' is not supported by this server (leave it out)", field, "unsupported_parameter")
-    if data.get("think") not in (None, False):
-        raise bad_request(f'"{name}" does not support thinking', "think", "unsupported_parameter")
+    if data.get("think") not in (None, False, True, "low", "medium", "high"):
+        raise bad_request("'think' must be true, false, or low, medium or high", "think")
     keep_alive(data)
     sampling, stop = _sampling(data.get("options"))
     return Generation(sampling, stop, body.boolean("stream", True), False, _format(data.get("format")))
