@@ -89,6 +89,14 @@ class Server:
         return rc, "".join(self.log)
 
 
+def running(*args: str, **kw):
+    """A Server for a fixture to yield: stopped with Ctrl-C afterwards, which must end it cleanly."""
+    s = Server(*args, **kw)
+    yield s
+    rc, log = s.interrupt()
+    assert rc == 130 and "Traceback" not in log, log
+
+
 def make_template_gguf(folder: Path, name: str, template: str) -> Path:
     """SmolLM2 with another chat template, as `smollm2-NAME.gguf`."""
     from fixtures import smollm2_gguf

@@ -9,9 +9,8 @@ import math
 import llama_cpp
 import ollama
 import pytest
-
 from fixtures import smollm2_gguf
-from serving import WAIT_S, Server
+from serving import WAIT_S, running
 
 SLOT_CTX = 256
 TEXTS = ["The capital of France is Paris.", "Bonjour tout le monde"]
@@ -19,10 +18,7 @@ TEXTS = ["The capital of France is Paris.", "Bonjour tout le monde"]
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server(str(smollm2_gguf()), "--parallel", "1", "--ctx", str(SLOT_CTX))
-    yield s
-    rc, log = s.interrupt()
-    assert rc == 130 and "Traceback" not in log, log
+    yield from running(str(smollm2_gguf()), "--parallel", "1", "--ctx", str(SLOT_CTX))
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import anthropic
 import ollama
 import pytest
+from serving import WAIT_S, make_template_gguf, running
 
 from edgellm.engine.reasoning import split_reasoning
-from serving import WAIT_S, Server, make_template_gguf
 
 THINKING_TEMPLATE = (
     "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'].split('</think>')[-1] "
@@ -24,10 +24,7 @@ N = 24
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(str(make_template_gguf(tmp_path_factory.mktemp("think"), "think", THINKING_TEMPLATE)), "--parallel", "1", "--ctx", "256")
-    yield s
-    rc, log = s.interrupt()
-    assert rc == 130 and "Traceback" not in log, log
+    yield from running(str(make_template_gguf(tmp_path_factory.mktemp("think"), "think", THINKING_TEMPLATE)), "--parallel", "1", "--ctx", "256")
 
 
 @pytest.fixture(scope="module")

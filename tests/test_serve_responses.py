@@ -8,8 +8,7 @@ import json
 
 import openai
 import pytest
-
-from serving import TIME, WEATHER, Server, make_tools_gguf
+from serving import TIME, WEATHER, Server, make_tools_gguf, running
 
 SLOT_CTX = 512
 ASK = "What is the capital of France? Answer in one sentence."
@@ -23,10 +22,7 @@ TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(str(make_tools_gguf(tmp_path_factory.mktemp("tools"))), "--parallel", "2", "--ctx", str(SLOT_CTX))
-    yield s
-    rc, log = s.interrupt()
-    assert rc == 130 and "Traceback" not in log, log
+    yield from running(str(make_tools_gguf(tmp_path_factory.mktemp("tools"))), "--parallel", "2", "--ctx", str(SLOT_CTX))
 
 
 def chat(server: Server, messages, **kw):

@@ -15,10 +15,10 @@ import anthropic
 import ollama
 import openai
 import pytest
+from fixtures import smollm2_gguf
+from serving import EDGELLM, WAIT_S, Server, make_tools_gguf, running
 
 from edgellm.plan.planner import RAM_MARGIN
-from fixtures import smollm2_gguf
-from serving import EDGELLM, WAIT_S, Server, make_tools_gguf
 
 ASK = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 SMALL = ("--parallel", "1", "--ctx", "256")
@@ -36,10 +36,7 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(home):
-    s = Server(*SMALL, "--keep-alive", "1h", store=True, env=home)
-    yield s
-    rc, log = s.interrupt()
-    assert rc == 130 and "Traceback" not in log, log
+    yield from running(*SMALL, "--keep-alive", "1h", store=True, env=home)
 
 
 def ps(server: Server) -> dict[str, dict]:
