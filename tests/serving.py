@@ -82,6 +82,14 @@ class Server:
             assert time.monotonic() < deadline, "a slot stayed busy"
             time.sleep(0.05)
 
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stopped with Ctrl-C, which must end it cleanly (checked unless the block failed already)."""
+        rc, log = self.interrupt()
+        assert exc[0] is not None or (rc == 130 and "Traceback" not in log), log
+
     def interrupt(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGINT)
         rc = self.proc.wait(timeout=WAIT_S)
@@ -91,10 +99,8 @@ class Server:
 
 def running(*args: str, **kw):
     """A Server for a fixture to yield: stopped with Ctrl-C afterwards, which must end it cleanly."""
-    s = Server(*args, **kw)
-    yield s
-    rc, log = s.interrupt()
-    assert rc == 130 and "Traceback" not in log, log
+    with Server(*args, **kw) as s:
+        yield s
 
 
 def make_template_gguf(folder: Path, name: str, template: str) -> Path:
