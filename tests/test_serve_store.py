@@ -60,6 +60,7 @@ def test_each_model_loads_when_named_and_both_stay_loaded(server):
     assert models == {"smol-a": False, "smol-b": False}
     o = ollama.Client(host=server.url, timeout=WAIT_S)
     assert sorted(m.model for m in o.list().models) == ["smol-a:latest", "smol-b:latest"]
+    assert "tools" in o.show("smol-b").capabilities and "tools" not in o.show("smol-a:latest").capabilities  # read from the files
     a = o.chat(model="smol-a", messages=ASK, options={"temperature": 0, "num_predict": 20})
     b = server.client().chat.completions.create(model="smol-b", messages=ASK, temperature=0, max_tokens=20)
     assert a.model == "smol-a" and a.message.content and b.model == "smol-b" and b.choices[0].message.content

@@ -1,6 +1,7 @@
 """The HTTP routes: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus
-/health and /metrics. Handlers check the request, render and tokenize the prompt off the event loop,
-hand a Job to the scheduler and turn its events into a JSON body or server-sent events.
+/health and /metrics. Handlers check the request, find its model (`served`: the one model, or the store's
+that it names), render and tokenize the prompt off the event loop, hand a Job to that model's scheduler and
+turn its events into a JSON body or server-sent events.
 """
 
 from __future__ import annotations

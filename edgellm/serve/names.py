@@ -2,7 +2,7 @@
 what its GGUF says about it (family, parameters, level, size).
 
 OpenAI's and Anthropic's clients may send any model name (editor plugins hard-code them) and reach the one
-model served. Ollama's clients send `name:tag` and expect an unknown name to be refused: the model answers to
+model served (serving the store, the name picks the model: `pool.py`). Ollama's clients send `name:tag` and expect an unknown name to be refused: the model answers to
 its served name (`--alias`, else its own) and its own name, each also written as an Ollama name
 ("smollm2-135m-instruct"; the one /api/tags lists), each bare, as `name:latest` or `name:LEVEL`, in any
 letter case.
