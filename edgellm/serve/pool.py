@@ -155,7 +155,12 @@ class ModelPool:
                                                 f"idle. {exc}", "server_busy", "model", headers={"Retry-After": "5"}) from None
                         raise ApiError(400, f"{entry} does not fit in this machine's memory: {exc}", "model_too_large", "model") from None
             t0 = time.perf_counter()
-            state = ready(load(plan, per_slot, self.opts), plan, entry, self.opts, self._metrics)
+            engine = load(plan, per_slot, self.opts)
+            try:
+                state = ready(engine, plan, entry, self.opts, self._metrics)
+            except BaseException:
+                engine.close()
+                raise
             state.scheduler.start()
         except BaseException:
             with self._cond:
@@ -169,6 +174,7 @@ class ModelPool:
             held.state, held.ram, held.vram = state, memory.ram, memory.vram
             # the requests that waited hold it within moments; should they all have gone, it is not kept for ever
             held.expires_at = time.time() + max(self.keep_alive, LOAD_GRACE_S)
+            self._cond.notify()  # the unloader counts this one's time from now
 
     def _unload_idle(self) -> bool:
         """Unload the least recently used idle model; False if none is idle."""
