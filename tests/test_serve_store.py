@@ -71,6 +71,8 @@ def test_each_model_loads_when_named_and_both_stay_loaded(server):
     c = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0, timeout=WAIT_S)
     assert c.messages.create(model="smol-a", max_tokens=10, messages=ASK, extra_body={"temperature": 0}).content[0].text
     assert server.client().responses.create(model="SMOL-B:latest", input="Hi", max_output_tokens=3).status == "incomplete"
+    assert len(o.embed(model="smol-b:Q4_1", input=["a", "b"]).embeddings) == 2  # the level smol-b was loaded with: no second copy
+    assert "smol-b:latest" in ps(server) and loads(server, "smol-b") == 1, "".join(server.log)
     assert loads(server, "smol-a") == 1  # loaded once, then reused
     assert server.health()["slots_idle"] == 2
 

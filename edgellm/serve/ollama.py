@@ -24,7 +24,7 @@ from ..store.models import resolve_model
 from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, prepare_chat, prepare_prompt, read_json, served, streaming
 from .embeddings import ollama_embed, ollama_embeddings
 from .errors import ApiError
-from .names import ServedModel, served_model
+from .names import ServedModel, served_model, slug
 from .scheduler import Finished
 from .tools import parse_tool_calls
 
@@ -254,16 +254,17 @@ async def ps(request: Request):
     pool = request.app.state.pool
     forever = time.time() + LOADED_FOR.total_seconds()
     if pool is None:
-        loaded = [(_state(request), forever)]
+        loaded = [(_state(request), forever)]  # (the model, when it expires, the level its name pinned)
     else:  # a model in use expires its keep-alive after its last reply; one kept for ever shows as the one-model server's
-        loaded = [(h.state, h.expires_at if h.users == 0 and h.expires_at < forever else None) for h in pool.loaded()]
+        loaded = [(h.state, h.expires_at if h.users == 0 and h.expires_at < forever else None, h.key[1]) for h in pool.loaded()]
     out = []
-    for state, expires in loaded:
+    for state, expires, *pinned in loaded:
         m = _model(state)
+        name = f"{slug(state.model_id)}:{pinned[0]}" if pinned and pinned[0] else m.names[0]
         memory = state.plan.get("memory", {})
         vram = int(memory.get("vram", 0))
         until = expires if expires is not None else time.time() + min(pool.keep_alive, LOADED_FOR.total_seconds())
-        out.append({"name": m.names[0], "model": m.names[0], "size": int(memory.get("ram", 0)) + vram, "size_vram": vram, "digest": m.digest,
+        out.append({"name": name, "model": name, "size": int(memory.get("ram", 0)) + vram, "size_vram": vram, "digest": m.digest,
                     "details": _details(m), "expires_at": _iso(until), "context_length": state.n_ctx_slot})
     return JSONResponse({"models": out})
 

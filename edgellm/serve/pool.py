@@ -97,7 +97,7 @@ class ModelPool:
     async def acquire(self, key: tuple[str, str | None]) -> Held:
         while True:
             with self._cond:
-                held = self._held.get(key)
+                held = self._held.get(key) or self._same_file(key)
                 if held is not None and held.state is not None:
                     held.users += 1
                     held.last_used = time.monotonic()
@@ -111,6 +111,12 @@ class ModelPool:
                 raise
             except EdgeError as exc:
                 raise ApiError(500, f"cannot load {held.name}: {exc}", "model_load_failed") from None
+
+    def _same_file(self, key: tuple[str, str | None]) -> Held | None:
+        """For `name:LEVEL`, the model loaded as `name` when the planner chose that level for it (not a second copy)."""
+        entry, level = key
+        return next((h for h in self._held.values() if level is not None and h.key == (entry, None) and h.state is not None
+                     and h.state.plan.get("level", "").upper() == level), None)
 
     def release(self, held: Held, keep_alive: float | None) -> None:
         with self._cond:
