@@ -45,14 +45,21 @@ ANTHROPIC_TIME = {"name": TIME["function"]["name"], "input_schema": TIME["functi
 
 
 class Server:
-    """A running `edgellm serve`; its address comes from the line it prints once it takes connections."""
+    """A running `edgellm serve`; its address comes from the line it prints once it takes connections. Without a
+    model among `args`, the demo model (or, with `store=True`, the store's models)."""
 
-    def __init__(self, *args: str, threads: str | None = "1", pause: str | None = None):
+    def __init__(self, *args: str, store: bool = False, env: dict | None = None, threads: str | None = "1",
+                 pause: str | None = None):
         """`threads=None` lets the server choose them (and follow the load) as a user's would. `pause` names a
         test pause point (edgellm/testhooks.py), e.g. `serve.token:3`: the first reply to reach it is held there
         until its client leaves or the server stops, so a test acts mid-stream on any machine, fast or slow."""
+        if not store and (not args or args[0].startswith("-")):
+            from fixtures import smollm2_gguf
+
+            args = (str(smollm2_gguf()), *args)
         fixed = ["-t", threads] if threads else []
-        env = {**os.environ, ENV: pause} if pause else None
+        if pause:
+            env = {**(env or os.environ), ENV: pause}
         self.proc = subprocess.Popen([EDGELLM, "serve", "--port", "0", *fixed, *args], stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
         for line in self.proc.stderr:
@@ -85,6 +92,14 @@ class Server:
             assert time.monotonic() < deadline, "a slot stayed busy"
             time.sleep(0.05)
 
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stopped with Ctrl-C, which must end it cleanly (checked unless the block failed already)."""
+        rc, log = self.interrupt()
+        assert exc[0] is not None or (rc == 130 and "Traceback" not in log), log
+
     def interrupt(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGINT)
         rc = self.proc.wait(timeout=WAIT_S)
@@ -92,12 +107,23 @@ class Server:
         return rc, "".join(self.log)
 
 
-def make_tools_gguf(folder: Path) -> Path:
-    """SmolLM2 with a chat template that takes tools."""
+def running(*args: str, **kw):
+    """A Server for a fixture to yield: stopped with Ctrl-C afterwards, which must end it cleanly."""
+    with Server(*args, **kw) as s:
+        yield s
+
+
+def make_template_gguf(folder: Path, name: str, template: str) -> Path:
+    """SmolLM2 with another chat template, as `smollm2-NAME.gguf`."""
     from fixtures import smollm2_gguf
 
-    (folder / "tools.jinja").write_text(TOOLS_TEMPLATE)
-    out = folder / "smollm2-tools.gguf"
+    (folder / f"{name}.jinja").write_text(template)
+    out = folder / f"smollm2-{name}.gguf"
     subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(smollm2_gguf()), str(out), "--chat-template-file",
-                    str(folder / "tools.jinja"), "--force"], check=True, capture_output=True, timeout=WAIT_S)
+                    str(folder / f"{name}.jinja"), "--force"], check=True, capture_output=True, timeout=WAIT_S)
     return out
+
+
+def make_tools_gguf(folder: Path) -> Path:
+    """SmolLM2 with a chat template that takes tools."""
+    return make_template_gguf(folder, "tools", TOOLS_TEMPLATE)

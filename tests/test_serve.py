@@ -330,12 +330,12 @@ def test_bad_requests_get_400_with_a_message(server, body, param, words):
     assert err["param"] == param
 
 
-def test_bad_completion_prompt_and_embeddings_get_400(server):
+def test_bad_completion_prompt_and_embeddings_input_get_400(server):
     http = server.http()
     r = http.post("/v1/completions", json={"prompt": ["a", "b"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
-    r = http.post("/v1/embeddings", json={"input": "hello", "model": "any"})
-    assert r.status_code == 400 and "does not compute embeddings" in r.json()["error"]["message"]
+    r = http.post("/v1/embeddings", json={"input": [], "model": "any"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     r = http.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["message"] == "no such endpoint: /v1/nothing"
 

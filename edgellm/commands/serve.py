@@ -1,4 +1,5 @@
-"""`edgellm serve`: an OpenAI-compatible HTTP API over one model, for editors, Open WebUI and scripts.
+"""`edgellm serve`: OpenAI's, Ollama's and Anthropic's HTTP APIs over one model or the whole store, for editors,
+Open WebUI, agents and scripts.
 
 The planner sizes the KV cache for every slot (`--parallel` × `--ctx` tokens); the plan is printed at
 start and served at /v1/models. Only the loopback address is served unless an API key (or --insecure)
@@ -8,7 +9,6 @@ says otherwise.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 
 import click
 
@@ -17,7 +17,22 @@ from .options import (
     WORKERS_HELP,
 )
 
-CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this
+CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this (as the server does)
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        from ..serve.ollama_requests import duration_seconds
+
+        seconds = duration_seconds(value)
+        if seconds is None:
+            self.fail(f"{value!r} is not a duration: try 5m, 30s, 1h, 0 or -1", param, ctx)
+        return seconds if seconds >= 0 else float("inf")
+
+
+KEEP_ALIVE = _Duration()
 
 
 def _is_loopback(host: str) -> bool:
@@ -49,43 +64,51 @@ def _is_loopback(host: str) -> bool:
 @click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
+@click.option("--keep-alive", type=KEEP_ALIVE, default="5m", show_default=True,
+              help="Serving the store: unload a model idle this long (0: after each reply; -1: never).")
+@click.option("--ram", help="Serving the store: the RAM its models may take together (e.g. 8G; default: what is free at start).")
 def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, ngl, devices, rpc,
-          loras) -> int:
-    """Serve MODEL (a .gguf file, package folder or store name; default: the demo model) over an
-    OpenAI-compatible API at http://HOST:PORT/v1.
+          loras, keep_alive, ram) -> int:
+    """Serve MODEL (a .gguf file, package folder or store name) over OpenAI's API at http://HOST:PORT/v1, with
+    Ollama's (/api/...) and Anthropic's (/v1/messages) on the same port.
+
+    Without MODEL, every model in the store is served: a request's model name loads that model (planned for
+    the memory the loaded ones leave; the least recently used idle one is unloaded when the next does not
+    fit), and a model idle for --keep-alive is unloaded.
 
     A Hugging Face or ModelScope repo id is pulled first: the level the planner picks for this machine (from
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
     from ..errors import UsageError
-    from ..engine.launch import plan_model
+    from ..plan.hardware import parse_size
+    from ..serve.loading import LoadOptions, load, plan_slots
+    from ..serve.server import bind, serve as run_server, serve_store
+    from ..store import store
     from ..store.models import resolve_model
-    from ..engine.runtime import Engine
-    from ..serve.server import ServeOptions, bind, serve as run_server
     from .hubref import local_model
 
     if not _is_loopback(host) and not api_key and not insecure:
         raise UsageError(f"--host {host} lets other machines reach the API: give --api-key KEY, or --insecure to serve it without one")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
+    opts = LoadOptions(parallel, ctx, max_queue, ngl, devices, threads, chat_template, min_speed, rpc, tuple(loras), api_key)
     sock = bind(host, port)  # before loading: a port in use fails fast
+    if model is None:
+        for name, given in (("--alias", alias), ("--lora", loras)):
+            if given:
+                raise UsageError(f"{name} applies to one model: give MODEL, or leave {name} out to serve the store")
+        if not store.names():
+            raise UsageError("the store holds no models: give MODEL (a .gguf file, package folder or hub id), or put models in the store "
+                             "(edgellm import PATH, edgellm pull REPO)")
+        serve_store(opts, keep_alive, parse_size(ram) if ram else None, sock, tuple(cors))
+        return 0
+    if ram:
+        raise UsageError("--ram budgets the store's models: leave it out with MODEL (the planner uses what is free)")
     ref = resolve_model(local_model(model, min_speed, rpc))  # a hub id: pulled (converted, quantized) first
-    per_slot = -(-ctx // CTX_STEP) * CTX_STEP if ctx else None
-    plan = plan_model(ref, ctx=per_slot * parallel if per_slot else None, ngl=ngl, devices=devices, threads=threads, n_seq=parallel,
-                      chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras)
-    n_ctx_train = next(f.info.n_ctx_train for f in ref.files if f.path == plan.path)
-    if per_slot:  # the planner judged the total against the training context; what matters is each slot's
-        plan = replace(plan, notes=tuple(n for n in plan.notes if not n.startswith(f"{plan.n_ctx} tokens is more than")))
-    else:
-        per_slot = plan.n_ctx // parallel // CTX_STEP * CTX_STEP
-        if per_slot < CTX_STEP:
-            raise UsageError(f"the planned context of {plan.n_ctx} tokens is too small for {parallel} slots: lower --parallel")
-    if n_ctx_train and per_slot > n_ctx_train:
-        plan = replace(plan, notes=plan.notes + (f"{per_slot} tokens per slot is more than the {n_ctx_train} the model was trained on: quality may drop",))
+    plan, per_slot = plan_slots(ref, opts)
     click.echo(plan.explain(), err=True)
     click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
-    with Engine.load(replace(plan, n_ctx=per_slot * parallel)) as engine:
+    with load(plan, per_slot, opts) as engine:
         click.echo(f"  Chat format: {engine.template_origin}", err=True)
-        opts = ServeOptions(host, port, parallel, max_queue, alias or plan.name, api_key, tuple(cors))
-        run_server(engine, plan.to_dict(), opts, sock)
+        run_server(engine, plan, opts, alias or plan.name, sock, tuple(cors))
     return 0

@@ -351,6 +351,16 @@ class Engine:
         return self._vocab
 
     @property
+    def chat_template(self) -> str | None:
+        """The chat template's source this engine renders with."""
+        return self._template
+
+    @property
+    def model(self):
+        """llama.cpp's model handle, for a second context on the same weights (embeddings)."""
+        return self._model
+
+    @property
     def n_vocab(self) -> int:
         return L.llama_vocab_n_tokens(self._vocab)
 

@@ -2,8 +2,8 @@
 of text, tool_use and tool_result blocks, `stop_sequences`, `max_tokens` (required, as Anthropic requires it),
 temperature (0 to 1, default 1), top_p, top_k, tools and tool_choice, and `output_config.format` (a JSON
 schema the reply follows, through the same grammar as OpenAI's response_format). Every field is checked; a failure is a
-400 naming it. Earlier thinking blocks are dropped (this model does not think); images and documents are
-refused (it reads text).
+400 naming it. Earlier thinking blocks are dropped (templates leave old reasoning out); `thinking` is only for a
+model that thinks; images and documents are refused (it reads text).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class MessagesRequest:
     model: str  # as the client named it (any name reaches the model served)
     chat: ChatRequest
     max_tokens: int
+    thinking: bool = False  # asks for the model's thinking
 
 
 def _text(raw, where: str) -> str:
@@ -141,15 +142,24 @@ def _output_format(raw) -> dict | None:
     return {"type": "json_schema", "json_schema": {"schema": fmt["schema"]}}
 
 
-def _thinking(raw) -> None:
-    if raw is not None and not (isinstance(raw, dict) and raw.get("type") == "disabled"):
+def wants_thinking(raw) -> bool:
+    """Whether the request asks for the model's thinking (checked against the model once it is known)."""
+    if raw is None:
+        return False
+    if not isinstance(raw, dict) or raw.get("type") not in ("enabled", "disabled", "adaptive"):
+        raise bad_request("'thinking' must be {'type': 'enabled', 'budget_tokens': N}, {'type': 'adaptive'} or {'type': 'disabled'}", "thinking")
+    return raw["type"] != "disabled"
+
+
+def check_thinking(wants: bool, thinks: bool) -> None:
+    if wants and not thinks:
         raise bad_request("'thinking': this model does not think (leave it out)", "thinking", "unsupported_parameter")
 
 
 def count_request(data: dict) -> ChatRequest:
     """What /v1/messages/count_tokens counts: the prompt the same request to /v1/messages would make."""
     _model(data)
-    _thinking(data.get("thinking"))
+    wants_thinking(data.get("thinking"))
     tools, choice = _tools(data.get("tools"), data.get("tool_choice"))
     return ChatRequest(_messages(data.get("messages"), data.get("system")), Generation(Sampling()), tools, choice)
 
@@ -172,7 +182,7 @@ def messages_request(data: dict) -> MessagesRequest:
         raise bad_request("'stop_sequences' must be a list of strings", "stop_sequences")
     if data.get("metadata") is not None and not isinstance(data.get("metadata"), dict):
         raise bad_request("'metadata' must be an object", "metadata")
-    _thinking(data.get("thinking"))
+    thinking = wants_thinking(data.get("thinking"))
     d = Sampling()
     sampling = Sampling(
         temperature=body.number("temperature", ANTHROPIC_DEFAULT_TEMPERATURE, (0.0, 1.0)),
@@ -185,4 +195,4 @@ def messages_request(data: dict) -> MessagesRequest:
     tools, choice = _tools(data.get("tools"), data.get("tool_choice"))
     if choice not in (None, "auto") and fmt is not None:
         raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'output_config.format'", "tool_choice")
-    return MessagesRequest(model, ChatRequest(_messages(data.get("messages"), data.get("system")), gen, tools, choice), max_tokens)
+    return MessagesRequest(model, ChatRequest(_messages(data.get("messages"), data.get("system")), gen, tools, choice), max_tokens, thinking)

@@ -1,6 +1,7 @@
-"""The HTTP routes: OpenAI's /v1/chat/completions, /v1/completions, /v1/models and /v1/embeddings, plus
-/health and /metrics. Handlers check the request, render and tokenize the prompt off the event loop,
-hand a Job to the scheduler and turn its events into a JSON body or server-sent events.
+"""The HTTP routes: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus
+/health and /metrics. Handlers check the request, find its model (`served`: the one model, or the store's
+that it names), render and tokenize the prompt off the event loop, hand a Job to that model's scheduler and
+turn its events into a JSON body or server-sent events.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from starlette.routing import Route
 import llama_cpp as L
 
 from ..errors import EdgeError
+from ..engine.embedding import LazyEmbedder
+from ..engine.reasoning import REASONING, ReasoningSplitter, opened_in, split_reasoning
 from ..engine.runtime import Engine
 from . import grammar, schemas
 from .errors import ApiError, bad_request
@@ -49,6 +52,8 @@ class ServeState:
     n_ctx_slot: int
     api_key: str | None
     created: int  # when the server started (Unix time), as /v1/models reports it
+    embedder: LazyEmbedder  # the model's embedding context, made on the first request for one
+    thinks: bool = False  # its chat template teaches it to reason in <think>…</think> before answering
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,14 @@ async def read_json(request: Request) -> dict:
 class Prepared:
     tokens: list[int]
     grammar: object | None  # a llama.cpp grammar sampler, or None
+    inside: bool | None = None  # a thinking model's reply starts inside its reasoning (None: the model does not think)
+
+    def splitter(self) -> ReasoningSplitter | None:
+        return ReasoningSplitter(self.inside) if self.inside is not None else None
+
+    def split(self, text: str) -> tuple[str | None, str]:
+        """A whole reply as its reasoning (None: none) and its answer."""
+        return split_reasoning(text, self.inside) if self.inside is not None else (None, text)
 
 
 def prepare_prompt(state: ServeState, prompt: str, gen: schemas.Generation, param: str, call_gbnf: str | None = None) -> Prepared:
@@ -210,10 +223,19 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=None) -> StreamingResponse:
+def typed_sse(kind: str, data: dict) -> str:
+    """A server-sent event named `kind`, whose JSON names its type too (Anthropic's and the Responses API's)."""
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=None, splitter: ReasoningSplitter | None = None) -> StreamingResponse:
     """Server-sent events: `chunk(text, finish_reason)` per piece, usage if asked, then `data: [DONE]`.
     With `whole`, the text is held back and `whole(text, finished)` gives the last chunks instead (a reply
-    that may hold tool calls is only known once complete)."""
+    that may hold tool calls is only known once complete). With `splitter`, a thinking model's reasoning goes
+    out as `chunk(None, None, {"reasoning_content": ...})` deltas."""
+
+    def pieces(parts) -> list[dict]:
+        return [chunk(None, None, {"reasoning_content": p.text}) if p.kind == REASONING else chunk(p.text, None) for p in parts]
 
     async def events():
         if first is not None:
@@ -224,11 +246,13 @@ def _stream(run: Run, gen: schemas.Generation, chunk, first: dict | None, whole=
                 if whole is not None:
                     held.append(event)
                 else:
-                    yield _sse(chunk(event, None))
+                    for c in pieces(splitter.push(event)) if splitter else [chunk(event, None)]:
+                        yield _sse(c)
             elif event.reason == "error":
                 yield _sse(failed(event).body())
             else:
-                for last in whole("".join(held), event) if whole is not None else [chunk(None, event.reason)]:
+                tail = pieces(splitter.flush()) if splitter and whole is None else []
+                for last in whole("".join(held), event) if whole is not None else [*tail, chunk(None, event.reason)]:
                     yield _sse(last)
                 if gen.include_usage:
                     yield _sse({**chunk(None, None), "choices": [], "usage": _usage(event)})
@@ -257,6 +281,21 @@ def _state(request: Request) -> ServeState:
     return request.app.state.serve
 
 
+async def served(request: Request, name, keep_alive: float | None = None) -> ServeState:
+    """The model a request is for: the one model served, whatever `name` says; or, serving the store, the model
+    `name` names, loaded first if it is not (and held until the reply ends)."""
+    pool = request.app.state.pool
+    if pool is None:
+        return request.app.state.serve
+    return await pool.lease(request.scope, name, keep_alive)
+
+
+def loaded_states(request: Request) -> list[ServeState]:
+    """The models in memory: the one served, or the store's that are loaded."""
+    pool = request.app.state.pool
+    return [request.app.state.serve] if pool is None else [h.state for h in pool.loaded()]
+
+
 def render_chat(state: ServeState, req: schemas.ChatRequest) -> str:
     messages = list(req.messages)
     try:
@@ -274,22 +313,28 @@ def prepare_chat(state: ServeState, req: schemas.ChatRequest) -> Prepared:
     call or the output format needs. Runs in a worker thread."""
     forced = req.tool_choice not in (None, "auto")
     call = grammar.tool_call_gbnf(req.tools, None if req.tool_choice == "required" else req.tool_choice) if forced else None
-    return prepare_prompt(state, render_chat(state, req), req.gen, "messages", call)
+    prompt = render_chat(state, req)
+    prepared = prepare_prompt(state, prompt, req.gen, "messages", call)
+    prepared.inside = opened_in(prompt) if state.thinks else None
+    return prepared
 
 
 async def chat_completions(request: Request):
-    state = _state(request)
-    req = schemas.chat_request(await read_json(request))
+    data = await read_json(request)
+    req = schemas.chat_request(data)
+    state = await served(request, data.get("model"))
     prepared = await run_in_threadpool(prepare_chat, state, req)
     run = Run(state, prepared, req.gen)
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
 
     def message(text: str, done: Finished) -> tuple[dict, str]:
         """The assistant message and finish reason for a whole reply."""
+        reasoning, text = prepared.split(text)
+        thought = {"reasoning_content": reasoning} if reasoning is not None else {}
         content, calls = parse_tool_calls(text, req.tools) if req.tools else (text, [])
         if not calls:
-            return {"role": "assistant", "content": text}, done.reason
-        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+            return {"role": "assistant", "content": text, **thought}, done.reason
+        return {"role": "assistant", "content": content, **thought, "tool_calls": calls}, "tool_calls"
 
     if req.gen.stream:
         def chunk(text: str | None, finish: str | None, delta: dict | None = None) -> dict:
@@ -299,12 +344,14 @@ async def chat_completions(request: Request):
 
         def whole(text: str, done: Finished) -> list[dict]:
             msg, finish = message(text, done)
-            out = [chunk(msg["content"], None)] if msg["content"] else []
+            out = [chunk(None, None, {"reasoning_content": msg["reasoning_content"]})] if msg.get("reasoning_content") else []
+            out += [chunk(msg["content"], None)] if msg["content"] else []
             if "tool_calls" in msg:
                 out.append(chunk(None, None, {"tool_calls": [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]}))
             return out + [chunk(None, finish)]
 
-        return _stream(run, req.gen, chunk, chunk(None, None, {"role": "assistant", "content": ""}), whole if req.tools else None)
+        return _stream(run, req.gen, chunk, chunk(None, None, {"role": "assistant", "content": ""}), whole if req.tools else None,
+                       prepared.splitter())
     reply = await run.collect(request)
     if reply is None:
         return Response(status_code=CLIENT_GONE)
@@ -318,8 +365,9 @@ async def chat_completions(request: Request):
 
 
 async def completions(request: Request):
-    state = _state(request)
-    req = schemas.completion_request(await read_json(request))
+    data = await read_json(request)
+    req = schemas.completion_request(data)
+    state = await served(request, data.get("model"))
     prepared = await run_in_threadpool(prepare_prompt, state, req.prompt, req.gen, "prompt")
     run = Run(state, prepared, req.gen)
     rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.model_id
@@ -337,16 +385,12 @@ async def completions(request: Request):
     return JSONResponse({**body(text, done.reason), "usage": _usage(done)})
 
 
-async def embeddings(request: Request):
-    await read_json(request)
-    raise ApiError(
-        400,
-        "this server generates text and does not compute embeddings: serve an embedding model with a tool made for it",
-        "unsupported_endpoint",
-    )
-
-
 async def models(request: Request):
+    pool = request.app.state.pool
+    if pool is not None:
+        loaded = {h.key[0] for h in pool.loaded()}
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": request.app.state.created,
+                                                         "owned_by": "edgellm", "meta": {"loaded": name in loaded}} for name in pool.names()]})
     state = _state(request)
     return JSONResponse({"object": "list", "data": [{
         "id": state.model_id, "object": "model", "created": state.created, "owned_by": "edgellm",
@@ -356,16 +400,23 @@ async def models(request: Request):
     }]})
 
 
+def _slots(request: Request) -> tuple[int, int, int, str | None]:
+    """Slots, busy slots and waiting requests over the models in memory, and a scheduler's failure if one failed."""
+    schedulers = [state.scheduler for state in loaded_states(request)]
+    error = next((s.error for s in schedulers if s.error), None)
+    return sum(len(s.slots) for s in schedulers), sum(s.busy for s in schedulers), sum(s.queued for s in schedulers), error
+
+
 async def health(request: Request):
-    s = _state(request).scheduler
-    body = {"status": "error" if s.error else "ok", "slots_idle": len(s.slots) - s.busy, "slots_processing": s.busy, "queue": s.queued}
-    return JSONResponse(body, status_code=503 if s.error else 200)
+    slots, busy, queued, error = _slots(request)
+    body = {"status": "error" if error else "ok", "slots_idle": slots - busy, "slots_processing": busy, "queue": queued}
+    return JSONResponse(body, status_code=503 if error else 200)
 
 
 async def metrics(request: Request):
-    state = _state(request)
-    s = state.scheduler
-    return PlainTextResponse(state.metrics.render(len(s.slots), s.busy, s.queued, state.engine.info.n_threads), media_type="text/plain; version=0.0.4")
+    slots, busy, queued, _ = _slots(request)
+    threads = max((state.engine.info.n_threads for state in loaded_states(request)), default=0)
+    return PlainTextResponse(request.app.state.metrics.render(slots, busy, queued, threads), media_type="text/plain; version=0.0.4")
 
 
 # --- errors, key and counting --------------------------------------------------------------------------
@@ -384,9 +435,10 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 class KeyAndCount:
     """ASGI middleware: counts every answer by endpoint and status, and asks for the API key when one is set."""
 
-    def __init__(self, app, state: ServeState, dialects: tuple[Dialect, ...] = ()):
+    def __init__(self, app, metrics: Metrics, api_key: str | None, dialects: tuple[Dialect, ...] = ()):
         self.app = app
-        self.state = state
+        self.metrics = metrics
+        self.api_key = api_key
         self.dialects = dialects
 
     async def __call__(self, scope, receive, send):
@@ -396,10 +448,10 @@ class KeyAndCount:
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
-                self.state.metrics.request(path, message["status"])
+                self.metrics.request(path, message["status"])
             await send(message)
 
-        if self.state.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+        if self.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
             err = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
                            "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await error_response(self.dialects, path, err)(scope, receive, counting_send)
@@ -408,16 +460,17 @@ class KeyAndCount:
     def _authorized(self, scope) -> bool:
         """The key as OpenAI's and Ollama's clients send it (a bearer token) or as Anthropic's do (x-api-key)."""
         headers = dict(scope["headers"])
-        key = self.state.api_key.encode()
+        key = self.api_key.encode()
         bearer = hmac.compare_digest(headers.get(b"authorization", b""), b"Bearer " + key)
         return hmac.compare_digest(headers.get(b"x-api-key", b""), key) or bearer
 
 
-def build_app(state: ServeState, cors: tuple[str, ...] = (), dialects: tuple[Dialect, ...] = ()) -> Starlette:
+def build_app(state: ServeState | None, counts: Metrics, cors: tuple[str, ...] = (), dialects: tuple[Dialect, ...] = (), pool=None,
+              api_key: str | None = None, inner: tuple[Middleware, ...] = ()) -> Starlette:
+    """The app for one model (`state`), or for the store's (`pool`, a ModelPool, whose middleware comes in `inner`)."""
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -427,8 +480,12 @@ def build_app(state: ServeState, cors: tuple[str, ...] = (), dialects: tuple[Dia
     if cors:  # outermost, so preflight requests and error answers carry the CORS headers too
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
                                      allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"]))
-    middleware.append(Middleware(KeyAndCount, state=state, dialects=dialects))
+    middleware.append(Middleware(KeyAndCount, metrics=counts, api_key=api_key, dialects=dialects))
+    middleware.extend(inner)
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={ApiError: _api_error, HTTPException: _http_error})
     app.state.serve = state
+    app.state.pool = pool
+    app.state.metrics = counts
+    app.state.created = int(time.time())
     app.state.dialects = dialects
     return app

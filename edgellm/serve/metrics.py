@@ -9,7 +9,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 RATE_WINDOW_S = 10.0  # tokens/s is measured over this recent window
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/models", "/health", "/metrics")
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Metrics:
                 ("slots", "gauge", "Slots: requests decoded together.", [("", slots)]),
                 ("slots_busy", "gauge", "Slots serving a request now.", [("", busy)]),
                 ("queue_depth", "gauge", "Requests waiting for a free slot.", [("", queued)]),
-                ("threads", "gauge", "CPU threads llama.cpp decodes with now (they follow other programs' load).", [("", threads)]),
+                ("threads", "gauge", "CPU threads llama.cpp decodes with now, the most of the loaded models' (they follow other programs' load).", [("", threads)]),
             ]
         lines = []
         for name, kind, help_text, samples in rows:

@@ -2,7 +2,7 @@
 what its GGUF says about it (family, parameters, level, size).
 
 OpenAI's and Anthropic's clients may send any model name (editor plugins hard-code them) and reach the one
-model served. Ollama's clients send `name:tag` and expect an unknown name to be refused: the model answers to
+model served (serving the store, the name picks the model: `pool.py`). Ollama's clients send `name:tag` and expect an unknown name to be refused: the model answers to
 its served name (`--alias`, else its own) and its own name, each also written as an Ollama name
 ("smollm2-135m-instruct"; the one /api/tags lists), each bare, as `name:latest` or `name:LEVEL`, in any
 letter case.
@@ -37,6 +37,7 @@ class ServedModel:
     modified: float  # the file's modification time (Unix time)
     chat_template: str  # the GGUF's own (the server may use another: --chat-template)
     metadata: dict  # the GGUF's scalar metadata (arrays such as the vocabulary left out)
+    path: str  # the file
 
     def parameter_size(self) -> str:
         """The parameter count as Ollama writes it: "135M", "8.0B"."""
@@ -63,7 +64,7 @@ def served_model(model_id: str, own_name: str, level: str, path: Path) -> Served
     return _described(model_id, own_name, level, str(path), st.st_size, st.st_mtime)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=64)  # a store's models, each read once
 def _described(model_id: str, own_name: str, level: str, path: str, size: int, mtime: float) -> ServedModel:
     info = read_gguf(Path(path))
     bases = list(dict.fromkeys(n for n in (model_id, own_name) if n))
@@ -82,4 +83,5 @@ def _described(model_id: str, own_name: str, level: str, path: str, size: int, m
         modified=mtime,
         chat_template=info.chat_template or "",
         metadata=scalars,
+        path=path,
     )

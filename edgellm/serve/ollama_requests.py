@@ -8,6 +8,7 @@ typical_p, ...) are accepted only at the value that changes nothing. Every field
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -30,9 +31,40 @@ MIROSTAT_NUMBERS = ("mirostat_tau", "mirostat_eta")  # mean nothing without miro
 KNOWN = {*SAMPLING_NUMBERS, "top_k", "seed", "num_predict", "stop", *LOAD_OPTIONS, *NEUTRAL, *MIROSTAT_NUMBERS}
 # a Go duration ("5m", "1h30m", "-1s") as keep_alive takes it
 DURATION = re.compile(r"-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+|-?\d+")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # request fields that ask for what this server does not give: field -> the values that ask for nothing
 UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "suffix": (None, ""), "template": (None, ""), "context": (None, []),
                "images": (None, []), "width": (None,), "height": (None,), "steps": (None,)}
+
+
+def check_think(data: dict, name: str, thinks: bool) -> None:
+    """`think` asks for reasoning: only a model whose template teaches it can give it."""
+    if data.get("think") not in (None, False) and not thinks:
+        raise bad_request(f'"{name}" does not support thinking', "think", "unsupported_parameter")
+
+
+def duration_seconds(raw) -> float | None:
+    """A number of seconds or a Go duration ("5m", "1h30m", "-1") in seconds; None if it is neither."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
+        return float(raw)
+    if isinstance(raw, str) and DURATION.fullmatch(raw.strip()):
+        text = raw.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        parts = DURATION_PART.findall(text)
+        return sign * (sum(float(n) * DURATION_UNITS[u] for n, u in parts) if parts else abs(float(text)))
+    return None
+
+
+def keep_alive(data: dict) -> float | None:
+    """`keep_alive` in seconds (negative: for ever); None when the request does not say."""
+    raw = data.get("keep_alive")
+    if raw is None:
+        return None
+    seconds = duration_seconds(raw)
+    if seconds is None:
+        raise bad_request("'keep_alive' must be a number of seconds or a duration such as \"5m\"", "keep_alive")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -89,12 +121,9 @@ def _generation(data: dict, name: str) -> Generation:
     for field, off in UNSUPPORTED.items():
         if data.get(field) not in off:
             raise bad_request(f"'{field}' is not supported by this server (leave it out)", field, "unsupported_parameter")
-    if data.get("think") not in (None, False):
-        raise bad_request(f'"{name}" does not support thinking', "think", "unsupported_parameter")
-    keep_alive = data.get("keep_alive")  # one model, loaded while the server runs: checked, nothing to do
-    if keep_alive is not None and not (isinstance(keep_alive, (int, float)) and not isinstance(keep_alive, bool)
-                                       or isinstance(keep_alive, str) and DURATION.fullmatch(keep_alive)):
-        raise bad_request("'keep_alive' must be a number of seconds or a duration such as \"5m\"", "keep_alive")
+    if data.get("think") not in (None, False, True, "low", "medium", "high"):
+        raise bad_request("'think' must be true, false, or low, medium or high", "think")
+    keep_alive(data)
     sampling, stop = _sampling(data.get("options"))
     return Generation(sampling, stop, body.boolean("stream", True), False, _format(data.get("format")))
 

@@ -1,4 +1,5 @@
-"""Start the scheduler and the HTTP server on one loaded Engine, and stop both cleanly on Ctrl-C.
+"""Start the HTTP server on one loaded Engine and its scheduler, or on the store's models (loaded when asked
+for), and stop cleanly on Ctrl-C.
 
 The listening socket is opened here, before the model loads: a port in use is one readable error, and the
 address printed is the real one (also with --port 0), ready to take connections once printed.
@@ -8,31 +9,22 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
-from dataclasses import dataclass
 
 import uvicorn
+from starlette.middleware import Middleware
 
 from ..errors import EdgeError
 from ..engine.runtime import Engine
-from . import anthropic, ollama
-from .api import ServeState, build_app
+from ..plan.planner import Plan
+from . import anthropic, embeddings, ollama, responses
+from .api import build_app
+from .loading import LoadOptions, ready
 from .metrics import Metrics
-from .scheduler import Scheduler
+from .pool import ModelPool, ReleaseLeases
 
 BACKLOG = 2048  # uvicorn's default
 GRACEFUL_S = 5  # how long open connections get to finish once the replies have been ended
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    host: str
-    port: int
-    n_slots: int
-    max_queue: int
-    model_id: str
-    api_key: str | None
-    cors: tuple[str, ...]
+DIALECTS = (ollama.DIALECT, anthropic.DIALECT, responses.DIALECT, embeddings.DIALECT)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -55,30 +47,43 @@ def url(sock: socket.socket) -> str:
 class _Server(uvicorn.Server):
     """uvicorn's server; a stop signal also ends every reply in progress, so streams do not hold it open."""
 
-    def __init__(self, config: uvicorn.Config, scheduler: Scheduler):
+    def __init__(self, config: uvicorn.Config, request_stop):
         super().__init__(config)
-        self._scheduler = scheduler
+        self._request_stop = request_stop
 
     def handle_exit(self, sig, frame) -> None:
-        self._scheduler.request_stop()
+        self._request_stop()
         super().handle_exit(sig, frame)
 
 
-def serve(engine: Engine, plan: dict, opts: ServeOptions, sock: socket.socket) -> None:
-    """Answer requests until Ctrl-C (KeyboardInterrupt) or SIGTERM."""
-    metrics = Metrics()
-    scheduler = Scheduler(engine, opts.n_slots, opts.max_queue, metrics)
-    state = ServeState(engine, scheduler, metrics, opts.model_id, plan, opts.n_slots, scheduler.n_ctx_slot, opts.api_key, int(time.time()))
-    app = build_app(state, opts.cors, (ollama.DIALECT, anthropic.DIALECT))
+def _run(app, sock: socket.socket, request_stop) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=GRACEFUL_S)
-    server = _Server(config, scheduler)
-    scheduler.start()
-    print(
-        f"serving {opts.model_id} at {url(sock)}/v1 · {opts.n_slots} slots × {scheduler.n_ctx_slot} tokens · Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
+    _Server(config, request_stop).run(sockets=[sock])
+
+
+def serve(engine: Engine, plan: Plan, opts: LoadOptions, model_id: str, sock: socket.socket, cors: tuple[str, ...]) -> None:
+    """Answer requests for one loaded model until Ctrl-C (KeyboardInterrupt) or SIGTERM."""
+    metrics = Metrics()
+    state = ready(engine, plan, model_id, opts, metrics)
+    app = build_app(state, metrics, cors, DIALECTS, api_key=opts.api_key)
+    state.scheduler.start()
+    print(f"serving {model_id} at {url(sock)}/v1 · {opts.parallel} slots × {state.n_ctx_slot} tokens · Ctrl-C stops", file=sys.stderr, flush=True)
     try:
-        server.run(sockets=[sock])
+        _run(app, sock, state.scheduler.request_stop)
     finally:
-        scheduler.stop()
+        state.scheduler.stop()
+        state.embedder.close()  # before the engine frees the model it reads
+
+
+def serve_store(opts: LoadOptions, keep_alive: float, ram: int | None, sock: socket.socket, cors: tuple[str, ...]) -> None:
+    """Answer requests for the store's models, each loaded when first named, until Ctrl-C or SIGTERM."""
+    metrics = Metrics()
+    pool = ModelPool(opts, keep_alive, ram, metrics)
+    app = build_app(None, metrics, cors, DIALECTS, pool=pool, api_key=opts.api_key, inner=(Middleware(ReleaseLeases, pool=pool),))
+    names = pool.names()
+    print(f"serving the store ({len(names)} models: {', '.join(names)}) at {url(sock)}/v1 · each loaded when first asked for · Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    try:
+        _run(app, sock, pool.request_stop)
+    finally:
+        pool.close()

@@ -1,0 +1,56 @@
+"""The reasoning splitter on text: whole replies, and the same replies cut into pieces at every place (tags split
+across pieces), which must give the same parts."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgellm.engine.reasoning import CONTENT, REASONING, ReasoningSplitter, opened_in, split_reasoning, thinks
+
+CASES = [
+    # reply, the prompt opened the thinking, (reasoning, content)
+    ("<think>\nLet me see: 2+2.\n</think>\n\nIt is 4.", False, ("Let me see: 2+2.\n", "It is 4.")),
+    ("  <think>a < b</think>b", False, ("a < b", "b")),
+    ("<think></think>\n\nJust the answer.", False, ("", "Just the answer.")),
+    ("No thinking here, <think> in the middle stays.", False, (None, "No thinking here, <think> in the middle stays.")),
+    ("\n  plain", False, (None, "\n  plain")),
+    ("Counting </thi", True, ("Counting </thi", "")),  # cut off before the tag closed: all reasoning
+    ("\nstill thinking</think>done", True, ("still thinking", "done")),
+    ("<think>unfinished", False, ("unfinished", "")),
+    ("<thi", False, (None, "<thi")),
+    ("", False, (None, "")),
+]
+
+
+def _streamed(reply: str, inside: bool, cuts: list[int]) -> tuple[str | None, str]:
+    s = ReasoningSplitter(inside)
+    parts = []
+    last = 0
+    for at in [*cuts, len(reply)]:
+        parts += s.push(reply[last:at])
+        last = at
+    parts += s.flush()
+    kinds = [p.kind for p in parts]
+    assert kinds == sorted(kinds, key=[REASONING, CONTENT].index), kinds  # reasoning first, never after the answer
+    reasoning = "".join(p.text for p in parts if p.kind == REASONING)
+    return (reasoning if s.thought else None), "".join(p.text for p in parts if p.kind == CONTENT)
+
+
+@pytest.mark.parametrize("reply, inside, expected", CASES)
+def test_whole_replies_split_into_reasoning_and_answer(reply, inside, expected):
+    assert split_reasoning(reply, inside) == expected
+
+
+@pytest.mark.parametrize("reply, inside, expected", CASES)
+def test_every_cut_into_two_or_three_pieces_gives_the_same_parts(reply, inside, expected):
+    n = len(reply)
+    for i in range(n + 1):
+        assert _streamed(reply, inside, [i]) == expected, i
+        for j in range(i, n + 1, 3):
+            assert _streamed(reply, inside, [i, j]) == expected, (i, j)
+    assert _streamed(reply, inside, list(range(1, n))) == expected  # one character at a time
+
+
+def test_templates_and_prompts_that_think():
+    assert thinks("{% if enable_thinking %}<think>\n\n</think>{% endif %}") and not thinks("{{ messages }}") and not thinks(None)
+    assert opened_in("<|im_start|>assistant\n<think>\n") and not opened_in("<|im_start|>assistant\n")
