@@ -38,7 +38,7 @@
                             "paired": {"reference", "tasks", "diff", "stderr", "verdict"} | null,
                             "created"}} | null
                                       # task accuracy from `edgellm eval --save`, by task kind (hellaswag,
-                                      # winogrande, multiple-choice), with the task file's name and hash
+                                      # winogrande, multiple-choice, exam, gsm8k), with the task file's name and hash
       }, ...]
     }
 
