@@ -28,6 +28,7 @@ class ModelFile:
     info: GGUFInfo = field(repr=False, compare=False)
     sha256: str | None = None  # what the package manifest says the file hashes to
     bench: dict | None = field(default=None, repr=False, compare=False)  # the manifest's `bench` record
+    accuracy: dict | None = field(default=None, repr=False, compare=False)  # the manifest's `accuracy` records
 
     @property
     def size(self) -> int:
@@ -123,7 +124,7 @@ def _package(folder: Path) -> ModelRef:
                 ))
                 files[i] = None
                 continue
-            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench)
+            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench, accuracy=entry.accuracy)
         if not any(files):
             raise damaged[0]
     skipped = tuple(f"{exc}: that level is skipped" for exc in damaged)
