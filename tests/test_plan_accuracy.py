@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import fixtures
@@ -67,3 +68,28 @@ def test_no_records_is_one_line(pkg, capsys):
     _record_all(pkg, {"F16": {"hellaswag": _record(0.6)}})
     code, _, err = run_cli(capsys, "plan", str(pkg), "--max-loss", "5", "--max-loss-task", "gsm8k")
     assert code == 2 and err == "edgellm: --max-loss-task gsm8k: no level has a recorded gsm8k accuracy (recorded: hellaswag)\n"
+
+
+def test_list_and_inspect_show_recorded_accuracy(pkg, capsys, monkeypatch):
+    from edgellm import paths
+
+    monkeypatch.setenv("COLUMNS", "200")  # the tables on one line each
+
+    _record_all(pkg, {"F16": {"hellaswag": _record(0.60)}, "Q8_0": {"hellaswag": _record(0.58)}})
+    code, out, err = run_cli(capsys, "inspect", str(pkg), "--json")
+    assert code == 0, err
+    levels = {lv["level"]: lv["accuracy"] for lv in json.loads(out)["levels"]}
+    assert levels["Q8_0"] == {"hellaswag": {"accuracy": 0.58, "stderr": 0.049, "tasks": 100, "file": "hs.txt"}}
+    assert levels["Q2_K"] is None
+    code, out, _ = run_cli(capsys, "inspect", str(pkg))
+    assert code == 0 and "hellaswag acc %" in out and "58.00 ± 4.90 (100)" in out
+
+    paths.store_dir().mkdir(parents=True)
+    shutil.copytree(pkg, paths.store_dir() / "smol", copy_function=os.link)
+    code, out, err = run_cli(capsys, "list", "--json")
+    assert code == 0, err
+    (entry,) = json.loads(out)["packages"]
+    got = {lv["level"]: lv["accuracy"] for lv in entry["levels"]}
+    assert got["F16"]["hellaswag"]["accuracy"] == 0.60 and got["Q2_K"] is None
+    code, out, _ = run_cli(capsys, "list")
+    assert "ACCURACY" in out and "Q8_0: hellaswag 58.00 ± 4.90" in out
