@@ -116,6 +116,12 @@ def test_exam_scores_are_the_letters_logprobs(tmp_path):
         assert [engine.piece(t) for t in letters] == [b"A", b"B", b"C", b"D"]
         prompts = [engine.tokenize(engine.render_chat([{"role": "user", "content": exam_message(t)}]))
                    for t in f.tasks]
+        # an empty choice and a question longer than the context are skipped, each with why
+        odd = (T.Task(7, "Which?", ("a", " ", "c", "d"), frozenset({0})),
+               T.Task(8, "word " * 1500, ("a", "b", "c", "d"), frozenset({0})))
+        skipped = list(asker.exam(odd))
+        assert [(s.number, s.why) for s in skipped] == [(7, "an empty question or choice"), (8, skipped[1].why)]
+        assert skipped[1].why.startswith("its prompt is ") and skipped[1].why.endswith("the context holds 1024")
     assert "<|im_start|>assistant\n" in engine.render_chat([{"role": "user", "content": "x"}])
     for task, result, prompt in zip(f.tasks, results, prompts):
         direct = _direct_letter_logprobs(prompt, letters)
