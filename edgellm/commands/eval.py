@@ -26,20 +26,20 @@ def _task_option(kind: str, default: str):
 
 @click.command("eval")
 @click.argument("model", required=False)
-@click.option("--hellaswag", "hellaswag", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("--hellaswag", "hellaswag", metavar="FILE",
               help="HellaSwag tasks: 6 lines each (context, gold ending 0-3, 4 endings), llama-perplexity's format.")
 @_task_option("hellaswag", "--limit, else 400")
-@click.option("--winogrande", "winogrande", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("--winogrande", "winogrande", metavar="FILE",
               help="WinoGrande tasks: CSV lines index,sentence with _,option 1,option 2,answer (1 or 2).")
 @_task_option("winogrande", "--limit, else all")
-@click.option("--multiple-choice", "multiple_choice", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("--multiple-choice", "multiple_choice", metavar="FILE",
               help="Multiple-choice tasks in llama.cpp's binary format (its MMLU, ARC, TruthfulQA files).")
 @_task_option("multiple-choice", "--limit, else all")
-@click.option("--exam", "exam", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("--exam", "exam", metavar="FILE",
               help="Exam questions (C-Eval, CMMLU, MMLU): CSV with question,A,B,C,D,answer columns, or JSONL (also "
                    "MMLU's question, choices, answer index); scored by the answer letter's log-probability as the "
                    "first token of the reply under the model's chat template.")
-@click.option("--gsm8k", "gsm8k", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("--gsm8k", "gsm8k", metavar="FILE",
               help="Word problems as GSM8K's JSONL (question, answer ending '#### NUMBER'): answered greedily "
                    "through the chat template; right when the reply's last number equals the gold one.")
 @click.option("--max-tokens", type=Range(int, 1, 4096), default=256, show_default=True,
@@ -62,7 +62,9 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
           exam, gsm8k, max_tokens, limit, levels, n_ctx, threads, as_json, json_path, md_path, save_manifest,
           plot_path) -> int:
     """Accuracy of MODEL (a GGUF file or a package: every level, on the same tasks) on task files in the
-    formats llama-perplexity reads, with the same scores. With no MODEL, the default model.
+    formats llama-perplexity reads, with the same scores, and on exams and word problems asked through the
+    chat template. With no MODEL, the default model. A FILE may be a Hugging Face dataset's file,
+    hf://OWNER/NAME/PATH (fetched into the hub's cache; offline, the cached copy).
 
     \b
     edgellm eval pkg/ --hellaswag hellaswag_val_full.txt --limit 400
@@ -76,7 +78,7 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
 
     asked = [(T.HELLASWAG, hellaswag, hellaswag_tasks), (T.WINOGRANDE, winogrande, winogrande_tasks),
              (T.MULTIPLE_CHOICE, multiple_choice, multiple_choice_tasks), (T.EXAM, exam, None), (T.GSM8K, gsm8k, None)]
-    asked = [(kind, path, n if n is not None else limit) for kind, path, n in asked if path is not None]
+    asked = [(kind, _task_path(path), n if n is not None else limit) for kind, path, n in asked if path is not None]
     if not asked:
         raise UsageError("give a task file: --hellaswag, --winogrande, --multiple-choice, --exam or --gsm8k FILE")
     files = [T.load(kind, path, n) for kind, path, n in asked]  # every file checked before a model loads
@@ -115,6 +117,16 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
         click.echo("edgellm: interrupted: the table holds what was scored so far", err=True)
         return 130
     return 0
+
+
+def _task_path(value: str) -> Path:
+    """A task file: a local path, or a file of a Hugging Face dataset (hf://OWNER/NAME/PATH), fetched into the
+    hub's cache (the cached copy offline)."""
+    from ..hub.datasets import dataset_file, is_dataset_ref
+
+    if not is_dataset_ref(value):
+        return Path(value)
+    return dataset_file(value, say=lambda line: click.echo(f"edgellm: {line}", err=True))
 
 
 def _levels(ref, value: str | None) -> list:
