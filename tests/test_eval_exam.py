@@ -157,3 +157,17 @@ def test_package_exam_and_gsm8k_paired_saved_and_plotted(tmp_path, capsys):
     assert all(set(acc) == {"exam", "gsm8k"} for acc in saved.values())
     assert saved[reference]["gsm8k"]["accuracy"] == 1.0 and saved[reference]["exam"]["file"] == "mmlu.jsonl"
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctrl_c_during_word_problems_prints_what_was_answered(tmp_path):
+    import signal
+
+    from pausing import finish, start_paused
+
+    gsm8k = eval_data.write_gsm8k(tmp_path / "gsm8k.jsonl")
+    proc = start_paused("eval.tasks:1", "eval", fixtures.smollm2_gguf(), "--gsm8k", gsm8k, "--max-tokens", "16",
+                        "--threads", THREADS)
+    done = finish(proc, signal.SIGINT)
+    assert done.returncode == 130
+    assert "1 of 3 (stopped)" in done.stdout and "GSM8K: gsm8k.jsonl" in done.stdout
+    assert "interrupted" in done.stderr and "Traceback" not in done.stderr
