@@ -49,6 +49,8 @@ def test_smallest_level_within_the_loss(pkg, capsys):
     assert _plan(capsys, pkg, "--max-loss", "2")["level"] == "Q8_0"  # exactly 2 points: within
     assert _plan(capsys, pkg, "--max-loss", "1.9")["level"] == "F16"
     assert _plan(capsys, pkg, "--max-loss", "25")["level"] == "Q2_K"
+    p = _plan(capsys, pkg, "--max-loss", "5", "--min-speed", "1000")
+    assert p["level"] == "Q8_0" and any(n.startswith("--min-speed is not used with --max-loss") for n in p["notes"])
 
 
 def test_every_task_counts_and_levels_without_records_are_left_out(pkg, capsys):

@@ -355,6 +355,8 @@ def make_plan(
     if max_loss is not None:
         (f, m, speed), why, limit_notes = _within_loss(model, fitting, max_loss, max_loss_task)
         notes.extend(limit_notes)
+        if min_speed is not None:
+            notes.append("--min-speed is not used with --max-loss: the smallest level within the loss is the fastest")
     else:
         (f, m, speed), why = choose_level(fitting, INTERACTIVE_TPS if min_speed is None else min_speed, len(model.files))
     if m.n_ctx < contexts[0]:
