@@ -160,3 +160,49 @@ def write_multiple_choice(path: Path, items: list[tuple[str, list[str], int]]) -
 def hellaswag_as_multiple_choice(path: Path) -> Path:
     """The HellaSwag items above in the binary format (as llama.cpp's validation sets carry HellaSwag)."""
     return write_multiple_choice(path, [(c, e, g) for c, g, e in HELLASWAG])
+
+
+EXAM = [  # (question, choices A-D, answer letter): school questions in the style of MMLU / C-Eval
+    ("What is 2 + 3?", ["4", "5", "6", "7"], "B"),
+    ("What color is the sky on a clear day?", ["Green", "Red", "Blue", "Black"], "C"),
+    ("How many legs does a dog have?", ["Four", "Two", "Six", "Eight"], "A"),
+    ("What is the capital of France?", ["Berlin", "Madrid", "Rome", "Paris"], "D"),
+    ("Which of these is a fruit, in the words \"apple, pie\"?", ["Apple", "Car", "Stone", "Cloud"], "A"),
+]
+
+GSM8K = [  # (question, worked answer ending "#### NUMBER") as GSM8K writes them
+    ("What is 2+3?", "2+3 = <<2+3=5>>5\n#### 5"),
+    ("What is 1+1?", "1+1 = <<1+1=2>>2\n#### 2"),
+    ("A farmer has 1,200 sheep and sells 250 of them. How many sheep are left?",
+     "1200-250 = <<1200-250=950>>950\n#### 950"),
+]
+
+
+def write_exam_csv(path: Path, items=EXAM, header: str | None = "id,question,A,B,C,D,answer,explanation") -> Path:
+    """C-Eval's CSV (with its id and explanation columns); header=None: MMLU's raw CSV without one."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow(header.split(","))
+        for i, (q, choices, answer) in enumerate(items):
+            w.writerow([i, q, *choices, answer, ""] if header else [q, *choices, answer])
+    return path
+
+
+def write_exam_jsonl(path: Path, items=EXAM) -> Path:
+    """MMLU's JSONL: question, choices (a list), answer (the right choice's index)."""
+    import json
+
+    rows = [json.dumps({"question": q, "subject": "misc", "choices": c, "answer": "ABCD".index(a)})
+            for q, c, a in items]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def write_gsm8k(path: Path, items=GSM8K) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in items), encoding="utf-8")
+    return path

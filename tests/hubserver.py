@@ -3,9 +3,10 @@
 `HubServer(hub)` stands in for huggingface.co, following the requests huggingface_hub 2.x makes:
 
 - repo info (`/api/models/<id>[/revision/<rev>]`), tree listing (`/api/models/<id>/tree/<rev>`), HEAD/GET of
-  `<id>/resolve/<rev>/<file>`; a revision the repo lacks answers 404 `X-Error-Code: RevisionNotFound`
-  (`refs/pr/N` and other revisions arrive URL-quoted, as the library sends them), a missing repo
-  `RepoNotFound`, a gated one `GatedRepo`, a missing file `EntryNotFound`.
+  `<id>/resolve/<rev>/<file>` (a dataset's at `datasets/<id>/resolve/...`, its repo keyed "datasets/<id>"); a
+  revision the repo lacks answers 404 `X-Error-Code: RevisionNotFound` (`refs/pr/N` and other revisions
+  arrive URL-quoted, as the library sends them), a missing repo `RepoNotFound`, a gated one `GatedRepo`, a
+  missing file `EntryNotFound`.
 - Small text files are plain git blobs (200, ETag = git blob id). LFS files (weights, GGUF, anything binary
   or of 10 MiB and more) answer 302 to a storage host of another origin (as the Hub redirects to its CDN),
   with `X-Linked-Size`/`X-Linked-Etag`; stored on Xet (`hub.xet`, the live default) they also carry
@@ -275,7 +276,7 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
                 return self._tree(m.group(1), unquote(m.group(2)), query.get("recursive") in ("True", "true", "1"))
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/xet-(read|write)-token/([^/]+)", raw):
                 return self._xet_token(m.group(1), m.group(2), unquote(m.group(3)))
-            if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", raw):
+            if m := re.fullmatch(r"/((?:datasets/)?[^/]+/[^/]+)/resolve/([^/]+)/(.+)", raw):
                 return self._resolve(m.group(1), unquote(m.group(2)), unquote(m.group(3)))
             self._error(404, "NotFound", "Not Found")
 

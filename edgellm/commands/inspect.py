@@ -44,15 +44,53 @@ def summary(path: Path) -> dict:
     }
 
 
+def package_summary(folder: Path) -> dict:
+    """A package's levels with the task accuracy `eval --save` recorded (what --json prints for a folder)."""
+    from ..store.manifest import accuracy_summary
+    from ..store.models import resolve_model
+
+    ref = resolve_model(folder)
+    return {"package": ref.name, "path": str(ref.source), "levels": [
+        {"level": f.level, "file": f.path.name, "size": f.size, "bits_per_weight": round(f.info.bits_per_weight, 3),
+         "accuracy": accuracy_summary(f.accuracy) or None} for f in ref.files]}
+
+
+def _print_package(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..fsutil import human_bytes
+    from ..store.manifest import accuracy_cell
+
+    tasks = sorted({t for lv in data["levels"] for t in (lv["accuracy"] or {})})
+    table = Table("level", "file", "size", "bpw", *(f"{t} acc %" for t in tasks),
+                  title=f"{data['package']}: {data['path']}", title_justify="left")
+    for lv in data["levels"]:
+        records = [(lv["accuracy"] or {}).get(t) for t in tasks]
+        cells = [f"{accuracy_cell(r)} ({r['tasks']})" if r else "-" for r in records]
+        table.add_row(lv["level"], lv["file"], human_bytes(lv["size"]), f"{lv['bits_per_weight']:.2f}", *cells)
+    Console().print(table)
+    if not tasks:
+        print("no task accuracy recorded (edgellm eval PACKAGE --hellaswag FILE --save)")
+
+
 @click.command("inspect")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (long arrays summarised).")
 @click.option("--tensors", "all_tensors", is_flag=True, help="List every tensor, not only the non-layer ones and layer 0.")
 def inspect(file: Path, as_json: bool, all_tensors: bool) -> int:
-    """Show FILE.gguf's metadata and a summary of its tensors.
+    """Show FILE.gguf's metadata and a summary of its tensors; for a package folder, its levels with the task
+    accuracy (% ± standard error, tasks) that `edgellm eval --save` recorded.
 
     A model split in several files (`<name>-00001-of-00003.gguf` ...) is shown whole from its first part:
     its size and tensors are those of every part."""
+    if file.is_dir():
+        data = package_summary(file)
+        if as_json:
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            _print_package(data)
+        return 0
     data = summary(file)
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))

@@ -11,6 +11,7 @@ from rich.table import Table
 from ..plan import catalog
 from .. import paths
 from ..fsutil import human_bytes
+from ..store.manifest import accuracy_text
 
 
 @click.command("list")
@@ -19,11 +20,13 @@ def list_(as_json: bool) -> int:
     """List the packages in the local store (EDGELLM_HOME moves it).
 
     FITS is the level this machine would run (the planner's choice), "-" when none fits; levels that do
-    not fit are dimmed. FROM is "local" or the hub repo a GGUF package was pulled from.
+    not fit are dimmed. FROM is "local" or the hub repo a GGUF package was pulled from. ACCURACY (when any
+    package has it) is the task accuracy in % ± standard error that `edgellm eval --save` recorded per level.
 
     \b
     --json: {"store", "packages": [{"name", "path", "origin", "source", "size",
-             "levels": [{"level", "file", "size", "bits_per_weight", "fit", "parts"}],
+             "levels": [{"level", "file", "size", "bits_per_weight", "fit", "parts",
+                         "accuracy": {task: {"accuracy", "stderr", "tasks", "file"}} | null}],
              "fits", "fit_note", "error"}]}
     (fit: "gpu", "partial", "cpu" or "no"; error: why an entry could not be read, else null; parts: the files
     of a level split in several, "file" the first of them and "size" all of them, else 1)
@@ -36,14 +39,16 @@ def list_(as_json: bool) -> int:
         click.echo(f"no packages in {paths.store_dir()} (make one: edgellm package REPO_ID, or edgellm pull a GGUF repo)")
         return 0
     table = Table(title=str(paths.store_dir()), title_justify="left")
-    for col in ("NAME", "LEVELS", "SIZE", "FITS", "FROM"):
+    evals = any(f.accuracy for e in found for f in e.files)
+    for col in ("NAME", "LEVELS", "SIZE", "FITS", "FROM", *(("ACCURACY",) if evals else ())):
         table.add_column(col, justify="right" if col == "SIZE" else "left")
     for e in found:
         if e.error:
             table.add_row(e.name, f"[red]unreadable: {e.error}[/red]", "", "", e.origin)
             continue
+        accuracy = ("\n".join(f"{f.level}: {accuracy_text(f.accuracy)}" for f in e.files if f.accuracy),) if evals else ()
         levels = ", ".join(f"[dim]{_level(f)}[/dim]" if f.fit == "no" else _level(f) for f in e.files)
-        table.add_row(e.name, levels, human_bytes(e.size), e.fits or "-", e.origin)
+        table.add_row(e.name, levels, human_bytes(e.size), e.fits or "-", e.origin, *accuracy)
     Console().print(table)
     return 0
 

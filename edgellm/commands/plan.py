@@ -9,7 +9,7 @@ import click
 
 from ..plan.planner import gpu_layers_text
 from .options import (
-    CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP,
+    CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP, Range,
 )
 
 KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.plan.memory.KV_TYPES, without loading llama.cpp for --help
@@ -28,8 +28,14 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.plan.memory.KV_TYP
 @click.option("--min-speed", type=MIN_SPEED, metavar="TOK_S", help=MIN_SPEED_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP + " Each is asked what it lends.")
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
+@click.option("--max-loss", type=Range(float, 0.0, 100.0), metavar="POINTS",
+              help="The smallest level that fits whose task accuracy recorded by `eval --save` is within POINTS "
+                   "percentage points of the best level's, on every recorded task (levels without a record are "
+                   "not eligible).")
+@click.option("--max-loss-task", metavar="NAME", help="With --max-loss: only this recorded task (e.g. hellaswag, exam).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
-def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices, threads, min_speed, rpc, loras, as_json: bool) -> int:
+def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices, threads, min_speed, rpc, loras,
+         max_loss, max_loss_task, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
     Picks the highest-quality level that fits and decodes at --min-speed tokens/s or more (else the fastest),
@@ -52,6 +58,11 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices
     given = click.get_current_context().get_parameter_source("min_ctx") is click.core.ParameterSource.COMMANDLINE
     if ctx is not None and given and min_ctx > ctx:
         raise UsageError(f"--min-ctx {min_ctx} is more than --ctx {ctx}: a context cannot be smaller than its minimum")
+    if max_loss_task is not None and max_loss is None:
+        raise UsageError("--max-loss-task goes with --max-loss POINTS")
+    if max_loss is not None and (rpc or hub_ref(models)):
+        raise UsageError("--max-loss plans a local package from its recorded accuracy; it does not go with --rpc or "
+                         "a hub repo")
     if hub_ref(models):  # a hub repo, before anything is downloaded: the headers of its files, by byte ranges
         return plan_hub(models[0], ram, vram, PlanOptions(ctx, kv_type, min_ctx, ngl, threads, min_speed), as_json, rpc)
     ref = resolve_models(list(models))
@@ -78,6 +89,8 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices
         threads=threads,
         min_speed=min_speed,
         loras=adapters,
+        max_loss=max_loss,
+        max_loss_task=max_loss_task,
     )
     p = replace(p, notes=p.notes + notes)
     if as_json:

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..fsutil import human_bytes
 from .results import EvalReport, LevelScore
+from .tasks import KINDS
 
 HEADERS = ("level", "size", "bpw", "acc %", "± se", "vs reference", "verdict", "tasks", "skipped")
 PAIRED = ("vs reference", "verdict")  # shown when there is a level to compare with
@@ -40,7 +41,11 @@ def to_markdown(report: EvalReport) -> str:
         lines += [f"**{title(task)}**", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
-    lines += ["_Scored as llama-perplexity scores them; differences are paired on the same tasks against the level "
+    chat = any(KINDS[t.kind].chat for t in report.task_sets())
+    how = "exams and word problems asked through the model's chat template" if chat else ""
+    if not all(KINDS[t.kind].chat for t in report.task_sets()):
+        how = "scored as llama-perplexity scores them" + (f"; {how}" if how else "")
+    lines += [f"_{how[0].upper()}{how[1:]}; differences are paired on the same tasks against the level "
               "with the most bits (within 2 standard errors: no measurable loss)._", ""]
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ask import Answered
 from .score import Scored, Skipped
 
 
@@ -20,7 +21,7 @@ from .score import Scored, Skipped
 class TaskSet:
     """One task file as it was scored."""
 
-    kind: str  # hellaswag, winogrande, multiple-choice
+    kind: str  # hellaswag, winogrande, multiple-choice, exam, gsm8k
     title: str
     file: str  # its name
     sha256: str
@@ -45,15 +46,18 @@ class LevelScore:
     items: list[int] = field(default_factory=list)  # task numbers scored, in order
     right: list[bool] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    replies: list[dict[str, Any]] = field(default_factory=list)  # GSM8K: what the model wrote, per item
     seconds: float = 0.0
     complete: bool = False  # False: interrupted (the numbers cover what was scored)
 
-    def add(self, result: Scored | Skipped) -> None:
+    def add(self, result: Scored | Answered | Skipped) -> None:
         if isinstance(result, Skipped):
             self.skipped.append(result)
-        else:
-            self.items.append(result.number)
-            self.right.append(result.correct)
+            return
+        self.items.append(result.number)
+        self.right.append(result.correct)
+        if isinstance(result, Answered):
+            self.replies.append({"task": result.number, "reply": result.reply, "predicted": result.predicted})
 
     @property
     def n(self) -> int:
@@ -82,7 +86,8 @@ class LevelScore:
                 "tasks": self.n, "correct": self.correct, "accuracy": self.accuracy, "stderr": self.stderr,
                 "skipped": [{"task": s.number, "why": s.why} for s in self.skipped],
                 "seconds": round(self.seconds, 3), "complete": self.complete,
-                "items": self.items, "right": "".join("1" if r else "0" for r in self.right)}
+                "items": self.items, "right": "".join("1" if r else "0" for r in self.right),
+                **({"replies": self.replies} if self.replies else {})}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
                      question and two answer sets (u32 count <= 100, that many strings, as many i32 labels;
                      the first set has one label 1, the second is read and not used); a string is a u32
                      length and its bytes; all little-endian
+    exam, gsm8k      exam questions and word problems asked through the chat template: see exam_files.py
 
 A file is read the way llama-perplexity reads its `-f` file: one trailing newline dropped, lines split on
 "\\n" (a "\\r" stays in the text). What llama-perplexity would skip or stop on is an error here naming the
@@ -22,18 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from .item import Task, TaskFileError
 from .mt19937 import MT19937
-
-
-@dataclass(frozen=True)
-class Task:
-    """One item. Its choices are scored as prompt + separator + choice + after."""
-
-    number: int  # 1-based position in the file (the line for WinoGrande)
-    prompt: str
-    choices: tuple[str, ...]
-    gold: frozenset[int]  # indexes of the right choices
-    after: str = ""  # WinoGrande: the sentence after the blank
 
 
 @dataclass(frozen=True)
@@ -44,12 +35,16 @@ class Kind:
     max_seqs: int  # sequences in one batch at most: llama-perplexity's max_tasks_per_batch x choices a task
     digits: int  # decimals llama-perplexity prints the accuracy (in %) with
     default_tasks: int  # llama-perplexity's default --<kind>-tasks (0: all)
+    chat: bool = False  # asked through the model's chat template (exam_files.py), N tasks are the first N
+
 
 
 HELLASWAG = Kind("hellaswag", "HellaSwag", " ", 32 * 4, 8, 400)
 WINOGRANDE = Kind("winogrande", "WinoGrande", "", 128 * 2, 4, 0)
 MULTIPLE_CHOICE = Kind("multiple-choice", "Multiple choice", " ", 32 * 4, 8, 0)
-KINDS = {k.name: k for k in (HELLASWAG, WINOGRANDE, MULTIPLE_CHOICE)}
+EXAM = Kind("exam", "Exam", "", 0, 2, 0, chat=True)
+GSM8K = Kind("gsm8k", "GSM8K", "", 0, 2, 0, chat=True)
+KINDS = {k.name: k for k in (HELLASWAG, WINOGRANDE, MULTIPLE_CHOICE, EXAM, GSM8K)}
 
 
 @dataclass(frozen=True)
@@ -59,11 +54,7 @@ class TaskFile:
     sha256: str
     total: int  # tasks in the file
     tasks: tuple[Task, ...]  # the ones selected, in the order they are scored
-
-
-class TaskFileError(UsageError):
-    def __init__(self, path: Path, what: str) -> None:
-        super().__init__(f"{path}: {what}")
+    note: str = ""  # what reading it left out that people would not expect
 
 
 def load(kind: Kind, path: str | Path, n_tasks: int | None = None) -> TaskFile:
@@ -78,13 +69,21 @@ def load(kind: Kind, path: str | Path, n_tasks: int | None = None) -> TaskFile:
         raise UsageError(f"{path} is a folder, not a task file") from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    from .exam_files import READERS as CHAT_READERS
+
     data = raw[:-1] if raw.endswith(b"\n") else raw  # llama-perplexity's -f drops one trailing newline
-    tasks = READERS[kind.name](path, data)
+    tasks = {**READERS, **CHAT_READERS}[kind.name](path, data)
     if not tasks:
         raise TaskFileError(path, f"holds no {kind.title} tasks")
     n = kind.default_tasks if n_tasks is None else n_tasks
+    picked = (tasks[:n] if n > 0 else tasks) if kind.chat else select(kind, tasks, n)
+    note = ""
+    last = data.rsplit(b"\n", 1)[-1]
+    if kind is WINOGRANDE and last.strip():
+        note = (f"{path.name}: its last line is left out, as llama-perplexity leaves it out (the file does not "
+                "end in two newlines), so both score the same tasks")
     return TaskFile(kind=kind, path=path, sha256=hashlib.sha256(raw).hexdigest(), total=len(tasks),
-                    tasks=tuple(select(kind, tasks, n)))
+                    tasks=tuple(picked), note=note)
 
 
 def select(kind: Kind, tasks: list[Task], n: int) -> list[Task]:

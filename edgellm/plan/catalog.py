@@ -15,6 +15,7 @@ from .. import paths
 from ..store import store
 from ..errors import EdgeError
 from .hardware import HardwareProfile
+from ..store.manifest import accuracy_summary
 from ..store.models import ModelRef, resolve_model
 from .planner import FIT_TEXT, Plan, make_plan
 
@@ -27,6 +28,7 @@ class StoredFile:
     bits_per_weight: float
     fit: str | None = None  # "gpu", "partial" (some layers on the GPU), "cpu", "no"; None when unknown
     parts: int = 1  # files: more than one for a level split in several (`file` is the first, `size` all of them)
+    accuracy: dict | None = None  # task accuracy recorded by `eval --save` (manifest.accuracy_summary)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ def _entry(folder: Path, hw: HardwareProfile) -> Entry:
     fits = {lf.level: lf.fit for lf in plan.levels} if plan else {f.level: "no" for f in ref.files}
     note = f"{FIT_TEXT.get(plan.fit, plan.fit)}, {plan.n_ctx}-token context" if plan else why
     files = tuple(
-        StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2), fits.get(f.level), len(f.parts))
+        StoredFile(f.level, f.path.name, f.size, round(f.info.bits_per_weight, 2), fits.get(f.level),
+                   parts=len(f.parts), accuracy=accuracy_summary(f.accuracy) or None)
         for f in ref.files
     )
     return Entry(folder.name, folder, source, files, plan.level if plan else None, note)

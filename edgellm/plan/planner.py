@@ -24,6 +24,7 @@ from pathlib import Path
 from ..engine.adapters import LoraAdapter, describe
 from ..errors import NotEnoughSpace
 from ..fsutil import human_bytes
+from .accuracy_limit import accuracy_limit
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate, experts, kv_cells
 from ..store.models import ModelFile, ModelRef
@@ -314,12 +315,15 @@ def make_plan(
     min_speed: float | None = None,
     machine: MachineSpeed | None = None,
     loras: tuple[LoraAdapter, ...] = (),
+    max_loss: float | None = None,
+    max_loss_task: str | None = None,
 ) -> Plan:
     """Plan `model` for `hw`. `ram`/`vram` replace the machine's free memory (to plan for another machine);
     `ngl` fixes the GPU layers, `threads` the CPU threads; `n_seq` sequences share the context (`ctx` in all).
     `min_speed` is the decode tokens/s to reach (None: INTERACTIVE_TPS; 0: quality first); `machine` the speeds
     to predict with (default: this machine's, measured once; a simulated machine's are the reference's).
-    `loras` count with the weights."""
+    `loras` count with the weights. `max_loss` (percentage points): the smallest level that fits whose recorded
+    task accuracy is that close to the best level's (`accuracy_limit`; on `max_loss_task` alone if named)."""
     hw = hw.with_overrides(ram=ram, vram=vram)
     threads = threads or hw.cpu_cores  # physical cores, as llama.cpp's tools use
     machine = machine or machine_speed(hw)
@@ -354,7 +358,13 @@ def make_plan(
 
     if not fitting:
         raise NotEnoughSpace(_does_not_fit(model, hw, contexts[-1], kv_type, ram_budget, vram_budget, gpu))
-    (f, m, speed), why = choose_level(fitting, INTERACTIVE_TPS if min_speed is None else min_speed, len(model.files))
+    if max_loss is not None:
+        (f, m, speed), why, limit_notes = _within_loss(model, fitting, max_loss, max_loss_task)
+        notes.extend(limit_notes)
+        if min_speed is not None:
+            notes.append("--min-speed is not used with --max-loss: the smallest level within the loss is the fastest")
+    else:
+        (f, m, speed), why = choose_level(fitting, INTERACTIVE_TPS if min_speed is None else min_speed, len(model.files))
     if m.n_ctx < contexts[0]:
         notes.append(f"context shrunk from {contexts[0]} to {m.n_ctx} tokens to keep {f.level}")
     if not gpu and hw.gpus:
@@ -402,6 +412,17 @@ def choose_level(fitting: list, min_speed: float, n_levels: int) -> tuple[tuple,
             return item, f"the highest-quality level that fits and decodes at {min_speed:g} tok/s or more"
     fastest = max(fitting, key=lambda item: item[2].decode_tps)
     return fastest, f"the fastest level that fits (none decodes at {min_speed:g} tok/s here)"
+
+
+def _within_loss(model: ModelRef, fitting: list, points: float, task: str | None) -> tuple[tuple, str, tuple[str, ...]]:
+    """The smallest of `fitting` within `points` of the best recorded accuracy, why, and the levels left out."""
+    limit = accuracy_limit(model.files, points, task)
+    within = [item for item in fitting if item[0].level in limit.eligible]
+    if not within:
+        fits = ", ".join(item[0].level for item in fitting)
+        ok = ", ".join(sorted(limit.eligible)) or "none"
+        raise NotEnoughSpace(f"no level with {limit.describe(points)} fits: within the limit {ok}; fitting {fits}")
+    return min(within, key=lambda item: item[0].size), f"the smallest level that fits with {limit.describe(points)}", limit.notes
 
 
 def _does_not_fit(model: ModelRef, hw, n_ctx: int, kv_type: str, ram_budget: int, vram_budget: int, gpu: bool) -> str:

@@ -43,7 +43,7 @@
                             "paired": {"reference", "tasks", "diff", "stderr", "verdict"} | null,
                             "created"}} | null
                                       # task accuracy from `edgellm eval --save`, by task kind (hellaswag,
-                                      # winogrande, multiple-choice), with the task file's name and hash
+                                      # winogrande, multiple-choice, exam, gsm8k), with the task file's name and hash
       }, ...]
     }
 
@@ -172,6 +172,26 @@ class FileEntry:
             non_layer_bytes=info.non_layer_bytes,
             **extra,
         )
+
+
+def accuracy_summary(accuracy: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """What listings show of a level's recorded task accuracy: per task, the fraction right, its standard
+    error, how many tasks and on which file."""
+    return {task: {k: r.get(k) for k in ("accuracy", "stderr", "tasks", "file")}
+            for task, r in sorted((accuracy or {}).items()) if isinstance(r, dict)}
+
+
+def accuracy_cell(record: dict[str, Any]) -> str:
+    """"58.00 ± 4.96": one recorded accuracy in % with its standard error ("-" when there is none)."""
+    if not isinstance(record.get("accuracy"), (int, float)):
+        return "-"
+    se = record.get("stderr")
+    return f"{record['accuracy'] * 100:.2f}" + (f" ± {se * 100:.2f}" if isinstance(se, (int, float)) else "")
+
+
+def accuracy_text(accuracy: dict[str, dict[str, Any]] | None) -> str:
+    """"hellaswag 58.00 ± 4.96, exam 40.00": a level's recorded accuracies in % for a table cell."""
+    return ", ".join(f"{task} {accuracy_cell(r)}" for task, r in accuracy_summary(accuracy).items())
 
 
 @dataclass

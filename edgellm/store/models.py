@@ -30,6 +30,7 @@ class ModelFile:
     sha256: str | None = None  # what the package manifest says the file hashes to
     bench: dict | None = field(default=None, repr=False, compare=False)  # the manifest's `bench` record
     part_sha256: dict[str, str] | None = None  # a split level: what the manifest says each part hashes to
+    accuracy: dict | None = field(default=None, repr=False, compare=False)  # the manifest's `accuracy` records
 
     @property
     def size(self) -> int:
@@ -137,7 +138,7 @@ def _package(folder: Path) -> ModelRef:
                 files[i] = None
                 continue
             parts = {p.file: p.sha256 for p in entry.parts} if entry.parts else None
-            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench, part_sha256=parts)
+            files[i] = replace(f, sha256=entry.sha256, bench=entry.bench, part_sha256=parts, accuracy=entry.accuracy)
         if not any(files):
             raise damaged[0]
     skipped = tuple(f"{exc}: that level is skipped" for exc in damaged)
