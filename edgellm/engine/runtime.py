@@ -315,7 +315,7 @@ class Engine:
         if self.speculation is not None and self.speculation is not spec:
             self.speculation.close()
         self.speculation = spec
-        self._pace = Pace(spec.draft_min, spec.draft_max) if spec is not None else None
+        self._pace = Pace(spec.draft_min, spec.draft_max, spec.adaptive) if spec is not None else None
 
     def close(self) -> None:
         if self.speculation is not None:

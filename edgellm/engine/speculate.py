@@ -25,9 +25,14 @@ from ..errors import EdgeError, UsageError
 NGRAM_SIZES = (4, 3, 2)  # the longest match wins: fewer false continuations than single-token matches
 DRAFT_MAX, DRAFT_MIN = 16, 1  # defaults of --draft-max / --draft-min
 ACCEPT_DECAY = 0.9  # weight of the acceptance seen so far against the newest step's
-COST_DECAY = 0.8  # the same for step times
-PROBE_EVERY = 32  # steps without speculation between two probes
-PROBE_LENGTH = 3
+COST_DECAY = 0.8  # the same for step costs
+# A step that checks k guesses costs t_plain * (1 + s * k**COST_EXPONENT): on a CPU each extra token costs close to
+# a whole one for small k and less for large k (llama.cpp's batched kernels reuse weights more); on a GPU s is near 0.
+# s is measured as steps happen; until then, PRIOR_SLOPE.
+COST_EXPONENT = 0.85
+PRIOR_SLOPE = 0.5
+PROBE_EVERY, PROBE_BACKOFF_MAX = 32, 256  # plain steps between probes while guessing does not pay; doubled per miss
+PROBE_LENGTH = 2  # a probe is short: on text that does not repeat it costs about one plain step
 PAYS = 1.03  # expected speed-up a step must promise over plain decoding (timing noise is a few %)
 
 
@@ -97,34 +102,46 @@ def expected_tokens(a: float, k: int) -> float:
 
 
 class Pace:
-    """How many tokens to guess next: the length with the most expected tokens per second, or 0 (plain decoding)."""
+    """How many tokens to guess next: the length with the most expected tokens per second, or 0 (plain decoding).
 
-    def __init__(self, draft_min: int, draft_max: int) -> None:
-        self.draft_min, self.draft_max = draft_min, draft_max
+    The acceptance rate and the cost of a step are both measured as the reply goes on; while no length pays, a
+    short probe now and then (rarer after each probe that did not change that) keeps the acceptance rate current."""
+
+    def __init__(self, draft_min: int, draft_max: int, adaptive: bool = True) -> None:
+        self.draft_min, self.draft_max, self.adaptive = draft_min, draft_max, adaptive
         self.t_plain = 0.0  # seconds of a plain step (one token evaluated and sampled)
-        self.t_extra = 0.0  # seconds each guessed token adds to a step (guessing and checking it)
-        self.kept, self.tried = 1.0, 2.0  # decayed counts of guesses kept / checked: a prior of 1/2
-        self._idle = 0  # steps since the last speculative one
+        self.slope = PRIOR_SLOPE  # s of the cost model, in plain steps
+        self._slope_seen = False
+        self.kept, self.tried = 3.0, 4.0  # decayed counts of guesses kept / checked: a prior of 3/4
+        self._idle, self._probe_every = PROBE_EVERY, PROBE_EVERY  # a first probe right away
 
     @property
     def acceptance(self) -> float:
         return self.kept / self.tried if self.tried else 0.0
 
-    def length(self) -> int:
-        if self.t_plain <= 0.0:  # the first steps are plain: their time is what speculation must beat
-            return 0
-        a = self.acceptance
-        base = self.t_plain
-        extra = self.t_extra if self.t_extra > 0.0 else 0.1 * base
-        best, best_gain = 0, PAYS
+    def best(self) -> tuple[int, float]:
+        """The guess length with the highest expected speed-up over plain decoding, and that speed-up."""
+        a, slope = self.acceptance, self.slope
+        best, best_gain = 0, 1.0
         for k in range(self.draft_min, self.draft_max + 1):
-            gain = expected_tokens(a, k) * base / (base + extra * k)
+            gain = expected_tokens(a, k) / (1.0 + slope * k**COST_EXPONENT)
             if gain > best_gain:
                 best, best_gain = k, gain
-        if best:
-            return best
+        return best, best_gain
+
+    def length(self) -> int:
+        if not self.adaptive:
+            return self.draft_max
+        if self.t_plain <= 0.0:  # the first step is plain: its time is what speculation must beat
+            return 0
+        k, gain = self.best()
+        if gain >= PAYS:
+            self._probe_every = PROBE_EVERY
+            return k
         self._idle += 1
-        if self._idle >= PROBE_EVERY:  # text changes: look again whether guessing pays now
+        if self._idle >= self._probe_every:  # the text may repeat itself now: look again
+            self._idle = 0
+            self._probe_every = min(2 * self._probe_every, PROBE_BACKOFF_MAX)
             return max(self.draft_min, min(PROBE_LENGTH, self.draft_max))
         return 0
 
@@ -136,8 +153,9 @@ class Pace:
         self.kept = ACCEPT_DECAY * self.kept + kept
         self.tried = ACCEPT_DECAY * self.tried + kept + (1 if kept < guessed else 0)
         if self.t_plain > 0.0 and guessed:
-            extra = max(0.0, seconds - self.t_plain) / guessed
-            self.t_extra = extra if self.t_extra <= 0.0 else COST_DECAY * self.t_extra + (1 - COST_DECAY) * extra
+            slope = max(0.0, seconds / self.t_plain - 1.0) / guessed**COST_EXPONENT
+            self.slope = slope if not self._slope_seen else COST_DECAY * self.slope + (1 - COST_DECAY) * slope
+            self._slope_seen = True
 
 
 @dataclass
@@ -147,6 +165,7 @@ class Speculation:
     draft: object | None = None  # an Engine with the target's vocabulary
     draft_min: int = DRAFT_MIN
     draft_max: int = DRAFT_MAX
+    adaptive: bool = True  # False: always guess draft_max tokens (to measure one length, or to test checking)
 
     @property
     def name(self) -> str:
