@@ -93,7 +93,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         min_speed, chat_template, rpc, loras, draft, draft_max, draft_min, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
-    from ..engine.draft import for_plan
+    from ..engine.draft import check_lengths, for_plan
     from ..engine.launch import plan_model
     from ..engine.runtime import Engine, Sampling
     from .hubref import local_model
@@ -106,6 +106,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         raise UsageError("the prompt is empty")
     if system is not None:
         _utf8(system, "the system message")
+    check_lengths(draft_min, draft_max)
     model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first
 
     plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, devices=devices, threads=threads, chat_template=chat_template,

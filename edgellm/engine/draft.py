@@ -149,9 +149,14 @@ def speculation(choice: DraftChoice, draft_min: int = DRAFT_MIN, draft_max: int 
 def for_plan(target: Plan, draft: str, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
     """`--draft` and its lengths for a model about to load with `target`: the Speculation (None: off) and the notes to
     show (which draft, or why none)."""
-    if draft_min > draft_max:
-        raise UsageError(f"--draft-min ({draft_min}) is more than --draft-max ({draft_max})")
+    check_lengths(draft_min, draft_max)
     if draft == "off":
         return None, ()
     choice = choose(target, draft)
     return speculation(choice, draft_min, draft_max), choice.notes
+
+
+def check_lengths(draft_min: int, draft_max: int) -> None:
+    """--draft-min and --draft-max, before anything loads."""
+    if draft_min > draft_max:
+        raise UsageError(f"--draft-min ({draft_min}) is more than --draft-max ({draft_max})")

@@ -587,6 +587,8 @@ class Engine:
                 t = clock()
                 k = min(pace.length(), room)
                 guess = proposer.propose(k) if k > 0 else []
+                if len(guess) < spec.draft_min:
+                    guess = []
                 if not guess:
                     verify.fill([tok], n_past)
                     if not self._evaluated(L.llama_decode(ctx, verify.batch), 1, stats):
