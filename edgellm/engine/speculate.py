@@ -105,7 +105,9 @@ class Pace:
     """How many tokens to guess next: the length with the most expected tokens per second, or 0 (plain decoding).
 
     The acceptance rate and the cost of a step are both measured as the reply goes on; while no length pays, a
-    short probe now and then (rarer after each probe that did not change that) keeps the acceptance rate current."""
+    short probe now and then (rarer after each probe that did not change that) keeps the acceptance rate current,
+    and a step whose guesses all came true is followed by one that guesses twice as many (repeated text is
+    found quickly, and its long guesses then pay for themselves)."""
 
     def __init__(self, draft_min: int, draft_max: int, adaptive: bool = True) -> None:
         self.draft_min, self.draft_max, self.adaptive = draft_min, draft_max, adaptive
@@ -114,6 +116,7 @@ class Pace:
         self._slope_seen = False
         self.kept, self.tried = 3.0, 4.0  # decayed counts of guesses kept / checked: a prior of 3/4
         self._idle, self._probe_every = PROBE_EVERY, PROBE_EVERY  # a first probe right away
+        self._all_kept = 0  # guesses of the last step when all of them came true, else 0
 
     @property
     def acceptance(self) -> float:
@@ -138,6 +141,8 @@ class Pace:
         if gain >= PAYS:
             self._probe_every = PROBE_EVERY
             return k
+        if self._all_kept:  # a run of guesses that all came true (text being repeated): guess twice as far
+            return min(self.draft_max, max(self.draft_min, 2 * self._all_kept))
         self._idle += 1
         if self._idle >= self._probe_every:  # the text may repeat itself now: look again
             self._idle = 0
@@ -150,6 +155,7 @@ class Pace:
 
     def speculative_step(self, guessed: int, kept: int, seconds: float) -> None:
         self._idle = 0
+        self._all_kept = guessed if kept == guessed else 0
         self.kept = ACCEPT_DECAY * self.kept + kept
         self.tried = ACCEPT_DECAY * self.tried + kept + (1 if kept < guessed else 0)
         if self.t_plain > 0.0 and guessed:
