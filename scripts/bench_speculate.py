@@ -18,45 +18,10 @@ import statistics
 
 from edgellm.engine.draft import choose, speculation
 from edgellm.engine.launch import plan_model
+from edgellm.engine.measure import SPEC_TASKS
 from edgellm.engine.runtime import Engine, Sampling
 
-# A code file small models copy faithfully (a 135M model does not follow "rewrite this file" for a longer one)
-CODE_FILE = '''def fibonacci(n):
-    """Return the n-th Fibonacci number."""
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
-
-
-def factorial(n):
-    """Return n factorial."""
-    result = 1
-    for i in range(2, n + 1):
-        result *= i
-    return result
-
-
-def is_prime(n):
-    """Return True if n is a prime number."""
-    if n < 2:
-        return False
-    for i in range(2, int(n ** 0.5) + 1):
-        if n % i == 0:
-            return False
-    return True
-
-
-def gcd(a, b):
-    """Return the greatest common divisor of a and b."""
-    while b:
-        a, b = b, a % b
-    return a
-'''
-TASKS = {
-    "repeat": "Copy the following code, replacing `result` with `product`:\n\n```python\n" + CODE_FILE + "```",
-    "chat": "Write a short story about a lighthouse keeper who finds a map in a bottle.",
-}
+TASKS = SPEC_TASKS
 
 
 def one(engine: Engine, prompt: str, tokens: int) -> tuple[str, object]:
@@ -115,7 +80,7 @@ def main() -> None:
         return
     print(f"{plan.path.name}, {plan.n_threads} thread(s), {args.rounds} rounds, {args.tokens} tokens, greedy")
     for r in results:
-        print(f"{r['task']:7} {r["what"][:24]:24} x{r['speedup']:.2f} (rounds {r['speedups']}) plain {r['plain_tps']} tok/s · "
+        print(f"{r['task']:7} {r['what'][:24]:24} x{r['speedup']:.2f} (rounds {r['speedups']}) plain {r['plain_tps']} tok/s · "
               f"acceptance {r['acceptance']:.0%} · {r['tokens_per_step']} tokens/step · same text: {r['same_text']}")
 
 

@@ -310,9 +310,10 @@ class Engine:
         )
         return cls(model, ctx, info, loras)
 
-    def use_speculation(self, spec: Speculation | None) -> None:
-        """Guess tokens ahead with `spec` from the next reply on (None: plain decoding). The engine owns it."""
-        if self.speculation is not None and self.speculation is not spec:
+    def use_speculation(self, spec: Speculation | None, close_previous: bool = True) -> None:
+        """Guess tokens ahead with `spec` from the next reply on (None: plain decoding). The engine owns it; the one
+        it had is closed unless `close_previous` is False (a caller that switches between several)."""
+        if close_previous and self.speculation is not None and self.speculation is not spec:
             self.speculation.close()
         self.speculation = spec
         self._pace = Pace(spec.draft_min, spec.draft_max, spec.adaptive) if spec is not None else None
