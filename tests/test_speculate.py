@@ -226,3 +226,28 @@ def test_run_reports_speculation(tmp_path):
     assert json.loads(plain.stdout)["text"] == json.loads(r.stdout)["text"]
     r = edgellm("run", str(smollm2_gguf()), "-p", prompt, "--temp", "0", "-n", "20", "-t", "1", "--draft", "ngram")
     assert r.returncode == 0 and "speculation: n-gram" in r.stderr
+
+
+def test_serve_speculates_per_slot_and_answers_the_same():
+    """Two requests at once on two slots, with and without n-gram speculation: the same greedy replies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving import Server
+
+    asks = [REPEAT, [{"role": "user", "content": "Copy this list exactly: apples, pears, plums, apples, pears, plums, figs."}]]
+    replies = {}
+    for label, extra in (("plain", ()), ("spec", ("--draft", "ngram", "--draft-max", "8"))):
+        s = Server(str(smollm2_gguf()), "--parallel", "2", "--ctx", "1024", *extra)
+        try:
+            client = s.client()
+            ask = lambda m: client.chat.completions.create(model="x", messages=m, temperature=0, max_tokens=100).choices[0].message.content  # noqa: E731
+            with ThreadPoolExecutor(2) as pool:
+                replies[label] = list(pool.map(ask, asks))
+            if extra:
+                assert s.metric("draft_tokens_accepted_total") > 10
+        finally:
+            rc, log = s.interrupt()
+        assert rc == 130 and "Traceback" not in log, log
+        if extra:
+            assert "n-gram lookup per slot" in log
+    assert replies["spec"] == replies["plain"]

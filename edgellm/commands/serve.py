@@ -14,7 +14,7 @@ import click
 
 from .options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS,
-    WORKERS_HELP,
+    WORKERS_HELP, draft_options,
 )
 
 CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this
@@ -49,8 +49,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
+@draft_options
 def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, ngl, devices, rpc,
-          loras) -> int:
+          loras, draft, draft_max, draft_min) -> int:
     """Serve MODEL (a .gguf file, package folder or store name; default: the demo model) over an
     OpenAI-compatible API at http://HOST:PORT/v1.
 
@@ -58,6 +59,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
     from ..errors import UsageError
+    from ..engine.draft import check_lengths, serving_speculation
     from ..engine.launch import plan_model
     from ..store.models import resolve_model
     from ..engine.runtime import Engine
@@ -68,6 +70,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
         raise UsageError(f"--host {host} lets other machines reach the API: give --api-key KEY, or --insecure to serve it without one")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
+    check_lengths(draft_min, draft_max)
     sock = bind(host, port)  # before loading: a port in use fails fast
     ref = resolve_model(local_model(model, min_speed, rpc))  # a hub id: pulled (converted, quantized) first
     per_slot = -(-ctx // CTX_STEP) * CTX_STEP if ctx else None
@@ -86,6 +89,10 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
     with Engine.load(replace(plan, n_ctx=per_slot * parallel)) as engine:
         click.echo(f"  Chat format: {engine.template_origin}", err=True)
+        spec, notes = serving_speculation(engine.info.plan, draft, draft_min, draft_max)
+        engine.use_speculation(spec)
+        for note in notes:
+            click.echo(f"  Note: {note}", err=True)
         opts = ServeOptions(host, port, parallel, max_queue, alias or plan.name, api_key, tuple(cors))
         run_server(engine, plan.to_dict(), opts, sock)
     return 0

@@ -160,3 +160,15 @@ def check_lengths(draft_min: int, draft_max: int) -> None:
     """--draft-min and --draft-max, before anything loads."""
     if draft_min > draft_max:
         raise UsageError(f"--draft-min ({draft_min}) is more than --draft-max ({draft_max})")
+
+
+def serving_speculation(target: Plan, draft: str, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
+    """`--draft` for a server: its slots guess by n-gram lookup (a draft model would need a sequence per slot
+    too); a draft model named is still checked, and n-gram lookup used in its place."""
+    check_lengths(draft_min, draft_max)
+    if draft == "off":
+        return None, ()
+    if draft not in MODES:
+        _resolve_named(target, draft)
+    why = "" if draft == "ngram" else " (a server's slots guess by n-gram lookup; draft models speed up run, chat and bench)"
+    return Speculation(None, draft_min, draft_max), (f"speculation: n-gram lookup per slot{why}",)
