@@ -145,7 +145,8 @@ def test_sampled_speculation_keeps_the_distribution(smol):
     rare = [k for k in keys if k not in common]
     table = [[counts[label].get(k, 0) for k in common] + [sum(counts[label].get(k, 0) for k in rare)] for label in counts]
     assert len(common) >= 3  # a spread distribution, not one answer
-    assert chi_square_p(table) > 0.001
+    p = chi_square_p(table)
+    assert p > 0.001, (p, table)
 
 
 def chi_square_p(table: list[list[int]]) -> float:

@@ -117,13 +117,20 @@ class Pace:
         self.kept, self.tried = 3.0, 4.0  # decayed counts of guesses kept / checked: a prior of 3/4
         self._idle, self._probe_every = PROBE_EVERY, PROBE_EVERY  # a first probe right away
         self._all_kept = 0  # guesses of the last step when all of them came true, else 0
+        self._best: tuple[int, float] | None = None
 
     @property
     def acceptance(self) -> float:
         return self.kept / self.tried if self.tried else 0.0
 
     def best(self) -> tuple[int, float]:
-        """The guess length with the highest expected speed-up over plain decoding, and that speed-up."""
+        """The guess length with the highest expected speed-up over plain decoding, and that speed-up (it changes
+        only with a speculative step: kept until the next one)."""
+        if self._best is None:
+            self._best = self._best_now()
+        return self._best
+
+    def _best_now(self) -> tuple[int, float]:
         a, slope = self.acceptance, self.slope
         best, best_gain = 0, 1.0
         for k in range(self.draft_min, self.draft_max + 1):
@@ -154,7 +161,7 @@ class Pace:
         self.t_plain = seconds if self.t_plain <= 0.0 else COST_DECAY * self.t_plain + (1 - COST_DECAY) * seconds
 
     def speculative_step(self, guessed: int, kept: int, seconds: float) -> None:
-        self._idle = 0
+        self._idle, self._best = 0, None
         self._all_kept = guessed if kept == guessed else 0
         self.kept = ACCEPT_DECAY * self.kept + kept
         self.tried = ACCEPT_DECAY * self.tried + kept + (1 if kept < guessed else 0)
