@@ -574,6 +574,8 @@ class Engine:
         sample, clock = L.llama_sampler_sample, time.perf_counter
         proposer = spec.proposer(list(kv))
         verify = VerifyBatch(spec.draft_max + 1)
+        one = (L.llama_token * 1)()
+        single = L.llama_batch_get_one(one, 1)
         stats.draft = spec.name
         try:
             tok = sample(smpl, ctx, -1)
@@ -590,12 +592,12 @@ class Engine:
                 guess = proposer.propose(k) if k > 0 else []
                 if len(guess) < spec.draft_min:
                     guess = []
-                if not guess:
-                    verify.fill([tok], n_past)
-                    if not self._evaluated(L.llama_decode(ctx, verify.batch), 1, stats):
+                if not guess:  # a plain step, as _plain_tokens takes it
+                    one[0] = tok
+                    if not self._evaluated(L.llama_decode(ctx, single), 1, stats):
                         return
                     kv.append(tok)
-                    tok = sample(smpl, ctx, 0)
+                    tok = sample(smpl, ctx, -1)
                     pace.plain_step(clock() - t)
                     continue
                 verify.fill([tok, *guess], n_past)

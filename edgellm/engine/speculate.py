@@ -31,7 +31,7 @@ COST_DECAY = 0.8  # the same for step costs
 # s is measured as steps happen; until then, PRIOR_SLOPE.
 COST_EXPONENT = 0.85
 PRIOR_SLOPE = 0.5
-PROBE_EVERY, PROBE_BACKOFF_MAX = 32, 256  # plain steps between probes while guessing does not pay; doubled per miss
+PROBE_EVERY, PROBE_BACKOFF_MAX = 64, 512  # plain steps between probes while guessing does not pay; doubled per miss
 PROBE_LENGTH = 2  # a probe is short: on text that does not repeat it costs about one plain step
 PAYS = 1.03  # expected speed-up a step must promise over plain decoding (timing noise is a few %)
 
