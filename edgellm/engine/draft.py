@@ -127,7 +127,7 @@ def choose(target: Plan, draft: str, hw: HardwareProfile | None = None) -> Draft
             return DraftChoice("ngram", notes=(f"speculation: n-gram lookup ({why})",))
     else:
         ref = _resolve_named(target, draft)
-    what = f"{ref.name} {ref.files[0].level}"
+    what = f"{ref.name} {ref.files[0].level} ({ref.files[0].path.name})"
     try:
         plan = plan_draft(target, ref, hw or detect())
     except NotEnoughSpace as exc:
