@@ -252,3 +252,17 @@ def test_serve_speculates_per_slot_and_answers_the_same():
         if extra:
             assert "n-gram lookup per slot" in log
     assert replies["spec"] == replies["plain"]
+
+
+def test_bench_reports_acceptance_and_speedup_per_draft():
+    from test_run_cli import edgellm
+
+    r = edgellm("bench", str(smollm2_gguf()), "-p", "0", "-n", "16", "-r", "1", "--threads", "1", "--draft", "ngram", "--json")
+    assert r.returncode == 0, r.stderr
+    (result,) = json.loads(r.stdout)["results"]
+    rows = {row["task"]: row for row in result["speculation"]}
+    assert set(rows) == {"repeat", "chat"}
+    for row in rows.values():
+        assert row["draft"] == "n-gram" and row["speedup"] > 0 and 0 <= row["acceptance"] <= 1 and row["same_text"]
+    r = edgellm("bench", str(smollm2_gguf()), "-p", "0", "-n", "16", "-r", "1", "--threads", "1", "--draft", "ngram")
+    assert r.returncode == 0 and "speculative decoding" in r.stdout and "tokens/step" in r.stdout
