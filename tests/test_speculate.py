@@ -65,6 +65,9 @@ def test_ngram_proposer_continues_the_latest_earlier_occurrence():
     p.extend([7])
     assert p.propose(2) == [8, 1]
     assert NgramProposer([5]).propose(3) == []
+    two = NgramProposer([1, 2, 9, 1, 2])  # only a 2-token match: a probe does not trust it
+    assert two.propose(2) == [9, 1] and two.propose(2, tentative=True) == []
+    assert NgramProposer([1, 2, 3, 4, 9, 1, 2, 3, 4]).propose(1, tentative=True) == [9]
 
 
 def test_expected_tokens():

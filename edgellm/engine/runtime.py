@@ -589,7 +589,7 @@ class Engine:
                     return
                 t = clock()
                 k = min(pace.length(), room)
-                guess = proposer.propose(k) if k > 0 else []
+                guess = proposer.propose(k, pace.tentative) if k > 0 else []
                 if len(guess) < spec.draft_min:
                     guess = []
                 if not guess:  # a plain step, as _plain_tokens takes it

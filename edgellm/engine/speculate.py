@@ -53,9 +53,11 @@ class NgramProposer:
                     seen[tuple(toks[end - n : end])] = end
             toks.append(t)
 
-    def propose(self, k: int) -> list[int]:
+    def propose(self, k: int, tentative: bool = False) -> list[int]:
+        """Up to k tokens; `tentative` (a probe): only after a match of the longest size, which a repeat has and
+        free text seldom does."""
         toks = self._tokens
-        for n in NGRAM_SIZES:
+        for n in NGRAM_SIZES[:1] if tentative else NGRAM_SIZES:
             at = self._seen.get(tuple(toks[-n:])) if len(toks) >= n else None
             if at is not None:
                 return toks[at : at + k]
@@ -74,7 +76,7 @@ class DraftModelProposer:
     def extend(self, tokens: list[int]) -> None:
         self._tokens.extend(tokens)
 
-    def propose(self, k: int) -> list[int]:
+    def propose(self, k: int, tentative: bool = False) -> list[int]:
         d, toks = self._draft, self._tokens
         room = d.info.n_ctx - len(toks) - 1
         k = min(k, room)
@@ -118,6 +120,7 @@ class Pace:
         self._idle, self._probe_every = PROBE_EVERY, PROBE_EVERY  # a first probe right away
         self._all_kept = 0  # guesses of the last step when all of them came true, else 0
         self._best: tuple[int, float] | None = None
+        self.tentative = False  # the last length() was a probe or a doubling, not a length known to pay
 
     @property
     def acceptance(self) -> float:
@@ -145,15 +148,14 @@ class Pace:
         if self.t_plain <= 0.0:  # the first step is plain: its time is what speculation must beat
             return 0
         k, gain = self.best()
-        if gain >= PAYS:
+        self.tentative = gain < PAYS
+        if not self.tentative:
             self._probe_every = PROBE_EVERY
             return k
         if self._all_kept:  # a run of guesses that all came true (text being repeated): guess twice as far
             return min(self.draft_max, max(self.draft_min, 2 * self._all_kept))
         self._idle += 1
-        if self._idle >= self._probe_every:  # the text may repeat itself now: look again
-            self._idle = 0
-            self._probe_every = min(2 * self._probe_every, PROBE_BACKOFF_MAX)
+        if self._idle >= self._probe_every:  # the text may repeat itself now: look again (until a probe is made)
             return max(self.draft_min, min(PROBE_LENGTH, self.draft_max))
         return 0
 
@@ -163,6 +165,8 @@ class Pace:
     def speculative_step(self, guessed: int, kept: int, seconds: float) -> None:
         self._idle, self._best = 0, None
         self._all_kept = guessed if kept == guessed else 0
+        if self.tentative and not self._all_kept:  # a probe or doubling that failed: the next probe comes later
+            self._probe_every = min(2 * self._probe_every, PROBE_BACKOFF_MAX)
         self.kept = ACCEPT_DECAY * self.kept + kept
         self.tried = ACCEPT_DECAY * self.tried + kept + (1 if kept < guessed else 0)
         if self.t_plain > 0.0 and guessed:

@@ -273,7 +273,7 @@ class Scheduler:
         if slot.pace is None:
             return []
         k = min(slot.pace.length(), room, self.n_ctx_slot - len(slot.cache) - 2)
-        guesses = slot.proposer.propose(k) if k > 0 else []
+        guesses = slot.proposer.propose(k, slot.pace.tentative) if k > 0 else []
         return guesses if len(guesses) >= self._spec.draft_min else []
 
     def _check_guesses(self, slot: Slot, i: int, guesses: list[int], seconds: float) -> int:
