@@ -30,7 +30,7 @@ COST_DECAY = 0.8  # the same for step costs
 # a whole one for small k and less for large k (llama.cpp's batched kernels reuse weights more); on a GPU s is near 0.
 # s is measured as steps happen; until then, PRIOR_SLOPE.
 COST_EXPONENT = 0.85
-PRIOR_SLOPE = 0.5
+PRIOR_SLOPE = 1.0
 PROBE_EVERY, PROBE_BACKOFF_MAX = 64, 512  # plain steps between probes while guessing does not pay; doubled per miss
 PROBE_LENGTH = 2  # a probe is short: on text that does not repeat it costs about one plain step
 PAYS = 1.03  # expected speed-up a step must promise over plain decoding (timing noise is a few %)
