@@ -19,7 +19,7 @@ REPORT_KEYS = {"schema", "version", "model", "config", "method", "machine", "res
                "edgellm_version"}
 RESULT_KEYS = {"file", "level", "size_bytes", "bits_per_weight", "error", "pp", "tg", "ttft_s", "load_s",
                "peak_rss_bytes", "n_threads", "n_ctx", "n_layers", "n_gpu_layers", "ppl", "ppl_stderr", "kld",
-               "kld_p99", "delta_p", "same_top", "lora", "devices"}
+               "kld_p99", "delta_p", "same_top", "lora", "devices", "speculation"}
 QUICK = ["-p", "32", "-n", "8", "-r", "2"]
 
 

@@ -22,10 +22,12 @@ def placement(n_gpu_layers: int, n_layers: int, devices: tuple[str, ...] = ()) -
 
 def open_model(
     ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None,
-    loras: tuple[tuple[Path, float], ...] = (), devices: tuple[str, ...] | None = None,
+    loras: tuple[tuple[Path, float], ...] = (), devices: tuple[str, ...] | None = None, draft: str = "off",
+    draft_min: int = 1, draft_max: int = 16,
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
-    with the LoRA adapters (file, scale) given."""
+    with the LoRA adapters (file, scale) given, speculating as `draft` says (`--draft`)."""
+    from edgellm.engine.draft import for_plan
     from edgellm.engine.launch import plan_model
     from edgellm.plan.planner import threads_text
     from edgellm.engine.runtime import Engine
@@ -33,6 +35,12 @@ def open_model(
     plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras,
                       devices=devices)
     engine = Engine.load(plan)
+    try:
+        spec, notes = for_plan(plan, draft, draft_min, draft_max)
+    except BaseException:
+        engine.close()
+        raise
+    engine.use_speculation(spec)
     where = f"{plan.n_gpu_layers}/{plan.n_layers + 1} layers on {len(plan.workers)} workers" if plan.workers else None
     line = (
         f"{plan.level} chosen by the planner · {where or placement(plan.n_gpu_layers, plan.n_layers, engine.info.devices)} · ctx {engine.info.n_ctx} · "
@@ -43,7 +51,10 @@ def open_model(
     lora = ", ".join(engine.info.loras)
     if lora:
         line += f" · LoRA {lora}"
-    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=plan.explain(), lora=lora)
+    if spec is not None:
+        line += f" · speculation {spec.name}"
+    explain = "\n".join([plan.explain(), *(f"  Note: {n}" for n in notes)])
+    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=explain, lora=lora)
 
 
 def list_models(extra: str | None = None) -> list[ModelChoice]:

@@ -64,6 +64,7 @@ class BenchConfig:
     rpc: str | None = None  # HOST:PORT,... of `edgellm worker`s (ngl: the layers on them)
     devices: tuple[str, ...] | None = None  # --device: these GPUs alone (None: every one)
     loras: tuple[tuple[str, float], ...] = ()  # LoRA adapter files and scales: each file measured with and without
+    drafts: tuple[str, ...] = ()  # --draft modes: each file's speed-up with each, on a repeating and a free-form task
 
     def context(self) -> int:
         return self.n_ctx or max(self.n_prompt, self.n_gen + 1, 256) + 16
@@ -108,6 +109,8 @@ class FileResult:
     same_top: float | None = None
     lora: str | None = None  # the LoRA adapters applied ("name" or "name ×scale"), None for the file alone
     devices: list[str] | None = None  # the GPUs the offloaded layers ran on (ggml device names: CUDA0, Vulkan0)
+    # per --draft and task: speed-up over plain decoding, acceptance rate, tokens per checking step
+    speculation: list[dict] | None = None
 
     @property
     def ok(self) -> bool:
@@ -146,6 +149,7 @@ class BenchReport:
             raise EdgeError(f"not an edgellm bench report (schema {d.get('schema')!r})")
         cfg = {k: v for k, v in d["config"].items() if k in BenchConfig.__dataclass_fields__}
         cfg["loras"] = tuple((str(p), float(s)) for p, s in cfg.get("loras", ()))  # JSON has lists
+        cfg["drafts"] = tuple(cfg.get("drafts", ()))
         results = []
         for r in d["results"]:
             r = dict(r)
@@ -177,11 +181,32 @@ def _speed(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...]) ->
         for _ in engine.stream_chat([{"role": "user", "content": TTFT_QUESTION}], Sampling(temperature=0.0, max_tokens=1)):
             pass
         out["ttft_s"] = engine.last_stats.ttft_s
+        if cfg.drafts:
+            out["speculation"] = _speculation(engine, cfg)
         info = engine.info
         out.update(load_s=info.load_s, n_threads=info.n_threads, n_ctx=info.n_ctx, n_layers=info.n_layers,
                    n_gpu_layers=info.n_gpu_layers, devices=list(info.devices))
     out["peak_rss_bytes"] = peak_rss_bytes()
     return out
+
+
+def _speculation(engine, cfg: BenchConfig) -> list[dict]:
+    """Each --draft's speed-up over plain decoding on each task (engine.measure.SPEC_TASKS)."""
+    from ..engine.draft import for_plan
+    from ..engine.measure import SPEC_TASKS, speculation_speedup
+
+    rows = []
+    for mode in cfg.drafts:
+        spec, notes = for_plan(engine.info.plan, mode)
+        if spec is None:
+            continue
+        try:
+            for task in SPEC_TASKS:
+                rows.append({**speculation_speedup(engine, spec, task, max(cfg.n_gen, 32), cfg.reps), "mode": mode,
+                             "notes": list(notes)})
+        finally:
+            spec.close()
+    return rows
 
 
 def _child(path: str, cfg: BenchConfig, loras: tuple[tuple[str, float], ...], conn) -> None:

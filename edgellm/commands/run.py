@@ -13,7 +13,7 @@ import click
 
 from .options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY,
-    TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP,
+    TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP, draft_options,
 )
 from .plan import KV_CHOICES
 
@@ -30,7 +30,14 @@ def _stats_lines(engine, stats) -> list[str]:
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
         f"reply: {stats.gen_tokens} tokens at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
+        *([speculation_line(stats)] if stats.draft else []),
     ]
+
+
+def speculation_line(stats) -> str:
+    """How speculation went in one reply."""
+    return (f"speculation: {stats.draft} · {stats.accepted} of {stats.drafted} guessed tokens kept "
+            f"({stats.acceptance:.0%}) · {stats.tokens_per_step:.2f} tokens per checking step ({stats.spec_steps} steps)")
 
 
 def _stdin_prompt(asked: bool) -> str:
@@ -80,11 +87,13 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--chat-template", type=CHAT_TEMPLATE, help=CHAT_TEMPLATE_HELP)
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
+@draft_options
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, devices, kv_type, threads,
-        min_speed, chat_template, rpc, loras, as_json) -> int:
+        min_speed, chat_template, rpc, loras, draft, draft_max, draft_min, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
+    from ..engine.draft import check_lengths, for_plan
     from ..engine.launch import plan_model
     from ..engine.runtime import Engine, Sampling
     from .hubref import local_model
@@ -97,6 +106,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         raise UsageError("the prompt is empty")
     if system is not None:
         _utf8(system, "the system message")
+    check_lengths(draft_min, draft_max)
     model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first
 
     plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, devices=devices, threads=threads, chat_template=chat_template,
@@ -106,6 +116,10 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     sampling = Sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
     with Engine.load(plan) as engine:
+        spec, notes = for_plan(plan, draft, draft_min, draft_max)
+        engine.use_speculation(spec)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
         if engine.template_origin != "the model's own":
             click.echo(f"note: chat format {engine.template_origin}", err=True)
         stream = engine.stream_chat(messages, sampling)

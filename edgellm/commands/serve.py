@@ -14,7 +14,7 @@ import click
 
 from .options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS,
-    WORKERS_HELP,
+    WORKERS_HELP, draft_options,
 )
 
 CTX_STEP = 256  # llama.cpp rounds each sequence's share of the context up to this (as the server does)
@@ -67,8 +67,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--keep-alive", type=KEEP_ALIVE, default="5m", show_default=True,
               help="Serving the store: unload a model idle this long (0: after each reply; -1: never).")
 @click.option("--ram", help="Serving the store: the RAM its models may take together (e.g. 8G; default: what is free at start).")
+@draft_options
 def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, ngl, devices, rpc,
-          loras, keep_alive, ram) -> int:
+          loras, keep_alive, ram, draft, draft_max, draft_min) -> int:
     """Serve MODEL (a .gguf file, package folder or store name) over OpenAI's API at http://HOST:PORT/v1, with
     Ollama's (/api/...) and Anthropic's (/v1/messages) on the same port.
 
@@ -79,6 +80,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     A Hugging Face or ModelScope repo id is pulled first: the level the planner picks for this machine (from
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
+    from ..engine.draft import check_lengths, serving_speculation
     from ..errors import UsageError
     from ..plan.hardware import parse_size
     from ..serve.loading import LoadOptions, load, plan_slots
@@ -91,7 +93,9 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
         raise UsageError(f"--host {host} lets other machines reach the API: give --api-key KEY, or --insecure to serve it without one")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
-    opts = LoadOptions(parallel, ctx, max_queue, ngl, devices, threads, chat_template, min_speed, rpc, tuple(loras), api_key)
+    check_lengths(draft_min, draft_max)
+    opts = LoadOptions(parallel, ctx, max_queue, ngl, devices, threads, chat_template, min_speed, rpc, tuple(loras), api_key,
+                       draft, draft_min, draft_max)
     sock = bind(host, port)  # before loading: a port in use fails fast
     if model is None:
         for name, given in (("--alias", alias), ("--lora", loras)):
@@ -110,5 +114,8 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
     with load(plan, per_slot, opts) as engine:
         click.echo(f"  Chat format: {engine.template_origin}", err=True)
+        _, notes = serving_speculation(plan, draft, draft_min, draft_max)  # load() applied it
+        for note in notes:
+            click.echo(f"  Note: {note}", err=True)
         run_server(engine, plan, opts, alias or plan.name, sock, tuple(cors))
     return 0

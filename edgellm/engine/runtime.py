@@ -26,6 +26,7 @@ from ..plan.hardware import LoadTracker, detect
 from ..plan.memory import KV_TYPES
 from ..plan.planner import Plan, gpu_layers_text, revalidate
 from .sampling import Sampling
+from .speculate import Pace, Speculation, VerifyBatch
 from ..testhooks import pause_point
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
@@ -44,9 +45,28 @@ class GenStats:
     prompt_eval_tokens: int = 0  # prompt tokens actually evaluated (the rest were reused from the KV cache)
     total_s: float = 0.0
     n_threads: int = 0  # CPU threads the reply ran with (at its end: a long one follows the load)
+    draft: str = ""  # what guessed tokens ahead ("n-gram", a draft model), "" without speculation
+    spec_steps: int = 0  # evaluations that checked guessed tokens
+    spec_tokens: int = 0  # tokens those evaluations gave (kept guesses + the target's own token each)
+    drafted: int = 0  # tokens guessed
+    accepted: int = 0  # guessed tokens the model agreed with
+
+    @property
+    def acceptance(self) -> float:
+        """Share of guessed tokens kept."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens out of each evaluation that checked guesses (1 would be plain decoding)."""
+        return self.spec_tokens / self.spec_steps if self.spec_steps else 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.draft:
+            d["acceptance"] = round(self.acceptance, 4)
+            d["tokens_per_step"] = round(self.tokens_per_step, 3)
+        return d
 
 
 @dataclass(frozen=True)
@@ -209,6 +229,8 @@ class Engine:
         plan = info.plan
         adaptive = getattr(plan, "adaptive_threads", 0)
         self._load = LoadTracker(adaptive, info.n_threads) if adaptive else None
+        self.speculation: Speculation | None = None  # guessing tokens ahead (use_speculation)
+        self._pace: Pace | None = None
 
     # --- loading ------------------------------------------------------------------------------------
 
@@ -288,7 +310,18 @@ class Engine:
         )
         return cls(model, ctx, info, loras)
 
+    def use_speculation(self, spec: Speculation | None, close_previous: bool = True) -> None:
+        """Guess tokens ahead with `spec` from the next reply on (None: plain decoding). The engine owns it; the one
+        it had is closed unless `close_previous` is False (a caller that switches between several)."""
+        if close_previous and self.speculation is not None and self.speculation is not spec:
+            self.speculation.close()
+        self.speculation = spec
+        self._pace = Pace(spec.draft_min, spec.draft_max, spec.adaptive) if spec is not None else None
+
     def close(self) -> None:
+        if self.speculation is not None:
+            self.speculation.close()
+            self.speculation = None
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
@@ -381,7 +414,7 @@ class Engine:
     def _sampler(self, s: Sampling):
         return sampler_chain(self._vocab, s)
 
-    def _reuse_prefix(self, tokens: list[int]) -> int:
+    def reuse_prefix(self, tokens: list[int]) -> int:
         """Drop from the KV cache what differs from `tokens`; return how many leading tokens it still holds."""
         n = 0
         for a, b in zip(self._kv, tokens):
@@ -468,13 +501,13 @@ class Engine:
 
     def _generate(self, tokens: list[int], s: Sampling, cancel: threading.Event | None) -> Iterator[str]:
         t0 = time.perf_counter()
-        ctx, vocab, pieces = self._ctx, self._vocab, self._pieces
-        n_ctx, max_tokens, ignore_eos = self.info.n_ctx, s.max_tokens, s.ignore_eos
+        vocab, pieces = self._vocab, self._pieces
+        max_tokens, ignore_eos = s.max_tokens, s.ignore_eos
         stats = GenStats(len(tokens), 0, 0.0, 0.0, 0.0, "cancelled", n_threads=self.adapt_threads())
         self.last_stats = stats
         smpl = self._sampler(s)
         try:
-            n_keep = self._reuse_prefix(tokens)
+            n_keep = self.reuse_prefix(tokens)
             for t in tokens[-PENALTY_LAST_N:]:  # the penalties count what the prompt already said
                 L.llama_sampler_accept(smpl, t)
             for i in range(n_keep, len(tokens), self._n_batch):
@@ -486,55 +519,138 @@ class Engine:
             stats.prompt_tps = stats.prompt_eval_tokens / max(t_prompt - t0, 1e-9)
 
             utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-            one = (L.llama_token * 1)()
-            batch = L.llama_batch_get_one(one, 1)
-            n_past, n_gen, n_decoded, t_first = len(self._kv), 0, 0, None
-            kv = self._kv
+            n_gen, n_sampled, t_first = 0, 0, None
             load, recheck = self._load, time.monotonic() + LoadTracker.RECHECK_S
-            while True:
-                if cancel is not None and cancel.is_set():
-                    stats.finish_reason = "cancelled"
-                    break
-                tok = L.llama_sampler_sample(smpl, ctx, -1)
-                if not ignore_eos and L.llama_vocab_is_eog(vocab, tok):
-                    stats.finish_reason = "stop"
-                    break
-                n_gen += 1
-                if t_first is None:
-                    t_first = time.perf_counter()
-                    stats.ttft_s = t_first - t0
-                piece = pieces.get(tok)
-                if piece is None:
-                    piece = pieces[tok] = self.piece(tok)
-                text = utf8.decode(piece)
-                stats.gen_tokens = n_gen
-                if text:
-                    yield text
-                if max_tokens is not None and n_gen >= max_tokens:
-                    stats.finish_reason = "length"
-                    break
-                if n_past >= n_ctx:
-                    stats.finish_reason = "context"
-                    break
-                one[0] = tok
-                rc = L.llama_decode(ctx, batch)
-                if rc != 0:
-                    if rc == 1:  # no room left in the KV cache
-                        stats.finish_reason = "context"
+            spec = self.speculation
+            produce = self._speculative_tokens(smpl, spec, stats) if spec is not None else self._plain_tokens(smpl, stats)
+            try:
+                for tok in produce:
+                    n_sampled += 1
+                    if cancel is not None and cancel.is_set():
+                        stats.finish_reason = "cancelled"
                         break
-                    raise EdgeError(f"llama.cpp failed to evaluate a token (code {rc}): {llamacpp.last_error()}")
-                kv.append(tok)
-                n_past += 1
-                n_decoded += 1
-                if load is not None and time.monotonic() >= recheck:  # a long reply follows the load too
-                    stats.n_threads = self.adapt_threads(midway=True)
-                    recheck = time.monotonic() + LoadTracker.RECHECK_S
+                    if not ignore_eos and L.llama_vocab_is_eog(vocab, tok):
+                        stats.finish_reason = "stop"
+                        break
+                    n_gen += 1
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                        stats.ttft_s = t_first - t0
+                    piece = pieces.get(tok)
+                    if piece is None:
+                        piece = pieces[tok] = self.piece(tok)
+                    text = utf8.decode(piece)
+                    stats.gen_tokens = n_gen
+                    if text:
+                        yield text
+                    if max_tokens is not None and n_gen >= max_tokens:
+                        stats.finish_reason = "length"
+                        break
+                    if load is not None and time.monotonic() >= recheck:  # a long reply follows the load too
+                        stats.n_threads = self.adapt_threads(midway=True)
+                        recheck = time.monotonic() + LoadTracker.RECHECK_S
+            finally:
+                produce.close()  # a speculative producer gives back the cache positions nobody took
             tail = utf8.decode(b"", final=True)
             if tail:
                 yield tail
             t_end = time.perf_counter()
-            if n_decoded:
-                stats.gen_tps = n_decoded / max(t_end - t_first, 1e-9)
+            if n_sampled > 1 and t_first is not None:  # each token after the first (an end token too)
+                stats.gen_tps = (n_sampled - 1) / max(t_end - t_first, 1e-9)
         finally:
             stats.total_s = time.perf_counter() - t0
             L.llama_sampler_free(smpl)
+
+    def _plain_tokens(self, smpl, stats: GenStats) -> Iterator[int]:
+        """One token sampled, then evaluated when the caller asks for the next one."""
+        ctx, kv, n_ctx = self._ctx, self._kv, self.info.n_ctx
+        one = (L.llama_token * 1)()
+        batch = L.llama_batch_get_one(one, 1)
+        while True:
+            tok = L.llama_sampler_sample(smpl, ctx, -1)
+            yield tok
+            if len(kv) >= n_ctx:
+                stats.finish_reason = "context"
+                return
+            one[0] = tok
+            rc = L.llama_decode(ctx, batch)
+            if rc != 0:
+                if rc == 1:  # no room left in the KV cache
+                    stats.finish_reason = "context"
+                    return
+                raise EdgeError(f"llama.cpp failed to evaluate a token (code {rc}): {llamacpp.last_error()}")
+            kv.append(tok)
+
+    def _speculative_tokens(self, smpl, spec: Speculation, stats: GenStats) -> Iterator[int]:
+        """Tokens as `_plain_tokens` gives them, several per evaluation where guesses come true (module speculate).
+        On the way out the cache is cut back to the tokens kept (self._kv)."""
+        ctx, kv, n_ctx, pace = self._ctx, self._kv, self.info.n_ctx, self._pace
+        mem = L.llama_get_memory(ctx)
+        sample, clock = L.llama_sampler_sample, time.perf_counter
+        proposer = spec.proposer(list(kv))
+        verify = VerifyBatch(spec.draft_max + 1)
+        one = (L.llama_token * 1)()
+        single = L.llama_batch_get_one(one, 1)
+        stats.draft = spec.name
+        try:
+            tok = sample(smpl, ctx, -1)
+            while True:
+                yield tok
+                proposer.extend([tok])
+                n_past = len(kv)
+                room = n_ctx - n_past - 1  # guesses after tok that still fit
+                if room < 0:
+                    stats.finish_reason = "context"
+                    return
+                t = clock()
+                k = min(pace.length(), room)
+                guess = proposer.propose(k, pace.tentative) if k > 0 else []
+                if len(guess) < spec.draft_min:
+                    guess = []
+                if not guess:  # a plain step, as _plain_tokens takes it
+                    one[0] = tok
+                    if not self._evaluated(L.llama_decode(ctx, single), 1, stats):
+                        return
+                    kv.append(tok)
+                    tok = sample(smpl, ctx, -1)
+                    pace.plain_step(clock() - t)
+                    continue
+                verify.fill([tok, *guess], n_past)
+                if not self._evaluated(L.llama_decode(ctx, verify.batch), len(guess) + 1, stats):
+                    return
+                kv.append(tok)
+                kept: list[int] = []
+                for i, g in enumerate(guess):
+                    out = sample(smpl, ctx, i)
+                    if out != g:
+                        break
+                    kept.append(g)
+                else:
+                    out = sample(smpl, ctx, len(guess))
+                kv.extend(kept)
+                L.llama_memory_seq_rm(mem, 0, len(kv), -1)  # the rejected guesses
+                pace.speculative_step(len(guess), len(kept), clock() - t)
+                stats.spec_steps += 1
+                stats.spec_tokens += len(kept) + 1
+                stats.drafted += len(guess)
+                stats.accepted += len(kept)
+                for g in kept:
+                    yield g
+                proposer.extend(kept)
+                tok = out
+        finally:
+            L.llama_memory_seq_rm(mem, 0, len(kv), -1)
+            verify.free()
+            close = getattr(proposer, "close", None)
+            if close is not None:
+                close()
+
+    @staticmethod
+    def _evaluated(rc: int, n: int, stats: GenStats) -> bool:
+        """Whether llama_decode of n tokens worked; False when the KV cache has no room left (the reply ends there)."""
+        if rc == 1:
+            stats.finish_reason = "context"
+            return False
+        if rc != 0:
+            raise EdgeError(f"llama.cpp failed to evaluate {n} tokens (code {rc}): {llamacpp.last_error()}")
+        return True

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..engine.draft import serving_speculation
 from ..engine.embedding import LazyEmbedder
 from ..engine.launch import plan_model
 from ..engine.reasoning import thinks
@@ -37,6 +38,9 @@ class LoadOptions:
     rpc: str | None = None
     loras: tuple[tuple[Path, float], ...] = ()
     api_key: str | None = None
+    draft: str = "off"  # --draft: a server's slots guess by n-gram lookup (edgellm.engine.draft.serving_speculation)
+    draft_min: int = 1
+    draft_max: int = 16
 
 
 def plan_slots(ref: ModelRef, o: LoadOptions, hw: HardwareProfile | None = None) -> tuple[Plan, int]:
@@ -57,7 +61,13 @@ def plan_slots(ref: ModelRef, o: LoadOptions, hw: HardwareProfile | None = None)
 
 
 def load(plan: Plan, per_slot: int, o: LoadOptions) -> Engine:
-    return Engine.load(replace(plan, n_ctx=per_slot * o.parallel))
+    engine = Engine.load(replace(plan, n_ctx=per_slot * o.parallel))
+    try:
+        engine.use_speculation(serving_speculation(engine.info.plan, o.draft, o.draft_min, o.draft_max)[0])
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def ready(engine: Engine, plan: Plan, model_id: str, o: LoadOptions, metrics: Metrics) -> ServeState:

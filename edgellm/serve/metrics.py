@@ -19,6 +19,8 @@ class Metrics:
     prompt_tokens_evaluated: int = 0  # of those, evaluated (the rest came from a slot's cache)
     completion_tokens: int = 0
     cancelled: int = 0  # requests whose client went away before the end
+    drafted: int = 0  # tokens slots guessed ahead (speculation)
+    accepted: int = 0  # of those, the ones the model agreed with
     _recent: deque = field(default_factory=deque)  # (time, tokens generated in one step)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -38,6 +40,11 @@ class Metrics:
             self.completion_tokens += n
             self._recent.append((now, n))
             self._trim(now)
+
+    def guessed(self, drafted: int, accepted: int) -> None:
+        with self._lock:
+            self.drafted += drafted
+            self.accepted += accepted
 
     def ended(self, cancelled: bool) -> None:
         if cancelled:
@@ -68,6 +75,8 @@ class Metrics:
                 ("prompt_tokens_evaluated_total", "counter", "Prompt tokens evaluated (the rest were still in a slot's cache).",
                  [("", self.prompt_tokens_evaluated)]),
                 ("completion_tokens_total", "counter", "Tokens generated.", [("", self.completion_tokens)]),
+                ("draft_tokens_total", "counter", "Tokens guessed ahead by speculation.", [("", self.drafted)]),
+                ("draft_tokens_accepted_total", "counter", "Guessed tokens the model agreed with.", [("", self.accepted)]),
                 ("tokens_per_second", "gauge", f"Tokens generated per second over the last {RATE_WINDOW_S:g} s.", [("", round(tps, 3))]),
                 ("slots", "gauge", "Slots: requests decoded together.", [("", slots)]),
                 ("slots_busy", "gauge", "Slots serving a request now.", [("", busy)]),

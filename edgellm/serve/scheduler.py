@@ -6,6 +6,10 @@ HTTP handlers hand jobs over through a queue and get text back through a callbac
 Each slot is one llama.cpp sequence with its own share of the KV cache (n_ctx / slots cells). A finished
 slot keeps its tokens in the cache: a new request that starts the same way (a chat resent with one more
 turn) goes to the slot that holds the longest common start, and only the rest is evaluated.
+
+With speculation on (the engine's, n-gram lookup), a generating slot puts its guesses after its next token in the
+same batch, with logits at each; its tokens are then sampled position by position with its own chain while they
+equal the guesses (engine.speculate), and its rejected guesses leave its sequence's cells.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import llama_cpp as L
 from ..engine import llamacpp
 from ..engine.runtime import Engine, Sampling, sampler_chain
 from ..testhooks import pause_point
+from ..engine.speculate import NgramProposer, Pace
 from .metrics import Metrics
 from .textstream import TextStream
 
@@ -65,6 +70,8 @@ class Slot:
     next_token: int | None = None  # sampled, decoded in the next step; None while the prompt is evaluated
     started: float = 0.0  # perf_counter() when the job got this slot
     first: float | None = None  # perf_counter() at its first sampled token
+    proposer: NgramProposer | None = None  # the job's guesses (speculation on)
+    pace: Pace | None = None  # how far the slot guesses, learned over its jobs
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -96,6 +103,11 @@ class Scheduler:
         self._stopping = False
         self.error: str | None = None  # set if the loop itself failed: the server can no longer answer
         self._thread = threading.Thread(target=self._run, name="edgellm-scheduler", daemon=True)
+        spec = engine.speculation
+        self._spec = spec if spec is not None and spec.draft is None else None  # slots guess by n-gram lookup alone
+        if self._spec is not None:
+            for slot in self.slots:
+                slot.pace = Pace(self._spec.draft_min, self._spec.draft_max, self._spec.adaptive)
 
     # --- the HTTP side (any thread) -------------------------------------------------------------------
 
@@ -192,6 +204,7 @@ class Scheduler:
         slot.started, slot.first = time.perf_counter(), None
         slot.text = TextStream(job.stop)
         slot.chain = sampler_chain(self._vocab, job.sampling, tokens, head=job.grammar)
+        slot.proposer = NgramProposer(tokens) if self._spec is not None else None
         job.grammar = None  # the chain owns it now
         self._metrics.admitted(len(tokens), len(tokens) - keep)
 
@@ -213,12 +226,20 @@ class Scheduler:
             n += 1
 
         busy = [s for s in self.slots if s.job is not None]
+        guessing: list[tuple[Slot, int, list[int]]] = []  # slot, batch index of its next token, its guesses
+        t0 = time.perf_counter()
         for slot in busy:
             if slot.next_token is not None:
+                guesses = self._guesses(slot, self._n_batch - n - 1)
                 put(slot.next_token, len(slot.cache), slot.seq, True)
                 slot.cache.append(slot.next_token)
                 slot.next_token = None
-                sample_at.append((slot, n - 1))
+                if slot.pace is None:
+                    sample_at.append((slot, n - 1))
+                    continue
+                guessing.append((slot, n - 1, guesses))
+                for i, g in enumerate(guesses):
+                    put(g, len(slot.cache) + i, slot.seq, True)
         budget = min(self._n_ubatch, self._n_batch - n)  # prompt chunks: one ubatch a step keeps streams flowing
         for slot in busy:
             prompt = slot.job.tokens
@@ -244,8 +265,38 @@ class Scheduler:
         generated = 0
         for slot, i in sample_at:
             generated += self._take(slot, L.llama_sampler_sample(slot.chain, self._ctx, i))
+        for slot, i, guesses in guessing:
+            generated += self._check_guesses(slot, i, guesses, time.perf_counter() - t0)
         if generated:
             self._metrics.generated(generated)
+
+    def _guesses(self, slot: Slot, room: int) -> list[int]:
+        """The tokens `slot` guesses after its next one (none while guessing does not pay for it)."""
+        if slot.pace is None:
+            return []
+        k = min(slot.pace.length(), room, self.n_ctx_slot - len(slot.cache) - 2)
+        guesses = slot.proposer.propose(k, slot.pace.tentative) if k > 0 else []
+        return guesses if len(guesses) >= self._spec.draft_min else []
+
+    def _check_guesses(self, slot: Slot, i: int, guesses: list[int], seconds: float) -> int:
+        """Sample `slot` at batch index i and on while its tokens equal `guesses`; drop the cells of those it
+        rejected. Returns the reply tokens taken."""
+        taken = kept = 0
+        for j in range(len(guesses) + 1):
+            tok = L.llama_sampler_sample(slot.chain, self._ctx, i + j)
+            taken += self._take(slot, tok)
+            if slot.job is None or j == len(guesses) or tok != guesses[j]:
+                break
+            slot.cache.append(tok)  # its cell holds it already
+            slot.next_token = None
+            kept += 1
+        L.llama_memory_seq_rm(self._mem, slot.seq, len(slot.cache), -1)
+        if guesses:
+            slot.pace.speculative_step(len(guesses), kept, seconds)
+            self._metrics.guessed(len(guesses), kept)
+        else:
+            slot.pace.plain_step(seconds)
+        return taken
 
     def _take(self, slot: Slot, tok: int) -> int:
         """Handle one sampled token; return 1 if it is part of the reply."""
@@ -260,6 +311,8 @@ class Scheduler:
         piece = self._pieces.get(tok)
         if piece is None:
             piece = self._pieces[tok] = self._engine.piece(tok)
+        if slot.proposer is not None:
+            slot.proposer.extend([tok])
         text, stopped = slot.text.push(piece)
         if text:
             job.deliver(text)

@@ -1,0 +1,174 @@
+"""`--draft auto|ngram|MODEL|off`: what an engine speculates with, planned beside the model it speeds up.
+
+A draft model must have the target's vocabulary (checked by content: every token's text, not the name) and be at
+least DRAFT_RATIO times smaller, else checking its guesses costs more than it saves; `auto` takes the smallest such
+model among the store's packages and the demo model, or n-gram lookup when there is none. The draft is planned on
+the memory the target's plan leaves (its weights and its KV cache for the same context, on the same devices): a
+draft that does not fit there is dropped with a note, and n-gram lookup is used instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import EdgeError, NotEnoughSpace, UsageError
+from ..plan.hardware import HardwareProfile, detect
+from ..plan.planner import Plan, make_plan
+from ..store.models import ModelRef, default_model_path, resolve_model
+from .runtime import Engine
+from .speculate import DRAFT_MAX, DRAFT_MIN, Speculation, check_vocabulary, vocab_fingerprint
+
+DRAFT_RATIO = 4  # a draft's weights must be this many times smaller than the target's
+MODES = ("auto", "ngram", "off")
+
+
+@dataclass(frozen=True)
+class DraftChoice:
+    """What to speculate with: "off", "ngram" or a draft model's plan; and the notes that say why."""
+
+    kind: str
+    plan: Plan | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _candidates() -> list[ModelRef]:
+    """Models a draft may come from: the store's packages and the demo model."""
+    from ..store import store
+
+    refs = []
+    for name in store.names():
+        try:
+            refs.append(resolve_model(name))
+        except EdgeError:
+            continue  # a damaged entry is no candidate
+    try:
+        refs.append(resolve_model(default_model_path()))
+    except EdgeError:
+        pass
+    return refs
+
+
+def _weights(path: Path, refs: list[ModelRef]) -> int:
+    for ref in refs:
+        for f in ref.files:
+            if f.path == path:
+                return f.info.tensor_bytes
+    from ..formats.gguf_info import read_gguf
+
+    return read_gguf(path).tensor_bytes
+
+
+def pick_auto(target: Plan) -> tuple[ModelRef | None, str]:
+    """The smallest level of any model with the target's vocabulary and at most 1/DRAFT_RATIO of its weights, as a
+    one-level ModelRef; or None and why."""
+    refs = _candidates()
+    target_path = Path(target.path).resolve()
+    limit = _weights(target_path, refs) // DRAFT_RATIO
+    from ..formats.gguf_info import read_gguf
+
+    n_vocab = read_gguf(target_path).n_vocab
+    fitting = sorted(
+        ((f.info.tensor_bytes, ref, f) for ref in refs for f in ref.files
+         if f.info.n_vocab == n_vocab and f.info.tensor_bytes <= limit and f.path.resolve() != target_path),
+        key=lambda x: x[0],
+    )
+    if not fitting:
+        return None, f"no model in the store is {DRAFT_RATIO}x smaller with the same vocabulary size"
+    fingerprint = vocab_fingerprint(target_path)
+    seen: set[Path] = set()
+    for _, ref, f in fitting:
+        if f.path.resolve() in seen:
+            continue
+        seen.add(f.path.resolve())
+        try:
+            if vocab_fingerprint(f.path) == fingerprint:
+                return replace(ref, files=(f,), skipped=()), ""
+        except EdgeError:
+            continue
+    return None, f"no model in the store that is {DRAFT_RATIO}x smaller has the same vocabulary"
+
+
+def _resolve_named(target: Plan, name: str) -> ModelRef:
+    """The smallest level of the model `name`, refused when its vocabulary is not the target's."""
+    ref = resolve_model(name)
+    f = min(ref.files, key=lambda x: x.info.tensor_bytes)
+    check_vocabulary(target.path, f.path)
+    return replace(ref, files=(f,), skipped=())
+
+
+def _left_over(hw: HardwareProfile, target: Plan) -> HardwareProfile:
+    """`hw` with the target's RAM and device memory taken."""
+    ram = max(0, hw.ram_available - target.memory.ram)
+    vram = target.memory.vram
+    gpus = []
+    for g in hw.gpus:
+        take = min(vram, g.free) if (not target.devices or g.device in target.devices) else 0
+        vram -= take
+        gpus.append(replace(g, free=g.free - take))
+    return replace(hw, ram_available=ram, gpus=tuple(gpus))
+
+
+def plan_draft(target: Plan, ref: ModelRef, hw: HardwareProfile) -> Plan:
+    """The draft's plan on what the target leaves: the same context and KV type, threads and devices."""
+    return make_plan(ref, _left_over(hw, target), ctx=target.n_ctx, kv_type=target.kv_type, threads=target.n_threads,
+                     min_speed=0)
+
+
+def choose(target: Plan, draft: str, hw: HardwareProfile | None = None) -> DraftChoice:
+    """What `--draft` means for `target`: off, n-gram lookup, or a draft model planned beside it."""
+    if draft == "off":
+        return DraftChoice("off")
+    if draft == "ngram":
+        return DraftChoice("ngram", notes=("speculation: n-gram lookup",))
+    if draft == "auto":
+        ref, why = pick_auto(target)
+        if ref is None:
+            return DraftChoice("ngram", notes=(f"speculation: n-gram lookup ({why})",))
+    else:
+        ref = _resolve_named(target, draft)
+    what = f"{ref.name} {ref.files[0].level} ({ref.files[0].path.name})"
+    try:
+        plan = plan_draft(target, ref, hw or detect())
+    except NotEnoughSpace as exc:
+        return DraftChoice("ngram", notes=(f"draft {what} dropped: it does not fit beside the model ({exc}); "
+                                           "n-gram lookup instead",))
+    return DraftChoice("model", plan, (f"speculation: draft model {what} ({plan.gpu_layers} layers on the GPU)"
+                                       if plan.n_gpu_layers else f"speculation: draft model {what}",))
+
+
+def speculation(choice: DraftChoice, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> Speculation | None:
+    """Load what `choice` says (the draft model, if any) as a Speculation for Engine.use_speculation."""
+    if choice.kind == "off":
+        return None
+    draft = Engine.load(choice.plan) if choice.kind == "model" else None
+    return Speculation(draft, draft_min, draft_max)
+
+
+
+def for_plan(target: Plan, draft: str, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
+    """`--draft` and its lengths for a model about to load with `target`: the Speculation (None: off) and the notes to
+    show (which draft, or why none)."""
+    check_lengths(draft_min, draft_max)
+    if draft == "off":
+        return None, ()
+    choice = choose(target, draft)
+    return speculation(choice, draft_min, draft_max), choice.notes
+
+
+def check_lengths(draft_min: int, draft_max: int) -> None:
+    """--draft-min and --draft-max, before anything loads."""
+    if draft_min > draft_max:
+        raise UsageError(f"--draft-min ({draft_min}) is more than --draft-max ({draft_max})")
+
+
+def serving_speculation(target: Plan, draft: str, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
+    """`--draft` for a server: its slots guess by n-gram lookup (a draft model would need a sequence per slot
+    too); a draft model named is still checked, and n-gram lookup used in its place."""
+    check_lengths(draft_min, draft_max)
+    if draft == "off":
+        return None, ()
+    if draft not in MODES:
+        _resolve_named(target, draft)
+    why = "" if draft == "ngram" else " (a server's slots guess by n-gram lookup; draft models speed up run, chat and bench)"
+    return Speculation(None, draft_min, draft_max), (f"speculation: n-gram lookup per slot{why}",)
