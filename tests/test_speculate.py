@@ -17,26 +17,12 @@ import pytest
 from conftest import run_cli
 from edgellm.engine import draft as drafts
 from edgellm.engine.launch import open_engine, plan_model
+from edgellm.engine.measure import SPEC_TASKS
 from edgellm.engine.runtime import Sampling
 from edgellm.engine.speculate import NgramProposer, Pace, Speculation, expected_tokens
 from fixtures import smollm2_converted_gguf, smollm2_gguf, smollm2_package, write_llama3_tiny_gguf
 
-CODE = '''def fibonacci(n):
-    """Return the n-th Fibonacci number."""
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
-
-
-def factorial(n):
-    """Return n factorial."""
-    result = 1
-    for i in range(2, n + 1):
-        result *= i
-    return result
-'''
-REPEAT = [{"role": "user", "content": "Copy the following code, replacing `result` with `product`:\n\n```python\n" + CODE + "```"}]
+REPEAT = [{"role": "user", "content": SPEC_TASKS["repeat"]}]  # a reply that mostly repeats its prompt
 CHAT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 GREEDY = Sampling(temperature=0, repeat_penalty=1.0, max_tokens=120)
 

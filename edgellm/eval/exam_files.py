@@ -19,7 +19,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from .item import Task, TaskFileError
+from .item import Task, TaskFileError, decode_text
 
 LETTERS = "ABCDEFGHIJ"  # exams with up to 10 choices (MMLU-Pro has 10)
 MAX_ITEMS = 1_000_000  # a bound on what one file may hold
@@ -40,17 +40,10 @@ def last_number(text: str) -> Decimal | None:
     return number(found[-1]) if found else None
 
 
-def _text(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise TaskFileError(path, f"line {line}: not UTF-8 text") from None
-
 
 def _jsonl(path: Path, data: bytes) -> list[dict]:
     rows = []
-    for line_no, line in enumerate(_text(path, data).split("\n"), 1):
+    for line_no, line in enumerate(decode_text(path, data, "utf-8-sig").split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -110,7 +103,7 @@ def _exam_item(path: Path, item: int, row: dict) -> Task:
 def read_exam(path: Path, data: bytes) -> list[Task]:
     if _is_jsonl(data):
         return [_exam_item(path, i, row) for i, row in enumerate(_jsonl(path, data), 1)]
-    rows = list(csv.reader(io.StringIO(_text(path, data), newline="")))
+    rows = list(csv.reader(io.StringIO(decode_text(path, data, "utf-8-sig"), newline="")))
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if len(rows) > MAX_ITEMS:
         raise TaskFileError(path, f"more than {MAX_ITEMS} items")

@@ -23,3 +23,12 @@ class Task:
 class TaskFileError(UsageError):
     def __init__(self, path: Path, what: str) -> None:
         super().__init__(f"{path}: {what}")
+
+
+def decode_text(path: Path, data: bytes, encoding: str = "utf-8") -> str:
+    """A task file's bytes as text; bytes that are not UTF-8 are one error naming the line."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise TaskFileError(path, f"line {line}: not UTF-8 text") from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from .item import Task, TaskFileError
+from .item import Task, TaskFileError, decode_text
 from .mt19937 import MT19937
 
 
@@ -110,13 +110,6 @@ def select(kind: Kind, tasks: list[Task], n: int) -> list[Task]:
     return picked
 
 
-def _text(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise TaskFileError(path, f"line {line}: not UTF-8 text") from None
-
 
 def _lines(text: str) -> list[str]:
     """Lines as C++ `getline` gives them: no empty line after a final newline."""
@@ -127,7 +120,7 @@ def _lines(text: str) -> list[str]:
 
 
 def read_hellaswag(path: Path, data: bytes) -> list[Task]:
-    lines = _lines(_text(path, data))
+    lines = _lines(decode_text(path, data))
     if len(lines) % 6:
         raise TaskFileError(path, f"{len(lines)} lines is not a whole number of tasks (6 lines each: context, gold "
                                   f"ending 0-3, 4 endings): task {len(lines) // 6 + 1} is incomplete")
@@ -170,7 +163,7 @@ def _winogrande_line(line: str) -> tuple[str, str, str, str, str] | str:
 
 
 def read_winogrande(path: Path, data: bytes) -> list[Task]:
-    lines = _text(path, data).split("\n")
+    lines = decode_text(path, data).split("\n")
     # llama-perplexity stops at the `getline` that reaches the end of the text: the last line counts only when
     # a newline follows it (after -f dropped one, a file that ends in a single newline loses its last line).
     lines.pop()
