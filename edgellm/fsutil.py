@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,21 +139,27 @@ def atomic_output(final: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+def exclusive_lock(path: Path, busy: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold an flock on the file `path` (created, holding this process's pid) for the block.
 
-    If another process holds it, raise EdgeError("<busy> (pid N)") at once. The file is removed afterwards;
-    a process that opened it just before is told by the changed inode to start again.
+    If another process holds it for longer than `wait_s`, raise EdgeError("<busy> (pid N)"). The file is
+    removed afterwards; a process that opened it just before is told by the changed inode to start again.
     """
     path = Path(path)
+    deadline = time.monotonic() + wait_s
     for _ in range(8):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise EdgeError(f"{busy} (pid {holder or 'unknown'})") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                raise EdgeError(f"{busy} (pid {holder or 'unknown'})") from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

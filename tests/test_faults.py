@@ -121,3 +121,76 @@ def test_sigkill_at_random_moments_then_the_same_command_completes(tmp_path):
         done = pausing.edgellm(*args)
         assert done.returncode == 0, (point, levels, done.stderr[-2000:])
         _assert_complete_package(folder, levels)
+
+
+# --- records written beside each other: package, bench --save and eval --save share the package lock -------
+
+
+def linked_package(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    for f in fixtures.smollm2_package().iterdir():
+        (pkg / f.name).hardlink_to(f) if f.suffix == ".gguf" else shutil.copyfile(f, pkg / f.name)
+    return pkg
+
+
+def test_two_runs_recording_into_one_manifest_at_once_both_keep_their_records(tmp_path):
+    """A bench --save and an eval --save that finish together: the second waits for the first and adds to
+    what it wrote instead of overwriting it with the manifest it read before."""
+    import threading
+
+    from edgellm.store.manifest import updating
+
+    pkg = linked_package(tmp_path)
+    first_in, let_go = threading.Event(), threading.Event()
+
+    def bench_like():
+        with updating(pkg) as m:
+            first_in.set()
+            m.files[0].bench = {"tg_tps": 1.0}
+            assert let_go.wait(60)
+
+    def eval_like():
+        with updating(pkg) as m:
+            m.files[0].accuracy = {"hellaswag": {"accuracy": 0.5}}
+
+    a = threading.Thread(target=bench_like)
+    a.start()
+    assert first_in.wait(60)
+    b = threading.Thread(target=eval_like)
+    b.start()
+    b.join(0.5)
+    assert b.is_alive(), "the second writer did not wait for the first"
+    let_go.set()
+    a.join(60)
+    b.join(60)
+    saved = Manifest.load(pkg).files[0]
+    assert saved.bench == {"tg_tps": 1.0} and saved.accuracy == {"hellaswag": {"accuracy": 0.5}}
+    assert pausing.hidden_files(pkg) == []  # the lock file is gone with its holder
+
+
+def test_eval_save_killed_mid_run_leaves_the_manifest_and_card_as_they_were(tmp_path):
+    import eval_data
+
+    pkg = linked_package(tmp_path)
+    before = {n: (pkg / n).read_bytes() for n in ("manifest.json", "README.md")}
+    hs = eval_data.write_hellaswag(tmp_path / "hs.txt")
+    args = ("eval", pkg, "--levels", "Q8_0", "--hellaswag", hs, "--limit", "4", "--save", "--threads", "1")
+    done = pausing.finish(pausing.start_paused("eval.tasks:2", *args), signal.SIGKILL)
+    assert done.returncode == -signal.SIGKILL
+    assert {n: (pkg / n).read_bytes() for n in before} == before and pausing.hidden_files(pkg) == []
+    done = pausing.edgellm(*args)  # the same command again completes and records
+    assert done.returncode == 0, done.stderr
+    assert Manifest.load(pkg).entry("Q8_0").accuracy["hellaswag"]["tasks"] == 4
+
+
+def test_a_record_waiting_on_a_package_run_that_never_ends_gives_up_with_one_line(tmp_path, monkeypatch):
+    from edgellm.fsutil import exclusive_lock
+    from edgellm.store import manifest as manifest_mod
+
+    pkg = linked_package(tmp_path)
+    monkeypatch.setattr(manifest_mod, "RECORD_WAIT_S", 0.3)
+    with exclusive_lock(pkg / manifest_mod.LOCK_FILE, "held by the test"):
+        with pytest.raises(EdgeError, match=r"another edgellm run is writing to .*pkg \(pid \d+\)"):
+            with manifest_mod.updating(pkg):
+                pass

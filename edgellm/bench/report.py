@@ -10,7 +10,7 @@ from pathlib import Path
 from .run import BenchReport
 from ..errors import EdgeError, UsageError
 from ..fsutil import human_bytes
-from ..store.manifest import Manifest
+from ..store.manifest import updating
 from ..plan.planner import gpu_layers_text
 
 COLUMNS = [  # (header, value of a FileResult as text)
@@ -95,20 +95,19 @@ def merge(reports: list[BenchReport]) -> BenchReport:
 def save_into_manifest(report: BenchReport, folder: Path) -> None:
     if not folder.is_dir():
         raise UsageError(f"--save needs a package folder; {folder} is a single file")
-    manifest = Manifest.load(folder)
-    for r in report.results:
-        entry = manifest.entry(r.level)
-        if entry is None or not r.ok or r.lora is not None:  # the file's own numbers, not with an adapter
-            continue
-        if r.ppl is not None:
-            entry.ppl = r.ppl
-        if r.kld is not None:
-            entry.kld = r.kld
-        entry.bench = {"pp_tps": r.pp.mean if r.pp else None, "tg_tps": r.tg.mean if r.tg else None,
-                       "ttft_s": r.ttft_s, "peak_rss_bytes": r.peak_rss_bytes, "machine": report.machine["summary"],
-                       "machine_id": report.machine.get("id"), "n_threads": r.n_threads,
-                       "n_gpu_layers": r.n_gpu_layers, "created": report.created}
-    manifest.save(folder)
+    with updating(folder) as manifest:  # a package, bench or eval run writing at the same time keeps its records
+        for r in report.results:
+            entry = manifest.entry(r.level)
+            if entry is None or not r.ok or r.lora is not None:  # the file's own numbers, not with an adapter
+                continue
+            if r.ppl is not None:
+                entry.ppl = r.ppl
+            if r.kld is not None:
+                entry.kld = r.kld
+            entry.bench = {"pp_tps": r.pp.mean if r.pp else None, "tg_tps": r.tg.mean if r.tg else None,
+                           "ttft_s": r.ttft_s, "peak_rss_bytes": r.peak_rss_bytes, "machine": report.machine["summary"],
+                           "machine_id": report.machine.get("id"), "n_threads": r.n_threads,
+                           "n_gpu_layers": r.n_gpu_layers, "created": report.created}
 
 
 def load_report(path: Path) -> BenchReport:

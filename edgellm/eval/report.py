@@ -72,20 +72,19 @@ def print_tables(report: EvalReport) -> None:
 
 def save_into_manifest(report: EvalReport, folder: Path) -> int:
     """Record each complete level's accuracy (by task kind) in the package manifest; returns how many."""
-    from ..store.manifest import Manifest
+    from ..store.manifest import updating
     from ..store.package import CARD_FILE, write_card
 
     if not folder.is_dir():
         raise UsageError(f"--save needs a package folder; {folder} is a single file")
-    manifest = Manifest.load(folder)
     saved = 0
-    for s in report.scores:
-        entry = manifest.entry(s.level)
-        if entry is None or not s.complete or s.accuracy is None:
-            continue
-        entry.accuracy = {**(entry.accuracy or {}), s.task.kind: record(report, s)}
-        saved += 1
-    manifest.save(folder)
+    with updating(folder) as manifest:  # a package, bench or eval run writing at the same time keeps its records
+        for s in report.scores:
+            entry = manifest.entry(s.level)
+            if entry is None or not s.complete or s.accuracy is None:
+                continue
+            entry.accuracy = {**(entry.accuracy or {}), s.task.kind: record(report, s)}
+            saved += 1
     if (folder / CARD_FILE).is_file():  # the card shows what the manifest holds
         write_card(folder, manifest)
     return saved

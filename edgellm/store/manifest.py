@@ -52,15 +52,16 @@ Readers accept any manifest whose "version" they know; a newer version raises a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import __version__
 from ..errors import EdgeError
-from ..fsutil import atomic_output
+from ..fsutil import atomic_output, exclusive_lock
 from ..formats.gguf_info import GGUFInfo
 
 SCHEMA = "edgellm.package"
@@ -310,3 +311,18 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+LOCK_FILE = ".edgellm-package.lock"  # held by whoever writes a package's files or manifest
+RECORD_WAIT_S = 60.0  # how long a finished measurement waits for another writer before it gives up
+
+
+@contextlib.contextmanager
+def updating(folder: Path) -> Iterator[Manifest]:
+    """The package's manifest, read under its lock and saved when the block ends: a record that another run
+    (package, bench --save, eval --save) writes at the same time is kept, not overwritten."""
+    folder = Path(folder)
+    with exclusive_lock(folder / LOCK_FILE, f"another edgellm run is writing to {folder}", RECORD_WAIT_S):
+        manifest = Manifest.load(folder)
+        yield manifest
+        manifest.save(folder)

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import EdgeError, NotEnoughSpace, UsageError
 from ..fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
 from ..formats.gguf_info import read_gguf
-from .manifest import FILENAME, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, file_problem, sha256_file
+from .manifest import FILENAME, LOCK_FILE, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, file_problem, sha256_file
 from ..quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
 from ..quantize.parallel import usable_cores
 from ..quantize.peft import PeftAdapter
@@ -33,7 +33,6 @@ from ..testhooks import pause_point
 BASE_TYPES = ("auto", "f16", "bf16", "f32")
 IMATRIX_FILE = "imatrix.gguf"
 CARD_FILE = "README.md"
-LOCK_FILE = ".edgellm-package.lock"
 
 
 @dataclass
