@@ -108,6 +108,7 @@ def spinner() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
 
 
+@pytest.mark.slow  # a long reply, or a server streaming one
 def test_a_long_reply_follows_the_load_while_it_writes(idle_machine_engine, monkeypatch):
     from edgellm.engine.runtime import Sampling
     from edgellm.plan.hardware import LoadTracker
@@ -138,6 +139,7 @@ def test_a_long_reply_follows_the_load_while_it_writes(idle_machine_engine, monk
     assert engine.last_stats.n_threads == during
 
 
+@pytest.mark.slow  # a long reply, or a server streaming one
 def test_serve_takes_back_the_cores_a_busy_start_left():
     """Started while another program spins it decodes with fewer threads; once that program ends, the
     threads come back between batches of a running stream, and /metrics shows the count."""

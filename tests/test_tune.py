@@ -8,6 +8,7 @@ import os
 import shutil
 
 import psutil
+import pytest
 
 from conftest import run_cli
 from edgellm.plan import tune
@@ -52,6 +53,7 @@ def test_kv_quant_is_tried_only_when_asked(capsys):
     assert code == 0 and "q8_0" in {t["kv_type"] for t in json.loads(out)["trials"]}
 
 
+@pytest.mark.slow  # tunes a model twice
 def test_settings_of_a_changed_file_or_a_damaged_store_are_not_used(tmp_path, capsys):
     model = tmp_path / "model.gguf"
     shutil.copy(demo_file(), model)  # a copy: changing the link's time would change the installed file's
