@@ -1,7 +1,6 @@
-"""A thinking model's reasoning through the chat completions, Responses and Messages APIs. No model here was
-trained to think, so SmolLM2 gets a Qwen3-style template that opens `<think>` in the prompt: its reply then
-starts inside the reasoning. The reference is the same prompt through /v1/completions (no splitting),
-split by `split_reasoning`; the splitter itself is tested on text in test_reasoning.py."""
+"""A thinking model's reasoning through the chat completions, Responses and Messages APIs. SmolLM2 gets a
+Qwen3-style template that opens `<think>` in the prompt (thinking.py): its reply then starts inside the
+reasoning. The reference is the same prompt through /v1/completions (no splitting), split by `split_reasoning`; the splitter itself is tested on text in test_reasoning.py."""
 
 from __future__ import annotations
 
@@ -9,14 +8,10 @@ import anthropic
 import ollama
 import pytest
 from serving import WAIT_S, make_template_gguf, running
+from thinking import THINKING_TEMPLATE
 
 from edgellm.engine.reasoning import split_reasoning
 
-THINKING_TEMPLATE = (
-    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'].split('</think>')[-1] "
-    "if message['role'] == 'assistant' else message['content']) + '<|im_end|>\\n' }}{% endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
-)
 QUESTION = "What is 2+2?"
 PROMPT = f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n<think>\n"  # what the template renders
 N = 24
