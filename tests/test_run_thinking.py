@@ -8,12 +8,7 @@ import json
 
 import pytest
 from conftest import run_cli
-from thinking import SWITCHABLE_TEMPLATE, THINKING_TEMPLATE
-
-from edgellm.engine.launch import plan_model
-from edgellm.engine.reasoning import split_reasoning
-from edgellm.engine.runtime import Engine
-from edgellm.engine.sampling import Sampling
+from thinking import reference, template_files
 
 QUESTION = "What is 2+2?"
 N = 24
@@ -22,17 +17,11 @@ GREEDY = ("--temp", "0", "-n", str(N))
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("think")
-    (folder / "switch.jinja").write_text(SWITCHABLE_TEMPLATE)
-    (folder / "think.jinja").write_text(THINKING_TEMPLATE)
-    return {"switch": str(folder / "switch.jinja"), "think": str(folder / "think.jinja")}
+    return template_files(tmp_path_factory.mktemp("think"))
 
 
 def _reference(template: str, think: bool | None) -> tuple[str | None, str]:
-    with Engine.load(plan_model(None, chat_template=template)) as engine:
-        prompt = engine.render_chat([{"role": "user", "content": QUESTION}], think=think)
-        raw = "".join(engine.stream_prompt(prompt, Sampling(temperature=0.0, max_tokens=N)))
-    return split_reasoning(raw, inside=prompt.endswith("<think>\n"))
+    return reference(template, QUESTION, N, think)
 
 
 def _run(capsys, *args):

@@ -58,9 +58,9 @@ class ReasoningSplitter:
         self.thought = inside  # whether the reply has a reasoning part (an empty one too)
 
     @property
-    def thinking(self) -> bool:
-        """Whether the reply is inside its reasoning now."""
-        return self._state == REASONING
+    def answering(self) -> bool:
+        """Whether the answer has started."""
+        return self._state == CONTENT
 
     def push(self, text: str) -> list[Part]:
         """The parts `text` completes, in order (reasoning, then content)."""
@@ -112,20 +112,22 @@ class ReasoningSplitter:
 
 class Reply:
     """A streamed reply kept as its reasoning and its answer, counting the pieces (one per generated token)
-    that arrived while the model was still thinking."""
+    that arrived before the answer started: a thinking model's reasoning with its tags."""
 
     def __init__(self, inside: bool = False):
         self.splitter = ReasoningSplitter(inside)
         self.reasoning: list[str] = []
         self.answer: list[str] = []
-        self.thinking_pieces = 0
+        self._before_answer = 0
 
     def push(self, piece: str) -> list[Part]:
-        before = self.splitter.thinking
-        parts = self.splitter.push(piece)
-        if before or self.splitter.thinking:  # the pieces that open and close the reasoning count too
-            self.thinking_pieces += 1
-        return self._keep(parts)
+        if not self.splitter.answering:  # the piece that closes the reasoning counts too
+            self._before_answer += 1
+        return self._keep(self.splitter.push(piece))
+
+    @property
+    def thinking_pieces(self) -> int:
+        return self._before_answer if self.splitter.thought else 0
 
     def flush(self) -> list[Part]:
         return self._keep(self.splitter.flush())
