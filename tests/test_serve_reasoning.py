@@ -5,10 +5,11 @@ reasoning. The reference is the same prompt through /v1/completions (no splittin
 from __future__ import annotations
 
 import anthropic
+import openai
 import ollama
 import pytest
 from serving import WAIT_S, make_template_gguf, running
-from thinking import THINKING_TEMPLATE
+from thinking import SWITCHABLE_TEMPLATE, THINKING_TEMPLATE
 
 from edgellm.engine.reasoning import split_reasoning
 
@@ -75,3 +76,28 @@ def test_ollama_gives_thinking_beside_the_content(server, expected):
     assert ("".join(p.message.thinking or "" for p in parts), "".join(p.message.content for p in parts)) == expected
     g = o.generate(model=name, prompt=QUESTION, options={"temperature": 0, "num_predict": N})
     assert (g.thinking, g.response) == expected
+
+
+@pytest.fixture(scope="module")
+def switch_server(tmp_path_factory):
+    gguf = make_template_gguf(tmp_path_factory.mktemp("switch"), "switch", SWITCHABLE_TEMPLATE)
+    yield from running(str(gguf), "--parallel", "1", "--ctx", "256", "--no-think")
+
+
+def test_thinking_is_switched_per_server_and_per_request(switch_server):
+    c = switch_server.client()
+    raw = c.completions.create(model="any", prompt=PROMPT, temperature=0, max_tokens=N).choices[0].text
+    answer = c.completions.create(model="any", prompt=PROMPT + "\n</think>\n\n", temperature=0, max_tokens=N).choices[0].text
+    thinking = split_reasoning(raw, inside=True)
+
+    def ask(**extra):
+        message = c.chat.completions.create(model="any", messages=ASK, temperature=0, max_tokens=N, **extra).choices[0].message
+        return (message.model_extra or {}).get("reasoning_content"), message.content
+
+    assert ask() == (None, answer)  # --no-think: the template closed an empty reasoning in the prompt
+    assert ask(extra_body={"chat_template_kwargs": {"enable_thinking": True}}) == thinking
+    assert ask(reasoning_effort="low") == thinking
+    assert ask(reasoning_effort="low", extra_body={"chat_template_kwargs": {"enable_thinking": False}}) == (None, answer)
+    for bad in ({"reasoning_effort": "lots"}, {"reasoning_effort": ["low"]}, {"chat_template_kwargs": {"enable_thinking": "yes"}}):
+        with pytest.raises(openai.BadRequestError):
+            c.chat.completions.create(model="any", messages=ASK, max_tokens=1, extra_body=bad)
