@@ -106,3 +106,13 @@ async def test_a_real_model_thinks_in_the_block(monkeypatch, tmp_path):
         await reply_done(pilot)
         view = app.log_view.views()[-1]
         assert reasoning is None and view.message.content == answer and not view.query(Collapsible)
+
+
+@pilot_test
+async def test_a_template_without_the_switch_says_so(tmp_path):
+    app = ChatApp(partial(open_model, think=True), None, list_models, db_path=tmp_path / "chats.db", overrides=GREEDY)
+    async with running(app, (80, 24)) as pilot:
+        await ready(pilot)
+        note = "thinking cannot be switched on with this chat template (the model does not think): ignored"
+        await until(pilot, lambda: note in [str(n.message) for n in app._notifications], timeout=30)
+        assert app.loaded.think is None and not app.loaded.thinks
