@@ -58,8 +58,7 @@ def _stream_split(reply, stream, engine, show_thinking: bool) -> None:
         err.flush()
     out.write("\n")
     out.flush()
-    stats = engine.last_stats  # set once the stream started
-    stats.thinking_tokens = min(reply.thinking_pieces, stats.gen_tokens)
+    _count_thinking(reply, engine)
 
 
 def _write_part(part, out, err, dim: bool, opened: bool) -> None:
@@ -76,9 +75,13 @@ def _split(reply, stream, engine) -> tuple[str | None, str]:
     for piece in stream:
         reply.push(piece)
     reply.flush()
+    _count_thinking(reply, engine)
+    return reply.split()
+
+
+def _count_thinking(reply, engine) -> None:
     stats = engine.last_stats  # set once the stream started
     stats.thinking_tokens = min(reply.thinking_pieces, stats.gen_tokens)
-    return reply.split()
 
 
 def speculation_line(stats) -> str:
