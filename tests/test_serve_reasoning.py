@@ -98,6 +98,15 @@ def test_thinking_is_switched_per_server_and_per_request(switch_server):
     assert ask(extra_body={"chat_template_kwargs": {"enable_thinking": True}}) == thinking
     assert ask(reasoning_effort="low") == thinking
     assert ask(reasoning_effort="low", extra_body={"chat_template_kwargs": {"enable_thinking": False}}) == (None, answer)
+    o = ollama.Client(host=switch_server.url, timeout=WAIT_S)
+    name = o.list().models[0].model
+    r = o.chat(model=name, messages=ASK, think=True, options={"temperature": 0, "num_predict": N})
+    assert (r.message.thinking, r.message.content) == thinking
+    a = anthropic.Anthropic(base_url=switch_server.url, api_key="none", max_retries=0, timeout=WAIT_S)
+    m = a.messages.create(model="any", max_tokens=N, messages=ASK, thinking={"type": "enabled", "budget_tokens": 1024}, extra_body={"temperature": 0})
+    assert m.content[0].type == "thinking" and m.content[0].thinking == thinking[0]
+    m = a.messages.create(model="any", max_tokens=N, messages=ASK, thinking={"type": "disabled"}, extra_body={"temperature": 0})
+    assert [(b.type, b.text) for b in m.content] == [("text", answer)]
     for bad in ({"reasoning_effort": "lots"}, {"reasoning_effort": ["low"]}, {"chat_template_kwargs": {"enable_thinking": "yes"}}):
         with pytest.raises(openai.BadRequestError):
             c.chat.completions.create(model="any", messages=ASK, max_tokens=1, extra_body=bad)
