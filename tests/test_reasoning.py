@@ -54,3 +54,21 @@ def test_every_cut_into_two_or_three_pieces_gives_the_same_parts(reply, inside, 
 def test_templates_and_prompts_that_think():
     assert thinks("{% if enable_thinking %}<think>\n\n</think>{% endif %}") and not thinks("{{ messages }}") and not thinks(None)
     assert opened_in("<|im_start|>assistant\n<think>\n") and not opened_in("<|im_start|>assistant\n")
+
+
+def test_a_reply_counts_the_pieces_spent_thinking():
+    from edgellm.engine.reasoning import Reply, switch_note, switchable
+
+    r = Reply(inside=True)
+    for piece in ["Let", " me", " see", "</th", "ink>", "\n\n", "It", " is 4."]:
+        r.push(piece)
+    r.flush()
+    assert r.split() == ("Let me see", "It is 4.") and r.thinking_pieces == 5  # "ink>" closed it: counted
+    plain = Reply()
+    for piece in ["It", " is 4."]:
+        plain.push(piece)
+    assert plain.split() == (None, "It is 4.") and plain.thinking_pieces == 0
+    switch = "{% if enable_thinking is false %}<think></think>{% endif %}</think>"
+    assert switchable(switch) and not switchable("</think>") and switch_note(switch, False) is None
+    assert switch_note("</think>", True) == "thinking cannot be switched on with this chat template (it does not read enable_thinking): ignored"
+    assert switch_note(None, None) is None

@@ -46,11 +46,14 @@ def test_old_schema_is_migrated_and_keeps_its_chats(tmp_path):
     raw.close()
 
     db = ChatDB(path)
-    assert db.schema_version() == SCHEMA_VERSION == 2
+    assert db.schema_version() == SCHEMA_VERSION == 3
     conv = db.load(1)
     assert conv.title == "old chat" and conv.messages == [Message("user", "hello")]
     db.put_settings({"temperature": 0.2})  # the table version 2 added
     assert db.get_settings() == {"temperature": 0.2}
+    conv.messages.append(Message("assistant", "Hi!", thinking="A greeting."))  # the column version 3 added
+    db.save(conv)
+    assert db.load(1).messages[-1].thinking == "A greeting."
 
 
 def test_newer_schema_is_refused(tmp_path):

@@ -197,6 +197,8 @@ class ChatApp(ChatFlow, EngineWorker, App[None]):
             gpu_layers=info.gpu_layers,
             lora=loaded.lora,
         )
+        if loaded.note:
+            self.notify(loaded.note, severity="warning")
 
     def on_model_failed(self, event: ModelFailed) -> None:
         self.query_one(ModelHeader).update("no model loaded")

@@ -23,11 +23,13 @@ def placement(n_gpu_layers: int, n_layers: int, devices: tuple[str, ...] = ()) -
 def open_model(
     ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None,
     loras: tuple[tuple[Path, float], ...] = (), devices: tuple[str, ...] | None = None, draft: str = "off",
-    draft_min: int = 1, draft_max: int = 16,
+    draft_min: int = 1, draft_max: int = 16, think: bool | None = None,
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
-    with the LoRA adapters (file, scale) given, speculating as `draft` says (`--draft`)."""
+    with the LoRA adapters (file, scale) given, speculating as `draft` says (`--draft`), thinking as `think` says
+    where the template has the switch."""
     from edgellm.engine.draft import for_plan
+    from edgellm.engine.reasoning import switch_note, thinks
     from edgellm.engine.launch import plan_model
     from edgellm.plan.planner import threads_text
     from edgellm.engine.runtime import Engine
@@ -54,7 +56,9 @@ def open_model(
     if spec is not None:
         line += f" · speculation {spec.name}"
     explain = "\n".join([plan.explain(), *(f"  Note: {n}" for n in notes)])
-    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=explain, lora=lora)
+    note = switch_note(engine.chat_template, think) or ""
+    return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=explain, lora=lora, thinks=thinks(engine.chat_template),
+                       think=None if note else think, note=note)
 
 
 def list_models(extra: str | None = None) -> list[ModelChoice]:

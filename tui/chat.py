@@ -94,7 +94,7 @@ class ChatFlow:
             message.stopped = True
             view.mark("[failed]" if not message.content else "")
             self.set_stats(state="ready")
-        if message.content or message.stopped:
+        if message.content or message.thinking or message.stopped:
             self.conversation.messages.append(message)
             self.persist()
         else:

@@ -42,6 +42,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN stats TEXT;
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2 -> 3: a thinking model's reasoning, kept for display beside the answer.
+    """
+    ALTER TABLE messages ADD COLUMN thinking TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MEMORY = ":memory:"
@@ -57,6 +61,7 @@ class Message:
     content: str
     stopped: bool = False  # generation was stopped before the model finished
     stats: dict | None = None  # GenStats of an assistant reply, as a plain dict
+    thinking: str = ""  # a thinking model's reasoning before its answer: shown, never sent back to the model
 
     def as_chat(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
@@ -157,9 +162,9 @@ class ChatDB:
             if row is None:
                 raise ChatDBError(f"no conversation {conversation_id}")
             messages = [
-                Message(role, content, bool(stopped), json.loads(stats) if stats else None)
-                for role, content, stopped, stats in db.execute(
-                    "SELECT role, content, stopped, stats FROM messages WHERE conversation_id = ? ORDER BY seq",
+                Message(role, content, bool(stopped), json.loads(stats) if stats else None, thinking)
+                for role, content, stopped, stats, thinking in db.execute(
+                    "SELECT role, content, stopped, stats, thinking FROM messages WHERE conversation_id = ? ORDER BY seq",
                     (conversation_id,),
                 )
             ]
@@ -187,9 +192,9 @@ class ChatDB:
                 )
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conv_id,))
             db.executemany(
-                "INSERT INTO messages (conversation_id, seq, role, content, stopped, stats) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (conversation_id, seq, role, content, stopped, stats, thinking) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (conv_id, seq, m.role, m.content, int(m.stopped), json.dumps(m.stats) if m.stats else None)
+                    (conv_id, seq, m.role, m.content, int(m.stopped), json.dumps(m.stats) if m.stats else None, m.thinking)
                     for seq, m in enumerate(conv.messages)
                 ],
             )

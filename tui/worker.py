@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 from textual import work
 from textual.message import Message as TextualMessage
 
+from edgellm.engine.reasoning import CONTENT, REASONING, Reply, opened_in
+
 from .state import ChatSettings, ContextFull, fit_context, reply_budget
 from .widgets.messages import MessageView
 
@@ -36,12 +38,12 @@ class ChatEngine(Protocol):
     info: EngineInfo
     last_stats: GenStats | None
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, **switch) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
 
     def stream_chat(
-        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None
+        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None, **switch
     ) -> Iterator[str]: ...
 
     def close(self) -> None: ...
@@ -56,6 +58,9 @@ class LoadedModel:
     plan: str  # one line for the header, e.g. "Q4_1 chosen by the planner · CPU only · ctx 8192"
     explain: str = ""  # the planner's full account of its choice
     lora: str = ""  # the LoRA adapters applied, for the status line ("" when none)
+    thinks: bool = False  # the chat template teaches the model to reason in <think>…</think> before its answer
+    think: bool | None = None  # the thinking switched on or off for every reply (None: the template's default)
+    note: str = ""  # one line the user should see once the model is up ("" when none)
 
 
 OpenModel = Callable[[str | None, ChatSettings], LoadedModel]
@@ -86,6 +91,29 @@ class ThreadsChanged(TextualMessage):
         self.threads = threads
 
 
+class Pending:
+    """Text on its way to a MessageView, in runs of one kind (reasoning or answer); the answer's runs are kept in `parts`."""
+
+    def __init__(self, view: MessageView, parts: list[str]) -> None:
+        self.view, self.parts = view, parts
+        self.kind, self.texts = CONTENT, []
+
+    def add(self, kind: str, text: str) -> None:
+        if kind != self.kind:
+            self.send()
+            self.kind = kind
+        self.texts.append(text)
+
+    def send(self) -> None:
+        if not self.texts:
+            return
+        chunk = "".join(self.texts)
+        self.texts.clear()
+        if self.kind == CONTENT:
+            self.parts.append(chunk)
+        self.view.post_message(MessageView.Chunk(chunk, thinking=self.kind == REASONING))
+
+
 class EngineWorker:
     """ChatApp's worker threads (mixed into it): they read the app's `open_model`, `settings`, `engine`, `idle`
     and post what comes back."""
@@ -104,32 +132,37 @@ class EngineWorker:
 
     @work(thread=True, exclusive=True, group="reply")
     def generate(self, view: MessageView, history: list[dict], settings: ChatSettings, cancel: threading.Event) -> None:
-        engine = self.engine
-        parts: list[str] = []
+        engine, loaded = self.engine, self.loaded
+        parts: list[str] = []  # the answer so far
+        switch = {} if loaded.think is None else {"think": loaded.think}
         try:
             budget = reply_budget(engine.info.n_ctx, settings.max_tokens)
-            fitted = fit_context(history, lambda ms: engine.count_tokens(engine.render_chat(ms)), budget)
+            fitted = fit_context(history, lambda ms: engine.count_tokens(engine.render_chat(ms, **switch)), budget)
             if fitted.dropped:
                 self.post_message(ContextTrimmed(fitted.dropped))
-            pending: list[str] = []
+            reply = Reply(opened_in(engine.render_chat(fitted.messages, **switch))) if loaded.thinks else None
+            pending = Pending(view, parts)
             last = time.monotonic()
             threads = engine.info.n_threads
-            for piece in engine.stream_chat(fitted.messages, settings.sampling(), cancel):
-                pending.append(piece)
+            for piece in engine.stream_chat(fitted.messages, settings.sampling(), cancel, **switch):
+                if reply is None:  # the plain path: no splitting
+                    pending.add(CONTENT, piece)
+                else:
+                    for part in reply.push(piece):
+                        pending.add(part.kind, part.text)
                 now = time.monotonic()
                 if now - last >= FRAME_S:
-                    chunk = "".join(pending)
-                    parts.append(chunk)
-                    view.post_message(MessageView.Chunk(chunk))
-                    pending.clear()
+                    pending.send()
                     last = now
                     if engine.info.n_threads != threads:
                         threads = engine.info.n_threads
                         self.post_message(ThreadsChanged(threads))
-            if pending:
-                chunk = "".join(pending)
-                parts.append(chunk)
-                view.post_message(MessageView.Chunk(chunk))
+            if reply is not None:
+                for part in reply.flush():
+                    pending.add(part.kind, part.text)
+                if engine.last_stats is not None:
+                    engine.last_stats.thinking_tokens = min(reply.thinking_pieces, engine.last_stats.gen_tokens)
+            pending.send()
             view.post_message(MessageView.Finished("".join(parts), engine.last_stats))
         except ContextFull as exc:
             view.post_message(MessageView.Finished("".join(parts), error=f"Context full: {exc}. Start a new chat (Ctrl+N) or raise the context size."))

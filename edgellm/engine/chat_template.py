@@ -119,9 +119,10 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     tools: list[dict] | None = None,
+    variables: dict | None = None,
 ) -> str:
     """The prompt text for `messages` (dicts with role and content) and the `tools` (OpenAI-style function
-    descriptions) the model may call."""
+    descriptions) the model may call. `variables` are further ones the template may read (enable_thinking)."""
     from jinja2 import TemplateError
 
     for m in messages:
@@ -141,6 +142,7 @@ def render(
             eos_token=eos_token,
             tools=tools,
             documents=None,
+            **(variables or {}),
         )
         for piece in pieces:
             size += len(piece)

@@ -10,11 +10,25 @@ from dataclasses import dataclass
 
 OPEN, CLOSE = "<think>", "</think>"
 REASONING, CONTENT = "reasoning", "content"
+SWITCH = "enable_thinking"  # the variable Qwen3-style templates read to think or answer at once
 
 
 def thinks(template: str | None) -> bool:
     """Whether a chat template teaches the model to think first."""
     return bool(template) and CLOSE in template
+
+
+def switchable(template: str | None) -> bool:
+    """Whether a chat template lets the caller switch the thinking on or off (through `SWITCH`)."""
+    return bool(template) and SWITCH in template
+
+
+def switch_note(template: str | None, think: bool | None) -> str | None:
+    """One line for a caller that asked to switch the thinking where the template has no switch (None: nothing to say)."""
+    if think is None or switchable(template):
+        return None
+    why = "it does not read enable_thinking" if thinks(template) else "the model does not think"
+    return f"thinking cannot be switched {'on' if think else 'off'} with this chat template ({why}): ignored"
 
 
 def opened_in(prompt: str) -> bool:
@@ -42,6 +56,11 @@ class ReasoningSplitter:
         self._held = ""
         self._trim = inside  # drop the white space that follows a tag
         self.thought = inside  # whether the reply has a reasoning part (an empty one too)
+
+    @property
+    def answering(self) -> bool:
+        """Whether the answer has started."""
+        return self._state == CONTENT
 
     def push(self, text: str) -> list[Part]:
         """The parts `text` completes, in order (reasoning, then content)."""
@@ -89,6 +108,38 @@ class ReasoningSplitter:
     def _emit(out: list[Part], kind: str, text: str) -> None:
         if text:
             out.append(Part(kind, text))
+
+
+class Reply:
+    """A streamed reply kept as its reasoning and its answer, counting the pieces (one per generated token)
+    that arrived before the answer started: a thinking model's reasoning with its tags."""
+
+    def __init__(self, inside: bool = False):
+        self.splitter = ReasoningSplitter(inside)
+        self.reasoning: list[str] = []
+        self.answer: list[str] = []
+        self._before_answer = 0
+
+    def push(self, piece: str) -> list[Part]:
+        if not self.splitter.answering:  # the piece that closes the reasoning counts too
+            self._before_answer += 1
+        return self._keep(self.splitter.push(piece))
+
+    @property
+    def thinking_pieces(self) -> int:
+        return self._before_answer if self.splitter.thought else 0
+
+    def flush(self) -> list[Part]:
+        return self._keep(self.splitter.flush())
+
+    def _keep(self, parts: list[Part]) -> list[Part]:
+        for p in parts:
+            (self.reasoning if p.kind == REASONING else self.answer).append(p.text)
+        return parts
+
+    def split(self) -> tuple[str | None, str]:
+        """(the reasoning, None if the reply had none; the answer) so far."""
+        return ("".join(self.reasoning) if self.splitter.thought else None), "".join(self.answer)
 
 
 def split_reasoning(text: str, inside: bool = False) -> tuple[str | None, str]:

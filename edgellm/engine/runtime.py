@@ -25,6 +25,7 @@ from ..fsutil import human_bytes
 from ..plan.hardware import LoadTracker, detect
 from ..plan.memory import KV_TYPES
 from ..plan.planner import Plan, gpu_layers_text, revalidate
+from .reasoning import SWITCH
 from .sampling import Sampling
 from .speculate import Pace, Speculation, VerifyBatch
 from ..testhooks import pause_point
@@ -50,6 +51,7 @@ class GenStats:
     spec_tokens: int = 0  # tokens those evaluations gave (kept guesses + the target's own token each)
     drafted: int = 0  # tokens guessed
     accepted: int = 0  # guessed tokens the model agreed with
+    thinking_tokens: int = 0  # of gen_tokens, those a thinking model spent on its reasoning (counted by who splits the reply)
 
     @property
     def acceptance(self) -> float:
@@ -403,10 +405,14 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
-        """The prompt text for `messages` (and the functions the model may call), from the model's own chat template."""
+    def render_chat(
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None, think: bool | None = None
+    ) -> str:
+        """The prompt text for `messages` (and the functions the model may call), from the model's own chat template.
+        `think` switches a thinking model's reasoning on or off where its template reads the switch (None: its default)."""
         return chat_template.render(
-            self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text, tools=tools
+            self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text, tools=tools,
+            variables=None if think is None else {SWITCH: think},
         )
 
     # --- generation ---------------------------------------------------------------------------------
@@ -458,12 +464,12 @@ class Engine:
         L.llama_synchronize(self._ctx)
 
     def stream_chat(
-        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None
+        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None, think: bool | None = None
     ) -> Iterator[str]:
         """Render `messages` with the chat template and stream the reply as text pieces."""
         if not messages:
             raise UsageError("nothing to answer: the chat has no messages")
-        return self.stream_prompt(self.render_chat(messages), sampling, cancel)
+        return self.stream_prompt(self.render_chat(messages, think=think), sampling, cancel)
 
     def stream_prompt(
         self, prompt: str, sampling: Sampling | None = None, cancel: threading.Event | None = None

@@ -195,4 +195,6 @@ def messages_request(data: dict) -> MessagesRequest:
     tools, choice = _tools(data.get("tools"), data.get("tool_choice"))
     if choice not in (None, "auto") and fmt is not None:
         raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'output_config.format'", "tool_choice")
-    return MessagesRequest(model, ChatRequest(_messages(data.get("messages"), data.get("system")), gen, tools, choice), max_tokens, thinking)
+    think = None if data.get("thinking") is None else thinking  # said: switches a template that has the switch
+    return MessagesRequest(model, ChatRequest(_messages(data.get("messages"), data.get("system")), gen, tools, choice, think), max_tokens,
+                           thinking)

@@ -54,6 +54,7 @@ class ServeState:
     created: int  # when the server started (Unix time), as /v1/models reports it
     embedder: LazyEmbedder  # the model's embedding context, made on the first request for one
     thinks: bool = False  # its chat template teaches it to reason in <think>…</think> before answering
+    think: bool | None = None  # thinking on or off where a request does not say (None: the template's default)
 
 
 @dataclass(frozen=True)
@@ -298,8 +299,9 @@ def loaded_states(request: Request) -> list[ServeState]:
 
 def render_chat(state: ServeState, req: schemas.ChatRequest) -> str:
     messages = list(req.messages)
+    think = state.think if req.think is None else req.think
     try:
-        prompt = state.engine.render_chat(messages, tools=list(req.tools) or None)
+        prompt = state.engine.render_chat(messages, tools=list(req.tools) or None, think=think)
         if req.tools and prompt == state.engine.render_chat(messages):
             raise bad_request("this model's chat template does not show it the tools: it cannot call functions", "tools",
                               "unsupported_parameter")

@@ -41,6 +41,7 @@ class LoadOptions:
     draft: str = "off"  # --draft: a server's slots guess by n-gram lookup (edgellm.engine.draft.serving_speculation)
     draft_min: int = 1
     draft_max: int = 16
+    think: bool | None = None  # --think/--no-think: a thinking model's default where its template has the switch
 
 
 def plan_slots(ref: ModelRef, o: LoadOptions, hw: HardwareProfile | None = None) -> tuple[Plan, int]:
@@ -75,7 +76,7 @@ def ready(engine: Engine, plan: Plan, model_id: str, o: LoadOptions, metrics: Me
     scheduler = Scheduler(engine, o.parallel, o.max_queue, metrics)
     embedder = LazyEmbedder(engine.model, scheduler.n_ctx_slot, engine.info.n_threads)
     return ServeState(engine, scheduler, metrics, model_id, plan.to_dict(), o.parallel, scheduler.n_ctx_slot, o.api_key, int(time.time()), embedder,
-                      thinks(engine.chat_template))
+                      thinks(engine.chat_template), o.think)
 
 
 def unload(state: ServeState) -> None:

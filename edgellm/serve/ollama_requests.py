@@ -166,7 +166,8 @@ def _messages(raw) -> tuple[dict, ...]:
 def chat_request(data: dict, name: str) -> ChatRequest:
     gen = _generation(data, name)
     tools, choice = function_tools(data.get("tools") or None, None)
-    return ChatRequest(_messages(data.get("messages")), gen, tools, choice if tools else None)
+    think = data.get("think")  # true, false or an effort ("low"...): any but false asks for the reasoning
+    return ChatRequest(_messages(data.get("messages")), gen, tools, choice if tools else None, None if think is None else think is not False)
 
 
 def generate_request(data: dict, name: str) -> GenerateRequest:

@@ -61,6 +61,7 @@ class ChatRequest:
     gen: Generation
     tools: tuple[dict, ...] = ()  # {"type": "function", "function": {"name", "description", "parameters"}}, as templates take them
     tool_choice: str | None = None  # None (tools unused), "auto", "required", or the name of the one function to call
+    think: bool | None = None  # a thinking model's reasoning switched on or off (None: the server's default)
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,30 @@ def chat_request(data: dict) -> ChatRequest:
     gen = _generation(body)
     if choice not in (None, "auto") and gen.response_format is not None:
         raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'response_format'", "tool_choice")
-    return ChatRequest(_messages(data.get("messages")), gen, tools, choice)
+    return ChatRequest(_messages(data.get("messages")), gen, tools, choice, _think(data))
+
+
+EFFORTS = {"none": False, "minimal": True, "low": True, "medium": True, "high": True}
+
+
+def _think(data: dict) -> bool | None:
+    """The thinking a request asks for: chat_template_kwargs' enable_thinking (vLLM's, llama.cpp's), else
+    reasoning_effort ("none" turns it off; a template has no finer switch)."""
+    kwargs = data.get("chat_template_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict):
+            raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
+        value = kwargs.get("enable_thinking")
+        if value is not None:
+            if not isinstance(value, bool):
+                raise bad_request("'chat_template_kwargs.enable_thinking' must be true or false", "chat_template_kwargs")
+            return value
+    effort = data.get("reasoning_effort")
+    if effort is None:
+        return None
+    if not isinstance(effort, str) or effort not in EFFORTS:
+        raise bad_request(f"'reasoning_effort' must be one of {', '.join(EFFORTS)}", "reasoning_effort")
+    return EFFORTS[effort]
 
 
 def completion_request(data: dict) -> CompletionRequest:

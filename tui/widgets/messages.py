@@ -1,4 +1,5 @@
-"""The conversation: one focusable widget per message, replies streamed into a Markdown document."""
+"""The conversation: one focusable widget per message, replies streamed into a Markdown document (a thinking
+model's reasoning into a dimmed, collapsible block above it, folded once the answer starts)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message as TextualMessage
-from textual.widgets import Label, Markdown
+from textual.widgets import Collapsible, Label, Markdown, Static
 
 from ..chatdb import Message
 
@@ -25,11 +26,12 @@ class MessageView(Vertical, can_focus=True):
     ]
 
     class Chunk(TextualMessage):
-        """Text the model produced since the last chunk (posted from the generation thread)."""
+        """Text the model produced since the last chunk (posted from the generation thread): answer, or `thinking`."""
 
-        def __init__(self, text: str) -> None:
+        def __init__(self, text: str, thinking: bool = False) -> None:
             super().__init__()
             self.text = text
+            self.thinking = thinking
 
     class Finished(TextualMessage):
         """The reply ended; bubbles to the app once the view has drawn all of it."""
@@ -53,7 +55,12 @@ class MessageView(Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield Label(self._title(), classes="role", markup=False)
+        if self.message.thinking:
+            yield self._thinking_block(collapsed=True)
         yield Markdown(self.message.content)
+
+    def _thinking_block(self, collapsed: bool) -> Collapsible:
+        return Collapsible(Static(self.message.thinking, markup=False, classes="thinking"), title="Thinking", collapsed=collapsed)
 
     def _title(self) -> str:
         title = ROLE_TITLES.get(self.message.role, self.message.role)
@@ -66,6 +73,16 @@ class MessageView(Vertical, can_focus=True):
 
     async def on_message_view_chunk(self, event: Chunk) -> None:
         event.stop()
+        blocks = self.query(Collapsible)
+        if event.thinking:
+            self.message.thinking += event.text
+            if blocks:
+                blocks.first().query_one(".thinking", Static).update(self.message.thinking)
+            else:
+                await self.mount(self._thinking_block(collapsed=False), before=self.query_one(Markdown))
+            return
+        if blocks and not blocks.first().collapsed:  # the answer has started: fold the reasoning away
+            blocks.first().collapsed = True
         if self._stream is None:
             self._stream = Markdown.get_stream(self.query_one(Markdown))
         self.message.content += event.text
