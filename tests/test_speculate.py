@@ -17,12 +17,14 @@ import pytest
 from conftest import run_cli
 from edgellm.engine import draft as drafts
 from edgellm.engine.launch import open_engine, plan_model
-from edgellm.engine.measure import SPEC_TASKS
+from edgellm.engine.measure import CODE_FILE
 from edgellm.engine.runtime import Sampling
 from edgellm.engine.speculate import NgramProposer, Pace, Speculation, expected_tokens
 from fixtures import smollm2_converted_gguf, smollm2_gguf, smollm2_package, write_llama3_tiny_gguf
 
-REPEAT = [{"role": "user", "content": SPEC_TASKS["repeat"]}]  # a reply that mostly repeats its prompt
+# a reply that mostly repeats its prompt: the repeat task's first two functions (a shorter reply)
+CODE = CODE_FILE.split("\n\n\ndef is_prime")[0] + "\n"
+REPEAT = [{"role": "user", "content": "Copy the following code, replacing `result` with `product`:\n\n```python\n" + CODE + "```"}]
 CHAT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 GREEDY = Sampling(temperature=0, repeat_penalty=1.0, max_tokens=120)
 

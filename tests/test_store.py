@@ -39,7 +39,7 @@ def test_list_json_schema(gguf_copy, capsys):
     assert pkg["name"] == "SmolLM2" and pkg["path"] == str(folder) and pkg["origin"] == "local"
     assert pkg["source"] is None and pkg["error"] is None
     (level,) = pkg["levels"]
-    assert set(level) == {"level", "file", "size", "bits_per_weight", "fit", "parts"} and level["parts"] == 1
+    assert set(level) == {"level", "file", "size", "bits_per_weight", "fit", "parts", "accuracy"} and level["parts"] == 1
     assert level["level"] == "Q4_1" and level["file"] == "SmolLM2-Q4_1.gguf" and level["size"] == GGUF_SIZE
     assert 4.5 < level["bits_per_weight"] < 6  # Q4_1 plus the F32 norms and the Q8/Q6 output head
     assert pkg["size"] == GGUF_SIZE
