@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgellm.errors import EdgeError
@@ -38,6 +38,26 @@ class HParams:
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense model)
     n_expert_used: int = 0
     n_ff_exp: int = 0  # one expert's feed-forward width
+    # per-layer attention shapes where layers differ (Gemma 4's global layers): (head_dim, n_head_kv) by layer
+    layer_attn: tuple[tuple[int, int], ...] = ()
+
+    def at_layer(self, bid: int | None) -> HParams:
+        """The shape as layer `bid` sees it (head size and KV heads of that layer)."""
+        if bid is None or not self.layer_attn:
+            return self
+        head_dim, n_head_kv = self.layer_attn[bid]
+        return replace(self, head_dim=head_dim, n_head_kv=n_head_kv)
+
+    @property
+    def head_dim_full(self) -> int:
+        """The widest head (global layers'): llama.cpp's key/value length where layers differ."""
+        return max((d for d, _ in self.layer_attn), default=self.head_dim)
+
+    @property
+    def head_count_kv(self) -> int | list[int]:
+        """KV heads as llama.cpp reads them: one number, or one per layer where layers differ."""
+        counts = [n for _, n in self.layer_attn]
+        return counts if counts and len(set(counts)) > 1 else self.n_head_kv
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +75,22 @@ def _rope(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _layer_attn(config: dict[str, Any], head_dim: int, n_head_kv: int, n_layers: int) -> tuple[tuple[int, int], ...]:
+    """Per-layer (head_dim, n_head_kv) from transformers 5's `per_layer_config` (layer index -> overrides)."""
+    overrides = config.get("per_layer_config")
+    if not overrides:
+        return ()
+    if not isinstance(overrides, dict):
+        raise EdgeError("config.json's per_layer_config is not a table of layers")
+    out = []
+    for il in range(n_layers):
+        layer = overrides.get(str(il)) or {}
+        out.append((int(layer.get("head_dim", head_dim)), int(layer.get("num_key_value_heads", n_head_kv))))
+    if any(d <= 0 or d > 1 << 16 or kv <= 0 or kv > 1 << 16 for d, kv in out):
+        raise EdgeError("config.json's per_layer_config has a head size or KV head count out of range")
+    return tuple(out)
+
+
 def read_hparams(config: dict[str, Any]) -> HParams:
     try:
         n_head = int(config["num_attention_heads"])
@@ -63,12 +99,18 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         head_dim = int(config.get("head_dim") or n_embd // n_head)
         partial = float(rope.get("partial_rotary_factor", 1.0))
         n_expert = int(config.get("num_local_experts") or config.get("num_experts") or 0)
+        n_layers = int(config["num_hidden_layers"])
+        n_head_kv = int(config.get("num_key_value_heads") or n_head)
+        layer_attn = _layer_attn(config, head_dim, n_head_kv, n_layers)
+        n_rot = head_dim if partial == 1.0 else int(partial * n_embd) // n_head
+        if rope["rope_type"] == "proportional":  # unrotated dimensions travel as infinite-wavelength factors
+            n_rot = max((d for d, _ in layer_attn), default=head_dim)
         return HParams(
-            n_layers=int(config["num_hidden_layers"]),
+            n_layers=n_layers,
             n_embd=n_embd,
             n_ff=int(config["intermediate_size"]),
             n_head=n_head,
-            n_head_kv=int(config.get("num_key_value_heads") or n_head),
+            n_head_kv=n_head_kv,
             head_dim=head_dim,
             n_ctx=int(config.get("max_position_embeddings", 4096)),
             n_vocab=int(config["vocab_size"]),
@@ -78,10 +120,11 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             has_head_dim=config.get("head_dim") is not None,
             # llama.cpp counts rotated dimensions from the model width, as Phi's configs define them
-            n_rot=head_dim if partial == 1.0 else int(partial * n_embd) // n_head,
+            n_rot=n_rot,
             n_expert=n_expert,
             n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
             n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
+            layer_attn=layer_attn,
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
@@ -284,6 +327,28 @@ GEMMA3_KEYS = (
     MetaKey("add_rope_freq_base_swa", _local_rope_theta, "number"),
     MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping"), "number"),
 )
+def _swa_rope(c: Config) -> dict[str, Any]:
+    return (c.get("rope_parameters") or {}).get("sliding_attention") or {}
+
+
+def _swa_rot(c: Config, h: HParams) -> Any:
+    """Rotated dimensions of the sliding-window layers' heads."""
+    partial = _swa_rope(c).get("partial_rotary_factor", 1.0)
+    return int(h.head_dim * partial) if KINDS["number"](partial) else None
+
+
+# Gemma 4: global layers have wider heads (key/value length) than sliding-window ones (the _swa keys).
+GEMMA4_KEYS = (
+    MetaKey("add_sliding_window", _need("sliding_window")),
+    MetaKey("add_sliding_window_pattern", _swa_pattern(6), "flags"),
+    MetaKey("add_rope_freq_base_swa", _local_rope_theta, "number"),
+    MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping"), "number"),
+    MetaKey("add_shared_kv_layers", lambda c, h: c.get("num_kv_shared_layers") or 0),
+    MetaKey("add_embedding_length_per_layer_input", lambda c, h: c.get("hidden_size_per_layer_input") or 0),
+    MetaKey("add_key_length_swa", lambda c, h: h.head_dim),
+    MetaKey("add_value_length_swa", lambda c, h: h.head_dim),
+    MetaKey("add_rope_dimension_count_swa", _swa_rot),
+)
 PHI3_KEYS = (
     MetaKey("add_rope_scaling_orig_ctx_len", _original_ctx),
     MetaKey("add_sliding_window", lambda c, h: c.get("sliding_window") or 0),  # llama.cpp runs Phi-3 with full attention
@@ -343,6 +408,20 @@ SMOLLM3_CHECKS = (
     NO_SLIDING_WINDOW,
     Check(lambda c, h: all(t == "full_attention" for t in c.get("layer_types") or []), "layer_types has sliding-window layers, and llama.cpp's smollm3 attends fully"),
 )
+GEMMA4_CHECKS = (
+    Check(lambda c, h: not c.get("enable_moe_block"), "its layers have experts (enable_moe_block), which this converter does not map yet"),
+    Check(lambda c, h: not c.get("hidden_size_per_layer_input"), "it has per-layer input embeddings (hidden_size_per_layer_input), which this converter does not map yet"),
+    Check(lambda c, h: not c.get("num_kv_shared_layers"), "layers share KV caches (num_kv_shared_layers), which this converter does not map yet"),
+    Check(lambda c, h: not c.get("attention_k_eq_v"), "keys double as values (attention_k_eq_v), which this converter does not map yet"),
+    Check(lambda c, h: not c.get("use_double_wide_mlp"), "use_double_wide_mlp is set, which this converter does not map yet"),
+    Check(lambda c, h: c.get("hidden_activation", "gelu_pytorch_tanh") == "gelu_pytorch_tanh", "hidden_activation is not gelu_pytorch_tanh, the only one llama.cpp's gemma4 applies"),
+    Check(lambda c, h: not c.get("use_bidirectional_attention"), "use_bidirectional_attention is set, and llama.cpp's gemma4 attends causally"),
+    Check(lambda c, h: h.rope["rope_type"] == "proportional" and KINDS["number"](h.rope.get("partial_rotary_factor")) and h.rope["partial_rotary_factor"] <= 1,
+          "the global layers' rope is not proportional with a partial_rotary_factor up to 1, the only kind llama.cpp's gemma4 reads"),
+    Check(lambda c, h: _swa_rope(c).get("rope_type", "default") == "default", "the sliding-window layers' rope is scaled, which llama.cpp's gemma4 does not apply"),
+    Check(lambda c, h: bool(h.layer_attn) and all(d == h.head_dim for (d, _), swa in zip(h.layer_attn, sliding_layers(c, h.n_layers, 6)) if swa),
+          "per_layer_config does not give the global layers' head size, or a sliding-window layer's head differs from head_dim"),
+)
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -353,11 +432,12 @@ class ArchSpec:
     gguf_arch: str  # llama.cpp's architecture name (general.architecture and key prefix)
     tensors: tuple[TensorSpec, ...]
     permute_qk: bool  # HF stores Q/K rows in rotate-half order; llama.cpp's "llama" rope wants interleaved pairs
-    rope_factors: str | None = None  # rope_type whose per-frequency factors travel as tensors ("llama3", "longrope")
+    rope_factors: str | None = None  # rope_type whose per-frequency factors travel as tensors ("llama3", "longrope", "proportional")
     norm_shift: float = 0.0  # added to every norm weight (Gemma stores w - 1 and computes x * (1 + w))
     ignored: re.Pattern | None = None  # more HF tensors llama.cpp does not use for this architecture
     metadata: tuple[MetaKey, ...] = ()
     checks: tuple[Check, ...] = field(default=())
+    tokenizer: str | None = None  # a tokenizer kind of its own in llama.cpp ("gemma4"); None: chosen by the files
 
 
 # Gemma's output reuses the embeddings; llama.cpp's converter drops an lm_head some exporters add.
@@ -385,6 +465,12 @@ ARCHS: dict[str, ArchSpec] = {
             "Gemma3ForCausalLM", "gemma3_text", "gemma3", GEMMA_TENSORS + QK_NORMS, permute_qk=False, norm_shift=1.0,
             ignored=GEMMA_IGNORED, metadata=GEMMA3_KEYS,
             checks=(_gemma_query_scale(62), Check(lambda c, h: c.get("attn_logit_softcapping") is None, "attn_logit_softcapping is set, which Gemma 3 in llama.cpp does not apply")),
+        ),
+        # Gemma 4 norms multiply by the weight itself (no stored w - 1); each layer's output is scaled by a scalar.
+        ArchSpec(
+            "Gemma4ForCausalLM", "gemma4_text", "gemma4",
+            GEMMA_TENSORS + QK_NORMS + (TensorSpec("model.layers.{bid}.layer_scalar", "blk.{bid}.layer_output_scale.weight", lambda h: (1,)),),
+            permute_qk=False, rope_factors="proportional", ignored=GEMMA_IGNORED, metadata=GEMMA4_KEYS, checks=GEMMA4_CHECKS, tokenizer="gemma4",
         ),
         ArchSpec("Phi3ForCausalLM", "phi3", "phi3", PHI3_TENSORS, permute_qk=False, rope_factors="longrope", metadata=PHI3_KEYS),
         # SmolLM3: Llama with rope left out of every fourth layer (llama.cpp loads q/k/v biases, not an output one).
@@ -453,7 +539,7 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
         layers = range(h.n_layers) if "{bid}" in spec.hf else [None]
         stacked = "{xid}" in spec.hf
         for bid in layers:
-            want = spec.shape(h)
+            want = spec.shape(h.at_layer(bid))
             names = [spec.hf.format(bid=bid, xid=x) for x in range(want[0])] if stacked else [spec.hf.format(bid=bid)]
             part = want[1:] if stacked else want
             missing = [n for n in names if n not in present]
@@ -486,6 +572,7 @@ def weight_map(arch: ArchSpec, h: HParams) -> dict[str, PlannedTensor]:
             continue
         for bid in range(h.n_layers) if "{bid}" in spec.hf else [None]:
             name = spec.hf.format(bid=bid)
+            want = spec.shape(h.at_layer(bid))
             out[name] = PlannedTensor((name,), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None)
     return out
 

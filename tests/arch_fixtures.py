@@ -311,6 +311,38 @@ def gemma3_checkpoint() -> Path:
     return _build_once("gemma3-tiny-hf", build)
 
 
+def gemma4_checkpoint() -> Path:
+    """A tiny Gemma 4 text model (Gemma4ForCausalLM, bf16): 5 sliding-window layers (16 tokens, head_dim 16,
+    rope base 10000) to 1 global one (head_dim 32, proportional rope over a quarter of it, base 1e6), q/k/v
+    norms, a scalar per layer, no per-layer embeddings, experts or shared KV; the Gemma tokenizer fixture (as many rows as tokens)."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Gemma4TextConfig
+
+        _copy_tokenizer(gemma_tokenizer_dir(), tmp)
+        config = Gemma4TextConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            global_head_dim=32,
+            sliding_window=16,
+            max_position_embeddings=32768,
+            hidden_size_per_layer_input=0,
+            final_logit_softcapping=30.0,
+            pad_token_id=0,
+            eos_token_id=[1, 6],
+            bos_token_id=2,
+            architectures=["Gemma4ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("gemma4-tiny-hf", build)
+
+
 def phi3_checkpoint() -> Path:
     """A tiny Phi-3.5 / Phi-4-mini style model (f16): fused qkv and gate_up, long-context rope (longrope
     factors, 4k -> 128k), a partial rotary factor, embedding rows beyond the tokenizer."""
@@ -411,6 +443,7 @@ CHECKPOINTS = {
     "qwen3moe": qwen3_moe_checkpoint,
     "gemma2": gemma2_checkpoint,
     "gemma3": gemma3_checkpoint,
+    "gemma4": gemma4_checkpoint,
     "phi3": phi3_checkpoint,
     "mixtral": mixtral_checkpoint,
     "smollm3": smollm3_checkpoint,

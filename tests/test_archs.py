@@ -1,4 +1,4 @@
-"""Qwen3, Qwen3-MoE, Gemma 2/3, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
+"""Qwen3, Qwen3-MoE, Gemma 2/3/4, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
 logits, chat template), llama.cpp (runs the GGUF) and llama.cpp's own convert_hf_to_gguf.py (same tensor
 bytes and metadata)."""
 
@@ -23,7 +23,7 @@ MOE = {"qwen3moe", "mixtral"}
 # pre-tokenizer named (their tensors do not depend on it).
 NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
-REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16"}
+REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16"}
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
 # Keys written differently on purpose (see test_convert.py).
@@ -138,6 +138,11 @@ def test_architecture_metadata(converted):
     assert g3["gemma3.attention.sliding_window_pattern"] == [True] * 5 + [False, True]
     assert g3["gemma3.rope.freq_base"] == 1000000.0 and g3["gemma3.rope.freq_base_swa"] == 10000.0
     assert g3["gemma3.rope.scaling.type"] == "linear" and g3["gemma3.rope.scaling.factor"] == 8.0
+    g4 = read_gguf(converted("gemma4"))
+    assert g4.metadata["gemma4.attention.key_length"] == 32 and g4.metadata["gemma4.attention.key_length_swa"] == 16
+    assert g4.metadata["gemma4.rope.dimension_count"] == 32 and g4.metadata["gemma4.rope.dimension_count_swa"] == 16
+    assert g4.metadata["tokenizer.ggml.model"] == "gemma4" and "tokenizer.ggml.pre" not in g4.metadata
+    assert {t.name: t.shape for t in g4.tensors}["blk.5.attn_q.weight"] == (64, 128)  # the global layer's wider heads
     moe = read_gguf(converted("qwen3moe")).metadata
     assert (moe["qwen3moe.expert_count"], moe["qwen3moe.expert_used_count"], moe["qwen3moe.expert_feed_forward_length"]) == (8, 2, 48)
     mixtral = read_gguf(converted("mixtral"))
@@ -189,6 +194,16 @@ BAD_CONFIGS = [
     ("phi3", lambda c, d: [c.pop("original_max_position_embeddings"), c["rope_parameters"].pop("original_max_position_embeddings")],
      r"original_max_position_embeddings above 1, not None"),
     ("gemma3", lambda c, d: c.update(architectures=["Gemma3ForConditionalGeneration"]), r"unsupported architecture Gemma3ForConditionalGeneration"),
+    ("gemma4", lambda c, d: c.update(enable_moe_block=True), r"experts \(enable_moe_block\)"),
+    ("gemma4", lambda c, d: c.update(hidden_size_per_layer_input=256), r"per-layer input embeddings"),
+    ("gemma4", lambda c, d: c.update(num_kv_shared_layers=2), r"share KV caches"),
+    ("gemma4", lambda c, d: c.update(attention_k_eq_v=True), r"attention_k_eq_v"),
+    ("gemma4", lambda c, d: c.update(use_bidirectional_attention="all"), r"attends causally"),
+    ("gemma4", lambda c, d: c.update(hidden_activation="gelu"), r"hidden_activation"),
+    ("gemma4", lambda c, d: c["rope_parameters"]["full_attention"].update(rope_type="default"), r"not proportional"),
+    ("gemma4", lambda c, d: c.pop("per_layer_config"), r"global layers' head size"),
+    ("gemma4", lambda c, d: c.update(per_layer_config={"5": {"head_dim": 0}}), r"out of range"),
+    ("gemma4", lambda c, d: c.update(architectures=["Gemma4ForConditionalGeneration"]), r"unsupported architecture Gemma4ForConditionalGeneration"),
     ("smollm3", lambda c, d: c.update(no_rope_layers=[1, 1, 0, 1, 1, 1, 0, 1]), r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: [c.pop("no_rope_layers"), c.update(no_rope_layer_interval=3)], r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: c.update(layer_types=["sliding_attention"] * 8), r"layer_types has sliding-window layers"),
