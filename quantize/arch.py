@@ -487,6 +487,42 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class TextPart:
+    """A multimodal class whose text model converts alone, as llama.cpp's converter converts it (the other
+    modalities' encoders belong in a separate projector file, which this converter does not write)."""
+
+    text_arch: str  # the text-only class it is converted as
+    prefix: str  # where the text-only class has "model.", the text model's tensors have this
+    skipped: re.Pattern  # the other modalities' tensors
+
+
+TEXT_PARTS = {
+    "Gemma4ForConditionalGeneration": TextPart(
+        "Gemma4ForCausalLM", "model.language_model.", re.compile(r"^model\.(vision_tower|embed_vision|audio_tower|embed_audio)\.")
+    ),
+}
+SUB_CONFIGS = ("text_config", "vision_config", "audio_config")
+
+
+def text_part(config: Config, names: list[str]) -> tuple[Config, dict[str, str]] | None:
+    """For a multimodal checkpoint with a convertible text model: its config as the text-only class has it
+    (text_config over the shared fields) and its tensors' names (text-only name -> stored name); else None."""
+    part = TEXT_PARTS.get((config.get("architectures") or [None])[0])
+    if part is None:
+        return None
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        raise EdgeError("config.json lacks the text model's settings (text_config)")
+    merged = {k: v for k, v in config.items() if k not in SUB_CONFIGS} | text | {"architectures": [part.text_arch]}
+    renamed = {}
+    for name in names:
+        if part.skipped.search(name):
+            continue
+        renamed["model." + name.removeprefix(part.prefix) if name.startswith(part.prefix) else name] = name
+    return merged, renamed
+
+
 def arch_for(config: dict[str, Any]) -> ArchSpec:
     """The table entry for a config.json: by its `architectures`, else by its `model_type`."""
     names = config.get("architectures") or []

@@ -21,7 +21,7 @@ from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 from edgellm.testhooks import pause_point
 
 from .arch import (
-    ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors, read_hparams,
+    ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors, read_hparams, text_part,
 )
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .parallel import ordered_results, usable_cores
@@ -144,6 +144,10 @@ def _read_checkpoint(src_dir: Path) -> tuple[Checkpoint, ArchSpec, HParams, list
 
 
 def _plan_checkpoint(ckpt: Checkpoint) -> tuple[Checkpoint, ArchSpec, HParams, list[PlannedTensor]]:
+    text = text_part(ckpt.config, list(ckpt.tensors))
+    if text is not None:
+        config, names = text
+        ckpt = Checkpoint(ckpt.folder, config, {new: ckpt.tensors[old] for new, old in names.items()})
     arch = arch_for(ckpt.config)
     hp = read_hparams(ckpt.config)
     check_config(arch, ckpt.config, hp)

@@ -19,13 +19,12 @@ from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_st
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
 MOE = {"qwen3moe", "mixtral"}
-CLEANS_SPACES = {"gemma4"}
-NEAR_TIES = {"gemma4"}
+CLEANS_SPACES = NEAR_TIES = {"gemma4", "gemma4mm"}
 # llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
 # pre-tokenizer named (their tensors do not depend on it).
 NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
-REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16"}
+REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "gemma4mm": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16"}
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
 # Keys written differently on purpose (see test_convert.py).
@@ -150,6 +149,10 @@ def test_architecture_metadata(converted):
     assert g4.metadata["gemma4.rope.dimension_count"] == 32 and g4.metadata["gemma4.rope.dimension_count_swa"] == 16
     assert g4.metadata["tokenizer.ggml.model"] == "gemma4" and "tokenizer.ggml.pre" not in g4.metadata
     assert {t.name: t.shape for t in g4.tensors}["blk.5.attn_q.weight"] == (64, 128)  # the global layer's wider heads
+    # the multimodal class: its text model alone, as llama.cpp's converter writes it (no vision tensors)
+    mm = read_gguf(converted("gemma4mm"))
+    assert mm.arch == "gemma4" and not any("vision" in t.name or "mm" in t.name for t in mm.tensors)
+    assert {t.name for t in mm.tensors} == {t.name for t in g4.tensors}
     moe = read_gguf(converted("qwen3moe")).metadata
     assert (moe["qwen3moe.expert_count"], moe["qwen3moe.expert_used_count"], moe["qwen3moe.expert_feed_forward_length"]) == (8, 2, 48)
     mixtral = read_gguf(converted("mixtral"))
@@ -210,7 +213,8 @@ BAD_CONFIGS = [
     ("gemma4", lambda c, d: c["rope_parameters"]["full_attention"].update(rope_type="default"), r"not proportional"),
     ("gemma4", lambda c, d: c.pop("per_layer_config"), r"global layers' head size"),
     ("gemma4", lambda c, d: c.update(per_layer_config={"5": {"head_dim": 0}}), r"out of range"),
-    ("gemma4", lambda c, d: c.update(architectures=["Gemma4ForConditionalGeneration"]), r"unsupported architecture Gemma4ForConditionalGeneration"),
+    ("gemma4mm", lambda c, d: c.pop("text_config"), r"lacks the text model's settings \(text_config\)"),
+    ("gemma4mm", lambda c, d: c["text_config"].update(enable_moe_block=True), r"Gemma4ForCausalLM faithfully: its layers have experts"),
     ("smollm3", lambda c, d: c.update(no_rope_layers=[1, 1, 0, 1, 1, 1, 0, 1]), r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: [c.pop("no_rope_layers"), c.update(no_rope_layer_interval=3)], r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: c.update(layer_types=["sliding_attention"] * 8), r"layer_types has sliding-window layers"),

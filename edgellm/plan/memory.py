@@ -72,7 +72,7 @@ class SwaRule:
 
 # Architectures whose llama.cpp graph has sliding-window layers. Others run full attention everywhere,
 # Phi-3 included whatever its sliding_window key says (llama.cpp disables it).
-SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0)}
+SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0), "gemma4": SwaRule(6, 0)}
 
 
 @dataclass(frozen=True)
