@@ -291,18 +291,7 @@ def _sentencepiece_json_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: i
             f"unsupported SentencePiece-style tokenizer.json in {folder}: its normalizer and pre-tokenizer ({shown}) "
             "do more than turn spaces into \u2581, which llama.cpp would not repeat"
         )
-    vocab: dict[str, int] = model.get("vocab") or {}
-    added = {int(a["id"]): a for a in tok_json.get("added_tokens", [])}
-    # tokenizer_config's table, where there is one, decides as it does beside tokenizer.model
-    config = read_json(folder / "tokenizer_config.json") or {}
-    added.update({int(i): d for i, d in (config.get("added_tokens_decoder") or {}).items()})
-    ids = [*vocab.values(), *added]
-    if not all(type(i) is int and i >= 0 for i in ids):
-        raise EdgeError(f"tokenizer.json in {folder} has a token id that is not a whole number from 0")
-    top = max(ids, default=-1)
-    if top >= n_vocab:
-        raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
-    named = _named_special_tokens(config)
+    vocab, added, named = _json_tokens(folder, tok_json, n_vocab)
 
     tokens: list[str | bytes] = [f"[PAD{i}]".encode() for i in range(n_vocab)]
     scores = [-10000.0] * n_vocab
@@ -334,19 +323,9 @@ def _gemma4_vocab(folder: Path, tok_json: dict[str, Any] | None, n_vocab: int) -
     """Gemma 4's tokenizer as llama.cpp's "gemma4" type: tokenizer.json's BPE pieces and merges (spaces as
     \u2581, byte fallback), every token scored -1000, special tokens as control tokens."""
     model = (tok_json or {}).get("model") or {}
-    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+    if tok_json is None or model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise EdgeError(f"unsupported tokenizer in {folder}: Gemma 4 needs tokenizer.json with a BPE model with byte fallback")
-    vocab: dict[str, int] = model.get("vocab") or {}
-    added = {int(a["id"]): a for a in tok_json.get("added_tokens", [])}
-    config = read_json(folder / "tokenizer_config.json") or {}
-    added.update({int(i): d for i, d in (config.get("added_tokens_decoder") or {}).items()})
-    ids = [*vocab.values(), *added]
-    if not all(type(i) is int and i >= 0 for i in ids):
-        raise EdgeError(f"tokenizer.json in {folder} has a token id that is not a whole number from 0")
-    top = max(ids, default=-1)
-    if top >= n_vocab:
-        raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
-    named = _named_special_tokens(config)
+    vocab, added, named = _json_tokens(folder, tok_json, n_vocab)
     tokens: list[str | bytes] = [f"[PAD{i}]".encode() for i in range(n_vocab)]
     types = [UNUSED] * n_vocab
     for text, i in vocab.items():
@@ -363,6 +342,23 @@ def _gemma4_vocab(folder: Path, tok_json: dict[str, Any] | None, n_vocab: int) -
     vocab_out = _finish(folder, "gemma4", None, tokens, types, [-1000.0] * n_vocab, special, default_add_bos=True, space_prefix=False)
     vocab_out.add_bos = True  # llama.cpp's converter always adds <bos> for Gemma 4
     return vocab_out
+
+
+def _json_tokens(folder: Path, tok_json: dict[str, Any], n_vocab: int) -> tuple[dict[str, int], dict[int, dict[str, Any]], set[str]]:
+    """tokenizer.json's pieces (text -> id), its added tokens by id and the texts named special; token ids
+    checked to fit the model's rows."""
+    vocab: dict[str, int] = tok_json["model"].get("vocab") or {}
+    added = {int(a["id"]): a for a in tok_json.get("added_tokens", [])}
+    # tokenizer_config's table, where there is one, decides as it does beside tokenizer.model
+    config = read_json(folder / "tokenizer_config.json") or {}
+    added.update({int(i): d for i, d in (config.get("added_tokens_decoder") or {}).items()})
+    ids = [*vocab.values(), *added]
+    if not all(type(i) is int and i >= 0 for i in ids):
+        raise EdgeError(f"tokenizer.json in {folder} has a token id that is not a whole number from 0")
+    top = max(ids, default=-1)
+    if top >= n_vocab:
+        raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
+    return vocab, added, _named_special_tokens(config)
 
 
 def _named_special_tokens(config: dict[str, Any]) -> set[str]:
