@@ -18,6 +18,15 @@ from edgellm.errors import EdgeError
 
 
 @dataclass(frozen=True)
+class LayerAttn:
+    """One layer's attention shape where layers differ (Gemma 4's global layers)."""
+
+    head_dim: int
+    n_head_kv: int
+    k_is_v: bool = False  # no V projection: the keys' projection doubles as values
+
+
+@dataclass(frozen=True)
 class HParams:
     """The model shape, read from config.json in transformers 4 or 5 style."""
 
@@ -38,26 +47,26 @@ class HParams:
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense model)
     n_expert_used: int = 0
     n_ff_exp: int = 0  # one expert's feed-forward width
-    # per-layer attention shapes where layers differ (Gemma 4's global layers): (head_dim, n_head_kv) by layer
-    layer_attn: tuple[tuple[int, int], ...] = ()
+    layer_attn: tuple[LayerAttn, ...] = ()  # per layer, where layers differ
+    kv_by_layer: bool = False  # the config gives some layers their own KV head count (written per layer)
+    k_is_v: bool = False  # this layer's keys double as values (set by at_layer)
 
     def at_layer(self, bid: int | None) -> HParams:
         """The shape as layer `bid` sees it (head size and KV heads of that layer)."""
         if bid is None or not self.layer_attn:
             return self
-        head_dim, n_head_kv = self.layer_attn[bid]
-        return replace(self, head_dim=head_dim, n_head_kv=n_head_kv)
+        layer = self.layer_attn[bid]
+        return replace(self, head_dim=layer.head_dim, n_head_kv=layer.n_head_kv, k_is_v=layer.k_is_v)
 
     @property
     def head_dim_full(self) -> int:
         """The widest head (global layers'): llama.cpp's key/value length where layers differ."""
-        return max((d for d, _ in self.layer_attn), default=self.head_dim)
+        return max((a.head_dim for a in self.layer_attn), default=self.head_dim)
 
     @property
     def head_count_kv(self) -> int | list[int]:
-        """KV heads as llama.cpp reads them: one number, or one per layer where layers differ."""
-        counts = [n for _, n in self.layer_attn]
-        return counts if counts and len(set(counts)) > 1 else self.n_head_kv
+        """KV heads as llama.cpp reads them: one number, or one per layer where the config sets them so."""
+        return [a.n_head_kv for a in self.layer_attn] if self.kv_by_layer else self.n_head_kv
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -75,18 +84,34 @@ def _rope(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _layer_attn(config: dict[str, Any], head_dim: int, n_head_kv: int, n_layers: int) -> tuple[tuple[int, int], ...]:
-    """Per-layer (head_dim, n_head_kv) from transformers 5's `per_layer_config` (layer index -> overrides)."""
+def _layer_overrides(config: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """Layer index -> its own attention settings: transformers 5 saves them as `per_layer_config`; Gemma 4's
+    own configs give the global layers' head size (and, when keys double as values, KV heads) instead."""
     overrides = config.get("per_layer_config")
+    if overrides is not None:
+        if not isinstance(overrides, dict):
+            raise EdgeError("config.json's per_layer_config is not a table of layers")
+        return overrides
+    if config.get("global_head_dim") is None:
+        return {}
+    own = {"head_dim": config["global_head_dim"]}
+    if config.get("attention_k_eq_v") and config.get("num_global_key_value_heads") is not None:
+        own["num_key_value_heads"] = config["num_global_key_value_heads"]
+    return {str(il): own for il, swa in enumerate(sliding_layers(config, n_layers, 6)) if not swa}
+
+
+def _layer_attn(config: dict[str, Any], head_dim: int, n_head_kv: int, n_layers: int) -> tuple[LayerAttn, ...]:
+    """Each layer's attention shape where the config gives some layers their own (else nothing)."""
+    overrides = _layer_overrides(config, n_layers)
     if not overrides:
         return ()
-    if not isinstance(overrides, dict):
-        raise EdgeError("config.json's per_layer_config is not a table of layers")
+    swa = sliding_layers(config, n_layers, 6)
     out = []
     for il in range(n_layers):
         layer = overrides.get(str(il)) or {}
-        out.append((int(layer.get("head_dim", head_dim)), int(layer.get("num_key_value_heads", n_head_kv))))
-    if any(d <= 0 or d > 1 << 16 or kv <= 0 or kv > 1 << 16 for d, kv in out):
+        out.append(LayerAttn(int(layer.get("head_dim", head_dim)), int(layer.get("num_key_value_heads", n_head_kv)),
+                             bool(config.get("attention_k_eq_v")) and not swa[il]))
+    if any(not (0 < a.head_dim <= 1 << 16 and 0 < a.n_head_kv <= 1 << 16) for a in out):
         raise EdgeError("config.json's per_layer_config has a head size or KV head count out of range")
     return tuple(out)
 
@@ -104,7 +129,7 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         layer_attn = _layer_attn(config, head_dim, n_head_kv, n_layers)
         n_rot = head_dim if partial == 1.0 else int(partial * n_embd) // n_head
         if rope["rope_type"] == "proportional":  # unrotated dimensions travel as infinite-wavelength factors
-            n_rot = max((d for d, _ in layer_attn), default=head_dim)
+            n_rot = max((a.head_dim for a in layer_attn), default=head_dim)
         return HParams(
             n_layers=n_layers,
             n_embd=n_embd,
@@ -125,6 +150,7 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
             n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
             layer_attn=layer_attn,
+            kv_by_layer=any("num_key_value_heads" in (o or {}) for o in _layer_overrides(config, n_layers).values()),
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
@@ -147,6 +173,7 @@ class TensorSpec:
     optional: bool = False
     untied_only: bool = False  # required unless tie_word_embeddings (then llama.cpp reuses token_embd)
     keep_f32: bool = False  # stored as F32 whatever the outtype (llama.cpp's converter does so for routers)
+    absent_if_k_is_v: bool = False  # not in layers whose keys double as values (llama.cpp then reuses K)
 
 
 def _q_rows(h: HParams) -> int:
@@ -171,7 +198,7 @@ FFN_NORM = (TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "bl
 ATTENTION = (
     TensorSpec("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", lambda h: (_q_rows(h), h.n_embd), "q"),
     TensorSpec("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", lambda h: (_kv_rows(h), h.n_embd), "k"),
-    TensorSpec("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd)),
+    TensorSpec("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd), absent_if_k_is_v=True),
     TensorSpec("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", lambda h: (h.n_embd, _q_rows(h))),
 )
 QK_NORMS = (
@@ -412,14 +439,15 @@ GEMMA4_CHECKS = (
     Check(lambda c, h: not c.get("enable_moe_block"), "its layers have experts (enable_moe_block), which this converter does not map yet"),
     Check(lambda c, h: not c.get("hidden_size_per_layer_input"), "it has per-layer input embeddings (hidden_size_per_layer_input), which this converter does not map yet"),
     Check(lambda c, h: not c.get("num_kv_shared_layers"), "layers share KV caches (num_kv_shared_layers), which this converter does not map yet"),
-    Check(lambda c, h: not c.get("attention_k_eq_v"), "keys double as values (attention_k_eq_v), which this converter does not map yet"),
+    Check(lambda c, h: c.get("attention_k_eq_v") or c.get("num_global_key_value_heads") is None,
+          "num_global_key_value_heads is set without attention_k_eq_v: llama.cpp's converter would use it, transformers does not"),
     Check(lambda c, h: not c.get("use_double_wide_mlp"), "use_double_wide_mlp is set, which this converter does not map yet"),
     Check(lambda c, h: c.get("hidden_activation", "gelu_pytorch_tanh") == "gelu_pytorch_tanh", "hidden_activation is not gelu_pytorch_tanh, the only one llama.cpp's gemma4 applies"),
     Check(lambda c, h: not c.get("use_bidirectional_attention"), "use_bidirectional_attention is set, and llama.cpp's gemma4 attends causally"),
     Check(lambda c, h: h.rope["rope_type"] == "proportional" and KINDS["number"](h.rope.get("partial_rotary_factor")) and h.rope["partial_rotary_factor"] <= 1,
           "the global layers' rope is not proportional with a partial_rotary_factor up to 1, the only kind llama.cpp's gemma4 reads"),
     Check(lambda c, h: _swa_rope(c).get("rope_type", "default") == "default", "the sliding-window layers' rope is scaled, which llama.cpp's gemma4 does not apply"),
-    Check(lambda c, h: bool(h.layer_attn) and all(d == h.head_dim for (d, _), swa in zip(h.layer_attn, sliding_layers(c, h.n_layers, 6)) if swa),
+    Check(lambda c, h: bool(h.layer_attn) and all(a.head_dim == h.head_dim for a, swa in zip(h.layer_attn, sliding_layers(c, h.n_layers, 6)) if swa),
           "per_layer_config does not give the global layers' head size, or a sliding-window layer's head differs from head_dim"),
 )
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
@@ -575,6 +603,8 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
         layers = range(h.n_layers) if "{bid}" in spec.hf else [None]
         stacked = "{xid}" in spec.hf
         for bid in layers:
+            if spec.absent_if_k_is_v and h.at_layer(bid).k_is_v:
+                continue  # a v_proj there is left over as extra
             want = spec.shape(h.at_layer(bid))
             names = [spec.hf.format(bid=bid, xid=x) for x in range(want[0])] if stacked else [spec.hf.format(bid=bid)]
             part = want[1:] if stacked else want
@@ -608,6 +638,8 @@ def weight_map(arch: ArchSpec, h: HParams) -> dict[str, PlannedTensor]:
             continue
         for bid in range(h.n_layers) if "{bid}" in spec.hf else [None]:
             name = spec.hf.format(bid=bid)
+            if spec.absent_if_k_is_v and h.at_layer(bid).k_is_v:
+                continue
             want = spec.shape(h.at_layer(bid))
             out[name] = PlannedTensor((name,), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None)
     return out

@@ -345,15 +345,18 @@ def gemma4_checkpoint() -> Path:
 
 def gemma4_multimodal_checkpoint() -> Path:
     """The Gemma 4 text model above inside Gemma4ForConditionalGeneration (bf16): text settings under
-    text_config, its tensors under model.language_model, and a tiny vision tower beside them."""
+    text_config as Google's configs give them (global_head_dim, no per_layer_config), keys doubling as values
+    in the global layer (one KV head there, no v_proj), its tensors under model.language_model, and a tiny
+    vision tower beside them."""
 
     def build(tmp: Path) -> None:
         import torch
         from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
 
         text = json.loads((gemma4_checkpoint() / "config.json").read_text())
-        for key in ("architectures", "dtype", "transformers_version", "model_type"):
+        for key in ("architectures", "dtype", "transformers_version", "model_type", "per_layer_config"):
             text.pop(key, None)
+        text.update(global_head_dim=32, attention_k_eq_v=True, num_global_key_value_heads=1)
         _copy_tokenizer(gemma_tokenizer_dir(), tmp)
         vision = Gemma4VisionConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
@@ -370,6 +373,10 @@ def gemma4_multimodal_checkpoint() -> Path:
             for p in model.parameters():
                 p.copy_(1.0 + 0.1 * torch.randn_like(p) if p.dim() == 1 else 0.1 * torch.randn_like(p))
         model.to(torch.bfloat16).save_pretrained(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["text_config"].pop("per_layer_config")
+        cfg["text_config"].update(global_head_dim=32, num_global_key_value_heads=1)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
 
     return _build_once("gemma4-multimodal-tiny-hf", build)
 

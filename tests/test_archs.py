@@ -152,7 +152,9 @@ def test_architecture_metadata(converted):
     # the multimodal class: its text model alone, as llama.cpp's converter writes it (no vision tensors)
     mm = read_gguf(converted("gemma4mm"))
     assert mm.arch == "gemma4" and not any("vision" in t.name or "mm" in t.name for t in mm.tensors)
-    assert {t.name for t in mm.tensors} == {t.name for t in g4.tensors}
+    # keys double as values in its global layer: one KV head there, no V projection (llama.cpp reuses K)
+    assert {t.name for t in mm.tensors} == {t.name for t in g4.tensors} - {"blk.5.attn_v.weight"}
+    assert mm.metadata["gemma4.attention.head_count_kv"] == [2, 2, 2, 2, 2, 1]
     moe = read_gguf(converted("qwen3moe")).metadata
     assert (moe["qwen3moe.expert_count"], moe["qwen3moe.expert_used_count"], moe["qwen3moe.expert_feed_forward_length"]) == (8, 2, 48)
     mixtral = read_gguf(converted("mixtral"))
@@ -207,7 +209,8 @@ BAD_CONFIGS = [
     ("gemma4", lambda c, d: c.update(enable_moe_block=True), r"experts \(enable_moe_block\)"),
     ("gemma4", lambda c, d: c.update(hidden_size_per_layer_input=256), r"per-layer input embeddings"),
     ("gemma4", lambda c, d: c.update(num_kv_shared_layers=2), r"share KV caches"),
-    ("gemma4", lambda c, d: c.update(attention_k_eq_v=True), r"attention_k_eq_v"),
+    ("gemma4", lambda c, d: c.update(attention_k_eq_v=True), r"does not use: model\.layers\.5\.self_attn\.v_proj\.weight"),
+    ("gemma4", lambda c, d: c.update(num_global_key_value_heads=1), r"num_global_key_value_heads is set without attention_k_eq_v"),
     ("gemma4", lambda c, d: c.update(use_bidirectional_attention="all"), r"attends causally"),
     ("gemma4", lambda c, d: c.update(hidden_activation="gelu"), r"hidden_activation"),
     ("gemma4", lambda c, d: c["rope_parameters"]["full_attention"].update(rope_type="default"), r"not proportional"),
