@@ -154,7 +154,7 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
         raise EdgeError(f"config.json has a bad value: {exc}") from exc
 
 
@@ -354,8 +354,13 @@ GEMMA3_KEYS = (
     MetaKey("add_rope_freq_base_swa", _local_rope_theta, "number"),
     MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping"), "number"),
 )
+
+
 def _swa_rope(c: Config) -> dict[str, Any]:
-    return (c.get("rope_parameters") or {}).get("sliding_attention") or {}
+    """The sliding-window layers' rope settings ({} where the config has none, or not as a table)."""
+    params = c.get("rope_parameters")
+    swa = params.get("sliding_attention") if isinstance(params, dict) else None
+    return swa if isinstance(swa, dict) else {}
 
 
 def _swa_rot(c: Config, h: HParams) -> Any:

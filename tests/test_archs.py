@@ -216,6 +216,7 @@ BAD_CONFIGS = [
     ("gemma4", lambda c, d: c["rope_parameters"]["full_attention"].update(rope_type="default"), r"not proportional"),
     ("gemma4", lambda c, d: c.pop("per_layer_config"), r"global layers' head size"),
     ("gemma4", lambda c, d: c.update(per_layer_config={"5": {"head_dim": 0}}), r"out of range"),
+    ("gemma4", lambda c, d: c.update(per_layer_config={"5": [32]}), r"config\.json has a bad value"),
     ("gemma4", lambda c, d: (d / "tokenizer.json").unlink(), r"Gemma 4 needs tokenizer\.json with a BPE model with byte fallback"),
     ("gemma4mm", lambda c, d: c.pop("text_config"), r"lacks the text model's settings \(text_config\)"),
     ("gemma4mm", lambda c, d: c["text_config"].update(enable_moe_block=True), r"Gemma4ForCausalLM faithfully: its layers have experts"),
