@@ -11,10 +11,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgellm.errors import EdgeError
+
+
+@dataclass(frozen=True)
+class LayerAttn:
+    """One layer's attention shape where layers differ (Gemma 4's global layers)."""
+
+    head_dim: int
+    n_head_kv: int
+    k_is_v: bool = False  # no V projection: the keys' projection doubles as values
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,26 @@ class HParams:
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense model)
     n_expert_used: int = 0
     n_ff_exp: int = 0  # one expert's feed-forward width
+    layer_attn: tuple[LayerAttn, ...] = ()  # per layer, where layers differ
+    kv_by_layer: bool = False  # the config gives some layers their own KV head count (written per layer)
+    k_is_v: bool = False  # this layer's keys double as values (set by at_layer)
+
+    def at_layer(self, bid: int | None) -> HParams:
+        """The shape as layer `bid` sees it (head size and KV heads of that layer)."""
+        if bid is None or not self.layer_attn:
+            return self
+        layer = self.layer_attn[bid]
+        return replace(self, head_dim=layer.head_dim, n_head_kv=layer.n_head_kv, k_is_v=layer.k_is_v)
+
+    @property
+    def head_dim_full(self) -> int:
+        """The widest head (global layers'): llama.cpp's key/value length where layers differ."""
+        return max((a.head_dim for a in self.layer_attn), default=self.head_dim)
+
+    @property
+    def head_count_kv(self) -> int | list[int]:
+        """KV heads as llama.cpp reads them: one number, or one per layer where the config sets them so."""
+        return [a.n_head_kv for a in self.layer_attn] if self.kv_by_layer else self.n_head_kv
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +84,38 @@ def _rope(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _layer_overrides(config: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """Layer index -> its own attention settings: transformers 5 saves them as `per_layer_config`; Gemma 4's
+    own configs give the global layers' head size (and, when keys double as values, KV heads) instead."""
+    overrides = config.get("per_layer_config")
+    if overrides is not None:
+        if not isinstance(overrides, dict):
+            raise EdgeError("config.json's per_layer_config is not a table of layers")
+        return overrides
+    if config.get("global_head_dim") is None:
+        return {}
+    own = {"head_dim": config["global_head_dim"]}
+    if config.get("attention_k_eq_v") and config.get("num_global_key_value_heads") is not None:
+        own["num_key_value_heads"] = config["num_global_key_value_heads"]
+    return {str(il): own for il, swa in enumerate(sliding_layers(config, n_layers, 6)) if not swa}
+
+
+def _layer_attn(config: dict[str, Any], head_dim: int, n_head_kv: int, n_layers: int) -> tuple[LayerAttn, ...]:
+    """Each layer's attention shape where the config gives some layers their own (else nothing)."""
+    overrides = _layer_overrides(config, n_layers)
+    if not overrides:
+        return ()
+    swa = sliding_layers(config, n_layers, 6)
+    out = []
+    for il in range(n_layers):
+        layer = overrides.get(str(il)) or {}
+        out.append(LayerAttn(int(layer.get("head_dim", head_dim)), int(layer.get("num_key_value_heads", n_head_kv)),
+                             bool(config.get("attention_k_eq_v")) and not swa[il]))
+    if any(not (0 < a.head_dim <= 1 << 16 and 0 < a.n_head_kv <= 1 << 16) for a in out):
+        raise EdgeError("config.json's per_layer_config has a head size or KV head count out of range")
+    return tuple(out)
+
+
 def read_hparams(config: dict[str, Any]) -> HParams:
     try:
         n_head = int(config["num_attention_heads"])
@@ -63,12 +124,18 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         head_dim = int(config.get("head_dim") or n_embd // n_head)
         partial = float(rope.get("partial_rotary_factor", 1.0))
         n_expert = int(config.get("num_local_experts") or config.get("num_experts") or 0)
+        n_layers = int(config["num_hidden_layers"])
+        n_head_kv = int(config.get("num_key_value_heads") or n_head)
+        layer_attn = _layer_attn(config, head_dim, n_head_kv, n_layers)
+        n_rot = head_dim if partial == 1.0 else int(partial * n_embd) // n_head
+        if rope["rope_type"] == "proportional":  # unrotated dimensions travel as infinite-wavelength factors
+            n_rot = max((a.head_dim for a in layer_attn), default=head_dim)
         return HParams(
-            n_layers=int(config["num_hidden_layers"]),
+            n_layers=n_layers,
             n_embd=n_embd,
             n_ff=int(config["intermediate_size"]),
             n_head=n_head,
-            n_head_kv=int(config.get("num_key_value_heads") or n_head),
+            n_head_kv=n_head_kv,
             head_dim=head_dim,
             n_ctx=int(config.get("max_position_embeddings", 4096)),
             n_vocab=int(config["vocab_size"]),
@@ -78,14 +145,16 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             has_head_dim=config.get("head_dim") is not None,
             # llama.cpp counts rotated dimensions from the model width, as Phi's configs define them
-            n_rot=head_dim if partial == 1.0 else int(partial * n_embd) // n_head,
+            n_rot=n_rot,
             n_expert=n_expert,
             n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
             n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
+            layer_attn=layer_attn,
+            kv_by_layer=any("num_key_value_heads" in (o or {}) for o in _layer_overrides(config, n_layers).values()),
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
         raise EdgeError(f"config.json has a bad value: {exc}") from exc
 
 
@@ -104,6 +173,7 @@ class TensorSpec:
     optional: bool = False
     untied_only: bool = False  # required unless tie_word_embeddings (then llama.cpp reuses token_embd)
     keep_f32: bool = False  # stored as F32 whatever the outtype (llama.cpp's converter does so for routers)
+    absent_if_k_is_v: bool = False  # not in layers whose keys double as values (llama.cpp then reuses K)
 
 
 def _q_rows(h: HParams) -> int:
@@ -128,7 +198,7 @@ FFN_NORM = (TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "bl
 ATTENTION = (
     TensorSpec("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", lambda h: (_q_rows(h), h.n_embd), "q"),
     TensorSpec("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", lambda h: (_kv_rows(h), h.n_embd), "k"),
-    TensorSpec("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd)),
+    TensorSpec("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd), absent_if_k_is_v=True),
     TensorSpec("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", lambda h: (h.n_embd, _q_rows(h))),
 )
 QK_NORMS = (
@@ -284,6 +354,33 @@ GEMMA3_KEYS = (
     MetaKey("add_rope_freq_base_swa", _local_rope_theta, "number"),
     MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping"), "number"),
 )
+
+
+def _swa_rope(c: Config) -> dict[str, Any]:
+    """The sliding-window layers' rope settings ({} where the config has none, or not as a table)."""
+    params = c.get("rope_parameters")
+    swa = params.get("sliding_attention") if isinstance(params, dict) else None
+    return swa if isinstance(swa, dict) else {}
+
+
+def _swa_rot(c: Config, h: HParams) -> Any:
+    """Rotated dimensions of the sliding-window layers' heads."""
+    partial = _swa_rope(c).get("partial_rotary_factor", 1.0)
+    return int(h.head_dim * partial) if KINDS["number"](partial) else None
+
+
+# Gemma 4: global layers have wider heads (key/value length) than sliding-window ones (the _swa keys).
+GEMMA4_KEYS = (
+    MetaKey("add_sliding_window", _need("sliding_window")),
+    MetaKey("add_sliding_window_pattern", _swa_pattern(6), "flags"),
+    MetaKey("add_rope_freq_base_swa", _local_rope_theta, "number"),
+    MetaKey("add_final_logit_softcapping", _opt("final_logit_softcapping"), "number"),
+    MetaKey("add_shared_kv_layers", lambda c, h: c.get("num_kv_shared_layers") or 0),
+    MetaKey("add_embedding_length_per_layer_input", lambda c, h: c.get("hidden_size_per_layer_input") or 0),
+    MetaKey("add_key_length_swa", lambda c, h: h.head_dim),
+    MetaKey("add_value_length_swa", lambda c, h: h.head_dim),
+    MetaKey("add_rope_dimension_count_swa", _swa_rot),
+)
 PHI3_KEYS = (
     MetaKey("add_rope_scaling_orig_ctx_len", _original_ctx),
     MetaKey("add_sliding_window", lambda c, h: c.get("sliding_window") or 0),  # llama.cpp runs Phi-3 with full attention
@@ -343,6 +440,21 @@ SMOLLM3_CHECKS = (
     NO_SLIDING_WINDOW,
     Check(lambda c, h: all(t == "full_attention" for t in c.get("layer_types") or []), "layer_types has sliding-window layers, and llama.cpp's smollm3 attends fully"),
 )
+GEMMA4_CHECKS = (
+    Check(lambda c, h: not c.get("enable_moe_block"), "its layers have experts (enable_moe_block), which this converter does not map yet"),
+    Check(lambda c, h: not c.get("hidden_size_per_layer_input"), "it has per-layer input embeddings (hidden_size_per_layer_input), which this converter does not map yet"),
+    Check(lambda c, h: not c.get("num_kv_shared_layers"), "layers share KV caches (num_kv_shared_layers), which this converter does not map yet"),
+    Check(lambda c, h: c.get("attention_k_eq_v") or c.get("num_global_key_value_heads") is None,
+          "num_global_key_value_heads is set without attention_k_eq_v: llama.cpp's converter would use it, transformers does not"),
+    Check(lambda c, h: not c.get("use_double_wide_mlp"), "use_double_wide_mlp is set, which this converter does not map yet"),
+    Check(lambda c, h: c.get("hidden_activation", "gelu_pytorch_tanh") == "gelu_pytorch_tanh", "hidden_activation is not gelu_pytorch_tanh, the only one llama.cpp's gemma4 applies"),
+    Check(lambda c, h: not c.get("use_bidirectional_attention"), "use_bidirectional_attention is set, and llama.cpp's gemma4 attends causally"),
+    Check(lambda c, h: h.rope["rope_type"] == "proportional" and KINDS["number"](h.rope.get("partial_rotary_factor")) and h.rope["partial_rotary_factor"] <= 1,
+          "the global layers' rope is not proportional with a partial_rotary_factor up to 1, the only kind llama.cpp's gemma4 reads"),
+    Check(lambda c, h: _swa_rope(c).get("rope_type", "default") == "default", "the sliding-window layers' rope is scaled, which llama.cpp's gemma4 does not apply"),
+    Check(lambda c, h: bool(h.layer_attn) and all(a.head_dim == h.head_dim for a, swa in zip(h.layer_attn, sliding_layers(c, h.n_layers, 6)) if swa),
+          "per_layer_config does not give the global layers' head size, or a sliding-window layer's head differs from head_dim"),
+)
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -353,11 +465,12 @@ class ArchSpec:
     gguf_arch: str  # llama.cpp's architecture name (general.architecture and key prefix)
     tensors: tuple[TensorSpec, ...]
     permute_qk: bool  # HF stores Q/K rows in rotate-half order; llama.cpp's "llama" rope wants interleaved pairs
-    rope_factors: str | None = None  # rope_type whose per-frequency factors travel as tensors ("llama3", "longrope")
+    rope_factors: str | None = None  # rope_type whose per-frequency factors travel as tensors ("llama3", "longrope", "proportional")
     norm_shift: float = 0.0  # added to every norm weight (Gemma stores w - 1 and computes x * (1 + w))
     ignored: re.Pattern | None = None  # more HF tensors llama.cpp does not use for this architecture
     metadata: tuple[MetaKey, ...] = ()
     checks: tuple[Check, ...] = field(default=())
+    tokenizer: str | None = None  # a tokenizer kind of its own in llama.cpp ("gemma4"); None: chosen by the files
 
 
 # Gemma's output reuses the embeddings; llama.cpp's converter drops an lm_head some exporters add.
@@ -386,6 +499,12 @@ ARCHS: dict[str, ArchSpec] = {
             ignored=GEMMA_IGNORED, metadata=GEMMA3_KEYS,
             checks=(_gemma_query_scale(62), Check(lambda c, h: c.get("attn_logit_softcapping") is None, "attn_logit_softcapping is set, which Gemma 3 in llama.cpp does not apply")),
         ),
+        # Gemma 4 norms multiply by the weight itself (no stored w - 1); each layer's output is scaled by a scalar.
+        ArchSpec(
+            "Gemma4ForCausalLM", "gemma4_text", "gemma4",
+            GEMMA_TENSORS + QK_NORMS + (TensorSpec("model.layers.{bid}.layer_scalar", "blk.{bid}.layer_output_scale.weight", lambda h: (1,)),),
+            permute_qk=False, rope_factors="proportional", ignored=GEMMA_IGNORED, metadata=GEMMA4_KEYS, checks=GEMMA4_CHECKS, tokenizer="gemma4",
+        ),
         ArchSpec("Phi3ForCausalLM", "phi3", "phi3", PHI3_TENSORS, permute_qk=False, rope_factors="longrope", metadata=PHI3_KEYS),
         # SmolLM3: Llama with rope left out of every fourth layer (llama.cpp loads q/k/v biases, not an output one).
         ArchSpec(
@@ -399,6 +518,42 @@ ARCHS: dict[str, ArchSpec] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A multimodal class whose text model converts alone, as llama.cpp's converter converts it (the other
+    modalities' encoders belong in a separate projector file, which this converter does not write)."""
+
+    text_arch: str  # the text-only class it is converted as
+    prefix: str  # where the text-only class has "model.", the text model's tensors have this
+    skipped: re.Pattern  # the other modalities' tensors
+
+
+TEXT_PARTS = {
+    "Gemma4ForConditionalGeneration": TextPart(
+        "Gemma4ForCausalLM", "model.language_model.", re.compile(r"^model\.(vision_tower|embed_vision|audio_tower|embed_audio)\.")
+    ),
+}
+SUB_CONFIGS = ("text_config", "vision_config", "audio_config")
+
+
+def text_part(config: Config, names: list[str]) -> tuple[Config, dict[str, str]] | None:
+    """For a multimodal checkpoint with a convertible text model: its config as the text-only class has it
+    (text_config over the shared fields) and its tensors' names (text-only name -> stored name); else None."""
+    part = TEXT_PARTS.get((config.get("architectures") or [None])[0])
+    if part is None:
+        return None
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        raise EdgeError("config.json lacks the text model's settings (text_config)")
+    merged = {k: v for k, v in config.items() if k not in SUB_CONFIGS} | text | {"architectures": [part.text_arch]}
+    renamed = {}
+    for name in names:
+        if part.skipped.search(name):
+            continue
+        renamed["model." + name.removeprefix(part.prefix) if name.startswith(part.prefix) else name] = name
+    return merged, renamed
 
 
 def arch_for(config: dict[str, Any]) -> ArchSpec:
@@ -453,7 +608,9 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
         layers = range(h.n_layers) if "{bid}" in spec.hf else [None]
         stacked = "{xid}" in spec.hf
         for bid in layers:
-            want = spec.shape(h)
+            if spec.absent_if_k_is_v and h.at_layer(bid).k_is_v:
+                continue  # a v_proj there is left over as extra
+            want = spec.shape(h.at_layer(bid))
             names = [spec.hf.format(bid=bid, xid=x) for x in range(want[0])] if stacked else [spec.hf.format(bid=bid)]
             part = want[1:] if stacked else want
             missing = [n for n in names if n not in present]
@@ -486,6 +643,9 @@ def weight_map(arch: ArchSpec, h: HParams) -> dict[str, PlannedTensor]:
             continue
         for bid in range(h.n_layers) if "{bid}" in spec.hf else [None]:
             name = spec.hf.format(bid=bid)
+            if spec.absent_if_k_is_v and h.at_layer(bid).k_is_v:
+                continue
+            want = spec.shape(h.at_layer(bid))
             out[name] = PlannedTensor((name,), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None)
     return out
 

@@ -21,7 +21,7 @@ from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 from edgellm.testhooks import pause_point
 
 from .arch import (
-    ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors, read_hparams,
+    ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors, read_hparams, text_part,
 )
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .parallel import ordered_results, usable_cores
@@ -80,7 +80,7 @@ def convert_checkpoint(
     ckpt, arch, hp, planned = _read_checkpoint(src_dir)
     ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
     ckpt = merge(ckpt) if merge else ckpt
-    vocab = load_vocab(src_dir, hp.n_vocab)
+    vocab = load_vocab(src_dir, hp.n_vocab, arch.tokenizer)
     tensors = _rope_factors(arch, hp) + [_out_tensor(p, ckpt, hp, wtype) for p in planned]
 
     writer = gguf.GGUFWriter(None, arch.gguf_arch)
@@ -144,6 +144,10 @@ def _read_checkpoint(src_dir: Path) -> tuple[Checkpoint, ArchSpec, HParams, list
 
 
 def _plan_checkpoint(ckpt: Checkpoint) -> tuple[Checkpoint, ArchSpec, HParams, list[PlannedTensor]]:
+    text = text_part(ckpt.config, list(ckpt.tensors))
+    if text is not None:
+        config, names = text
+        ckpt = Checkpoint(ckpt.folder, config, {new: ckpt.tensors[old] for new, old in names.items()})
     arch = arch_for(ckpt.config)
     hp = read_hparams(ckpt.config)
     check_config(arch, ckpt.config, hp)
@@ -210,7 +214,15 @@ def _longrope_factors(hp: HParams) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-ROPE_FACTORS = {"llama3": _llama3_rope_freqs, "longrope": _longrope_factors}
+def _proportional_rope_freqs(hp: HParams) -> list[tuple[str, np.ndarray]]:
+    """Gemma 4's global layers rotate only the first pairs of each head half; llama.cpp's rope rotates every
+    pair, so the rest get factors that make their wavelength infinite (an angle of zero)."""
+    pairs = hp.head_dim_full // 2
+    rotated = int(hp.head_dim_full * float(hp.rope["partial_rotary_factor"]) / 2)
+    return [("rope_freqs.weight", np.asarray([1.0] * rotated + [1e30] * (pairs - rotated), dtype=np.float32))]
+
+
+ROPE_FACTORS = {"llama3": _llama3_rope_freqs, "longrope": _longrope_factors, "proportional": _proportional_rope_freqs}
 
 
 # One chunk of output: (tensor index, whether it ends the tensor, its GGUF bytes)
@@ -305,12 +317,12 @@ def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpo
     w.add_embedding_length(hp.n_embd)
     w.add_feed_forward_length(hp.n_ff)
     w.add_head_count(hp.n_head)
-    w.add_head_count_kv(hp.n_head_kv)
+    w.add_head_count_kv(hp.head_count_kv)
     w.add_rope_freq_base(hp.rope_theta)
     w.add_layer_norm_rms_eps(hp.rms_eps)
     if hp.has_head_dim:
-        w.add_key_length(hp.head_dim)
-        w.add_value_length(hp.head_dim)
+        w.add_key_length(hp.head_dim_full)
+        w.add_value_length(hp.head_dim_full)
     w.add_file_type(ftype)
     w.add_vocab_size(hp.n_vocab)
     w.add_rope_dimension_count(hp.n_rot)

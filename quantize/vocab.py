@@ -78,8 +78,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = (
 
 @dataclass
 class Vocab:
-    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
-    pre: str  # tokenizer.ggml.pre
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE), "llama" (SentencePiece) or "gemma4"
+    pre: str | None  # tokenizer.ggml.pre (None: the model implies it)
     tokens: list[str | bytes]
     types: list[int]
     scores: list[float] | None
@@ -91,7 +91,8 @@ class Vocab:
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model(self.model)
-        w.add_tokenizer_pre(self.pre)
+        if self.pre is not None:
+            w.add_tokenizer_pre(self.pre)
         w.add_token_list(self.tokens)
         w.add_token_types(self.types)
         if self.scores is not None:
@@ -110,11 +111,17 @@ def looks_special(text: str) -> bool:
     return text.startswith("<|") and text.endswith("|>")
 
 
-def load_vocab(folder: Path, n_vocab: int) -> Vocab:
-    """The vocabulary of `folder`, padded to the model's `n_vocab` rows."""
+def load_vocab(folder: Path, n_vocab: int, kind: str | None = None) -> Vocab:
+    """The vocabulary of `folder`, padded to the model's `n_vocab` rows; `kind` names a tokenizer type an
+    architecture has of its own in llama.cpp (else the files decide)."""
     tok_json = read_json(folder / "tokenizer.json")
     if tok_json is not None and not isinstance(tok_json, dict):
         raise EdgeError(f"tokenizer.json in {folder} is not a JSON object")
+    if kind == "gemma4":
+        try:
+            return _gemma4_vocab(folder, tok_json, n_vocab)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EdgeError(f"malformed tokenizer.json in {folder}: {type(exc).__name__} {exc}") from exc
     if tok_json is not None and is_byte_level_bpe(tok_json):
         return _bpe_vocab(folder, tok_json, n_vocab)
     if (folder / "tokenizer.model").is_file():
@@ -284,18 +291,7 @@ def _sentencepiece_json_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: i
             f"unsupported SentencePiece-style tokenizer.json in {folder}: its normalizer and pre-tokenizer ({shown}) "
             "do more than turn spaces into \u2581, which llama.cpp would not repeat"
         )
-    vocab: dict[str, int] = model.get("vocab") or {}
-    added = {int(a["id"]): a for a in tok_json.get("added_tokens", [])}
-    # tokenizer_config's table, where there is one, decides as it does beside tokenizer.model
-    config = read_json(folder / "tokenizer_config.json") or {}
-    added.update({int(i): d for i, d in (config.get("added_tokens_decoder") or {}).items()})
-    ids = [*vocab.values(), *added]
-    if not all(type(i) is int and i >= 0 for i in ids):
-        raise EdgeError(f"tokenizer.json in {folder} has a token id that is not a whole number from 0")
-    top = max(ids, default=-1)
-    if top >= n_vocab:
-        raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
-    named = _named_special_tokens(config)
+    vocab, added, named = _json_tokens(folder, tok_json, n_vocab)
 
     tokens: list[str | bytes] = [f"[PAD{i}]".encode() for i in range(n_vocab)]
     scores = [-10000.0] * n_vocab
@@ -317,6 +313,52 @@ def _sentencepiece_json_vocab(folder: Path, tok_json: dict[str, Any], n_vocab: i
     leading = (post.get("single") or [{}])[0]
     add_bos = post.get("type") != "TemplateProcessing" or "SpecialToken" in leading
     return _finish(folder, "llama", "default", tokens, types, scores, special, default_add_bos=add_bos, space_prefix=space_prefix)
+
+
+# Gemma 4's markers that llama.cpp always renders, so that its chat parser can read them.
+GEMMA4_VISIBLE = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>'}
+
+
+def _gemma4_vocab(folder: Path, tok_json: dict[str, Any] | None, n_vocab: int) -> Vocab:
+    """Gemma 4's tokenizer as llama.cpp's "gemma4" type: tokenizer.json's BPE pieces and merges (spaces as
+    \u2581, byte fallback), every token scored -1000, special tokens as control tokens."""
+    model = (tok_json or {}).get("model") or {}
+    if tok_json is None or model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise EdgeError(f"unsupported tokenizer in {folder}: Gemma 4 needs tokenizer.json with a BPE model with byte fallback")
+    vocab, added, named = _json_tokens(folder, tok_json, n_vocab)
+    tokens: list[str | bytes] = [f"[PAD{i}]".encode() for i in range(n_vocab)]
+    types = [UNUSED] * n_vocab
+    for text, i in vocab.items():
+        tokens[i] = text.encode("utf-8")
+        types[i] = BYTE if BYTE_PIECE.fullmatch(text) else NORMAL
+    for i, data in added.items():
+        text = data["content"]
+        tokens[i] = text.encode("utf-8")
+        types[i] = CONTROL if data.get("special") or text in named else USER_DEFINED
+    for i, t in enumerate(tokens):
+        if types[i] != UNUSED and t.decode("utf-8", "replace") in GEMMA4_VISIBLE:
+            types[i] = USER_DEFINED
+    special = _special_vocab(folder, n_vocab, load_merges=True)
+    vocab_out = _finish(folder, "gemma4", None, tokens, types, [-1000.0] * n_vocab, special, default_add_bos=True, space_prefix=False)
+    vocab_out.add_bos = True  # llama.cpp's converter always adds <bos> for Gemma 4
+    return vocab_out
+
+
+def _json_tokens(folder: Path, tok_json: dict[str, Any], n_vocab: int) -> tuple[dict[str, int], dict[int, dict[str, Any]], set[str]]:
+    """tokenizer.json's pieces (text -> id), its added tokens by id and the texts named special; token ids
+    checked to fit the model's rows."""
+    vocab: dict[str, int] = tok_json["model"].get("vocab") or {}
+    added = {int(a["id"]): a for a in tok_json.get("added_tokens", [])}
+    # tokenizer_config's table, where there is one, decides as it does beside tokenizer.model
+    config = read_json(folder / "tokenizer_config.json") or {}
+    added.update({int(i): d for i, d in (config.get("added_tokens_decoder") or {}).items()})
+    ids = [*vocab.values(), *added]
+    if not all(type(i) is int and i >= 0 for i in ids):
+        raise EdgeError(f"tokenizer.json in {folder} has a token id that is not a whole number from 0")
+    top = max(ids, default=-1)
+    if top >= n_vocab:
+        raise EdgeError(f"tokenizer has token id {top} but the model has only {n_vocab} embedding rows")
+    return vocab, added, _named_special_tokens(config)
 
 
 def _named_special_tokens(config: dict[str, Any]) -> set[str]:

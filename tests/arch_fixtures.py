@@ -1,6 +1,6 @@
 """Tiny random checkpoints of the architectures beyond the Llama family, each with a tokenizer of its real
-style trained here: Qwen3 and Qwen3-MoE (Qwen2's byte-level BPE), Gemma 2 and 3 (SentencePiece BPE without
-a dummy prefix, turn markers), Phi-3 (Llama's SentencePiece plus `<|...|>` special tokens, long-context rope)
+style trained here: Qwen3 and Qwen3-MoE (Qwen2's byte-level BPE), Gemma 2, 3 and 4 (SentencePiece BPE
+without a dummy prefix, turn markers; Gemma 4 also inside its multimodal class), Phi-3 (Llama's SentencePiece plus `<|...|>` special tokens, long-context rope)
 Mixtral (Mistral's tokenizer, reused) and SmolLM3 (Llama without rope in every fourth layer, Qwen's tokenizer
 reused). Built with transformers' own config classes, cached like
 fixtures.py's builders.
@@ -311,6 +311,76 @@ def gemma3_checkpoint() -> Path:
     return _build_once("gemma3-tiny-hf", build)
 
 
+def gemma4_checkpoint() -> Path:
+    """A tiny Gemma 4 text model (Gemma4ForCausalLM, bf16): 5 sliding-window layers (16 tokens, head_dim 16,
+    rope base 10000) to 1 global one (head_dim 32, proportional rope over a quarter of it, base 1e6), q/k/v
+    norms, a scalar per layer, no per-layer embeddings, experts or shared KV; the Gemma tokenizer fixture (as many rows as tokens)."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Gemma4TextConfig
+
+        _copy_tokenizer(gemma_tokenizer_dir(), tmp)
+        config = Gemma4TextConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            global_head_dim=32,
+            sliding_window=16,
+            max_position_embeddings=32768,
+            hidden_size_per_layer_input=0,
+            final_logit_softcapping=30.0,
+            pad_token_id=0,
+            eos_token_id=[1, 6],
+            bos_token_id=2,
+            architectures=["Gemma4ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("gemma4-tiny-hf", build)
+
+
+def gemma4_multimodal_checkpoint() -> Path:
+    """The Gemma 4 text model above inside Gemma4ForConditionalGeneration (bf16): text settings under
+    text_config as Google's configs give them (global_head_dim, no per_layer_config), keys doubling as values
+    in the global layer (one KV head there, no v_proj), its tensors under model.language_model, and a tiny
+    vision tower beside them."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
+
+        text = json.loads((gemma4_checkpoint() / "config.json").read_text())
+        for key in ("architectures", "dtype", "transformers_version", "model_type", "per_layer_config"):
+            text.pop(key, None)
+        text.update(global_head_dim=32, attention_k_eq_v=True, num_global_key_value_heads=1)
+        _copy_tokenizer(gemma_tokenizer_dir(), tmp)
+        vision = Gemma4VisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+            head_dim=16, position_embedding_size=64,
+        )
+        config = Gemma4Config(
+            text_config=Gemma4TextConfig(**text), vision_config=vision, audio_config=None, image_token_id=7, video_token_id=8,
+            audio_token_id=9, boi_token_id=None, eoi_token_id=None, boa_token_id=None, eoa_token_index=None,
+            architectures=["Gemma4ForConditionalGeneration"],
+        )
+        torch.manual_seed(0)
+        model = Gemma4ForConditionalGeneration(config)
+        with torch.no_grad():  # as _save_random_model does: norms near 1, larger weights than the default init
+            for p in model.parameters():
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if p.dim() == 1 else 0.1 * torch.randn_like(p))
+        model.to(torch.bfloat16).save_pretrained(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["text_config"].pop("per_layer_config")
+        cfg["text_config"].update(global_head_dim=32, num_global_key_value_heads=1)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    return _build_once("gemma4-multimodal-tiny-hf", build)
+
+
 def phi3_checkpoint() -> Path:
     """A tiny Phi-3.5 / Phi-4-mini style model (f16): fused qkv and gate_up, long-context rope (longrope
     factors, 4k -> 128k), a partial rotary factor, embedding rows beyond the tokenizer."""
@@ -411,6 +481,8 @@ CHECKPOINTS = {
     "qwen3moe": qwen3_moe_checkpoint,
     "gemma2": gemma2_checkpoint,
     "gemma3": gemma3_checkpoint,
+    "gemma4": gemma4_checkpoint,
+    "gemma4mm": gemma4_multimodal_checkpoint,
     "phi3": phi3_checkpoint,
     "mixtral": mixtral_checkpoint,
     "smollm3": smollm3_checkpoint,

@@ -1,4 +1,4 @@
-"""Qwen3, Qwen3-MoE, Gemma 2/3, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
+"""Qwen3, Qwen3-MoE, Gemma 2/3/4, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
 logits, chat template), llama.cpp (runs the GGUF) and llama.cpp's own convert_hf_to_gguf.py (same tensor
 bytes and metadata)."""
 
@@ -19,11 +19,12 @@ from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_st
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
 MOE = {"qwen3moe", "mixtral"}
+CLEANS_SPACES = NEAR_TIES = {"gemma4", "gemma4mm"}
 # llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
 # pre-tokenizer named (their tensors do not depend on it).
 NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
-REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16"}
+REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "gemma4mm": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16"}
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
 # Keys written differently on purpose (see test_convert.py).
@@ -50,7 +51,10 @@ def test_token_ids_match_transformers(name, converted, hf_tokenizer):
     prompt = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
     assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == tok(prompt, add_special_tokens=False)["input_ids"]
     text_ids = expected[1:] if expected[0] == llm.token_bos() else expected
-    assert _detokenize(llm, text_ids) == tok.decode(expected, skip_special_tokens=True)
+    text = tok.decode(expected, skip_special_tokens=True)
+    if name in CLEANS_SPACES:  # llama.cpp's gemma4 tokenizer type drops the space before an apostrophe when it
+        text = text.replace(" '", "'")  # detokenizes (the token ids match; only the decoded text differs)
+    assert _detokenize(llm, text_ids) == text
 
 
 def _detokenize(llm, ids: list[int]) -> str:
@@ -100,7 +104,9 @@ def test_logits_match_transformers(name, converted, hf_tokenizer):
         assert cosine >= 0.999
     else:
         assert cosine >= 0.9999
-        assert top1 >= 0.99
+        # Gemma 4's soft-capped logits of random weights leave near-ties: its 3 of 256 disagreements (in F32
+        # too) are between tokens under 0.006 apart, less than the 0.03 the two computations differ by.
+        assert top1 >= (0.98 if name in NEAR_TIES else 0.99)
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
@@ -138,6 +144,17 @@ def test_architecture_metadata(converted):
     assert g3["gemma3.attention.sliding_window_pattern"] == [True] * 5 + [False, True]
     assert g3["gemma3.rope.freq_base"] == 1000000.0 and g3["gemma3.rope.freq_base_swa"] == 10000.0
     assert g3["gemma3.rope.scaling.type"] == "linear" and g3["gemma3.rope.scaling.factor"] == 8.0
+    g4 = read_gguf(converted("gemma4"))
+    assert g4.metadata["gemma4.attention.key_length"] == 32 and g4.metadata["gemma4.attention.key_length_swa"] == 16
+    assert g4.metadata["gemma4.rope.dimension_count"] == 32 and g4.metadata["gemma4.rope.dimension_count_swa"] == 16
+    assert g4.metadata["tokenizer.ggml.model"] == "gemma4" and "tokenizer.ggml.pre" not in g4.metadata
+    assert {t.name: t.shape for t in g4.tensors}["blk.5.attn_q.weight"] == (64, 128)  # the global layer's wider heads
+    # the multimodal class: its text model alone, as llama.cpp's converter writes it (no vision tensors)
+    mm = read_gguf(converted("gemma4mm"))
+    assert mm.arch == "gemma4" and not any("vision" in t.name or "mm" in t.name for t in mm.tensors)
+    # keys double as values in its global layer: one KV head there, no V projection (llama.cpp reuses K)
+    assert {t.name for t in mm.tensors} == {t.name for t in g4.tensors} - {"blk.5.attn_v.weight"}
+    assert mm.metadata["gemma4.attention.head_count_kv"] == [2, 2, 2, 2, 2, 1]
     moe = read_gguf(converted("qwen3moe")).metadata
     assert (moe["qwen3moe.expert_count"], moe["qwen3moe.expert_used_count"], moe["qwen3moe.expert_feed_forward_length"]) == (8, 2, 48)
     mixtral = read_gguf(converted("mixtral"))
@@ -189,6 +206,20 @@ BAD_CONFIGS = [
     ("phi3", lambda c, d: [c.pop("original_max_position_embeddings"), c["rope_parameters"].pop("original_max_position_embeddings")],
      r"original_max_position_embeddings above 1, not None"),
     ("gemma3", lambda c, d: c.update(architectures=["Gemma3ForConditionalGeneration"]), r"unsupported architecture Gemma3ForConditionalGeneration"),
+    ("gemma4", lambda c, d: c.update(enable_moe_block=True), r"experts \(enable_moe_block\)"),
+    ("gemma4", lambda c, d: c.update(hidden_size_per_layer_input=256), r"per-layer input embeddings"),
+    ("gemma4", lambda c, d: c.update(num_kv_shared_layers=2), r"share KV caches"),
+    ("gemma4", lambda c, d: c.update(attention_k_eq_v=True), r"does not use: model\.layers\.5\.self_attn\.v_proj\.weight"),
+    ("gemma4", lambda c, d: c.update(num_global_key_value_heads=1), r"num_global_key_value_heads is set without attention_k_eq_v"),
+    ("gemma4", lambda c, d: c.update(use_bidirectional_attention="all"), r"attends causally"),
+    ("gemma4", lambda c, d: c.update(hidden_activation="gelu"), r"hidden_activation"),
+    ("gemma4", lambda c, d: c["rope_parameters"]["full_attention"].update(rope_type="default"), r"not proportional"),
+    ("gemma4", lambda c, d: c.pop("per_layer_config"), r"global layers' head size"),
+    ("gemma4", lambda c, d: c.update(per_layer_config={"5": {"head_dim": 0}}), r"out of range"),
+    ("gemma4", lambda c, d: c.update(per_layer_config={"5": [32]}), r"config\.json has a bad value"),
+    ("gemma4", lambda c, d: (d / "tokenizer.json").unlink(), r"Gemma 4 needs tokenizer\.json with a BPE model with byte fallback"),
+    ("gemma4mm", lambda c, d: c.pop("text_config"), r"lacks the text model's settings \(text_config\)"),
+    ("gemma4mm", lambda c, d: c["text_config"].update(enable_moe_block=True), r"Gemma4ForCausalLM faithfully: its layers have experts"),
     ("smollm3", lambda c, d: c.update(no_rope_layers=[1, 1, 0, 1, 1, 1, 0, 1]), r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: [c.pop("no_rope_layers"), c.update(no_rope_layer_interval=3)], r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: c.update(layer_types=["sliding_attention"] * 8), r"layer_types has sliding-window layers"),

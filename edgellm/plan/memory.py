@@ -72,7 +72,7 @@ class SwaRule:
 
 # Architectures whose llama.cpp graph has sliding-window layers. Others run full attention everywhere,
 # Phi-3 included whatever its sliding_window key says (llama.cpp disables it).
-SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0)}
+SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0), "gemma4": SwaRule(6, 0)}
 
 
 @dataclass(frozen=True)
@@ -170,10 +170,24 @@ class MemoryEstimate:
         return {**asdict(self), "ram": self.ram, "vram": self.vram}
 
 
-def kv_bytes_per_cell(info: GGUFInfo, kv_type: str) -> int:
-    """K + V bytes one token takes in one layer."""
-    n_kv = info.n_head_kv
-    return _row_bytes(kv_type, info.head_dim_k * n_kv) + _row_bytes(kv_type, info.head_dim_v * n_kv)
+def _per_layer(info: GGUFInfo, key: str, default: int) -> list[int]:
+    """A header count that may be one number or one per layer (a damaged entry reads as the default)."""
+    value = info.metadata.get(f"{info.arch}.{key}", default)
+    values = value if isinstance(value, list) and len(value) >= info.n_layers else [value] * info.n_layers
+    return [_count(v) or default for v in values[: info.n_layers]]
+
+
+def kv_bytes_per_cell(info: GGUFInfo, kv_type: str) -> list[int]:
+    """K + V bytes one token takes in each layer. Layers may differ (Gemma 4: sliding-window layers have
+    their own head size, KV heads vary by layer). With flash attention (on wherever the runtime can use it)
+    each layer keeps V rows of its own width; without it llama.cpp would pad them to the widest."""
+    sliding = attention_layout(info).sliding
+    n_kv = _per_layer(info, "attention.head_count_kv", info.n_head_kv)
+    k_swa = _count(info.metadata.get(f"{info.arch}.attention.key_length_swa")) or info.head_dim_k
+    v_swa = _count(info.metadata.get(f"{info.arch}.attention.value_length_swa")) or info.head_dim_v
+    k = [n * (k_swa if s else info.head_dim_k) for n, s in zip(n_kv, sliding)]
+    v = [n * (v_swa if s else info.head_dim_v) for n, s in zip(n_kv, sliding)]
+    return [_row_bytes(kv_type, kl) + _row_bytes(kv_type, vl) for kl, vl in zip(k, v)]
 
 
 def _output_bytes(info: GGUFInfo) -> int:
@@ -228,8 +242,8 @@ def estimate(
 
     cells, att, swa_cells = layer_cells(info, n_ctx, n_ubatch, n_seq)
     per_cell = kv_bytes_per_cell(info, kv_type)
-    kv_gpu = per_cell * sum(cells[first_gpu:])
-    kv_cpu = per_cell * sum(cells[:first_gpu])
+    kv_gpu = sum(c * b for c, b in zip(cells[first_gpu:], per_cell[first_gpu:]))
+    kv_cpu = sum(c * b for c, b in zip(cells[:first_gpu], per_cell[:first_gpu]))
 
     f32, f16 = 4, 2
     logits = n_ubatch * info.n_vocab * f32
