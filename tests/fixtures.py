@@ -339,6 +339,15 @@ def _write_shaped(path: Path, shape: str, level: str, fill: str) -> Path:
     return path
 
 
+def linked_smollm2_package(folder: Path) -> Path:
+    """A writable copy of the SmolLM2 package in `folder`/pkg: its GGUFs hard-linked, manifest and card copied."""
+    pkg = Path(folder) / "pkg"
+    pkg.mkdir()
+    for f in smollm2_package().iterdir():
+        (pkg / f.name).hardlink_to(f) if f.suffix == ".gguf" else shutil.copyfile(f, pkg / f.name)
+    return pkg
+
+
 def llama3_shaped_package(folder: Path, shape: str, levels: tuple[str, ...]) -> Path:
     """A package-like folder of sparse Llama-3-shaped files `<shape>-<LEVEL>.gguf` (no manifest)."""
     folder.mkdir(parents=True, exist_ok=True)

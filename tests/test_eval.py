@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 
@@ -113,10 +112,7 @@ def test_cli_bad_task_file_is_one_line(tmp_path, capsys):
 
 
 def test_package_levels_paired_and_saved(tmp_path, capsys):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    for f in fixtures.smollm2_package().iterdir():
-        (pkg / f.name).hardlink_to(f) if f.suffix == ".gguf" else shutil.copyfile(f, pkg / f.name)
+    pkg = fixtures.linked_smollm2_package(tmp_path)
     hs = eval_data.write_hellaswag(tmp_path / "hs.txt")
     code, out, err = run_cli(capsys, "eval", str(pkg), "--hellaswag", str(hs), "--limit", "5", "--save",
                              "--threads", str(THREADS), "--md", str(tmp_path / "eval.md"))

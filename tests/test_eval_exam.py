@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import shutil
 from decimal import Decimal
 
 import eval_data
@@ -130,10 +129,7 @@ def test_exam_scores_are_the_letters_logprobs(tmp_path):
 
 
 def test_package_exam_and_gsm8k_paired_saved_and_plotted(tmp_path, capsys):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    for f in fixtures.smollm2_package().iterdir():
-        (pkg / f.name).hardlink_to(f) if f.suffix == ".gguf" else shutil.copyfile(f, pkg / f.name)
+    pkg = fixtures.linked_smollm2_package(tmp_path)
     exam = eval_data.write_exam_jsonl(tmp_path / "mmlu.jsonl")
     gsm8k = eval_data.write_gsm8k(tmp_path / "gsm8k.jsonl")
     code, out, err = run_cli(capsys, "eval", str(pkg), "--exam", str(exam), "--gsm8k", str(gsm8k), "--limit", "2",

@@ -126,14 +126,6 @@ def test_sigkill_at_random_moments_then_the_same_command_completes(tmp_path):
 # --- records written beside each other: package, bench --save and eval --save share the package lock -------
 
 
-def linked_package(tmp_path):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    for f in fixtures.smollm2_package().iterdir():
-        (pkg / f.name).hardlink_to(f) if f.suffix == ".gguf" else shutil.copyfile(f, pkg / f.name)
-    return pkg
-
-
 def test_two_runs_recording_into_one_manifest_at_once_both_keep_their_records(tmp_path):
     """A bench --save and an eval --save that finish together: the second waits for the first and adds to
     what it wrote instead of overwriting it with the manifest it read before."""
@@ -141,7 +133,7 @@ def test_two_runs_recording_into_one_manifest_at_once_both_keep_their_records(tm
 
     from edgellm.store.manifest import updating
 
-    pkg = linked_package(tmp_path)
+    pkg = fixtures.linked_smollm2_package(tmp_path)
     first_in, let_go = threading.Event(), threading.Event()
 
     def bench_like():
@@ -172,7 +164,7 @@ def test_two_runs_recording_into_one_manifest_at_once_both_keep_their_records(tm
 def test_eval_save_killed_mid_run_leaves_the_manifest_and_card_as_they_were(tmp_path):
     import eval_data
 
-    pkg = linked_package(tmp_path)
+    pkg = fixtures.linked_smollm2_package(tmp_path)
     before = {n: (pkg / n).read_bytes() for n in ("manifest.json", "README.md")}
     hs = eval_data.write_hellaswag(tmp_path / "hs.txt")
     args = ("eval", pkg, "--levels", "Q8_0", "--hellaswag", hs, "--limit", "4", "--save", "--threads", "1")
@@ -188,7 +180,7 @@ def test_a_record_waiting_on_a_package_run_that_never_ends_gives_up_with_one_lin
     from edgellm.fsutil import exclusive_lock
     from edgellm.store import manifest as manifest_mod
 
-    pkg = linked_package(tmp_path)
+    pkg = fixtures.linked_smollm2_package(tmp_path)
     monkeypatch.setattr(manifest_mod, "RECORD_WAIT_S", 0.3)
     with exclusive_lock(pkg / manifest_mod.LOCK_FILE, "held by the test"):
         with pytest.raises(EdgeError, match=r"another edgellm run is writing to .*pkg \(pid \d+\)"):

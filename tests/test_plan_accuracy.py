@@ -20,11 +20,7 @@ def _record(accuracy: float, sha: str = "a" * 64) -> dict:
 
 @pytest.fixture
 def pkg(tmp_path):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    for f in fixtures.smollm2_package().iterdir():
-        (pkg / f.name).hardlink_to(f) if f.suffix == ".gguf" else shutil.copyfile(f, pkg / f.name)
-    return pkg
+    return fixtures.linked_smollm2_package(tmp_path)
 
 
 def _record_all(pkg, by_level: dict[str, dict]) -> None:
