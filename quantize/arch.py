@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from edgellm.errors import EdgeError
 
 
@@ -38,6 +40,49 @@ class HParams:
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense model)
     n_expert_used: int = 0
     n_ff_exp: int = 0  # one expert's feed-forward width
+    recurrent: tuple[bool, ...] = ()  # per layer: a linear-attention (gated delta net) layer, not softmax attention
+    ssm: SSMShape | None = None  # the linear-attention layers' shape, for hybrid models
+
+
+@dataclass(frozen=True)
+class SSMShape:
+    """Gated delta net layers (Qwen3.5, Qwen3-Next): key and value heads, their width, the conv kernel."""
+
+    n_k_heads: int
+    n_v_heads: int
+    head_k_dim: int
+    head_v_dim: int
+    conv_kernel: int
+
+    @property
+    def key_dim(self) -> int:
+        return self.n_k_heads * self.head_k_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.n_v_heads * self.head_v_dim
+
+    @property
+    def conv_dim(self) -> int:  # channels the short convolution runs over: q, k and v
+        return 2 * self.key_dim + self.value_dim
+
+
+def _ssm_shape(config: dict[str, Any], n_layers: int) -> tuple[tuple[bool, ...], SSMShape | None]:
+    """Linear-attention layers from `layer_types` (transformers 5) or every `full_attention_interval`-th
+    layer being full attention, and their shape; none for models without them."""
+    if "linear_num_value_heads" not in config:
+        return (), None
+    types = config.get("layer_types")
+    if isinstance(types, list) and len(types) == n_layers:
+        recurrent = tuple(t == "linear_attention" for t in types)
+    else:
+        interval = int(config.get("full_attention_interval") or 4)
+        recurrent = tuple((il + 1) % interval != 0 for il in range(n_layers))
+    ssm = SSMShape(
+        int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"]), int(config["linear_key_head_dim"]),
+        int(config["linear_value_head_dim"]), int(config["linear_conv_kernel_dim"]),
+    )
+    return recurrent, ssm
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +108,10 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         head_dim = int(config.get("head_dim") or n_embd // n_head)
         partial = float(rope.get("partial_rotary_factor", 1.0))
         n_expert = int(config.get("num_local_experts") or config.get("num_experts") or 0)
+        n_layers = int(config["num_hidden_layers"])
+        recurrent, ssm = _ssm_shape(config, n_layers)
         return HParams(
-            n_layers=int(config["num_hidden_layers"]),
+            n_layers=n_layers,
             n_embd=n_embd,
             n_ff=int(config["intermediate_size"]),
             n_head=n_head,
@@ -77,11 +124,14 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             rope=rope,
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             has_head_dim=config.get("head_dim") is not None,
-            # llama.cpp counts rotated dimensions from the model width, as Phi's configs define them
-            n_rot=head_dim if partial == 1.0 else int(partial * n_embd) // n_head,
+            # llama.cpp counts rotated dimensions from the model width, as Phi's configs define them, or
+            # from head_dim where the config gives it
+            n_rot=head_dim if partial == 1.0 else int(partial * head_dim) if config.get("head_dim") else int(partial * n_embd) // n_head,
             n_expert=n_expert,
             n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
             n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
+            recurrent=recurrent,
+            ssm=ssm,
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
@@ -104,6 +154,10 @@ class TensorSpec:
     optional: bool = False
     untied_only: bool = False  # required unless tie_word_embeddings (then llama.cpp reuses token_embd)
     keep_f32: bool = False  # stored as F32 whatever the outtype (llama.cpp's converter does so for routers)
+    layers: str = ""  # "recurrent" / "attention": only in linear-attention / softmax-attention layers of a hybrid
+    reorder: str | None = None  # a REORDERS entry: rows or columns moved between heads
+    values: str | None = None  # a VALUE_MAPS entry applied to every value
+    shifted: bool = True  # the arch's norm_shift applies (when the name ends in norm.weight)
 
 
 def _q_rows(h: HParams) -> int:
@@ -197,6 +251,66 @@ def _attn_biases(optional: bool) -> tuple[TensorSpec, ...]:
     return biases + (TensorSpec("model.layers.{bid}.self_attn.o_proj.bias", "blk.{bid}.attn_output.bias", lambda h: (h.n_embd,), None, True),)
 
 
+# Qwen3.5: gated delta net layers (llama.cpp's ssm_* tensors) and gated-query attention layers between them.
+def _ssm(h: HParams) -> SSMShape:
+    assert h.ssm is not None
+    return h.ssm
+
+
+_LIN = "model.layers.{bid}.linear_attn."
+QWEN35_LINEAR = (
+    TensorSpec(_LIN + "in_proj_qkv.weight", "blk.{bid}.attn_qkv.weight", lambda h: (_ssm(h).conv_dim, h.n_embd), layers="recurrent", reorder="v_after_qk"),
+    TensorSpec(_LIN + "in_proj_z.weight", "blk.{bid}.attn_gate.weight", lambda h: (_ssm(h).value_dim, h.n_embd), layers="recurrent", reorder="v_heads"),
+    TensorSpec(_LIN + "in_proj_b.weight", "blk.{bid}.ssm_beta.weight", lambda h: (_ssm(h).n_v_heads, h.n_embd), layers="recurrent", reorder="v_scalars"),
+    TensorSpec(_LIN + "in_proj_a.weight", "blk.{bid}.ssm_alpha.weight", lambda h: (_ssm(h).n_v_heads, h.n_embd), layers="recurrent", reorder="v_scalars"),
+    TensorSpec(_LIN + "conv1d.weight", "blk.{bid}.ssm_conv1d.weight", lambda h: (_ssm(h).conv_dim, _ssm(h).conv_kernel), keep_f32=True,
+               layers="recurrent", reorder="v_after_qk"),
+    TensorSpec(_LIN + "dt_bias", "blk.{bid}.ssm_dt.bias", lambda h: (_ssm(h).n_v_heads,), layers="recurrent", reorder="v_scalars"),
+    TensorSpec(_LIN + "A_log", "blk.{bid}.ssm_a", lambda h: (_ssm(h).n_v_heads,), layers="recurrent", reorder="v_scalars", values="neg_exp"),
+    # the gated output norm multiplies by its weight as stored, unlike the model's other norms
+    TensorSpec(_LIN + "norm.weight", "blk.{bid}.ssm_norm.weight", lambda h: (_ssm(h).head_v_dim,), layers="recurrent", shifted=False),
+    TensorSpec(_LIN + "out_proj.weight", "blk.{bid}.ssm_out.weight", lambda h: (h.n_embd, _ssm(h).value_dim), layers="recurrent", reorder="v_columns"),
+)
+QWEN35_ATTENTION = (
+    # the query projection also yields the output gate: each head's query rows, then its gate rows
+    TensorSpec("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", lambda h: (2 * _q_rows(h), h.n_embd), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", lambda h: (_kv_rows(h), h.n_embd), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", lambda h: (h.n_embd, _q_rows(h)), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", lambda h: (h.head_dim,), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", lambda h: (h.head_dim,), layers="attention"),
+)
+QWEN35_TENSORS: tuple[TensorSpec, ...] = (
+    EMBEDDINGS + OUTPUT + ATTN_NORM
+    + (TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", _embd),)
+    + QWEN35_LINEAR + QWEN35_ATTENTION + MLP
+)
+
+
+def _v_head_order(h: HParams, head: int) -> np.ndarray:
+    """HF groups value heads by the key head they share; llama.cpp's graph broadcasts key heads over value
+    heads tiled ([k0, k1, k0, k1, ...]), so value heads move from grouped to tiled order (index of rows)."""
+    s = _ssm(h)
+    per_k = s.n_v_heads // s.n_k_heads
+    return np.arange(s.n_v_heads * head).reshape(s.n_k_heads, per_k, head).swapaxes(0, 1).reshape(-1)
+
+
+def _rows_after(h: HParams, rows: np.ndarray, skip: int, head: int) -> np.ndarray:
+    return np.concatenate([rows[:skip], rows[skip:][_v_head_order(h, head)]])
+
+
+REORDERS: dict[str, Callable[[HParams, np.ndarray], np.ndarray]] = {
+    "v_after_qk": lambda h, a: _rows_after(h, a, 2 * _ssm(h).key_dim, _ssm(h).head_v_dim),
+    "v_heads": lambda h, a: a[_v_head_order(h, _ssm(h).head_v_dim)],
+    "v_scalars": lambda h, a: a[_v_head_order(h, 1)],
+    "v_columns": lambda h, a: a[:, _v_head_order(h, _ssm(h).head_v_dim)],
+}
+VALUE_MAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    # the decay's log is stored; llama.cpp's graph wants -exp(A_log), rounded once from float64 as torch does
+    "neg_exp": lambda v: -np.exp(v.astype(np.float64)),
+}
+
+
 # HF tensors that hold nothing llama.cpp needs (precomputed rope tables).
 IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")
 
@@ -211,12 +325,14 @@ KINDS: dict[str, Callable[[Any], bool]] = {
     "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32,
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
     "flags": lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
+    "counts": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 16 for x in v),
 }
 
 
 @dataclass(frozen=True)
 class MetaKey:
-    """One extra GGUF key: the GGUFWriter method that writes it, its value (None: not written) and its kind."""
+    """One extra GGUF key: the GGUFWriter method that writes it (or, for an array the gguf package has no
+    method for, the key itself: "{arch}.name"), its value (None: not written) and its kind."""
 
     writer: str
     value: Callable[[Config, HParams], Any]
@@ -290,6 +406,29 @@ PHI3_KEYS = (
     MetaKey("add_rope_scaling_attn_factors", _longrope_attn_factor, "number"),
 )
 
+# Qwen3.5 rotates with interleaved multi-axis sections; a text-only model has one axis, and llama.cpp
+# needs the sections written (transformers' default where the config gives none).
+QWEN35_MROPE_SECTIONS = [11, 11, 10, 0]
+
+
+def _mrope_sections(c: Config, h: HParams) -> Any:
+    sections = h.rope.get("mrope_section")
+    if sections is None:
+        return QWEN35_MROPE_SECTIONS
+    return list(sections) + [0] * (4 - len(sections)) if isinstance(sections, list) and len(sections) <= 4 else sections
+
+
+QWEN35_KEYS = (
+    MetaKey("add_ssm_conv_kernel", lambda c, h: _ssm(h).conv_kernel),
+    MetaKey("add_ssm_state_size", lambda c, h: _ssm(h).head_k_dim),
+    MetaKey("add_ssm_group_count", lambda c, h: _ssm(h).n_k_heads),
+    MetaKey("add_ssm_time_step_rank", lambda c, h: _ssm(h).n_v_heads),
+    MetaKey("add_ssm_inner_size", lambda c, h: _ssm(h).value_dim),
+    MetaKey("{arch}.attention.recurrent_layers", lambda c, h: list(h.recurrent), "flags"),
+    MetaKey("add_full_attention_interval", lambda c, h: c.get("full_attention_interval", 4)),
+    MetaKey("add_rope_dimension_sections", _mrope_sections, "counts"),
+)
+
 
 # --- configs llama.cpp would run differently ---------------------------------------------------------
 
@@ -343,6 +482,29 @@ SMOLLM3_CHECKS = (
     NO_SLIDING_WINDOW,
     Check(lambda c, h: all(t == "full_attention" for t in c.get("layer_types") or []), "layer_types has sliding-window layers, and llama.cpp's smollm3 attends fully"),
 )
+def _qwen35_linear_ok(c: Config, h: HParams) -> bool:
+    s = h.ssm
+    return (
+        s is not None and min(s.n_k_heads, s.n_v_heads, s.head_k_dim, s.conv_kernel) > 0 and s.n_v_heads % s.n_k_heads == 0
+        and len(h.recurrent) == h.n_layers and any(h.recurrent)
+    )
+
+
+def _known_layer_types(c: Config, h: HParams) -> bool:
+    types = c.get("layer_types")
+    return types is None or (isinstance(types, list) and len(types) == h.n_layers
+                             and set(types) <= {"linear_attention", "full_attention"})
+
+
+QWEN35_CHECKS = (
+    Check(_known_layer_types, "layer_types must list linear_attention or full_attention for each layer"),
+    Check(_qwen35_linear_ok, "the linear-attention shape is missing or inconsistent (value heads must be a multiple of key heads)"),
+    # llama.cpp's gated delta net sizes keys and values by one state size
+    Check(lambda c, h: h.ssm is not None and h.ssm.head_k_dim == h.ssm.head_v_dim, "linear_key_head_dim differs from linear_value_head_dim, which llama.cpp's qwen35 requires equal"),
+    Check(lambda c, h: not c.get("attention_bias"), "attention_bias is set, and llama.cpp's qwen35 loads no attention biases"),
+    Check(lambda c, h: c.get("hidden_act", "silu") == "silu", "hidden_act is not silu, the only activation llama.cpp's qwen35 runs"),
+    Check(lambda c, h: h.rope["rope_type"] == "default", "rope scaling is set, and llama.cpp's qwen35 reads none"),
+)
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -359,6 +521,9 @@ class ArchSpec:
     metadata: tuple[MetaKey, ...] = ()
     checks: tuple[Check, ...] = field(default=())
 
+
+# Qwen3.5's multi-token-prediction block: llama.cpp runs the model without it (its converter's --no-mtp).
+QWEN35_IGNORED = re.compile(r"^(model\.)?mtp\.")
 
 # Gemma's output reuses the embeddings; llama.cpp's converter drops an lm_head some exporters add.
 GEMMA_IGNORED = re.compile(r"^lm_head\.weight$")
@@ -396,6 +561,11 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(
             "MixtralForCausalLM", "mixtral", "llama", EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + FFN_NORM + MIXTRAL_EXPERTS,
             permute_qk=True, checks=MIXTRAL_CHECKS,
+        ),
+        # Qwen3.5 (text): gated delta net layers with a full-attention layer every few; norms store w - 1.
+        ArchSpec(
+            "Qwen3_5ForCausalLM", "qwen3_5_text", "qwen35", QWEN35_TENSORS, permute_qk=False, norm_shift=1.0,
+            ignored=QWEN35_IGNORED, metadata=QWEN35_KEYS, checks=QWEN35_CHECKS,
         ),
     )
 }
@@ -443,6 +613,21 @@ class PlannedTensor:
     permute: str | None
     shift: float = 0.0  # added to every value
     keep_f32: bool = False
+    reorder: str | None = None
+    values: str | None = None
+
+
+def _spec_layers(spec: TensorSpec, h: HParams) -> range | list:
+    if "{bid}" not in spec.hf:
+        return [None]
+    if spec.layers:
+        want = spec.layers == "recurrent"
+        return [il for il in range(h.n_layers) if (h.recurrent[il] if h.recurrent else False) == want]
+    return range(h.n_layers)
+
+
+def _unit_free(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
 
 
 def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]) -> list[PlannedTensor]:
@@ -450,7 +635,7 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
     out: list[PlannedTensor] = []
     used: set[str] = set()
     for spec in arch.tensors:
-        layers = range(h.n_layers) if "{bid}" in spec.hf else [None]
+        layers = _spec_layers(spec, h)
         stacked = "{xid}" in spec.hf
         for bid in layers:
             want = spec.shape(h)
@@ -462,13 +647,15 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
                     continue
                 raise EdgeError(f"checkpoint lacks tensor {missing[0]} that {arch.hf_arch} needs")
             for n in names:
-                if tuple(present[n]) != part:
+                # a unit axis is no difference in the data (a depthwise conv's kernel is stored (channels, 1, k))
+                if tuple(present[n]) != part and _unit_free(tuple(present[n])) != _unit_free(part):
                     raise EdgeError(f"tensor {n} has shape {list(present[n])} but config.json implies {list(part)}")
             used.update(names)
-            shift = arch.norm_shift if spec.gguf.endswith("norm.weight") else 0.0
-            out.append(
-                PlannedTensor(tuple(names), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None, shift, spec.keep_f32)
-            )
+            shift = arch.norm_shift if spec.gguf.endswith("norm.weight") and spec.shifted else 0.0
+            out.append(PlannedTensor(
+                tuple(names), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None, shift, spec.keep_f32,
+                spec.reorder, spec.values,
+            ))
     ignored = [IGNORED] + ([arch.ignored] if arch.ignored else [])
     extra = sorted(n for n in present if n not in used and not any(p.search(n) for p in ignored))
     if extra:
@@ -482,9 +669,10 @@ def weight_map(arch: ArchSpec, h: HParams) -> dict[str, PlannedTensor]:
     out: dict[str, PlannedTensor] = {}
     for spec in arch.tensors:
         want = spec.shape(h)
-        if "{xid}" in spec.hf or len(want) != 2 or (spec.untied_only and h.tied_embeddings):
+        # matrices whose heads move are left out: an adapter's low-rank factors would need the same moves
+        if "{xid}" in spec.hf or len(want) != 2 or (spec.untied_only and h.tied_embeddings) or spec.reorder:
             continue
-        for bid in range(h.n_layers) if "{bid}" in spec.hf else [None]:
+        for bid in _spec_layers(spec, h):
             name = spec.hf.format(bid=bid)
             out[name] = PlannedTensor((name,), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None)
     return out

@@ -406,6 +406,38 @@ def smollm3_checkpoint() -> Path:
     return _build_once("smollm3-tiny-hf", build)
 
 
+def qwen35_checkpoint() -> Path:
+    """A tiny Qwen3.5 text model (f32): three gated delta net layers, then one full-attention layer with a
+    gated query and a quarter of each head rotated; twice as many linear-attention value heads as key heads."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Qwen3_5TextConfig
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Qwen3_5TextConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            max_position_embeddings=40960,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+            eos_token_id=1002,
+            architectures=["Qwen3_5ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "float32")
+
+    return _build_once("qwen35-tiny-hf", build)
+
+
 CHECKPOINTS = {
     "qwen3": qwen3_checkpoint,
     "qwen3moe": qwen3_moe_checkpoint,
@@ -414,6 +446,7 @@ CHECKPOINTS = {
     "phi3": phi3_checkpoint,
     "mixtral": mixtral_checkpoint,
     "smollm3": smollm3_checkpoint,
+    "qwen35": qwen35_checkpoint,
 }
 
 
@@ -431,8 +464,9 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def llamacpp_reference_gguf(name: str, src: Path, outtype: str, pre: str | None = None) -> Path:
-    """`src` converted by llama.cpp's own converter (cached under `name`); `pre` names the BPE pre-tokenizer."""
+def llamacpp_reference_gguf(name: str, src: Path, outtype: str, pre: str | None = None, extra: tuple[str, ...] = ()) -> Path:
+    """`src` converted by llama.cpp's own converter (cached under `name`); `pre` names the BPE pre-tokenizer,
+    `extra` adds options."""
     import os
     import subprocess
     import sys
@@ -443,7 +477,7 @@ def llamacpp_reference_gguf(name: str, src: Path, outtype: str, pre: str | None 
 
     def build(tmp: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
-        args = [str(src), "--outtype", outtype, "--outfile", str(tmp / "ref.gguf")]
+        args = [str(src), "--outtype", outtype, "--outfile", str(tmp / "ref.gguf"), *extra]
         cmd = [sys.executable, "-c", _NAMED_PRE, str(script), pre, *args] if pre else [sys.executable, str(script), *args]
         subprocess.run(cmd, check=True, env=env, capture_output=True)
 
