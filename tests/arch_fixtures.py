@@ -521,12 +521,32 @@ SHAPES = {
     "gemma2-2b": ("gemma2", 26, 2304, 9216, 8, 4, 256, 256000, 4096, 0, 0, 0),
     "qwen3-30b-a3b": ("qwen3moe", 48, 2048, 6144, 32, 4, 128, 151936, 0, 128, 8, 768),
     "mixtral-8x7b": ("llama", 32, 4096, 14336, 32, 8, 128, 32000, 0, 8, 2, 14336),
+    "qwen3.5-9b": ("qwen35", 32, 4096, 12288, 16, 4, 256, 248320, 0, 0, 0, 0),
 }
+# Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
+LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4)}
 
 
-def _layer_tensors(arch: str, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
+def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv: int, head_dim: int):
+    """Qwen3.5's layers: gated delta net ones, and every fourth a full-attention one with a gated query."""
+    n_k, n_v, head, conv = LINEAR_SHAPES[arch]
+    qk, v = 2 * n_k * head, n_v * head
+    out = [("attn_norm", (n_embd,), "norm"), ("post_attention_norm", (n_embd,), "norm")]
+    if (il + 1) % 4:
+        out += [("attn_qkv", (qk + v, n_embd), "main"), ("attn_gate", (v, n_embd), "main"), ("ssm_conv1d", (qk + v, conv), "norm"),
+                ("ssm_dt", (n_v,), "bias"), ("ssm_a", (n_v,), "bare"), ("ssm_beta", (n_v, n_embd), "norm"),
+                ("ssm_alpha", (n_v, n_embd), "norm"), ("ssm_norm", (head,), "norm"), ("ssm_out", (n_embd, v), "sensitive")]
+    else:
+        out += [("attn_q", (2 * q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
+                ("attn_output", (n_embd, q), "main"), ("attn_q_norm", (head_dim,), "norm"), ("attn_k_norm", (head_dim,), "norm")]
+    return out + [("ffn_gate", (n_ff, n_embd), "main"), ("ffn_up", (n_ff, n_embd), "main"), ("ffn_down", (n_embd, n_ff), "sensitive")]
+
+
+def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
     """(name suffix, HF-order shape, role) of one layer; role picks the quant type."""
     q, kv = n_head * head_dim, n_head_kv * head_dim
+    if arch in LINEAR_SHAPES:
+        return _hybrid_layer_tensors(arch, il, n_embd, n_ff, q, kv, head_dim)
     out = [("attn_norm", (n_embd,), "norm"), ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"),
            ("attn_v", (kv, n_embd), "sensitive"), ("attn_output", (n_embd, q), "main"), ("ffn_norm", (n_embd,), "norm")]
     if arch in ("gemma3", "qwen3moe"):
@@ -556,8 +576,10 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     if not arch.startswith("gemma"):
         tensors.append(("output.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]))
     for i in range(n_layer):
-        for name, shape_, role in _layer_tensors(arch, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp):
-            tensors.append((f"blk.{i}.{name}.weight", shape_, types[role]))
+        for name, shape_, role in _layer_tensors(arch, i, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp):
+            # role "bias" / "bare": an F32 tensor named .bias / with no suffix (llama.cpp's ssm_dt.bias, ssm_a)
+            suffix = {"bias": ".bias", "bare": ""}.get(role, ".weight")
+            tensors.append((f"blk.{i}.{name}{suffix}", shape_, types.get(role, types["norm"])))
 
     w = GGUFWriter(Path(path), arch)
     w.add_name(f"{shape} synthetic")
@@ -575,6 +597,16 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     w.add_vocab_size(n_vocab)
     if window:
         w.add_sliding_window(window)
+    if arch in LINEAR_SHAPES:
+        n_k, n_v, head, conv = LINEAR_SHAPES[arch]
+        w.add_ssm_conv_kernel(conv)
+        w.add_ssm_state_size(head)
+        w.add_ssm_group_count(n_k)
+        w.add_ssm_time_step_rank(n_v)
+        w.add_ssm_inner_size(n_v * head)
+        w.add_full_attention_interval(4)
+        w.add_rope_dimension_count(head_dim // 4)
+        w.add_rope_dimension_sections([11, 11, 10, 0])
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_used)
