@@ -407,7 +407,7 @@ def smollm3_checkpoint() -> Path:
 
 
 def qwen35_checkpoint() -> Path:
-    """A tiny Qwen3.5 text model (f32): three gated delta net layers, then one full-attention layer with a
+    """A tiny Qwen3.5 text model (bf16, as released): three gated delta net layers, then one full-attention layer with a
     gated query and a quarter of each head rotated; twice as many linear-attention value heads as key heads."""
 
     def build(tmp: Path) -> None:
@@ -433,7 +433,7 @@ def qwen35_checkpoint() -> Path:
             eos_token_id=1002,
             architectures=["Qwen3_5ForCausalLM"],
         )
-        _save_random_model(tmp, config, "float32")
+        _save_random_model(tmp, config, "bfloat16")
 
     return _build_once("qwen35-tiny-hf", build)
 

@@ -23,7 +23,7 @@ MOE = {"qwen3moe", "mixtral"}
 # pre-tokenizer named (their tensors do not depend on it).
 NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
-REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16", "qwen35": "f32"}
+REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16"}
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
 # Qwen3.5 checkpoints without a multi-token-prediction block convert in llama.cpp only with it declined.
