@@ -40,6 +40,7 @@ class HParams:
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense model)
     n_expert_used: int = 0
     n_ff_exp: int = 0  # one expert's feed-forward width
+    n_ff_shexp: int = 0  # the shared expert's feed-forward width (0: none)
     recurrent: tuple[bool, ...] = ()  # per layer: a linear-attention (gated delta net) layer, not softmax attention
     ssm: SSMShape | None = None  # the linear-attention layers' shape, for hybrid models
 
@@ -109,11 +110,13 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         partial = float(rope.get("partial_rotary_factor", 1.0))
         n_expert = int(config.get("num_local_experts") or config.get("num_experts") or 0)
         n_layers = int(config["num_hidden_layers"])
+        # MoE models may give only the experts' width (no dense layers); then no feed-forward length is written
+        n_ff = int(config["intermediate_size"] if "moe_intermediate_size" not in config else config.get("intermediate_size") or 0)
         recurrent, ssm = _ssm_shape(config, n_layers)
         return HParams(
             n_layers=n_layers,
             n_embd=n_embd,
-            n_ff=int(config["intermediate_size"]),
+            n_ff=n_ff,
             n_head=n_head,
             n_head_kv=int(config.get("num_key_value_heads") or n_head),
             head_dim=head_dim,
@@ -130,6 +133,7 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             n_expert=n_expert,
             n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
             n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
+            n_ff_shexp=int(config.get("shared_expert_intermediate_size") or 0) if n_expert else 0,
             recurrent=recurrent,
             ssm=ssm,
         )
@@ -237,6 +241,14 @@ def _experts(router: str, prefix: str, gate: str, up: str, down: str) -> tuple[T
     )
 
 
+_SHEXP = "model.layers.{bid}.mlp.shared_expert."
+# Experts plus one shared expert every token goes through, its output scaled by a sigmoid gate.
+SHARED_EXPERT = (
+    TensorSpec(_SHEXP + "gate_proj.weight", "blk.{bid}.ffn_gate_shexp.weight", lambda h: (h.n_ff_shexp, h.n_embd)),
+    TensorSpec(_SHEXP + "up_proj.weight", "blk.{bid}.ffn_up_shexp.weight", lambda h: (h.n_ff_shexp, h.n_embd)),
+    TensorSpec(_SHEXP + "down_proj.weight", "blk.{bid}.ffn_down_shexp.weight", lambda h: (h.n_embd, h.n_ff_shexp)),
+    TensorSpec("model.layers.{bid}.mlp.shared_expert_gate.weight", "blk.{bid}.ffn_gate_inp_shexp.weight", lambda h: (1, h.n_embd), keep_f32=True),
+)
 QWEN_MOE_EXPERTS = _experts("mlp.gate.weight", "mlp.experts.{xid}.", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
 MIXTRAL_EXPERTS = _experts("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{xid}.", "w1.weight", "w3.weight", "w2.weight")
 
@@ -280,11 +292,12 @@ QWEN35_ATTENTION = (
     TensorSpec("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", lambda h: (h.head_dim,), layers="attention"),
     TensorSpec("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", lambda h: (h.head_dim,), layers="attention"),
 )
-QWEN35_TENSORS: tuple[TensorSpec, ...] = (
+QWEN35_LAYERS: tuple[TensorSpec, ...] = (
     EMBEDDINGS + OUTPUT + ATTN_NORM
     + (TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", _embd),)
-    + QWEN35_LINEAR + QWEN35_ATTENTION + MLP
+    + QWEN35_LINEAR + QWEN35_ATTENTION
 )
+QWEN35_TENSORS = QWEN35_LAYERS + MLP
 
 
 def _v_head_order(h: HParams, head: int) -> np.ndarray:
@@ -430,6 +443,12 @@ QWEN35_KEYS = (
 )
 
 
+QWEN35MOE_KEYS = QWEN35_KEYS + (
+    EXPERT_FF,
+    MetaKey("add_expert_shared_feed_forward_length", lambda c, h: h.n_ff_shexp),
+)
+
+
 # --- configs llama.cpp would run differently ---------------------------------------------------------
 
 
@@ -505,6 +524,10 @@ QWEN35_CHECKS = (
     Check(lambda c, h: c.get("hidden_act", "silu") == "silu", "hidden_act is not silu, the only activation llama.cpp's qwen35 runs"),
     Check(lambda c, h: h.rope["rope_type"] == "default", "rope scaling is set, and llama.cpp's qwen35 reads none"),
 )
+QWEN35MOE_CHECKS = QWEN35_CHECKS + (
+    Check(_experts_ok, f"num_experts / num_experts_per_tok / moe_intermediate_size are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
+    Check(lambda c, h: h.n_ff_shexp > 0, "shared_expert_intermediate_size is missing, and llama.cpp's qwen35moe needs the shared expert"),
+)
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -566,6 +589,11 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(
             "Qwen3_5ForCausalLM", "qwen3_5_text", "qwen35", QWEN35_TENSORS, permute_qk=False, norm_shift=1.0,
             ignored=QWEN35_IGNORED, metadata=QWEN35_KEYS, checks=QWEN35_CHECKS,
+        ),
+        # Qwen3.5-MoE: the same layers with routed experts and a gated shared expert in place of the MLP.
+        ArchSpec(
+            "Qwen3_5MoeForCausalLM", "qwen3_5_moe_text", "qwen35moe", QWEN35_LAYERS + QWEN_MOE_EXPERTS + SHARED_EXPERT,
+            permute_qk=False, norm_shift=1.0, ignored=QWEN35_IGNORED, metadata=QWEN35MOE_KEYS, checks=QWEN35MOE_CHECKS,
         ),
     )
 }

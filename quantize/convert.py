@@ -312,7 +312,8 @@ def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpo
     w.add_block_count(hp.n_layers)
     w.add_context_length(hp.n_ctx)
     w.add_embedding_length(hp.n_embd)
-    w.add_feed_forward_length(hp.n_ff)
+    if hp.n_ff:
+        w.add_feed_forward_length(hp.n_ff)
     w.add_head_count(hp.n_head)
     w.add_head_count_kv(hp.n_head_kv)
     w.add_rope_freq_base(hp.rope_theta)

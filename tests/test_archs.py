@@ -1,4 +1,4 @@
-"""Qwen3, Qwen3-MoE, Qwen3.5, Gemma 2/3, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
+"""Qwen3, Qwen3-MoE, Qwen3.5 (dense and MoE), Gemma 2/3, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
 logits, chat template), llama.cpp (runs the GGUF) and llama.cpp's own convert_hf_to_gguf.py (same tensor
 bytes and metadata)."""
 
@@ -18,16 +18,16 @@ from edgellm.formats.gguf_info import read_gguf
 from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
-MOE = {"qwen3moe", "mixtral"}
+MOE = {"qwen3moe", "mixtral", "qwen35moe"}
 # llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
 # pre-tokenizer named (their tensors do not depend on it).
-NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2"}
+NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
-REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16"}
+REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16"}
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
 # Qwen3.5 checkpoints without a multi-token-prediction block convert in llama.cpp only with it declined.
-REF_OPTIONS = {"qwen35": ("--no-mtp",)}
+REF_OPTIONS = {"qwen35": ("--no-mtp",), "qwen35moe": ("--no-mtp",)}
 # Keys written differently on purpose (see test_convert.py).
 EXPECTED_DIFFERENT = {"general.name", "general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id"}
 # Keys edgellm always writes where llama.cpp's converter leaves some architectures to llama.cpp's defaults
@@ -96,7 +96,7 @@ def test_logits_match_transformers(name, converted, hf_tokenizer):
         # Random routers make near-ties between experts, where float rounding picks another expert: as
         # close as llama.cpp's own conversion gets (its F32 conversion, run the same way).
         ref_cosine, ref_top1 = _logits_vs_transformers(arch_fixtures.llamacpp_reference_gguf(
-            f"{name}-f32", CHECKPOINTS[name](), "f32", NAMED_PRE.get(name)), name, ids)
+            f"{name}-f32", CHECKPOINTS[name](), "f32", NAMED_PRE.get(name), REF_OPTIONS.get(name, ())), name, ids)
         print(f"{name} via llama.cpp's converter: cosine {ref_cosine:.6f}, top-1 agreement {ref_top1:.4f}")
         assert cosine >= ref_cosine - 1e-6 and top1 >= ref_top1
         assert cosine >= 0.999
@@ -208,6 +208,9 @@ BAD_CONFIGS = [
     ("qwen35", lambda c, d: c.update(attention_bias=True), r"attention_bias is set"),
     ("qwen35", lambda c, d: c["rope_parameters"].update(rope_type="yarn", factor=4.0), r"rope scaling is set"),
     ("qwen35", lambda c, d: c.update(architectures=["Qwen3_5ForConditionalGeneration"]), r"unsupported architecture Qwen3_5ForConditionalGeneration"),
+    ("qwen35moe", lambda c, d: c.update(shared_expert_intermediate_size=0), r"llama.cpp's qwen35moe needs the shared expert"),
+    ("qwen35moe", lambda c, d: c.update(num_experts_per_tok=5), r"num_experts_per_tok"),
+    ("qwen35moe", lambda c, d: c.update(linear_num_key_heads=3), r"value heads must be a multiple of key heads"),
 ]
 
 
