@@ -558,13 +558,15 @@ SHAPES = {
     "qwen3-30b-a3b": ("qwen3moe", 48, 2048, 6144, 32, 4, 128, 151936, 0, 128, 8, 768),
     "mixtral-8x7b": ("llama", 32, 4096, 14336, 32, 8, 128, 32000, 0, 8, 2, 14336),
     "qwen3.5-9b": ("qwen35", 32, 4096, 12288, 16, 4, 256, 248320, 0, 0, 0, 0),
+    "qwen3.5-35b-a3b": ("qwen35moe", 40, 2048, 512, 16, 2, 256, 248320, 0, 256, 8, 512),  # n_ff: the shared expert's
 }
 # Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
-LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4)}
+LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4)}
 
 
-def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv: int, head_dim: int):
-    """Qwen3.5's layers: gated delta net ones, and every fourth a full-attention one with a gated query."""
+def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
+    """Qwen3.5's layers: gated delta net ones, and every fourth a full-attention one with a gated query; the
+    MoE model has experts and a shared one of width n_ff."""
     n_k, n_v, head, conv = LINEAR_SHAPES[arch]
     qk, v = 2 * n_k * head, n_v * head
     out = [("attn_norm", (n_embd,), "norm"), ("post_attention_norm", (n_embd,), "norm")]
@@ -575,14 +577,20 @@ def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv
     else:
         out += [("attn_q", (2 * q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
                 ("attn_output", (n_embd, q), "main"), ("attn_q_norm", (head_dim,), "norm"), ("attn_k_norm", (head_dim,), "norm")]
-    return out + [("ffn_gate", (n_ff, n_embd), "main"), ("ffn_up", (n_ff, n_embd), "main"), ("ffn_down", (n_embd, n_ff), "sensitive")]
+    suffix = "_shexp" if n_expert else ""
+    if n_expert:
+        out += [("ffn_gate_inp", (n_expert, n_embd), "norm"), ("ffn_gate_exps", (n_expert, n_ff_exp, n_embd), "main"),
+                ("ffn_up_exps", (n_expert, n_ff_exp, n_embd), "main"), ("ffn_down_exps", (n_expert, n_embd, n_ff_exp), "sensitive"),
+                ("ffn_gate_inp_shexp", (1, n_embd), "norm")]
+    return out + [(f"ffn_gate{suffix}", (n_ff, n_embd), "main"), (f"ffn_up{suffix}", (n_ff, n_embd), "main"),
+                  (f"ffn_down{suffix}", (n_embd, n_ff), "sensitive")]
 
 
 def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
     """(name suffix, HF-order shape, role) of one layer; role picks the quant type."""
     q, kv = n_head * head_dim, n_head_kv * head_dim
     if arch in LINEAR_SHAPES:
-        return _hybrid_layer_tensors(arch, il, n_embd, n_ff, q, kv, head_dim)
+        return _hybrid_layer_tensors(arch, il, n_embd, n_ff, q, kv, head_dim, n_expert, n_ff_exp)
     out = [("attn_norm", (n_embd,), "norm"), ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"),
            ("attn_v", (kv, n_embd), "sensitive"), ("attn_output", (n_embd, q), "main"), ("ffn_norm", (n_embd,), "norm")]
     if arch in ("gemma3", "qwen3moe"):
@@ -647,6 +655,8 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_used)
         w.add_expert_feed_forward_length(n_ff_exp)
+        if arch in LINEAR_SHAPES:
+            w.add_expert_shared_feed_forward_length(n_ff)
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     rest = n_vocab - len(specials) - len(byte_tokens)
