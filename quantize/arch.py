@@ -162,6 +162,7 @@ class TensorSpec:
     reorder: str | None = None  # a REORDERS entry: rows or columns moved between heads
     values: str | None = None  # a VALUE_MAPS entry applied to every value
     shifted: bool = True  # the arch's norm_shift applies (when the name ends in norm.weight)
+    hf_shape: Shape | None = None  # the HF tensor's shape where the GGUF tensor takes some of its rows (`reorder`)
 
 
 def _q_rows(h: HParams) -> int:
@@ -292,12 +293,43 @@ QWEN35_ATTENTION = (
     TensorSpec("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", lambda h: (h.head_dim,), layers="attention"),
     TensorSpec("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", lambda h: (h.head_dim,), layers="attention"),
 )
-QWEN35_LAYERS: tuple[TensorSpec, ...] = (
+QWEN35_NORMS: tuple[TensorSpec, ...] = (
     EMBEDDINGS + OUTPUT + ATTN_NORM
     + (TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", _embd),)
-    + QWEN35_LINEAR + QWEN35_ATTENTION
 )
+QWEN35_LAYERS = QWEN35_NORMS + QWEN35_LINEAR + QWEN35_ATTENTION
 QWEN35_TENSORS = QWEN35_LAYERS + MLP
+
+
+# Qwen3-Next: each key head's q, k, v and gate rows in one matrix, split by llama.cpp's converter into the q, k
+# and v of all heads (one after the other) and the gates; beta and alpha stay together per key head.
+_QKVZ_ROWS = lambda h: (_ssm(h).conv_dim + _ssm(h).value_dim, h.n_embd)  # noqa: E731
+QWEN3NEXT_LINEAR = (
+    TensorSpec(_LIN + "in_proj_qkvz.weight", "blk.{bid}.attn_qkv.weight", lambda h: (_ssm(h).conv_dim, h.n_embd), layers="recurrent",
+               reorder="qkvz_qkv", hf_shape=_QKVZ_ROWS),
+    TensorSpec(_LIN + "in_proj_qkvz.weight", "blk.{bid}.attn_gate.weight", lambda h: (_ssm(h).value_dim, h.n_embd), layers="recurrent",
+               reorder="qkvz_z", hf_shape=_QKVZ_ROWS),
+    TensorSpec(_LIN + "in_proj_ba.weight", "blk.{bid}.ssm_ba.weight", lambda h: (2 * _ssm(h).n_v_heads, h.n_embd), layers="recurrent"),
+    TensorSpec(_LIN + "conv1d.weight", "blk.{bid}.ssm_conv1d.weight", lambda h: (_ssm(h).conv_dim, _ssm(h).conv_kernel), keep_f32=True,
+               layers="recurrent"),
+    TensorSpec(_LIN + "dt_bias", "blk.{bid}.ssm_dt.bias", lambda h: (_ssm(h).n_v_heads,), layers="recurrent"),
+    TensorSpec(_LIN + "A_log", "blk.{bid}.ssm_a", lambda h: (_ssm(h).n_v_heads,), layers="recurrent", values="neg_exp"),
+    TensorSpec(_LIN + "norm.weight", "blk.{bid}.ssm_norm.weight", lambda h: (_ssm(h).head_v_dim,), layers="recurrent", shifted=False),
+    TensorSpec(_LIN + "out_proj.weight", "blk.{bid}.ssm_out.weight", lambda h: (h.n_embd, _ssm(h).value_dim), layers="recurrent"),
+)
+
+
+def _qkvz_parts(h: HParams) -> dict[str, np.ndarray]:
+    """Row indices of q, k, v and z in the qkvz matrix, each for all key heads in order."""
+    s = _ssm(h)
+    per_v = s.n_v_heads // s.n_k_heads * s.head_v_dim
+    sizes = {"q": s.head_k_dim, "k": s.head_k_dim, "v": per_v, "z": per_v}
+    block = np.arange(s.n_k_heads * sum(sizes.values())).reshape(s.n_k_heads, -1)
+    out, start = {}, 0
+    for part, size in sizes.items():
+        out[part] = block[:, start:start + size].reshape(-1)
+        start += size
+    return out
 
 
 def _v_head_order(h: HParams, head: int) -> np.ndarray:
@@ -317,6 +349,8 @@ REORDERS: dict[str, Callable[[HParams, np.ndarray], np.ndarray]] = {
     "v_heads": lambda h, a: a[_v_head_order(h, _ssm(h).head_v_dim)],
     "v_scalars": lambda h, a: a[_v_head_order(h, 1)],
     "v_columns": lambda h, a: a[:, _v_head_order(h, _ssm(h).head_v_dim)],
+    "qkvz_qkv": lambda h, a: a[np.concatenate([_qkvz_parts(h)[p] for p in "qkv"])],
+    "qkvz_z": lambda h, a: a[_qkvz_parts(h)["z"]],
 }
 VALUE_MAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     # the decay's log is stored; llama.cpp's graph wants -exp(A_log), rounded once from float64 as torch does
@@ -443,10 +477,9 @@ QWEN35_KEYS = (
 )
 
 
-QWEN35MOE_KEYS = QWEN35_KEYS + (
-    EXPERT_FF,
-    MetaKey("add_expert_shared_feed_forward_length", lambda c, h: h.n_ff_shexp),
-)
+SHARED_EXPERT_KEYS = (EXPERT_FF, MetaKey("add_expert_shared_feed_forward_length", lambda c, h: h.n_ff_shexp))
+QWEN35MOE_KEYS = QWEN35_KEYS + SHARED_EXPERT_KEYS
+QWEN3NEXT_KEYS = QWEN35_KEYS[:-1] + SHARED_EXPERT_KEYS  # no rope sections: Qwen3-Next rotates the usual way
 
 
 # --- configs llama.cpp would run differently ---------------------------------------------------------
@@ -526,8 +559,9 @@ QWEN35_CHECKS = (
 )
 QWEN35MOE_CHECKS = QWEN35_CHECKS + (
     Check(_experts_ok, f"num_experts / num_experts_per_tok / moe_intermediate_size are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
-    Check(lambda c, h: h.n_ff_shexp > 0, "shared_expert_intermediate_size is missing, and llama.cpp's qwen35moe needs the shared expert"),
+    Check(lambda c, h: h.n_ff_shexp > 0, "shared_expert_intermediate_size is missing, and llama.cpp needs the shared expert"),
 )
+QWEN3NEXT_CHECKS = QWEN35MOE_CHECKS + QWEN3_MOE_CHECKS[1:3]  # every layer sparse, chosen experts renormalised
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -589,6 +623,12 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(
             "Qwen3_5ForCausalLM", "qwen3_5_text", "qwen35", QWEN35_TENSORS, permute_qk=False, norm_shift=1.0,
             ignored=QWEN35_IGNORED, metadata=QWEN35_KEYS, checks=QWEN35_CHECKS,
+        ),
+        # Qwen3-Next: Qwen3.5-MoE's layers before Qwen3.5 (fused projections, value heads left grouped).
+        ArchSpec(
+            "Qwen3NextForCausalLM", "qwen3_next", "qwen3next",
+            QWEN35_NORMS + QWEN3NEXT_LINEAR + QWEN35_ATTENTION + QWEN_MOE_EXPERTS + SHARED_EXPERT,
+            permute_qk=False, norm_shift=1.0, ignored=QWEN35_IGNORED, metadata=QWEN3NEXT_KEYS, checks=QWEN3NEXT_CHECKS,
         ),
         # Qwen3.5-MoE: the same layers with routed experts and a gated shared expert in place of the MLP.
         ArchSpec(
@@ -667,8 +707,9 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
         stacked = "{xid}" in spec.hf
         for bid in layers:
             want = spec.shape(h)
+            source = spec.hf_shape(h) if spec.hf_shape else want
             names = [spec.hf.format(bid=bid, xid=x) for x in range(want[0])] if stacked else [spec.hf.format(bid=bid)]
-            part = want[1:] if stacked else want
+            part = source[1:] if stacked else source
             missing = [n for n in names if n not in present]
             if missing:
                 if spec.optional or (spec.untied_only and h.tied_embeddings):

@@ -473,6 +473,43 @@ def qwen35_moe_checkpoint() -> Path:
     return _build_once("qwen35moe-tiny-hf", build)
 
 
+def qwen3_next_checkpoint() -> Path:
+    """A tiny Qwen3-Next (bf16): gated delta net layers whose q, k, v and gate projections are one matrix
+    (per key head), a full-attention layer every fourth, 4 experts (2 used) and a gated shared expert."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Qwen3NextConfig
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Qwen3NextConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=True,
+            max_position_embeddings=40960,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+            eos_token_id=1002,
+            architectures=["Qwen3NextForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("qwen3next-tiny-hf", build)
+
+
 CHECKPOINTS = {
     "qwen3": qwen3_checkpoint,
     "qwen3moe": qwen3_moe_checkpoint,
@@ -483,6 +520,7 @@ CHECKPOINTS = {
     "smollm3": smollm3_checkpoint,
     "qwen35": qwen35_checkpoint,
     "qwen35moe": qwen35_moe_checkpoint,
+    "qwen3next": qwen3_next_checkpoint,
 }
 
 

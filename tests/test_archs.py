@@ -1,4 +1,4 @@
-"""Qwen3, Qwen3-MoE, Qwen3.5 (dense and MoE), Gemma 2/3, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
+"""Qwen3, Qwen3-MoE, Qwen3.5 (dense and MoE), Qwen3-Next, Gemma 2/3, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
 logits, chat template), llama.cpp (runs the GGUF) and llama.cpp's own convert_hf_to_gguf.py (same tensor
 bytes and metadata)."""
 
@@ -18,16 +18,16 @@ from edgellm.formats.gguf_info import read_gguf
 from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
-MOE = {"qwen3moe", "mixtral", "qwen35moe"}
+MOE = {"qwen3moe", "mixtral", "qwen35moe", "qwen3next"}
 # llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
 # pre-tokenizer named (their tensors do not depend on it).
-NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2"}
+NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2", "qwen3next": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
-REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16"}
+REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16", "qwen3next": "bf16"}
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
 # Qwen3.5 checkpoints without a multi-token-prediction block convert in llama.cpp only with it declined.
-REF_OPTIONS = {"qwen35": ("--no-mtp",), "qwen35moe": ("--no-mtp",)}
+REF_OPTIONS = {"qwen35": ("--no-mtp",), "qwen35moe": ("--no-mtp",), "qwen3next": ("--no-mtp",)}
 # Keys written differently on purpose (see test_convert.py).
 EXPECTED_DIFFERENT = {"general.name", "general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id"}
 # Keys edgellm always writes where llama.cpp's converter leaves some architectures to llama.cpp's defaults
@@ -211,6 +211,9 @@ BAD_CONFIGS = [
     ("qwen35moe", lambda c, d: c.update(shared_expert_intermediate_size=0), r"llama.cpp's qwen35moe needs the shared expert"),
     ("qwen35moe", lambda c, d: c.update(num_experts_per_tok=5), r"num_experts_per_tok"),
     ("qwen35moe", lambda c, d: c.update(linear_num_key_heads=3), r"value heads must be a multiple of key heads"),
+    ("qwen3next", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob is off"),
+    ("qwen3next", lambda c, d: c.update(mlp_only_layers=[1]), r"some layers are dense"),
+    ("qwen3next", lambda c, d: c.update(linear_value_head_dim=32), r"linear_key_head_dim differs"),
 ]
 
 
