@@ -597,9 +597,10 @@ SHAPES = {
     "mixtral-8x7b": ("llama", 32, 4096, 14336, 32, 8, 128, 32000, 0, 8, 2, 14336),
     "qwen3.5-9b": ("qwen35", 32, 4096, 12288, 16, 4, 256, 248320, 0, 0, 0, 0),
     "qwen3.5-35b-a3b": ("qwen35moe", 40, 2048, 512, 16, 2, 256, 248320, 0, 256, 8, 512),  # n_ff: the shared expert's
+    "qwen3-next-80b-a3b": ("qwen3next", 48, 2048, 512, 16, 2, 256, 151936, 0, 512, 10, 512),
 }
 # Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
-LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4)}
+LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4), "qwen3next": (16, 32, 128, 4)}
 
 
 def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
@@ -610,8 +611,9 @@ def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv
     out = [("attn_norm", (n_embd,), "norm"), ("post_attention_norm", (n_embd,), "norm")]
     if (il + 1) % 4:
         out += [("attn_qkv", (qk + v, n_embd), "main"), ("attn_gate", (v, n_embd), "main"), ("ssm_conv1d", (qk + v, conv), "norm"),
-                ("ssm_dt", (n_v,), "bias"), ("ssm_a", (n_v,), "bare"), ("ssm_beta", (n_v, n_embd), "norm"),
-                ("ssm_alpha", (n_v, n_embd), "norm"), ("ssm_norm", (head,), "norm"), ("ssm_out", (n_embd, v), "sensitive")]
+                ("ssm_dt", (n_v,), "bias"), ("ssm_a", (n_v,), "bare"), ("ssm_norm", (head,), "norm"), ("ssm_out", (n_embd, v), "sensitive")]
+        # Qwen3-Next keeps beta and alpha in one matrix
+        out += [("ssm_ba", (2 * n_v, n_embd), "main")] if arch == "qwen3next" else [("ssm_beta", (n_v, n_embd), "norm"), ("ssm_alpha", (n_v, n_embd), "norm")]
     else:
         out += [("attn_q", (2 * q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
                 ("attn_output", (n_embd, q), "main"), ("attn_q_norm", (head_dim,), "norm"), ("attn_k_norm", (head_dim,), "norm")]
@@ -688,7 +690,8 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
         w.add_ssm_inner_size(n_v * head)
         w.add_full_attention_interval(4)
         w.add_rope_dimension_count(head_dim // 4)
-        w.add_rope_dimension_sections([11, 11, 10, 0])
+        if arch != "qwen3next":
+            w.add_rope_dimension_sections([11, 11, 10, 0])
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_used)
