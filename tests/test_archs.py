@@ -208,7 +208,7 @@ BAD_CONFIGS = [
     ("qwen35", lambda c, d: c.update(attention_bias=True), r"attention_bias is set"),
     ("qwen35", lambda c, d: c["rope_parameters"].update(rope_type="yarn", factor=4.0), r"rope scaling is set"),
     ("qwen35", lambda c, d: c.update(architectures=["Qwen3_5ForConditionalGeneration"]), r"unsupported architecture Qwen3_5ForConditionalGeneration"),
-    ("qwen35moe", lambda c, d: c.update(shared_expert_intermediate_size=0), r"llama.cpp's qwen35moe needs the shared expert"),
+    ("qwen35moe", lambda c, d: c.update(shared_expert_intermediate_size=0), r"shared_expert_intermediate_size is missing, and llama.cpp needs the shared expert"),
     ("qwen35moe", lambda c, d: c.update(num_experts_per_tok=5), r"num_experts_per_tok"),
     ("qwen35moe", lambda c, d: c.update(linear_num_key_heads=3), r"value heads must be a multiple of key heads"),
     ("qwen3next", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob is off"),
