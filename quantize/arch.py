@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from edgellm.errors import EdgeError
 
 
@@ -50,6 +52,9 @@ class HParams:
     layer_attn: tuple[LayerAttn, ...] = ()  # per layer, where layers differ
     kv_by_layer: bool = False  # the config gives some layers their own KV head count (written per layer)
     k_is_v: bool = False  # this layer's keys double as values (set by at_layer)
+    n_ff_shexp: int = 0  # the shared expert's feed-forward width (0: none)
+    recurrent: tuple[bool, ...] = ()  # per layer: a linear-attention (gated delta net) layer, not softmax attention
+    ssm: SSMShape | None = None  # the linear-attention layers' shape, for hybrid models
 
     def at_layer(self, bid: int | None) -> HParams:
         """The shape as layer `bid` sees it (head size and KV heads of that layer)."""
@@ -67,6 +72,47 @@ class HParams:
     def head_count_kv(self) -> int | list[int]:
         """KV heads as llama.cpp reads them: one number, or one per layer where the config sets them so."""
         return [a.n_head_kv for a in self.layer_attn] if self.kv_by_layer else self.n_head_kv
+
+
+@dataclass(frozen=True)
+class SSMShape:
+    """Gated delta net layers (Qwen3.5, Qwen3-Next): key and value heads, their width, the conv kernel."""
+
+    n_k_heads: int
+    n_v_heads: int
+    head_k_dim: int
+    head_v_dim: int
+    conv_kernel: int
+
+    @property
+    def key_dim(self) -> int:
+        return self.n_k_heads * self.head_k_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.n_v_heads * self.head_v_dim
+
+    @property
+    def conv_dim(self) -> int:  # channels the short convolution runs over: q, k and v
+        return 2 * self.key_dim + self.value_dim
+
+
+def _ssm_shape(config: dict[str, Any], n_layers: int) -> tuple[tuple[bool, ...], SSMShape | None]:
+    """Linear-attention layers from `layer_types` (transformers 5) or every `full_attention_interval`-th
+    layer being full attention, and their shape; none for models without them."""
+    if "linear_num_value_heads" not in config:
+        return (), None
+    types = config.get("layer_types")
+    if isinstance(types, list) and len(types) == n_layers:
+        recurrent = tuple(t == "linear_attention" for t in types)
+    else:
+        interval = int(config.get("full_attention_interval") or 4)
+        recurrent = tuple((il + 1) % interval != 0 for il in range(n_layers))
+    ssm = SSMShape(
+        int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"]), int(config["linear_key_head_dim"]),
+        int(config["linear_value_head_dim"]), int(config["linear_conv_kernel_dim"]),
+    )
+    return recurrent, ssm
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -127,13 +173,18 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         n_layers = int(config["num_hidden_layers"])
         n_head_kv = int(config.get("num_key_value_heads") or n_head)
         layer_attn = _layer_attn(config, head_dim, n_head_kv, n_layers)
-        n_rot = head_dim if partial == 1.0 else int(partial * n_embd) // n_head
+        # llama.cpp counts rotated dimensions from the model width, as Phi's configs define them, or
+        # from head_dim where the config gives it
+        n_rot = head_dim if partial == 1.0 else int(partial * head_dim) if config.get("head_dim") else int(partial * n_embd) // n_head
         if rope["rope_type"] == "proportional":  # unrotated dimensions travel as infinite-wavelength factors
             n_rot = max((a.head_dim for a in layer_attn), default=head_dim)
+        # MoE models may give only the experts' width (no dense layers); then no feed-forward length is written
+        n_ff = int(config["intermediate_size"] if "moe_intermediate_size" not in config else config.get("intermediate_size") or 0)
+        recurrent, ssm = _ssm_shape(config, n_layers)
         return HParams(
             n_layers=n_layers,
             n_embd=n_embd,
-            n_ff=int(config["intermediate_size"]),
+            n_ff=n_ff,
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
@@ -144,13 +195,15 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             rope=rope,
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             has_head_dim=config.get("head_dim") is not None,
-            # llama.cpp counts rotated dimensions from the model width, as Phi's configs define them
             n_rot=n_rot,
             n_expert=n_expert,
             n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
             n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
+            n_ff_shexp=int(config.get("shared_expert_intermediate_size") or 0) if n_expert else 0,
             layer_attn=layer_attn,
             kv_by_layer=any("num_key_value_heads" in (o or {}) for o in _layer_overrides(config, n_layers).values()),
+            recurrent=recurrent,
+            ssm=ssm,
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
@@ -174,6 +227,11 @@ class TensorSpec:
     untied_only: bool = False  # required unless tie_word_embeddings (then llama.cpp reuses token_embd)
     keep_f32: bool = False  # stored as F32 whatever the outtype (llama.cpp's converter does so for routers)
     absent_if_k_is_v: bool = False  # not in layers whose keys double as values (llama.cpp then reuses K)
+    layers: str = ""  # "recurrent" / "attention": only in linear-attention / softmax-attention layers of a hybrid
+    reorder: str | None = None  # a REORDERS entry: rows or columns moved between heads
+    values: str | None = None  # a VALUE_MAPS entry applied to every value
+    shifted: bool = True  # the arch's norm_shift applies (when the name ends in norm.weight)
+    hf_shape: Shape | None = None  # the HF tensor's shape where the GGUF tensor takes some of its rows (`reorder`)
 
 
 def _q_rows(h: HParams) -> int:
@@ -253,6 +311,14 @@ def _experts(router: str, prefix: str, gate: str, up: str, down: str) -> tuple[T
     )
 
 
+_SHEXP = "model.layers.{bid}.mlp.shared_expert."
+# Experts plus one shared expert every token goes through, its output scaled by a sigmoid gate.
+SHARED_EXPERT = (
+    TensorSpec(_SHEXP + "gate_proj.weight", "blk.{bid}.ffn_gate_shexp.weight", lambda h: (h.n_ff_shexp, h.n_embd)),
+    TensorSpec(_SHEXP + "up_proj.weight", "blk.{bid}.ffn_up_shexp.weight", lambda h: (h.n_ff_shexp, h.n_embd)),
+    TensorSpec(_SHEXP + "down_proj.weight", "blk.{bid}.ffn_down_shexp.weight", lambda h: (h.n_embd, h.n_ff_shexp)),
+    TensorSpec("model.layers.{bid}.mlp.shared_expert_gate.weight", "blk.{bid}.ffn_gate_inp_shexp.weight", lambda h: (1, h.n_embd), keep_f32=True),
+)
 QWEN_MOE_EXPERTS = _experts("mlp.gate.weight", "mlp.experts.{xid}.", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
 MIXTRAL_EXPERTS = _experts("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{xid}.", "w1.weight", "w3.weight", "w2.weight")
 
@@ -265,6 +331,100 @@ def _attn_biases(optional: bool) -> tuple[TensorSpec, ...]:
         TensorSpec("model.layers.{bid}.self_attn.v_proj.bias", "blk.{bid}.attn_v.bias", lambda h: (_kv_rows(h),), None, optional),
     )
     return biases + (TensorSpec("model.layers.{bid}.self_attn.o_proj.bias", "blk.{bid}.attn_output.bias", lambda h: (h.n_embd,), None, True),)
+
+
+# Qwen3.5: gated delta net layers (llama.cpp's ssm_* tensors) and gated-query attention layers between them.
+def _ssm(h: HParams) -> SSMShape:
+    assert h.ssm is not None
+    return h.ssm
+
+
+_LIN = "model.layers.{bid}.linear_attn."
+QWEN35_LINEAR = (
+    TensorSpec(_LIN + "in_proj_qkv.weight", "blk.{bid}.attn_qkv.weight", lambda h: (_ssm(h).conv_dim, h.n_embd), layers="recurrent", reorder="v_after_qk"),
+    TensorSpec(_LIN + "in_proj_z.weight", "blk.{bid}.attn_gate.weight", lambda h: (_ssm(h).value_dim, h.n_embd), layers="recurrent", reorder="v_heads"),
+    TensorSpec(_LIN + "in_proj_b.weight", "blk.{bid}.ssm_beta.weight", lambda h: (_ssm(h).n_v_heads, h.n_embd), layers="recurrent", reorder="v_scalars"),
+    TensorSpec(_LIN + "in_proj_a.weight", "blk.{bid}.ssm_alpha.weight", lambda h: (_ssm(h).n_v_heads, h.n_embd), layers="recurrent", reorder="v_scalars"),
+    TensorSpec(_LIN + "conv1d.weight", "blk.{bid}.ssm_conv1d.weight", lambda h: (_ssm(h).conv_dim, _ssm(h).conv_kernel), keep_f32=True,
+               layers="recurrent", reorder="v_after_qk"),
+    TensorSpec(_LIN + "dt_bias", "blk.{bid}.ssm_dt.bias", lambda h: (_ssm(h).n_v_heads,), layers="recurrent", reorder="v_scalars"),
+    TensorSpec(_LIN + "A_log", "blk.{bid}.ssm_a", lambda h: (_ssm(h).n_v_heads,), layers="recurrent", reorder="v_scalars", values="neg_exp"),
+    # the gated output norm multiplies by its weight as stored, unlike the model's other norms
+    TensorSpec(_LIN + "norm.weight", "blk.{bid}.ssm_norm.weight", lambda h: (_ssm(h).head_v_dim,), layers="recurrent", shifted=False),
+    TensorSpec(_LIN + "out_proj.weight", "blk.{bid}.ssm_out.weight", lambda h: (h.n_embd, _ssm(h).value_dim), layers="recurrent", reorder="v_columns"),
+)
+QWEN35_ATTENTION = (
+    # the query projection also yields the output gate: each head's query rows, then its gate rows
+    TensorSpec("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", lambda h: (2 * _q_rows(h), h.n_embd), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", lambda h: (_kv_rows(h), h.n_embd), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", lambda h: (h.n_embd, _q_rows(h)), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", lambda h: (h.head_dim,), layers="attention"),
+    TensorSpec("model.layers.{bid}.self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", lambda h: (h.head_dim,), layers="attention"),
+)
+QWEN35_NORMS: tuple[TensorSpec, ...] = (
+    EMBEDDINGS + OUTPUT + ATTN_NORM
+    + (TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", _embd),)
+)
+QWEN35_LAYERS = QWEN35_NORMS + QWEN35_LINEAR + QWEN35_ATTENTION
+QWEN35_TENSORS = QWEN35_LAYERS + MLP
+
+
+# Qwen3-Next: each key head's q, k, v and gate rows in one matrix, split by llama.cpp's converter into the q, k
+# and v of all heads (one after the other) and the gates; beta and alpha stay together per key head.
+_QKVZ_ROWS = lambda h: (_ssm(h).conv_dim + _ssm(h).value_dim, h.n_embd)  # noqa: E731
+QWEN3NEXT_LINEAR = (
+    TensorSpec(_LIN + "in_proj_qkvz.weight", "blk.{bid}.attn_qkv.weight", lambda h: (_ssm(h).conv_dim, h.n_embd), layers="recurrent",
+               reorder="qkvz_qkv", hf_shape=_QKVZ_ROWS),
+    TensorSpec(_LIN + "in_proj_qkvz.weight", "blk.{bid}.attn_gate.weight", lambda h: (_ssm(h).value_dim, h.n_embd), layers="recurrent",
+               reorder="qkvz_z", hf_shape=_QKVZ_ROWS),
+    TensorSpec(_LIN + "in_proj_ba.weight", "blk.{bid}.ssm_ba.weight", lambda h: (2 * _ssm(h).n_v_heads, h.n_embd), layers="recurrent"),
+    TensorSpec(_LIN + "conv1d.weight", "blk.{bid}.ssm_conv1d.weight", lambda h: (_ssm(h).conv_dim, _ssm(h).conv_kernel), keep_f32=True,
+               layers="recurrent"),
+    TensorSpec(_LIN + "dt_bias", "blk.{bid}.ssm_dt.bias", lambda h: (_ssm(h).n_v_heads,), layers="recurrent"),
+    TensorSpec(_LIN + "A_log", "blk.{bid}.ssm_a", lambda h: (_ssm(h).n_v_heads,), layers="recurrent", values="neg_exp"),
+    TensorSpec(_LIN + "norm.weight", "blk.{bid}.ssm_norm.weight", lambda h: (_ssm(h).head_v_dim,), layers="recurrent", shifted=False),
+    TensorSpec(_LIN + "out_proj.weight", "blk.{bid}.ssm_out.weight", lambda h: (h.n_embd, _ssm(h).value_dim), layers="recurrent"),
+)
+
+
+def _qkvz_parts(h: HParams) -> dict[str, np.ndarray]:
+    """Row indices of q, k, v and z in the qkvz matrix, each for all key heads in order."""
+    s = _ssm(h)
+    per_v = s.n_v_heads // s.n_k_heads * s.head_v_dim
+    sizes = {"q": s.head_k_dim, "k": s.head_k_dim, "v": per_v, "z": per_v}
+    block = np.arange(s.n_k_heads * sum(sizes.values())).reshape(s.n_k_heads, -1)
+    out, start = {}, 0
+    for part, size in sizes.items():
+        out[part] = block[:, start:start + size].reshape(-1)
+        start += size
+    return out
+
+
+def _v_head_order(h: HParams, head: int) -> np.ndarray:
+    """HF groups value heads by the key head they share; llama.cpp's graph broadcasts key heads over value
+    heads tiled ([k0, k1, k0, k1, ...]), so value heads move from grouped to tiled order (index of rows)."""
+    s = _ssm(h)
+    per_k = s.n_v_heads // s.n_k_heads
+    return np.arange(s.n_v_heads * head).reshape(s.n_k_heads, per_k, head).swapaxes(0, 1).reshape(-1)
+
+
+def _rows_after(h: HParams, rows: np.ndarray, skip: int, head: int) -> np.ndarray:
+    return np.concatenate([rows[:skip], rows[skip:][_v_head_order(h, head)]])
+
+
+REORDERS: dict[str, Callable[[HParams, np.ndarray], np.ndarray]] = {
+    "v_after_qk": lambda h, a: _rows_after(h, a, 2 * _ssm(h).key_dim, _ssm(h).head_v_dim),
+    "v_heads": lambda h, a: a[_v_head_order(h, _ssm(h).head_v_dim)],
+    "v_scalars": lambda h, a: a[_v_head_order(h, 1)],
+    "v_columns": lambda h, a: a[:, _v_head_order(h, _ssm(h).head_v_dim)],
+    "qkvz_qkv": lambda h, a: a[np.concatenate([_qkvz_parts(h)[p] for p in "qkv"])],
+    "qkvz_z": lambda h, a: a[_qkvz_parts(h)["z"]],
+}
+VALUE_MAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    # the decay's log is stored; llama.cpp's graph wants -exp(A_log), rounded once from float64 as torch does
+    "neg_exp": lambda v: -np.exp(v.astype(np.float64)),
+}
 
 
 # HF tensors that hold nothing llama.cpp needs (precomputed rope tables).
@@ -281,12 +441,14 @@ KINDS: dict[str, Callable[[Any], bool]] = {
     "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32,
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
     "flags": lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
+    "counts": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 16 for x in v),
 }
 
 
 @dataclass(frozen=True)
 class MetaKey:
-    """One extra GGUF key: the GGUFWriter method that writes it, its value (None: not written) and its kind."""
+    """One extra GGUF key: the GGUFWriter method that writes it (or, for an array the gguf package has no
+    method for, the key itself: "{arch}.name"), its value (None: not written) and its kind."""
 
     writer: str
     value: Callable[[Config, HParams], Any]
@@ -387,6 +549,34 @@ PHI3_KEYS = (
     MetaKey("add_rope_scaling_attn_factors", _longrope_attn_factor, "number"),
 )
 
+# Qwen3.5 rotates with interleaved multi-axis sections; a text-only model has one axis, and llama.cpp
+# needs the sections written (transformers' default where the config gives none).
+QWEN35_MROPE_SECTIONS = [11, 11, 10, 0]
+
+
+def _mrope_sections(c: Config, h: HParams) -> Any:
+    sections = h.rope.get("mrope_section")
+    if sections is None:
+        return QWEN35_MROPE_SECTIONS
+    return list(sections) + [0] * (4 - len(sections)) if isinstance(sections, list) and len(sections) <= 4 else sections
+
+
+QWEN35_KEYS = (
+    MetaKey("add_ssm_conv_kernel", lambda c, h: _ssm(h).conv_kernel),
+    MetaKey("add_ssm_state_size", lambda c, h: _ssm(h).head_k_dim),
+    MetaKey("add_ssm_group_count", lambda c, h: _ssm(h).n_k_heads),
+    MetaKey("add_ssm_time_step_rank", lambda c, h: _ssm(h).n_v_heads),
+    MetaKey("add_ssm_inner_size", lambda c, h: _ssm(h).value_dim),
+    MetaKey("{arch}.attention.recurrent_layers", lambda c, h: list(h.recurrent), "flags"),
+    MetaKey("add_full_attention_interval", lambda c, h: c.get("full_attention_interval", 4)),
+    MetaKey("add_rope_dimension_sections", _mrope_sections, "counts"),
+)
+
+
+SHARED_EXPERT_KEYS = (EXPERT_FF, MetaKey("add_expert_shared_feed_forward_length", lambda c, h: h.n_ff_shexp))
+QWEN35MOE_KEYS = QWEN35_KEYS + SHARED_EXPERT_KEYS
+QWEN3NEXT_KEYS = QWEN35_KEYS[:-1] + SHARED_EXPERT_KEYS  # no rope sections: Qwen3-Next rotates the usual way
+
 
 # --- configs llama.cpp would run differently ---------------------------------------------------------
 
@@ -455,6 +645,36 @@ GEMMA4_CHECKS = (
     Check(lambda c, h: bool(h.layer_attn) and all(a.head_dim == h.head_dim for a, swa in zip(h.layer_attn, sliding_layers(c, h.n_layers, 6)) if swa),
           "per_layer_config does not give the global layers' head size, or a sliding-window layer's head differs from head_dim"),
 )
+
+
+def _qwen35_linear_ok(c: Config, h: HParams) -> bool:
+    s = h.ssm
+    return (
+        s is not None and min(s.n_k_heads, s.n_v_heads, s.head_k_dim, s.conv_kernel) > 0 and s.n_v_heads % s.n_k_heads == 0
+        and len(h.recurrent) == h.n_layers and any(h.recurrent)
+    )
+
+
+def _known_layer_types(c: Config, h: HParams) -> bool:
+    types = c.get("layer_types")
+    return types is None or (isinstance(types, list) and len(types) == h.n_layers
+                             and set(types) <= {"linear_attention", "full_attention"})
+
+
+QWEN35_CHECKS = (
+    Check(_known_layer_types, "layer_types must list linear_attention or full_attention for each layer"),
+    Check(_qwen35_linear_ok, "the linear-attention shape is missing or inconsistent (value heads must be a multiple of key heads)"),
+    # llama.cpp's gated delta net sizes keys and values by one state size
+    Check(lambda c, h: h.ssm is not None and h.ssm.head_k_dim == h.ssm.head_v_dim, "linear_key_head_dim differs from linear_value_head_dim, which llama.cpp's qwen35 requires equal"),
+    Check(lambda c, h: not c.get("attention_bias"), "attention_bias is set, and llama.cpp's qwen35 loads no attention biases"),
+    Check(lambda c, h: c.get("hidden_act", "silu") == "silu", "hidden_act is not silu, the only activation llama.cpp's qwen35 runs"),
+    Check(lambda c, h: h.rope["rope_type"] == "default", "rope scaling is set, and llama.cpp's qwen35 reads none"),
+)
+QWEN35MOE_CHECKS = QWEN35_CHECKS + (
+    Check(_experts_ok, f"num_experts / num_experts_per_tok / moe_intermediate_size are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
+    Check(lambda c, h: h.n_ff_shexp > 0, "shared_expert_intermediate_size is missing, and llama.cpp needs the shared expert"),
+)
+QWEN3NEXT_CHECKS = QWEN35MOE_CHECKS + QWEN3_MOE_CHECKS[1:3]  # every layer sparse, chosen experts renormalised
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -472,6 +692,9 @@ class ArchSpec:
     checks: tuple[Check, ...] = field(default=())
     tokenizer: str | None = None  # a tokenizer kind of its own in llama.cpp ("gemma4"); None: chosen by the files
 
+
+# Qwen3.5's multi-token-prediction block: llama.cpp runs the model without it (its converter's --no-mtp).
+QWEN35_IGNORED = re.compile(r"^(model\.)?mtp\.")
 
 # Gemma's output reuses the embeddings; llama.cpp's converter drops an lm_head some exporters add.
 GEMMA_IGNORED = re.compile(r"^lm_head\.weight$")
@@ -515,6 +738,22 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(
             "MixtralForCausalLM", "mixtral", "llama", EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + FFN_NORM + MIXTRAL_EXPERTS,
             permute_qk=True, checks=MIXTRAL_CHECKS,
+        ),
+        # Qwen3.5 (text): gated delta net layers with a full-attention layer every few; norms store w - 1.
+        ArchSpec(
+            "Qwen3_5ForCausalLM", "qwen3_5_text", "qwen35", QWEN35_TENSORS, permute_qk=False, norm_shift=1.0,
+            ignored=QWEN35_IGNORED, metadata=QWEN35_KEYS, checks=QWEN35_CHECKS,
+        ),
+        # Qwen3-Next: Qwen3.5-MoE's layers before Qwen3.5 (fused projections, value heads left grouped).
+        ArchSpec(
+            "Qwen3NextForCausalLM", "qwen3_next", "qwen3next",
+            QWEN35_NORMS + QWEN3NEXT_LINEAR + QWEN35_ATTENTION + QWEN_MOE_EXPERTS + SHARED_EXPERT,
+            permute_qk=False, norm_shift=1.0, ignored=QWEN35_IGNORED, metadata=QWEN3NEXT_KEYS, checks=QWEN3NEXT_CHECKS,
+        ),
+        # Qwen3.5-MoE: the same layers with routed experts and a gated shared expert in place of the MLP.
+        ArchSpec(
+            "Qwen3_5MoeForCausalLM", "qwen3_5_moe_text", "qwen35moe", QWEN35_LAYERS + QWEN_MOE_EXPERTS + SHARED_EXPERT,
+            permute_qk=False, norm_shift=1.0, ignored=QWEN35_IGNORED, metadata=QWEN35MOE_KEYS, checks=QWEN35MOE_CHECKS,
         ),
     )
 }
@@ -598,6 +837,21 @@ class PlannedTensor:
     permute: str | None
     shift: float = 0.0  # added to every value
     keep_f32: bool = False
+    reorder: str | None = None
+    values: str | None = None
+
+
+def _spec_layers(spec: TensorSpec, h: HParams) -> range | list:
+    if "{bid}" not in spec.hf:
+        return [None]
+    if spec.layers:
+        want = spec.layers == "recurrent"
+        return [il for il in range(h.n_layers) if (h.recurrent[il] if h.recurrent else False) == want]
+    return range(h.n_layers)
+
+
+def _unit_free(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
 
 
 def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]) -> list[PlannedTensor]:
@@ -605,27 +859,31 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
     out: list[PlannedTensor] = []
     used: set[str] = set()
     for spec in arch.tensors:
-        layers = range(h.n_layers) if "{bid}" in spec.hf else [None]
+        layers = _spec_layers(spec, h)
         stacked = "{xid}" in spec.hf
         for bid in layers:
             if spec.absent_if_k_is_v and h.at_layer(bid).k_is_v:
                 continue  # a v_proj there is left over as extra
-            want = spec.shape(h.at_layer(bid))
+            layer = h.at_layer(bid)
+            want = spec.shape(layer)
+            source = spec.hf_shape(layer) if spec.hf_shape else want
             names = [spec.hf.format(bid=bid, xid=x) for x in range(want[0])] if stacked else [spec.hf.format(bid=bid)]
-            part = want[1:] if stacked else want
+            part = source[1:] if stacked else source
             missing = [n for n in names if n not in present]
             if missing:
                 if spec.optional or (spec.untied_only and h.tied_embeddings):
                     continue
                 raise EdgeError(f"checkpoint lacks tensor {missing[0]} that {arch.hf_arch} needs")
             for n in names:
-                if tuple(present[n]) != part:
+                # a unit axis is no difference in the data (a depthwise conv's kernel is stored (channels, 1, k))
+                if tuple(present[n]) != part and _unit_free(tuple(present[n])) != _unit_free(part):
                     raise EdgeError(f"tensor {n} has shape {list(present[n])} but config.json implies {list(part)}")
             used.update(names)
-            shift = arch.norm_shift if spec.gguf.endswith("norm.weight") else 0.0
-            out.append(
-                PlannedTensor(tuple(names), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None, shift, spec.keep_f32)
-            )
+            shift = arch.norm_shift if spec.gguf.endswith("norm.weight") and spec.shifted else 0.0
+            out.append(PlannedTensor(
+                tuple(names), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None, shift, spec.keep_f32,
+                spec.reorder, spec.values,
+            ))
     ignored = [IGNORED] + ([arch.ignored] if arch.ignored else [])
     extra = sorted(n for n in present if n not in used and not any(p.search(n) for p in ignored))
     if extra:
@@ -639,9 +897,10 @@ def weight_map(arch: ArchSpec, h: HParams) -> dict[str, PlannedTensor]:
     out: dict[str, PlannedTensor] = {}
     for spec in arch.tensors:
         want = spec.shape(h)
-        if "{xid}" in spec.hf or len(want) != 2 or (spec.untied_only and h.tied_embeddings):
+        # matrices whose heads move are left out: an adapter's low-rank factors would need the same moves
+        if "{xid}" in spec.hf or len(want) != 2 or (spec.untied_only and h.tied_embeddings) or spec.reorder:
             continue
-        for bid in range(h.n_layers) if "{bid}" in spec.hf else [None]:
+        for bid in _spec_layers(spec, h):
             name = spec.hf.format(bid=bid)
             if spec.absent_if_k_is_v and h.at_layer(bid).k_is_v:
                 continue

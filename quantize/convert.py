@@ -21,7 +21,8 @@ from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 from edgellm.testhooks import pause_point
 
 from .arch import (
-    ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors, read_hparams, text_part,
+    REORDERS, VALUE_MAPS, ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors,
+    read_hparams, text_part,
 )
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .parallel import ordered_results, usable_cores
@@ -56,6 +57,8 @@ class OutTensor:
     permute_groups: int = 0  # >0: reorder rows of Q/K in this many head groups
     shift: float = 0.0  # added to every value (Gemma's norms)
     data: np.ndarray | None = None  # generated tensors (rope factors)
+    reorder: Callable[[np.ndarray], np.ndarray] | None = None  # rows/columns moved between heads (2-D, whole tensor)
+    values: Callable[[np.ndarray], np.ndarray] | None = None  # applied to every value (float32)
 
     @property
     def nbytes(self) -> int:
@@ -173,7 +176,9 @@ def _out_tensor(p: PlannedTensor, ckpt: Checkpoint, hp: HParams, wtype: Q) -> Ou
     elif qtype == Q.Q8_0 and p.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
         qtype = Q.F16
     groups = {"q": hp.n_head, "k": hp.n_head_kv}.get(p.permute or "", 0)
-    return OutTensor(p.gguf, p.shape, qtype, tuple(ckpt.tensors[n] for n in p.hf), groups, p.shift)
+    reorder = partial(REORDERS[p.reorder], hp) if p.reorder else None
+    values = VALUE_MAPS[p.values] if p.values else None
+    return OutTensor(p.gguf, p.shape, qtype, tuple(ckpt.tensors[n] for n in p.hf), groups, p.shift, reorder=reorder, values=values)
 
 
 def _rope_factors(arch: ArchSpec, hp: HParams) -> list[OutTensor]:
@@ -238,7 +243,7 @@ def _chunk_jobs(tensors: list[OutTensor]) -> Iterator[Callable[[], Chunk]]:
             continue
         for k, src in enumerate(t.sources):
             final_source = k == len(t.sources) - 1
-            if t.permute_groups:
+            if t.permute_groups or t.reorder:
                 yield partial(_encoded_rows, index, final_source, t, src, 0, src.n_rows)
                 continue
             step = max(1, CHUNK_BYTES // max(1, src.nbytes // src.n_rows))
@@ -255,6 +260,8 @@ def _encoded_rows(index: int, last: bool, t: OutTensor, src: TensorEntry, start:
     raw = src.read_rows(start, stop)
     if t.permute_groups:  # rows move between heads
         raw = permute_rows(raw.reshape(src.shape[0], -1), t.permute_groups)
+    if t.reorder:
+        raw = t.reorder(raw.reshape(src.shape[0], -1))
     return _as_chunk(index, last, _encode(raw, src, t))
 
 
@@ -263,11 +270,14 @@ _SAME_BITS = {("BF16", Q.BF16), ("F16", Q.F16), ("F32", Q.F32)}
 
 
 def _encode(raw: np.ndarray, src: TensorEntry, t: OutTensor) -> np.ndarray:
-    if not t.shift and (src.dtype, t.qtype) in _SAME_BITS:
+    exact = not t.shift and t.values is None
+    if exact and (src.dtype, t.qtype) in _SAME_BITS:
         return raw  # copied as they are
-    if not t.shift and (src.dtype, t.qtype) == ("BF16", Q.F16):
+    if exact and (src.dtype, t.qtype) == ("BF16", Q.F16):
         return _bf16_to_f16(raw, src)
     values = to_float32(raw, src.dtype)
+    if t.values is not None:
+        values = t.values(values).astype(np.float32)
     if t.shift:
         values = values + np.float32(t.shift)  # in float32, as transformers computes 1 + w
     if t.qtype == Q.F32:
@@ -315,7 +325,8 @@ def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpo
     w.add_block_count(hp.n_layers)
     w.add_context_length(hp.n_ctx)
     w.add_embedding_length(hp.n_embd)
-    w.add_feed_forward_length(hp.n_ff)
+    if hp.n_ff:
+        w.add_feed_forward_length(hp.n_ff)
     w.add_head_count(hp.n_head)
     w.add_head_count_kv(hp.head_count_kv)
     w.add_rope_freq_base(hp.rope_theta)
@@ -330,7 +341,10 @@ def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpo
         w.add_expert_count(hp.n_expert)
         w.add_expert_used_count(hp.n_expert_used)
     for writer, value in metadata_values(arch, ckpt.config, hp):
-        getattr(w, writer)(value)
+        if writer.startswith("{arch}."):  # a key this gguf package has no method for
+            w.add_array(writer.format(arch=w.arch), value)
+        else:
+            getattr(w, writer)(value)
     _add_rope_scaling(w, arch, hp)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to_gguf(w)

@@ -476,6 +476,110 @@ def smollm3_checkpoint() -> Path:
     return _build_once("smollm3-tiny-hf", build)
 
 
+def qwen35_checkpoint() -> Path:
+    """A tiny Qwen3.5 text model (bf16, as released): three gated delta net layers, then one full-attention layer with a
+    gated query and a quarter of each head rotated; twice as many linear-attention value heads as key heads."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Qwen3_5TextConfig
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Qwen3_5TextConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            max_position_embeddings=40960,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+            eos_token_id=1002,
+            architectures=["Qwen3_5ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("qwen35-tiny-hf", build)
+
+
+def qwen35_moe_checkpoint() -> Path:
+    """A tiny Qwen3.5-MoE text model (bf16): the Qwen3.5 fixture's layers with 4 experts (2 used) and a gated
+    shared expert in place of the MLP."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Qwen3_5MoeTextConfig
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Qwen3_5MoeTextConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            max_position_embeddings=40960,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+            eos_token_id=1002,
+            architectures=["Qwen3_5MoeForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("qwen35moe-tiny-hf", build)
+
+
+def qwen3_next_checkpoint() -> Path:
+    """A tiny Qwen3-Next (bf16): gated delta net layers whose q, k, v and gate projections are one matrix
+    (per key head), a full-attention layer every fourth, 4 experts (2 used) and a gated shared expert."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Qwen3NextConfig
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Qwen3NextConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=True,
+            max_position_embeddings=40960,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+            eos_token_id=1002,
+            architectures=["Qwen3NextForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("qwen3next-tiny-hf", build)
+
+
 CHECKPOINTS = {
     "qwen3": qwen3_checkpoint,
     "qwen3moe": qwen3_moe_checkpoint,
@@ -486,6 +590,9 @@ CHECKPOINTS = {
     "phi3": phi3_checkpoint,
     "mixtral": mixtral_checkpoint,
     "smollm3": smollm3_checkpoint,
+    "qwen35": qwen35_checkpoint,
+    "qwen35moe": qwen35_moe_checkpoint,
+    "qwen3next": qwen3_next_checkpoint,
 }
 
 
@@ -503,8 +610,9 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def llamacpp_reference_gguf(name: str, src: Path, outtype: str, pre: str | None = None) -> Path:
-    """`src` converted by llama.cpp's own converter (cached under `name`); `pre` names the BPE pre-tokenizer."""
+def llamacpp_reference_gguf(name: str, src: Path, outtype: str, pre: str | None = None, extra: tuple[str, ...] = ()) -> Path:
+    """`src` converted by llama.cpp's own converter (cached under `name`); `pre` names the BPE pre-tokenizer,
+    `extra` adds options."""
     import os
     import subprocess
     import sys
@@ -515,7 +623,7 @@ def llamacpp_reference_gguf(name: str, src: Path, outtype: str, pre: str | None 
 
     def build(tmp: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
-        args = [str(src), "--outtype", outtype, "--outfile", str(tmp / "ref.gguf")]
+        args = [str(src), "--outtype", outtype, "--outfile", str(tmp / "ref.gguf"), *extra]
         cmd = [sys.executable, "-c", _NAMED_PRE, str(script), pre, *args] if pre else [sys.executable, str(script), *args]
         subprocess.run(cmd, check=True, env=env, capture_output=True)
 
@@ -559,12 +667,42 @@ SHAPES = {
     "gemma2-2b": ("gemma2", 26, 2304, 9216, 8, 4, 256, 256000, 4096, 0, 0, 0),
     "qwen3-30b-a3b": ("qwen3moe", 48, 2048, 6144, 32, 4, 128, 151936, 0, 128, 8, 768),
     "mixtral-8x7b": ("llama", 32, 4096, 14336, 32, 8, 128, 32000, 0, 8, 2, 14336),
+    "qwen3.5-9b": ("qwen35", 32, 4096, 12288, 16, 4, 256, 248320, 0, 0, 0, 0),
+    "qwen3.5-35b-a3b": ("qwen35moe", 40, 2048, 512, 16, 2, 256, 248320, 0, 256, 8, 512),  # n_ff: the shared expert's
+    "qwen3-next-80b-a3b": ("qwen3next", 48, 2048, 512, 16, 2, 256, 151936, 0, 512, 10, 512),
 }
+# Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
+LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4), "qwen3next": (16, 32, 128, 4)}
 
 
-def _layer_tensors(arch: str, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
+def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
+    """Qwen3.5's layers: gated delta net ones, and every fourth a full-attention one with a gated query; the
+    MoE model has experts and a shared one of width n_ff."""
+    n_k, n_v, head, conv = LINEAR_SHAPES[arch]
+    qk, v = 2 * n_k * head, n_v * head
+    out = [("attn_norm", (n_embd,), "norm"), ("post_attention_norm", (n_embd,), "norm")]
+    if (il + 1) % 4:
+        out += [("attn_qkv", (qk + v, n_embd), "main"), ("attn_gate", (v, n_embd), "main"), ("ssm_conv1d", (qk + v, conv), "norm"),
+                ("ssm_dt", (n_v,), "bias"), ("ssm_a", (n_v,), "bare"), ("ssm_norm", (head,), "norm"), ("ssm_out", (n_embd, v), "sensitive")]
+        # Qwen3-Next keeps beta and alpha in one matrix
+        out += [("ssm_ba", (2 * n_v, n_embd), "main")] if arch == "qwen3next" else [("ssm_beta", (n_v, n_embd), "norm"), ("ssm_alpha", (n_v, n_embd), "norm")]
+    else:
+        out += [("attn_q", (2 * q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
+                ("attn_output", (n_embd, q), "main"), ("attn_q_norm", (head_dim,), "norm"), ("attn_k_norm", (head_dim,), "norm")]
+    suffix = "_shexp" if n_expert else ""
+    if n_expert:
+        out += [("ffn_gate_inp", (n_expert, n_embd), "norm"), ("ffn_gate_exps", (n_expert, n_ff_exp, n_embd), "main"),
+                ("ffn_up_exps", (n_expert, n_ff_exp, n_embd), "main"), ("ffn_down_exps", (n_expert, n_embd, n_ff_exp), "sensitive"),
+                ("ffn_gate_inp_shexp", (1, n_embd), "norm")]
+    return out + [(f"ffn_gate{suffix}", (n_ff, n_embd), "main"), (f"ffn_up{suffix}", (n_ff, n_embd), "main"),
+                  (f"ffn_down{suffix}", (n_embd, n_ff), "sensitive")]
+
+
+def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
     """(name suffix, HF-order shape, role) of one layer; role picks the quant type."""
     q, kv = n_head * head_dim, n_head_kv * head_dim
+    if arch in LINEAR_SHAPES:
+        return _hybrid_layer_tensors(arch, il, n_embd, n_ff, q, kv, head_dim, n_expert, n_ff_exp)
     out = [("attn_norm", (n_embd,), "norm"), ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"),
            ("attn_v", (kv, n_embd), "sensitive"), ("attn_output", (n_embd, q), "main"), ("ffn_norm", (n_embd,), "norm")]
     if arch in ("gemma3", "qwen3moe"):
@@ -594,8 +732,10 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     if not arch.startswith("gemma"):
         tensors.append(("output.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]))
     for i in range(n_layer):
-        for name, shape_, role in _layer_tensors(arch, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp):
-            tensors.append((f"blk.{i}.{name}.weight", shape_, types[role]))
+        for name, shape_, role in _layer_tensors(arch, i, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp):
+            # role "bias" / "bare": an F32 tensor named .bias / with no suffix (llama.cpp's ssm_dt.bias, ssm_a)
+            suffix = {"bias": ".bias", "bare": ""}.get(role, ".weight")
+            tensors.append((f"blk.{i}.{name}{suffix}", shape_, types.get(role, types["norm"])))
 
     w = GGUFWriter(Path(path), arch)
     w.add_name(f"{shape} synthetic")
@@ -613,10 +753,23 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     w.add_vocab_size(n_vocab)
     if window:
         w.add_sliding_window(window)
+    if arch in LINEAR_SHAPES:
+        n_k, n_v, head, conv = LINEAR_SHAPES[arch]
+        w.add_ssm_conv_kernel(conv)
+        w.add_ssm_state_size(head)
+        w.add_ssm_group_count(n_k)
+        w.add_ssm_time_step_rank(n_v)
+        w.add_ssm_inner_size(n_v * head)
+        w.add_full_attention_interval(4)
+        w.add_rope_dimension_count(head_dim // 4)
+        if arch != "qwen3next":
+            w.add_rope_dimension_sections([11, 11, 10, 0])
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_used)
         w.add_expert_feed_forward_length(n_ff_exp)
+        if arch in LINEAR_SHAPES:
+            w.add_expert_shared_feed_forward_length(n_ff)
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     rest = n_vocab - len(specials) - len(byte_tokens)

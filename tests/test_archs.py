@@ -1,6 +1,6 @@
-"""Qwen3, Qwen3-MoE, Gemma 2/3/4, Phi-3, Mixtral and SmolLM3 through the converter, against transformers (token ids,
-logits, chat template), llama.cpp (runs the GGUF) and llama.cpp's own convert_hf_to_gguf.py (same tensor
-bytes and metadata)."""
+"""Qwen3, Qwen3-MoE, Qwen3.5 (dense and MoE), Qwen3-Next, Gemma 2/3/4, Phi-3, Mixtral and SmolLM3 through the converter,
+against transformers (token ids, logits, chat template), llama.cpp (runs the GGUF) and llama.cpp's own
+convert_hf_to_gguf.py (same tensor bytes and metadata)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,20 @@ from edgellm.formats.gguf_info import read_gguf
 from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
-MOE = {"qwen3moe", "mixtral"}
+MOE = {"qwen3moe", "mixtral", "qwen35moe", "qwen3next"}
 CLEANS_SPACES = NEAR_TIES = {"gemma4", "gemma4mm"}
 # llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
 # pre-tokenizer named (their tensors do not depend on it).
-NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2"}
+NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2", "qwen3next": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
-REF_OUTTYPE = {"qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "gemma4mm": "bf16", "phi3": "f16", "mixtral": "bf16", "smollm3": "bf16"}
+REF_OUTTYPE = {
+    "qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "gemma4mm": "bf16", "phi3": "f16",
+    "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16", "qwen3next": "bf16",
+}
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
+# Qwen3.5 checkpoints without a multi-token-prediction block convert in llama.cpp only with it declined.
+REF_OPTIONS = {"qwen35": ("--no-mtp",), "qwen35moe": ("--no-mtp",), "qwen3next": ("--no-mtp",)}
 # Keys written differently on purpose (see test_convert.py).
 EXPECTED_DIFFERENT = {"general.name", "general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id"}
 # Keys edgellm always writes where llama.cpp's converter leaves some architectures to llama.cpp's defaults
@@ -39,7 +44,7 @@ def _reference(name: str) -> Path:
     ckpt = CHECKPOINTS[name]()
     if name in REF_ARCHITECTURES:
         ckpt = arch_fixtures.with_architectures(name, ckpt, REF_ARCHITECTURES[name])
-    return arch_fixtures.llamacpp_reference_gguf(name, ckpt, REF_OUTTYPE[name], NAMED_PRE.get(name))
+    return arch_fixtures.llamacpp_reference_gguf(name, ckpt, REF_OUTTYPE[name], NAMED_PRE.get(name), REF_OPTIONS.get(name, ()))
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
@@ -98,7 +103,7 @@ def test_logits_match_transformers(name, converted, hf_tokenizer):
         # Random routers make near-ties between experts, where float rounding picks another expert: as
         # close as llama.cpp's own conversion gets (its F32 conversion, run the same way).
         ref_cosine, ref_top1 = _logits_vs_transformers(arch_fixtures.llamacpp_reference_gguf(
-            f"{name}-f32", CHECKPOINTS[name](), "f32", NAMED_PRE.get(name)), name, ids)
+            f"{name}-f32", CHECKPOINTS[name](), "f32", NAMED_PRE.get(name), REF_OPTIONS.get(name, ())), name, ids)
         print(f"{name} via llama.cpp's converter: cosine {ref_cosine:.6f}, top-1 agreement {ref_top1:.4f}")
         assert cosine >= ref_cosine - 1e-6 and top1 >= ref_top1
         assert cosine >= 0.999
@@ -166,6 +171,14 @@ def test_architecture_metadata(converted):
     assert phi.metadata["phi3.rope.dimension_count"] == 12  # partial rotary factor 0.75 of 16
     assert phi.metadata["phi3.rope.scaling.original_context_length"] == 4096
     assert {"rope_factors_long.weight", "rope_factors_short.weight", "blk.0.attn_qkv.weight"} <= {t.name for t in phi.tensors}
+    q35 = read_gguf(converted("qwen35", "q8_0"))
+    assert q35.metadata["qwen35.attention.recurrent_layers"] == [True, True, True, False]
+    assert (q35.metadata["qwen35.ssm.conv_kernel"], q35.metadata["qwen35.ssm.state_size"], q35.metadata["qwen35.ssm.group_count"],
+            q35.metadata["qwen35.ssm.time_step_rank"], q35.metadata["qwen35.ssm.inner_size"]) == (4, 16, 2, 4, 64)
+    assert q35.metadata["qwen35.rope.dimension_count"] == 8  # a quarter of head_dim 32
+    types = {t.name: t.ggml_type for t in q35.tensors}
+    assert types["blk.0.ssm_conv1d.weight"] == "F32" and types["blk.0.attn_qkv.weight"] == "Q8_0"
+    assert "blk.3.attn_q.weight" in types and "blk.3.ssm_a" not in types and "blk.0.attn_q.weight" not in types
 
 
 # --- configs llama.cpp would run differently, and damaged MoE checkpoints ----------------------------------
@@ -223,6 +236,18 @@ BAD_CONFIGS = [
     ("smollm3", lambda c, d: c.update(no_rope_layers=[1, 1, 0, 1, 1, 1, 0, 1]), r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: [c.pop("no_rope_layers"), c.update(no_rope_layer_interval=3)], r"no_rope_layers is not every fourth layer"),
     ("smollm3", lambda c, d: c.update(layer_types=["sliding_attention"] * 8), r"layer_types has sliding-window layers"),
+    ("qwen35", lambda c, d: c.update(linear_value_head_dim=32), r"linear_key_head_dim differs from linear_value_head_dim"),
+    ("qwen35", lambda c, d: c.update(linear_num_value_heads=3), r"value heads must be a multiple of key heads"),
+    ("qwen35", lambda c, d: c.update(layer_types=["sliding_attention"] * 4), r"layer_types must list linear_attention or full_attention"),
+    ("qwen35", lambda c, d: c.update(attention_bias=True), r"attention_bias is set"),
+    ("qwen35", lambda c, d: c["rope_parameters"].update(rope_type="yarn", factor=4.0), r"rope scaling is set"),
+    ("qwen35", lambda c, d: c.update(architectures=["Qwen3_5ForConditionalGeneration"]), r"unsupported architecture Qwen3_5ForConditionalGeneration"),
+    ("qwen35moe", lambda c, d: c.update(shared_expert_intermediate_size=0), r"shared_expert_intermediate_size is missing, and llama.cpp needs the shared expert"),
+    ("qwen35moe", lambda c, d: c.update(num_experts_per_tok=5), r"num_experts_per_tok"),
+    ("qwen35moe", lambda c, d: c.update(linear_num_key_heads=3), r"value heads must be a multiple of key heads"),
+    ("qwen3next", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob is off"),
+    ("qwen3next", lambda c, d: c.update(mlp_only_layers=[1]), r"some layers are dense"),
+    ("qwen3next", lambda c, d: c.update(linear_value_head_dim=32), r"linear_key_head_dim differs"),
 ]
 
 

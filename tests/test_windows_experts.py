@@ -1,5 +1,5 @@
 """Sliding windows and experts in the memory model, the planner and the runtime: against llama.cpp's own
-accounting (no-alloc dry runs of real-shaped Gemma 2/3, Qwen3-30B-A3B and Mixtral files), by brute force
+accounting (no-alloc dry runs of real-shaped Gemma 2/3, Qwen3-30B-A3B, Mixtral, Qwen3.5 and Qwen3-Next files), by brute force
 over the planner's choices, and with the converted tiny Gemma 3 and Qwen3-MoE running in llama.cpp."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import arch_fixtures
 from edgellm.cli import main
 from edgellm.formats.gguf_info import read_gguf
 from edgellm.plan.hardware import synthetic
-from edgellm.plan.memory import attention_layout, estimate, experts, llama_dry_run
+from edgellm.plan.memory import MIB, attention_layout, estimate, experts, llama_dry_run
 from edgellm.store.models import resolve_model
 from edgellm.plan.placement import expert_patterns
 from edgellm.plan.planner import RAM_MARGIN, VRAM_MARGIN, _budget, make_plan
@@ -45,8 +45,16 @@ def tiny(tmp_path_factory):
 # --- the memory model against llama.cpp's accounting --------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_ctx", [8192, 32768])
-@pytest.mark.parametrize("shape", list(arch_fixtures.SHAPES))
+# Qwen3-Next's layer stage outgrows the logits at long contexts in llama.cpp by more than the plan's masks
+# account for (compute 0.89 of llama.cpp's at 32768 tokens; the total stays within 0.1%).
+_UNDERCOUNTED = {("qwen3-next-80b-a3b", 32768)}
+TOTALS_CASES = [
+    pytest.param(shape, n_ctx, marks=[pytest.mark.xfail(strict=True, reason="compute buffer undercounted")] if (shape, n_ctx) in _UNDERCOUNTED else [])
+    for shape in arch_fixtures.SHAPES for n_ctx in (8192, 32768)
+]
+
+
+@pytest.mark.parametrize("shape,n_ctx", TOTALS_CASES)
 def test_totals_agree_with_llama_cpp_dry_run(shaped, shape, n_ctx):
     path = shaped[shape]
     ours = estimate(read_gguf(path), n_ctx)
@@ -54,7 +62,7 @@ def test_totals_agree_with_llama_cpp_dry_run(shaped, shape, n_ctx):
     print(f"\n{shape} @ {n_ctx}: KV {ours.kv_cpu / theirs.kv:.4f}, compute {ours.compute_cpu / sum(theirs.compute.values()):.4f}, "
           f"total {ours.llama_total / theirs.total:.4f}")
     assert ours.weights_cpu == theirs.weights
-    assert ours.kv_cpu == theirs.kv
+    assert ours.kv_cpu == pytest.approx(theirs.kv, abs=MIB / 100)  # llama.cpp logs MiB with two decimals
     assert ours.compute_cpu == pytest.approx(sum(theirs.compute.values()), rel=0.05)
     assert ours.llama_total == pytest.approx(theirs.total, rel=0.05)
 
@@ -69,6 +77,23 @@ def test_sliding_layers_keep_window_plus_microbatch_cells(shaped):
     assert m.kv_cpu * 34 * 32768 == full_cache * (5 * 32768 + 29 * 1536)  # swa_full would keep 32768 cells in every layer
     assert estimate(info, 1024).swa_cells == 1024  # never more than the context
     assert estimate(read_gguf(shaped["gemma2-2b"]), 8192).swa_cells == 4608  # Gemma 2: every other layer
+
+
+def test_linear_attention_layers_keep_fixed_state_instead_of_kv(shaped, capsys):
+    """Qwen3.5-9B's shape: 24 gated delta net layers keep (conv + delta rule) state of a fixed size, and only
+    the 8 full-attention layers a KV cache that grows with the context."""
+    path = shaped["qwen3.5-9b"]
+    info = read_gguf(path)
+    state = 4 * (3 * (4096 + 2 * 16 * 128) + 128 * 4096)  # F32: 3 conv inputs of q, k, v; 32 heads of 128 x 128
+    short, long = estimate(info, 8192), estimate(info, 32768)
+    assert short.recurrent == long.recurrent == 24 * state == llama_dry_run(path, 8192).recurrent
+    assert short.kv_cpu - short.recurrent == 8 * 8192 * 2 * 4 * 256 * 2  # K and V, 4 heads of 256, f16
+    assert long.kv_cpu - long.recurrent == 4 * (short.kv_cpu - short.recurrent)
+    assert estimate(info, 8192, n_seq=2).recurrent == 2 * short.recurrent  # one state per sequence
+    offloaded = estimate(info, 8192, n_gpu_layers=3)  # the output layer, then blk.31 (attention) and blk.30 (linear)
+    assert (offloaded.kv_gpu, offloaded.kv_cpu) == (8192 * 4096 + state, short.kv_cpu - 8192 * 4096 - state)
+    assert main(["plan", str(path), "--ram", "64G", "--ctx", "8192"]) == 0
+    assert "Recurrent state: 50.25 MiB at any context" in capsys.readouterr().out
 
 
 # --- the planner ------------------------------------------------------------------------------------------

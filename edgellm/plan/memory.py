@@ -17,6 +17,10 @@ Everything comes from the file's header (tensor sizes, shape) and follows llama.
   stage holds the attention masks (n_ubatch x cells, f16, one per kind of attention) and the feed-forward
   intermediates: gate, up and their product, n_ubatch x the active width (n_ff, or experts used x expert
   width), plus the experts' outputs and two activations.
+- recurrent state (hybrid models: Qwen3.5, Qwen3-Next): their linear-attention layers keep no KV cache but a
+  fixed F32 state per sequence, whatever the context: the short convolution's last (kernel - 1) inputs of
+  the q, k and v channels and the delta rule's state matrices (llama.cpp's n_embd_r + n_embd_s), on the
+  device of the layer; counted with the KV cache.
 - output buffer: one row of logits.
 - LoRA adapters: their tensors sit beside the base tensors they change (on the GPU for offloaded layers).
 
@@ -104,6 +108,33 @@ def attention_layout(info: GGUFInfo) -> Attention:
     return Attention(window, tuple(il % period < period - 1 for il in range(n)))
 
 
+# Hybrid architectures: without a per-layer list in the file, every n-th layer attends, the others recur.
+RECURRENT_INTERVAL = {"qwen35": 4, "qwen35moe": 4, "qwen3next": 4}
+
+
+@dataclass(frozen=True)
+class Recurrent:
+    layers: tuple[bool, ...]  # per layer: keeps recurrent state instead of a KV cache
+    state_bytes: int  # one such layer's state for one sequence
+
+
+def recurrent_layout(info: GGUFInfo) -> Recurrent | None:
+    """The linear-attention layers of a hybrid model and their state size; None for other models."""
+    if info.arch not in RECURRENT_INTERVAL:
+        return None
+    key = lambda name: _count(info.metadata.get(f"{info.arch}.{name}"))  # noqa: E731
+    n = info.n_layers
+    flags = info.metadata.get(f"{info.arch}.attention.recurrent_layers")
+    if isinstance(flags, list) and len(flags) >= n:
+        layers = tuple(bool(x) for x in flags[:n])
+    else:
+        interval = key("full_attention_interval") or RECURRENT_INTERVAL[info.arch]
+        layers = tuple((il + 1) % interval != 0 for il in range(n))
+    d_conv, d_inner, d_state, n_group = key("ssm.conv_kernel"), key("ssm.inner_size"), key("ssm.state_size"), key("ssm.group_count")
+    conv = max(0, d_conv - 1) * (d_inner + 2 * n_group * d_state)
+    return Recurrent(layers, 4 * (conv + d_state * d_inner))
+
+
 @dataclass(frozen=True)
 class Experts:
     n_expert: int
@@ -151,6 +182,7 @@ class MemoryEstimate:
     swa_window: int = 0  # sliding window of the sliding layers (0: none)
     swa_cells: int = 0  # KV cells each sliding layer keeps (per sequence)
     lora: int = 0  # LoRA adapter bytes (counted in the weights)
+    recurrent: int = 0  # recurrent state of linear-attention layers, all sequences (counted in the KV cache)
 
     @property
     def ram(self) -> int:
@@ -204,7 +236,9 @@ def layer_cells(info: GGUFInfo, n_ctx: int, n_ubatch: int = N_UBATCH, n_seq: int
     att = attention_layout(info)
     full = kv_cells(kv_cells(n_ctx) // max(1, n_seq))
     swa = min(full, kv_cells(att.window + n_ubatch)) if att.window else full
-    return [n_seq * (swa if s else full) for s in att.sliding], att, swa
+    rec = recurrent_layout(info)
+    recurrent = rec.layers if rec else (False,) * len(att.sliding)
+    return [0 if r else n_seq * (swa if s else full) for s, r in zip(att.sliding, recurrent)], att, swa
 
 
 def estimate(
@@ -244,6 +278,10 @@ def estimate(
     per_cell = kv_bytes_per_cell(info, kv_type)
     kv_gpu = sum(c * b for c, b in zip(cells[first_gpu:], per_cell[first_gpu:]))
     kv_cpu = sum(c * b for c, b in zip(cells[:first_gpu], per_cell[:first_gpu]))
+    rec = recurrent_layout(info)
+    state = [rec.state_bytes * max(1, n_seq) if rec and rec.layers[il] else 0 for il in range(n_layer)]
+    kv_gpu += sum(state[first_gpu:])
+    kv_cpu += sum(state[:first_gpu])
 
     f32, f16 = 4, 2
     logits = n_ubatch * info.n_vocab * f32
@@ -286,6 +324,7 @@ def estimate(
         swa_window=att.window,
         swa_cells=swa_cells if att.n_sliding else 0,
         lora=sum(lora),
+        recurrent=sum(state),
     )
 
 
@@ -297,9 +336,10 @@ class DryRun:
     """Buffer sizes llama.cpp reports for a load that allocates nothing."""
 
     weights: int  # llama_model_size
-    kv: int
+    kv: int  # KV cache and recurrent state
     compute: dict[str, int]  # backend buffer name -> bytes
     output: int
+    recurrent: int = 0  # the recurrent state alone
 
     @property
     def total(self) -> int:
@@ -307,12 +347,13 @@ class DryRun:
 
 
 _KV_SIZE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB")
+_RS_SIZE = re.compile(r"llama_memory_recurrent: size =\s*([\d.]+) MiB")
 _COMPUTE = re.compile(r"(\S+) compute buffer size =\s*([\d.]+) MiB")
 _OUTPUT = re.compile(r"(\S+)\s+output buffer size =\s*([\d.]+) MiB")
 
 
-_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
-BUFFER_KINDS = {"model": "weights", "KV": "kv", "compute": "compute", "output": "output"}
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|RS|compute|output) buffer size =\s*([\d.]+) MiB")
+BUFFER_KINDS = {"model": "weights", "KV": "kv", "RS": "kv", "compute": "compute", "output": "output"}  # RS: recurrent state
 
 
 def allocations(log: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -362,9 +403,10 @@ def llama_dry_run(
             L.llama_model_free(model)
     text = "\n".join(lines)
     mib = lambda s: int(float(s) * MIB)  # noqa: E731
-    kv = sum(mib(m.group(1)) for m in _KV_SIZE.finditer(text))
+    recurrent = sum(mib(m.group(1)) for m in _RS_SIZE.finditer(text))
+    kv = sum(mib(m.group(1)) for m in _KV_SIZE.finditer(text)) + recurrent
     compute: dict[str, int] = {}
     for m in _COMPUTE.finditer(text):
         compute[m.group(1)] = compute.get(m.group(1), 0) + mib(m.group(2))
     output = sum(mib(m.group(2)) for m in _OUTPUT.finditer(text))
-    return DryRun(weights=weights, kv=kv, compute=compute, output=output)
+    return DryRun(weights=weights, kv=kv, compute=compute, output=output, recurrent=recurrent)

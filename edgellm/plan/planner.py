@@ -174,8 +174,10 @@ class Plan:
         return lines
 
     def _attention_lines(self) -> list[str]:
-        """What the plan decided for experts and sliding windows, for models that have them."""
+        """What the plan decided for experts, sliding windows and recurrent state, for models that have them."""
         m, lines = self.memory, []
+        if m.recurrent:
+            lines.append(f"  Recurrent state: {human_bytes(m.recurrent)} at any context (in the KV cache above)")
         if m.swa_window:
             lines.append(
                 f"  Sliding window: {m.swa_window} tokens; those layers keep {m.swa_cells} KV cells "
