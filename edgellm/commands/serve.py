@@ -82,7 +82,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     A Hugging Face or ModelScope repo id is pulled first: the level the planner picks for this machine (from
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
-    from ..engine.draft import check_lengths, serving_speculation
+    from ..engine.draft import check_lengths, serving_notes
     from ..errors import UsageError
     from ..plan.hardware import parse_size
     from ..serve.loading import LoadOptions, load, plan_slots
@@ -116,8 +116,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
     with load(plan, per_slot, opts) as engine:
         click.echo(f"  Chat format: {engine.template_origin}", err=True)
-        _, notes = serving_speculation(plan, draft, draft_min, draft_max)  # load() applied it
-        for note in notes:
+        for note in serving_notes(draft):  # load() applied and checked it
             click.echo(f"  Note: {note}", err=True)
         run_server(engine, plan, opts, alias or plan.name, sock, tuple(cors))
     return 0

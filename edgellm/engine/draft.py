@@ -170,5 +170,12 @@ def serving_speculation(target: Plan, draft: str, draft_min: int = DRAFT_MIN, dr
         return None, ()
     if draft not in MODES:
         _resolve_named(target, draft)
+    return Speculation(None, draft_min, draft_max), serving_notes(draft)
+
+
+def serving_notes(draft: str) -> tuple[str, ...]:
+    """What `serving_speculation` does with `--draft`, in words."""
+    if draft == "off":
+        return ()
     why = "" if draft == "ngram" else " (a server's slots guess by n-gram lookup; draft models speed up run, chat and bench)"
-    return Speculation(None, draft_min, draft_max), (f"speculation: n-gram lookup per slot{why}",)
+    return (f"speculation: n-gram lookup per slot{why}",)
