@@ -3,6 +3,8 @@ no crash of llama.cpp, nothing lost. Each case here once crashed, hung or was si
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgellm.cli import main
 from edgellm.commands.options import GGML_MAX_N_THREADS, THREADS, max_threads
 from edgellm.paths import store_dir
 from fixtures import smollm2_gguf
@@ -20,7 +23,14 @@ EDGELLM = str(Path(sys.executable).parent / "edgellm")
 
 
 def edgellm(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([EDGELLM, *args], capture_output=True, text=True, timeout=600, **kw)
+    """`edgellm ARGS`: in a child process when the case sets up its streams or environment (`kw`), else the
+    same `main` in this process, which spares an interpreter start per case."""
+    if kw:
+        return subprocess.run([EDGELLM, *args], capture_output=True, text=True, timeout=600, **kw)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess([EDGELLM, *args], code, out.getvalue(), err.getvalue())
 
 
 def one_line_error(r: subprocess.CompletedProcess, code: int, *texts: str) -> str:

@@ -112,6 +112,7 @@ def test_a_broken_entry_is_listed_not_fatal(gguf_copy, capsys, tmp_path):
 # ---------------------------------------------------------------------------------- GGUF repos from a hub
 
 
+@pytest.mark.slow  # downloads and hashes the demo GGUF
 def test_pull_a_gguf_repo_registers_it(fake_hub, caches, monkeypatch, capsys):
     fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = gguf_repo()
     code, out, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--json")
@@ -151,6 +152,7 @@ def test_pull_a_gguf_repo_registers_it(fake_hub, caches, monkeypatch, capsys):
     assert store.names() == [] and blob.is_relative_to(caches["hf"]) and blob.stat().st_size == GGUF_SIZE
 
 
+@pytest.mark.slow  # downloads and hashes the demo GGUF
 def test_a_registered_repo_never_replaces_a_local_package(fake_hub, gguf_copy):
     local = make_package(gguf_copy, "SmolLM2-135M-Instruct")
     fake_hub.repos["someone/SmolLM2-135M-Instruct-GGUF"] = gguf_repo()

@@ -23,6 +23,7 @@ def demo_file():
     return resolve_model(None).file().path
 
 
+@pytest.mark.slow  # measures every thread count and batch size on the demo model
 def test_tune_measures_every_setting_and_keeps_the_fastest(capsys):
     code, out, _ = run_cli(capsys, "tune", *QUICK, "--json")
     assert code == 0
@@ -48,6 +49,7 @@ def test_tune_measures_every_setting_and_keeps_the_fastest(capsys):
     assert code == 0 and json.loads(out)["plan"]["n_threads"] == logical  # the user's choice stays
 
 
+@pytest.mark.slow  # measures each setting with both cache types
 def test_kv_quant_is_tried_only_when_asked(capsys):
     code, out, _ = run_cli(capsys, "tune", *QUICK, "--json", "--kv-quant")
     assert code == 0 and "q8_0" in {t["kv_type"] for t in json.loads(out)["trials"]}
