@@ -258,3 +258,82 @@ def test_bench_reports_acceptance_and_speedup_per_draft():
         assert row["draft"] == "n-gram" and row["speedup"] > 0 and 0 <= row["acceptance"] <= 1 and row["same_text"]
     r = edgellm("bench", str(smollm2_gguf()), "-p", "0", "-n", "16", "-r", "1", "--threads", "1", "--draft", "ngram")
     assert r.returncode == 0 and "speculative decoding" in r.stdout and "tokens/step" in r.stdout
+
+
+# --- whether speculation pays here: tune's decision, used when --draft is left out ------------------------------
+
+
+def test_the_draft_that_pays_is_never_slower_and_faster_somewhere():
+    from edgellm.plan.tune import paying_draft
+
+    rows = lambda use, *x: [{"use": use, "task": t, "speedup": s} for t, s in zip(("repeat", "chat"), x)]  # noqa: E731
+    assert paying_draft(rows("ngram", 1.3, 0.97)) == "ngram"
+    assert paying_draft(rows("ngram", 1.6, 0.90)) == "off"  # too slow on free-form text
+    assert paying_draft(rows("ngram", 1.03, 1.01)) == "off"  # pays nowhere
+    assert paying_draft(rows("ngram", 1.2, 1.0) + rows("/m/draft.gguf", 1.5, 1.0)) == "/m/draft.gguf"
+    assert paying_draft([]) == "off"
+
+
+def _saved_draft(value) -> None:
+    """Give the demo model's tuned entry this draft, as `tune --draft` writes it."""
+    from edgellm.paths import data_dir
+
+    path = data_dir() / "tuned.json"
+    entries = json.loads(path.read_text())
+    (key,) = [k for k in entries if str(smollm2_gguf().resolve()) in k]
+    entries[key]["draft"] = value
+    path.write_text(json.dumps(entries))
+
+
+def test_tune_saves_whether_speculation_pays_and_run_plan_and_serve_follow_it(capsys):
+    from edgellm.plan.hardware import detect
+    from edgellm.plan.tune import lookup_draft, paying_draft
+
+    code, out, err = run_cli(capsys, "tune", str(smollm2_gguf()), "-p", "16", "-n", "8", "-r", "1", "--draft", "ngram", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["draft"] == paying_draft(result["speculation"]) in ("ngram", "off")
+    assert {r["use"] for r in result["speculation"]} == {"ngram"}
+    assert lookup_draft(smollm2_gguf(), detect().machine_id) == result["draft"]
+
+    prompt = REPEAT[0]["content"]
+    run = lambda *extra: run_cli(capsys, "run", str(smollm2_gguf()), "-p", prompt, "--temp", "0", "-n", "40", "-t", "1", "--json", *extra)  # noqa: E731
+    _saved_draft("ngram")
+    code, out, err = run()
+    assert code == 0 and json.loads(out)["stats"]["draft"] == "n-gram", err
+    assert "speculation: n-gram lookup (found to pay here by `edgellm tune`)" in err
+    code, out, _ = run("--draft", "off")  # the user's choice stays
+    assert code == 0 and not json.loads(out)["stats"]["draft"]
+    code, out, _ = run_cli(capsys, "plan", str(smollm2_gguf()), "--json")
+    assert json.loads(out)["speculation"] == {"draft": "ngram"}
+    assert any("found to pay here by `edgellm tune`" in n for n in json.loads(out)["notes"])
+    target = plan_model(smollm2_gguf(), ctx=1024, threads=1)
+    assert drafts.serving_notes(target, None) == ("speculation: n-gram lookup per slot (found to pay here by `edgellm tune`)",)
+
+    _saved_draft("off")
+    code, out, _ = run()
+    assert code == 0 and not json.loads(out)["stats"]["draft"]
+    assert drafts.serving_notes(target, None) == ()
+    _saved_draft(str(smollm2_gguf().parent / "gone.gguf"))  # a draft model since deleted: plain decoding, said once
+    code, out, err = run()
+    assert code == 0 and not json.loads(out)["stats"]["draft"]
+    assert "cannot be used now" in err and "no speculation" in err, err
+    _saved_draft(["not", "a", "draft"])  # not what tune writes: ignored
+    code, out, _ = run()
+    assert code == 0 and not json.loads(out)["stats"]["draft"]
+
+
+def test_plan_shows_the_draft_model_and_its_memory(capsys, tmp_path):
+    big = tmp_path / "SmolLM2-F32.gguf"
+    os.link(smollm2_converted_gguf("f32"), big)
+    code, out, err = run_cli(capsys, "plan", str(big), "--ctx", "2048", "--draft", str(smollm2_gguf()), "--json")
+    assert code == 0, err
+    spec = json.loads(out)["speculation"]
+    assert spec["draft"] == "model" and spec["path"] == str(smollm2_gguf())
+    own = run_cli(capsys, "plan", str(smollm2_gguf()), "--ctx", "2048", "--json")[1]
+    assert spec["memory"]["weights_cpu"] == json.loads(own)["memory"]["weights_cpu"]  # the draft's own plan, same context
+    assert spec["memory"]["kv_cpu"] == json.loads(own)["memory"]["kv_cpu"]
+    code, out, _ = run_cli(capsys, "plan", str(big), "--ctx", "2048", "--draft", str(smollm2_gguf()))
+    assert code == 0 and "speculation: draft model" in out and "the draft takes" in out
+    code, _, err = run_cli(capsys, "plan", str(big), "--draft", str(smollm2_gguf()), "--rpc", "127.0.0.1:1")
+    assert code == 2 and "--draft" in err

@@ -22,7 +22,7 @@ def placement(n_gpu_layers: int, n_layers: int, devices: tuple[str, ...] = ()) -
 
 def open_model(
     ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None,
-    loras: tuple[tuple[Path, float], ...] = (), devices: tuple[str, ...] | None = None, draft: str = "off",
+    loras: tuple[tuple[Path, float], ...] = (), devices: tuple[str, ...] | None = None, draft: str | None = None,
     draft_min: int = 1, draft_max: int = 16, think: bool | None = None,
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it

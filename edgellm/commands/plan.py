@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import click
 
+from ..engine.draft import planned
 from ..plan.planner import gpu_layers_text
 from .options import (
     CONTEXT, DEVICE_HELP, DEVICES, GPU_LAYERS, LORA, LORA_HELP, MIN_SPEED, MIN_SPEED_HELP, THREADS, WORKERS, WORKERS_HELP, Range,
@@ -33,9 +34,12 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.plan.memory.KV_TYP
                    "percentage points of the best level's, on every recorded task (levels without a record are "
                    "not eligible).")
 @click.option("--max-loss-task", metavar="NAME", help="With --max-loss: only this recorded task (e.g. hellaswag, exam).")
+@click.option("--draft", metavar="auto|ngram|MODEL|off",
+              help="Also plan speculative decoding with this draft beside the chosen level: which draft, and the memory a "
+                   "draft model takes (default: what `edgellm tune --draft` found pays here, else none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and the table of levels as JSON.")
 def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices, threads, min_speed, rpc, loras,
-         max_loss, max_loss_task, as_json: bool) -> int:
+         max_loss, max_loss_task, draft, as_json: bool) -> int:
     """Plan MODELS (a package folder, one or several .gguf files; default: the demo model).
 
     Picks the highest-quality level that fits and decodes at --min-speed tokens/s or more (else the fastest),
@@ -63,6 +67,8 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices
     if max_loss is not None and (rpc or hub_ref(models)):
         raise UsageError("--max-loss plans a local package from its recorded accuracy; it does not go with --rpc or "
                          "a hub repo")
+    if draft is not None and (rpc or hub_ref(models)):
+        raise UsageError("--draft plans a draft beside a local model on this machine; it does not go with --rpc or a hub repo")
     if hub_ref(models):  # a hub repo, before anything is downloaded: the headers of its files, by byte ranges
         return plan_hub(models[0], ram, vram, PlanOptions(ctx, kv_type, min_ctx, ngl, threads, min_speed), as_json, rpc)
     ref = resolve_models(list(models))
@@ -92,9 +98,12 @@ def plan(models: tuple[str, ...], ctx, min_ctx, kv_type, ram, vram, ngl, devices
         max_loss=max_loss,
         max_loss_task=max_loss_task,
     )
-    p = replace(p, notes=p.notes + notes)
+    choice, draft_notes = planned(p, draft, hw)
+    p = replace(p, notes=p.notes + notes + draft_notes)
     if as_json:
-        click.echo(json.dumps(p.to_dict(), indent=2))
+        speculation = {"draft": choice.kind, **({"path": str(choice.plan.path), "memory": choice.plan.memory.to_dict()}
+                                                if choice.plan else {})}
+        click.echo(json.dumps({**p.to_dict(), "speculation": speculation}, indent=2))
         return 0
 
     from rich.console import Console

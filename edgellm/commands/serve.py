@@ -116,7 +116,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
     with load(plan, per_slot, opts) as engine:
         click.echo(f"  Chat format: {engine.template_origin}", err=True)
-        for note in serving_notes(draft):  # load() applied and checked it
+        for note in serving_notes(plan, draft):  # load() applied and checked it
             click.echo(f"  Note: {note}", err=True)
         run_server(engine, plan, opts, alias or plan.name, sock, tuple(cors))
     return 0

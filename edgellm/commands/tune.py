@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import click
 
+from ..plan.tune import SPEC_FLOOR, SPEC_PAYS, paying_draft, save
+
 
 @click.command("tune")
 @click.argument("model", required=False)
@@ -17,7 +19,8 @@ import click
 @click.option("--kv-quant", is_flag=True, help="Also try a q8_0 KV cache (half the memory, a small quality cost).")
 @click.option("--draft", "drafts", multiple=True, metavar="auto|ngram|MODEL",
               help="Then measure whether speculative decoding with this draft pays here (repeatable): its speed-up with "
-                   "the tuned settings on a reply that repeats its prompt and on a free-form one.")
+                   "the tuned settings on a reply that repeats its prompt and on a free-form one. The draft that pays "
+                   "best is saved too: run, chat and serve speculate with it when --draft is left out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def tune(model, level, n_prompt, n_gen, reps, kv_quant, drafts, as_json) -> int:
     """Find the threads, micro-batch (and with --kv-quant the KV cache type) that run MODEL fastest on this
@@ -42,8 +45,11 @@ def tune(model, level, n_prompt, n_gen, reps, kv_quant, drafts, as_json) -> int:
         click.echo(f"tuning {plan.path.name} ({plan.level}, {plan.gpu_layers} layers on the GPU)", err=True)
     result = run_tune(plan, n_prompt=n_prompt, n_gen=n_gen, reps=reps, kv_quant=kv_quant, on_trial=show)
     speculation = _speculation(ref, drafts, max(n_gen, 64), max(reps, 3)) if drafts else []
+    draft = paying_draft(speculation) if drafts else None
+    if draft is not None:
+        save(result, draft)
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), **({"speculation": speculation} if drafts else {})}, indent=2))
+        click.echo(json.dumps({**result.to_dict(), **({"speculation": speculation, "draft": draft} if drafts else {})}, indent=2))
         return 0
     b = result.best
     click.echo(f"best: {b.settings.text()}: prompt {b.pp_tps:.1f} tok/s, reply {b.tg_tps:.1f} tok/s")
@@ -54,12 +60,17 @@ def tune(model, level, n_prompt, n_gen, reps, kv_quant, drafts, as_json) -> int:
         verdict = "pays here" if r["speedup"] >= 1.05 else "does not pay here (it pauses itself)"
         click.echo(f"speculation with {r['draft']} on {r['task']} text: {r['speedup']:.2f}x, {r['acceptance']:.0%} of guesses "
                    f"kept, {r['tokens_per_step']:.2f} tokens per step: {verdict}")
+    if draft is not None:
+        click.echo(f"saved: run, chat and serve speculate with {draft} when --draft is left out" if draft != "off" else
+                   f"saved: no speculation by default (none was at least {SPEC_FLOOR:.2f}x on every text and "
+                   f"{SPEC_PAYS:.2f}x on one)")
     return 0
 
 
 def _speculation(ref, drafts: tuple[str, ...], n_gen: int, reps: int) -> list[dict]:
-    """Each draft's speed-up over plain decoding, with the settings just tuned (engine.measure.SPEC_TASKS)."""
-    from ..engine.draft import for_plan
+    """Each draft's speed-up over plain decoding, with the settings just tuned (engine.measure.SPEC_TASKS); "use"
+    is what --draft would say to speculate the same way again ("ngram" or the draft's file)."""
+    from ..engine.draft import choose, speculation
     from ..engine.launch import plan_model
     from ..engine.measure import SPEC_TASKS, speculation_speedup
     from ..engine.runtime import Engine
@@ -68,11 +79,13 @@ def _speculation(ref, drafts: tuple[str, ...], n_gen: int, reps: int) -> list[di
     rows = []
     with Engine.load(plan) as engine:
         for mode in drafts:
-            spec, _ = for_plan(plan, mode)
+            choice = choose(plan, mode)
+            spec = speculation(choice)
             if spec is None:
                 continue
+            use = str(choice.plan.path) if choice.plan else choice.kind
             try:
-                rows += [speculation_speedup(engine, spec, task, n_gen, reps) for task in SPEC_TASKS]
+                rows += [{**speculation_speedup(engine, spec, task, n_gen, reps), "use": use} for task in SPEC_TASKS]
             finally:
                 spec.close()
     return rows

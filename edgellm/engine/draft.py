@@ -4,7 +4,8 @@ A draft model must have the target's vocabulary (checked by content: every token
 least DRAFT_RATIO times smaller, else checking its guesses costs more than it saves; `auto` takes the smallest such
 model among the store's packages and the demo model, or n-gram lookup when there is none. The draft is planned on
 the memory the target's plan leaves (its weights and its KV cache for the same context, on the same devices): a
-draft that does not fit there is dropped with a note, and n-gram lookup is used instead.
+draft that does not fit there is dropped with a note, and n-gram lookup is used instead. Left out (None), `--draft`
+is what `edgellm tune --draft` found pays for the model's file on this machine, else off.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import EdgeError, NotEnoughSpace, UsageError
+from ..fsutil import human_bytes
 from ..plan.hardware import HardwareProfile, detect
 from ..plan.planner import Plan, make_plan
+from ..plan.tune import lookup_draft
 from ..store.models import ModelRef, default_model_path, resolve_model
 from .runtime import Engine
 from .speculate import DRAFT_MAX, DRAFT_MIN, Speculation, check_vocabulary, vocab_fingerprint
@@ -146,14 +149,47 @@ def speculation(choice: DraftChoice, draft_min: int = DRAFT_MIN, draft_max: int 
 
 
 
-def for_plan(target: Plan, draft: str, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
-    """`--draft` and its lengths for a model about to load with `target`: the Speculation (None: off) and the notes to
-    show (which draft, or why none)."""
+TUNED = "found to pay here by `edgellm tune`"
+
+
+def tuned(target: Plan, draft: str | None) -> tuple[str, bool]:
+    """`--draft` as given, or when left out what `tune --draft` saved for the target's file here (else "off"); and
+    whether it came from tune."""
+    if draft is not None:
+        return draft, False
+    saved = lookup_draft(Path(target.path), detect().machine_id)
+    return (saved, True) if saved and saved != "off" else ("off", False)
+
+
+def for_plan(target: Plan, draft: str | None, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
+    """`--draft` (None: the tuned one) and its lengths for a model about to load with `target`: the Speculation
+    (None: off) and the notes to show (which draft, or why none)."""
     check_lengths(draft_min, draft_max)
+    draft, from_tune = tuned(target, draft)
     if draft == "off":
         return None, ()
-    choice = choose(target, draft)
-    return speculation(choice, draft_min, draft_max), choice.notes
+    try:
+        choice = choose(target, draft)
+    except EdgeError as exc:
+        if not from_tune:
+            raise
+        return None, (f"the draft {TUNED} cannot be used now ({exc}): no speculation",)
+    notes = tuple(f"{n} ({TUNED})" for n in choice.notes) if from_tune else choice.notes
+    return speculation(choice, draft_min, draft_max), notes
+
+
+def planned(target: Plan, draft: str | None, hw: HardwareProfile | None = None) -> tuple[DraftChoice, tuple[str, ...]]:
+    """What `--draft` (None: the tuned one) would speculate with beside `target`, planned but not loaded, and the
+    notes that say so, with the draft model's memory."""
+    draft, from_tune = tuned(target, draft)
+    choice = choose(target, draft, hw)
+    notes = tuple(f"{n} ({TUNED})" for n in choice.notes) if from_tune else choice.notes
+    if choice.plan is not None:
+        m = choice.plan.memory
+        gpu = f", {human_bytes(m.vram)} on the GPU" if m.vram else ""
+        notes += (f"the draft takes {human_bytes(m.ram)} of RAM{gpu} beside the model "
+                  f"(weights {human_bytes(m.weights_cpu + m.weights_gpu)}, KV {human_bytes(m.kv_cpu + m.kv_gpu)})",)
+    return choice, notes
 
 
 def check_lengths(draft_min: int, draft_max: int) -> None:
@@ -162,19 +198,23 @@ def check_lengths(draft_min: int, draft_max: int) -> None:
         raise UsageError(f"--draft-min ({draft_min}) is more than --draft-max ({draft_max})")
 
 
-def serving_speculation(target: Plan, draft: str, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
+def serving_speculation(target: Plan, draft: str | None, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
     """`--draft` for a server: its slots guess by n-gram lookup (a draft model would need a sequence per slot
-    too); a draft model named is still checked, and n-gram lookup used in its place."""
+    too); a draft model named is still checked, and n-gram lookup used in its place. Left out, n-gram lookup where
+    tune found it pays (a tuned draft model says nothing of n-gram lookup)."""
     check_lengths(draft_min, draft_max)
-    if draft == "off":
+    notes = serving_notes(target, draft)
+    if not notes:
         return None, ()
-    if draft not in MODES:
+    if draft not in (*MODES, None):
         _resolve_named(target, draft)
-    return Speculation(None, draft_min, draft_max), serving_notes(draft)
+    return Speculation(None, draft_min, draft_max), notes
 
 
-def serving_notes(draft: str) -> tuple[str, ...]:
-    """What `serving_speculation` does with `--draft`, in words."""
+def serving_notes(target: Plan, draft: str | None) -> tuple[str, ...]:
+    """What `serving_speculation` does with `--draft`, in words (nothing: no speculation)."""
+    if draft is None:
+        return (f"speculation: n-gram lookup per slot ({TUNED})",) if tuned(target, None)[0] == "ngram" else ()
     if draft == "off":
         return ()
     why = "" if draft == "ngram" else " (a server's slots guess by n-gram lookup; draft models speed up run, chat and bench)"

@@ -1,6 +1,7 @@
 """The llama.cpp settings `edgellm tune` found fastest for one model file on this machine, kept per machine and
 file under edgellm's data folder; `run`, `chat`, `serve` and `bench` use them unless their options say otherwise
-(`engine.launch` lays them over the plan).
+(`engine.launch` lays them over the plan). With `tune --draft`, whether speculative decoding pays is kept too: the
+draft that did, or "off" (`engine.draft` uses it when `--draft` is left out).
 
 A setting is scored by the time of a typical chat turn: a 256-token prompt and a 128-token reply. The sweep that
 measures them loads the model, so it lives in the engine (`edgellm.engine.measure.tune`); this module holds only
@@ -21,6 +22,8 @@ from ..paths import data_dir
 UBATCHES = (128, 256, 512)
 TURN_PROMPT, TURN_REPLY = 256, 128  # the chat turn a setting is scored on
 MAX_ENTRIES = 200  # files remembered; the oldest go first
+SPEC_FLOOR, SPEC_PAYS = 0.95, 1.05  # a draft pays: never below the floor on a task, and above PAYS on one
+MAX_DRAFT_REF = 4096  # characters of a saved draft (a model's path); a longer one is not ours
 FILENAME = "tuned.json"
 
 
@@ -87,11 +90,27 @@ def _load_all() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def save(result: TuneResult) -> None:
+def paying_draft(rows: list[dict]) -> str:
+    """From speed-ups measured per draft and task (rows with "use", "task" and "speedup"), the draft to speculate
+    with by default: of those never below SPEC_FLOOR and above SPEC_PAYS on some task, the best on average; or "off"."""
+    by_draft: dict[str, list[float]] = {}
+    for r in rows:
+        by_draft.setdefault(r["use"], []).append(r["speedup"])
+    paying = {d: sum(x) / len(x) for d, x in by_draft.items() if min(x) >= SPEC_FLOOR and max(x) >= SPEC_PAYS}
+    return max(paying, key=paying.__getitem__) if paying else "off"
+
+
+def save(result: TuneResult, draft: str | None = None) -> None:
+    """Keep `result`'s best settings for its file here, and `draft` (what paying_draft chose) when measured; a draft
+    measured before stays while the file is the same."""
     from ..fsutil import atomic_output
 
     entries = _load_all()
-    entries[_key(result.path, result.machine_id)] = {**asdict(result.best.settings), "created": time.time()}
+    key = _key(result.path, result.machine_id)
+    before = entries.get(key)
+    if draft is None and isinstance(before, dict):
+        draft = before.get("draft")
+    entries[key] = {**asdict(result.best.settings), **({"draft": draft} if draft else {}), "created": time.time()}
     kept = dict(sorted(entries.items(), key=lambda kv: kv[1].get("created", 0) if isinstance(kv[1], dict) else 0)[-MAX_ENTRIES:])
     path = data_dir() / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,13 +121,25 @@ def save(result: TuneResult) -> None:
         raise EdgeError(f"cannot save the tuned settings to {path}: {exc.strerror or exc}") from exc
 
 
-def lookup(path: Path, machine_id: str) -> Settings | None:
-    """The settings `tune` found for this file on this machine, if any (and only sane ones)."""
+def _entry(path: Path, machine_id: str) -> dict | None:
     try:
         entry = _load_all().get(_key(path, machine_id))
     except OSError:
         return None
-    if not isinstance(entry, dict):
+    return entry if isinstance(entry, dict) else None
+
+
+def lookup_draft(path: Path, machine_id: str) -> str | None:
+    """What `tune --draft` found for this file here: the draft that pays ("ngram" or a model), "off", or None
+    (never measured, or not a value tune writes)."""
+    draft = (_entry(path, machine_id) or {}).get("draft")
+    return draft if isinstance(draft, str) and 0 < len(draft) <= MAX_DRAFT_REF and "\0" not in draft else None
+
+
+def lookup(path: Path, machine_id: str) -> Settings | None:
+    """The settings `tune` found for this file on this machine, if any (and only sane ones)."""
+    entry = _entry(path, machine_id)
+    if entry is None:
         return None
     threads, ubatch, kv = entry.get("threads"), entry.get("n_ubatch"), entry.get("kv_type")
     ok = (

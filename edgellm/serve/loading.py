@@ -38,7 +38,7 @@ class LoadOptions:
     rpc: str | None = None
     loras: tuple[tuple[Path, float], ...] = ()
     api_key: str | None = None
-    draft: str = "off"  # --draft: a server's slots guess by n-gram lookup (edgellm.engine.draft.serving_speculation)
+    draft: str | None = None  # --draft, None: what tune saved (edgellm.engine.draft.serving_speculation)
     draft_min: int = 1
     draft_max: int = 16
     think: bool | None = None  # --think/--no-think: a thinking model's default where its template has the switch
