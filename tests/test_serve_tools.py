@@ -70,3 +70,27 @@ def test_ollama_tools_reach_the_template_as_openais_do_and_earlier_calls_are_ans
     expected = tools_server.client().chat.completions.create(model="any", messages=[*WEATHER_ASK, *openai_history], temperature=0, max_tokens=30,
                                                              tools=[t.model_dump(exclude_none=True) for t in _copy_tools([WEATHER])])
     assert answer.message.content == expected.choices[0].message.content and answer.message.content
+
+
+def test_ollama_gets_a_tool_call_back_streamed_or_not(tools_server):
+    """Two earlier calls in the conversation lead the model to call the function again: the ollama client gets
+    the call as Ollama's `tool_calls` (arguments an object, not a string), whole or streamed."""
+    o = ollama.Client(host=tools_server.url, timeout=WAIT_S)
+    name = o.list().models[0].model
+
+    def earlier(city: str) -> list[dict]:
+        return [{"role": "user", "content": f"What is the weather in {city}?"},
+                {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": city, "unit": "celsius"}}}]},
+                {"role": "tool", "tool_name": "get_weather", "content": '{"temperature": 18}'},
+                {"role": "assistant", "content": f"It is 18 degrees in {city}."}]
+
+    messages = [*earlier("London"), *earlier("Tokyo"), *WEATHER_ASK]
+    options = {"temperature": 0, "num_predict": 60}
+    r = o.chat(model=name, messages=messages, tools=[WEATHER, TIME], options=options)
+    (call,) = r.message.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris", "unit": "celsius"}
+    assert r.message.content == "" and r.done_reason == "stop"
+    parts = list(o.chat(model=name, messages=messages, tools=[WEATHER, TIME], options=options, stream=True))
+    streamed = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert [(c.function.name, c.function.arguments) for c in streamed] == [(call.function.name, call.function.arguments)]
+    assert parts[-1].done and "<tool_call>" not in "".join(p.message.content for p in parts)
