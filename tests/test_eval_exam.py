@@ -167,3 +167,38 @@ def test_ctrl_c_during_word_problems_prints_what_was_answered(tmp_path):
     assert done.returncode == 130
     assert "1 of 3 (stopped)" in done.stdout and "GSM8K: gsm8k.jsonl" in done.stdout
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_thinking_model_is_graded_on_its_answer_and_asked_exams_without_thinking(tmp_path, capsys):
+    """SmolLM2 with Qwen3's switchable thinking template: a word problem's reasoning is kept apart and only the
+    answer after it is read for the number; an exam prompt closes the reasoning, so the letter comes first."""
+    from serving import make_template_gguf
+    from thinking import SWITCHABLE_TEMPLATE
+
+    from edgellm.engine.launch import open_engine
+    from edgellm.engine.reasoning import split_reasoning
+    from edgellm.engine.sampling import Sampling
+    from edgellm.eval.ask import ChatAsker, exam_message
+
+    model = make_template_gguf(tmp_path, "switch", SWITCHABLE_TEMPLATE)
+    gsm8k = T.load(T.GSM8K, eval_data.write_gsm8k(tmp_path / "gsm8k.jsonl"), 1)
+    exam = T.load(T.EXAM, eval_data.write_exam_jsonl(tmp_path / "mmlu.jsonl"), 1)
+    with open_engine(model, ctx=2048, threads=1) as engine:
+        for think in (True, None):
+            (answered,) = ChatAsker(engine, 48, think).gsm8k(gsm8k.tasks)
+            prompt = engine.render_chat([{"role": "user", "content": gsm8k.tasks[0].prompt}], think=think)
+            raw = "".join(engine.stream_prompt(prompt, Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=48, seed=0)))
+            reasoning, answer = split_reasoning(raw, inside=True)
+            assert (answered.reasoning, answered.reply) == (reasoning, answer) and reasoning
+            assert answered.predicted == (None if last_number(answer) is None else str(last_number(answer)))
+        (answered,) = ChatAsker(engine, 48, False).gsm8k(gsm8k.tasks)
+        assert answered.reasoning is None and answered.reply
+        message = [{"role": "user", "content": exam_message(exam.tasks[0])}]
+        closed = engine.render_chat(message, think=False)
+        assert closed.endswith("<think>\n\n</think>\n\n")
+        assert ChatAsker(engine, 48, True)._prompt(exam_message(exam.tasks[0])) == engine.tokenize(closed)  # whatever `think` says
+    code, out, err = run_cli(capsys, "eval", str(model), "--gsm8k", str(tmp_path / "gsm8k.jsonl"), "--limit", "1",
+                             "--max-tokens", "48", "--think", "--threads", "1", "--json")
+    assert code == 0, err
+    (reply,) = json.loads(out)["results"][0]["replies"]
+    assert reply["reasoning"] and "<think>" not in reply["reply"]

@@ -43,7 +43,11 @@ def _task_option(kind: str, default: str):
               help="Word problems as GSM8K's JSONL (question, answer ending '#### NUMBER'): answered greedily "
                    "through the chat template; right when the reply's last number equals the gold one.")
 @click.option("--max-tokens", type=Range(int, 1, 4096), default=256, show_default=True,
-              help="GSM8K: the longest reply (in tokens).")
+              help="GSM8K: the longest reply (in tokens, a thinking model's reasoning included).")
+@click.option("--think/--no-think", default=None,
+              help="GSM8K: switch a thinking model's reasoning on or off where its chat template has the switch "
+                   "(default: the template's choice); only the answer after it is graded. Exams are asked "
+                   "without thinking (the letter must come first).")
 @click.option("--limit", type=TASKS, help="Tasks to score of each file: for --exam and --gsm8k the first N; for the "
                                           "others the fixed subset llama-perplexity's --*-tasks N picks (a seeded "
                                           "draw, the same every run).")
@@ -59,7 +63,7 @@ def _task_option(kind: str, default: str):
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
               help="Draw accuracy against file size per level, with standard-error bars.")
 def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multiple_choice, multiple_choice_tasks,
-          exam, gsm8k, max_tokens, limit, levels, n_ctx, threads, as_json, json_path, md_path, save_manifest,
+          exam, gsm8k, max_tokens, think, limit, levels, n_ctx, threads, as_json, json_path, md_path, save_manifest,
           plot_path) -> int:
     """Accuracy of MODEL (a GGUF file or a package: every level, on the same tasks) on task files in the
     formats llama-perplexity reads, with the same scores, and on exams and word problems asked through the
@@ -94,7 +98,7 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     interrupted = False
     try:
-        _run(report, files, chosen, n_ctx, threads, max_tokens)
+        _run(report, files, chosen, n_ctx, threads, max_tokens, think)
     except KeyboardInterrupt:
         interrupted = True
 
@@ -138,7 +142,7 @@ def _levels(ref, value: str | None) -> list:
     return [ref.file(level) for level in wanted]
 
 
-def _run(report, files, chosen, n_ctx: int | None, threads: int | None, max_tokens: int) -> None:
+def _run(report, files, chosen, n_ctx: int | None, threads: int | None, max_tokens: int, think: bool | None) -> None:
     """Score every task file on every level, appending to `report` as it goes (so Ctrl-C keeps what is done)."""
     from ..eval.results import LevelScore, TaskSet
     from ..store.models import verify_file
@@ -161,7 +165,7 @@ def _run(report, files, chosen, n_ctx: int | None, threads: int | None, max_toke
                     pause_point("eval.tasks", done)
 
                 if f.kind.chat:
-                    _ask_file(mf.path, f, score, n_ctx or CHAT_CTX, threads, max_tokens, shown)
+                    _ask_file(mf.path, f, score, n_ctx or CHAT_CTX, threads, max_tokens, think, shown)
                 else:
                     _score_file(mf.path, f, score, n_ctx or CHOICE_CTX, threads, shown)
 
@@ -181,7 +185,7 @@ def _score_file(path: Path, f, score, n_ctx: int, threads: int | None, shown) ->
     score.complete = True
 
 
-def _ask_file(path: Path, f, score, n_ctx: int, threads: int | None, max_tokens: int, shown) -> None:
+def _ask_file(path: Path, f, score, n_ctx: int, threads: int | None, max_tokens: int, think: bool | None, shown) -> None:
     from ..engine.launch import open_engine
     from ..eval.ask import ChatAsker
     from ..eval.tasks import EXAM
@@ -189,7 +193,7 @@ def _ask_file(path: Path, f, score, n_ctx: int, threads: int | None, max_tokens:
     start = time.perf_counter()
     try:
         with open_engine(path, ctx=n_ctx, threads=threads) as engine:
-            asker = ChatAsker(engine, max_tokens)
+            asker = ChatAsker(engine, max_tokens, think)
             items = asker.exam if f.kind is EXAM else asker.gsm8k
             for result in items(f.tasks, on_item=shown):
                 score.add(result)

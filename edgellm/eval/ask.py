@@ -9,6 +9,9 @@
 - GSM8K: the question alone is the user message; the reply is generated greedily (the most likely token
   each step, no penalties) until the model ends its turn or `max_tokens`; the prediction is the last number
   in the reply, compared with the gold number as a number (so "1,000" and "1000.0" agree).
+- A thinking model: exams are asked with its thinking switched off where the template has the switch (the
+  letter must be the reply's first token); word problems as `think` says (None: the template's default), and
+  only the answer after the reasoning is read for the number (a reply cut off while thinking has none).
 
 An item with an empty question or choice, or whose prompt leaves no room in the context, is skipped.
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.reasoning import opened_in, split_reasoning, switchable, thinks
 from ..engine.sampling import Sampling
 from ..errors import EdgeError
 from .exam_files import LETTERS, last_number, number
@@ -35,9 +39,10 @@ class Answered:
     """A GSM8K item: what the model wrote and the number read from it."""
 
     number: int
-    reply: str
+    reply: str  # the answer: a thinking model's reply without its reasoning
     predicted: str | None
     correct: bool
+    reasoning: str | None = None  # a thinking model's reasoning (None: it did not think)
 
 
 def exam_message(task: Task) -> str:
@@ -54,10 +59,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 class ChatAsker:
     """Asks one loaded engine (`edgellm.engine.runtime.Engine`) the items of a file, one at a time."""
 
-    def __init__(self, engine, max_tokens: int = GSM8K_MAX_TOKENS) -> None:
+    def __init__(self, engine, max_tokens: int = GSM8K_MAX_TOKENS, think: bool | None = None) -> None:
         self.engine = engine
         self.max_tokens = max_tokens
         self.n_ctx = engine.info.n_ctx
+        self.thinks = thinks(engine.chat_template)
+        self.switchable = switchable(engine.chat_template)
+        self.think = think
 
     def letter_tokens(self, n: int) -> list[int]:
         tokens = [self.engine.tokenize(letter, add_bos=False)[0] for letter in LETTERS[:n]]
@@ -66,8 +74,11 @@ class ChatAsker:
                             f"different letters {LETTERS[:n]}: exam answers cannot be told apart")
         return tokens
 
+    def _render(self, text: str, think: bool | None) -> str:
+        return self.engine.render_chat([{"role": "user", "content": text}], think=think if self.switchable else None)
+
     def _prompt(self, text: str) -> list[int]:
-        return self.engine.tokenize(self.engine.render_chat([{"role": "user", "content": text}]))
+        return self.engine.tokenize(self._render(text, False))
 
     def exam(self, tasks: tuple[Task, ...], on_item: Callable[[int], None] | None = None) -> Iterator[Scored | Skipped]:
         import llama_cpp
@@ -97,14 +108,16 @@ class ChatAsker:
             if not task.prompt:
                 yield Skipped(task.number, "an empty question")
             else:
-                tokens = self._prompt(task.prompt)
+                prompt = self._render(task.prompt, self.think)
+                tokens = self.engine.tokenize(prompt)
                 if len(tokens) + self.max_tokens > self.n_ctx:
                     yield Skipped(task.number, f"its prompt ({len(tokens)} tokens) and {self.max_tokens} tokens of "
                                                f"reply do not fit the context's {self.n_ctx}")
                 else:
                     reply = "".join(self.engine.stream_tokens(tokens, greedy))
-                    got = last_number(reply)
-                    yield Answered(task.number, reply, None if got is None else str(got),
-                                   got is not None and got == number(task.answer))
+                    reasoning, answer = split_reasoning(reply, opened_in(prompt)) if self.thinks else (None, reply)
+                    got = last_number(answer)
+                    yield Answered(task.number, answer, None if got is None else str(got),
+                                   got is not None and got == number(task.answer), reasoning)
             if on_item:
                 on_item(done)

@@ -57,7 +57,8 @@ class LevelScore:
         self.items.append(result.number)
         self.right.append(result.correct)
         if isinstance(result, Answered):
-            self.replies.append({"task": result.number, "reply": result.reply, "predicted": result.predicted})
+            self.replies.append({"task": result.number, "reply": result.reply, "predicted": result.predicted,
+                                 **({"reasoning": result.reasoning} if result.reasoning is not None else {})})
 
     @property
     def n(self) -> int:
