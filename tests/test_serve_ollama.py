@@ -164,7 +164,7 @@ def test_ndjson_transcript_field_by_field(server):
         ("/api/chat", {"model": "local", "messages": "hi"}, "'messages' must be a list"),
         ("/api/chat", {"model": "local", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role must be one of"),
         ("/api/chat", {"model": "local", "messages": [{"role": "user", "content": 5}]}, "messages[0].content must be a string"),
-        ("/api/chat", {"model": "local", "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "reads text only"),
+        ("/api/chat", {"model": "local", "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "takes no images: it has no projector"),
         ("/api/chat", {"model": "local", "messages": CAPITAL, "options": {"temperature": "hot"}}, "'options.temperature' must be a number"),
         ("/api/chat", {"model": "local", "messages": CAPITAL, "options": {"top_k": -1}}, "'options.top_k' must be an integer"),
         ("/api/chat", {"model": "local", "messages": CAPITAL, "options": {"num_predict": 0}}, "'options.num_predict' must be -1"),

@@ -130,7 +130,8 @@ def sampler_chain(vocab, s: Sampling, history: Sequence[int] = (), head=None):
             add(L.llama_sampler_init_top_k(top_k + PENALTY_LAST_N))
         penalty = L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(vocab), PENALTY_LAST_N, *penalties)
         for t in history[-PENALTY_LAST_N:]:
-            L.llama_sampler_accept(penalty, t)
+            if t >= 0:  # (an image's positions are no tokens)
+                L.llama_sampler_accept(penalty, t)
         add(penalty)
     if greedy:
         add(L.llama_sampler_init_greedy())
@@ -557,7 +558,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 break
             if c.tokens is None:
-                self.vision.evaluate_image(self._ctx, c, 0, self._n_batch, logits_last=c is last)
+                self.vision.evaluate(self._ctx, c, 0, self._n_batch, logits_last=c is last)
                 self._kv.extend(media.keys[c.start : c.start + c.n_pos])
             else:
                 todo = c.tokens[n_keep - c.start :] if n_keep > c.start else c.tokens

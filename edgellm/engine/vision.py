@@ -32,7 +32,7 @@ class Chunk:
     start: int  # the first position it takes
     n_pos: int  # positions it takes
     tokens: list[int] | None = None  # a text chunk's tokens (None: an image)
-    handle: object = field(default=None, repr=False)  # the image chunk, owned by the prompt's chunk list
+    handle: object = field(default=None, repr=False)  # mtmd's chunk, owned by the prompt's chunk list
 
 
 class MediaPrompt:
@@ -133,7 +133,7 @@ class Projector:
                 n = ctypes.c_size_t()
                 ptr = M.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
                 tokens = list(ptr[: n.value])
-                chunks.append(Chunk(len(keys), len(tokens), tokens))
+                chunks.append(Chunk(len(keys), len(tokens), tokens, c))
                 keys.extend(tokens)
             else:
                 n_pos = M.mtmd_input_chunk_get_n_pos(c)
@@ -142,15 +142,16 @@ class Projector:
                 keys.extend([key] * n_pos)
         return MediaPrompt(chunks_handle, chunks, keys)
 
-    def evaluate_image(self, lctx, chunk: Chunk, seq: int, n_batch: int, logits_last: bool) -> None:
-        """Encode the image chunk and evaluate its embeddings at positions chunk.start.. of sequence `seq`."""
+    def evaluate(self, lctx, chunk: Chunk, seq: int, n_batch: int, logits_last: bool) -> None:
+        """Evaluate a chunk at positions chunk.start.. of sequence `seq`: an image is encoded by the projector and its
+        embeddings evaluated."""
         new_n_past = L.llama_pos(0)
         with llamacpp.capture_log():
             rc = M.mtmd_helper_eval_chunk_single(
                 self._ctx, lctx, chunk.handle, chunk.start, seq, n_batch, logits_last, ctypes.byref(new_n_past)
             )
         if rc != 0:
-            raise EdgeError(f"llama.cpp failed to evaluate an image (code {rc}): {llamacpp.last_error()}")
+            raise EdgeError(f"llama.cpp failed to evaluate {'an image' if chunk.tokens is None else 'the prompt'} (code {rc}): {llamacpp.last_error()}")
 
     def close(self) -> None:
         if self._ctx:
