@@ -13,6 +13,9 @@ import openai
 import pytest
 from PIL import Image
 
+from edgellm.serve.errors import ApiError
+from edgellm.serve.pictures import decode_all
+from edgellm.serve.schemas import ImageRef
 from serving import KEY, WAIT_S, Server
 from test_images import bomb_png, gradient
 from vision_fixtures import llamacpp_vision_reference
@@ -42,7 +45,7 @@ def data_url(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def server():
     text, mmproj = llamacpp_vision_reference()
-    s = Server(str(text), "--mmproj", str(mmproj), "--parallel", "2", "--ctx", "512", "--api-key", KEY, "--alias", "vision")
+    s = Server(str(text), "--mmproj", str(mmproj), "--parallel", "2", "--ctx", "512", "--api-key", KEY, "--alias", "vision", "--allow-image-urls")
     yield s
     rc, log = s.interrupt()
     assert rc == 130 and "Traceback" not in log, log
@@ -130,9 +133,9 @@ def test_bad_base64_and_urls_are_400s(server):
     r = http.post("/v1/chat/completions", json=body)
     assert r.status_code == 400 and "not valid base64" in r.json()["error"]["message"]
     assert r.json()["error"]["param"] == "messages[0].content[0].image_url"
-    body["messages"][0]["content"][0]["image_url"]["url"] = "http://127.0.0.1:9/cat.png"
+    body["messages"][0]["content"][0]["image_url"]["url"] = f"{server.url}/cat.png"  # allowed, but never from loopback
     r = http.post("/v1/chat/completions", json=body)
-    assert r.status_code == 400 and "fetches no image URLs" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "127.0.0.1, a loopback, private, link-local or reserved address" in r.json()["error"]["message"]
     r = http.post("/api/chat", json={"model": "vision", "messages": [{"role": "user", "content": "hi", "images": "abc"}]})
     assert r.status_code == 400 and "list of base64" in r.json()["error"]
 
@@ -151,3 +154,10 @@ def test_a_raw_generate_takes_the_picture_at_the_start_of_its_prompt(server):
     replies = [http.post("/api/generate", json={"model": "vision", "prompt": prompt, "raw": True, "images": [b64(im)], "stream": False,
                                                 "options": {"temperature": 0, "num_predict": N}}).json()["response"] for im in (RED, STRIPES, RED)]
     assert replies[0] == replies[2] != replies[1]
+
+
+def test_urls_are_fetched_only_where_the_server_allows_them():
+    ref = ImageRef("messages[0].content[0].image_url", "https://example.com/cat.png", True)
+    with pytest.raises(ApiError, match="fetches no image URLs: send the image as base64 data .* --allow-image-urls") as e:
+        decode_all([ref], allow_urls=False)
+    assert e.value.status == 400 and e.value.param == ref.where

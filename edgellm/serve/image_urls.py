@@ -102,6 +102,7 @@ def fetch(url: str, policy: UrlPolicy = UrlPolicy()) -> bytes:
         try:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             conn.request("GET", path, headers={"User-Agent": "edgellm", "Accept": "image/*"})
+            sock = conn.sock  # the connection lets go of it once the response is under way
             resp = conn.getresponse()
             if resp.status in REDIRECTS:
                 location = resp.getheader("Location")
@@ -115,7 +116,7 @@ def fetch(url: str, policy: UrlPolicy = UrlPolicy()) -> bytes:
             length = resp.getheader("Content-Length")
             if length and length.isdigit() and int(length) > policy.max_bytes:
                 raise UsageError(f"image URL {shown}: {human_bytes(int(length))} is more than the {human_bytes(policy.max_bytes)} an image may be")
-            return _body(conn, resp, policy, deadline, shown)
+            return _body(sock, resp, policy, deadline, shown)
         except (OSError, http.client.HTTPException) as exc:
             if isinstance(exc, (TimeoutError, socket.timeout)) or time.monotonic() >= deadline:
                 break
@@ -127,14 +128,14 @@ def fetch(url: str, policy: UrlPolicy = UrlPolicy()) -> bytes:
     raise UsageError(f"image URL {shown}: no answer within {policy.timeout_s:g} s")
 
 
-def _body(conn, resp, policy: UrlPolicy, deadline: float, shown: str) -> bytes:
+def _body(sock, resp, policy: UrlPolicy, deadline: float, shown: str) -> bytes:
     out, size = [], 0
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError
-        conn.sock.settimeout(left)
-        chunk = resp.read1(CHUNK) if hasattr(resp, "read1") else resp.read(CHUNK)
+        sock.settimeout(left)
+        chunk = resp.read1(CHUNK)
         if not chunk:
             return b"".join(out)
         size += len(chunk)
