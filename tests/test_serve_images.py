@@ -18,7 +18,7 @@ from edgellm.serve.pictures import decode_all
 from edgellm.serve.schemas import ImageRef
 from serving import KEY, WAIT_S, Server
 from test_images import bomb_png, gradient
-from vision_fixtures import llamacpp_vision_reference
+from vision_fixtures import MM_TOKENS_PER_IMAGE, llamacpp_vision_reference
 
 ASK = "What is in the picture?"
 N = 6
@@ -68,6 +68,14 @@ def messages(server: Server, image: bytes) -> str:
     r = c.messages.create(model="any", max_tokens=N, messages=[{"role": "user", "content": [block, {"type": "text", "text": ASK}]}],
                           extra_body={"temperature": 0})
     return r.content[0].text
+
+
+def test_anthropic_counts_the_tokens_a_picture_takes(server):
+    c = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=WAIT_S)
+    block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(RED)}}
+    text = c.messages.count_tokens(model="any", messages=[{"role": "user", "content": ASK}]).input_tokens
+    both = c.messages.count_tokens(model="any", messages=[{"role": "user", "content": [block, {"type": "text", "text": ASK}]}]).input_tokens
+    assert both >= text + MM_TOKENS_PER_IMAGE  # and the picture's markers
 
 
 def ollama_client(server: Server) -> ollama.Client:
