@@ -38,6 +38,7 @@ def test_paths_in_a_message_are_found_however_the_terminal_pastes_them(pictures)
         assert split_images(text) == ("what is this?", [red]), text
     assert split_images(f"/image {red}") == ("", [red])
     assert split_images("it's a red.png, no file") == ("it's a red.png, no file", [])  # no such file: plain text
+    assert split_images(f'say "two words" about {escaped}') == ('say "two words" about', [red])  # its own quotes kept
 
 
 def vision_app() -> ChatApp:

@@ -108,7 +108,9 @@ def test_run_answers_by_the_picture(vision, pictures):
         r = edgellm("run", str(text), "--mmproj", str(mmproj), "-i", str(pictures[name]), "-p", "What is this?",
                     "--temp", "0", "-n", "8", "-t", "1", "--json")
         assert r.returncode == 0, r.stderr
-        replies.append(json.loads(r.stdout)["text"])
+        out = json.loads(r.stdout)
+        assert out["engine"]["projector"] == str(mmproj)
+        replies.append(out["text"])
     assert replies[0] == replies[2]
     assert replies[0] != replies[1]
 

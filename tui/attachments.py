@@ -36,8 +36,17 @@ def split_images(text: str) -> tuple[str, list[Path]]:
         tokens = shlex.split(text)
     except ValueError:  # an apostrophe in plain text: no quoting to undo
         tokens = text.split()
-    found = [p for p in map(_as_path, tokens) if p is not None]
-    if not found:
+    named = [t for t in tokens if _as_path(t) is not None]
+    if not named:
         return text, []
-    kept = [t for t in tokens if _as_path(t) is None]
-    return " ".join(kept), found
+    for t in named:  # the rest of the text stays as typed, its own quotes too
+        text = _without(text, t)
+    return " ".join(text.split()), [_as_path(t) for t in named]
+
+
+def _without(text: str, token: str) -> str:
+    """`text` without the first way a terminal may have written `token` in it."""
+    for form in (shlex.quote(token), f'"{token}"', token.replace(" ", "\\ "), token):
+        if form in text:
+            return text.replace(form, " ", 1)
+    return text

@@ -24,11 +24,12 @@ def _stats_lines(engine, stats) -> list[str]:
 
     i = engine.info
     lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""
+    projector = f" · projector {i.projector.name}" if i.projector else ""
     thinking = f" ({stats.thinking_tokens} thinking)" if stats.thinking_tokens else ""
     return [
         f"plan: {i.level} · {i.gpu_layers} layers on {'the workers' if getattr(i.plan, 'workers', ()) else ', '.join(i.devices) or 'the GPU'} · "
         f"context {i.n_ctx} ({i.kv_type}) · "
-        f"{threads_text(i.n_threads)}{lora} · loaded in {i.load_s:.2f} s",
+        f"{threads_text(i.n_threads)}{lora}{projector} · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
         f"reply: {stats.gen_tokens} tokens{thinking} at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",

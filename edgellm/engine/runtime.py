@@ -89,6 +89,7 @@ class EngineInfo:
     devices: tuple[str, ...] = ()  # the GPUs the offloaded layers went to (ggml device names)
     # what llama.cpp says it allocated: buffer (CPU_Mapped, Vulkan0, CUDA_Host, ...) -> kind -> bytes
     allocated: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+    projector: Path | None = None  # a vision model's projector (mmproj) GGUF, loaded with it
 
     @property
     def device_bytes(self) -> dict[str, int]:
@@ -102,6 +103,7 @@ class EngineInfo:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["path"] = str(self.path)
+        d["projector"] = str(self.projector) if self.projector else None
         d.pop("plan")
         d["device_bytes"] = self.device_bytes
         return d
@@ -317,6 +319,7 @@ class Engine:
             loras=tuple(a.label for a in plan.loras),
             devices=plan.devices if ngl else (),
             allocated=memory.allocations(log),
+            projector=Path(projector) if projector else None,
         )
         return cls(model, ctx, info, loras, vision)
 
