@@ -342,12 +342,14 @@ def test_bad_completion_prompt_and_embeddings_input_get_400(server):
 
 
 def test_a_body_over_the_limit_gets_413(server):
-    big = b'{"prompt": "' + b"a" * (9 << 20) + b'"}'
+    from edgellm.serve.api import MAX_BODY
+
+    big = b'{"prompt": "' + b"a" * (MAX_BODY + (1 << 20)) + b'"}'
     r = server.http().post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
 
     def chunked():  # no Content-Length: counted while read
-        for _ in range(9):
+        for _ in range(MAX_BODY // (1 << 20) + 1):
             yield b"a" * (1 << 20)
 
     r = server.http().post("/v1/completions", content=chunked(), headers={"Content-Type": "application/json"})
