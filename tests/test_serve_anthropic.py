@@ -9,6 +9,7 @@ import json
 import anthropic
 import pytest
 
+from edgellm.serve.api import MAX_BODY
 from serving import ANTHROPIC_TIME, KEY, WAIT_S, Server
 
 SLOT_CTX = 512
@@ -132,7 +133,7 @@ def test_limits_and_the_key_answer_in_anthropics_shape(server):
     assert r.status_code == 200 and r.json()["input_tokens"] > 0
     r = server.http(key=None).post("/v1/messages", json={"model": "m", "max_tokens": 5, "messages": CAPITAL}, headers={"x-api-key": "wrong"})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    big = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "' + b"a" * (9 << 20) + b'"}]}'
+    big = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "' + b"a" * (MAX_BODY + (1 << 20)) + b'"}]}'
     r = server.http().post("/v1/messages", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
     r = server.http().get("/v1/messages")

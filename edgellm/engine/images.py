@@ -15,6 +15,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..errors import UsageError
@@ -36,7 +37,7 @@ class Picture:
     rgb: bytes = b""
     name: str = "image"  # where it came from, for messages
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """Identifies the pixels (the same picture sent twice has the same digest)."""
         return hashlib.sha256(self.rgb).hexdigest()[:16]
