@@ -301,7 +301,8 @@ def test_the_api_key_is_required_except_for_health(server):
         (b'{"messages": []}', "messages", "non-empty list"),
         (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role", "must be one of"),
         (b'{"messages": [{"role": "user"}]}', "messages[0].content", "missing"),
-        (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages[0].content", "only text parts"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "messages[0].content[0].image_url", "must be {'url'"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}', "messages[0].content", "only text and image_url parts"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature", "from 0 to 2"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', "temperature", "from 0 to 2"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": 5}', "top_p", "from 0 to 1"),
@@ -341,12 +342,14 @@ def test_bad_completion_prompt_and_embeddings_input_get_400(server):
 
 
 def test_a_body_over_the_limit_gets_413(server):
-    big = b'{"prompt": "' + b"a" * (9 << 20) + b'"}'
+    from edgellm.serve.api import MAX_BODY
+
+    big = b'{"prompt": "' + b"a" * (MAX_BODY + (1 << 20)) + b'"}'
     r = server.http().post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
 
     def chunked():  # no Content-Length: counted while read
-        for _ in range(9):
+        for _ in range(MAX_BODY // (1 << 20) + 1):
             yield b"a" * (1 << 20)
 
     r = server.http().post("/v1/completions", content=chunked(), headers={"Content-Type": "application/json"})

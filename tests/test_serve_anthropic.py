@@ -9,6 +9,7 @@ import json
 import anthropic
 import pytest
 
+from edgellm.serve.api import MAX_BODY
 from serving import ANTHROPIC_TIME, KEY, WAIT_S, Server
 
 SLOT_CTX = 512
@@ -99,7 +100,8 @@ def test_output_config_format_follows_the_schema(server):
         ({"model": "m", "max_tokens": 0, "messages": CAPITAL}, "'max_tokens' must be an integer from 1"),
         ({"model": "m", "max_tokens": 5, "messages": []}, "'messages' must be a non-empty list"),
         ({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "hi"}]}, "messages[0].role must be 'user' or 'assistant'"),
-        ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "not 'image'"),
+        ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "content[0].source must be"),
+        ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "not 'document'"),
         ({"model": "m", "max_tokens": 5, "messages": [*CAPITAL, {"role": "assistant", "content": "The"}]}, "a prefill) is not supported"),
         ({"model": "m", "max_tokens": 5, "messages": CAPITAL, "temperature": 1.5}, "'temperature' must be a number from 0 to 1"),
         ({"model": "m", "max_tokens": 5, "messages": CAPITAL, "top_k": -2}, "'top_k' must be an integer"),
@@ -131,7 +133,7 @@ def test_limits_and_the_key_answer_in_anthropics_shape(server):
     assert r.status_code == 200 and r.json()["input_tokens"] > 0
     r = server.http(key=None).post("/v1/messages", json={"model": "m", "max_tokens": 5, "messages": CAPITAL}, headers={"x-api-key": "wrong"})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    big = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "' + b"a" * (9 << 20) + b'"}]}'
+    big = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "' + b"a" * (MAX_BODY + (1 << 20)) + b'"}]}'
     r = server.http().post("/v1/messages", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
     r = server.http().get("/v1/messages")

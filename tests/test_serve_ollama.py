@@ -10,6 +10,7 @@ import json
 import ollama
 import pytest
 
+from edgellm.serve.api import MAX_BODY
 from serving import KEY, WAIT_S, Server
 
 SLOT_CTX = 512
@@ -164,7 +165,7 @@ def test_ndjson_transcript_field_by_field(server):
         ("/api/chat", {"model": "local", "messages": "hi"}, "'messages' must be a list"),
         ("/api/chat", {"model": "local", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role must be one of"),
         ("/api/chat", {"model": "local", "messages": [{"role": "user", "content": 5}]}, "messages[0].content must be a string"),
-        ("/api/chat", {"model": "local", "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "reads text only"),
+        ("/api/chat", {"model": "local", "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "takes no images: it has no projector"),
         ("/api/chat", {"model": "local", "messages": CAPITAL, "options": {"temperature": "hot"}}, "'options.temperature' must be a number"),
         ("/api/chat", {"model": "local", "messages": CAPITAL, "options": {"top_k": -1}}, "'options.top_k' must be an integer"),
         ("/api/chat", {"model": "local", "messages": CAPITAL, "options": {"num_predict": 0}}, "'options.num_predict' must be -1"),
@@ -201,7 +202,7 @@ def test_limits_and_the_key_answer_in_ollamas_shape(server):
     assert r.status_code == 404 and r.json() == {"error": "no such endpoint: /api/pull"}
     r = server.http().post("/api/chat", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    big = b'{"model": "local", "prompt": "' + b"a" * (9 << 20) + b'"}'
+    big = b'{"model": "local", "prompt": "' + b"a" * (MAX_BODY + (1 << 20)) + b'"}'
     r = server.http().post("/api/generate", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "bytes" in r.json()["error"]
     r = server.http().post("/api/embed", json={"model": "local", "input": ["hi", 3]})

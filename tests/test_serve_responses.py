@@ -135,7 +135,8 @@ def test_a_forced_function_call_and_its_output_are_answered(server):
 @pytest.mark.parametrize("body, param, words", [
     ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "keeps no responses"),
     ({"input": [{"type": "web_search_call"}]}, "input[0]", "not 'web_search_call'"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]", "input_text"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0].image_url", "takes no images"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "x"}]}]}, "input[0].content[0]", "input_image"),
     ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]", "only function tools"),
     ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens", "integer from 1"),
     ({"input": []}, "input", "non-empty list"),

@@ -120,7 +120,7 @@ def test_layers_keep_to_their_folders():
 SHARED = ("edgellm", *(f"edgellm.{m}" for m in ("errors", "paths", "progress", "fsutil", "interrupt", "testhooks", "procmem")))
 ENGINE_FLOOR = ("edgellm.engine", *(f"edgellm.engine.{m}" for m in (
     "llamacpp", "sampling", "chat_formats", "chat_template", "adapters", "rpc", "quality", "embedding", "reasoning",
-    "speculate")))
+    "speculate", "images", "vision")))
 ENGINE_TOP = ("edgellm.engine.runtime", "edgellm.engine.measure", "edgellm.engine.launch", "edgellm.engine.draft")
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"shared helpers": SHARED},

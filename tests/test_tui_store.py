@@ -46,7 +46,7 @@ def test_old_schema_is_migrated_and_keeps_its_chats(tmp_path):
     raw.close()
 
     db = ChatDB(path)
-    assert db.schema_version() == SCHEMA_VERSION == 3
+    assert db.schema_version() == SCHEMA_VERSION == 4
     conv = db.load(1)
     assert conv.title == "old chat" and conv.messages == [Message("user", "hello")]
     db.put_settings({"temperature": 0.2})  # the table version 2 added

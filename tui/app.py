@@ -20,7 +20,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Footer, Input, Static
 
 from .chat import ChatFlow
 from .chatdb import MEMORY, ChatDB, ChatDBError, Conversation
@@ -99,6 +99,8 @@ class ChatApp(ChatFlow, EngineWorker, App[None]):
         self.cancel = threading.Event()
         self.idle = threading.Event()  # set while no generation thread runs
         self.idle.set()
+        self.pending_images: list[str] = []  # image files attached to the next message
+        self.pictures: dict = {}  # image file -> its decoded Picture, for every reply that shows it
 
     # ----- layout
 
@@ -108,6 +110,7 @@ class ChatApp(ChatFlow, EngineWorker, App[None]):
             yield Sidebar(id="sidebar")
             with Vertical(id="chat"):
                 yield ChatLog(id="log")
+                yield Static("", id="attachments", markup=False)
                 yield Input(placeholder="Message (Enter to send, F1 for help)", id="composer")
         yield StatsBar(id="stats")
         yield Footer(compact=True)

@@ -23,20 +23,22 @@ def placement(n_gpu_layers: int, n_layers: int, devices: tuple[str, ...] = ()) -
 def open_model(
     ref: str | None, settings: ChatSettings, chat_template: str | None = None, min_speed: float | None = None, rpc: str | None = None,
     loras: tuple[tuple[Path, float], ...] = (), devices: tuple[str, ...] | None = None, draft: str | None = None,
-    draft_min: int = 1, draft_max: int = 16, think: bool | None = None,
+    draft_min: int = 1, draft_max: int = 16, think: bool | None = None, projectors: dict | None = None,
 ) -> LoadedModel:
     """Resolve `ref`, let the planner pick file, offload and context for this machine (and `rpc` workers), and load it
     with the LoRA adapters (file, scale) given, speculating as `draft` says (`--draft`), thinking as `think` says
-    where the template has the switch."""
+    where the template has the switch. `projectors`: model reference -> its projector GGUF (`--mmproj`), where the
+    model's package does not hold one."""
     from edgellm.engine.draft import for_plan
     from edgellm.engine.reasoning import switch_note, thinks
-    from edgellm.engine.launch import plan_model
+    from edgellm.engine.launch import plan_model, with_projector
     from edgellm.plan.planner import threads_text
     from edgellm.engine.runtime import Engine
 
-    plan = plan_model(ref, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras,
+    model = with_projector(ref, (projectors or {}).get(ref), images=False)
+    plan = plan_model(model, ctx=settings.n_ctx or None, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras,
                       devices=devices)
-    engine = Engine.load(plan)
+    engine = Engine.load(plan, projector=model.projector)
     try:
         spec, notes = for_plan(plan, draft, draft_min, draft_max)
     except BaseException:
@@ -55,6 +57,8 @@ def open_model(
         line += f" · LoRA {lora}"
     if spec is not None:
         line += f" · speculation {spec.name}"
+    if model.projector is not None:
+        line += " · images"
     explain = "\n".join([plan.explain(), *(f"  Note: {n}" for n in notes)])
     note = switch_note(engine.chat_template, think) or ""
     return LoadedModel(engine=engine, path=str(plan.path), plan=line, explain=explain, lora=lora, thinks=thinks(engine.chat_template),

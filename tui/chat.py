@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 
 from textual.actions import SkipAction
 from textual.widgets import Input
 
+from .attachments import split_images
 from .chatdb import ChatDBError, Conversation, Message
 from .screens.prompt import PromptScreen
 from .widgets.messages import MessageView
@@ -43,17 +45,48 @@ class ChatFlow:
         text = event.value.strip()
         if not text or self.busy("send"):
             return  # the typed text stays in the box
+        text, files = split_images(text)
+        if files and not self.attach(files):
+            return  # the typed text stays in the box
         event.input.value = ""
-        message = Message("user", text)
+        if not text:  # only images: they wait for the question
+            return
+        message = Message("user", text, images=tuple(str(p) for p in self.pending_images))
+        self.pending_images = []
+        self.show_pending()
         self.conversation.messages.append(message)
         await self.log_view.add(message)
         self.persist()
         await self.start_reply()
 
+    def attach(self, files: list) -> bool:
+        """Decode image files for the next message (shown as chips above the box); False, and why, when one cannot be."""
+        from edgellm.engine.images import read_image
+        from edgellm.errors import EdgeError
+
+        if getattr(self.engine, "vision", None) is None:
+            self.notify("This model takes no images: it has no projector (start the chat with --mmproj FILE).", severity="error")
+            return False
+        try:
+            for f in files:
+                self.pictures[str(f)] = read_image(f)
+        except EdgeError as exc:
+            self.notify(str(exc), title="Not attached", severity="error")
+            return False
+        self.pending_images += [str(f) for f in files]
+        self.show_pending()
+        return True
+
+    def show_pending(self) -> None:
+        bar = self.query_one("#attachments")
+        bar.update("  ".join(f"[{Path(p).name}]" for p in self.pending_images) + "  (type your message)")
+        bar.display = bool(self.pending_images)
+
     def history(self) -> list[dict]:
+        """The messages for the model; one with images holds their places in its text and their files under "images"."""
         conv = self.conversation
         system = [{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []
-        return system + [m.as_chat() for m in conv.messages]
+        return system + [m.as_chat() | ({"images": list(m.images)} if m.images else {}) for m in conv.messages]
 
     async def start_reply(self) -> None:
         view = await self.log_view.add(Message("assistant", ""))
@@ -121,6 +154,8 @@ class ChatFlow:
             self.notify("Stop the reply first (Esc) to start a new chat.", severity="warning")
             return
         self.conversation = Conversation(system_prompt=self.settings.system_prompt)
+        self.pending_images = []
+        self.show_pending()
         await self.log_view.show([])
         self.set_stats(ctx_used=0, note="")
         self.refresh_sidebar()

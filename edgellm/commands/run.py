@@ -24,11 +24,12 @@ def _stats_lines(engine, stats) -> list[str]:
 
     i = engine.info
     lora = f" · LoRA {', '.join(i.loras)}" if i.loras else ""
+    projector = f" · projector {i.projector.name}" if i.projector else ""
     thinking = f" ({stats.thinking_tokens} thinking)" if stats.thinking_tokens else ""
     return [
         f"plan: {i.level} · {i.gpu_layers} layers on {'the workers' if getattr(i.plan, 'workers', ()) else ', '.join(i.devices) or 'the GPU'} · "
         f"context {i.n_ctx} ({i.kv_type}) · "
-        f"{threads_text(i.n_threads)}{lora} · loaded in {i.load_s:.2f} s",
+        f"{threads_text(i.n_threads)}{lora}{projector} · loaded in {i.load_s:.2f} s",
         f"prompt: {stats.prompt_tokens} tokens ({stats.prompt_eval_tokens} evaluated) at {stats.prompt_tps:.1f} tok/s · "
         f"first token after {stats.ttft_s:.3f} s",
         f"reply: {stats.gen_tokens} tokens{thinking} at {stats.gen_tps:.1f} tok/s · ended by {stats.finish_reason}",
@@ -121,6 +122,9 @@ def _utf8(text: str, what: str) -> str:
 @click.argument("model", required=False)
 @click.option("-p", "--prompt", help="The user message ('-' or omitted with piped input: read stdin).")
 @click.option("-s", "--system", help="A system message before the prompt.")
+@click.option("-i", "--image", "images", type=click.Path(dir_okay=False), multiple=True,
+              help="An image the prompt is about (PNG, JPEG, WebP, GIF, BMP); repeat for more. Needs a vision model's projector.")
+@click.option("--mmproj", type=click.Path(dir_okay=False), help="A vision model's projector GGUF (default: the package's own).")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--temp", "temperature", type=TEMPERATURE, default=0.7, show_default=True, help="0 to 5; 0 = greedy.")
 @click.option("--top-k", type=TOP_K, default=40, show_default=True, help="0 = off.")
@@ -141,7 +145,7 @@ def _utf8(text: str, what: str) -> str:
 @click.option("--think/--no-think", default=None, help=THINK_HELP)
 @click.option("--show-thinking", is_flag=True, help="Print a thinking model's reasoning too, to stderr before the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reply (reasoning and answer apart) and stats as one JSON object instead of streaming.")
-def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, devices, kv_type, threads,
+def run(model, prompt, system, images, mmproj, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, ctx, ngl, devices, kv_type, threads,
         min_speed, chat_template, rpc, loras, draft, draft_max, draft_min, think, show_thinking, as_json) -> int:
     """Answer one prompt with MODEL (a .gguf file or package folder; default: the demo model)."""
     from ..errors import UsageError
@@ -150,6 +154,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
     from ..engine.reasoning import Reply, opened_in, switch_note, thinks
     from ..engine.runtime import Engine, Sampling
     from .hubref import local_model
+    from .images import attach
 
     if sys.stdout is None:
         raise UsageError("stdout is closed: there is nowhere to write the reply")
@@ -161,14 +166,15 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         _utf8(system, "the system message")
     check_lengths(draft_min, draft_max)
     model = local_model(model, min_speed, rpc)  # a hub id: pulled (converted, quantized) first
+    model, pictures, marked = attach(model, mmproj, images, prompt)  # checked and decoded before anything loads
 
     plan = plan_model(model, ctx=ctx, kv_type=kv_type, ngl=ngl, devices=devices, threads=threads, chat_template=chat_template,
                       min_speed=min_speed, rpc=rpc, loras=loras)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": marked}]
     sampling = Sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
-    with Engine.load(plan) as engine:
+    with Engine.load(plan, projector=model.projector) as engine:
         spec, notes = for_plan(plan, draft, draft_min, draft_max)
         engine.use_speculation(spec)
         for note in notes:
@@ -179,7 +185,7 @@ def run(model, prompt, system, max_tokens, temperature, top_k, top_p, min_p, rep
         if note:
             click.echo(f"note: {note}", err=True)
         prompt_text = engine.render_chat(messages, think=None if note else think)
-        stream = engine.stream_prompt(prompt_text, sampling)
+        stream = engine.stream_media(prompt_text, pictures, sampling) if pictures else engine.stream_prompt(prompt_text, sampling)
         reply = Reply(opened_in(prompt_text)) if thinks(engine.chat_template) else None
         if as_json:
             reasoning, text = _split(reply, stream, engine) if reply else (None, "".join(stream))

@@ -69,9 +69,13 @@ def _is_loopback(host: str) -> bool:
 @click.option("--ram", help="Serving the store: the RAM its models may take together (e.g. 8G; default: what is free at start).")
 @click.option("--think/--no-think", default=None, help=THINK_HELP + " A request's chat_template_kwargs.enable_thinking or "
               "reasoning_effort wins.")
+@click.option("--mmproj", type=click.Path(dir_okay=False), help="A vision model's projector GGUF: requests may hold images "
+              "(default: the package's own).")
+@click.option("--allow-image-urls", is_flag=True, help="Fetch images that requests name by http(s) URL (never from loopback, "
+              "private or link-local addresses; 20 MiB, 10 s, 3 redirects at most). Off: images come as base64 data.")
 @draft_options
 def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, insecure, chat_template, min_speed, cors, ngl, devices, rpc,
-          loras, keep_alive, ram, think, draft, draft_max, draft_min) -> int:
+          loras, keep_alive, ram, think, mmproj, allow_image_urls, draft, draft_max, draft_min) -> int:
     """Serve MODEL (a .gguf file, package folder or store name) over OpenAI's API at http://HOST:PORT/v1, with
     Ollama's (/api/...) and Anthropic's (/v1/messages) on the same port.
 
@@ -88,7 +92,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     from ..serve.loading import LoadOptions, load, plan_slots
     from ..serve.server import bind, serve as run_server, serve_store
     from ..store import store
-    from ..store.models import resolve_model
+    from ..engine.launch import with_projector
     from .hubref import local_model
 
     if not _is_loopback(host) and not api_key and not insecure:
@@ -97,10 +101,10 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
         raise UsageError("--api-key is empty")
     check_lengths(draft_min, draft_max)
     opts = LoadOptions(parallel, ctx, max_queue, ngl, devices, threads, chat_template, min_speed, rpc, tuple(loras), api_key,
-                       draft, draft_min, draft_max, think)
+                       draft, draft_min, draft_max, think, allow_image_urls)
     sock = bind(host, port)  # before loading: a port in use fails fast
     if model is None:
-        for name, given in (("--alias", alias), ("--lora", loras)):
+        for name, given in (("--alias", alias), ("--lora", loras), ("--mmproj", mmproj)):
             if given:
                 raise UsageError(f"{name} applies to one model: give MODEL, or leave {name} out to serve the store")
         if not store.names():
@@ -110,11 +114,11 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
         return 0
     if ram:
         raise UsageError("--ram budgets the store's models: leave it out with MODEL (the planner uses what is free)")
-    ref = resolve_model(local_model(model, min_speed, rpc))  # a hub id: pulled (converted, quantized) first
+    ref = with_projector(local_model(model, min_speed, rpc), mmproj, images=False)  # a hub id: pulled (converted, quantized) first
     plan, per_slot = plan_slots(ref, opts)
     click.echo(plan.explain(), err=True)
     click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
-    with load(plan, per_slot, opts) as engine:
+    with load(plan, per_slot, opts, ref.projector) as engine:
         click.echo(f"  Chat format: {engine.template_origin}", err=True)
         for note in serving_notes(plan, draft):  # load() applied and checked it
             click.echo(f"  Note: {note}", err=True)

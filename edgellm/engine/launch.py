@@ -15,12 +15,29 @@ from dataclasses import replace
 from pathlib import Path
 
 from .adapters import read_adapters
-from ..errors import EdgeError
+from ..errors import EdgeError, UsageError
 from ..plan.hardware import HardwareProfile, cpu_load, detect
 from ..plan.planner import Plan, make_plan
 from ..store.models import ModelRef, resolve_model, verify_file
 from .runtime import Engine
 from ..plan.tune import Settings, lookup
+
+
+def with_projector(model: str | Path | ModelRef | None, mmproj: str | Path | None, images: bool) -> ModelRef:
+    """`model` resolved, with `mmproj` as its projector where given; checked against the model before anything loads.
+    `images`: pictures are to be shown, so a model without a projector is refused here."""
+    from .vision import check_projector
+
+    ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    if mmproj is not None:
+        ref = replace(ref, projector=Path(mmproj))
+    if ref.projector is not None:
+        check_projector(ref.projector, ref.files[0].info)
+    elif images:
+        raise UsageError(
+            f"{ref.name} takes no images: it has no projector (give a vision model's mmproj GGUF with --mmproj)"
+        )
+    return ref
 
 
 def plan_model(

@@ -28,6 +28,8 @@ from ..plan.planner import Plan, gpu_layers_text, revalidate
 from .reasoning import SWITCH
 from .sampling import Sampling
 from .speculate import Pace, Speculation, VerifyBatch
+from .images import Picture
+from .vision import MediaPrompt, Projector
 from ..testhooks import pause_point
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
@@ -87,6 +89,7 @@ class EngineInfo:
     devices: tuple[str, ...] = ()  # the GPUs the offloaded layers went to (ggml device names)
     # what llama.cpp says it allocated: buffer (CPU_Mapped, Vulkan0, CUDA_Host, ...) -> kind -> bytes
     allocated: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+    projector: Path | None = None  # a vision model's projector (mmproj) GGUF, loaded with it
 
     @property
     def device_bytes(self) -> dict[str, int]:
@@ -100,6 +103,7 @@ class EngineInfo:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["path"] = str(self.path)
+        d["projector"] = str(self.projector) if self.projector else None
         d.pop("plan")
         d["device_bytes"] = self.device_bytes
         return d
@@ -128,7 +132,8 @@ def sampler_chain(vocab, s: Sampling, history: Sequence[int] = (), head=None):
             add(L.llama_sampler_init_top_k(top_k + PENALTY_LAST_N))
         penalty = L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(vocab), PENALTY_LAST_N, *penalties)
         for t in history[-PENALTY_LAST_N:]:
-            L.llama_sampler_accept(penalty, t)
+            if t >= 0:  # (an image's positions are no tokens)
+                L.llama_sampler_accept(penalty, t)
         add(penalty)
     if greedy:
         add(L.llama_sampler_init_greedy())
@@ -208,10 +213,11 @@ def _keep_loading(interrupted: threading.Event) -> bool:
 class Engine:
     """A loaded model. Not thread-safe: one stream at a time (cancel it from any thread)."""
 
-    def __init__(self, model, ctx, info: EngineInfo, loras: list | None = None):
+    def __init__(self, model, ctx, info: EngineInfo, loras: list | None = None, vision: Projector | None = None):
         self._model = model
         self._ctx = ctx
         self._loras = loras or []  # llama.cpp adapter handles, freed between the context and the model
+        self.vision = vision  # a vision model's projector: the model is shown pictures
         self.info = info
         self._vocab = L.llama_model_get_vocab(model)
         self._bos = L.llama_vocab_bos(self._vocab)
@@ -237,10 +243,11 @@ class Engine:
     # --- loading ------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, plan: Plan) -> "Engine":
+    def load(cls, plan: Plan, projector: Path | None = None) -> "Engine":
         """Load the model as `plan` says (`edgellm.engine.launch` makes plans from names and options). A plan that puts
         layers on a GPU is first checked against the GPUs there are now: fewer layers if one shrank or vanished.
-        With plan.n_seq > 1 the context holds that many sequences of n_ctx / n_seq tokens each (a server's slots)."""
+        With plan.n_seq > 1 the context holds that many sequences of n_ctx / n_seq tokens each (a server's slots).
+        `projector`: a vision model's mmproj GGUF, loaded on the text model (on the GPU when layers are there)."""
         if plan.n_gpu_layers and not plan.workers:  # layers on workers were planned with what they lend now
             plan = revalidate(plan, detect())
         path = Path(plan.path)
@@ -285,10 +292,13 @@ class Engine:
                 f"llama.cpp could not make a {n_ctx}-token context for {path.name}: "
                 f"{llamacpp.last_error() or 'out of memory?'}{_lower_hint(plan)}"
             )
+        loras: list = []
         try:
             loras = llamacpp.load_loras(model, ctx, [(a.path, a.scale) for a in plan.loras])
+            vision = Projector(projector, model, threads, use_gpu=bool(ngl)) if projector else None
         except BaseException:
             L.llama_free(ctx)
+            llamacpp.free_loras(loras)
             L.llama_model_free(model)
             raise
         n_layers = L.llama_model_n_layer(model)
@@ -309,8 +319,9 @@ class Engine:
             loras=tuple(a.label for a in plan.loras),
             devices=plan.devices if ngl else (),
             allocated=memory.allocations(log),
+            projector=Path(projector) if projector else None,
         )
-        return cls(model, ctx, info, loras)
+        return cls(model, ctx, info, loras, vision)
 
     def use_speculation(self, spec: Speculation | None, close_previous: bool = True) -> None:
         """Guess tokens ahead with `spec` from the next reply on (None: plain decoding). The engine owns it; the one
@@ -324,6 +335,9 @@ class Engine:
         if self.speculation is not None:
             self.speculation.close()
             self.speculation = None
+        if self.vision is not None:
+            self.vision.close()
+            self.vision = None
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
@@ -464,12 +478,38 @@ class Engine:
         L.llama_synchronize(self._ctx)
 
     def stream_chat(
-        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None, think: bool | None = None
+        self, messages: list[dict], sampling: Sampling | None = None, cancel: threading.Event | None = None, think: bool | None = None,
+        images: Sequence[Picture] = (),
     ) -> Iterator[str]:
-        """Render `messages` with the chat template and stream the reply as text pieces."""
+        """Render `messages` with the chat template and stream the reply as text pieces. With `images`, the
+        messages hold vision.MARKER where each goes, in order."""
         if not messages:
             raise UsageError("nothing to answer: the chat has no messages")
+        if images:
+            return self.stream_media(self.render_chat(messages, think=think), images, sampling, cancel)
         return self.stream_prompt(self.render_chat(messages, think=think), sampling, cancel)
+
+    def media_prompt(self, prompt: str, images: Sequence[Picture]) -> MediaPrompt:
+        """The prompt text (vision.MARKER where each image goes) split into text and image chunks. Close it after use."""
+        if self.vision is None:
+            raise UsageError(f"{self.info.name} takes no images: it has no projector (a vision model's mmproj file, --mmproj)")
+        add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
+        return self.vision.tokenize(prompt, images, add_bos)
+
+    def stream_media(
+        self, prompt: str, images: Sequence[Picture], sampling: Sampling | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """Stream the continuation of prompt text with pictures (vision.MARKER where each goes)."""
+        if self._ctx is None:
+            raise EdgeError("the model is closed")
+        media = self.media_prompt(prompt, images)
+        if len(media.keys) >= self.info.n_ctx:
+            media.close()
+            raise UsageError(
+                f"the prompt with its images is {len(media.keys)} tokens but the context holds {self.info.n_ctx}: "
+                "fewer images, or raise --ctx"
+            )
+        return self._generate(media.keys, sampling or Sampling(), cancel, media)
 
     def stream_prompt(
         self, prompt: str, sampling: Sampling | None = None, cancel: threading.Event | None = None
@@ -505,7 +545,31 @@ class Engine:
                 self.info = replace(self.info, n_threads=n)
         return self.info.n_threads
 
-    def _generate(self, tokens: list[int], s: Sampling, cancel: threading.Event | None) -> Iterator[str]:
+    def _evaluate_media(self, media: MediaPrompt, n_keep: int, cancel: threading.Event | None) -> int:
+        """Evaluate the chunks of `media` after the first n_keep positions the cache holds (an image partly held is
+        evaluated again whole). Returns the positions evaluated."""
+        for c in media.chunks:
+            if c.start + c.n_pos > n_keep and c.tokens is None and c.start < n_keep:
+                n_keep = c.start
+                L.llama_memory_seq_rm(L.llama_get_memory(self._ctx), 0, n_keep, -1)
+                del self._kv[n_keep:]
+        start = n_keep
+        last = media.chunks[-1]
+        for c in media.chunks:
+            if c.start + c.n_pos <= n_keep:
+                continue
+            if cancel is not None and cancel.is_set():
+                break
+            if c.tokens is None:
+                self.vision.evaluate(self._ctx, c, 0, self._n_batch, logits_last=c is last)
+                self._kv.extend(media.keys[c.start : c.start + c.n_pos])
+            else:
+                todo = c.tokens[n_keep - c.start :] if n_keep > c.start else c.tokens
+                for i in range(0, len(todo), self._n_batch):
+                    self._decode(todo[i : i + self._n_batch])
+        return len(self._kv) - start
+
+    def _generate(self, tokens: list[int], s: Sampling, cancel: threading.Event | None, media: MediaPrompt | None = None) -> Iterator[str]:
         t0 = time.perf_counter()
         vocab, pieces = self._vocab, self._pieces
         max_tokens, ignore_eos = s.max_tokens, s.ignore_eos
@@ -515,19 +579,26 @@ class Engine:
         try:
             n_keep = self.reuse_prefix(tokens)
             for t in tokens[-PENALTY_LAST_N:]:  # the penalties count what the prompt already said
-                L.llama_sampler_accept(smpl, t)
-            for i in range(n_keep, len(tokens), self._n_batch):
+                if t >= 0:  # (an image's positions are no tokens)
+                    L.llama_sampler_accept(smpl, t)
+            if media is not None:
+                stats.prompt_eval_tokens = self._evaluate_media(media, n_keep, cancel)
+            for i in range(n_keep, len(tokens) if media is None else n_keep, self._n_batch):
                 if cancel is not None and cancel.is_set():
                     return
                 self._decode(tokens[i : i + self._n_batch])
+            if media is not None and cancel is not None and cancel.is_set():  # the images may be half evaluated
+                return
             t_prompt = time.perf_counter()
-            stats.prompt_eval_tokens = len(tokens) - n_keep
+            if media is None:
+                stats.prompt_eval_tokens = len(tokens) - n_keep
             stats.prompt_tps = stats.prompt_eval_tokens / max(t_prompt - t0, 1e-9)
 
             utf8 = codecs.getincrementaldecoder("utf-8")("replace")
             n_gen, n_sampled, t_first = 0, 0, None
             load, recheck = self._load, time.monotonic() + LoadTracker.RECHECK_S
-            spec = self.speculation
+            # guessing ahead matches tokens against the context, where an image's positions are none
+            spec = self.speculation if min(self._kv, default=0) >= 0 else None
             produce = self._speculative_tokens(smpl, spec, stats) if spec is not None else self._plain_tokens(smpl, stats)
             try:
                 for tok in produce:
@@ -566,6 +637,8 @@ class Engine:
         finally:
             stats.total_s = time.perf_counter() - t0
             L.llama_sampler_free(smpl)
+            if media is not None:
+                media.close()
 
     def _plain_tokens(self, smpl, stats: GenStats) -> Iterator[int]:
         """One token sampled, then evaluated when the caller asks for the next one."""

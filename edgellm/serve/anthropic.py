@@ -18,7 +18,9 @@ from starlette.routing import Route
 
 from . import anthropic_requests as parse
 from ..engine.reasoning import CONTENT, REASONING, Part
-from .api import CLIENT_GONE, Dialect, Prepared, Run, prepare_chat, read_json, render_chat, served, streaming, typed_sse as _event
+from .api import (
+    CLIENT_GONE, Dialect, Prepared, Run, prepare_chat, prepare_media, read_json, render_chat, served, streaming, typed_sse as _event,
+)
 from .errors import ApiError
 from .scheduler import Finished
 from .tools import parse_tool_calls
@@ -148,7 +150,11 @@ async def count_tokens(request: Request):
     parse.check_thinking(parse.wants_thinking(data.get("thinking")), state.thinks)
 
     def count() -> int:
-        return len(state.engine.tokenize(render_chat(state, chat)))
+        if not chat.images:
+            return len(state.engine.tokenize(render_chat(state, chat)))
+        media = prepare_media(state, render_chat(state, chat), chat.images, chat.gen, "messages").media
+        media.close()
+        return len(media.keys)  # each picture counts the positions it takes
 
     return JSONResponse({"input_tokens": await run_in_threadpool(count)})
 

@@ -3,7 +3,7 @@ of text, tool_use and tool_result blocks, `stop_sequences`, `max_tokens` (requir
 temperature (0 to 1, default 1), top_p, top_k, tools and tool_choice, and `output_config.format` (a JSON
 schema the reply follows, through the same grammar as OpenAI's response_format). Every field is checked; a failure is a
 400 naming it. Earlier thinking blocks are dropped (templates leave old reasoning out); `thinking` is only for a
-model that thinks; images and documents are refused (it reads text).
+model that thinks; image blocks (base64 or URL sources) are taken for a model with a projector, documents refused.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from ..engine.sampling import Sampling
 from .errors import bad_request
-from .schemas import INT32_MAX, MAX_MESSAGES, MAX_TOOLS, TOOL_NAME, ChatRequest, Fields, Generation, stop_strings
+from ..engine.vision import MARKER
+from .schemas import (
+    INT32_MAX, MAX_MESSAGES, MAX_TOOLS, TOOL_NAME, ChatRequest, Fields, Generation, ImageRef, gather_images, stop_strings,
+)
 
 ANTHROPIC_DEFAULT_TEMPERATURE = 1.0
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
@@ -51,18 +54,24 @@ def _turn(role: str, content, where: str) -> list[dict]:
     out: list[dict] = []
     text: list[str] = []
     calls: list[dict] = []
+    images: list[ImageRef] = []
 
     def flush() -> None:
         if text or calls:
-            out.append({"role": role, "content": "".join(text), **({"tool_calls": list(calls)} if calls else {})})
+            extra = {"tool_calls": list(calls)} if calls else {}
+            out.append({"role": role, "content": "".join(text), **extra, **({"images": tuple(images)} if images else {})})
             text.clear()
             calls.clear()
+            images.clear()
 
     for i, block in enumerate(content):
         at = f"{where}.content[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text" and isinstance(block.get("text"), str):
             text.append(block["text"])
+        elif kind == "image" and role == "user":
+            images.append(_image(block, at))
+            text.append(MARKER)
         elif kind in DROPPED_BLOCKS and role == "assistant":
             continue
         elif kind == "tool_use" and role == "assistant":
@@ -78,13 +87,25 @@ def _turn(role: str, content, where: str) -> list[dict]:
             result = _text(block.get("content", ""), f"{at}.content")
             out.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": f"error: {result}" if block.get("is_error") else result})
         else:
-            allowed = "text, tool_use, thinking" if role == "assistant" else "text, tool_result"
-            raise bad_request(f"{at}: a {role} turn holds {allowed} blocks here, not {kind!r} (this model reads text)", at)
+            allowed = "text, tool_use, thinking" if role == "assistant" else "text, image, tool_result"
+            raise bad_request(f"{at}: a {role} turn holds {allowed} blocks here, not {kind!r}", at)
     flush()
     return out
 
 
-def _messages(raw, system) -> tuple[dict, ...]:
+def _image(block: dict, where: str) -> ImageRef:
+    """{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ...}} or a URL source."""
+    src = block.get("source")
+    kind = src.get("type") if isinstance(src, dict) else None
+    if kind == "base64" and isinstance(src.get("data"), str) and isinstance(src.get("media_type", ""), str):
+        return ImageRef(f"{where}.source.data", src["data"], False)
+    if kind == "url" and isinstance(src.get("url"), str):
+        return ImageRef(f"{where}.source.url", src["url"], True)
+    raise bad_request(f"{where}.source must be {{'type': 'base64', 'media_type': 'image/png', 'data': ...}} or {{'type': 'url', 'url': ...}}",
+                      f"{where}.source")
+
+
+def _messages(raw, system) -> tuple[tuple[dict, ...], tuple[ImageRef, ...]]:
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' must be a non-empty list of {role, content} turns", "messages")
     if len(raw) > MAX_MESSAGES:
@@ -98,7 +119,7 @@ def _messages(raw, system) -> tuple[dict, ...]:
     if raw[-1]["role"] == "assistant":
         raise bad_request("the last turn is the assistant's: continuing a reply (a prefill) is not supported here", f"messages[{len(raw) - 1}]",
                           "unsupported_parameter")
-    return tuple(out)
+    return gather_images(out)
 
 
 def _tools(raw, choice) -> tuple[tuple[dict, ...], str | None]:
@@ -161,7 +182,8 @@ def count_request(data: dict) -> ChatRequest:
     _model(data)
     wants_thinking(data.get("thinking"))
     tools, choice = _tools(data.get("tools"), data.get("tool_choice"))
-    return ChatRequest(_messages(data.get("messages"), data.get("system")), Generation(Sampling()), tools, choice)
+    messages, images = _messages(data.get("messages"), data.get("system"))
+    return ChatRequest(messages, Generation(Sampling()), tools, choice, images=images)
 
 
 def _model(data: dict) -> str:
@@ -196,5 +218,6 @@ def messages_request(data: dict) -> MessagesRequest:
     if choice not in (None, "auto") and fmt is not None:
         raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'output_config.format'", "tool_choice")
     think = None if data.get("thinking") is None else thinking  # said: switches a template that has the switch
-    return MessagesRequest(model, ChatRequest(_messages(data.get("messages"), data.get("system")), gen, tools, choice, think), max_tokens,
+    messages, images = _messages(data.get("messages"), data.get("system"))
+    return MessagesRequest(model, ChatRequest(messages, gen, tools, choice, think, images), max_tokens,
                            thinking)

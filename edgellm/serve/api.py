@@ -29,13 +29,15 @@ from ..errors import EdgeError
 from ..engine.embedding import LazyEmbedder
 from ..engine.reasoning import REASONING, ReasoningSplitter, opened_in, split_reasoning
 from ..engine.runtime import Engine
+from ..engine.vision import MediaPrompt
 from . import grammar, schemas
 from .errors import ApiError, bad_request
 from .metrics import Metrics
+from .pictures import decode_all
 from .scheduler import Finished, Job, QueueFull, Scheduler
 from .tools import parse_tool_calls
 
-MAX_BODY = 8 << 20  # bytes; a larger request body is refused with 413
+MAX_BODY = 32 << 20  # bytes, room for base64 pictures; a larger request body is refused with 413
 RETRY_AFTER_S = 1
 CLIENT_GONE = 499  # what /metrics counts for a client that left before its reply (nginx's code)
 OPEN_PATHS = ("/health",)  # answered without the API key (load balancers and start-up checks)
@@ -55,6 +57,7 @@ class ServeState:
     embedder: LazyEmbedder  # the model's embedding context, made on the first request for one
     thinks: bool = False  # its chat template teaches it to reason in <think>…</think> before answering
     think: bool | None = None  # thinking on or off where a request does not say (None: the template's default)
+    image_urls: bool = False  # --allow-image-urls: pictures named by http(s) URL are fetched (within image_urls' limits)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Prepared:
     tokens: list[int]
     grammar: object | None  # a llama.cpp grammar sampler, or None
     inside: bool | None = None  # a thinking model's reply starts inside its reasoning (None: the model does not think)
+    media: MediaPrompt | None = None  # the prompt's text and image chunks, when it has pictures (the scheduler evaluates them)
 
     def splitter(self) -> ReasoningSplitter | None:
         return ReasoningSplitter(self.inside) if self.inside is not None else None
@@ -122,7 +126,33 @@ class Prepared:
 def prepare_prompt(state: ServeState, prompt: str, gen: schemas.Generation, param: str, call_gbnf: str | None = None) -> Prepared:
     """Tokenize and check the prompt, and build the grammar: `call_gbnf` (a forced tool call) or the one
     `response_format` asks for. Runs in a worker thread: both can take a while."""
-    tokens = state.engine.tokenize(prompt)
+    return _checked(state, state.engine.tokenize(prompt), gen, param, call_gbnf)
+
+
+def prepare_media(state: ServeState, prompt: str, refs: tuple[schemas.ImageRef, ...], gen: schemas.Generation, param: str,
+                  call_gbnf: str | None = None) -> Prepared:
+    """prepare_prompt for a prompt with pictures (vision.MARKER where each goes): the pictures decoded and split
+    into the projector's chunks. Runs in a worker thread."""
+    if state.engine.vision is None:
+        raise bad_request(f"{state.model_id} takes no images: it has no projector (serve a vision model with its mmproj GGUF)",
+                          refs[0].where, "unsupported_parameter")
+    pictures = decode_all(refs, state.image_urls)
+    try:
+        media = state.engine.media_prompt(prompt, pictures)
+    except EdgeError as exc:
+        raise bad_request(str(exc), param) from None
+    try:
+        if media.keys[-1] < 0:
+            raise bad_request("the prompt ends with an image: the model needs text after it", param)
+        return _checked(state, media.keys, gen, param, call_gbnf, media)
+    except BaseException:
+        media.close()
+        raise
+
+
+def _checked(state: ServeState, tokens: list[int], gen: schemas.Generation, param: str, call_gbnf: str | None,
+             media: MediaPrompt | None = None) -> Prepared:
+    """The prompt's tokens checked against a slot's context, with the grammar the reply follows."""
     if len(tokens) >= state.n_ctx_slot:
         raise ApiError(
             400,
@@ -133,7 +163,7 @@ def prepare_prompt(state: ServeState, prompt: str, gen: schemas.Generation, para
             extra={"prompt_tokens": len(tokens), "n_ctx": state.n_ctx_slot},
         )
     text = call_gbnf or grammar.gbnf(gen.response_format)
-    return Prepared(tokens, grammar.grammar_sampler(state.engine.vocab, text) if text else None)
+    return Prepared(tokens, grammar.grammar_sampler(state.engine.vocab, text) if text else None, media=media)
 
 
 class Run:
@@ -149,7 +179,7 @@ class Run:
             except RuntimeError:  # the event loop is gone: nobody is listening any more
                 self.job.cancelled.set()
 
-        self.job = Job(prepared.tokens, gen.sampling, gen.stop, deliver, grammar=prepared.grammar)
+        self.job = Job(prepared.tokens, gen.sampling, gen.stop, deliver, grammar=prepared.grammar, media=prepared.media)
         try:
             if state.scheduler.error:
                 raise ApiError(500, state.scheduler.error)
@@ -157,6 +187,8 @@ class Run:
         except (ApiError, QueueFull) as exc:
             if prepared.grammar is not None:
                 L.llama_sampler_free(prepared.grammar)
+            if prepared.media is not None:
+                prepared.media.close()
             if isinstance(exc, ApiError):
                 raise
             raise ApiError(
@@ -316,7 +348,10 @@ def prepare_chat(state: ServeState, req: schemas.ChatRequest) -> Prepared:
     forced = req.tool_choice not in (None, "auto")
     call = grammar.tool_call_gbnf(req.tools, None if req.tool_choice == "required" else req.tool_choice) if forced else None
     prompt = render_chat(state, req)
-    prepared = prepare_prompt(state, prompt, req.gen, "messages", call)
+    if req.images:
+        prepared = prepare_media(state, prompt, req.images, req.gen, "messages", call)
+    else:
+        prepared = prepare_prompt(state, prompt, req.gen, "messages", call)
     prepared.inside = opened_in(prompt) if state.thinks else None
     return prepared
 

@@ -42,6 +42,7 @@ class LoadOptions:
     draft_min: int = 1
     draft_max: int = 16
     think: bool | None = None  # --think/--no-think: a thinking model's default where its template has the switch
+    image_urls: bool = False  # --allow-image-urls: pictures named by http(s) URL are fetched
 
 
 def plan_slots(ref: ModelRef, o: LoadOptions, hw: HardwareProfile | None = None) -> tuple[Plan, int]:
@@ -61,8 +62,8 @@ def plan_slots(ref: ModelRef, o: LoadOptions, hw: HardwareProfile | None = None)
     return plan, per_slot
 
 
-def load(plan: Plan, per_slot: int, o: LoadOptions) -> Engine:
-    engine = Engine.load(replace(plan, n_ctx=per_slot * o.parallel))
+def load(plan: Plan, per_slot: int, o: LoadOptions, projector: Path | None = None) -> Engine:
+    engine = Engine.load(replace(plan, n_ctx=per_slot * o.parallel), projector)
     try:
         engine.use_speculation(serving_speculation(engine.info.plan, o.draft, o.draft_min, o.draft_max)[0])
     except BaseException:
@@ -76,7 +77,7 @@ def ready(engine: Engine, plan: Plan, model_id: str, o: LoadOptions, metrics: Me
     scheduler = Scheduler(engine, o.parallel, o.max_queue, metrics)
     embedder = LazyEmbedder(engine.model, scheduler.n_ctx_slot, engine.info.n_threads)
     return ServeState(engine, scheduler, metrics, model_id, plan.to_dict(), o.parallel, scheduler.n_ctx_slot, o.api_key, int(time.time()), embedder,
-                      thinks(engine.chat_template), o.think)
+                      thinks(engine.chat_template), o.think, o.image_urls)
 
 
 def unload(state: ServeState) -> None:

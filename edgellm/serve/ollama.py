@@ -21,7 +21,7 @@ from .. import __version__
 from . import ollama_requests as parse
 from ..engine.reasoning import CONTENT, REASONING, Part
 from ..store.models import resolve_model
-from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, prepare_chat, prepare_prompt, read_json, served, streaming
+from .api import CLIENT_GONE, Dialect, Prepared, Run, ServeState, prepare_chat, prepare_media, prepare_prompt, read_json, served, streaming
 from .embeddings import ollama_embed, ollama_embeddings
 from .errors import ApiError
 from .names import ServedModel, served_model, slug
@@ -168,7 +168,9 @@ async def generate(request: Request):
     if req.prompt is None:
         return JSONResponse({**head, "created_at": _now(), "response": "", "done": True, "done_reason": _load_reason(keep)})
     prepared: Prepared
-    if req.raw:
+    if req.raw and req.chat.images:
+        prepared = await run_in_threadpool(prepare_media, state, req.prompt, req.chat.images, req.chat.gen, "prompt")
+    elif req.raw:
         prepared = await run_in_threadpool(prepare_prompt, state, req.prompt, req.chat.gen, "prompt")
     else:
         prepared = await run_in_threadpool(prepare_chat, state, req.chat)

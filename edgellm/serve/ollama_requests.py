@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from ..engine.runtime import PENALTY_LAST_N
 from ..engine.sampling import Sampling
 from .errors import bad_request
-from .schemas import INT32_MAX, INT64, ChatRequest, Fields, Generation, each_message, function_tools, stop_strings
+from .schemas import (
+    INT32_MAX, INT64, ChatRequest, Fields, Generation, ImageRef, each_message, function_tools, gather_images, mark_images, stop_strings,
+)
 
 ROLES = ("system", "user", "assistant", "tool")
 SAMPLING_NUMBERS = ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
@@ -35,7 +37,7 @@ DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # request fields that ask for what this server does not give: field -> the values that ask for nothing
 UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "suffix": (None, ""), "template": (None, ""), "context": (None, []),
-               "images": (None, []), "width": (None,), "height": (None,), "steps": (None,)}
+               "width": (None,), "height": (None,), "steps": (None,)}
 
 
 def check_think(data: dict, name: str, thinks: bool) -> None:
@@ -141,6 +143,15 @@ def _calls(raw, where: str) -> list[dict]:
     return out
 
 
+def _images(raw, where: str) -> list[ImageRef]:
+    """Ollama's "images": a list of base64 strings."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise bad_request(f"'{where}' must be a list of base64-encoded images", where)
+    return [ImageRef(f"{where}[{i}]", x, False) for i, x in enumerate(raw)]
+
+
 def _messages(raw) -> tuple[dict, ...]:
     if raw is None:
         return ()
@@ -149,12 +160,10 @@ def _messages(raw) -> tuple[dict, ...]:
         content = m.get("content", "")
         if not isinstance(content, str):
             raise bad_request(f"{where}.content must be a string", f"{where}.content")
-        if m.get("images"):
-            raise bad_request(f"{where}.images: this model reads text only", f"{where}.images", "unsupported_parameter")
         for field in ("thinking", "tool_name"):
             if not isinstance(m.get(field, ""), str):
                 raise bad_request(f"{where}.{field} must be a string", f"{where}.{field}")
-        msg = {"role": m["role"], "content": content}
+        msg = {"role": m["role"], **mark_images(content, _images(m.get("images"), f"{where}.images"))}
         if m.get("tool_calls") and m["role"] == "assistant":
             msg["tool_calls"] = _calls(m["tool_calls"], f"{where}.tool_calls")
         if m["role"] == "tool":
@@ -167,7 +176,8 @@ def chat_request(data: dict, name: str) -> ChatRequest:
     gen = _generation(data, name)
     tools, choice = function_tools(data.get("tools") or None, None)
     think = data.get("think")  # true, false or an effort ("low"...): any but false asks for the reasoning
-    return ChatRequest(_messages(data.get("messages")), gen, tools, choice if tools else None, None if think is None else think is not False)
+    messages, images = gather_images(_messages(data.get("messages")))
+    return ChatRequest(messages, gen, tools, choice if tools else None, None if think is None else think is not False, images)
 
 
 def generate_request(data: dict, name: str) -> GenerateRequest:
@@ -178,8 +188,10 @@ def generate_request(data: dict, name: str) -> GenerateRequest:
     if system is not None and not isinstance(system, str):
         raise bad_request("'system' must be a string", "system")
     raw = Fields(data).boolean("raw", False)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt or ""}]
-    return GenerateRequest(prompt or None, raw, ChatRequest(tuple(messages), gen))
+    images = _images(data.get("images"), "images")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", **mark_images(prompt or "", images)}]
+    messages, refs = gather_images(messages)
+    return GenerateRequest(mark_images(prompt, images)["content"] if prompt else None, raw, ChatRequest(messages, gen, images=refs))
 
 
 def show_verbose(data: dict) -> bool:

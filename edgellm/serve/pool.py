@@ -161,7 +161,7 @@ class ModelPool:
                                                 f"idle. {exc}", "server_busy", "model", headers={"Retry-After": "5"}) from None
                         raise ApiError(400, f"{entry} does not fit in this machine's memory: {exc}", "model_too_large", "model") from None
             t0 = time.perf_counter()
-            engine = load(plan, per_slot, self.opts)
+            engine = load(plan, per_slot, self.opts, ref.projector)
             try:
                 state = ready(engine, plan, entry, self.opts, self._metrics)
             except BaseException:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ..engine.sampling import Sampling
 from .errors import bad_request
-from .schemas import INT32_MAX, MAX_MESSAGES, ChatRequest, Fields, Generation, function_tools, text_content
+from ..engine.vision import MARKER
+from .schemas import INT32_MAX, MAX_MESSAGES, ChatRequest, Fields, Generation, ImageRef, function_tools, gather_images, text_content
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = ("input_text", "output_text")  # what a message's content holds (the assistant's earlier replies: output_text)
@@ -35,15 +36,23 @@ class ResponsesRequest:
     echo: dict  # the request's settings as the response object repeats them
 
 
-def _parts(content, where: str) -> str:
-    """A message's content: a string, or a list of input_text / output_text parts joined."""
+def _parts(content, where: str, images: list[ImageRef] | None = None) -> str:
+    """A message's content: a string, or a list of input_text / output_text parts joined; where `images` is given,
+    input_image parts too (each a MARKER in the text, its ImageRef added to `images`)."""
     if isinstance(content, list):
         parts = []
         for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in TEXT_PARTS or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise bad_request(f"{where}[{i}]: only input_text and output_text parts are supported, not {kind!r} (this model reads text)",
-                                  f"{where}[{i}]")
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if images is not None and kind == "input_image":
+                url = part.get("image_url")
+                if not isinstance(url, str) or not url:
+                    raise bad_request(f"{where}[{i}].image_url must be a data: or http(s) URL (file_id is not supported)", f"{where}[{i}].image_url")
+                images.append(ImageRef(f"{where}[{i}].image_url", url, True))
+                parts.append(MARKER)
+                continue
+            if kind not in TEXT_PARTS or not isinstance(part.get("text"), str):
+                allowed = "input_text, input_image and output_text" if images is not None else "input_text and output_text"
+                raise bad_request(f"{where}[{i}]: only {allowed} parts are supported, not {kind!r}", f"{where}[{i}]")
             parts.append(part["text"])
         return "".join(parts)
     return text_content(content, where)
@@ -71,7 +80,9 @@ def _items(raw, instructions: str | None) -> tuple[dict, ...]:
         if kind == "message":
             if item.get("role") not in ROLES:
                 raise bad_request(f"{where}.role must be one of {', '.join(ROLES)}, not {item.get('role')!r}", f"{where}.role")
-            out.append({"role": ROLES[item["role"]], "content": _parts(item.get("content"), f"{where}.content")})
+            images: list[ImageRef] = []
+            content = _parts(item.get("content"), f"{where}.content", images)
+            out.append({"role": ROLES[item["role"]], "content": content, **({"images": tuple(images)} if images else {})})
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", where), "type": "function",
                     "function": {"name": _string(item, "name", where), "arguments": _arguments(item.get("arguments"), where)}}
@@ -161,7 +172,8 @@ def responses_request(data: dict) -> ResponsesRequest:
         raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'text.format'", "tool_choice")
     parallel = body.boolean("parallel_tool_calls", True)
     gen = Generation(sampling, stream=body.boolean("stream", False), response_format=fmt)
-    chat = ChatRequest(_items(data.get("input"), instructions), gen, tools, choice)
+    messages, images = gather_images(_items(data.get("input"), instructions))
+    chat = ChatRequest(messages, gen, tools, choice, images=images)
     echo = {
         "temperature": sampling.temperature, "top_p": sampling.top_p, "parallel_tool_calls": parallel,
         "tool_choice": _choice_echo(data.get("tool_choice"), choice), "tools": [{"type": "function", **t["function"], "strict": False} for t in tools],

@@ -28,6 +28,8 @@ from ..engine import llamacpp
 from ..engine.runtime import Engine, Sampling, sampler_chain
 from ..testhooks import pause_point
 from ..engine.speculate import NgramProposer, Pace
+from ..engine.vision import MediaPrompt
+from ..errors import EdgeError
 from .metrics import Metrics
 from .textstream import TextStream
 
@@ -53,6 +55,8 @@ class Job:
     deliver: Callable[[str | Finished], None]  # called on the scheduler thread: text pieces, then one Finished
     grammar: object | None = None  # a grammar sampler, owned by the job until a slot's chain takes it over
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # a prompt with pictures: its chunks (owned by the job until evaluated); `tokens` then holds a key per position
+    media: MediaPrompt | None = None
 
 
 class QueueFull(Exception):
@@ -204,9 +208,36 @@ class Scheduler:
         slot.started, slot.first = time.perf_counter(), None
         slot.text = TextStream(job.stop)
         slot.chain = sampler_chain(self._vocab, job.sampling, tokens, head=job.grammar)
-        slot.proposer = NgramProposer(tokens) if self._spec is not None else None
+        # guesses come from the text alone: an image's positions are no tokens
+        slot.proposer = NgramProposer([t for t in tokens if t >= 0]) if self._spec is not None else None
         job.grammar = None  # the chain owns it now
         self._metrics.admitted(len(tokens), len(tokens) - keep)
+        if job.media is not None:
+            try:
+                self._evaluate_media(slot, job.media, keep)
+            except EdgeError as exc:
+                L.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                slot.cache.clear()
+                self._finish(slot, "error", message=str(exc))
+                return
+            finally:
+                job.media.close()
+                job.media = None
+
+    def _evaluate_media(self, slot: Slot, media: MediaPrompt, keep: int) -> None:
+        """Evaluate a prompt's chunks through its last image on the slot's sequence, at once (the projector encodes
+        each image whole); the text after it goes through the batches as any prompt's. A chunk the cache holds only
+        part of is evaluated again whole."""
+        end = max(c.start + c.n_pos for c in media.chunks if c.tokens is None)
+        if keep >= end:
+            return
+        keep = next(c.start for c in media.chunks if c.start + c.n_pos > keep)
+        L.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
+        del slot.cache[keep:]
+        for c in media.chunks:
+            if keep <= c.start < end:
+                self._engine.vision.evaluate(self._ctx, c, slot.seq, self._n_batch, logits_last=False)
+                slot.cache.extend(slot.job.tokens[c.start : c.start + c.n_pos])
 
     def _reap_cancelled(self) -> None:
         for slot in self.slots:
@@ -347,4 +378,7 @@ class Scheduler:
         if job.grammar is not None:
             L.llama_sampler_free(job.grammar)
             job.grammar = None
+        if job.media is not None:
+            job.media.close()
+            job.media = None
         job.deliver(Finished(reason, len(job.tokens), 0, message))

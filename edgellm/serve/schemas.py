@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..engine.sampling import Sampling
+from ..engine.vision import MARKER
 from .errors import bad_request
 
 MAX_STOPS = 32  # editor plugins send a dozen stop strings for code completion; OpenAI allows 4
 MAX_STOP_CHARS = 1000
 MAX_MESSAGES = 100_000
 MAX_TOOLS = 128  # OpenAI's limit
+MAX_IMAGES = 16  # pictures in one request: each costs the projector's work and hundreds of tokens of context
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
 INT32_MAX = 2**31 - 1
 INT64 = (-(2**63), 2**63 - 1)
@@ -56,12 +58,48 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """A picture in a request, not yet decoded (that happens off the event loop): base64 data, a data: URL or an
+    http(s) URL."""
+
+    where: str  # the request field, named in a 400
+    data: str
+    is_url: bool  # a URL (data: or http(s)) rather than bare base64
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[dict, ...]  # {"role": system|user|assistant|tool, "content": str, ...}
     gen: Generation
     tools: tuple[dict, ...] = ()  # {"type": "function", "function": {"name", "description", "parameters"}}, as templates take them
     tool_choice: str | None = None  # None (tools unused), "auto", "required", or the name of the one function to call
     think: bool | None = None  # a thinking model's reasoning switched on or off (None: the server's default)
+    images: tuple[ImageRef, ...] = ()  # in the order of the MARKERs in the messages' content
+
+
+def gather_images(messages: tuple[dict, ...] | list[dict]) -> tuple[tuple[dict, ...], tuple[ImageRef, ...]]:
+    """The messages without the pictures the parsers hung on them (under "images"), and those pictures in order."""
+    clean, images = [], []
+    for m in messages:
+        images += m.get("images", ())
+        clean.append({k: v for k, v in m.items() if k != "images"})
+    if len(images) > MAX_IMAGES:
+        raise bad_request(f"the request holds {len(images)} images; at most {MAX_IMAGES}", images[MAX_IMAGES].where)
+    return tuple(clean), tuple(images)
+
+
+def image_url_part(part: dict, where: str) -> ImageRef:
+    """OpenAI's {"type": "image_url", "image_url": {"url": ...}} (or the URL as a string, as some clients send it)."""
+    raw = part.get("image_url")
+    url = raw.get("url") if isinstance(raw, dict) else raw
+    if not isinstance(url, str) or not url:
+        raise bad_request(f"{where}.image_url must be {{'url': 'data:image/png;base64,...'}}", f"{where}.image_url")
+    return ImageRef(f"{where}.image_url", url, True)
+
+
+def mark_images(text: str, refs: list[ImageRef]) -> dict:
+    """A message's content with a MARKER for each picture before its text, the pictures held until gather_images."""
+    return {"content": MARKER * len(refs) + text, **({"images": tuple(refs)} if refs else {})}
 
 
 @dataclass(frozen=True)
@@ -110,16 +148,22 @@ class Fields:
         return v
 
 
-def text_content(content, where: str) -> str:
-    """A message's content: a string, or a list of {"type": "text", "text": ...} parts joined."""
+def text_content(content, where: str, images: list[ImageRef] | None = None) -> str:
+    """A message's content: a string, or a list of {"type": "text", "text": ...} parts joined. Where `images` is
+    given, image_url parts are taken too: each becomes a MARKER in the text and its ImageRef goes to `images`."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = []
-        for part in content:
+        for i, part in enumerate(content):
+            if images is not None and isinstance(part, dict) and part.get("type") == "image_url":
+                images.append(image_url_part(part, f"{where}[{i}]"))
+                parts.append(MARKER)
+                continue
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise bad_request(f"{where}: only text parts are supported, not {kind!r}", where)
+                allowed = "text and image_url parts are" if images is not None else "text parts are"
+                raise bad_request(f"{where}: only {allowed} supported, not {kind!r}", where)
             parts.append(part["text"])
         return "".join(parts)
     raise bad_request(f"{where} must be a string or a list of text parts", where)
@@ -147,7 +191,10 @@ def _messages(raw) -> tuple[dict, ...]:
         calls = _tool_calls(m.get("tool_calls"), f"{where}.tool_calls") if role == "assistant" else ()
         if m.get("content") is None and not calls:
             raise bad_request(f"{where}.content is missing", f"{where}.content")
-        msg = {"role": ROLES[role], "content": "" if m.get("content") is None else text_content(m["content"], f"{where}.content")}
+        images: list[ImageRef] = []
+        msg = {"role": ROLES[role], "content": "" if m.get("content") is None else text_content(m["content"], f"{where}.content", images)}
+        if images:
+            msg["images"] = tuple(images)
         if calls:
             msg["tool_calls"] = list(calls)
         if role == "tool":
@@ -279,7 +326,8 @@ def chat_request(data: dict) -> ChatRequest:
     gen = _generation(body)
     if choice not in (None, "auto") and gen.response_format is not None:
         raise bad_request("a 'tool_choice' that forces a call cannot be combined with 'response_format'", "tool_choice")
-    return ChatRequest(_messages(data.get("messages")), gen, tools, choice, _think(data))
+    messages, images = gather_images(_messages(data.get("messages")))
+    return ChatRequest(messages, gen, tools, choice, _think(data), images)
 
 
 EFFORTS = {"none": False, "minimal": True, "low": True, "medium": True, "high": True}

@@ -49,6 +49,7 @@ class ModelRef:
     source: Path  # the .gguf file or the package folder
     files: tuple[ModelFile, ...]  # best quality first (most bits per weight)
     skipped: tuple[str, ...] = ()  # a package's damaged files, each with why, left out of `files`
+    projector: Path | None = None  # a vision model's projector (mmproj) GGUF
 
     def without(self, f: ModelFile, why: str) -> "ModelRef":
         """This model without file `f`, which is damaged (`why`)."""

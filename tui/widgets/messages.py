@@ -3,9 +3,11 @@ model's reasoning into a dimmed, collapsible block above it, folded once the ans
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message as TextualMessage
 from textual.widgets import Collapsible, Label, Markdown, Static
 
@@ -55,6 +57,10 @@ class MessageView(Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield Label(self._title(), classes="role", markup=False)
+        if self.message.images:
+            with Horizontal(classes="chips"):
+                for path in self.message.images:
+                    yield Label(f"▣ {Path(path).name}", classes="chip", markup=False)
         if self.message.thinking:
             yield self._thinking_block(collapsed=True)
         yield Markdown(self.message.content)
