@@ -18,15 +18,15 @@ from edgellm.formats.gguf_info import read_gguf
 from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
-MOE = {"qwen3moe", "mixtral", "qwen35moe", "qwen3next"}
+MOE = {"qwen3moe", "mixtral", "qwen35moe", "qwen3next", "gptoss", "gptoss-plain"}
 CLEANS_SPACES = NEAR_TIES = {"gemma4", "gemma4mm"}
 # llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
 # pre-tokenizer named (their tensors do not depend on it).
-NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2", "qwen3next": "qwen2"}
+NAMED_PRE = {"gptoss": "gpt-4o", "gptoss-plain": "gpt-4o", "qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2", "qwen3next": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
 REF_OUTTYPE = {
     "qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "gemma4mm": "bf16", "phi3": "f16",
-    "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16", "qwen3next": "bf16",
+    "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16", "qwen3next": "bf16", "gptoss": "bf16", "gptoss-plain": "bf16",
 }
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
