@@ -181,6 +181,29 @@ def test_architecture_metadata(converted):
     assert "blk.3.attn_q.weight" in types and "blk.3.ssm_a" not in types and "blk.0.attn_q.weight" not in types
 
 
+def test_gpt_oss_experts_stay_mxfp4(converted):
+    """As released, GPT-OSS's experts are MXFP4 in the GGUF whatever the outtype: the same values the plain
+    (dequantized) checkpoint converts to, bit for bit; sinks, the window pattern and YaRN reach the file."""
+    import gguf
+
+    for outtype, ftype in (("auto", "MXFP4_MOE"), ("f32", "MXFP4_MOE"), ("q8_0", "Q8_0")):
+        info = read_gguf(converted("gptoss", outtype))
+        assert info.file_type == ftype, outtype
+        types = {t.name: t.ggml_type for t in info.tensors}
+        assert {types[f"blk.0.ffn_{m}_exps.weight"] for m in ("gate", "up", "down")} == {"MXFP4"}
+        assert types["blk.0.ffn_gate_exps.bias"] == types["blk.0.attn_sinks.weight"] == types["blk.0.ffn_gate_inp.weight"] == "F32"
+    meta = info.metadata
+    assert meta["gpt-oss.attention.sliding_window"] == 16 and meta["gpt-oss.attention.sliding_window_pattern"] == [True, False] * 2
+    assert meta["gpt-oss.rope.scaling.type"] == "yarn" and meta["gpt-oss.rope.scaling.factor"] == 32.0
+    assert meta["gpt-oss.rope.scaling.original_context_length"] == 4096
+    assert (meta["gpt-oss.rope.scaling.yarn_beta_fast"], meta["gpt-oss.rope.scaling.yarn_beta_slow"]) == (32.0, 1.0)
+    packed, plain = (_fields(converted(n, "f32"))[1] for n in ("gptoss", "gptoss-plain"))
+    assert plain["blk.2.ffn_up_exps.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    for name in ("blk.2.ffn_gate_exps.weight", "blk.2.ffn_up_exps.weight", "blk.2.ffn_down_exps.weight"):
+        values = gguf.quants.dequantize(np.asarray(packed[name].data), gguf.GGMLQuantizationType.MXFP4)
+        assert np.array_equal(values.reshape(-1), np.asarray(plain[name].data).reshape(-1)), name
+
+
 # --- configs llama.cpp would run differently, and damaged MoE checkpoints ----------------------------------
 
 
@@ -198,6 +221,24 @@ def _drop_expert(cfg: dict, folder: Path) -> None:
 
     weights = load_file(folder / "model.safetensors")
     del weights["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(weights, folder / "model.safetensors")
+
+
+def _drop_scales(cfg: dict, folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.layers.1.mlp.experts.down_proj_scales"]
+    save_file(weights, folder / "model.safetensors")
+
+
+def _u8_attention(cfg: dict, folder: Path) -> None:
+    """A packed (U8) tensor where the converter expects floats."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    weights["model.layers.0.self_attn.q_proj.weight"] = torch.zeros((64, 64), dtype=torch.uint8)
     save_file(weights, folder / "model.safetensors")
 
 
@@ -248,6 +289,13 @@ BAD_CONFIGS = [
     ("qwen3next", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob is off"),
     ("qwen3next", lambda c, d: c.update(mlp_only_layers=[1]), r"some layers are dense"),
     ("qwen3next", lambda c, d: c.update(linear_value_head_dim=32), r"linear_key_head_dim differs"),
+    ("gptoss", lambda c, d: c.update(swiglu_limit=10.0), r"swiglu_alpha / swiglu_limit differ"),
+    ("gptoss", lambda c, d: c.update(tie_word_embeddings=True), r"tie_word_embeddings is set"),
+    ("gptoss", lambda c, d: c.update(layer_types=["linear_attention"] * 4), r"layer_types must list sliding_attention or full_attention"),
+    ("gptoss", lambda c, d: c.pop("quantization_config"), r"lacks tensor model\.layers\.0\.mlp\.experts\.gate_up_proj that"),
+    ("gptoss-plain", lambda c, d: c.update(quantization_config={"quant_method": "mxfp4"}), r"lacks tensor .*gate_up_proj_blocks"),
+    ("gptoss", _drop_scales, r"lacks tensor model\.layers\.1\.mlp\.experts\.down_proj_scales"),
+    ("gptoss", _u8_attention, r"q_proj\.weight is stored as U8, which this converter reads only as MXFP4 experts"),
 ]
 
 
