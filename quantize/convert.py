@@ -41,7 +41,9 @@ OUTTYPES: dict[str, tuple[FT, Q]] = {
     "bf16": (FT.MOSTLY_BF16, Q.BF16),
     "q8_0": (FT.MOSTLY_Q8_0, Q.Q8_0),
 }
-# `auto` keeps the precision the weights are stored in.
+# `auto` keeps the precision the weights are stored in. MXFP4 experts stay MXFP4 whatever the outtype, and the
+# file type names the other weights' type (llama.cpp's converter declares such a float file MXFP4_MOE, the
+# name of llama-quantize's level that also makes the other weights Q8_0).
 AUTO_FROM_SOURCE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 OUTTYPE_CHOICES = ("auto", *OUTTYPES)
 
@@ -83,7 +85,7 @@ def convert_checkpoint(
         raise UsageError(f"output path is a folder: {out_path}")
 
     ckpt, arch, hp, planned = _read_checkpoint(src_dir)
-    ftype, wtype = _file_type(_resolve(outtype, ckpt, planned), planned)
+    ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
     ckpt = merge(ckpt) if merge else ckpt
     vocab = load_vocab(src_dir, hp.n_vocab, arch.tokenizer)
     tensors = _rope_factors(arch, hp) + [_out_tensor(p, ckpt, hp, wtype) for p in planned]
@@ -141,8 +143,7 @@ def resolve_outtype(src_dir: str | Path, outtype: str = "auto") -> str:
 
 def resolve_file_type(src_dir: str | Path, outtype: str = "auto") -> str:
     """The file type the GGUF will declare, named as `read_gguf` reads it back ("F16", "BF16", "ALL_F32")."""
-    ckpt, _, _, planned = _read_checkpoint(Path(src_dir))
-    return _file_type(_resolve(outtype, ckpt, planned), planned)[0].name.removeprefix("MOSTLY_")
+    return OUTTYPES[resolve_outtype(src_dir, outtype)][0].name.removeprefix("MOSTLY_")
 
 
 def _read_checkpoint(src_dir: Path) -> tuple[Checkpoint, ArchSpec, HParams, list[PlannedTensor]]:
@@ -167,14 +168,6 @@ def _plan_checkpoint(ckpt: Checkpoint) -> tuple[Checkpoint, ArchSpec, HParams, l
 def _is_mxfp4(p: PlannedTensor) -> bool:
     return p.experts is not None and EXPERT_LAYOUTS[p.experts].mxfp4
 
-
-def _file_type(outtype: str, planned: list[PlannedTensor]) -> tuple[FT, Q]:
-    """The file type and 2-D weights' type for `outtype`: a float file whose experts stay MXFP4 is declared so,
-    as llama.cpp's converter declares it."""
-    ftype, wtype = OUTTYPES[outtype]
-    if ftype in (FT.ALL_F32, FT.MOSTLY_F16, FT.MOSTLY_BF16) and any(map(_is_mxfp4, planned)):
-        ftype = FT.MOSTLY_MXFP4_MOE
-    return ftype, wtype
 
 
 def _resolve(outtype: str, ckpt: Checkpoint, planned: list[PlannedTensor]) -> str:
@@ -472,7 +465,7 @@ def describe_output(ckpt: Checkpoint, outtype: str = "auto") -> tuple[dict, list
     header's metadata (key -> value, no vocabulary) and the tensors, with their types and sizes. `ckpt` may
     describe files that are not here (safetensors headers read from a hub); the same checks apply."""
     ckpt, arch, hp, planned = _plan_checkpoint(ckpt)
-    ftype, wtype = _file_type(_resolve(outtype, ckpt, planned), planned)
+    ftype, wtype = OUTTYPES[_resolve(outtype, ckpt, planned)]
     writer = gguf.GGUFWriter(None, arch.gguf_arch)
     _add_metadata(writer, arch, hp, ckpt, ftype, _NoVocab())
     meta = {key: v.value for key, v in writer.kv_data[0].items()}

@@ -25,7 +25,7 @@ from ..fsutil import human_bytes
 from ..plan.hardware import LoadTracker, detect
 from ..plan.memory import KV_TYPES
 from ..plan.planner import Plan, gpu_layers_text, revalidate
-from .reasoning import SWITCH
+from .reasoning import switch_variables
 from .sampling import Sampling
 from .speculate import Pace, Speculation, VerifyBatch
 from ..testhooks import pause_point
@@ -412,7 +412,7 @@ class Engine:
         `think` switches a thinking model's reasoning on or off where its template reads the switch (None: its default)."""
         return chat_template.render(
             self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text, tools=tools,
-            variables=None if think is None else {SWITCH: think},
+            variables=switch_variables(self._template, think),
         )
 
     # --- generation ---------------------------------------------------------------------------------
