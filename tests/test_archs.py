@@ -123,6 +123,13 @@ def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
     assert rendered == hf_tokenizer(name).apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
 
 
+@pytest.mark.parametrize("effort", ["low", "high"])
+def test_harmony_reasoning_effort_renders_like_transformers(effort, converted, hf_tokenizer):
+    rendered = render_stored_template(converted("gptoss"), reasoning_effort=effort)
+    assert f"Reasoning: {effort}" in rendered
+    assert rendered == hf_tokenizer("gptoss").apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True, reasoning_effort=effort)
+
+
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_identical_to_llamacpp_converter(name, converted):
     ref_meta, ref_tensors = _fields(_reference(name))
@@ -366,3 +373,58 @@ def test_moe_conversion_streams_expert_by_expert(tmp_path):
     assert peak < 0.3 * expert_bytes, (peak, expert_bytes)
     info = read_gguf(out)
     assert {t.name: t.shape for t in info.tensors}["blk.0.ffn_up_exps.weight"] == (n_embd, n_ff, n_expert)
+
+
+# --- GPT-OSS end to end ------------------------------------------------------------------------------------
+
+
+def test_gpt_oss_packages_plans_and_runs(tmp_path, capsys):
+    """The tiny GPT-OSS as released: packaged (a bf16 base keeping the MXFP4 experts, the MXFP4_MOE level that keeps
+    them too, a Q4_K_M level that requantizes them), planned, and run with its harmony template at low effort."""
+    out = tmp_path / "pkg"
+    assert main(["package", str(CHECKPOINTS["gptoss"]()), "-o", str(out), "--levels", "MXFP4_MOE,Q4_K_M", "--json"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = {f["level"]: out / f["file"] for f in manifest["files"]}
+    assert set(files) == {"BF16", "MXFP4_MOE", "Q4_K_M"}
+    types = {lv: {t.name: t.ggml_type for t in read_gguf(path).tensors} for lv, path in files.items()}
+    assert types["BF16"]["blk.0.ffn_down_exps.weight"] == types["MXFP4_MOE"]["blk.0.ffn_down_exps.weight"] == "MXFP4"
+    assert types["BF16"]["blk.0.attn_q.weight"] == "BF16" and types["MXFP4_MOE"]["blk.0.attn_q.weight"] == "Q8_0"
+    assert types["Q4_K_M"]["blk.0.ffn_down_exps.weight"] != "MXFP4"
+    base, kept = (read_gguf(files[lv]) for lv in ("BF16", "MXFP4_MOE"))
+    same = {t.name for t in base.tensors if t.ggml_type == "MXFP4"}
+    assert same and all(np.array_equal(_fields(files["BF16"])[1][n].data, _fields(files["MXFP4_MOE"])[1][n].data) for n in same)
+    card = (out / "README.md").read_text()
+    assert "- MXFP4_MOE: experts kept in MXFP4 as released; the other weights Q8_0" in card
+    assert "- Q4_K_M: experts requantized from MXFP4 to Q4_K_M's types" in card
+    capsys.readouterr()
+
+    assert main(["plan", str(out), "--ctx", "4096", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["level"] in files and plan["memory"]["kv_cpu"] > 0, plan
+    assert main(["run", str(files["MXFP4_MOE"]), "-p", "What is 2+2?", "-n", "12", "--temp", "0", "--no-think", "--json"]) == 0
+    captured = capsys.readouterr()
+    reply = json.loads(captured.out)
+    assert "cannot be switched" not in captured.err and reply["stats"]["gen_tokens"] > 0, captured.err
+
+
+def test_harmony_markers_reach_the_reply_text(converted):
+    """llama.cpp renders harmony's channel markers as text and ends generation at <|return|> and <|call|>, not at
+    <|end|> (which only ends the analysis message), so the reply splits into reasoning and answer as streamed."""
+    import llama_cpp as L
+
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.reasoning import split_reasoning
+    from edgellm.engine.runtime import Engine
+
+    reply = "<|channel|>analysis<|message|>Two and two.<|end|><|start|>assistant<|channel|>final<|message|>Four."
+    with Engine.load(plan_model(str(converted("gptoss")), ctx=256)) as engine:
+        ids = engine.tokenize(reply, add_bos=False)
+        assert len(ids) < len(reply) // 3  # the markers are single tokens
+        text = "".join(engine.piece(t).decode() for t in ids)
+        vocab = L.llama_model_get_vocab(engine.model)
+        eog = {engine.piece(t, special=True).decode() for t in engine.tokenize("<|end|><|return|><|call|>", add_bos=False)
+               if L.llama_vocab_is_eog(vocab, t)}
+        prompt = engine.render_chat([{"role": "user", "content": "Hi"}], think=False)
+    assert text == reply and split_reasoning(text) == ("Two and two.", "Four.")
+    assert eog == {"<|return|>", "<|call|>"}
+    assert "Reasoning: low" in prompt and prompt.endswith("<|start|>assistant")

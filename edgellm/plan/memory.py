@@ -72,9 +72,9 @@ class SwaRule:
     default_window: int  # the window when the file states none (0: then no layer slides)
 
 
-# Architectures whose llama.cpp graph has sliding-window layers. Others run full attention everywhere,
+# Architectures whose llama.cpp graph has sliding-window layers (GPT-OSS: every other one). Others run full attention everywhere,
 # Phi-3 included whatever its sliding_window key says (llama.cpp disables it).
-SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0), "gemma4": SwaRule(6, 0)}
+SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0), "gemma4": SwaRule(6, 0), "gpt-oss": SwaRule(2, 0)}
 
 
 @dataclass(frozen=True)
