@@ -91,5 +91,8 @@ def test_harmony_templates_think_and_switch_by_reasoning_effort():
     assert thinks(template) and switchable(template) and switch_note(template, False) is None
     assert switch_variables(template, True) == {"reasoning_effort": "high"}
     assert switch_variables(template, False) == {"reasoning_effort": "low"} and switch_variables(template, None) is None
+    assert switch_variables(template, "medium") == {"reasoning_effort": "medium"}
+    assert switch_variables(template, "minimal") == {"reasoning_effort": "low"}  # the least effort harmony models were taught
     assert switch_variables("{% if enable_thinking %}</think>{% endif %}", False) == {"enable_thinking": False}
+    assert switch_variables("{% if enable_thinking %}</think>{% endif %}", "low") == {"enable_thinking": True}
     assert opened_in("<|start|>assistant") == "" and opened_in("<|start|>assistant" + HARMONY.open) == HARMONY.open

@@ -14,6 +14,7 @@ SWITCH = "enable_thinking"  # the variable Qwen3-style templates read to think o
 EFFORT = "reasoning_effort"  # the one harmony templates read: how long the analysis runs ("low", "medium", "high")
 # --think / --no-think as a reasoning effort: harmony models always analyse; "low" is the shortest they are taught
 EFFORTS = {True: "high", False: "low"}
+TAUGHT_EFFORTS = ("low", "medium", "high")
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,15 @@ def switchable(template: str | None) -> bool:
     return bool(template) and (SWITCH in template or EFFORT in template)
 
 
-def switch_variables(template: str | None, think: bool | None) -> dict | None:
-    """The template variables that switch the thinking as asked (None: the template's default)."""
+def switch_variables(template: str | None, think: bool | str | None) -> dict | None:
+    """The template variables that switch the thinking as asked: on or off, or an effort ("low", "medium", "high";
+    any effort turns an on/off switch on). None: the template's default."""
     if think is None:
         return None
     if template and EFFORT in template and SWITCH not in template:
-        return {EFFORT: EFFORTS[think]}
-    return {SWITCH: think}
+        effort = think if isinstance(think, str) else EFFORTS[think]
+        return {EFFORT: effort if effort in TAUGHT_EFFORTS else "low"}  # "minimal" and "none": the least taught
+    return {SWITCH: bool(think)}
 
 
 def switch_note(template: str | None, think: bool | None) -> str | None:

@@ -406,10 +406,12 @@ class Engine:
         return len(self.tokenize(text))
 
     def render_chat(
-        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None, think: bool | None = None
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+        think: bool | str | None = None,
     ) -> str:
         """The prompt text for `messages` (and the functions the model may call), from the model's own chat template.
-        `think` switches a thinking model's reasoning on or off where its template reads the switch (None: its default)."""
+        `think` switches a thinking model's reasoning on or off, or sets its effort ("low"...), where its template
+        reads the switch or the effort (None: its default)."""
         return chat_template.render(
             self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text, tools=tools,
             variables=switch_variables(self._template, think),

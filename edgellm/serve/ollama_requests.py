@@ -167,7 +167,7 @@ def chat_request(data: dict, name: str) -> ChatRequest:
     gen = _generation(data, name)
     tools, choice = function_tools(data.get("tools") or None, None)
     think = data.get("think")  # true, false or an effort ("low"...): any but false asks for the reasoning
-    return ChatRequest(_messages(data.get("messages")), gen, tools, choice if tools else None, None if think is None else think is not False)
+    return ChatRequest(_messages(data.get("messages")), gen, tools, choice if tools else None, think)
 
 
 def generate_request(data: dict, name: str) -> GenerateRequest:
