@@ -820,6 +820,7 @@ SHAPES = {
     "qwen3.5-9b": ("qwen35", 32, 4096, 12288, 16, 4, 256, 248320, 0, 0, 0, 0),
     "qwen3.5-35b-a3b": ("qwen35moe", 40, 2048, 512, 16, 2, 256, 248320, 0, 256, 8, 512),  # n_ff: the shared expert's
     "qwen3-next-80b-a3b": ("qwen3next", 48, 2048, 512, 16, 2, 256, 151936, 0, 512, 10, 512),
+    "gpt-oss-20b": ("gpt-oss", 24, 2880, 2880, 64, 8, 64, 201088, 128, 32, 4, 2880),
 }
 # Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
 LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4), "qwen3next": (16, 32, 128, 4)}
@@ -851,6 +852,14 @@ def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv
 def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
     """(name suffix, HF-order shape, role) of one layer; role picks the quant type."""
     q, kv = n_head * head_dim, n_head_kv * head_dim
+    if arch == "gpt-oss":  # biases everywhere, a sink per head, experts in MXFP4 as released
+        return [("attn_norm", (n_embd,), "norm"), ("post_attention_norm", (n_embd,), "norm"), ("attn_sinks", (n_head,), "norm"),
+                ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
+                ("attn_output", (n_embd, q), "main"), ("attn_q", (q,), "bias"), ("attn_k", (kv,), "bias"), ("attn_v", (kv,), "bias"),
+                ("attn_output", (n_embd,), "bias"), ("ffn_gate_inp", (n_expert, n_embd), "norm"), ("ffn_gate_inp", (n_expert,), "bias"),
+                ("ffn_gate_exps", (n_expert, n_ff_exp, n_embd), "mxfp4"), ("ffn_up_exps", (n_expert, n_ff_exp, n_embd), "mxfp4"),
+                ("ffn_down_exps", (n_expert, n_embd, n_ff_exp), "mxfp4"), ("ffn_gate_exps", (n_expert, n_ff_exp), "bias"),
+                ("ffn_up_exps", (n_expert, n_ff_exp), "bias"), ("ffn_down_exps", (n_expert, n_embd), "bias")]
     if arch in LINEAR_SHAPES:
         return _hybrid_layer_tensors(arch, il, n_embd, n_ff, q, kv, head_dim, n_expert, n_ff_exp)
     out = [("attn_norm", (n_embd,), "norm"), ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"),
@@ -867,7 +876,12 @@ def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_he
     return out
 
 
-def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
+# Levels of the shaped files where Q4_K_M cannot be made: GPT-OSS's 2880-wide rows fit no K-quant super-block,
+# so it is the MXFP4_MOE level (Q8_0 beside the released MXFP4 experts).
+SHAPE_LEVELS = {"gpt-oss-20b": "Q8_0"}
+
+
+def write_shaped_gguf(path: Path, shape: str, level: str | None = None) -> Path:
     """A sparse GGUF (tensor data is a hole) with a real model's shape, metadata and vocabulary size, and a
     synthetic SentencePiece vocabulary: what llama.cpp needs to plan its buffers without reading weights."""
     import numpy as np
@@ -876,8 +890,9 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     from fixtures import SYNTH_LEVELS
 
     arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, window, n_expert, n_used, n_ff_exp = SHAPES[shape]
-    ftype, main, sensitive, out_type = SYNTH_LEVELS[level]
-    types = {"main": GGMLQuantizationType[main], "sensitive": GGMLQuantizationType[sensitive], "norm": GGMLQuantizationType.F32}
+    ftype, main, sensitive, out_type = SYNTH_LEVELS[level or SHAPE_LEVELS.get(shape, "Q4_K_M")]
+    types = {"main": GGMLQuantizationType[main], "sensitive": GGMLQuantizationType[sensitive], "norm": GGMLQuantizationType.F32,
+             "mxfp4": GGMLQuantizationType.MXFP4}
     tensors = [("token_embd.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]), ("output_norm.weight", (n_embd,), types["norm"])]
     if not arch.startswith("gemma"):
         tensors.append(("output.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]))
