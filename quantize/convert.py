@@ -169,7 +169,6 @@ def _is_mxfp4(p: PlannedTensor) -> bool:
     return p.experts is not None and EXPERT_LAYOUTS[p.experts].mxfp4
 
 
-
 def _resolve(outtype: str, ckpt: Checkpoint, planned: list[PlannedTensor]) -> str:
     if outtype != "auto":
         return outtype
@@ -406,8 +405,12 @@ def _add_rope_scaling(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams) -> None:
         w.add_rope_scaling_factor(rope["factor"])
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
         for key, writer in YARN_KEYS:
-            if rope.get(key) is not None:
-                getattr(w, writer)(rope[key])
+            value = rope.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise EdgeError(f"config.json has a bad value for the rope's {key}: {value!r}")
+            getattr(w, writer)(value)
     else:
         known = ", ".join(["default", "linear", "yarn", *([arch.rope_factors] if arch.rope_factors else [])])
         raise EdgeError(f"unsupported rope_type {kind!r} in config.json for {arch.hf_arch}; supported: {known}")

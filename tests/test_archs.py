@@ -300,6 +300,7 @@ BAD_CONFIGS = [
     ("qwen3next", lambda c, d: c.update(mlp_only_layers=[1]), r"some layers are dense"),
     ("qwen3next", lambda c, d: c.update(linear_value_head_dim=32), r"linear_key_head_dim differs"),
     ("gptoss", lambda c, d: c.update(swiglu_limit=10.0), r"swiglu_alpha / swiglu_limit differ"),
+    ("gptoss", lambda c, d: c["rope_parameters"].update(beta_fast="32"), r"bad value for the rope's beta_fast: '32'"),
     ("gptoss", lambda c, d: c.update(tie_word_embeddings=True), r"tie_word_embeddings is set"),
     ("gptoss", lambda c, d: c.update(layer_types=["linear_attention"] * 4), r"layer_types must list sliding_attention or full_attention"),
     ("gptoss", lambda c, d: c.pop("quantization_config"), r"lacks tensor model\.layers\.0\.mlp\.experts\.gate_up_proj that"),
@@ -428,3 +429,19 @@ def test_harmony_markers_reach_the_reply_text(converted):
     assert text == reply and split_reasoning(text) == ("Two and two.", "Four.")
     assert eog == {"<|return|>", "<|call|>"}
     assert "Reasoning: low" in prompt and prompt.endswith("<|start|>assistant")
+
+
+def test_gpt_oss_config_as_released(tmp_path, converted):
+    """The release's config.json has transformers 4's rope_scaling beside rope_theta: the same file comes out."""
+
+    def edit(cfg: dict, folder: Path) -> None:
+        rope = cfg.pop("rope_parameters")
+        cfg["rope_theta"] = rope.pop("rope_theta")
+        cfg["rope_scaling"] = rope
+
+    out = tmp_path / "out.gguf"
+    assert main(["convert", "-q", str(_edited(tmp_path, "gptoss", edit)), "-o", str(out)]) == 0
+    (meta, tensors), (ref_meta, ref_tensors) = _fields(out), _fields(converted("gptoss", "auto"))
+    assert "gpt-oss.rope.scaling.yarn_beta_fast" in meta
+    assert {k: v for k, v in meta.items() if k != "general.name"} == {k: v for k, v in ref_meta.items() if k != "general.name"}
+    assert_same_tensors(tensors, ref_tensors)
