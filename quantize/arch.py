@@ -746,7 +746,8 @@ GPT_OSS_CHECKS = (
           "swiglu_alpha / swiglu_limit differ from the 1.702 / 7.0 llama.cpp's gpt-oss applies"),
     Check(lambda c, h: not h.tied_embeddings, "tie_word_embeddings is set, and llama.cpp's gpt-oss loads an output matrix of its own"),
     Check(lambda c, h: h.n_rot == h.head_dim, "part of each head is left unrotated, and llama.cpp's gpt-oss rotates whole heads"),
-    Check(lambda c, h: set(c.get("layer_types") or []) <= {"sliding_attention", "full_attention"},
+    Check(lambda c, h: c.get("layer_types") is None or (isinstance(c["layer_types"], list) and len(c["layer_types"]) == h.n_layers
+                                                      and all(t in ("sliding_attention", "full_attention") for t in c["layer_types"])),
           "layer_types must list sliding_attention or full_attention for each layer"),
     Check(lambda c, h: not h.mxfp4 or (h.n_embd % MXFP4_BLOCK == 0 and h.n_ff_exp % MXFP4_BLOCK == 0),
           f"the MXFP4 experts' widths are not multiples of {MXFP4_BLOCK}"),

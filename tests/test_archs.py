@@ -303,6 +303,7 @@ BAD_CONFIGS = [
     ("gptoss", lambda c, d: c["rope_parameters"].update(beta_fast="32"), r"bad value for the rope's beta_fast: '32'"),
     ("gptoss", lambda c, d: c.update(tie_word_embeddings=True), r"tie_word_embeddings is set"),
     ("gptoss", lambda c, d: c.update(layer_types=["linear_attention"] * 4), r"layer_types must list sliding_attention or full_attention"),
+    ("gptoss", lambda c, d: c.update(layer_types=[{"kind": "sliding"}] * 4), r"layer_types must list sliding_attention or full_attention"),
     ("gptoss", lambda c, d: c.pop("quantization_config"), r"lacks tensor model\.layers\.0\.mlp\.experts\.gate_up_proj that"),
     ("gptoss-plain", lambda c, d: c.update(quantization_config={"quant_method": "mxfp4"}), r"lacks tensor .*gate_up_proj_blocks"),
     ("gptoss", _drop_scales, r"lacks tensor model\.layers\.1\.mlp\.experts\.down_proj_scales"),
