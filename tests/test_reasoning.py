@@ -96,3 +96,13 @@ def test_harmony_templates_think_and_switch_by_reasoning_effort():
     assert switch_variables("{% if enable_thinking %}</think>{% endif %}", False) == {"enable_thinking": False}
     assert switch_variables("{% if enable_thinking %}</think>{% endif %}", "low") == {"enable_thinking": True}
     assert opened_in("<|start|>assistant") == "" and opened_in("<|start|>assistant" + HARMONY.open) == HARMONY.open
+
+
+def test_requests_pass_an_effort_through():
+    """OpenAI's reasoning_effort and Ollama's think reach the template as the effort asked for ("none": off)."""
+    from edgellm.serve import ollama_requests, schemas
+
+    assert schemas._think({"reasoning_effort": "medium"}) == "medium" and schemas._think({"reasoning_effort": "none"}) is False
+    assert schemas._think({}) is None
+    chat = lambda think: ollama_requests.chat_request({"model": "m", "messages": [{"role": "user", "content": "Hi"}], "think": think}, "m")  # noqa: E731
+    assert chat("low").think == "low" and chat(False).think is False and chat(True).think is True
