@@ -55,6 +55,7 @@ class HParams:
     n_ff_shexp: int = 0  # the shared expert's feed-forward width (0: none)
     recurrent: tuple[bool, ...] = ()  # per layer: a linear-attention (gated delta net) layer, not softmax attention
     ssm: SSMShape | None = None  # the linear-attention layers' shape, for hybrid models
+    mxfp4: bool = False  # experts stored as MXFP4 blocks and scales (quantization_config's quant_method)
 
     def at_layer(self, bid: int | None) -> HParams:
         """The shape as layer `bid` sees it (head size and KV heads of that layer)."""
@@ -204,6 +205,7 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             kv_by_layer=any("num_key_value_heads" in (o or {}) for o in _layer_overrides(config, n_layers).values()),
             recurrent=recurrent,
             ssm=ssm,
+            mxfp4=(config.get("quantization_config") or {}).get("quant_method") == "mxfp4",
         )
     except KeyError as exc:
         raise EdgeError(f"config.json lacks {exc.args[0]!r}") from exc
@@ -232,6 +234,8 @@ class TensorSpec:
     values: str | None = None  # a VALUE_MAPS entry applied to every value
     shifted: bool = True  # the arch's norm_shift applies (when the name ends in norm.weight)
     hf_shape: Shape | None = None  # the HF tensor's shape where the GGUF tensor takes some of its rows (`reorder`)
+    experts: str | None = None  # an EXPERT_LAYOUTS entry: a fused tensor of all experts, read expert by expert
+    stored: str = ""  # "mxfp4" / "plain": only in checkpoints whose experts are stored so
 
 
 def _q_rows(h: HParams) -> int:
@@ -385,6 +389,60 @@ QWEN3NEXT_LINEAR = (
     TensorSpec(_LIN + "A_log", "blk.{bid}.ssm_a", lambda h: (_ssm(h).n_v_heads,), layers="recurrent", values="neg_exp"),
     TensorSpec(_LIN + "norm.weight", "blk.{bid}.ssm_norm.weight", lambda h: (_ssm(h).head_v_dim,), layers="recurrent", shifted=False),
     TensorSpec(_LIN + "out_proj.weight", "blk.{bid}.ssm_out.weight", lambda h: (h.n_embd, _ssm(h).value_dim), layers="recurrent"),
+)
+
+
+# GPT-OSS: each layer's experts fused into one tensor per matrix, gate and up rows interleaved (gate on even
+# rows, up on odd ones). As released the matrices are MXFP4 (blocks of 32 4-bit values sharing a power-of-two
+# scale), kept so in the GGUF; a dequantized checkpoint stores them plain, each expert's matrix transposed.
+@dataclass(frozen=True)
+class ExpertLayout:
+    rows: slice  # the rows of each expert's (out, in) matrix, or of its bias, that the GGUF tensor takes
+    transposed: bool = False  # stored (in, out) per expert
+    mxfp4: bool = False  # stored as `<name>_blocks` (experts, out, in / 32, 16) and `<name>_scales` (experts, out, in / 32)
+
+    def scales_name(self, blocks: str) -> str:
+        return blocks.removesuffix("_blocks") + "_scales"
+
+
+_EVEN, _ODD, _ALL = slice(0, None, 2), slice(1, None, 2), slice(None)
+EXPERT_LAYOUTS = {
+    "even": ExpertLayout(_EVEN), "odd": ExpertLayout(_ODD),
+    "even_t": ExpertLayout(_EVEN, transposed=True), "odd_t": ExpertLayout(_ODD, transposed=True), "all_t": ExpertLayout(_ALL, transposed=True),
+    "even_mxfp4": ExpertLayout(_EVEN, mxfp4=True), "odd_mxfp4": ExpertLayout(_ODD, mxfp4=True), "all_mxfp4": ExpertLayout(_ALL, mxfp4=True),
+}
+MXFP4_BLOCK = 32  # values per block (one scale byte and 16 bytes of values)
+
+_OSS = "model.layers.{bid}.mlp."
+_OSS_GATE = lambda h: (h.n_expert, h.n_ff_exp, h.n_embd)  # noqa: E731
+_OSS_DOWN = lambda h: (h.n_expert, h.n_embd, h.n_ff_exp)  # noqa: E731
+_OSS_GATE_UP_BLOCKS = lambda h: (h.n_expert, 2 * h.n_ff_exp, h.n_embd // MXFP4_BLOCK, MXFP4_BLOCK // 2)  # noqa: E731
+_OSS_DOWN_BLOCKS = lambda h: (h.n_expert, h.n_embd, h.n_ff_exp // MXFP4_BLOCK, MXFP4_BLOCK // 2)  # noqa: E731
+_OSS_GATE_UP_PLAIN = lambda h: (h.n_expert, h.n_embd, 2 * h.n_ff_exp)  # noqa: E731
+_OSS_GATE_UP_BIAS = lambda h: (h.n_expert, 2 * h.n_ff_exp)  # noqa: E731
+GPT_OSS_EXPERTS = (
+    TensorSpec(_OSS + "router.weight", "blk.{bid}.ffn_gate_inp.weight", lambda h: (h.n_expert, h.n_embd), keep_f32=True),
+    TensorSpec(_OSS + "router.bias", "blk.{bid}.ffn_gate_inp.bias", lambda h: (h.n_expert,)),
+    TensorSpec(_OSS + "experts.gate_up_proj_blocks", "blk.{bid}.ffn_gate_exps.weight", _OSS_GATE, experts="even_mxfp4", stored="mxfp4", hf_shape=_OSS_GATE_UP_BLOCKS),
+    TensorSpec(_OSS + "experts.gate_up_proj_blocks", "blk.{bid}.ffn_up_exps.weight", _OSS_GATE, experts="odd_mxfp4", stored="mxfp4", hf_shape=_OSS_GATE_UP_BLOCKS),
+    TensorSpec(_OSS + "experts.down_proj_blocks", "blk.{bid}.ffn_down_exps.weight", _OSS_DOWN, experts="all_mxfp4", stored="mxfp4", hf_shape=_OSS_DOWN_BLOCKS),
+    TensorSpec(_OSS + "experts.gate_up_proj", "blk.{bid}.ffn_gate_exps.weight", _OSS_GATE, experts="even_t", stored="plain", hf_shape=_OSS_GATE_UP_PLAIN),
+    TensorSpec(_OSS + "experts.gate_up_proj", "blk.{bid}.ffn_up_exps.weight", _OSS_GATE, experts="odd_t", stored="plain", hf_shape=_OSS_GATE_UP_PLAIN),
+    TensorSpec(_OSS + "experts.down_proj", "blk.{bid}.ffn_down_exps.weight", _OSS_DOWN, experts="all_t", stored="plain",
+               hf_shape=lambda h: (h.n_expert, h.n_ff_exp, h.n_embd)),
+    TensorSpec(_OSS + "experts.gate_up_proj_bias", "blk.{bid}.ffn_gate_exps.bias", lambda h: (h.n_expert, h.n_ff_exp), experts="even", hf_shape=_OSS_GATE_UP_BIAS),
+    TensorSpec(_OSS + "experts.gate_up_proj_bias", "blk.{bid}.ffn_up_exps.bias", lambda h: (h.n_expert, h.n_ff_exp), experts="odd", hf_shape=_OSS_GATE_UP_BIAS),
+    TensorSpec(_OSS + "experts.down_proj_bias", "blk.{bid}.ffn_down_exps.bias", lambda h: (h.n_expert, h.n_embd)),
+)
+# Attention with biases on every projection and a learned sink logit per head; a norm before the experts.
+GPT_OSS_TENSORS: tuple[TensorSpec, ...] = (
+    EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + _attn_biases(False)[:3]
+    + (
+        TensorSpec("model.layers.{bid}.self_attn.o_proj.bias", "blk.{bid}.attn_output.bias", _embd),
+        TensorSpec("model.layers.{bid}.self_attn.sinks", "blk.{bid}.attn_sinks.weight", lambda h: (h.n_head,)),
+        TensorSpec("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", _embd),
+    )
+    + GPT_OSS_EXPERTS
 )
 
 
@@ -573,6 +631,13 @@ QWEN35_KEYS = (
 )
 
 
+GPT_OSS_KEYS = (
+    MetaKey("add_sliding_window", _need("sliding_window")),
+    MetaKey("add_sliding_window_pattern", _swa_pattern(2), "flags"),
+    EXPERT_FF,
+)
+
+
 SHARED_EXPERT_KEYS = (EXPERT_FF, MetaKey("add_expert_shared_feed_forward_length", lambda c, h: h.n_ff_shexp))
 QWEN35MOE_KEYS = QWEN35_KEYS + SHARED_EXPERT_KEYS
 QWEN3NEXT_KEYS = QWEN35_KEYS[:-1] + SHARED_EXPERT_KEYS  # no rope sections: Qwen3-Next rotates the usual way
@@ -675,6 +740,18 @@ QWEN35MOE_CHECKS = QWEN35_CHECKS + (
     Check(lambda c, h: h.n_ff_shexp > 0, "shared_expert_intermediate_size is missing, and llama.cpp needs the shared expert"),
 )
 QWEN3NEXT_CHECKS = QWEN35MOE_CHECKS + QWEN3_MOE_CHECKS[1:3]  # every layer sparse, chosen experts renormalised
+GPT_OSS_CHECKS = (
+    Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
+    Check(lambda c, h: c.get("swiglu_alpha", 1.702) == 1.702 and c.get("swiglu_limit", 7.0) == 7.0,
+          "swiglu_alpha / swiglu_limit differ from the 1.702 / 7.0 llama.cpp's gpt-oss applies"),
+    Check(lambda c, h: not h.tied_embeddings, "tie_word_embeddings is set, and llama.cpp's gpt-oss loads an output matrix of its own"),
+    Check(lambda c, h: h.n_rot == h.head_dim, "part of each head is left unrotated, and llama.cpp's gpt-oss rotates whole heads"),
+    Check(lambda c, h: c.get("layer_types") is None or (isinstance(c["layer_types"], list) and len(c["layer_types"]) == h.n_layers
+                                                      and all(t in ("sliding_attention", "full_attention") for t in c["layer_types"])),
+          "layer_types must list sliding_attention or full_attention for each layer"),
+    Check(lambda c, h: not h.mxfp4 or (h.n_embd % MXFP4_BLOCK == 0 and h.n_ff_exp % MXFP4_BLOCK == 0),
+          f"the MXFP4 experts' widths are not multiples of {MXFP4_BLOCK}"),
+)
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -738,6 +815,10 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(
             "MixtralForCausalLM", "mixtral", "llama", EMBEDDINGS + OUTPUT + ATTN_NORM + ATTENTION + FFN_NORM + MIXTRAL_EXPERTS,
             permute_qk=True, checks=MIXTRAL_CHECKS,
+        ),
+        # GPT-OSS: MoE with MXFP4 experts, attention sinks, every other layer attending through a sliding window.
+        ArchSpec(
+            "GptOssForCausalLM", "gpt_oss", "gpt-oss", GPT_OSS_TENSORS, permute_qk=False, metadata=GPT_OSS_KEYS, checks=GPT_OSS_CHECKS,
         ),
         # Qwen3.5 (text): gated delta net layers with a full-attention layer every few; norms store w - 1.
         ArchSpec(
@@ -839,6 +920,7 @@ class PlannedTensor:
     keep_f32: bool = False
     reorder: str | None = None
     values: str | None = None
+    experts: str | None = None  # an EXPERT_LAYOUTS entry
 
 
 def _spec_layers(spec: TensorSpec, h: HParams) -> range | list:
@@ -861,6 +943,9 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
     for spec in arch.tensors:
         layers = _spec_layers(spec, h)
         stacked = "{xid}" in spec.hf
+        if spec.stored and spec.stored != ("mxfp4" if h.mxfp4 else "plain"):
+            continue
+        layout = EXPERT_LAYOUTS[spec.experts] if spec.experts else None
         for bid in layers:
             if spec.absent_if_k_is_v and h.at_layer(bid).k_is_v:
                 continue  # a v_proj there is left over as extra
@@ -874,15 +959,20 @@ def plan_tensors(arch: ArchSpec, h: HParams, present: dict[str, tuple[int, ...]]
                 if spec.optional or (spec.untied_only and h.tied_embeddings):
                     continue
                 raise EdgeError(f"checkpoint lacks tensor {missing[0]} that {arch.hf_arch} needs")
-            for n in names:
+            shapes = dict.fromkeys(names, part)
+            if layout and layout.mxfp4:
+                shapes[layout.scales_name(names[0])] = part[:-1]
+            for n, expected in shapes.items():
+                if n not in present:
+                    raise EdgeError(f"checkpoint lacks tensor {n} that {arch.hf_arch} needs")
                 # a unit axis is no difference in the data (a depthwise conv's kernel is stored (channels, 1, k))
-                if tuple(present[n]) != part and _unit_free(tuple(present[n])) != _unit_free(part):
-                    raise EdgeError(f"tensor {n} has shape {list(present[n])} but config.json implies {list(part)}")
-            used.update(names)
+                if tuple(present[n]) != expected and _unit_free(tuple(present[n])) != _unit_free(expected):
+                    raise EdgeError(f"tensor {n} has shape {list(present[n])} but config.json implies {list(expected)}")
+            used.update(shapes)
             shift = arch.norm_shift if spec.gguf.endswith("norm.weight") and spec.shifted else 0.0
             out.append(PlannedTensor(
                 tuple(names), spec.gguf.format(bid=bid), want, spec.permute if arch.permute_qk else None, shift, spec.keep_f32,
-                spec.reorder, spec.values,
+                spec.reorder, spec.values, spec.experts,
             ))
     ignored = [IGNORED] + ([arch.ignored] if arch.ignored else [])
     extra = sorted(n for n in present if n not in used and not any(p.search(n) for p in ignored))
@@ -898,7 +988,7 @@ def weight_map(arch: ArchSpec, h: HParams) -> dict[str, PlannedTensor]:
     for spec in arch.tensors:
         want = spec.shape(h)
         # matrices whose heads move are left out: an adapter's low-rank factors would need the same moves
-        if "{xid}" in spec.hf or len(want) != 2 or (spec.untied_only and h.tied_embeddings) or spec.reorder:
+        if "{xid}" in spec.hf or len(want) != 2 or (spec.untied_only and h.tied_embeddings) or spec.reorder or spec.experts:
             continue
         for bid in _spec_layers(spec, h):
             name = spec.hf.format(bid=bid)

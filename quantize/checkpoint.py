@@ -24,7 +24,9 @@ DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),  # raw bfloat16 bits; widened to float32 by to_float32()
+    "U8": np.dtype("u1"),  # packed quantized values (MXFP4 blocks and scales), never read as numbers
 }
+PACKED_DTYPES = ("U8",)
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
 # Bytes of source tensor read at once: peak memory stays near one chunk, not one tensor.
 CHUNK_BYTES = 16 << 20

@@ -21,10 +21,10 @@ from edgellm.fsutil import atomic_output, ensure_dir_for, ensure_free_space
 from edgellm.testhooks import pause_point
 
 from .arch import (
-    REORDERS, VALUE_MAPS, ArchSpec, HParams, PlannedTensor, arch_for, check_config, metadata_values, permute_rows, plan_tensors,
-    read_hparams, text_part,
+    EXPERT_LAYOUTS, REORDERS, VALUE_MAPS, ArchSpec, ExpertLayout, HParams, PlannedTensor, arch_for, check_config, metadata_values,
+    permute_rows, plan_tensors, read_hparams, text_part,
 )
-from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint, to_float32
+from .checkpoint import CHUNK_BYTES, PACKED_DTYPES, Checkpoint, TensorEntry, open_checkpoint, to_float32
 from .parallel import ordered_results, usable_cores
 from .vocab import Vocab, load_vocab
 
@@ -41,7 +41,9 @@ OUTTYPES: dict[str, tuple[FT, Q]] = {
     "bf16": (FT.MOSTLY_BF16, Q.BF16),
     "q8_0": (FT.MOSTLY_Q8_0, Q.Q8_0),
 }
-# `auto` keeps the precision the weights are stored in.
+# `auto` keeps the precision the weights are stored in. MXFP4 experts stay MXFP4 whatever the outtype, and the
+# file type names the other weights' type (llama.cpp's converter declares such a float file MXFP4_MOE, the
+# name of llama-quantize's level that also makes the other weights Q8_0).
 AUTO_FROM_SOURCE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 OUTTYPE_CHOICES = ("auto", *OUTTYPES)
 
@@ -59,6 +61,8 @@ class OutTensor:
     data: np.ndarray | None = None  # generated tensors (rope factors)
     reorder: Callable[[np.ndarray], np.ndarray] | None = None  # rows/columns moved between heads (2-D, whole tensor)
     values: Callable[[np.ndarray], np.ndarray] | None = None  # applied to every value (float32)
+    experts: ExpertLayout | None = None  # a fused tensor of all experts, read expert by expert
+    scales: TensorEntry | None = None  # MXFP4 experts: the scales beside the blocks in `sources`
 
     @property
     def nbytes(self) -> int:
@@ -154,31 +158,45 @@ def _plan_checkpoint(ckpt: Checkpoint) -> tuple[Checkpoint, ArchSpec, HParams, l
     arch = arch_for(ckpt.config)
     hp = read_hparams(ckpt.config)
     check_config(arch, ckpt.config, hp)
-    return ckpt, arch, hp, plan_tensors(arch, hp, {n: e.shape for n, e in ckpt.tensors.items()})
+    planned = plan_tensors(arch, hp, {n: e.shape for n, e in ckpt.tensors.items()})
+    for p in planned:
+        if not _is_mxfp4(p) and (stored := next((n for n in p.hf if ckpt.tensors[n].dtype in PACKED_DTYPES), None)):
+            raise EdgeError(f"tensor {stored} is stored as {ckpt.tensors[stored].dtype}, which this converter reads only as MXFP4 experts")
+    return ckpt, arch, hp, planned
+
+
+def _is_mxfp4(p: PlannedTensor) -> bool:
+    return p.experts is not None and EXPERT_LAYOUTS[p.experts].mxfp4
 
 
 def _resolve(outtype: str, ckpt: Checkpoint, planned: list[PlannedTensor]) -> str:
     if outtype != "auto":
         return outtype
-    by_dtype: dict[str, int] = {}  # the dtype most weight bytes are stored in
+    by_dtype: dict[str, int] = {}  # the float dtype most weight bytes are stored in (MXFP4 experts stay as they are)
     for p in planned:
         for name in p.hf:
             entry = ckpt.tensors[name]
-            by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
+            if entry.dtype not in PACKED_DTYPES:
+                by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
     return AUTO_FROM_SOURCE[max(by_dtype, key=by_dtype.__getitem__)]
 
 
 def _out_tensor(p: PlannedTensor, ckpt: Checkpoint, hp: HParams, wtype: Q) -> OutTensor:
-    # llama.cpp keeps 1-D tensors, norms and routers in F32; Q8_0 needs rows of whole 32-value blocks.
+    # llama.cpp keeps 1-D tensors, biases, norms and routers in F32; Q8_0 needs rows of whole 32-value blocks.
     qtype = wtype
-    if len(p.shape) <= 1 or p.gguf.endswith("_norm.weight") or p.keep_f32:
+    layout = EXPERT_LAYOUTS[p.experts] if p.experts else None
+    scales = None
+    if layout and layout.mxfp4:
+        qtype, scales = Q.MXFP4, ckpt.tensors[layout.scales_name(p.hf[0])]
+    elif len(p.shape) <= 1 or p.gguf.endswith(("_norm.weight", ".bias")) or p.keep_f32:
         qtype = Q.F32
     elif qtype == Q.Q8_0 and p.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
         qtype = Q.F16
     groups = {"q": hp.n_head, "k": hp.n_head_kv}.get(p.permute or "", 0)
     reorder = partial(REORDERS[p.reorder], hp) if p.reorder else None
     values = VALUE_MAPS[p.values] if p.values else None
-    return OutTensor(p.gguf, p.shape, qtype, tuple(ckpt.tensors[n] for n in p.hf), groups, p.shift, reorder=reorder, values=values)
+    return OutTensor(p.gguf, p.shape, qtype, tuple(ckpt.tensors[n] for n in p.hf), groups, p.shift, reorder=reorder, values=values,
+                     experts=layout, scales=scales)
 
 
 def _rope_factors(arch: ArchSpec, hp: HParams) -> list[OutTensor]:
@@ -246,10 +264,11 @@ def _chunk_jobs(tensors: list[OutTensor]) -> Iterator[Callable[[], Chunk]]:
             if t.permute_groups or t.reorder:
                 yield partial(_encoded_rows, index, final_source, t, src, 0, src.n_rows)
                 continue
+            encode = _expert_rows if t.experts else _encoded_rows
             step = max(1, CHUNK_BYTES // max(1, src.nbytes // src.n_rows))
             for start in range(0, src.n_rows, step):
                 stop = min(src.n_rows, start + step)
-                yield partial(_encoded_rows, index, final_source and stop == src.n_rows, t, src, start, stop)
+                yield partial(encode, index, final_source and stop == src.n_rows, t, src, start, stop)
 
 
 def _as_chunk(index: int, last: bool, values: np.ndarray) -> Chunk:
@@ -263,6 +282,29 @@ def _encoded_rows(index: int, last: bool, t: OutTensor, src: TensorEntry, start:
     if t.reorder:
         raw = t.reorder(raw.reshape(src.shape[0], -1))
     return _as_chunk(index, last, _encode(raw, src, t))
+
+
+def _expert_rows(index: int, last: bool, t: OutTensor, src: TensorEntry, start: int, stop: int) -> Chunk:
+    """Experts [start, stop) of a fused experts tensor: the rows of theirs this GGUF tensor takes."""
+    layout = t.experts
+    assert layout is not None
+    raw = src.read_rows(start, stop).reshape(stop - start, *src.shape[1:])
+    if layout.transposed:
+        raw = raw.swapaxes(1, 2)
+    raw = raw[:, layout.rows]
+    if t.scales is not None:
+        scales = t.scales.read_rows(start, stop).reshape(stop - start, *t.scales.shape[1:])[:, layout.rows]
+        return _as_chunk(index, last, mxfp4_to_ggml(raw, scales))
+    return _as_chunk(index, last, _encode(np.ascontiguousarray(raw), src, t))
+
+
+def mxfp4_to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """MXFP4 as released (16 bytes per 32 values, value 2i in byte i's low nibble and 2i+1 in its high one; the
+    E8M0 scale bytes apart) as ggml's blocks: the scale byte, then 16 bytes with value j in byte j's low nibble
+    and value j + 16 in its high one. Only bits move; the 4-bit codes and scales mean the same to both."""
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
+    packed = codes[..., :16] | (codes[..., 16:] << 4)
+    return np.concatenate([scales[..., None], packed], axis=-1)
 
 
 # stored type -> GGUF type whose bits are the same
@@ -362,9 +404,25 @@ def _add_rope_scaling(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams) -> None:
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(rope["factor"])
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        for key, writer in YARN_KEYS:
+            value = rope.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise EdgeError(f"config.json has a bad value for the rope's {key}: {value!r}")
+            getattr(w, writer)(value)
     else:
         known = ", ".join(["default", "linear", "yarn", *([arch.rope_factors] if arch.rope_factors else [])])
         raise EdgeError(f"unsupported rope_type {kind!r} in config.json for {arch.hf_arch}; supported: {known}")
+
+
+# YaRN's ramp and scale settings, where the config gives them (llama.cpp's defaults otherwise)
+YARN_KEYS = (
+    ("extrapolation_factor", "add_rope_scaling_yarn_ext_factor"),
+    ("attention_factor", "add_rope_scaling_yarn_attn_factor"),
+    ("beta_fast", "add_rope_scaling_yarn_beta_fast"),
+    ("beta_slow", "add_rope_scaling_yarn_beta_slow"),
+)
 
 
 def _vocab_bytes(vocab: Vocab) -> int:

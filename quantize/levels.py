@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import EdgeError, NotEnoughSpace, UsageError
 from ..fsutil import atomic_output, room_problem
-from ..formats.gguf_info import GGUFInfo, read_gguf
+from ..formats.gguf_info import EXPERT_TENSOR, GGUFInfo, read_gguf
 from ..testhooks import pause_point
 
 if TYPE_CHECKING:
@@ -113,12 +113,32 @@ def check_base(info: GGUFInfo, allow_requantize: bool = False) -> None:
             f"{info.path.name} is the first of {len(info.parts)} parts of a split model: quantize from one file "
             f"(llama-gguf-split --merge {info.path.name} merged.gguf makes it)"
         )
-    quantized = sorted({t.ggml_type for t in info.tensors if len(t.shape) > 1} - FLOAT_TYPES)
+    quantized = sorted({t.ggml_type for t in info.tensors if len(t.shape) > 1 and not _released_mxfp4(t)} - FLOAT_TYPES)
     if quantized and not allow_requantize:
         raise UsageError(
             f"{info.path.name} is already quantized ({info.file_type or ', '.join(quantized)}); "
             "quantize from an F32/F16/BF16 base, or pass --allow-requantize to accept the extra loss"
         )
+
+
+def _released_mxfp4(t) -> bool:
+    """An expert tensor in MXFP4, as GPT-OSS is released (no float original exists to quantize from)."""
+    return t.ggml_type == "MXFP4" and EXPERT_TENSOR.search(t.name) is not None
+
+
+def mxfp4_experts(info: GGUFInfo) -> bool:
+    """Whether the base's experts are MXFP4 as released."""
+    return any(_released_mxfp4(t) for t in info.tensors)
+
+
+def experts_note(level: Level) -> str:
+    """What llama.cpp's quantizer does at `level` with experts that are MXFP4 in the base: only MXFP4_MOE keeps
+    them (it copies tensors already of the type it picks); every other level rounds them again to its own types."""
+    if level.name == "MXFP4_MOE":
+        return "experts kept in MXFP4 as released; the other weights Q8_0"
+    if level.name in FLOAT_TYPES:
+        return f"experts widened from MXFP4 to {level.name}: the same values in more bytes"
+    return f"experts requantized from MXFP4 to {level.name}'s types: a second rounding of the released 4-bit values"
 
 
 def check_imatrix_needs(levels: Iterable[Level], have_imatrix: bool) -> None:
@@ -236,7 +256,8 @@ def quantize(
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = nthread
     params.ftype = level.ftype
-    params.allow_requantize = allow_requantize
+    # MXFP4 experts are the released weights: the levels that do not keep them requantize them
+    params.allow_requantize = allow_requantize or mxfp4_experts(info)
     entries = imatrix.as_ctypes() if imatrix is not None else None
     if entries is not None:
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))

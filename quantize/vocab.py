@@ -28,6 +28,12 @@ LLAMA3_SPLIT = (
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# GPT-4o's o200k split (GPT-OSS's o200k_harmony too): cased words with their contractions, digits in threes.
+O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # ByteLevel with use_regex=True splits with GPT-2's own pattern first.
 GPT2_REGEX = ("byte_level", "use_regex=True", "add_prefix_space=False")
 
@@ -35,6 +41,7 @@ GPT2_REGEX = ("byte_level", "use_regex=True", "add_prefix_space=False")
 PRE_TOKENIZERS: dict[tuple[tuple[str, ...], ...], str] = {
     (("split", LLAMA3_SPLIT),): "llama-bpe",
     (("split", QWEN2_SPLIT),): "qwen2",
+    (("split", O200K_SPLIT),): "gpt-4o",
     (("digits",), GPT2_REGEX): "smollm",
     (GPT2_REGEX,): "gpt-2",
 }

@@ -583,6 +583,154 @@ def qwen3_next_checkpoint() -> Path:
     return _build_once("qwen3next-tiny-hf", build)
 
 
+# GPT-OSS's o200k_harmony special tokens at the ids the release gives them, relative to the first
+HARMONY_SPECIALS = {
+    "<|startoftext|>": 0, "<|endoftext|>": 1, "<|return|>": 4, "<|constrain|>": 5, "<|channel|>": 7, "<|start|>": 8, "<|end|>": 9,
+    "<|message|>": 10, "<|call|>": 14,
+}
+GPT_OSS_TEMPLATE = Path(__file__).with_name("gpt_oss_chat_template.jinja")  # the chat template the release ships
+
+
+def gpt_oss_tokenizer_dir() -> Path:
+    """GPT-OSS's tokenizer style: byte-level BPE with GPT-4o's split, the harmony special tokens (reserved ones
+    filling the gaps, as in the release) and the released chat template."""
+
+    def build(tmp: Path) -> None:
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, trainers
+        from tokenizers import models as tok_models
+        from transformers import PreTrainedTokenizerFast
+
+        from edgellm.quantize.vocab import O200K_SPLIT
+
+        tok = Tokenizer(tok_models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(O200K_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator([training_text()], trainer)
+        first = tok.get_vocab_size()
+        by_offset = {v: k for k, v in HARMONY_SPECIALS.items()}
+        names = [by_offset.get(i, f"<|reserved_{first + i}|>") for i in range(max(by_offset) + 1)]
+        tok.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names])
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|return|>", pad_token="<|endoftext|>", unk_token=None
+        )
+        fast.chat_template = GPT_OSS_TEMPLATE.read_text()
+        fast.save_pretrained(tmp)
+
+    return _build_once("gpt-oss-tokenizer", build)
+
+
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # MXFP4's magnitudes; code 8 + i is -FP4_VALUES[i]
+
+
+def mxfp4_pack(weights):
+    """(..., out, in) float32 -> the release's MXFP4 tensors: blocks (..., out, in / 32, 16) holding value 2i in
+    byte i's low nibble and 2i + 1 in its high one, and scales (..., out, in / 32) as E8M0 exponents (127 = 1)."""
+    import numpy as np
+
+    values = weights.reshape(*weights.shape[:-1], -1, 32).astype(np.float32)
+    peak = np.abs(values).max(axis=-1, keepdims=True)
+    exponent = np.where(peak > 0, np.floor(np.log2(np.maximum(peak, 1e-30))) - 2, -127).clip(-127, 127)  # 6 = 1.5 * 2**2
+    scaled = values / np.exp2(exponent)
+    magnitudes = np.asarray(FP4_VALUES, dtype=np.float32)
+    codes = np.abs(np.abs(scaled)[..., None] - magnitudes).argmin(-1).astype(np.uint8)
+    codes |= np.where((scaled < 0) & (codes > 0), 8, 0).astype(np.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks, (exponent[..., 0] + 127).astype(np.uint8)
+
+
+def mxfp4_unpack(blocks, scales):
+    """The values MXFP4 blocks and scales stand for (..., out, in), as float32."""
+    import numpy as np
+
+    table = np.asarray(FP4_VALUES + tuple(-v for v in FP4_VALUES), dtype=np.float32)
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
+    values = table[codes] * np.exp2(scales.astype(np.float32) - 127)[..., None]
+    return values.reshape(*values.shape[:-2], -1)
+
+
+def _gpt_oss_base() -> Path:
+    """The tiny GPT-OSS as transformers saves it (bf16, plain experts)."""
+
+    def build(tmp: Path) -> None:
+        from transformers import GptOssConfig
+
+        _copy_tokenizer(gpt_oss_tokenizer_dir(), tmp)
+        first = json.loads((tmp / "tokenizer.json").read_text())["added_tokens"][0]["id"]
+        config = GptOssConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=16,
+            max_position_embeddings=131072,
+            tie_word_embeddings=False,
+            bos_token_id=first + HARMONY_SPECIALS["<|startoftext|>"],
+            eos_token_id=first + HARMONY_SPECIALS["<|return|>"],
+            pad_token_id=first + HARMONY_SPECIALS["<|endoftext|>"],
+            architectures=["GptOssForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("gpt-oss-base-hf", build)
+
+
+def _gpt_oss_variant(name: str, mxfp4: bool) -> Path:
+    """The base fixture with its experts rounded to MXFP4: stored as MXFP4 blocks and scales with the
+    release's quantization_config (`mxfp4`), or dequantized to plain bf16 (the same values)."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        src = _gpt_oss_base()
+        for f in src.iterdir():
+            if f.name != "model.safetensors":
+                shutil.copy(f, tmp / f.name)
+        tensors = load_file(src / "model.safetensors")
+        out = {}
+        for name_, t in tensors.items():
+            if not name_.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                out[name_] = t
+                continue
+            # stored (in, out) per expert; MXFP4 packs each output row's inputs
+            rows = t.float().transpose(1, 2).contiguous().numpy()
+            blocks, scales = mxfp4_pack(rows)
+            if mxfp4:
+                out[name_ + "_blocks"], out[name_ + "_scales"] = torch.from_numpy(blocks), torch.from_numpy(scales)
+            else:
+                out[name_] = torch.from_numpy(mxfp4_unpack(blocks, scales)).transpose(1, 2).contiguous().to(torch.bfloat16)
+        save_file(out, tmp / "model.safetensors", metadata={"format": "pt"})
+        if mxfp4:
+            cfg = json.loads((tmp / "config.json").read_text())
+            cfg["quantization_config"] = {
+                "quant_method": "mxfp4",
+                "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+            }
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    return _build_once(name, build)
+
+
+def gpt_oss_checkpoint() -> Path:
+    """A tiny GPT-OSS as released: bf16 with MXFP4 experts (4, 2 per token), attention sinks, a 16-token sliding
+    window in every other layer, YaRN rope (transformers' defaults for GPT-OSS), the harmony chat format."""
+    return _gpt_oss_variant("gpt-oss-tiny-hf", mxfp4=True)
+
+
+def gpt_oss_dequantized_checkpoint() -> Path:
+    """The same model with its experts dequantized to bf16 (the values MXFP4 stands for), stored plain."""
+    return _gpt_oss_variant("gpt-oss-dequantized-tiny-hf", mxfp4=False)
+
+
 CHECKPOINTS = {
     "qwen3": qwen3_checkpoint,
     "qwen3moe": qwen3_moe_checkpoint,
@@ -596,6 +744,8 @@ CHECKPOINTS = {
     "qwen35": qwen35_checkpoint,
     "qwen35moe": qwen35_moe_checkpoint,
     "qwen3next": qwen3_next_checkpoint,
+    "gptoss": gpt_oss_checkpoint,
+    "gptoss-plain": gpt_oss_dequantized_checkpoint,
 }
 
 
@@ -673,6 +823,7 @@ SHAPES = {
     "qwen3.5-9b": ("qwen35", 32, 4096, 12288, 16, 4, 256, 248320, 0, 0, 0, 0),
     "qwen3.5-35b-a3b": ("qwen35moe", 40, 2048, 512, 16, 2, 256, 248320, 0, 256, 8, 512),  # n_ff: the shared expert's
     "qwen3-next-80b-a3b": ("qwen3next", 48, 2048, 512, 16, 2, 256, 151936, 0, 512, 10, 512),
+    "gpt-oss-20b": ("gpt-oss", 24, 2880, 2880, 64, 8, 64, 201088, 128, 32, 4, 2880),
 }
 # Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
 LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4), "qwen3next": (16, 32, 128, 4)}
@@ -704,6 +855,14 @@ def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv
 def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
     """(name suffix, HF-order shape, role) of one layer; role picks the quant type."""
     q, kv = n_head * head_dim, n_head_kv * head_dim
+    if arch == "gpt-oss":  # biases everywhere, a sink per head, experts in MXFP4 as released
+        return [("attn_norm", (n_embd,), "norm"), ("post_attention_norm", (n_embd,), "norm"), ("attn_sinks", (n_head,), "norm"),
+                ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
+                ("attn_output", (n_embd, q), "main"), ("attn_q", (q,), "bias"), ("attn_k", (kv,), "bias"), ("attn_v", (kv,), "bias"),
+                ("attn_output", (n_embd,), "bias"), ("ffn_gate_inp", (n_expert, n_embd), "norm"), ("ffn_gate_inp", (n_expert,), "bias"),
+                ("ffn_gate_exps", (n_expert, n_ff_exp, n_embd), "mxfp4"), ("ffn_up_exps", (n_expert, n_ff_exp, n_embd), "mxfp4"),
+                ("ffn_down_exps", (n_expert, n_embd, n_ff_exp), "mxfp4"), ("ffn_gate_exps", (n_expert, n_ff_exp), "bias"),
+                ("ffn_up_exps", (n_expert, n_ff_exp), "bias"), ("ffn_down_exps", (n_expert, n_embd), "bias")]
     if arch in LINEAR_SHAPES:
         return _hybrid_layer_tensors(arch, il, n_embd, n_ff, q, kv, head_dim, n_expert, n_ff_exp)
     out = [("attn_norm", (n_embd,), "norm"), ("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"),
@@ -720,7 +879,12 @@ def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_he
     return out
 
 
-def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
+# Levels of the shaped files where Q4_K_M cannot be made: GPT-OSS's 2880-wide rows fit no K-quant super-block,
+# so it is the MXFP4_MOE level (Q8_0 beside the released MXFP4 experts).
+SHAPE_LEVELS = {"gpt-oss-20b": "Q8_0"}
+
+
+def write_shaped_gguf(path: Path, shape: str, level: str | None = None) -> Path:
     """A sparse GGUF (tensor data is a hole) with a real model's shape, metadata and vocabulary size, and a
     synthetic SentencePiece vocabulary: what llama.cpp needs to plan its buffers without reading weights."""
     import numpy as np
@@ -729,8 +893,9 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     from fixtures import SYNTH_LEVELS
 
     arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, window, n_expert, n_used, n_ff_exp = SHAPES[shape]
-    ftype, main, sensitive, out_type = SYNTH_LEVELS[level]
-    types = {"main": GGMLQuantizationType[main], "sensitive": GGMLQuantizationType[sensitive], "norm": GGMLQuantizationType.F32}
+    ftype, main, sensitive, out_type = SYNTH_LEVELS[level or SHAPE_LEVELS.get(shape, "Q4_K_M")]
+    types = {"main": GGMLQuantizationType[main], "sensitive": GGMLQuantizationType[sensitive], "norm": GGMLQuantizationType.F32,
+             "mxfp4": GGMLQuantizationType.MXFP4}
     tensors = [("token_embd.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]), ("output_norm.weight", (n_embd,), types["norm"])]
     if not arch.startswith("gemma"):
         tensors.append(("output.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]))

@@ -18,15 +18,15 @@ from edgellm.formats.gguf_info import read_gguf
 from test_convert import MESSAGES, TEXT, _fields, assert_same_tensors, render_stored_template
 
 CHECKPOINTS = arch_fixtures.CHECKPOINTS
-MOE = {"qwen3moe", "mixtral", "qwen35moe", "qwen3next"}
+MOE = {"qwen3moe", "mixtral", "qwen35moe", "qwen3next", "gptoss", "gptoss-plain"}
 CLEANS_SPACES = NEAR_TIES = {"gemma4", "gemma4mm"}
 # llama.cpp's converter refuses BPE tokenizers it does not know by hash: these are compared with the
 # pre-tokenizer named (their tensors do not depend on it).
-NAMED_PRE = {"qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2", "qwen3next": "qwen2"}
+NAMED_PRE = {"gptoss": "gpt-4o", "gptoss-plain": "gpt-4o", "qwen3": "qwen2", "qwen3moe": "qwen2", "smollm3": "qwen2", "qwen35": "qwen2", "qwen35moe": "qwen2", "qwen3next": "qwen2"}
 # outtype for the comparison with llama.cpp's converter ("auto" keeps each fixture's stored precision)
 REF_OUTTYPE = {
     "qwen3": "bf16", "qwen3moe": "f32", "gemma2": "bf16", "gemma3": "bf16", "gemma4": "bf16", "gemma4mm": "bf16", "phi3": "f16",
-    "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16", "qwen3next": "bf16",
+    "mixtral": "bf16", "smollm3": "bf16", "qwen35": "bf16", "qwen35moe": "bf16", "qwen3next": "bf16", "gptoss": "bf16", "gptoss-plain": "bf16",
 }
 # llama.cpp's converter needs `architectures` in config.json; the Gemma 3 fixture has only model_type.
 REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
@@ -34,6 +34,9 @@ REF_ARCHITECTURES = {"gemma3": "Gemma3ForCausalLM"}
 REF_OPTIONS = {"qwen35": ("--no-mtp",), "qwen35moe": ("--no-mtp",), "qwen3next": ("--no-mtp",)}
 # Keys written differently on purpose (see test_convert.py).
 EXPECTED_DIFFERENT = {"general.name", "general.size_label", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id"}
+# llama.cpp's converter declares a float file with MXFP4 experts MXFP4_MOE; edgellm names the float type, so that
+# the package's base and its MXFP4_MOE level (experts kept, the rest Q8_0) are told apart.
+DIFFERENT_FOR = {"gptoss": {"general.file_type"}}
 # Keys edgellm always writes where llama.cpp's converter leaves some architectures to llama.cpp's defaults
 # (same values), and the layer pattern of sliding windows, written from the config.
 EDGELLM_ONLY = {"tokenizer.ggml.add_bos_token", "{arch}.vocab_size", "{arch}.rope.dimension_count", "{arch}.rope.freq_base",
@@ -120,6 +123,13 @@ def test_chat_template_renders_like_transformers(name, converted, hf_tokenizer):
     assert rendered == hf_tokenizer(name).apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
 
 
+@pytest.mark.parametrize("effort", ["low", "high"])
+def test_harmony_reasoning_effort_renders_like_transformers(effort, converted, hf_tokenizer):
+    rendered = render_stored_template(converted("gptoss"), reasoning_effort=effort)
+    assert f"Reasoning: {effort}" in rendered
+    assert rendered == hf_tokenizer("gptoss").apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True, reasoning_effort=effort)
+
+
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_identical_to_llamacpp_converter(name, converted):
     ref_meta, ref_tensors = _fields(_reference(name))
@@ -127,7 +137,7 @@ def test_identical_to_llamacpp_converter(name, converted):
     arch = read_gguf(converted(name, "auto")).arch
     ours_only = {k.format(arch=arch) for k in EDGELLM_ONLY}
     for key in sorted(set(ref_meta) | set(meta)):
-        if key in EXPECTED_DIFFERENT or (key in ours_only and key not in ref_meta):
+        if key in EXPECTED_DIFFERENT | DIFFERENT_FOR.get(name, set()) or (key in ours_only and key not in ref_meta):
             continue
         if key == "tokenizer.ggml.pre" and name in NAMED_PRE:
             continue
@@ -181,6 +191,29 @@ def test_architecture_metadata(converted):
     assert "blk.3.attn_q.weight" in types and "blk.3.ssm_a" not in types and "blk.0.attn_q.weight" not in types
 
 
+def test_gpt_oss_experts_stay_mxfp4(converted):
+    """As released, GPT-OSS's experts are MXFP4 in the GGUF whatever the outtype: the same values the plain
+    (dequantized) checkpoint converts to, bit for bit; sinks, the window pattern and YaRN reach the file."""
+    import gguf
+
+    for outtype, ftype in (("auto", "BF16"), ("f32", "ALL_F32"), ("q8_0", "Q8_0")):
+        info = read_gguf(converted("gptoss", outtype))
+        assert info.file_type == ftype, outtype
+        types = {t.name: t.ggml_type for t in info.tensors}
+        assert {types[f"blk.0.ffn_{m}_exps.weight"] for m in ("gate", "up", "down")} == {"MXFP4"}
+        assert types["blk.0.ffn_gate_exps.bias"] == types["blk.0.attn_sinks.weight"] == types["blk.0.ffn_gate_inp.weight"] == "F32"
+    meta = info.metadata
+    assert meta["gpt-oss.attention.sliding_window"] == 16 and meta["gpt-oss.attention.sliding_window_pattern"] == [True, False] * 2
+    assert meta["gpt-oss.rope.scaling.type"] == "yarn" and meta["gpt-oss.rope.scaling.factor"] == 32.0
+    assert meta["gpt-oss.rope.scaling.original_context_length"] == 4096
+    assert (meta["gpt-oss.rope.scaling.yarn_beta_fast"], meta["gpt-oss.rope.scaling.yarn_beta_slow"]) == (32.0, 1.0)
+    packed, plain = (_fields(converted(n, "f32"))[1] for n in ("gptoss", "gptoss-plain"))
+    assert plain["blk.2.ffn_up_exps.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    for name in ("blk.2.ffn_gate_exps.weight", "blk.2.ffn_up_exps.weight", "blk.2.ffn_down_exps.weight"):
+        values = gguf.quants.dequantize(np.asarray(packed[name].data), gguf.GGMLQuantizationType.MXFP4)
+        assert np.array_equal(values.reshape(-1), np.asarray(plain[name].data).reshape(-1)), name
+
+
 # --- configs llama.cpp would run differently, and damaged MoE checkpoints ----------------------------------
 
 
@@ -198,6 +231,24 @@ def _drop_expert(cfg: dict, folder: Path) -> None:
 
     weights = load_file(folder / "model.safetensors")
     del weights["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(weights, folder / "model.safetensors")
+
+
+def _drop_scales(cfg: dict, folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.layers.1.mlp.experts.down_proj_scales"]
+    save_file(weights, folder / "model.safetensors")
+
+
+def _u8_attention(cfg: dict, folder: Path) -> None:
+    """A packed (U8) tensor where the converter expects floats."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    weights["model.layers.0.self_attn.q_proj.weight"] = torch.zeros((64, 64), dtype=torch.uint8)
     save_file(weights, folder / "model.safetensors")
 
 
@@ -248,6 +299,15 @@ BAD_CONFIGS = [
     ("qwen3next", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob is off"),
     ("qwen3next", lambda c, d: c.update(mlp_only_layers=[1]), r"some layers are dense"),
     ("qwen3next", lambda c, d: c.update(linear_value_head_dim=32), r"linear_key_head_dim differs"),
+    ("gptoss", lambda c, d: c.update(swiglu_limit=10.0), r"swiglu_alpha / swiglu_limit differ"),
+    ("gptoss", lambda c, d: c["rope_parameters"].update(beta_fast="32"), r"bad value for the rope's beta_fast: '32'"),
+    ("gptoss", lambda c, d: c.update(tie_word_embeddings=True), r"tie_word_embeddings is set"),
+    ("gptoss", lambda c, d: c.update(layer_types=["linear_attention"] * 4), r"layer_types must list sliding_attention or full_attention"),
+    ("gptoss", lambda c, d: c.update(layer_types=[{"kind": "sliding"}] * 4), r"layer_types must list sliding_attention or full_attention"),
+    ("gptoss", lambda c, d: c.pop("quantization_config"), r"lacks tensor model\.layers\.0\.mlp\.experts\.gate_up_proj that"),
+    ("gptoss-plain", lambda c, d: c.update(quantization_config={"quant_method": "mxfp4"}), r"lacks tensor .*gate_up_proj_blocks"),
+    ("gptoss", _drop_scales, r"lacks tensor model\.layers\.1\.mlp\.experts\.down_proj_scales"),
+    ("gptoss", _u8_attention, r"q_proj\.weight is stored as U8, which this converter reads only as MXFP4 experts"),
 ]
 
 
@@ -315,3 +375,74 @@ def test_moe_conversion_streams_expert_by_expert(tmp_path):
     assert peak < 0.3 * expert_bytes, (peak, expert_bytes)
     info = read_gguf(out)
     assert {t.name: t.shape for t in info.tensors}["blk.0.ffn_up_exps.weight"] == (n_embd, n_ff, n_expert)
+
+
+# --- GPT-OSS end to end ------------------------------------------------------------------------------------
+
+
+def test_gpt_oss_packages_plans_and_runs(tmp_path, capsys):
+    """The tiny GPT-OSS as released: packaged (a bf16 base keeping the MXFP4 experts, the MXFP4_MOE level that keeps
+    them too, a Q4_K_M level that requantizes them), planned, and run with its harmony template at low effort."""
+    out = tmp_path / "pkg"
+    assert main(["package", str(CHECKPOINTS["gptoss"]()), "-o", str(out), "--levels", "MXFP4_MOE,Q4_K_M", "--json"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = {f["level"]: out / f["file"] for f in manifest["files"]}
+    assert set(files) == {"BF16", "MXFP4_MOE", "Q4_K_M"}
+    types = {lv: {t.name: t.ggml_type for t in read_gguf(path).tensors} for lv, path in files.items()}
+    assert types["BF16"]["blk.0.ffn_down_exps.weight"] == types["MXFP4_MOE"]["blk.0.ffn_down_exps.weight"] == "MXFP4"
+    assert types["BF16"]["blk.0.attn_q.weight"] == "BF16" and types["MXFP4_MOE"]["blk.0.attn_q.weight"] == "Q8_0"
+    assert types["Q4_K_M"]["blk.0.ffn_down_exps.weight"] != "MXFP4"
+    base, kept = (read_gguf(files[lv]) for lv in ("BF16", "MXFP4_MOE"))
+    same = {t.name for t in base.tensors if t.ggml_type == "MXFP4"}
+    assert same and all(np.array_equal(_fields(files["BF16"])[1][n].data, _fields(files["MXFP4_MOE"])[1][n].data) for n in same)
+    card = (out / "README.md").read_text()
+    assert "- MXFP4_MOE: experts kept in MXFP4 as released; the other weights Q8_0" in card
+    assert "- Q4_K_M: experts requantized from MXFP4 to Q4_K_M's types" in card
+    capsys.readouterr()
+
+    assert main(["plan", str(out), "--ctx", "4096", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["level"] in files and plan["memory"]["kv_cpu"] > 0, plan
+    assert main(["run", str(files["MXFP4_MOE"]), "-p", "What is 2+2?", "-n", "12", "--temp", "0", "--no-think", "--json"]) == 0
+    captured = capsys.readouterr()
+    reply = json.loads(captured.out)
+    assert "cannot be switched" not in captured.err and reply["stats"]["gen_tokens"] > 0, captured.err
+
+
+def test_harmony_markers_reach_the_reply_text(converted):
+    """llama.cpp renders harmony's channel markers as text and ends generation at <|return|> and <|call|>, not at
+    <|end|> (which only ends the analysis message), so the reply splits into reasoning and answer as streamed."""
+    import llama_cpp as L
+
+    from edgellm.engine.launch import plan_model
+    from edgellm.engine.reasoning import split_reasoning
+    from edgellm.engine.runtime import Engine
+
+    reply = "<|channel|>analysis<|message|>Two and two.<|end|><|start|>assistant<|channel|>final<|message|>Four."
+    with Engine.load(plan_model(str(converted("gptoss")), ctx=256)) as engine:
+        ids = engine.tokenize(reply, add_bos=False)
+        assert len(ids) < len(reply) // 3  # the markers are single tokens
+        text = "".join(engine.piece(t).decode() for t in ids)
+        vocab = L.llama_model_get_vocab(engine.model)
+        eog = {engine.piece(t, special=True).decode() for t in engine.tokenize("<|end|><|return|><|call|>", add_bos=False)
+               if L.llama_vocab_is_eog(vocab, t)}
+        prompt = engine.render_chat([{"role": "user", "content": "Hi"}], think=False)
+    assert text == reply and split_reasoning(text) == ("Two and two.", "Four.")
+    assert eog == {"<|return|>", "<|call|>"}
+    assert "Reasoning: low" in prompt and prompt.endswith("<|start|>assistant")
+
+
+def test_gpt_oss_config_as_released(tmp_path, converted):
+    """The release's config.json has transformers 4's rope_scaling beside rope_theta: the same file comes out."""
+
+    def edit(cfg: dict, folder: Path) -> None:
+        rope = cfg.pop("rope_parameters")
+        cfg["rope_theta"] = rope.pop("rope_theta")
+        cfg["rope_scaling"] = rope
+
+    out = tmp_path / "out.gguf"
+    assert main(["convert", "-q", str(_edited(tmp_path, "gptoss", edit)), "-o", str(out)]) == 0
+    (meta, tensors), (ref_meta, ref_tensors) = _fields(out), _fields(converted("gptoss", "auto"))
+    assert "gpt-oss.rope.scaling.yarn_beta_fast" in meta
+    assert {k: v for k, v in meta.items() if k != "general.name"} == {k: v for k, v in ref_meta.items() if k != "general.name"}
+    assert_same_tensors(tensors, ref_tensors)

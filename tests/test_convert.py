@@ -63,9 +63,9 @@ def test_logits_match_transformers(name, converted, hf_tokenizer):
     assert cosine.mean() >= MIN_COSINE[name]
 
 
-def render_stored_template(path: Path) -> str:
-    """MESSAGES through the GGUF's own chat template, with its BOS/EOS text, as transformers' sandbox renders it."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def render_stored_template(path: Path, **variables) -> str:
+    """MESSAGES through the GGUF's own chat template, with its BOS/EOS text, as the engine renders it."""
+    from edgellm.engine import chat_template
 
     info = read_gguf(path)
     assert info.chat_template
@@ -75,10 +75,7 @@ def render_stored_template(path: Path) -> str:
         tid = info.metadata.get(f"tokenizer.ggml.{key}_token_id")
         return "" if tid is None else llm.detokenize([tid], special=True).decode()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    return env.from_string(info.chat_template).render(
-        messages=MESSAGES, add_generation_prompt=True, bos_token=token_text("bos"), eos_token=token_text("eos")
-    )
+    return chat_template.render(info.chat_template, MESSAGES, bos_token=token_text("bos"), eos_token=token_text("eos"), variables=variables)
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))

@@ -253,7 +253,7 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path, capsys):
     tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
     (dst / "tokenizer.json").write_text(json.dumps(tok))
     out = tmp_path / "out.gguf"
-    assert_failed(*run_cli([dst, "-o", out], capsys), r"unrecognised BPE pre-tokenizer structure .*known structures: gpt-2, llama-bpe, qwen2, smollm", out)
+    assert_failed(*run_cli([dst, "-o", out], capsys), r"unrecognised BPE pre-tokenizer structure .*known structures: gpt-2, gpt-4o, llama-bpe, qwen2, smollm", out)
 
 
 def test_architecture_from_model_type_and_default_output_name(ckpt, tmp_path, capsys, monkeypatch):

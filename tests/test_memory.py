@@ -132,10 +132,10 @@ def test_predicted_ram_matches_peak_rss(which, n_ctx):
     assert r["predicted"] == pytest.approx(r["peak"], rel=0.10), r
 
 
-@pytest.mark.parametrize("name", ["gemma4", "gemma4mm"])
+@pytest.mark.parametrize("name", ["gemma4", "gemma4mm", "gptoss"])
 def test_kv_of_layers_of_different_shapes_agrees_with_llama_cpp(name, converted):
     """Gemma 4's sliding-window layers have narrower heads than its global one, and where keys double as
-    values (gemma4mm) the global layer has its own KV head count: each layer's cache is sized as llama.cpp
+    values (gemma4mm) the global layer has its own KV head count; GPT-OSS slides every other layer: each layer's cache is sized as llama.cpp
     sizes it (it prints MiB to two decimals, hence the tolerance; one width for all layers is 0.23 MiB off)."""
     for n_ctx in (4096, 32768):
         ours = estimate(read_gguf(converted(name, "bf16")), n_ctx)

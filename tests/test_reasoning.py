@@ -19,6 +19,15 @@ CASES = [
     ("<think>unfinished", False, ("unfinished", "")),
     ("<thi", False, (None, "<thi")),
     ("", False, (None, "")),
+    # harmony (GPT-OSS): the analysis channel's message, then the final channel's
+    ("<|channel|>analysis<|message|>Let me see.<|end|><|start|>assistant<|channel|>final<|message|>It is 4.", False,
+     ("Let me see.", "It is 4.")),
+    ("<|channel|>final<|message|>Just this.", False, (None, "Just this.")),
+    ("<|channel|>analysis<|message|>cut off <|en", False, ("cut off <|en", "")),
+    ("<|channel|>analysis<|message|>done<|end|>no header", False, ("done", "no header")),
+    ("<|channel|>analysis<|message|>a<|end|><|start|>assist", False, ("a", "<|start|>assist")),  # cut off in the header
+    ("thinking on<|end|><|start|>assistant<|channel|>final<|message|>ok", "<|channel|>analysis<|message|>", ("thinking on", "ok")),
+    ("<|channel|>commentary<|message|>a tool's preamble", False, (None, "<|channel|>commentary<|message|>a tool's preamble")),
 ]
 
 
@@ -72,3 +81,28 @@ def test_a_reply_counts_the_pieces_spent_thinking():
     assert switchable(switch) and not switchable("</think>") and switch_note(switch, False) is None
     assert switch_note("</think>", True) == "thinking cannot be switched on with this chat template (it does not read enable_thinking): ignored"
     assert switch_note(None, None) is None
+
+
+def test_harmony_templates_think_and_switch_by_reasoning_effort():
+    from arch_fixtures import GPT_OSS_TEMPLATE
+    from edgellm.engine.reasoning import HARMONY, switch_note, switch_variables, switchable
+
+    template = GPT_OSS_TEMPLATE.read_text()
+    assert thinks(template) and switchable(template) and switch_note(template, False) is None
+    assert switch_variables(template, True) == {"reasoning_effort": "high"}
+    assert switch_variables(template, False) == {"reasoning_effort": "low"} and switch_variables(template, None) is None
+    assert switch_variables(template, "medium") == {"reasoning_effort": "medium"}
+    assert switch_variables(template, "minimal") == {"reasoning_effort": "low"}  # the least effort harmony models were taught
+    assert switch_variables("{% if enable_thinking %}</think>{% endif %}", False) == {"enable_thinking": False}
+    assert switch_variables("{% if enable_thinking %}</think>{% endif %}", "low") == {"enable_thinking": True}
+    assert opened_in("<|start|>assistant") == "" and opened_in("<|start|>assistant" + HARMONY.open) == HARMONY.open
+
+
+def test_requests_pass_an_effort_through():
+    """OpenAI's reasoning_effort and Ollama's think reach the template as the effort asked for ("none": off)."""
+    from edgellm.serve import ollama_requests, schemas
+
+    assert schemas._think({"reasoning_effort": "medium"}) == "medium" and schemas._think({"reasoning_effort": "none"}) is False
+    assert schemas._think({}) is None
+    chat = lambda think: ollama_requests.chat_request({"model": "m", "messages": [{"role": "user", "content": "Hi"}], "think": think}, "m")  # noqa: E731
+    assert chat("low").think == "low" and chat(False).think is False and chat(True).think is True

@@ -1,5 +1,5 @@
 """Sliding windows and experts in the memory model, the planner and the runtime: against llama.cpp's own
-accounting (no-alloc dry runs of real-shaped Gemma 2/3, Qwen3-30B-A3B, Mixtral, Qwen3.5 and Qwen3-Next files), by brute force
+accounting (no-alloc dry runs of real-shaped Gemma 2/3, Qwen3-30B-A3B, Mixtral, Qwen3.5, Qwen3-Next and GPT-OSS files), by brute force
 over the planner's choices, and with the converted tiny Gemma 3 and Qwen3-MoE running in llama.cpp."""
 
 from __future__ import annotations
@@ -45,11 +45,13 @@ def tiny(tmp_path_factory):
 # --- the memory model against llama.cpp's accounting --------------------------------------------------------
 
 
-# Qwen3-Next's layer stage outgrows the logits at long contexts in llama.cpp by more than the plan's masks
-# account for (compute 0.89 of llama.cpp's at 32768 tokens; the total stays within 0.1%).
-_UNDERCOUNTED = {("qwen3-next-80b-a3b", 32768)}
+# Compute buffers the plan undercounts (the totals stay within 0.3%): Qwen3-Next's layer stage outgrows the logits
+# at long contexts by more than the plan's masks account for (0.89 of llama.cpp's at 32768 tokens); GPT-OSS 20B's
+# graph is laid out 31 MiB larger at 8192 tokens than at 4096 or from 16384 on (414, 435, 410 MiB; the plan: 404).
+_UNDERCOUNTED = {("qwen3-next-80b-a3b", 32768): "layer stage at long contexts", ("gpt-oss-20b", 8192): "llama.cpp's layout at 8192"}
 TOTALS_CASES = [
-    pytest.param(shape, n_ctx, marks=[pytest.mark.xfail(strict=True, reason="compute buffer undercounted")] if (shape, n_ctx) in _UNDERCOUNTED else [])
+    pytest.param(shape, n_ctx, marks=[pytest.mark.xfail(strict=True, reason=f"compute buffer undercounted: {_UNDERCOUNTED[shape, n_ctx]}")]
+                 if (shape, n_ctx) in _UNDERCOUNTED else [])
     for shape in arch_fixtures.SHAPES for n_ctx in (8192, 32768)
 ]
 

@@ -101,8 +101,8 @@ class ChatTemplate(click.ParamType):
 
 
 CHAT_TEMPLATE = ChatTemplate()
-THINK_HELP = ("Switch a thinking model's reasoning on or off where its chat template has the switch (enable_thinking); "
-              "default: the template's own choice.")
+THINK_HELP = ("Switch a thinking model's reasoning on or off where its chat template has the switch (enable_thinking), "
+              "or set a harmony template's reasoning_effort to high or low (GPT-OSS); default: the template's own choice.")
 CHAT_TEMPLATE_HELP = "Chat format (llama3, gemma, phi3, chatml, mistral) or a Jinja file, instead of the model's own."
 
 

@@ -25,7 +25,7 @@ from ..fsutil import human_bytes
 from ..plan.hardware import LoadTracker, detect
 from ..plan.memory import KV_TYPES
 from ..plan.planner import Plan, gpu_layers_text, revalidate
-from .reasoning import SWITCH
+from .reasoning import switch_variables
 from .sampling import Sampling
 from .speculate import Pace, Speculation, VerifyBatch
 from .images import Picture
@@ -420,13 +420,15 @@ class Engine:
         return len(self.tokenize(text))
 
     def render_chat(
-        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None, think: bool | None = None
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+        think: bool | str | None = None,
     ) -> str:
         """The prompt text for `messages` (and the functions the model may call), from the model's own chat template.
-        `think` switches a thinking model's reasoning on or off where its template reads the switch (None: its default)."""
+        `think` switches a thinking model's reasoning on or off, or sets its effort ("low"...), where its template
+        reads the switch or the effort (None: its default)."""
         return chat_template.render(
             self._template, messages, add_generation_prompt, bos_token=self._bos_text, eos_token=self._eos_text, tools=tools,
-            variables=None if think is None else {SWITCH: think},
+            variables=switch_variables(self._template, think),
         )
 
     # --- generation ---------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from ..errors import EdgeError
 from . import gguf_split
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
+# Expert tensors, as llama.cpp's --n-cpu-moe matches them (`blk.N` + this).
+EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 # Metadata arrays longer than this (token lists, merges, scores) are summarised, not copied.
 _MAX_ARRAY = 1024
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..formats.gguf_info import GGUFInfo
+from ..formats.gguf_info import EXPERT_TENSOR, GGUFInfo
 
 MIB = 1 << 20
 KV_CELL_PAD = 256  # llama.cpp rounds the KV cache up to a multiple of this many cells
@@ -62,8 +62,6 @@ def kv_cells(n_ctx: int) -> int:
     return -(-n_ctx // KV_CELL_PAD) * KV_CELL_PAD
 
 
-# Expert tensors, as llama.cpp's --n-cpu-moe matches them (`blk.N` + this).
-EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 
 
 @dataclass(frozen=True)
@@ -74,9 +72,9 @@ class SwaRule:
     default_window: int  # the window when the file states none (0: then no layer slides)
 
 
-# Architectures whose llama.cpp graph has sliding-window layers. Others run full attention everywhere,
+# Architectures whose llama.cpp graph has sliding-window layers (GPT-OSS: every other one). Others run full attention everywhere,
 # Phi-3 included whatever its sliding_window key says (llama.cpp disables it).
-SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0), "gemma4": SwaRule(6, 0)}
+SWA_RULES = {"gemma2": SwaRule(2, 4096), "gemma3": SwaRule(6, 0), "gemma4": SwaRule(6, 0), "gpt-oss": SwaRule(2, 0)}
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,16 @@ REF_MEMORY_BPS = 31e9  # what its two threads read together, as measure_machine(
 DECODE_S_PER_GB = {
     "F32": 0.046, "F16": 0.046, "BF16": 0.055, "Q8_0": 0.062, "Q6_K": 0.044, "Q5_K": 0.066, "Q4_K": 0.047,
     "Q3_K": 0.091, "Q2_K": 0.070, "Q5_0": 0.105, "Q5_1": 0.116, "Q4_0": 0.037, "Q4_1": 0.137,
+    "MXFP4": 0.093,  # GPT-OSS's experts: from its time per token against Q8_0's, side by side (see below)
 }
 DECODE_S_PER_GB_OTHER = 0.100  # i-quants and rarer types: decoding them costs more per byte
 LAYER_S = 92e-6  # fixed cost per layer and token (graph, threads meeting at each step)
 # Prompt: nanoseconds per weight and token at one thread, by tensor type.
 PROMPT_NS_PER_WEIGHT = {"F32": 0.030, "F16": 0.0154, "BF16": 0.020, "Q8_0": 0.0129, "Q6_K": 0.0079, "Q5_K": 0.0046,
                         "Q4_K": 0.0101, "Q3_K": 0.0073, "Q2_K": 0.021, "Q5_0": 0.0149, "Q5_1": 0.050, "Q4_0": 0.0068,
-                        "Q4_1": 0.042}
+                        "Q4_1": 0.042, "MXFP4": 0.011}
+# MXFP4 was measured as a ratio to Q8_0 (median of 8 alternated llama-bench pairs at one thread, tg64 / pp128) on a
+# GPT-OSS shape whose experts are nearly all the weights and all used per token, the machine busy: ±20%.
 PROMPT_NS_PER_WEIGHT_OTHER = 0.020
 PROMPT_LAYER_NS_PER_EMBD = 41.0  # per layer and prompt token, times n_embd: norms, rope, attention over the prompt
 

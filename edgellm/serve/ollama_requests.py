@@ -177,7 +177,7 @@ def chat_request(data: dict, name: str) -> ChatRequest:
     tools, choice = function_tools(data.get("tools") or None, None)
     think = data.get("think")  # true, false or an effort ("low"...): any but false asks for the reasoning
     messages, images = gather_images(_messages(data.get("messages")))
-    return ChatRequest(messages, gen, tools, choice if tools else None, None if think is None else think is not False, images)
+    return ChatRequest(messages, gen, tools, choice if tools else None, think, images)
 
 
 def generate_request(data: dict, name: str) -> GenerateRequest:

@@ -73,7 +73,7 @@ class ChatRequest:
     gen: Generation
     tools: tuple[dict, ...] = ()  # {"type": "function", "function": {"name", "description", "parameters"}}, as templates take them
     tool_choice: str | None = None  # None (tools unused), "auto", "required", or the name of the one function to call
-    think: bool | None = None  # a thinking model's reasoning switched on or off (None: the server's default)
+    think: bool | str | None = None  # reasoning on or off, or an effort ("low"...) (None: the server's default)
     images: tuple[ImageRef, ...] = ()  # in the order of the MARKERs in the messages' content
 
 
@@ -333,9 +333,9 @@ def chat_request(data: dict) -> ChatRequest:
 EFFORTS = {"none": False, "minimal": True, "low": True, "medium": True, "high": True}
 
 
-def _think(data: dict) -> bool | None:
+def _think(data: dict) -> bool | str | None:
     """The thinking a request asks for: chat_template_kwargs' enable_thinking (vLLM's, llama.cpp's), else
-    reasoning_effort ("none" turns it off; a template has no finer switch)."""
+    reasoning_effort ("none" turns it off; an effort reaches a template that reads one, and turns on another's)."""
     kwargs = data.get("chat_template_kwargs")
     if kwargs is not None:
         if not isinstance(kwargs, dict):
@@ -350,7 +350,7 @@ def _think(data: dict) -> bool | None:
         return None
     if not isinstance(effort, str) or effort not in EFFORTS:
         raise bad_request(f"'reasoning_effort' must be one of {', '.join(EFFORTS)}", "reasoning_effort")
-    return EFFORTS[effort]
+    return effort if EFFORTS[effort] else False
 
 
 def completion_request(data: dict) -> CompletionRequest:

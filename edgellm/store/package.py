@@ -24,7 +24,7 @@ from ..errors import EdgeError, NotEnoughSpace, UsageError
 from ..fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
 from ..formats.gguf_info import read_gguf
 from .manifest import FILENAME, LOCK_FILE, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, file_problem, sha256_file
-from ..quantize.levels import Level, check_base, check_imatrix_needs, estimate_bytes, quantize
+from ..quantize.levels import TABLE, Level, check_base, check_imatrix_needs, estimate_bytes, experts_note, mxfp4_experts, quantize
 from ..quantize.parallel import usable_cores
 from ..quantize.peft import PeftAdapter
 from ..quantize.split import split_gguf
@@ -423,6 +423,7 @@ def write_card(folder: Path, m: Manifest) -> Path:
     if has_q and m.eval:
         lines += ["", f"Perplexity and KL divergence on `{m.eval.text}`: {m.eval.chunks} chunks of {m.eval.n_ctx} "
                       "tokens, second half of each scored (llama-perplexity's method). Lower is better."]
+    lines += _experts_lines(folder, m)
     lines += _accuracy_lines(m)
     lines += ["", "## Run", "", "Let edgellm pick the best file for this machine, or name one:", "", "```sh",
               "edgellm plan .                 # which file fits here, GPU layers, context: and why",
@@ -433,6 +434,16 @@ def write_card(folder: Path, m: Manifest) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines))
     return path
+
+
+def _experts_lines(folder: Path, m: Manifest) -> list[str]:
+    """What each level did with experts the base holds in MXFP4, as released (GPT-OSS)."""
+    base = folder / m.base["file"]
+    if not base.is_file() or not mxfp4_experts(read_gguf(base)):
+        return []
+    made = [f for f in m.files if f.file != m.base["file"] and f.level in TABLE]
+    return ["", "The base keeps the experts in MXFP4, as the model was released. Per level:", "",
+            *(f"- {f.level}: {experts_note(TABLE[f.level])}" for f in made)]
 
 
 def _accuracy_lines(m: Manifest) -> list[str]:
