@@ -1,8 +1,8 @@
 """Tiny random checkpoints of the architectures beyond the Llama family, each with a tokenizer of its real
 style trained here: Qwen3 and Qwen3-MoE (Qwen2's byte-level BPE), Gemma 2, 3 and 4 (SentencePiece BPE
 without a dummy prefix, turn markers; Gemma 4 also inside its multimodal class), Phi-3 (Llama's SentencePiece plus `<|...|>` special tokens, long-context rope)
-Mixtral (Mistral's tokenizer, reused) and SmolLM3 (Llama without rope in every fourth layer, Qwen's tokenizer
-reused). Built with transformers' own config classes, cached like
+Mixtral (Mistral's tokenizer, reused), SmolLM3 (Llama without rope in every fourth layer), LFM2 (short
+convolutions) and Granite 4 hybrids (Mamba2 layers), the last three with Qwen's tokenizer reused. Built with transformers' own config classes, cached like
 fixtures.py's builders.
 """
 
@@ -580,6 +580,90 @@ def qwen3_next_checkpoint() -> Path:
     return _build_once("qwen3next-tiny-hf", build)
 
 
+def lfm2_checkpoint() -> Path:
+    """A tiny LFM2 (bf16, tied embeddings): short gated convolutions (a 3-token cache) in four of six layers and
+    attention with q/k norms in layers 2 and 5; the MLP width derived from intermediate_size as LFM2 does
+    (two thirds, rounded up to block_multiple_of). Qwen's tokenizer reused."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Lfm2Config
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        config = Lfm2Config(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=240,
+            block_multiple_of=32,
+            block_auto_adjust_ff_dim=True,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            conv_L_cache=3,
+            full_attn_idxs=[2, 5],
+            max_position_embeddings=128000,
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=1002,
+            pad_token_id=1000,
+            architectures=["Lfm2ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("lfm2-tiny-hf", build)
+
+
+def _granite_hybrid(tmp: Path, n_expert: int) -> None:
+    """Granite 4's hybrid shape: Mamba2 layers with attention (no rope) in layers 1 and 3, Granite's scaling
+    multipliers; config.json names the layer types as IBM's releases do (mamba / attention)."""
+    from transformers import GraniteMoeHybridConfig
+
+    _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+    types = ["mamba", "attention", "mamba", "attention"]
+    config = GraniteMoeHybridConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=32 if n_expert else 96,  # llama.cpp sizes a dense model's MLP by it
+        shared_intermediate_size=96,
+        num_local_experts=n_expert,
+        num_experts_per_tok=2 if n_expert else 0,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=types,
+        mamba_n_heads=8,
+        mamba_n_groups=1,
+        mamba_d_state=16,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_chunk_size=16,
+        position_embedding_type="nope",
+        embedding_multiplier=12.0,
+        attention_multiplier=0.0625,
+        residual_multiplier=0.22,
+        logits_scaling=4.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=1002,
+        pad_token_id=1000,
+        architectures=["GraniteMoeHybridForCausalLM"],
+    )
+    _save_random_model(tmp, config, "bfloat16")
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg["layer_types"] = types
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def granite4h_checkpoint() -> Path:
+    """A tiny Granite 4 hybrid with experts (bf16): 4 experts (2 used) beside a shared MLP in every layer."""
+    return _build_once("granite4h-tiny-hf", lambda tmp: _granite_hybrid(tmp, 4))
+
+
+def granite4h_dense_checkpoint() -> Path:
+    """A tiny dense Granite 4 hybrid (bf16), as granite-4.0-h-micro: the shared MLP alone, no experts."""
+    return _build_once("granite4hdense-tiny-hf", lambda tmp: _granite_hybrid(tmp, 0))
+
+
 CHECKPOINTS = {
     "qwen3": qwen3_checkpoint,
     "qwen3moe": qwen3_moe_checkpoint,
@@ -593,6 +677,9 @@ CHECKPOINTS = {
     "qwen35": qwen35_checkpoint,
     "qwen35moe": qwen35_moe_checkpoint,
     "qwen3next": qwen3_next_checkpoint,
+    "lfm2": lfm2_checkpoint,
+    "granite4h": granite4h_checkpoint,
+    "granite4hdense": granite4h_dense_checkpoint,
 }
 
 
