@@ -757,7 +757,18 @@ SHAPES = {
     "qwen3.5-9b": ("qwen35", 32, 4096, 12288, 16, 4, 256, 248320, 0, 0, 0, 0),
     "qwen3.5-35b-a3b": ("qwen35moe", 40, 2048, 512, 16, 2, 256, 248320, 0, 256, 8, 512),  # n_ff: the shared expert's
     "qwen3-next-80b-a3b": ("qwen3next", 48, 2048, 512, 16, 2, 256, 151936, 0, 512, 10, 512),
+    "lfm2-1.2b": ("lfm2", 16, 2048, 8192, 32, 8, 64, 65536, 0, 0, 0, 0),
+    "granite-4.0-h-tiny": ("granitehybrid", 40, 1536, 512, 12, 4, 128, 100352, 0, 64, 6, 512),  # n_ff: an expert's
+    "granite-4.0-h-micro": ("granitehybrid", 40, 2048, 8192, 32, 8, 64, 100352, 0, 0, 0, 0),
+    "lfm2-350m": ("lfm2", 16, 1024, 4608, 16, 8, 64, 65536, 0, 0, 0, 0),
+    "granite-4.0-h-350m": ("granitehybrid", 32, 768, 2048, 12, 4, 64, 100352, 0, 0, 0, 0),
 }
+# Hybrids whose recurrent layers are short convolutions (LFM2) or Mamba2 (Granite 4): their attention layers, and
+# the conv cache (LFM2) or Mamba2's heads, head width, state size, groups and conv kernel and the shared MLP's width.
+CONV_HYBRIDS = {"lfm2-1.2b": ((2, 5, 8, 10, 12, 14), 3), "lfm2-350m": ((2, 5, 8, 10, 12, 14), 3)}
+MAMBA_HYBRIDS = {"granite-4.0-h-tiny": ((5, 15, 25, 35), (48, 64, 128, 1, 4), 1024),
+                 "granite-4.0-h-micro": ((9, 19, 29, 39), (64, 64, 128, 1, 4), 8192),
+                 "granite-4.0-h-350m": ((10, 13, 17, 27), (48, 32, 128, 1, 4), 2048)}
 # Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
 LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4), "qwen3next": (16, 32, 128, 4)}
 
@@ -783,6 +794,37 @@ def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv
                 ("ffn_gate_inp_shexp", (1, n_embd), "norm")]
     return out + [(f"ffn_gate{suffix}", (n_ff, n_embd), "main"), (f"ffn_up{suffix}", (n_ff, n_embd), "main"),
                   (f"ffn_down{suffix}", (n_embd, n_ff), "sensitive")]
+
+
+def _conv_mamba_layer_tensors(shape: str, il: int, n_embd: int, n_ff: int, q: int, kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
+    """LFM2's and Granite 4's layers: a short convolution or Mamba2 mixer, or attention (LFM2's with q/k norms);
+    then LFM2's MLP, Granite's shared MLP and its experts."""
+    attention, conv = (CONV_HYBRIDS.get(shape) or MAMBA_HYBRIDS[shape])[:2]
+    out = [("attn_norm", (n_embd,), "norm"), ("ffn_norm", (n_embd,), "norm")]
+    if il in attention:
+        out += [("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
+                ("attn_output", (n_embd, q), "main")]
+        if shape in CONV_HYBRIDS:
+            out += [("attn_q_norm", (head_dim,), "norm"), ("attn_k_norm", (head_dim,), "norm")]
+    elif shape in CONV_HYBRIDS:
+        out += [("shortconv.in_proj", (3 * n_embd, n_embd), "main"), ("shortconv.conv", (n_embd, conv), "norm"),
+                ("shortconv.out_proj", (n_embd, n_embd), "main")]
+    else:
+        n_heads, d_head, d_state, n_groups, d_conv = conv
+        inner = n_heads * d_head
+        xbc = inner + 2 * n_groups * d_state
+        out += [("ssm_in", (inner + xbc + n_heads, n_embd), "main"), ("ssm_conv1d", (xbc, d_conv), "norm"), ("ssm_conv1d", (xbc,), "bias"),
+                ("ssm_dt", (n_heads,), "bias"), ("ssm_a", (n_heads, 1), "bare"), ("ssm_d", (n_heads, 1), "bare"),
+                ("ssm_norm", (n_groups, inner // n_groups), "norm"), ("ssm_out", (n_embd, inner), "sensitive")]
+    if shape in CONV_HYBRIDS:
+        return out + [("ffn_gate", (n_ff, n_embd), "main"), ("ffn_up", (n_ff, n_embd), "main"), ("ffn_down", (n_embd, n_ff), "sensitive")]
+    shared = MAMBA_HYBRIDS[shape][2]
+    suffix = "_shexp" if n_expert else ""
+    if n_expert:
+        out += [("ffn_gate_inp", (n_expert, n_embd), "norm"), ("ffn_gate_exps", (n_expert, n_ff_exp, n_embd), "main"),
+                ("ffn_up_exps", (n_expert, n_ff_exp, n_embd), "main"), ("ffn_down_exps", (n_expert, n_embd, n_ff_exp), "sensitive")]
+    return out + [(f"ffn_gate{suffix}", (shared, n_embd), "main"), (f"ffn_up{suffix}", (shared, n_embd), "main"),
+                  (f"ffn_down{suffix}", (n_embd, shared), "sensitive")]
 
 
 def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
@@ -815,11 +857,15 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     arch, n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, window, n_expert, n_used, n_ff_exp = SHAPES[shape]
     ftype, main, sensitive, out_type = SYNTH_LEVELS[level]
     types = {"main": GGMLQuantizationType[main], "sensitive": GGMLQuantizationType[sensitive], "norm": GGMLQuantizationType.F32}
-    tensors = [("token_embd.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]), ("output_norm.weight", (n_embd,), types["norm"])]
+    final_norm = "token_embd_norm" if arch == "lfm2" else "output_norm"  # LFM2 names its final norm so
+    tensors = [("token_embd.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]), (f"{final_norm}.weight", (n_embd,), types["norm"])]
     if not arch.startswith("gemma"):
         tensors.append(("output.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]))
+    hybrid = shape in CONV_HYBRIDS or shape in MAMBA_HYBRIDS
     for i in range(n_layer):
-        for name, shape_, role in _layer_tensors(arch, i, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp):
+        layer = (_conv_mamba_layer_tensors(shape, i, n_embd, n_ff, n_head * head_dim, n_head_kv * head_dim, head_dim, n_expert, n_ff_exp) if hybrid
+                 else _layer_tensors(arch, i, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp))
+        for name, shape_, role in layer:
             # role "bias" / "bare": an F32 tensor named .bias / with no suffix (llama.cpp's ssm_dt.bias, ssm_a)
             suffix = {"bias": ".bias", "bare": ""}.get(role, ".weight")
             tensors.append((f"blk.{i}.{name}{suffix}", shape_, types.get(role, types["norm"])))
@@ -832,7 +878,11 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
     w.add_embedding_length(n_embd)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
+    if hybrid:  # no KV heads in the recurrent layers
+        attention = (CONV_HYBRIDS.get(shape) or MAMBA_HYBRIDS[shape])[0]
+        w.add_head_count_kv([n_head_kv if il in attention else 0 for il in range(n_layer)])
+    else:
+        w.add_head_count_kv(n_head_kv)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_freq_base(1000000.0)
@@ -851,6 +901,16 @@ def write_shaped_gguf(path: Path, shape: str, level: str = "Q4_K_M") -> Path:
         w.add_rope_dimension_count(head_dim // 4)
         if arch != "qwen3next":
             w.add_rope_dimension_sections([11, 11, 10, 0])
+    if shape in CONV_HYBRIDS:
+        w.add_shortconv_l_cache(CONV_HYBRIDS[shape][1])
+    if shape in MAMBA_HYBRIDS:
+        n_heads, d_head, d_state, n_groups, d_conv = MAMBA_HYBRIDS[shape][1]
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_group_count(n_groups)
+        w.add_ssm_time_step_rank(n_heads)
+        w.add_ssm_inner_size(n_heads * d_head)
+        w.add_expert_shared_feed_forward_length(MAMBA_HYBRIDS[shape][2])
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_used)
