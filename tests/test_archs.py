@@ -263,6 +263,15 @@ BAD_CONFIGS = [
     ("qwen3next", lambda c, d: c.update(norm_topk_prob=False), r"norm_topk_prob is off"),
     ("qwen3next", lambda c, d: c.update(mlp_only_layers=[1]), r"some layers are dense"),
     ("qwen3next", lambda c, d: c.update(linear_value_head_dim=32), r"linear_key_head_dim differs"),
+    ("lfm2", lambda c, d: c.update(conv_bias=True), r"conv_bias is set, and llama.cpp's lfm2 loads no convolution biases"),
+    ("lfm2", lambda c, d: c.update(layer_types=["conv", "sliding_attention"] * 3), r"layer_types must list conv or full_attention"),
+    ("lfm2", lambda c, d: c.update(conv_L_cache=1), r"conv_L_cache is missing or below 2"),
+    ("granite4h", lambda c, d: c.update(position_embedding_type="rope"), r"position_embedding_type is rope"),
+    ("granite4h", lambda c, d: c.update(layer_types=["attention"] * 4), r"no layer is a Mamba2 layer"),
+    ("granite4h", lambda c, d: c.update(mamba_n_heads=6), r"Mamba2 shape is missing or inconsistent"),
+    ("granite4h", lambda c, d: c.update(mamba_proj_bias=True), r"mamba_proj_bias is set"),
+    ("granite4h", lambda c, d: c.update(num_experts_per_tok=5), r"num_experts_per_tok are out of range"),
+    ("granite4hdense", lambda c, d: c.update(intermediate_size=32), r"intermediate_size differs from shared_intermediate_size"),
 ]
 
 
@@ -278,6 +287,17 @@ def test_bad_configs_are_refused_in_one_line(name, edit, pattern, tmp_path, caps
     assert len(err.splitlines()) == 1 and err.startswith("edgellm: "), err
     assert re.search(pattern, err), err
     assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
+
+
+def test_unknown_architecture_names_itself_and_the_known_ones(tmp_path, capsys):
+    from edgellm.quantize.arch import ARCHS
+
+    src = _edited(tmp_path, "lfm2", lambda c, d: c.update(architectures=["Lfm2MoeForCausalLM"]))
+    rc = main(["convert", "-q", str(src), "-o", str(tmp_path / "out.gguf")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, err
+    assert err.startswith("edgellm: unsupported architecture Lfm2MoeForCausalLM; supported: ")
+    assert {"Lfm2ForCausalLM", "GraniteMoeHybridForCausalLM"} <= set(err.split("supported: ")[1].split(", ")) == set(ARCHS)
 
 
 @pytest.mark.slow
@@ -330,3 +350,49 @@ def test_moe_conversion_streams_expert_by_expert(tmp_path):
     assert peak < 0.3 * expert_bytes, (peak, expert_bytes)
     info = read_gguf(out)
     assert {t.name: t.shape for t in info.tensors}["blk.0.ffn_up_exps.weight"] == (n_embd, n_ff, n_expert)
+
+
+# --- hybrids end to end ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lfm2", "granite4h"])
+def test_hybrid_packages_plan_and_run(name, tmp_path, capsys):
+    """convert -> package -> plan -> run for LFM2 and the Granite 4 hybrid with experts: the plan counts the
+    recurrent layers' state beside the attention layers' KV cache, and the package's best level (its F32 base)
+    answers as transformers does, greedily."""
+    from conftest import run_cli
+
+    pkg = tmp_path / name
+    code, _, err = run_cli(capsys, "package", str(CHECKPOINTS[name]()), "-o", str(pkg), "--levels", "Q8_0", "--base", "f32")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "plan", str(pkg), "--ctx", "4096", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    memory = plan["memory"]
+    info = read_gguf(plan["path"])
+    n_attention = sum(1 for v in info.metadata[f"{info.arch}.attention.head_count_kv"] if v)
+    assert 0 < memory["recurrent"] < memory["kv_cpu"]
+    assert memory["kv_cpu"] - memory["recurrent"] == n_attention * 4096 * 2 * info.n_head_kv * info.head_dim_k * 2
+    assert memory["n_expert"] == (4 if name == "granite4h" else 0)
+    code, out, err = run_cli(capsys, "run", str(pkg), "-p", QUESTION, "-n", "12", "--temp", "0", "--repeat-penalty", "1", "--ctx", "4096", "--json")
+    assert code == 0, err
+    reply = json.loads(out)
+    assert reply["engine"]["level"] == "F32" and reply["stats"]["gen_tokens"] == 12
+    assert reply["text"] == _transformers_reply(name, 12)
+
+
+QUESTION = "Tell me about dragons."
+
+
+def _transformers_reply(name: str, n: int) -> str:
+    """transformers' greedy reply to QUESTION through the checkpoint's chat template (its empty thinking block
+    is part of the prompt)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(CHECKPOINTS[name]())
+    model = AutoModelForCausalLM.from_pretrained(CHECKPOINTS[name](), dtype=torch.float32)
+    ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
