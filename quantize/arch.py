@@ -863,6 +863,17 @@ def _mamba_ok(c: Config, h: HParams) -> bool:
     )
 
 
+def _no_time_step_clamp(c: Config, h: HParams) -> bool:
+    """transformers clamps each Mamba2 step size to time_step_limit; llama.cpp clamps none, which is the same
+    only for the default (0, infinity) (saved as JSON's Infinity, or transformers 5's {"__float__": "Infinity"})."""
+    limit = c.get("time_step_limit")
+    if limit is None:
+        return True
+    if not (isinstance(limit, list) and len(limit) == 2):
+        return False
+    return limit[0] == 0 and (limit[1] == math.inf or limit[1] == {"__float__": "Infinity"})
+
+
 GRANITE_HYBRID_CHECKS = (
     Check(_known_types("mamba", "attention", "linear_attention", "full_attention"),
           "layer_types must list mamba or attention for each layer"),
@@ -871,6 +882,7 @@ GRANITE_HYBRID_CHECKS = (
     Check(lambda c, h: c.get("position_embedding_type") != "rope", "position_embedding_type is rope, and llama.cpp's granitehybrid applies none"),
     Check(lambda c, h: not c.get("attention_bias") and not c.get("mamba_proj_bias"), "attention_bias or mamba_proj_bias is set, and llama.cpp's granitehybrid loads no such biases"),
     Check(lambda c, h: c.get("hidden_act", "silu") == "silu", "hidden_act is not silu, the only activation llama.cpp's granitehybrid runs"),
+    Check(_no_time_step_clamp, "time_step_limit bounds the Mamba2 step size, and llama.cpp's granitehybrid does not"),
     Check(lambda c, h: not h.n_expert or _experts_ok(c, h), f"num_local_experts / num_experts_per_tok are out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
     Check(lambda c, h: h.n_ff_shexp > 0, "shared_intermediate_size is missing: every layer has a shared MLP"),
     Check(lambda c, h: h.n_expert or h.n_ff == h.n_ff_shexp, "intermediate_size differs from shared_intermediate_size in a dense model, and llama.cpp sizes its MLP by the first"),

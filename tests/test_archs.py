@@ -271,6 +271,7 @@ BAD_CONFIGS = [
     ("granite4h", lambda c, d: c.update(mamba_n_heads=6), r"Mamba2 shape is missing or inconsistent"),
     ("granite4h", lambda c, d: c.update(mamba_proj_bias=True), r"mamba_proj_bias is set"),
     ("granite4h", lambda c, d: c.update(num_experts_per_tok=5), r"num_experts_per_tok are out of range"),
+    ("granite4h", lambda c, d: c.update(time_step_limit=[0.001, 0.1]), r"time_step_limit bounds the Mamba2 step size"),
     ("granite4hdense", lambda c, d: c.update(intermediate_size=32), r"intermediate_size differs from shared_intermediate_size"),
 ]
 
