@@ -30,6 +30,23 @@ PHI3_TEMPLATE = (
 QWEN3_TEMPLATE = CHATML_TEMPLATE.replace(
     "{{ '<|im_start|>assistant\n' }}", "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}"
 )
+# LFM2's style: ChatML, a system message first, and past replies' thinking left out (only the last reply's kept).
+LFM2_TEMPLATE = (
+    "{%- set ns = namespace(last=-1) -%}{%- for m in messages -%}{%- if m['role'] == 'assistant' -%}{%- set ns.last = loop.index0 -%}"
+    "{%- endif -%}{%- endfor -%}{%- for m in messages -%}{%- set content = m['content'] -%}"
+    "{%- if m['role'] == 'assistant' and loop.index0 != ns.last and '</think>' in content -%}"
+    "{%- set content = content.split('</think>')[-1] | trim -%}{%- endif -%}"
+    "{{- '<|im_start|>' + m['role'] + '\n' + content + '<|im_end|>\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+# Granite 4's style: role markers, and a default system message where the conversation has none.
+GRANITE4_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system = 'You are a helpful assistant. Please ensure responses are professional, accurate, and safe.' %}{%- endif %}"
+    "{{- '<|start_of_role|>system<|end_of_role|>' + system + '<|end_of_text|>\n' }}"
+    "{%- for m in messages %}{{- '<|start_of_role|>' + m['role'] + '<|end_of_role|>' + m['content'] + '<|end_of_text|>\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"
+)
 
 SPM_COMMON = dict(
     model_type="bpe",
@@ -583,12 +600,13 @@ def qwen3_next_checkpoint() -> Path:
 def lfm2_checkpoint() -> Path:
     """A tiny LFM2 (bf16, tied embeddings): short gated convolutions (a 3-token cache) in four of six layers and
     attention with q/k norms in layers 2 and 5; the MLP width derived from intermediate_size as LFM2 does
-    (two thirds, rounded up to block_multiple_of). Qwen's tokenizer reused."""
+    (two thirds, rounded up to block_multiple_of). Qwen's tokenizer reused, with a chat template in LFM2's style."""
 
     def build(tmp: Path) -> None:
         from transformers import Lfm2Config
 
         _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        (tmp / "chat_template.jinja").write_text(LFM2_TEMPLATE)
         config = Lfm2Config(
             vocab_size=1024,
             hidden_size=64,
@@ -614,10 +632,12 @@ def lfm2_checkpoint() -> Path:
 
 def _granite_hybrid(tmp: Path, n_expert: int) -> None:
     """Granite 4's hybrid shape: Mamba2 layers with attention (no rope) in layers 1 and 3, Granite's scaling
-    multipliers; config.json names the layer types as IBM's releases do (mamba / attention)."""
+    multipliers; config.json names the layer types as IBM's releases do (mamba / attention). Qwen's tokenizer
+    reused, with a chat template in Granite's style."""
     from transformers import GraniteMoeHybridConfig
 
     _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+    (tmp / "chat_template.jinja").write_text(GRANITE4_TEMPLATE)
     types = ["mamba", "attention", "mamba", "attention"]
     config = GraniteMoeHybridConfig(
         vocab_size=1024,

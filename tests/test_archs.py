@@ -353,6 +353,19 @@ def test_moe_conversion_streams_expert_by_expert(tmp_path):
     assert {t.name: t.shape for t in info.tensors}["blk.0.ffn_up_exps.weight"] == (n_embd, n_ff, n_expert)
 
 
+@pytest.mark.parametrize("name", ["lfm2", "granite4h"])
+def test_hybrid_templates_render_through_edgellm_like_transformers(name, converted, hf_tokenizer):
+    """The LFM2- and Granite-style templates as stored in the GGUF, through the renderer run/chat/serve use: a
+    system message (Granite's default one without), and an earlier reply's thinking (LFM2 drops it)."""
+    from edgellm.engine import chat_template
+
+    template = read_gguf(converted(name)).chat_template
+    earlier = {"role": "assistant", "content": "<think>\nshort\n</think>\n\nParis."}
+    for messages in (MESSAGES, [{"role": "system", "content": "Be brief."}, MESSAGES[0], earlier, *MESSAGES[2:]]):
+        expected = hf_tokenizer(name).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert chat_template.render(template, messages) == expected
+
+
 # --- hybrids end to end ----------------------------------------------------------------------------------------
 
 
@@ -386,8 +399,7 @@ QUESTION = "Tell me about dragons."
 
 
 def _transformers_reply(name: str, n: int) -> str:
-    """transformers' greedy reply to QUESTION through the checkpoint's chat template (its empty thinking block
-    is part of the prompt)."""
+    """transformers' greedy reply to QUESTION through the checkpoint's chat template."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
