@@ -394,6 +394,13 @@ def test_hybrid_packages_plan_and_run(name, tmp_path, capsys):
     assert reply["engine"]["level"] == "F32" and reply["stats"]["gen_tokens"] == 12
     assert reply["text"] == _transformers_reply(name, 12)
 
+    # speculation would leave rejected guesses in the recurrent state: auto turns it off, a named kind is refused
+    code, out, err = run_cli(capsys, "run", str(pkg), "-p", QUESTION, "-n", "4", "--draft", "auto")
+    assert code == 0 and "speculation off: llama.cpp cannot take rejected guesses back" in err, err
+    code, out, err = run_cli(capsys, "run", str(pkg), "-p", QUESTION, "-n", "4", "--draft", "ngram")
+    errors = [line for line in err.splitlines() if not line.startswith("note: ")]  # a busy machine's note may come first
+    assert code != 0 and errors == ["edgellm: --draft ngram: llama.cpp cannot take rejected guesses back out of this model's recurrent state"], err
+
 
 QUESTION = "Tell me about dragons."
 

@@ -4,7 +4,8 @@ A draft model must have the target's vocabulary (checked by content: every token
 least DRAFT_RATIO times smaller, else checking its guesses costs more than it saves; `auto` takes the smallest such
 model among the store's packages and the demo model, or n-gram lookup when there is none. The draft is planned on
 the memory the target's plan leaves (its weights and its KV cache for the same context, on the same devices): a
-draft that does not fit there is dropped with a note, and n-gram lookup is used instead.
+draft that does not fit there is dropped with a note, and n-gram lookup is used instead. Models with recurrent
+layers (Qwen3.5, LFM2, Granite 4 hybrids) do not speculate: their state cannot be rolled back past a rejected guess.
 """
 
 from __future__ import annotations
@@ -119,6 +120,12 @@ def choose(target: Plan, draft: str, hw: HardwareProfile | None = None) -> Draft
     """What `--draft` means for `target`: off, n-gram lookup, or a draft model planned beside it."""
     if draft == "off":
         return DraftChoice("off")
+    if target.memory.recurrent:
+        # a rejected guess must leave the cache; llama.cpp keeps no earlier states of recurrent layers to go back to
+        why = "llama.cpp cannot take rejected guesses back out of this model's recurrent state"
+        if draft == "auto":
+            return DraftChoice("off", notes=(f"speculation off: {why}",))
+        raise UsageError(f"--draft {draft}: {why}")
     if draft == "ngram":
         return DraftChoice("ngram", notes=("speculation: n-gram lookup",))
     if draft == "auto":
