@@ -169,7 +169,7 @@ def _ff_width(config: dict[str, Any]) -> int:
         ff = int(2 * ff / 3)
         if config.get("block_ffn_dim_multiplier") is not None:
             ff = int(float(config["block_ffn_dim_multiplier"]) * ff)
-        step = int(config["block_multiple_of"])
+        step = int(config.get("block_multiple_of") or 256)  # transformers' default
         ff = step * -(-ff // step)
     return ff
 
@@ -251,7 +251,7 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             rms_eps=float(config.get("rms_norm_eps", config.get("norm_eps", 1e-6))),
             rope_theta=float(rope["rope_theta"]),
             rope=rope,
-            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tied_embeddings=bool(config.get("tie_word_embeddings", config.get("tie_embedding", False))),  # LFM2's early name
             has_head_dim=config.get("head_dim") is not None,
             n_rot=n_rot,
             n_expert=n_expert,

@@ -290,6 +290,24 @@ def test_bad_configs_are_refused_in_one_line(name, edit, pattern, tmp_path, caps
     assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
 
 
+def _lfm2_first_release_style(cfg: dict, folder: Path) -> None:
+    """LFM2's config as its first releases wrote it: attention layers by index, the MLP's width and tied
+    embeddings under their early names."""
+    cfg["full_attn_idxs"] = [i for i, t in enumerate(cfg.pop("layer_types")) if t == "full_attention"]
+    cfg["block_ff_dim"] = cfg.pop("intermediate_size")
+    cfg["tie_embedding"] = cfg.pop("tie_word_embeddings")
+
+
+def test_lfm2_first_release_config_converts_the_same(tmp_path, converted):
+    src = _edited(tmp_path, "lfm2", _lfm2_first_release_style)
+    out = tmp_path / "first.gguf"
+    assert main(["convert", "-q", str(src), "-o", str(out)]) == 0
+    meta, tensors = _fields(out)
+    ref_meta, ref_tensors = _fields(converted("lfm2", "auto"))
+    assert {k: v for k, v in meta.items() if k != "general.name"} == {k: v for k, v in ref_meta.items() if k != "general.name"}
+    assert_same_tensors(tensors, ref_tensors)
+
+
 def test_unknown_architecture_names_itself_and_the_known_ones(tmp_path, capsys):
     from edgellm.quantize.arch import ARCHS
 
