@@ -35,11 +35,11 @@ def shaped(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The tiny Gemma 3 (16-token window) and Qwen3-MoE fixtures, converted to f32."""
+    """The tiny Gemma 3 (16-token window), Qwen3-MoE and Granite 4 hybrid (experts) fixtures, converted to f32."""
     d = tmp_path_factory.mktemp("tiny-archs")
     return {
         name: convert_checkpoint(arch_fixtures.CHECKPOINTS[name](), d / f"{name}.gguf", "f32", progress=False)
-        for name in ("gemma3", "qwen3moe")
+        for name in ("gemma3", "qwen3moe", "granite4h")
     }
 
 
@@ -226,11 +226,12 @@ print(sorted(m.group(1) for m in map(re.compile(r"tensor (\\S+) .*buffer type ov
 """
 
 
-def test_engine_applies_the_planned_expert_placement(tiny):
+@pytest.mark.parametrize("name", ["qwen3moe", "granite4h"])
+def test_engine_applies_the_planned_expert_placement(tiny, name):
     """The planned placement reaches llama.cpp (its log names each tensor it keeps in RAM); the answer is the
     same. Without a GPU every tensor stays in RAM anyway: this checks the plumbing, a GPU machine the effect."""
     runs = [
-        subprocess.run([sys.executable, "-c", MOE_LOAD, str(tiny["qwen3moe"]), str(k)], capture_output=True, text=True, check=True)
+        subprocess.run([sys.executable, "-c", MOE_LOAD, str(tiny[name]), str(k)], capture_output=True, text=True, check=True)
         for k in (0, 2)
     ]
     (text0, kept0), (text2, kept2) = (r.stdout.strip().splitlines()[-2:] for r in runs)
