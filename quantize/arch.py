@@ -53,9 +53,11 @@ class HParams:
     kv_by_layer: bool = False  # the config gives some layers their own KV head count (written per layer)
     k_is_v: bool = False  # this layer's keys double as values (set by at_layer)
     n_ff_shexp: int = 0  # the shared expert's feed-forward width (0: none)
-    recurrent: tuple[bool, ...] = ()  # per layer: a linear-attention (gated delta net) layer, not softmax attention
+    recurrent: tuple[bool, ...] = ()  # per layer: keeps a fixed state (linear attention, convolution, Mamba2), not a KV cache
     ssm: SSMShape | None = None  # the linear-attention layers' shape, for hybrid models
     mxfp4: bool = False  # experts stored as MXFP4 blocks and scales (quantization_config's quant_method)
+    mamba: MambaShape | None = None  # the Mamba2 layers' shape (Granite 4 hybrids)
+    conv_cache: int = 0  # LFM2's short convolutions: the tokens each one sees (conv_L_cache)
 
     def at_layer(self, bid: int | None) -> HParams:
         """The shape as layer `bid` sees it (head size and KV heads of that layer)."""
@@ -98,22 +100,79 @@ class SSMShape:
         return 2 * self.key_dim + self.value_dim
 
 
-def _ssm_shape(config: dict[str, Any], n_layers: int) -> tuple[tuple[bool, ...], SSMShape | None]:
-    """Linear-attention layers from `layer_types` (transformers 5) or every `full_attention_interval`-th
-    layer being full attention, and their shape; none for models without them."""
-    if "linear_num_value_heads" not in config:
-        return (), None
+@dataclass(frozen=True)
+class MambaShape:
+    """Mamba2 layers (Granite 4 hybrids): heads, their width, state size, groups sharing B and C, conv kernel."""
+
+    n_heads: int
+    d_head: int
+    d_state: int
+    n_groups: int
+    d_conv: int
+    d_inner: int  # expand x hidden size; n_heads x d_head in a consistent config
+
+    @property
+    def conv_dim(self) -> int:  # channels the convolution runs over: x, B and C
+        return self.d_inner + 2 * self.n_groups * self.d_state
+
+    @property
+    def in_rows(self) -> int:  # the input projection's outputs: z, x, B, C and one dt per head
+        return self.d_inner + self.conv_dim + self.n_heads
+
+
+# layer_types (in transformers' names and the older ones releases still carry) of layers with a fixed state
+RECURRENT_TYPES = {"linear_attention", "conv", "mamba"}
+
+
+def _recurrent_layers(config: dict[str, Any], n_layers: int) -> tuple[bool, ...]:
+    """Which layers keep a fixed state: from `layer_types`, LFM2's `full_attn_idxs`, or Qwen3-Next's every
+    `full_attention_interval`-th layer attending; () for models without such layers."""
     types = config.get("layer_types")
     if isinstance(types, list) and len(types) == n_layers:
-        recurrent = tuple(t == "linear_attention" for t in types)
-    else:
+        flags = tuple(t in RECURRENT_TYPES for t in types)
+    elif isinstance(config.get("full_attn_idxs"), list):
+        flags = tuple(il not in config["full_attn_idxs"] for il in range(n_layers))
+    elif "linear_num_value_heads" in config:
         interval = int(config.get("full_attention_interval") or 4)
-        recurrent = tuple((il + 1) % interval != 0 for il in range(n_layers))
-    ssm = SSMShape(
+        flags = tuple((il + 1) % interval != 0 for il in range(n_layers))
+    else:
+        return ()
+    return flags if any(flags) else ()
+
+
+def _ssm_shape(config: dict[str, Any]) -> SSMShape | None:
+    """The linear-attention layers' shape; none for models without them."""
+    if "linear_num_value_heads" not in config:
+        return None
+    return SSMShape(
         int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"]), int(config["linear_key_head_dim"]),
         int(config["linear_value_head_dim"]), int(config["linear_conv_kernel_dim"]),
     )
-    return recurrent, ssm
+
+
+def _mamba_shape(config: dict[str, Any], n_embd: int) -> MambaShape | None:
+    """The Mamba2 layers' shape (transformers' `mamba_` keys); none for models without them."""
+    if "mamba_n_heads" not in config:
+        return None
+    n_heads, d_inner = int(config["mamba_n_heads"]), int(config.get("mamba_expand") or 2) * n_embd
+    d_head = config.get("mamba_d_head")
+    return MambaShape(
+        n_heads, int(d_inner // n_heads if d_head in (None, "auto") else d_head), int(config["mamba_d_state"]),
+        int(config.get("mamba_n_groups") or 1), int(config["mamba_d_conv"]), d_inner,
+    )
+
+
+def _ff_width(config: dict[str, Any]) -> int:
+    """The MLP width. LFM2 derives it: two thirds of block_ff_dim, times block_ffn_dim_multiplier, rounded up
+    to a multiple of block_multiple_of."""
+    ff = int(config.get("block_ff_dim") or config["intermediate_size"])
+    if config.get("block_auto_adjust_ff_dim"):
+        ff = int(2 * ff / 3)
+        if config.get("block_ffn_dim_multiplier") is not None:
+            ff = int(float(config["block_ffn_dim_multiplier"]) * ff)
+        step = int(config.get("block_multiple_of") or 256)  # transformers' default
+        ff = step * -(-ff // step)
+    return ff
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -180,8 +239,7 @@ def read_hparams(config: dict[str, Any]) -> HParams:
         if rope["rope_type"] == "proportional":  # unrotated dimensions travel as infinite-wavelength factors
             n_rot = max((a.head_dim for a in layer_attn), default=head_dim)
         # MoE models may give only the experts' width (no dense layers); then no feed-forward length is written
-        n_ff = int(config["intermediate_size"] if "moe_intermediate_size" not in config else config.get("intermediate_size") or 0)
-        recurrent, ssm = _ssm_shape(config, n_layers)
+        n_ff = _ff_width(config) if "moe_intermediate_size" not in config else int(config.get("intermediate_size") or 0)
         return HParams(
             n_layers=n_layers,
             n_embd=n_embd,
@@ -191,20 +249,22 @@ def read_hparams(config: dict[str, Any]) -> HParams:
             head_dim=head_dim,
             n_ctx=int(config.get("max_position_embeddings", 4096)),
             n_vocab=int(config["vocab_size"]),
-            rms_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rms_eps=float(config.get("rms_norm_eps", config.get("norm_eps", 1e-6))),
             rope_theta=float(rope["rope_theta"]),
             rope=rope,
-            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tied_embeddings=bool(config.get("tie_word_embeddings", config.get("tie_embedding", False))),  # LFM2's early name
             has_head_dim=config.get("head_dim") is not None,
             n_rot=n_rot,
             n_expert=n_expert,
             n_expert_used=int(config.get("num_experts_per_tok") or 0) if n_expert else 0,
             n_ff_exp=int(config.get("moe_intermediate_size") or config["intermediate_size"]) if n_expert else 0,
-            n_ff_shexp=int(config.get("shared_expert_intermediate_size") or 0) if n_expert else 0,
+            n_ff_shexp=int(config.get("shared_expert_intermediate_size") or config.get("shared_intermediate_size") or 0),
             layer_attn=layer_attn,
             kv_by_layer=any("num_key_value_heads" in (o or {}) for o in _layer_overrides(config, n_layers).values()),
-            recurrent=recurrent,
-            ssm=ssm,
+            recurrent=_recurrent_layers(config, n_layers),
+            ssm=_ssm_shape(config),
+            mamba=_mamba_shape(config, n_embd),
+            conv_cache=int(config.get("conv_L_cache") or 0),
             mxfp4=(config.get("quantization_config") or {}).get("quant_method") == "mxfp4",
         )
     except KeyError as exc:
@@ -230,6 +290,7 @@ class TensorSpec:
     keep_f32: bool = False  # stored as F32 whatever the outtype (llama.cpp's converter does so for routers)
     absent_if_k_is_v: bool = False  # not in layers whose keys double as values (llama.cpp then reuses K)
     layers: str = ""  # "recurrent" / "attention": only in linear-attention / softmax-attention layers of a hybrid
+    when: str = ""  # a WHEN entry: only in models of that kind ("experts" / "dense")
     reorder: str | None = None  # a REORDERS entry: rows or columns moved between heads
     values: str | None = None  # a VALUE_MAPS entry applied to every value
     shifted: bool = True  # the arch's norm_shift applies (when the name ends in norm.weight)
@@ -446,6 +507,84 @@ GPT_OSS_TENSORS: tuple[TensorSpec, ...] = (
 )
 
 
+# LFM2: gated short convolutions (input projection to b, c and x; a depthwise kernel; output projection) in
+# most layers, attention with q/k norms in the others; the final norm is stored as the embeddings' norm.
+_CONV = "model.layers.{bid}.conv."
+_LFM2_ATTN = "model.layers.{bid}.self_attn."
+LFM2_TENSORS: tuple[TensorSpec, ...] = (
+    TensorSpec("model.embed_tokens.weight", "token_embd.weight", lambda h: (h.n_vocab, h.n_embd)),
+    TensorSpec("model.embedding_norm.weight", "token_embd_norm.weight", _embd),
+    *OUTPUT,
+    TensorSpec("model.layers.{bid}.operator_norm.weight", "blk.{bid}.attn_norm.weight", _embd),
+    TensorSpec("model.layers.{bid}.ffn_norm.weight", "blk.{bid}.ffn_norm.weight", _embd),
+    TensorSpec(_CONV + "in_proj.weight", "blk.{bid}.shortconv.in_proj.weight", lambda h: (3 * h.n_embd, h.n_embd), layers="recurrent"),
+    TensorSpec(_CONV + "conv.weight", "blk.{bid}.shortconv.conv.weight", lambda h: (h.n_embd, h.conv_cache), keep_f32=True, layers="recurrent"),
+    TensorSpec(_CONV + "out_proj.weight", "blk.{bid}.shortconv.out_proj.weight", lambda h: (h.n_embd, h.n_embd), layers="recurrent"),
+    TensorSpec(_LFM2_ATTN + "q_proj.weight", "blk.{bid}.attn_q.weight", lambda h: (_q_rows(h), h.n_embd), layers="attention"),
+    TensorSpec(_LFM2_ATTN + "k_proj.weight", "blk.{bid}.attn_k.weight", lambda h: (_kv_rows(h), h.n_embd), layers="attention"),
+    TensorSpec(_LFM2_ATTN + "v_proj.weight", "blk.{bid}.attn_v.weight", lambda h: (_kv_rows(h), h.n_embd), layers="attention"),
+    TensorSpec(_LFM2_ATTN + "out_proj.weight", "blk.{bid}.attn_output.weight", lambda h: (h.n_embd, _q_rows(h)), layers="attention"),
+    TensorSpec(_LFM2_ATTN + "q_layernorm.weight", "blk.{bid}.attn_q_norm.weight", lambda h: (h.head_dim,), layers="attention"),
+    TensorSpec(_LFM2_ATTN + "k_layernorm.weight", "blk.{bid}.attn_k_norm.weight", lambda h: (h.head_dim,), layers="attention"),
+    TensorSpec("model.layers.{bid}.feed_forward.w1.weight", "blk.{bid}.ffn_gate.weight", lambda h: (h.n_ff, h.n_embd)),
+    TensorSpec("model.layers.{bid}.feed_forward.w3.weight", "blk.{bid}.ffn_up.weight", lambda h: (h.n_ff, h.n_embd)),
+    TensorSpec("model.layers.{bid}.feed_forward.w2.weight", "blk.{bid}.ffn_down.weight", lambda h: (h.n_embd, h.n_ff)),
+)
+
+
+# Granite 4 hybrids: Mamba2 layers and attention layers, each followed by a shared MLP (gate and up in one
+# matrix) and, in the MoE models, experts (theirs stacked per layer, gate and up again in one).
+def _mamba(h: HParams) -> MambaShape:
+    assert h.mamba is not None
+    return h.mamba
+
+
+_MAMBA = "model.layers.{bid}.mamba."
+_GRANITE_MOE = "model.layers.{bid}.block_sparse_moe."
+_SHARED_MLP = "model.layers.{bid}.shared_mlp."
+_GATE_UP_EXPS = lambda h: (h.n_expert, 2 * h.n_ff_exp, h.n_embd)  # noqa: E731
+_GATE_UP_SHARED = lambda h: (2 * h.n_ff_shexp, h.n_embd)  # noqa: E731
+
+
+def _shared_mlp(suffix: str, when: str) -> tuple[TensorSpec, ...]:
+    """The shared MLP: llama.cpp's shared expert in MoE models, the plain feed-forward in dense ones."""
+    return (
+        TensorSpec(_SHARED_MLP + "input_linear.weight", f"blk.{{bid}}.ffn_gate{suffix}.weight", lambda h: (h.n_ff_shexp, h.n_embd),
+                   when=when, reorder="first_half", hf_shape=_GATE_UP_SHARED),
+        TensorSpec(_SHARED_MLP + "input_linear.weight", f"blk.{{bid}}.ffn_up{suffix}.weight", lambda h: (h.n_ff_shexp, h.n_embd),
+                   when=when, reorder="second_half", hf_shape=_GATE_UP_SHARED),
+        TensorSpec(_SHARED_MLP + "output_linear.weight", f"blk.{{bid}}.ffn_down{suffix}.weight", lambda h: (h.n_embd, h.n_ff_shexp), when=when),
+    )
+
+
+GRANITE_HYBRID_TENSORS: tuple[TensorSpec, ...] = (
+    EMBEDDINGS + OUTPUT + ATTN_NORM + FFN_NORM
+    + tuple(replace(t, layers="attention") for t in ATTENTION)
+    + (
+        TensorSpec(_MAMBA + "in_proj.weight", "blk.{bid}.ssm_in.weight", lambda h: (_mamba(h).in_rows, h.n_embd), layers="recurrent"),
+        TensorSpec(_MAMBA + "conv1d.weight", "blk.{bid}.ssm_conv1d.weight", lambda h: (_mamba(h).conv_dim, _mamba(h).d_conv), keep_f32=True,
+                   layers="recurrent"),
+        TensorSpec(_MAMBA + "conv1d.bias", "blk.{bid}.ssm_conv1d.bias", lambda h: (_mamba(h).conv_dim,), layers="recurrent"),
+        TensorSpec(_MAMBA + "dt_bias", "blk.{bid}.ssm_dt.bias", lambda h: (_mamba(h).n_heads,), layers="recurrent"),
+        TensorSpec(_MAMBA + "A_log", "blk.{bid}.ssm_a", lambda h: (_mamba(h).n_heads, 1), keep_f32=True, layers="recurrent", values="neg_exp"),
+        TensorSpec(_MAMBA + "D", "blk.{bid}.ssm_d", lambda h: (_mamba(h).n_heads, 1), keep_f32=True, layers="recurrent"),
+        # the gated norm runs over each group's channels
+        TensorSpec(_MAMBA + "norm.weight", "blk.{bid}.ssm_norm.weight", lambda h: (_mamba(h).n_groups, _mamba(h).d_inner // _mamba(h).n_groups),
+                   layers="recurrent", hf_shape=lambda h: (_mamba(h).d_inner,)),
+        TensorSpec(_MAMBA + "out_proj.weight", "blk.{bid}.ssm_out.weight", lambda h: (h.n_embd, _mamba(h).d_inner), layers="recurrent"),
+        TensorSpec(_GRANITE_MOE + "router.layer.weight", "blk.{bid}.ffn_gate_inp.weight", lambda h: (h.n_expert, h.n_embd), keep_f32=True,
+                   when="experts"),
+        TensorSpec(_GRANITE_MOE + "input_linear.weight", "blk.{bid}.ffn_gate_exps.weight", lambda h: (h.n_expert, h.n_ff_exp, h.n_embd),
+                   when="experts", reorder="first_half_per_row", hf_shape=_GATE_UP_EXPS),
+        TensorSpec(_GRANITE_MOE + "input_linear.weight", "blk.{bid}.ffn_up_exps.weight", lambda h: (h.n_expert, h.n_ff_exp, h.n_embd),
+                   when="experts", reorder="second_half_per_row", hf_shape=_GATE_UP_EXPS),
+        TensorSpec(_GRANITE_MOE + "output_linear.weight", "blk.{bid}.ffn_down_exps.weight", lambda h: (h.n_expert, h.n_embd, h.n_ff_exp),
+                   when="experts"),
+    )
+    + _shared_mlp("_shexp", "experts") + _shared_mlp("", "dense")
+)
+
+
 def _qkvz_parts(h: HParams) -> dict[str, np.ndarray]:
     """Row indices of q, k, v and z in the qkvz matrix, each for all key heads in order."""
     s = _ssm(h)
@@ -478,6 +617,11 @@ REORDERS: dict[str, Callable[[HParams, np.ndarray], np.ndarray]] = {
     "v_columns": lambda h, a: a[:, _v_head_order(h, _ssm(h).head_v_dim)],
     "qkvz_qkv": lambda h, a: a[np.concatenate([_qkvz_parts(h)[p] for p in "qkv"])],
     "qkvz_z": lambda h, a: a[_qkvz_parts(h)["z"]],
+    # gate and up in one matrix: the first and second half of its rows (of each expert's, a row here)
+    "first_half": lambda h, a: a[: len(a) // 2],
+    "second_half": lambda h, a: a[len(a) // 2:],
+    "first_half_per_row": lambda h, a: a[:, : a.shape[1] // 2],
+    "second_half_per_row": lambda h, a: a[:, a.shape[1] // 2:],
 }
 VALUE_MAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     # the decay's log is stored; llama.cpp's graph wants -exp(A_log), rounded once from float64 as torch does
@@ -499,6 +643,7 @@ KINDS: dict[str, Callable[[Any], bool]] = {
     "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32,
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
     "flags": lambda v: isinstance(v, list) and all(isinstance(x, bool) for x in v),
+    "flag": lambda v: isinstance(v, bool),
     "counts": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 16 for x in v),
 }
 
@@ -640,6 +785,23 @@ GPT_OSS_KEYS = (
 
 SHARED_EXPERT_KEYS = (EXPERT_FF, MetaKey("add_expert_shared_feed_forward_length", lambda c, h: h.n_ff_shexp))
 QWEN35MOE_KEYS = QWEN35_KEYS + SHARED_EXPERT_KEYS
+LFM2_KEYS = (MetaKey("add_shortconv_l_cache", lambda c, h: h.conv_cache),)
+GRANITE_HYBRID_KEYS = (
+    MetaKey("add_attention_scale", _opt("attention_multiplier"), "number"),
+    MetaKey("add_embedding_scale", _opt("embedding_multiplier"), "number"),
+    MetaKey("add_residual_scale", _opt("residual_multiplier"), "number"),
+    MetaKey("add_logit_scale", _opt("logits_scaling"), "number"),
+    MetaKey("add_expert_shared_feed_forward_length", lambda c, h: h.n_ff_shexp),
+    # a dense model still declares no experts, as llama.cpp's converter writes it
+    MetaKey("add_expert_count", lambda c, h: None if h.n_expert else 0),
+    MetaKey("add_expert_used_count", lambda c, h: None if h.n_expert else 0),
+    MetaKey("add_ssm_conv_kernel", lambda c, h: _mamba(h).d_conv),
+    MetaKey("add_ssm_state_size", lambda c, h: _mamba(h).d_state),
+    MetaKey("add_ssm_group_count", lambda c, h: _mamba(h).n_groups),
+    MetaKey("add_ssm_inner_size", lambda c, h: _mamba(h).d_inner),
+    MetaKey("add_ssm_time_step_rank", lambda c, h: _mamba(h).n_heads),
+    MetaKey("add_rope_scaling_finetuned", lambda c, h: False, "flag"),  # llama.cpp's granitehybrid then applies no rope
+)
 QWEN3NEXT_KEYS = QWEN35_KEYS[:-1] + SHARED_EXPERT_KEYS  # no rope sections: Qwen3-Next rotates the usual way
 
 
@@ -752,6 +914,56 @@ GPT_OSS_CHECKS = (
     Check(lambda c, h: not h.mxfp4 or (h.n_embd % MXFP4_BLOCK == 0 and h.n_ff_exp % MXFP4_BLOCK == 0),
           f"the MXFP4 experts' widths are not multiples of {MXFP4_BLOCK}"),
 )
+
+
+def _known_types(*known: str) -> Callable[[Config, HParams], bool]:
+    def ok(c: Config, h: HParams) -> bool:
+        types = c.get("layer_types")
+        return types is None or (isinstance(types, list) and len(types) == h.n_layers and set(types) <= set(known))
+
+    return ok
+
+
+LFM2_CHECKS = (
+    Check(_known_types("conv", "full_attention"), "layer_types must list conv or full_attention for each layer"),
+    Check(lambda c, h: not c.get("conv_bias"), "conv_bias is set, and llama.cpp's lfm2 loads no convolution biases"),
+    Check(lambda c, h: h.conv_cache > 1, "conv_L_cache is missing or below 2"),
+    Check(lambda c, h: h.rope["rope_type"] == "default", "rope scaling is set, and llama.cpp's lfm2 reads none"),
+)
+
+
+def _mamba_ok(c: Config, h: HParams) -> bool:
+    m = h.mamba
+    return (
+        m is not None and min(m.n_heads, m.d_head, m.d_state, m.n_groups, m.d_conv) > 0 and m.n_heads * m.d_head == m.d_inner
+        and m.d_inner % m.n_groups == 0 and m.n_heads % m.n_groups == 0
+    )
+
+
+def _no_time_step_clamp(c: Config, h: HParams) -> bool:
+    """transformers clamps each Mamba2 step size to time_step_limit; llama.cpp clamps none, which is the same
+    only for the default (0, infinity) (saved as JSON's Infinity, or transformers 5's {"__float__": "Infinity"})."""
+    limit = c.get("time_step_limit")
+    if limit is None:
+        return True
+    if not (isinstance(limit, list) and len(limit) == 2):
+        return False
+    return limit[0] == 0 and (limit[1] == math.inf or limit[1] == {"__float__": "Infinity"})
+
+
+GRANITE_HYBRID_CHECKS = (
+    Check(_known_types("mamba", "attention", "linear_attention", "full_attention"),
+          "layer_types must list mamba or attention for each layer"),
+    Check(lambda c, h: any(h.recurrent), "no layer is a Mamba2 layer, and llama.cpp converts such a model as another architecture"),
+    Check(_mamba_ok, "the Mamba2 shape is missing or inconsistent (mamba_n_heads x mamba_d_head must be mamba_expand x hidden_size)"),
+    Check(lambda c, h: c.get("position_embedding_type") != "rope", "position_embedding_type is rope, and llama.cpp's granitehybrid applies none"),
+    Check(lambda c, h: not c.get("attention_bias") and not c.get("mamba_proj_bias"), "attention_bias or mamba_proj_bias is set, and llama.cpp's granitehybrid loads no such biases"),
+    Check(lambda c, h: c.get("hidden_act", "silu") == "silu", "hidden_act is not silu, the only activation llama.cpp's granitehybrid runs"),
+    Check(_no_time_step_clamp, "time_step_limit bounds the Mamba2 step size, and llama.cpp's granitehybrid does not"),
+    Check(lambda c, h: not h.n_expert or _experts_ok(c, h), f"num_local_experts / num_experts_per_tok are out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),
+    Check(lambda c, h: h.n_ff_shexp > 0, "shared_intermediate_size is missing: every layer has a shared MLP"),
+    Check(lambda c, h: h.n_expert or h.n_ff == h.n_ff_shexp, "intermediate_size differs from shared_intermediate_size in a dense model, and llama.cpp sizes its MLP by the first"),
+)
 MIXTRAL_CHECKS = (Check(_experts_ok, f"num_local_experts / num_experts_per_tok are missing or out of range (1 to {LLAMA_MAX_EXPERTS} experts)"),)
 
 
@@ -768,6 +980,7 @@ class ArchSpec:
     metadata: tuple[MetaKey, ...] = ()
     checks: tuple[Check, ...] = field(default=())
     tokenizer: str | None = None  # a tokenizer kind of its own in llama.cpp ("gemma4"); None: chosen by the files
+    kv_heads_per_layer: bool = False  # KV heads written per layer, 0 in recurrent layers (llama.cpp tells them apart so)
 
 
 # Qwen3.5's multi-token-prediction block: llama.cpp runs the model without it (its converter's --no-mtp).
@@ -835,6 +1048,16 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(
             "Qwen3_5MoeForCausalLM", "qwen3_5_moe_text", "qwen35moe", QWEN35_LAYERS + QWEN_MOE_EXPERTS + SHARED_EXPERT,
             permute_qk=False, norm_shift=1.0, ignored=QWEN35_IGNORED, metadata=QWEN35MOE_KEYS, checks=QWEN35MOE_CHECKS,
+        ),
+        # LFM2: short convolutions with a few attention layers between them.
+        ArchSpec(
+            "Lfm2ForCausalLM", "lfm2", "lfm2", LFM2_TENSORS, permute_qk=False, metadata=LFM2_KEYS, checks=LFM2_CHECKS,
+            kv_heads_per_layer=True,
+        ),
+        # Granite 4 hybrids: Mamba2 layers and attention layers without rope; dense or with experts.
+        ArchSpec(
+            "GraniteMoeHybridForCausalLM", "granitemoehybrid", "granitehybrid", GRANITE_HYBRID_TENSORS, permute_qk=True,
+            metadata=GRANITE_HYBRID_KEYS, checks=GRANITE_HYBRID_CHECKS, kv_heads_per_layer=True,
         ),
     )
 }
@@ -923,7 +1146,13 @@ class PlannedTensor:
     experts: str | None = None  # an EXPERT_LAYOUTS entry
 
 
+# Tensors a model has or lacks by its kind, where one HF class makes both kinds (Granite 4 hybrids).
+WHEN: dict[str, Callable[[HParams], bool]] = {"experts": lambda h: h.n_expert > 0, "dense": lambda h: h.n_expert == 0}
+
+
 def _spec_layers(spec: TensorSpec, h: HParams) -> range | list:
+    if spec.when and not WHEN[spec.when](h):
+        return []
     if "{bid}" not in spec.hf:
         return [None]
     if spec.layers:

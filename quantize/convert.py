@@ -370,7 +370,10 @@ def _add_metadata(w: gguf.GGUFWriter, arch: ArchSpec, hp: HParams, ckpt: Checkpo
     if hp.n_ff:
         w.add_feed_forward_length(hp.n_ff)
     w.add_head_count(hp.n_head)
-    w.add_head_count_kv(hp.head_count_kv)
+    if arch.kv_heads_per_layer:
+        w.add_head_count_kv([0 if hp.recurrent and hp.recurrent[il] else hp.n_head_kv for il in range(hp.n_layers)])
+    else:
+        w.add_head_count_kv(hp.head_count_kv)
     w.add_rope_freq_base(hp.rope_theta)
     w.add_layer_norm_rms_eps(hp.rms_eps)
     if hp.has_head_dim:

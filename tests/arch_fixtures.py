@@ -1,8 +1,8 @@
 """Tiny random checkpoints of the architectures beyond the Llama family, each with a tokenizer of its real
 style trained here: Qwen3 and Qwen3-MoE (Qwen2's byte-level BPE), Gemma 2, 3 and 4 (SentencePiece BPE
 without a dummy prefix, turn markers; Gemma 4 also inside its multimodal class), Phi-3 (Llama's SentencePiece plus `<|...|>` special tokens, long-context rope)
-Mixtral (Mistral's tokenizer, reused) and SmolLM3 (Llama without rope in every fourth layer, Qwen's tokenizer
-reused). Built with transformers' own config classes, cached like
+Mixtral (Mistral's tokenizer, reused), SmolLM3 (Llama without rope in every fourth layer), LFM2 (short
+convolutions) and Granite 4 hybrids (Mamba2 layers), the last three with Qwen's tokenizer reused. Built with transformers' own config classes, cached like
 fixtures.py's builders.
 """
 
@@ -29,6 +29,23 @@ PHI3_TEMPLATE = (
 # Qwen3's template, cut to what the tests render: ChatML with an empty thinking block before a new reply.
 QWEN3_TEMPLATE = CHATML_TEMPLATE.replace(
     "{{ '<|im_start|>assistant\n' }}", "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}"
+)
+# LFM2's style: ChatML, a system message first, and past replies' thinking left out (only the last reply's kept).
+LFM2_TEMPLATE = (
+    "{%- set ns = namespace(last=-1) -%}{%- for m in messages -%}{%- if m['role'] == 'assistant' -%}{%- set ns.last = loop.index0 -%}"
+    "{%- endif -%}{%- endfor -%}{%- for m in messages -%}{%- set content = m['content'] -%}"
+    "{%- if m['role'] == 'assistant' and loop.index0 != ns.last and '</think>' in content -%}"
+    "{%- set content = content.split('</think>')[-1] | trim -%}{%- endif -%}"
+    "{{- '<|im_start|>' + m['role'] + '\n' + content + '<|im_end|>\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+# Granite 4's style: role markers, and a default system message where the conversation has none.
+GRANITE4_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system = 'You are a helpful assistant. Please ensure responses are professional, accurate, and safe.' %}{%- endif %}"
+    "{{- '<|start_of_role|>system<|end_of_role|>' + system + '<|end_of_text|>\n' }}"
+    "{%- for m in messages %}{{- '<|start_of_role|>' + m['role'] + '<|end_of_role|>' + m['content'] + '<|end_of_text|>\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"
 )
 
 SPM_COMMON = dict(
@@ -731,6 +748,93 @@ def gpt_oss_dequantized_checkpoint() -> Path:
     return _gpt_oss_variant("gpt-oss-dequantized-tiny-hf", mxfp4=False)
 
 
+def lfm2_checkpoint() -> Path:
+    """A tiny LFM2 (bf16, tied embeddings): short gated convolutions (a 3-token cache) in four of six layers and
+    attention with q/k norms in layers 2 and 5; the MLP width derived from intermediate_size as LFM2 does
+    (two thirds, rounded up to block_multiple_of). Qwen's tokenizer reused, with a chat template in LFM2's style."""
+
+    def build(tmp: Path) -> None:
+        from transformers import Lfm2Config
+
+        _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+        (tmp / "chat_template.jinja").write_text(LFM2_TEMPLATE)
+        config = Lfm2Config(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=240,
+            block_multiple_of=32,
+            block_auto_adjust_ff_dim=True,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            conv_L_cache=3,
+            full_attn_idxs=[2, 5],
+            max_position_embeddings=128000,
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=1002,
+            pad_token_id=1000,
+            architectures=["Lfm2ForCausalLM"],
+        )
+        _save_random_model(tmp, config, "bfloat16")
+
+    return _build_once("lfm2-tiny-hf", build)
+
+
+def _granite_hybrid(tmp: Path, n_expert: int) -> None:
+    """Granite 4's hybrid shape: Mamba2 layers with attention (no rope) in layers 1 and 3, Granite's scaling
+    multipliers; config.json names the layer types as IBM's releases do (mamba / attention). Qwen's tokenizer
+    reused, with a chat template in Granite's style."""
+    from transformers import GraniteMoeHybridConfig
+
+    _copy_tokenizer(qwen3_tokenizer_dir(), tmp)
+    (tmp / "chat_template.jinja").write_text(GRANITE4_TEMPLATE)
+    types = ["mamba", "attention", "mamba", "attention"]
+    config = GraniteMoeHybridConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=32 if n_expert else 96,  # llama.cpp sizes a dense model's MLP by it
+        shared_intermediate_size=96,
+        num_local_experts=n_expert,
+        num_experts_per_tok=2 if n_expert else 0,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=types,
+        mamba_n_heads=8,
+        mamba_n_groups=1,
+        mamba_d_state=16,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_chunk_size=16,
+        position_embedding_type="nope",
+        embedding_multiplier=12.0,
+        attention_multiplier=0.0625,
+        residual_multiplier=0.22,
+        logits_scaling=4.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=1002,
+        pad_token_id=1000,
+        architectures=["GraniteMoeHybridForCausalLM"],
+    )
+    _save_random_model(tmp, config, "bfloat16")
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg["layer_types"] = types
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def granite4h_checkpoint() -> Path:
+    """A tiny Granite 4 hybrid with experts (bf16): 4 experts (2 used) beside a shared MLP in every layer."""
+    return _build_once("granite4h-tiny-hf", lambda tmp: _granite_hybrid(tmp, 4))
+
+
+def granite4h_dense_checkpoint() -> Path:
+    """A tiny dense Granite 4 hybrid (bf16), as granite-4.0-h-micro: the shared MLP alone, no experts."""
+    return _build_once("granite4hdense-tiny-hf", lambda tmp: _granite_hybrid(tmp, 0))
+
+
 CHECKPOINTS = {
     "qwen3": qwen3_checkpoint,
     "qwen3moe": qwen3_moe_checkpoint,
@@ -746,6 +850,9 @@ CHECKPOINTS = {
     "qwen3next": qwen3_next_checkpoint,
     "gptoss": gpt_oss_checkpoint,
     "gptoss-plain": gpt_oss_dequantized_checkpoint,
+    "lfm2": lfm2_checkpoint,
+    "granite4h": granite4h_checkpoint,
+    "granite4hdense": granite4h_dense_checkpoint,
 }
 
 
@@ -824,7 +931,18 @@ SHAPES = {
     "qwen3.5-35b-a3b": ("qwen35moe", 40, 2048, 512, 16, 2, 256, 248320, 0, 256, 8, 512),  # n_ff: the shared expert's
     "qwen3-next-80b-a3b": ("qwen3next", 48, 2048, 512, 16, 2, 256, 151936, 0, 512, 10, 512),
     "gpt-oss-20b": ("gpt-oss", 24, 2880, 2880, 64, 8, 64, 201088, 128, 32, 4, 2880),
+    "lfm2-1.2b": ("lfm2", 16, 2048, 8192, 32, 8, 64, 65536, 0, 0, 0, 0),
+    "granite-4.0-h-tiny": ("granitehybrid", 40, 1536, 512, 12, 4, 128, 100352, 0, 64, 6, 512),  # n_ff: an expert's
+    "granite-4.0-h-micro": ("granitehybrid", 40, 2048, 8192, 32, 8, 64, 100352, 0, 0, 0, 0),
+    "lfm2-350m": ("lfm2", 16, 1024, 4608, 16, 8, 64, 65536, 0, 0, 0, 0),
+    "granite-4.0-h-350m": ("granitehybrid", 32, 768, 2048, 12, 4, 64, 100352, 0, 0, 0, 0),
 }
+# Hybrids whose recurrent layers are short convolutions (LFM2) or Mamba2 (Granite 4): their attention layers, and
+# the conv cache (LFM2) or Mamba2's heads, head width, state size, groups and conv kernel and the shared MLP's width.
+CONV_HYBRIDS = {"lfm2-1.2b": ((2, 5, 8, 10, 12, 14), 3), "lfm2-350m": ((2, 5, 8, 10, 12, 14), 3)}
+MAMBA_HYBRIDS = {"granite-4.0-h-tiny": ((5, 15, 25, 35), (48, 64, 128, 1, 4), 1024),
+                 "granite-4.0-h-micro": ((9, 19, 29, 39), (64, 64, 128, 1, 4), 8192),
+                 "granite-4.0-h-350m": ((10, 13, 17, 27), (48, 32, 128, 1, 4), 2048)}
 # Hybrid shapes' linear-attention layers: key heads, value heads, head width, conv kernel (every 4th layer attends)
 LINEAR_SHAPES = {"qwen35": (16, 32, 128, 4), "qwen35moe": (16, 32, 128, 4), "qwen3next": (16, 32, 128, 4)}
 
@@ -850,6 +968,37 @@ def _hybrid_layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, q: int, kv
                 ("ffn_gate_inp_shexp", (1, n_embd), "norm")]
     return out + [(f"ffn_gate{suffix}", (n_ff, n_embd), "main"), (f"ffn_up{suffix}", (n_ff, n_embd), "main"),
                   (f"ffn_down{suffix}", (n_embd, n_ff), "sensitive")]
+
+
+def _conv_mamba_layer_tensors(shape: str, il: int, n_embd: int, n_ff: int, q: int, kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
+    """LFM2's and Granite 4's layers: a short convolution or Mamba2 mixer, or attention (LFM2's with q/k norms);
+    then LFM2's MLP, Granite's shared MLP and its experts."""
+    attention, conv = (CONV_HYBRIDS.get(shape) or MAMBA_HYBRIDS[shape])[:2]
+    out = [("attn_norm", (n_embd,), "norm"), ("ffn_norm", (n_embd,), "norm")]
+    if il in attention:
+        out += [("attn_q", (q, n_embd), "main"), ("attn_k", (kv, n_embd), "main"), ("attn_v", (kv, n_embd), "sensitive"),
+                ("attn_output", (n_embd, q), "main")]
+        if shape in CONV_HYBRIDS:
+            out += [("attn_q_norm", (head_dim,), "norm"), ("attn_k_norm", (head_dim,), "norm")]
+    elif shape in CONV_HYBRIDS:
+        out += [("shortconv.in_proj", (3 * n_embd, n_embd), "main"), ("shortconv.conv", (n_embd, conv), "norm"),
+                ("shortconv.out_proj", (n_embd, n_embd), "main")]
+    else:
+        n_heads, d_head, d_state, n_groups, d_conv = conv
+        inner = n_heads * d_head
+        xbc = inner + 2 * n_groups * d_state
+        out += [("ssm_in", (inner + xbc + n_heads, n_embd), "main"), ("ssm_conv1d", (xbc, d_conv), "norm"), ("ssm_conv1d", (xbc,), "bias"),
+                ("ssm_dt", (n_heads,), "bias"), ("ssm_a", (n_heads, 1), "bare"), ("ssm_d", (n_heads, 1), "bare"),
+                ("ssm_norm", (n_groups, inner // n_groups), "norm"), ("ssm_out", (n_embd, inner), "sensitive")]
+    if shape in CONV_HYBRIDS:
+        return out + [("ffn_gate", (n_ff, n_embd), "main"), ("ffn_up", (n_ff, n_embd), "main"), ("ffn_down", (n_embd, n_ff), "sensitive")]
+    shared = MAMBA_HYBRIDS[shape][2]
+    suffix = "_shexp" if n_expert else ""
+    if n_expert:
+        out += [("ffn_gate_inp", (n_expert, n_embd), "norm"), ("ffn_gate_exps", (n_expert, n_ff_exp, n_embd), "main"),
+                ("ffn_up_exps", (n_expert, n_ff_exp, n_embd), "main"), ("ffn_down_exps", (n_expert, n_embd, n_ff_exp), "sensitive")]
+    return out + [(f"ffn_gate{suffix}", (shared, n_embd), "main"), (f"ffn_up{suffix}", (shared, n_embd), "main"),
+                  (f"ffn_down{suffix}", (n_embd, shared), "sensitive")]
 
 
 def _layer_tensors(arch: str, il: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, n_expert: int, n_ff_exp: int):
@@ -896,11 +1045,15 @@ def write_shaped_gguf(path: Path, shape: str, level: str | None = None) -> Path:
     ftype, main, sensitive, out_type = SYNTH_LEVELS[level or SHAPE_LEVELS.get(shape, "Q4_K_M")]
     types = {"main": GGMLQuantizationType[main], "sensitive": GGMLQuantizationType[sensitive], "norm": GGMLQuantizationType.F32,
              "mxfp4": GGMLQuantizationType.MXFP4}
-    tensors = [("token_embd.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]), ("output_norm.weight", (n_embd,), types["norm"])]
+    final_norm = "token_embd_norm" if arch == "lfm2" else "output_norm"  # LFM2 names its final norm so
+    tensors = [("token_embd.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]), (f"{final_norm}.weight", (n_embd,), types["norm"])]
     if not arch.startswith("gemma"):
         tensors.append(("output.weight", (n_vocab, n_embd), GGMLQuantizationType[out_type]))
+    hybrid = shape in CONV_HYBRIDS or shape in MAMBA_HYBRIDS
     for i in range(n_layer):
-        for name, shape_, role in _layer_tensors(arch, i, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp):
+        layer = (_conv_mamba_layer_tensors(shape, i, n_embd, n_ff, n_head * head_dim, n_head_kv * head_dim, head_dim, n_expert, n_ff_exp) if hybrid
+                 else _layer_tensors(arch, i, n_embd, n_ff, n_head, n_head_kv, head_dim, n_expert, n_ff_exp))
+        for name, shape_, role in layer:
             # role "bias" / "bare": an F32 tensor named .bias / with no suffix (llama.cpp's ssm_dt.bias, ssm_a)
             suffix = {"bias": ".bias", "bare": ""}.get(role, ".weight")
             tensors.append((f"blk.{i}.{name}{suffix}", shape_, types.get(role, types["norm"])))
@@ -913,7 +1066,11 @@ def write_shaped_gguf(path: Path, shape: str, level: str | None = None) -> Path:
     w.add_embedding_length(n_embd)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
+    if hybrid:  # no KV heads in the recurrent layers
+        attention = (CONV_HYBRIDS.get(shape) or MAMBA_HYBRIDS[shape])[0]
+        w.add_head_count_kv([n_head_kv if il in attention else 0 for il in range(n_layer)])
+    else:
+        w.add_head_count_kv(n_head_kv)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_freq_base(1000000.0)
@@ -932,6 +1089,16 @@ def write_shaped_gguf(path: Path, shape: str, level: str | None = None) -> Path:
         w.add_rope_dimension_count(head_dim // 4)
         if arch != "qwen3next":
             w.add_rope_dimension_sections([11, 11, 10, 0])
+    if shape in CONV_HYBRIDS:
+        w.add_shortconv_l_cache(CONV_HYBRIDS[shape][1])
+    if shape in MAMBA_HYBRIDS:
+        n_heads, d_head, d_state, n_groups, d_conv = MAMBA_HYBRIDS[shape][1]
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_group_count(n_groups)
+        w.add_ssm_time_step_rank(n_heads)
+        w.add_ssm_inner_size(n_heads * d_head)
+        w.add_expert_shared_feed_forward_length(MAMBA_HYBRIDS[shape][2])
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_used)

@@ -141,3 +141,31 @@ def test_kv_of_layers_of_different_shapes_agrees_with_llama_cpp(name, converted)
         ours = estimate(read_gguf(converted(name, "bf16")), n_ctx)
         theirs = llama_dry_run(converted(name, "bf16"), n_ctx)
         assert ours.kv_cpu == pytest.approx(theirs.kv, abs=0.006 * MIB)
+
+
+
+@pytest.mark.parametrize("name", ["lfm2", "granite4h"])
+def test_hybrid_state_agrees_with_llama_cpp(name, converted):
+    """The converted tiny LFM2 and Granite 4 hybrid: KV cache plus recurrent state as llama.cpp sizes them."""
+    path = converted(name, "f32")
+    for n_ctx in (4096, 32768):
+        ours = estimate(read_gguf(path), n_ctx)
+        assert ours.recurrent > 0
+        assert ours.kv_cpu == pytest.approx(llama_dry_run(path, n_ctx).kv, abs=0.006 * MIB)
+
+
+@pytest.mark.parametrize("shape", ["lfm2-350m", "granite-4.0-h-350m"])
+def test_hybrid_predicted_ram_matches_peak_rss(shape, tmp_path):
+    """LFM2-350M and Granite-4.0-H-350M shapes (Q6_K, which llama.cpp does not repack on load) generating at a
+    4096-token context: the planned RAM against the process's peak RSS. The machine's speed is measured here
+    first, so the child's peak is the model's and not that measurement's buffers."""
+    import arch_fixtures
+    from edgellm.plan.hardware import detect
+    from edgellm.plan.speed import machine_speed
+
+    machine_speed(detect())
+    path = arch_fixtures.write_shaped_gguf(tmp_path / f"{shape}.gguf", shape, "Q6_K")
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path), "4096"], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\n{shape}: predicted {r['predicted'] / MIB:.1f} MiB, peak RSS {r['peak'] / MIB:.1f} MiB")
+    assert r["predicted"] == pytest.approx(r["peak"], rel=0.05), r

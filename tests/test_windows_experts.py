@@ -1,5 +1,6 @@
 """Sliding windows and experts in the memory model, the planner and the runtime: against llama.cpp's own
-accounting (no-alloc dry runs of real-shaped Gemma 2/3, Qwen3-30B-A3B, Mixtral, Qwen3.5, Qwen3-Next and GPT-OSS files), by brute force
+accounting (no-alloc dry runs of real-shaped Gemma 2/3, Qwen3-30B-A3B, Mixtral, Qwen3.5, Qwen3-Next, GPT-OSS, LFM2 and
+Granite 4 files), by brute force
 over the planner's choices, and with the converted tiny Gemma 3 and Qwen3-MoE running in llama.cpp."""
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ def shaped(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The tiny Gemma 3 (16-token window) and Qwen3-MoE fixtures, converted to f32."""
+    """The tiny Gemma 3 (16-token window), Qwen3-MoE and Granite 4 hybrid (experts) fixtures, converted to f32."""
     d = tmp_path_factory.mktemp("tiny-archs")
     return {
         name: convert_checkpoint(arch_fixtures.CHECKPOINTS[name](), d / f"{name}.gguf", "f32", progress=False)
-        for name in ("gemma3", "qwen3moe")
+        for name in ("gemma3", "qwen3moe", "granite4h")
     }
 
 
@@ -96,6 +97,39 @@ def test_linear_attention_layers_keep_fixed_state_instead_of_kv(shaped, capsys):
     assert (offloaded.kv_gpu, offloaded.kv_cpu) == (8192 * 4096 + state, short.kv_cpu - 8192 * 4096 - state)
     assert main(["plan", str(path), "--ram", "64G", "--ctx", "8192"]) == 0
     assert "Recurrent state: 50.25 MiB at any context" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape,state", [
+    ("lfm2-1.2b", 4 * 2 * 2048),  # F32: the short convolution's last 2 inputs of 2048 channels
+    # the conv's last 3 inputs of x, B and C (3072 + 2 x 128 channels) and 48 heads' 64 x 128 state
+    ("granite-4.0-h-tiny", 4 * (3 * (3072 + 2 * 128) + 128 * 3072)),
+])
+def test_convolution_and_mamba_layers_keep_fixed_state_instead_of_kv(shaped, shape, state, capsys):
+    """LFM2's short-convolution layers and Granite 4's Mamba2 layers (marked by zero KV heads) keep a fixed
+    state; only the attention layers (6 of 16, 4 of 40) a KV cache that grows with the context."""
+    path = shaped[shape]
+    info = read_gguf(path)
+    n_attention = sum(1 for v in info.metadata[f"{info.arch}.attention.head_count_kv"] if v)
+    n_recurrent = info.n_layers - n_attention
+    short, long = estimate(info, 8192), estimate(info, 32768)
+    assert short.recurrent == long.recurrent == n_recurrent * state
+    assert short.recurrent == pytest.approx(llama_dry_run(path, 8192).recurrent, abs=MIB / 100)  # logged to 0.01 MiB
+    kv_row = 2 * info.n_head_kv * info.head_dim_k * 2  # K and V, f16
+    assert short.kv_cpu - short.recurrent == n_attention * 8192 * kv_row
+    assert long.kv_cpu - long.recurrent == 4 * (short.kv_cpu - short.recurrent)
+    assert main(["plan", str(path), "--ram", "64G", "--ctx", "8192"]) == 0
+    assert "Recurrent state:" in capsys.readouterr().out
+
+
+def test_granite_hybrid_experts_are_placed_like_other_moe(shaped):
+    """Granite 4's experts leave the GPU layer by layer, as other MoE models' do; its shared MLP stays."""
+    hw = synthetic(64 * GIB, 2 * GIB)
+    plan = make_plan(resolve_model(str(shaped["granite-4.0-h-tiny"])), hw, ctx=8192)
+    info = read_gguf(plan.path)
+    assert plan.n_gpu_layers == plan.n_layers + 1 and 0 < plan.n_cpu_moe < plan.n_layers
+    assert _fits(info, 8192, plan.n_gpu_layers, plan.n_cpu_moe, hw)
+    assert not _fits(info, 8192, plan.n_gpu_layers, plan.n_cpu_moe - 1, hw)
+    assert plan.memory.experts_cpu == sum(experts(info).layer_bytes[: plan.n_cpu_moe])
 
 
 # --- the planner ------------------------------------------------------------------------------------------
@@ -194,11 +228,12 @@ print(sorted(m.group(1) for m in map(re.compile(r"tensor (\\S+) .*buffer type ov
 """
 
 
-def test_engine_applies_the_planned_expert_placement(tiny):
+@pytest.mark.parametrize("name", ["qwen3moe", "granite4h"])
+def test_engine_applies_the_planned_expert_placement(tiny, name):
     """The planned placement reaches llama.cpp (its log names each tensor it keeps in RAM); the answer is the
     same. Without a GPU every tensor stays in RAM anyway: this checks the plumbing, a GPU machine the effect."""
     runs = [
-        subprocess.run([sys.executable, "-c", MOE_LOAD, str(tiny["qwen3moe"]), str(k)], capture_output=True, text=True, check=True)
+        subprocess.run([sys.executable, "-c", MOE_LOAD, str(tiny[name]), str(k)], capture_output=True, text=True, check=True)
         for k in (0, 2)
     ]
     (text0, kept0), (text2, kept2) = (r.stdout.strip().splitlines()[-2:] for r in runs)

@@ -5,7 +5,8 @@ least DRAFT_RATIO times smaller, else checking its guesses costs more than it sa
 model among the store's packages and the demo model, or n-gram lookup when there is none. The draft is planned on
 the memory the target's plan leaves (its weights and its KV cache for the same context, on the same devices): a
 draft that does not fit there is dropped with a note, and n-gram lookup is used instead. Left out (None), `--draft`
-is what `edgellm tune --draft` found pays for the model's file on this machine, else off.
+is what `edgellm tune --draft` found pays for the model's file on this machine, else off. Models with recurrent
+layers (Qwen3.5, LFM2, Granite 4 hybrids) do not speculate: their state cannot be rolled back past a rejected guess.
 """
 
 from __future__ import annotations
@@ -122,6 +123,12 @@ def choose(target: Plan, draft: str, hw: HardwareProfile | None = None) -> Draft
     """What `--draft` means for `target`: off, n-gram lookup, or a draft model planned beside it."""
     if draft == "off":
         return DraftChoice("off")
+    if target.memory.recurrent:
+        # a rejected guess must leave the cache; llama.cpp keeps no earlier states of recurrent layers to go back to
+        why = "llama.cpp cannot take rejected guesses back out of this model's recurrent state"
+        if draft == "auto":
+            return DraftChoice("off", notes=(f"speculation off: {why}",))
+        raise UsageError(f"--draft {draft}: {why}")
     if draft == "ngram":
         return DraftChoice("ngram", notes=("speculation: n-gram lookup",))
     if draft == "auto":
@@ -204,8 +211,8 @@ def serving_speculation(target: Plan, draft: str | None, draft_min: int = DRAFT_
     tune found it pays (a tuned draft model says nothing of n-gram lookup)."""
     check_lengths(draft_min, draft_max)
     notes = serving_notes(target, draft)
-    if not notes:
-        return None, ()
+    if not notes or target.memory.recurrent:
+        return None, notes
     if draft not in (*MODES, None):
         _resolve_named(target, draft)
     return Speculation(None, draft_min, draft_max), notes
@@ -217,5 +224,7 @@ def serving_notes(target: Plan, draft: str | None) -> tuple[str, ...]:
         return (f"speculation: n-gram lookup per slot ({TUNED})",) if tuned(target, None)[0] == "ngram" else ()
     if draft == "off":
         return ()
+    if target.memory.recurrent:
+        return choose(target, draft).notes  # auto: off, saying why; n-gram lookup or a draft model: refused
     why = "" if draft == "ngram" else " (a server's slots guess by n-gram lookup; draft models speed up run, chat and bench)"
     return (f"speculation: n-gram lookup per slot{why}",)

@@ -263,7 +263,9 @@ def make_info(path: Path, file_size: int, meta: dict[str, Any], tensors: list[Te
     tensors = [replace(t, layer=int(m.group(1)) if (m := _LAYER.match(t.name)) else None) for t in tensors]
     n_embd = _whole(key("embedding_length", 0))
     n_head = _whole(_first(key("attention.head_count", 0)))
-    n_head_kv = _whole(_first(key("attention.head_count_kv", n_head)))
+    kv = key("attention.head_count_kv", n_head)
+    # hybrids list 0 KV heads for their recurrent layers: the attention layers' count is the one that says something
+    n_head_kv = _whole(max(kv, key=_whole) if isinstance(kv, list) and kv else kv)
     head_dim = n_embd // n_head if n_head else 0
     ftype = meta.get("general.file_type")
     try:

@@ -17,9 +17,9 @@ Everything comes from the file's header (tensor sizes, shape) and follows llama.
   stage holds the attention masks (n_ubatch x cells, f16, one per kind of attention) and the feed-forward
   intermediates: gate, up and their product, n_ubatch x the active width (n_ff, or experts used x expert
   width), plus the experts' outputs and two activations.
-- recurrent state (hybrid models: Qwen3.5, Qwen3-Next): their linear-attention layers keep no KV cache but a
-  fixed F32 state per sequence, whatever the context: the short convolution's last (kernel - 1) inputs of
-  the q, k and v channels and the delta rule's state matrices (llama.cpp's n_embd_r + n_embd_s), on the
+- recurrent state (hybrid models: Qwen3.5, Qwen3-Next, LFM2, Granite 4): their linear-attention, short-convolution
+  and Mamba2 layers keep no KV cache but a fixed F32 state per sequence, whatever the context: the convolution's
+  last inputs and (linear attention, Mamba2) each head's state matrix (llama.cpp's n_embd_r + n_embd_s), on the
   device of the layer; counted with the KV cache.
 - output buffer: one row of logits.
 - LoRA adapters: their tensors sit beside the base tensors they change (on the GPU for offloaded layers).
@@ -106,8 +106,10 @@ def attention_layout(info: GGUFInfo) -> Attention:
     return Attention(window, tuple(il % period < period - 1 for il in range(n)))
 
 
-# Hybrid architectures: without a per-layer list in the file, every n-th layer attends, the others recur.
-RECURRENT_INTERVAL = {"qwen35": 4, "qwen35moe": 4, "qwen3next": 4}
+# Hybrid architectures and how their files mark the layers that keep recurrent state instead of a KV cache:
+# "interval" (a per-layer list, else every n-th layer attends) or "no_kv_heads" (KV heads per layer, zero there).
+RECURRENT_MARKS = {"qwen35": "interval", "qwen35moe": "interval", "qwen3next": "interval", "lfm2": "no_kv_heads", "granitehybrid": "no_kv_heads"}
+RECURRENT_INTERVAL = 4  # the "interval" architectures' default
 
 
 @dataclass(frozen=True)
@@ -116,21 +118,32 @@ class Recurrent:
     state_bytes: int  # one such layer's state for one sequence
 
 
-def recurrent_layout(info: GGUFInfo) -> Recurrent | None:
-    """The linear-attention layers of a hybrid model and their state size; None for other models."""
-    if info.arch not in RECURRENT_INTERVAL:
-        return None
-    key = lambda name: _count(info.metadata.get(f"{info.arch}.{name}"))  # noqa: E731
+def _recurrent_flags(info: GGUFInfo) -> tuple[bool, ...]:
     n = info.n_layers
+    if RECURRENT_MARKS[info.arch] == "no_kv_heads":
+        kv = info.metadata.get(f"{info.arch}.attention.head_count_kv")
+        return tuple(v == 0 for v in kv[:n]) if isinstance(kv, list) and len(kv) >= n else (False,) * n
     flags = info.metadata.get(f"{info.arch}.attention.recurrent_layers")
     if isinstance(flags, list) and len(flags) >= n:
-        layers = tuple(bool(x) for x in flags[:n])
-    else:
-        interval = key("full_attention_interval") or RECURRENT_INTERVAL[info.arch]
-        layers = tuple((il + 1) % interval != 0 for il in range(n))
+        return tuple(bool(x) for x in flags[:n])
+    interval = _count(info.metadata.get(f"{info.arch}.full_attention_interval")) or RECURRENT_INTERVAL
+    return tuple((il + 1) % interval != 0 for il in range(n))
+
+
+def recurrent_layout(info: GGUFInfo) -> Recurrent | None:
+    """The recurrent layers of a hybrid model and their state size; None for other models. As llama.cpp sizes it
+    (F32): LFM2's short convolutions keep their last (l_cache - 1) inputs; Mamba2 and gated delta net layers their
+    convolution's last (kernel - 1) inputs of x/q, B/k and C/v, and the state matrices of every head."""
+    if info.arch not in RECURRENT_MARKS:
+        return None
+    key = lambda name: _count(info.metadata.get(f"{info.arch}.{name}"))  # noqa: E731
+    l_cache = key("shortconv.l_cache")
     d_conv, d_inner, d_state, n_group = key("ssm.conv_kernel"), key("ssm.inner_size"), key("ssm.state_size"), key("ssm.group_count")
-    conv = max(0, d_conv - 1) * (d_inner + 2 * n_group * d_state)
-    return Recurrent(layers, 4 * (conv + d_state * d_inner))
+    if l_cache:
+        conv = (l_cache - 1) * info.n_embd
+    else:
+        conv = max(0, d_conv - 1) * (d_inner + 2 * n_group * d_state)
+    return Recurrent(_recurrent_flags(info), 4 * (conv + d_state * d_inner))
 
 
 @dataclass(frozen=True)
