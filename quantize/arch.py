@@ -129,7 +129,7 @@ def _recurrent_layers(config: dict[str, Any], n_layers: int) -> tuple[bool, ...]
     `full_attention_interval`-th layer attending; () for models without such layers."""
     types = config.get("layer_types")
     if isinstance(types, list) and len(types) == n_layers:
-        flags = tuple(t in RECURRENT_TYPES for t in types)
+        flags = tuple(isinstance(t, str) and t in RECURRENT_TYPES for t in types)  # other kinds: the checks name them
     elif isinstance(config.get("full_attn_idxs"), list):
         flags = tuple(il not in config["full_attn_idxs"] for il in range(n_layers))
     elif "linear_num_value_heads" in config:
