@@ -65,40 +65,43 @@ def _added(content: str, special: bool = True, rstrip: bool = False) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": rstrip, "single_word": False, "special": special}
 
 
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
+
 def gemma_tokenizer_dir() -> Path:
     """Gemma's tokenizer style: SentencePiece BPE with byte fallback and no dummy prefix, <pad> <eos> <bos>
     <unk> at 0-3, turn markers as special added tokens; tokenizer.model beside the tokenizer.json that
     transformers makes from it (as Google's repos ship both)."""
+    return _build_once("gemma-tokenizer", lambda tmp: write_gemma_tokenizer(tmp, GEMMA_SPECIALS))
 
-    def build(tmp: Path) -> None:
-        from transformers import AutoTokenizer
 
-        specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
-        _train_spm(
-            tmp, 1000, add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-            user_defined_symbols=specials[4:],
-        )
-        _write_tokenizer_config(tmp, tokenizer_class="GemmaTokenizer")
-        AutoTokenizer.from_pretrained(tmp).save_pretrained(tmp)
-        tok_json = json.loads((tmp / "tokenizer.json").read_text())
-        bos = {"SpecialToken": {"id": "<bos>", "type_id": 0}}  # Gemma's tokenizer.json adds <bos> itself
-        tok_json["post_processor"] = {
-            "type": "TemplateProcessing",
-            "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}},
-        }
-        (tmp / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False))
-        _write_tokenizer_config(
-            tmp,
-            add_bos_token=True,
-            add_eos_token=False,
-            chat_template=GEMMA_TEMPLATE,
-            added_tokens_decoder={str(i): _added(t) for i, t in enumerate(specials)},
-        )
+def write_gemma_tokenizer(tmp: Path, specials: list[str]) -> None:
+    """Gemma's tokenizer style (see gemma_tokenizer_dir) with `specials` at ids 0.. in that order."""
+    from transformers import AutoTokenizer
 
-    return _build_once("gemma-tokenizer", build)
+    _train_spm(
+        tmp, 1000, add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=specials[4:],
+    )
+    _write_tokenizer_config(tmp, tokenizer_class="GemmaTokenizer")
+    AutoTokenizer.from_pretrained(tmp).save_pretrained(tmp)
+    tok_json = json.loads((tmp / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<bos>", "type_id": 0}}  # Gemma's tokenizer.json adds <bos> itself
+    tok_json["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}},
+    }
+    (tmp / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False))
+    _write_tokenizer_config(
+        tmp,
+        add_bos_token=True,
+        add_eos_token=False,
+        chat_template=GEMMA_TEMPLATE,
+        added_tokens_decoder={str(i): _added(t) for i, t in enumerate(specials)},
+    )
 
 
 def phi3_tokenizer_dir() -> Path:
