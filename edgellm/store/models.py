@@ -49,6 +49,7 @@ class ModelRef:
     source: Path  # the .gguf file or the package folder
     files: tuple[ModelFile, ...]  # best quality first (most bits per weight)
     skipped: tuple[str, ...] = ()  # a package's damaged files, each with why, left out of `files`
+    projector: Path | None = None  # a vision model's projector (mmproj) GGUF
 
     def without(self, f: ModelFile, why: str) -> "ModelRef":
         """This model without file `f`, which is damaged (`why`)."""
@@ -141,8 +142,35 @@ def _package(folder: Path) -> ModelRef:
             files[i] = replace(f, sha256=entry.sha256, bench=entry.bench, part_sha256=parts, accuracy=entry.accuracy)
         if not any(files):
             raise damaged[0]
-    skipped = tuple(f"{exc}: that level is skipped" for exc in damaged)
-    return ModelRef(name=name, source=folder, files=tuple(f for f in files if f), skipped=skipped)
+        projector, why = _listed_projector(folder, manifest.projector)
+    else:
+        projector, why = None, None
+    skipped = tuple(f"{exc}: that level is skipped" for exc in damaged) + ((why,) if why else ())
+    return ModelRef(name=name, source=folder, files=tuple(f for f in files if f), skipped=skipped, projector=projector)
+
+
+def _listed_projector(folder: Path, entry) -> tuple[Path | None, str | None]:
+    """The manifest's projector file when it is there at its listed size, else why not (the text model still runs)."""
+    if entry is None:
+        return None, None
+    path = folder / entry.file
+    if not path.is_file():
+        return None, f"the projector {entry.file} is missing: images are off (check it with `edgellm verify {folder}`)"
+    if path.stat().st_size != entry.bytes:
+        return None, (f"the projector {entry.file} is {path.stat().st_size} bytes but the manifest says {entry.bytes}: "
+                      f"images are off (check it with `edgellm verify {folder}`)")
+    return path, None
+
+
+def verify_projector(ref: ModelRef) -> None:
+    """Check a package's projector against its manifest's sha256 (remembered per size and mtime, so once)."""
+    if ref.projector is None or not (ref.source.is_dir() and (ref.source / MANIFEST).is_file()):
+        return
+    from .manifest import Manifest
+
+    entry = Manifest.load(ref.source).projector
+    if entry is not None and entry.file == ref.projector.name:
+        _verify_one(ref.projector, entry.sha256, "the projector ")
 
 
 def verify_file(f: ModelFile) -> None:
@@ -154,7 +182,7 @@ def verify_file(f: ModelFile) -> None:
             _verify_one(path, sums[path.name])
 
 
-def _verify_one(path: Path, sha256: str) -> None:
+def _verify_one(path: Path, sha256: str, what: str = "") -> None:
     from ..fsutil import atomic_output
     from .manifest import sha256_file
     from ..paths import cache_dir
@@ -169,7 +197,7 @@ def _verify_one(path: Path, sha256: str) -> None:
     if seen.get(key) == stamp:
         return
     if sha256_file(path) != sha256:
-        raise EdgeError(f"{path.name} does not match its manifest's sha256: the file is damaged or was changed")
+        raise EdgeError(f"{what}{path.name} does not match its manifest's sha256: the file is damaged or was changed")
     seen[key] = stamp
     record.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(record) as tmp:

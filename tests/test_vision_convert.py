@@ -1,0 +1,183 @@
+"""Vision checkpoints through convert and package: the text model and the projector (mmproj) GGUF against
+llama.cpp's own converter (same tensors, bytes and metadata), the projector run by llama.cpp's mtmd, and the
+package manifest that ties the projector to its levels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import arch_fixtures
+import vision_fixtures
+from edgellm.cli import main
+from test_convert import _fields, assert_same_tensors
+
+# llama.cpp's converter names the file from its folder name (name, basename, finetune, size label); edgellm
+# writes the folder name as general.name and nothing else (as for text models).
+NAMING = {"general.name", "general.basename", "general.finetune", "general.size_label"}
+# Text-model keys written differently on purpose (as test_archs.py lists them for Gemma 3).
+TEXT_ONLY_OURS = {"gemma3.attention.sliding_window_pattern", "tokenizer.ggml.eot_token_id", "gemma3.rope.dimension_count",
+                  "gemma3.vocab_size"}
+
+
+def mtmd_image_tokens(text: Path, mmproj: Path, nx: int = 50, ny: int = 40) -> int:
+    """The tokens llama.cpp's mtmd gives one nx x ny picture with this model and projector (CPU only)."""
+    import ctypes
+
+    import llama_cpp as L
+    import llama_cpp.mtmd_cpp as M
+
+    mp = L.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    model = L.llama_model_load_from_file(str(text).encode(), mp)
+    assert model
+    params = M.mtmd_context_params_default()
+    params.use_gpu, params.n_threads, params.warmup = False, 1, False
+    ctx = M.mtmd_init_from_file(str(mmproj).encode(), model, params)
+    assert ctx
+    bitmap = M.mtmd_bitmap_init(nx, ny, (ctypes.c_ubyte * (nx * ny * 3))())
+    prompt = f"look: {M.mtmd_default_marker().decode()}".encode()
+    chunks = M.mtmd_input_chunks_init()
+    try:
+        text_in = M.mtmd_input_text(prompt, len(prompt), True, True)
+        assert M.mtmd_tokenize(ctx, chunks, ctypes.byref(text_in), (ctypes.c_void_p * 1)(bitmap), 1) == 0
+        images = [M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks))]
+        images = [c for c in images if M.mtmd_input_chunk_get_type(c) == M.MTMD_INPUT_CHUNK_TYPE_IMAGE]
+        assert len(images) == 1
+        return M.mtmd_input_chunk_get_n_tokens(images[0])
+    finally:
+        M.mtmd_input_chunks_free(chunks)
+        M.mtmd_bitmap_free(bitmap)
+        M.mtmd_free(ctx)
+        L.llama_model_free(model)
+
+
+def _convert(tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / "model.gguf"
+    assert main(["convert", "-q", str(vision_fixtures.gemma3_vision_checkpoint()), "-o", str(out), "--json", *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """convert's outputs per projector type: (text GGUF, projector GGUF)."""
+    done = {}
+
+    def get(ptype: str) -> tuple[Path, Path]:
+        if ptype not in done:
+            folder = tmp_path_factory.mktemp(f"vision-{ptype}")
+            src = vision_fixtures.gemma3_vision_checkpoint()
+            assert main(["convert", "-q", str(src), "-o", str(folder / "model.gguf"), "--outtype", ptype,
+                         "--projector-type", ptype]) == 0
+            done[ptype] = folder / "model.gguf", folder / f"mmproj-{src.name}-{ptype.upper()}.gguf"
+        return done[ptype]
+
+    return get
+
+
+@pytest.mark.parametrize("ptype", ["f16", "q8_0"])
+def test_projector_and_text_match_llamacpp(ptype, converted):
+    text, mmproj = converted(ptype)
+    ref_text, ref_mmproj = vision_fixtures.llamacpp_vision_reference(ptype)
+    for ours, ref, ours_only in ((mmproj, ref_mmproj, set()), (text, ref_text, TEXT_ONLY_OURS)):
+        meta, tensors = _fields(ours)
+        ref_meta, ref_tensors = _fields(ref)
+        assert_same_tensors(tensors, ref_tensors)
+        assert set(meta) - NAMING == (set(ref_meta) - NAMING) | ours_only
+        assert {k: v for k, v in meta.items() if k in ref_meta and k not in NAMING} == {
+            k: v for k, v in ref_meta.items() if k in meta and k not in NAMING}
+    types = {t.name: t.tensor_type.name for t in _fields(mmproj)[1].values()}
+    assert types["v.blk.0.attn_q.weight"] == ptype.upper() and types["mm.input_projection.weight"] == "F16"
+
+
+def test_projector_runs_in_mtmd(converted):
+    """llama.cpp's mtmd loads the converted pair and turns a picture into the 16 tokens the model takes."""
+    text, mmproj = converted("f16")
+    assert mtmd_image_tokens(text, mmproj) == vision_fixtures.MM_TOKENS_PER_IMAGE
+
+
+def test_convert_json_names_the_projector(tmp_path, capsys):
+    _convert(tmp_path)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["arch"] == "gemma3"
+    assert summary["projector"]["file_type"] == "F16" and Path(summary["projector"]["path"]).is_file()
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("edgellm: "), err
+    return err
+
+
+def test_unknown_vision_part_is_refused_in_one_line(tmp_path, capsys):
+    src = arch_fixtures.gemma4_multimodal_checkpoint()
+    rc = main(["convert", "-q", str(src), "-o", str(tmp_path / "out.gguf")])
+    err = _one_line_error(capsys)
+    assert rc == 1 and "Gemma4ForConditionalGeneration" in err and "gemma3 (Gemma3ForConditionalGeneration)" in err
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    # the text model alone, on request
+    assert main(["convert", "-q", str(src), "-o", str(tmp_path / "out.gguf"), "--projector-type", "none"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
+
+
+def test_projector_type_on_a_text_checkpoint_is_a_usage_error(tmp_path, capsys):
+    rc = main(["convert", "-q", str(arch_fixtures.gemma3_checkpoint()), "-o", str(tmp_path / "out.gguf"), "--projector-type", "q8_0"])
+    assert rc == 2 and "no vision_config" in _one_line_error(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_vision_config_is_refused_in_one_line(tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(vision_fixtures.gemma3_vision_checkpoint(), src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["vision_config"]["patch_size"] = "8"
+    (src / "config.json").write_text(json.dumps(cfg))
+    rc = main(["convert", "-q", str(src), "-o", str(tmp_path / "out.gguf")])
+    assert rc == 1 and "patch_size" in _one_line_error(capsys)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+# --- the package ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vision-pkg") / "pkg"
+    assert main(["package", str(vision_fixtures.gemma3_vision_checkpoint()), "-o", str(out), "--levels", "Q8_0",
+                 "--projector-type", "q8_0", "--json"]) == 0
+    return out
+
+
+def test_package_ties_the_projector_to_its_levels(package, tmp_path, capsys):
+    from edgellm.store.manifest import sha256_file
+    from edgellm.store.models import resolve_model
+
+    m = json.loads((package / "manifest.json").read_text())
+    p = m["projector"]
+    path = package / p["file"]
+    assert (p["type"], p["projector_type"], p["bytes"], p["sha256"]) == ("Q8_0", "gemma3", path.stat().st_size, sha256_file(path))
+    assert resolve_model(package).projector == path
+    assert main(["verify", str(package)]) == 0
+    # a second run keeps the projector (same source, same type)
+    mtime = path.stat().st_mtime_ns
+    assert main(["package", str(vision_fixtures.gemma3_vision_checkpoint()), "-o", str(package), "--levels", "Q8_0",
+                 "--projector-type", "q8_0", "--json"]) == 0
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_damaged_projector_is_one_line(package, tmp_path, capsys):
+    copy = tmp_path / "pkg"
+    shutil.copytree(package, copy)
+    mm = copy / json.loads((copy / "manifest.json").read_text())["projector"]["file"]
+    data = bytearray(mm.read_bytes())
+    data[-1] ^= 0xFF
+    mm.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["verify", str(copy)]) == 1
+    assert "projector sha256 does not match" in capsys.readouterr().err
+    assert main(["run", str(copy), "-p", "hi", "-n", "1"]) == 1
+    err = _one_line_error(capsys)
+    assert f"the projector {mm.name} does not match its manifest's sha256" in err
