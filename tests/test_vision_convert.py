@@ -181,3 +181,36 @@ def test_damaged_projector_is_one_line(package, tmp_path, capsys):
     assert main(["run", str(copy), "-p", "hi", "-n", "1"]) == 1
     err = _one_line_error(capsys)
     assert f"the projector {mm.name} does not match its manifest's sha256" in err
+
+
+# --- import, push -----------------------------------------------------------------------------------------
+
+
+def test_import_carries_the_projector(converted, tmp_path, capsys):
+    from edgellm.store import store
+    from edgellm.store.models import resolve_model
+
+    text, mmproj = converted("f16")
+    folder = tmp_path / "lmstudio" / "gemma3-vision"
+    folder.mkdir(parents=True)
+    for f in (text, mmproj):
+        (folder / f.name).symlink_to(f)
+    assert main(["import", str(folder)]) == 0  # a folder: its mmproj-*.gguf goes with the model
+    ref = resolve_model(store.resolve("gemma3-vision"))
+    assert ref.projector is not None and ref.projector.resolve() == mmproj.resolve()
+    assert "projector mmproj-gemma3-vision-F16.gguf" in capsys.readouterr().out
+    # one file and its projector named beside it
+    assert main(["import", str(text), "--name", "g3", "--mmproj", str(mmproj)]) == 0
+    assert resolve_model(store.resolve("g3")).projector.resolve() == mmproj.resolve()
+    capsys.readouterr()
+    assert main(["import", str(text), "--name", "g4", "--mmproj", str(text)]) == 2
+    assert "is not a vision projector GGUF" in _one_line_error(capsys)
+
+
+def test_push_sends_the_projector_and_describes_the_model(package, capsys):
+    assert main(["push", str(package), "me/gemma3-vision-GGUF", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    names = [f["path"] for f in plan["files"]]
+    projector = plan["manifest"]["projector"]["file"]
+    assert projector in names and projector.startswith("mmproj-")
+    assert "gemma3" in plan["card"] and "clip" not in plan["card"].split("---")[1]  # the model's arch, not the projector's

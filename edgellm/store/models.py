@@ -99,9 +99,9 @@ def _single(path: Path) -> ModelRef:
 
 
 def _package(folder: Path) -> ModelRef:
-    """The levels of a package. A damaged file (unreadable, impossible header, not the size its manifest says) is
-    left out with the reason, as long as another level is sound; no file is touched."""
-    files, damaged = [], []
+    """The levels of a package and its projector. A damaged file (unreadable, impossible header, not the size its
+    manifest says) is left out with the reason, as long as another level is sound; no file is touched."""
+    files, damaged, projectors = [], [], []
     ggufs = sorted(folder.glob("*.gguf"))
     for first in orphans([p.name for p in ggufs]):
         damaged.append(EdgeError(f"{first} is missing: {folder} holds later parts of that split model but not its first"))
@@ -110,6 +110,9 @@ def _package(folder: Path) -> ModelRef:
             continue  # read with its first part
         try:
             info = read_gguf(p)
+            if info.metadata.get("general.type") == "mmproj" or info.arch == "clip":
+                projectors.append(p)
+                continue
             if info.metadata.get("general.type", "model") != "model":
                 continue  # the package's imatrix.gguf, or an adapter: not a level to run
             files.append(ModelFile(level=_level_from_name(p, info), path=p, info=check(info)))
@@ -143,8 +146,8 @@ def _package(folder: Path) -> ModelRef:
         if not any(files):
             raise damaged[0]
         projector, why = _listed_projector(folder, manifest.projector)
-    else:
-        projector, why = None, None
+    else:  # an imported or hub-registered folder: its one projector file, if it has one
+        projector, why = (projectors[0] if len(projectors) == 1 else None), None
     skipped = tuple(f"{exc}: that level is skipped" for exc in damaged) + ((why,) if why else ())
     return ModelRef(name=name, source=folder, files=tuple(f for f in files if f), skipped=skipped, projector=projector)
 
