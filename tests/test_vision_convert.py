@@ -214,3 +214,79 @@ def test_push_sends_the_projector_and_describes_the_model(package, capsys):
     projector = plan["manifest"]["projector"]["file"]
     assert projector in names and projector.startswith("mmproj-")
     assert "gemma3" in plan["card"] and "clip" not in plan["card"].split("---")[1]  # the model's arch, not the projector's
+
+
+# --- the plan ---------------------------------------------------------------------------------------------
+
+GIB = 1 << 30
+
+
+def test_gemma3_image_cost_per_projector_header():
+    """The released Gemma 3 projectors (896-pixel images in 14-pixel patches, pooled by 4 per side) cost 256
+    tokens; a header with its own scale factor (the tiny test model) is read as it says."""
+    from edgellm.plan.projector import IMAGE_TOKENS
+
+    assert IMAGE_TOKENS["gemma3"]({"clip.vision.image_size": 896, "clip.vision.patch_size": 14}, 0, 0) == 256
+    tiny = {"clip.vision.image_size": 64, "clip.vision.patch_size": 8, "clip.vision.projector.scale_factor": 2}
+    assert IMAGE_TOKENS["gemma3"](tiny, 1920, 1080) == 16
+
+
+def test_plan_shows_the_projector_and_an_images_cost_as_mtmd_counts_it(package, capsys):
+    from edgellm.formats.gguf_info import read_gguf
+    from edgellm.store.models import resolve_model
+
+    ref = resolve_model(package)
+    text = ref.file("Q8_0").path
+    tokens = {mtmd_image_tokens(text, ref.projector, nx, ny) for nx, ny in ((50, 40), (300, 20))}
+    assert tokens == {vision_fixtures.MM_TOKENS_PER_IMAGE}  # mtmd: a fixed count, whatever the picture's size
+    capsys.readouterr()
+    assert main(["plan", str(package), "--json"]) == 0
+    projector = json.loads(capsys.readouterr().out)["projector"]
+    assert projector["image_tokens"] in tokens and projector["projector_type"] == "gemma3"
+    assert projector["weights"] == read_gguf(ref.projector).tensor_bytes and projector["file_type"] == "Q8_0"
+    assert main(["plan", str(package)]) == 0
+    assert "an image costs 16 tokens of context" in capsys.readouterr().out
+
+
+def _free_for(budget: int) -> int:
+    """The free VRAM whose planning budget (less the margins) is `budget`, or a byte or two more."""
+    from edgellm.plan.planner import VRAM_MARGIN, _budget
+
+    free = int((budget + VRAM_MARGIN[0]) / (1 - VRAM_MARGIN[1]))
+    while _budget(free, VRAM_MARGIN) < budget:
+        free += 1
+    return free
+
+
+def test_the_projector_takes_vram_before_the_layers(package):
+    """As mtmd does, the projector goes on the GPU when it fits there, and the layers get what is left; when
+    it does not fit, it is counted in RAM and the layers keep the GPU."""
+    from dataclasses import replace
+
+    from edgellm.plan.hardware import synthetic
+    from edgellm.plan.planner import make_plan
+
+    ref = resolve_model_q8(package)
+    text_only = make_plan(replace(ref, projector=None), synthetic(8 * GIB, 4 * GIB), ctx=2048, min_speed=0)
+    assert text_only.fit == "gpu"
+    weights = make_plan(ref, synthetic(8 * GIB, 4 * GIB), ctx=2048, min_speed=0).projector.weights
+    # room for every layer, or for the projector and all but the last layers
+    tight = synthetic(8 * GIB, _free_for(text_only.memory.vram + weights // 2))
+    plan = make_plan(ref, tight, ctx=2048, min_speed=0)
+    assert plan.projector.on_gpu and plan.n_gpu_layers < text_only.n_gpu_layers
+    assert plan.memory.vram + weights <= plan.vram_budget
+    assert "projector" in plan.explain() and "on GPU" in plan.explain()
+    # less VRAM than the projector alone: it goes to RAM and the layers stay on the GPU they fit
+    small = synthetic(8 * GIB, _free_for(weights - 1))
+    plan = make_plan(ref, small, ctx=2048, min_speed=0)
+    assert not plan.projector.on_gpu and "on CPU" in plan.explain()
+
+
+def resolve_model_q8(package):
+    """The package with its Q8_0 level alone (the BF16 base is a file to quantize from)."""
+    from dataclasses import replace
+
+    from edgellm.store.models import resolve_model
+
+    ref = resolve_model(package)
+    return replace(ref, files=(ref.file("Q8_0"),))
