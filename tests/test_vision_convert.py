@@ -199,6 +199,13 @@ def test_import_carries_the_projector(converted, tmp_path, capsys):
     ref = resolve_model(store.resolve("gemma3-vision"))
     assert ref.projector is not None and ref.projector.resolve() == mmproj.resolve()
     assert "projector mmproj-gemma3-vision-F16.gguf" in capsys.readouterr().out
+    assert main(["list", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)["packages"]}
+    assert listed["gemma3-vision"]["projector"] == {"file": "mmproj-gemma3-vision-F16.gguf", "size": mmproj.stat().st_size,
+                                                    "file_type": "F16", "image_tokens": 16}
+    assert listed["gemma3-vision"]["size"] == text.stat().st_size + mmproj.stat().st_size
+    assert main(["list"]) == 0
+    assert "IMAGES" in capsys.readouterr().out
     # one file and its projector named beside it
     assert main(["import", str(text), "--name", "g3", "--mmproj", str(mmproj)]) == 0
     assert resolve_model(store.resolve("g3")).projector.resolve() == mmproj.resolve()
