@@ -49,6 +49,28 @@ class ProjectorSpec:
     f32: re.Pattern  # always F32 (stored names)
     shifts: tuple[tuple[str, float], ...]  # GGUF name suffix -> value added (norms stored as w - 1)
     metadata: Callable[[Config, Preprocessor], list[tuple[str, Any]]]
+    shapes: Callable[[Config, int], dict[str, tuple[int, ...]]]  # every GGUF tensor -> its HF (row-major) shape
+
+
+def _siglip_shapes(vision: Config) -> dict[str, tuple[int, ...]]:
+    """A SigLIP encoder's tensors: patch and position embeddings, pre-norm blocks, a final norm."""
+    h, ff, patch = _need(vision, "hidden_size"), _need(vision, "intermediate_size"), _need(vision, "patch_size")
+    side = _need(vision, "image_size") // patch
+    out = {"v.patch_embd.weight": (h, vision.get("num_channels", 3), patch, patch), "v.patch_embd.bias": (h,),
+           "v.position_embd.weight": (side * side, h), "v.post_ln.weight": (h,), "v.post_ln.bias": (h,)}
+    for i in range(_need(vision, "num_hidden_layers")):
+        blk = f"v.blk.{i}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            out |= {blk + name + ".weight": (h, h), blk + name + ".bias": (h,)}
+        for name in ("ln1", "ln2"):
+            out |= {blk + name + ".weight": (h,), blk + name + ".bias": (h,)}
+        out |= {blk + "ffn_up.weight": (ff, h), blk + "ffn_up.bias": (ff,), blk + "ffn_down.weight": (h, ff), blk + "ffn_down.bias": (h,)}
+    return out
+
+
+def _gemma3_shapes(vision: Config, n_embd_text: int) -> dict[str, tuple[int, ...]]:
+    h = _need(vision, "hidden_size")
+    return _siglip_shapes(vision) | {"mm.input_projection.weight": (h, n_embd_text), "mm.soft_emb_norm.weight": (h,)}
 
 
 def _gemma3_metadata(vision: Config, pre: Preprocessor) -> list[tuple[str, Any]]:
@@ -79,6 +101,7 @@ PROJECTORS: dict[str, ProjectorSpec] = {
             f32=re.compile(r"\.embeddings\."),
             shifts=(("soft_emb_norm.weight", 1.0),),
             metadata=_gemma3_metadata,
+            shapes=_gemma3_shapes,
         ),
     )
 }
@@ -160,8 +183,11 @@ def describe_projector(ckpt: Checkpoint, spec: ProjectorSpec, ptype: str, pre: P
                        ) -> tuple[gguf.GGUFWriter, list[OutTensor]]:
     """The projector's metadata (in a writer with no file yet) and its tensors, without reading a weight."""
     ftype, wtype = OUTTYPES[ptype]
-    vision, text = ckpt.config["vision_config"], ckpt.config.get("text_config") or {}
+    vision, text = ckpt.config["vision_config"], ckpt.config.get("text_config")
+    if not isinstance(text, dict):
+        raise EdgeError("config.json lacks the text model's settings (text_config)")
     n_blocks = _need(vision, "num_hidden_layers")
+    expected = spec.shapes(vision, _need(text, "hidden_size", "text_config"))
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, n_blocks)
     tensors = []
     for stored, entry in ckpt.tensors.items():
@@ -171,12 +197,18 @@ def describe_projector(ckpt: Checkpoint, spec: ProjectorSpec, ptype: str, pre: P
         for old, new in spec.renames:
             name = name.replace(old, new)
         mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if mapped is None:
+        if mapped in {t.name for t in tensors}:
+            raise EdgeError(f"checkpoint has two vision tensors that become {mapped} (one is {stored})")
+        if mapped not in expected:
             raise EdgeError(f"checkpoint has vision tensor {stored} that the {spec.projector_type} projector does not use")
+        if tuple(entry.shape) != expected[mapped]:  # llama.cpp's clip code trusts the shapes it loads
+            raise EdgeError(f"vision tensor {stored} has shape {list(entry.shape)} but config.json implies {list(expected[mapped])}")
         shift = next((v for suffix, v in spec.shifts if mapped.endswith(suffix)), 0.0)
         tensors.append(OutTensor(mapped, entry.shape, _qtype(spec, name, mapped, entry.shape, wtype), (entry,), 0, shift))
-    if not tensors:
-        raise EdgeError(f"checkpoint has no {spec.projector_type} vision tensors")
+    missing = sorted(set(expected) - {t.name for t in tensors})
+    if missing:
+        raise EdgeError(f"checkpoint lacks the vision tensor that becomes {missing[0]} (the {spec.projector_type} projector needs "
+                        f"{len(expected)}, {len(missing)} missing)")
 
     w = gguf.GGUFWriter(None, "clip")
     w.add_type(gguf.GGUFType.MMPROJ)

@@ -297,3 +297,105 @@ def resolve_model_q8(package):
 
     ref = resolve_model(package)
     return replace(ref, files=(ref.file("Q8_0"),))
+
+
+# --- real shapes, damaged checkpoints ----------------------------------------------------------------------
+
+# google/gemma-3-4b-it's config.json as the Hub has it: the text settings the 4B model shares with
+# transformers' defaults are left out of text_config.
+GEMMA3_4B = {
+    "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "mm_tokens_per_image": 256,
+    "boi_token_index": 255999, "eoi_token_index": 256000, "image_token_index": 262144, "eos_token_id": [1, 106],
+    "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+                    "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+    "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304, "model_type": "siglip_vision_model",
+                      "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": False},
+}
+
+
+def test_gemma3_4b_hub_config_plans_as_llamacpp_reads_it(tmp_path):
+    """The text model with the 4B defaults filled in, and the projector header llama.cpp's converter writes
+    for it (no scale factor: the default pooling of 4, so 256 tokens an image), from the config and tensor
+    shapes alone."""
+    from edgellm.plan.projector import IMAGE_TOKENS
+    from edgellm.quantize.arch import read_hparams, text_part
+    from edgellm.quantize.checkpoint import Checkpoint, TensorEntry
+    from edgellm.quantize.projector import PROJECTORS, describe_projector
+
+    config, _ = text_part(GEMMA3_4B, [])
+    hp = read_hparams(config)
+    assert (hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_vocab, hp.n_ctx, hp.rope_theta) == (8, 4, 256, 262208, 131072, 1e6)
+    spec = PROJECTORS["Gemma3ForConditionalGeneration"]
+    shapes = spec.shapes(GEMMA3_4B["vision_config"], 2560)
+    hf = {"v.patch_embd": "embeddings.patch_embedding", "v.position_embd": "embeddings.position_embedding",
+          "v.post_ln": "post_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+          "attn_out": "self_attn.out_proj", "ln1": "layer_norm1", "ln2": "layer_norm2", "ffn_up": "mlp.fc1", "ffn_down": "mlp.fc2"}
+
+    def stored(name: str) -> str:
+        if name.startswith("mm."):
+            return {"mm.input_projection.weight": "multi_modal_projector.mm_input_projection_weight",
+                    "mm.soft_emb_norm.weight": "multi_modal_projector.mm_soft_emb_norm.weight"}[name]
+        stem, kind = name.rsplit(".", 1)
+        if stem.startswith("v.blk."):
+            _, _, i, part = stem.split(".")
+            return f"vision_tower.vision_model.encoder.layers.{i}.{hf[part]}.{kind}"
+        return f"vision_tower.vision_model.{hf[stem]}.{kind}"
+
+    tensors = {stored(n): TensorEntry(stored(n), "BF16", shape, tmp_path / "x", 0, 0) for n, shape in shapes.items()}
+    ckpt = Checkpoint(tmp_path, GEMMA3_4B, tensors)
+    writer, out = describe_projector(ckpt, spec, "f16", {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "image_seq_length": 256})
+    meta = {k: v.value for k, v in writer.kv_data[0].items()}
+    assert meta["clip.vision.projection_dim"] == 2560 and meta["clip.projector_type"] == "gemma3"
+    assert "clip.vision.projector.scale_factor" not in meta  # llama.cpp's default pooling
+    assert IMAGE_TOKENS["gemma3"](meta, 0, 0) == 256
+    weights = sum(t.nbytes for t in out)
+    assert 800 << 20 < weights < 830 << 20  # about 812 MiB at F16 (the embeddings in F32), as llama.cpp's file
+
+
+def _damaged(tmp_path: Path, edit) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(vision_fixtures.gemma3_vision_checkpoint(), src)
+    weights = load_file(src / "model.safetensors")
+    edit(weights)
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    return src
+
+
+DAMAGED = [
+    (lambda w: w.pop("vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight"), r"lacks the vision tensor that becomes v\.blk\.1\.ffn_down\.weight"),
+    (lambda w: w.update({"vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight": w["vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"][:32]}),
+     r"layers\.0\.mlp\.fc1\.weight has shape \[32, 32\] but config\.json implies \[64, 32\]"),
+    (lambda w: w.update({"vision_tower.vision_model.encoder.layers.2.mlp.fc1.weight": w["vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"].clone()}),
+     r"vision tensor vision_tower\.vision_model\.encoder\.layers\.2\.mlp\.fc1\.weight that the gemma3 projector does not use"),
+]
+
+
+@pytest.mark.parametrize("edit,pattern", DAMAGED)
+def test_damaged_vision_tensors_are_refused_before_writing(edit, pattern, tmp_path, capsys):
+    import re
+
+    src = _damaged(tmp_path, edit)
+    out = tmp_path / "out" / "model.gguf"
+    rc = main(["convert", "-q", str(src), "-o", str(out)])
+    err = _one_line_error(capsys)
+    assert rc == 1 and re.search(pattern, err), err
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+@pytest.mark.parametrize("projector,pattern", [
+    ({"file": "../x.gguf", "type": "F16", "bytes": 1, "sha256": "0", "projector_type": "gemma3"}, r"not a plain file name"),
+    ({"file": "mmproj.gguf", "type": "F16", "bytes": "1", "sha256": "0", "projector_type": "gemma3"}, r"wrong type"),
+    ({"file": "mmproj.gguf", "type": "F16"}, r"malformed manifest"),
+])
+def test_a_malformed_projector_entry_is_one_line(package, tmp_path, projector, pattern, capsys):
+    import re
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(package, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["projector"] = projector
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert main(["verify", str(copy)]) == 1
+    assert re.search(pattern, _one_line_error(capsys))

@@ -259,6 +259,9 @@ class Manifest:
             names = [f.file for f in files] + [p.file for f in files for p in f.parts or ()]
             names += [d["base"]["file"]] if "file" in d["base"] else []
             projector = ProjectorEntry(**d["projector"]) if d.get("projector") else None
+            if projector and not (isinstance(projector.bytes, int) and all(isinstance(v, str) for v in (
+                    projector.type, projector.sha256, projector.projector_type))):
+                raise EdgeError(f"malformed manifest: its projector entry has a value of the wrong type: {d['projector']!r}")
             names += [projector.file] if projector else []
             for name in names:
                 _plain_name(name)
