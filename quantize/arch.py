@@ -547,6 +547,9 @@ TEXT_PARTS = {
         "Gemma3ForCausalLM", ("language_model.model.", "model.language_model."),
         re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\."), GEMMA3_TEXT_DEFAULTS,
     ),
+    # SmolVLM and Idefics3: a Llama text model beside the image encoder
+    **{arch: TextPart("LlamaForCausalLM", ("model.text_model.",), re.compile(r"^model\.(vision_model|connector)\."))
+       for arch in ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")},
 }
 SUB_CONFIGS = ("text_config", "vision_config", "audio_config")
 

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +48,9 @@ class ProjectorSpec:
     f16: re.Pattern  # always F16 (stored names)
     f32: re.Pattern  # always F32 (stored names)
     shifts: tuple[tuple[str, float], ...]  # GGUF name suffix -> value added (norms stored as w - 1)
-    metadata: Callable[[Config, Preprocessor], list[tuple[str, Any]]]
+    metadata: Callable[[Config, Preprocessor], list[tuple[str, Any]]]  # (whole config, preprocessor) -> keys
     shapes: Callable[[Config, int], dict[str, tuple[int, ...]]]  # every GGUF tensor -> its HF (row-major) shape
+    vision_defaults: dict[str, Any] = field(default_factory=dict)  # vision settings some configs leave out
 
 
 def _siglip_shapes(vision: Config) -> dict[str, tuple[int, ...]]:
@@ -68,14 +69,40 @@ def _siglip_shapes(vision: Config) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _gemma3_shapes(vision: Config, n_embd_text: int) -> dict[str, tuple[int, ...]]:
+def _gemma3_shapes(config: Config, n_embd_text: int) -> dict[str, tuple[int, ...]]:
+    vision = config["vision_config"]
     h = _need(vision, "hidden_size")
     return _siglip_shapes(vision) | {"mm.input_projection.weight": (h, n_embd_text), "mm.soft_emb_norm.weight": (h,)}
 
 
-def _gemma3_metadata(vision: Config, pre: Preprocessor) -> list[tuple[str, Any]]:
+def _idefics3_scale(config: Config) -> int:
+    return _need({"scale_factor": config.get("scale_factor", 2)}, "scale_factor", "config")
+
+
+def _idefics3_shapes(config: Config, n_embd_text: int) -> dict[str, tuple[int, ...]]:
+    """SigLIP, then a pixel shuffle (scale x scale patches side by side) and one projection to the text width."""
+    vision = config["vision_config"]
+    return _siglip_shapes(vision) | {"mm.model.fc.weight": (n_embd_text, _need(vision, "hidden_size") * _idefics3_scale(config) ** 2)}
+
+
+def _idefics3_metadata(config: Config, pre: Preprocessor) -> list[tuple[str, Any]]:
+    """Pictures are resized to a longest edge and cut in image_size tiles beside one whole-picture tile."""
+    vision = config["vision_config"]
+    size = pre.get("size")
+    longest = size.get("longest_edge") if isinstance(size, dict) and "longest_edge" in size else vision.get("image_size")
+    return [
+        ("add_clip_projector_type", "idefics3"),
+        ("add_vision_attention_layernorm_eps", _number(vision.get("layer_norm_eps", 1e-5), "layer_norm_eps")),
+        ("add_vision_projector_scale_factor", _idefics3_scale(config)),
+        ("add_vision_use_gelu", True),
+        ("add_vision_preproc_image_size", _need({"longest_edge": longest}, "longest_edge", "preprocessor config's size")),
+    ]
+
+
+def _gemma3_metadata(config: Config, pre: Preprocessor) -> list[tuple[str, Any]]:
     """Gemma 3 pools the patch grid to mm_tokens_per_image tokens; llama.cpp assumes a pool of 4 per side and
     reads another one from the scale factor."""
+    vision = config["vision_config"]
     tokens = pre.get("image_seq_length", 256)
     side = int(math.isqrt(tokens)) if _count(tokens) else 0
     scale = (_need(vision, "image_size") // _need(vision, "patch_size")) // side if side else 0
@@ -103,6 +130,19 @@ PROJECTORS: dict[str, ProjectorSpec] = {
             metadata=_gemma3_metadata,
             shapes=_gemma3_shapes,
         ),
+        *(ProjectorSpec(
+            arch, "idefics3",
+            tensors=re.compile(r"^model\.(vision_model|connector)\."),
+            skipped=None,
+            renames=(),
+            f16=re.compile(r"(?!)"),
+            f32=re.compile(r"\.embeddings\."),
+            shifts=(),
+            metadata=_idefics3_metadata,
+            shapes=_idefics3_shapes,
+            # SmolVLM2's configs leave these out (transformers' defaults)
+            vision_defaults={"hidden_size": 1152, "num_attention_heads": 16, "intermediate_size": 3072},
+        ) for arch in ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")),
     )
 }
 
@@ -183,11 +223,12 @@ def describe_projector(ckpt: Checkpoint, spec: ProjectorSpec, ptype: str, pre: P
                        ) -> tuple[gguf.GGUFWriter, list[OutTensor]]:
     """The projector's metadata (in a writer with no file yet) and its tensors, without reading a weight."""
     ftype, wtype = OUTTYPES[ptype]
-    vision, text = ckpt.config["vision_config"], ckpt.config.get("text_config")
+    config = ckpt.config | {"vision_config": spec.vision_defaults | ckpt.config["vision_config"]}
+    vision, text = config["vision_config"], config.get("text_config")
     if not isinstance(text, dict):
         raise EdgeError("config.json lacks the text model's settings (text_config)")
     n_blocks = _need(vision, "num_hidden_layers")
-    expected = spec.shapes(vision, _need(text, "hidden_size", "text_config"))
+    expected = spec.shapes(config, _need(text, "hidden_size", "text_config"))
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, n_blocks)
     tensors = []
     for stored, entry in ckpt.tensors.items():
@@ -224,7 +265,7 @@ def describe_projector(ckpt: Checkpoint, spec: ProjectorSpec, ptype: str, pre: P
     w.add_vision_head_count(_need(vision, "num_attention_heads"))
     w.add_vision_image_mean(_channels(pre, "image_mean"))
     w.add_vision_image_std(_channels(pre, "image_std"))
-    for writer, value in spec.metadata(vision, pre):
+    for writer, value in spec.metadata(config, pre):
         getattr(w, writer)(value)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     return w, tensors

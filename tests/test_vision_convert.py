@@ -24,7 +24,8 @@ TEXT_ONLY_OURS = {"gemma3.attention.sliding_window_pattern", "tokenizer.ggml.eot
 
 
 def mtmd_image_tokens(text: Path, mmproj: Path, nx: int = 50, ny: int = 40) -> int:
-    """The tokens llama.cpp's mtmd gives one nx x ny picture with this model and projector (CPU only)."""
+    """The image-embedding tokens llama.cpp's mtmd gives one nx x ny picture with this model and projector (CPU
+    only; the text tokens it puts between tiles are not counted)."""
     import ctypes
 
     import llama_cpp as L
@@ -46,8 +47,7 @@ def mtmd_image_tokens(text: Path, mmproj: Path, nx: int = 50, ny: int = 40) -> i
         assert M.mtmd_tokenize(ctx, chunks, ctypes.byref(text_in), (ctypes.c_void_p * 1)(bitmap), 1) == 0
         images = [M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks))]
         images = [c for c in images if M.mtmd_input_chunk_get_type(c) == M.MTMD_INPUT_CHUNK_TYPE_IMAGE]
-        assert len(images) == 1
-        return M.mtmd_input_chunk_get_n_tokens(images[0])
+        return sum(M.mtmd_input_chunk_get_n_tokens(c) for c in images)  # a picture in tiles is a chunk per tile
     finally:
         M.mtmd_input_chunks_free(chunks)
         M.mtmd_bitmap_free(bitmap)
@@ -202,7 +202,7 @@ def test_import_carries_the_projector(converted, tmp_path, capsys):
     assert main(["list", "--json"]) == 0
     listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)["packages"]}
     assert listed["gemma3-vision"]["projector"] == {"file": "mmproj-gemma3-vision-F16.gguf", "size": mmproj.stat().st_size,
-                                                    "file_type": "F16", "image_tokens": 16}
+                                                    "file_type": "F16", "image_tokens": 16, "tokens_fixed": True}
     assert listed["gemma3-vision"]["size"] == text.stat().st_size + mmproj.stat().st_size
     assert main(["list"]) == 0
     assert "IMAGES" in capsys.readouterr().out
@@ -233,9 +233,9 @@ def test_gemma3_image_cost_per_projector_header():
     tokens; a header with its own scale factor (the tiny test model) is read as it says."""
     from edgellm.plan.projector import IMAGE_TOKENS
 
-    assert IMAGE_TOKENS["gemma3"]({"clip.vision.image_size": 896, "clip.vision.patch_size": 14}, 0, 0) == 256
+    assert IMAGE_TOKENS["gemma3"].tokens({"clip.vision.image_size": 896, "clip.vision.patch_size": 14}, 0, 0) == 256
     tiny = {"clip.vision.image_size": 64, "clip.vision.patch_size": 8, "clip.vision.projector.scale_factor": 2}
-    assert IMAGE_TOKENS["gemma3"](tiny, 1920, 1080) == 16
+    assert IMAGE_TOKENS["gemma3"].tokens(tiny, 1920, 1080) == 16
 
 
 def test_plan_shows_the_projector_and_an_images_cost_as_mtmd_counts_it(package, capsys):
@@ -326,7 +326,7 @@ def test_gemma3_4b_hub_config_plans_as_llamacpp_reads_it(tmp_path):
     hp = read_hparams(config)
     assert (hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_vocab, hp.n_ctx, hp.rope_theta) == (8, 4, 256, 262208, 131072, 1e6)
     spec = PROJECTORS["Gemma3ForConditionalGeneration"]
-    shapes = spec.shapes(GEMMA3_4B["vision_config"], 2560)
+    shapes = spec.shapes(GEMMA3_4B, 2560)
     hf = {"v.patch_embd": "embeddings.patch_embedding", "v.position_embd": "embeddings.position_embedding",
           "v.post_ln": "post_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
           "attn_out": "self_attn.out_proj", "ln1": "layer_norm1", "ln2": "layer_norm2", "ffn_up": "mlp.fc1", "ffn_down": "mlp.fc2"}
@@ -347,7 +347,7 @@ def test_gemma3_4b_hub_config_plans_as_llamacpp_reads_it(tmp_path):
     meta = {k: v.value for k, v in writer.kv_data[0].items()}
     assert meta["clip.vision.projection_dim"] == 2560 and meta["clip.projector_type"] == "gemma3"
     assert "clip.vision.projector.scale_factor" not in meta  # llama.cpp's default pooling
-    assert IMAGE_TOKENS["gemma3"](meta, 0, 0) == 256
+    assert IMAGE_TOKENS["gemma3"].tokens(meta, 0, 0) == 256
     weights = sum(t.nbytes for t in out)
     assert 800 << 20 < weights < 830 << 20  # about 812 MiB at F16 (the embeddings in F32), as llama.cpp's file
 
@@ -399,3 +399,49 @@ def test_a_malformed_projector_entry_is_one_line(package, tmp_path, projector, p
     (copy / "manifest.json").write_text(json.dumps(m))
     assert main(["verify", str(copy)]) == 1
     assert re.search(pattern, _one_line_error(capsys))
+
+
+# --- SmolVLM (Idefics3's projector) -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smolvlm(tmp_path_factory):
+    """convert's outputs for the tiny SmolVLM at f16: (text GGUF, projector GGUF)."""
+    import smolvlm_fixtures
+
+    folder = tmp_path_factory.mktemp("smolvlm")
+    src = smolvlm_fixtures.smolvlm_checkpoint()
+    assert main(["convert", "-q", str(src), "-o", str(folder / "model.gguf"), "--outtype", "f16"]) == 0
+    return folder / "model.gguf", folder / f"mmproj-{src.name}-F16.gguf"
+
+
+def test_smolvlm_matches_llamacpp(smolvlm):
+    import smolvlm_fixtures
+
+    text, mmproj = smolvlm
+    ref_text, ref_mmproj = smolvlm_fixtures.llamacpp_smolvlm_reference("f16")
+    # the fixture's tokenizer.json (SmolLM2's, as transformers rebuilds it) has no Digits step: GPT-2's
+    # splitting, where llama.cpp guesses "smollm" from a hash (as test_convert.py finds for SmolLM2 itself)
+    text_differs = {"tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.pre"}
+    for ours, ref, skip in ((mmproj, ref_mmproj, set()), (text, ref_text, text_differs)):
+        meta, tensors = _fields(ours)
+        ref_meta, ref_tensors = _fields(ref)
+        assert_same_tensors(tensors, ref_tensors)
+        assert set(meta) - NAMING - skip == set(ref_meta) - NAMING - skip
+        assert {k: v for k, v in meta.items() if k in ref_meta and k not in NAMING | skip} == {
+            k: v for k, v in ref_meta.items() if k in meta and k not in NAMING | skip}
+
+
+# picture sizes -> tiles in the tiny SmolVLM (longest edge 128 in 64-pixel tiles), plus the whole picture
+SMOLVLM_SIZES = [((50, 40), 4), ((300, 20), 2), ((20, 300), 2), ((128, 64), 2), ((1000, 999), 4)]
+
+
+def test_smolvlm_image_cost_follows_the_size_as_mtmd_counts_it(smolvlm):
+    from edgellm.plan.projector import image_tokens, place_projector, read_projector
+
+    text, mmproj = smolvlm
+    info = read_projector(mmproj)
+    for (w, h), tiles in SMOLVLM_SIZES:
+        assert mtmd_image_tokens(text, mmproj, w, h) == image_tokens(info, w, h) == (tiles + 1) * 16, (w, h)
+    plan = place_projector(mmproj, 0, gpu=False)
+    assert plan.image_tokens == 80 and "an image costs up to 80 tokens of context" in plan.text()

@@ -72,7 +72,8 @@ def _print_package(data: dict) -> None:
         table.add_row(lv["level"], lv["file"], human_bytes(lv["size"]), f"{lv['bits_per_weight']:.2f}", *cells)
     Console().print(table)
     if p := data["projector"]:
-        cost = f"; an image costs {p['image_tokens']} tokens of context" if p["image_tokens"] is not None else ""
+        up_to = "" if p["tokens_fixed"] else "up to "
+        cost = f"; an image costs {up_to}{p['image_tokens']} tokens of context" if p["image_tokens"] is not None else ""
         print(f"images: projector {p['file']} ({p['file_type']}, {human_bytes(p['size'])}){cost}")
     if not tasks:
         print("no task accuracy recorded (edgellm eval PACKAGE --hellaswag FILE --save)")

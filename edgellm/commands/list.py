@@ -28,7 +28,8 @@ def list_(as_json: bool) -> int:
     --json: {"store", "packages": [{"name", "path", "origin", "source", "size",
              "levels": [{"level", "file", "size", "bits_per_weight", "fit", "parts",
                          "accuracy": {task: {"accuracy", "stderr", "tasks", "file"}} | null}],
-             "fits", "fit_note", "error", "projector": {"file", "size", "file_type", "image_tokens"} | null}]}
+             "fits", "fit_note", "error", "projector": {"file", "size", "file_type", "image_tokens",
+             "tokens_fixed"} | null}]}  (image_tokens: of one picture; the most, where the size decides)
     (fit: "gpu", "partial", "cpu" or "no"; error: why an entry could not be read, else null; parts: the files
     of a level split in several, "file" the first of them and "size" all of them, else 1)
     """
@@ -63,5 +64,6 @@ def _images(projector: dict | None) -> str:
     """"F16 812 MiB, 256 tok/image"; "-" for a text model."""
     if not projector:
         return "-"
-    cost = f", {projector['image_tokens']} tok/image" if projector["image_tokens"] is not None else ""
+    up_to = "" if projector["tokens_fixed"] else "up to "
+    cost = f", {up_to}{projector['image_tokens']} tok/image" if projector["image_tokens"] is not None else ""
     return f"{projector['file_type']} {human_bytes(projector['size'])}{cost}"

@@ -18,7 +18,7 @@ from .hardware import HardwareProfile
 from ..store.manifest import accuracy_summary
 from ..store.models import ModelRef, resolve_model
 from .planner import FIT_TEXT, Plan, make_plan
-from .projector import image_tokens, read_projector
+from .projector import image_tokens, read_projector, tokens_fixed
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Entry:
     fits: str | None = None  # the level this machine would run, None when nothing fits or unknown
     fit_note: str = ""
     error: str | None = None  # why the entry could not be read (a removed hub cache, a corrupt file)
-    projector: dict | None = None  # a vision model's projector: {"file", "size", "file_type", "image_tokens"}
+    projector: dict | None = None  # a vision model's projector: {"file", "size", "file_type", "image_tokens", "tokens_fixed"}
 
     @property
     def size(self) -> int:
@@ -104,7 +104,7 @@ def projector_facts(ref: ModelRef) -> dict | None:
     except EdgeError:
         return None
     return {"file": ref.projector.name, "size": info.file_size, "file_type": (info.file_type or "unknown").removeprefix("ALL_"),
-            "image_tokens": image_tokens(info)}
+            "image_tokens": image_tokens(info), "tokens_fixed": tokens_fixed(info)}
 
 
 def entries() -> list[Entry]:

@@ -36,9 +36,30 @@ def _gemma3_tokens(meta: Meta, width: int, height: int) -> int:
     return (per_side // scale) ** 2
 
 
-# clip.projector_type -> tokens of one width x height picture (a fixed count ignores the size)
-IMAGE_TOKENS: dict[str, Callable[[Meta, int, int], int]] = {
-    "gemma3": _gemma3_tokens,
+def _idefics3_tokens(meta: Meta, width: int, height: int) -> int:
+    """SmolVLM / Idefics3: the picture is resized to a longest edge (its other side in proportion, made even),
+    cut in image_size tiles (the last ones padded), and one whole-picture tile goes first; each tile's patch
+    grid is pixel-shuffled by the scale factor per side. Without a size: the most, a square picture."""
+    tile = _count(meta, "clip.vision.image_size")
+    per_tile = (tile // _count(meta, "clip.vision.patch_size") // _count(meta, "clip.vision.projector.scale_factor", 2)) ** 2
+    longest = _count(meta, "clip.vision.preproc_image_size", tile)
+    width, height = (width, height) if width > 0 and height > 0 else (1, 1)
+    short = int(longest / max(width, height) * min(width, height))
+    short += short % 2
+    tiles = -(-longest // tile) * -(-short // tile)
+    return (tiles + 1) * per_tile
+
+
+@dataclass(frozen=True)
+class TokenRule:
+    tokens: Callable[[Meta, int, int], int]  # (header, width, height) -> tokens of one picture
+    fixed: bool  # the same for every picture (else the size decides; no size: the most)
+
+
+# clip.projector_type -> how many tokens a picture takes
+IMAGE_TOKENS: dict[str, TokenRule] = {
+    "gemma3": TokenRule(_gemma3_tokens, fixed=True),
+    "idefics3": TokenRule(_idefics3_tokens, fixed=False),
 }
 
 
@@ -49,12 +70,13 @@ class ProjectorPlan:
     file_type: str
     weights: int  # tensor bytes
     on_gpu: bool
-    image_tokens: int | None  # of one picture (None: a projector type whose count is not known here)
+    image_tokens: int | None  # of one picture, the most where the size decides (None: a type with no rule here)
+    tokens_fixed: bool = True  # every picture costs image_tokens (else up to that many)
 
     def text(self) -> str:
         """"projector 812 MiB F16 on GPU; an image costs 256 tokens of context"."""
-        cost = (f"an image costs {self.image_tokens} tokens of context" if self.image_tokens is not None
-                else f"the image cost of a {self.projector_type} projector is not known here")
+        cost = (f"an image costs {'' if self.tokens_fixed else 'up to '}{self.image_tokens} tokens of context"
+                if self.image_tokens is not None else f"the image cost of a {self.projector_type} projector is not known here")
         return f"projector {human_bytes(self.weights)} {self.file_type} on {'GPU' if self.on_gpu else 'CPU'}; {cost}"
 
     def to_dict(self) -> dict:
@@ -69,9 +91,15 @@ def read_projector(path: Path) -> GGUFInfo:
 
 
 def image_tokens(info: GGUFInfo, width: int = 0, height: int = 0) -> int | None:
-    """The tokens one width x height picture takes with this projector (None: its type has no rule here)."""
+    """The tokens one width x height picture takes with this projector, the most without a size (None: its
+    type has no rule here)."""
     rule = IMAGE_TOKENS.get(str(info.metadata.get("clip.projector_type", "")))
-    return None if rule is None else rule(info.metadata, width, height)
+    return None if rule is None else rule.tokens(info.metadata, width, height)
+
+
+def tokens_fixed(info: GGUFInfo) -> bool:
+    rule = IMAGE_TOKENS.get(str(info.metadata.get("clip.projector_type", "")))
+    return rule is None or rule.fixed
 
 
 def place_projector(path: Path, vram_budget: int, gpu: bool) -> ProjectorPlan:
@@ -81,5 +109,5 @@ def place_projector(path: Path, vram_budget: int, gpu: bool) -> ProjectorPlan:
     return ProjectorPlan(
         path=path, projector_type=str(info.metadata.get("clip.projector_type", "unknown")),
         file_type=(info.file_type or "unknown").removeprefix("ALL_"), weights=weights,
-        on_gpu=gpu and weights <= vram_budget, image_tokens=image_tokens(info),
+        on_gpu=gpu and weights <= vram_budget, image_tokens=image_tokens(info), tokens_fixed=tokens_fixed(info),
     )
