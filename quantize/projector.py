@@ -34,6 +34,7 @@ DEFAULT_PROJECTOR_TYPE = "f16"
 
 Config = dict[str, Any]
 Preprocessor = dict[str, Any]
+MAX_BLOCKS = 1024  # encoder layers a config may name (the tensor table is built for each)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ProjectorSpec:
     tensors: re.Pattern  # the stored names of the encoder's and projection's tensors
     skipped: re.Pattern | None  # of those, the ones llama.cpp does not use
     renames: tuple[tuple[str, str], ...]  # stored name fixes before gguf's name map
-    f16: re.Pattern  # always F16 (stored names)
+    f16: re.Pattern | None  # always F16 (stored names)
     f32: re.Pattern  # always F32 (stored names)
     shifts: tuple[tuple[str, float], ...]  # GGUF name suffix -> value added (norms stored as w - 1)
     metadata: Callable[[Config, Preprocessor], list[tuple[str, Any]]]  # (whole config, preprocessor) -> keys
@@ -59,7 +60,10 @@ def _siglip_shapes(vision: Config) -> dict[str, tuple[int, ...]]:
     side = _need(vision, "image_size") // patch
     out = {"v.patch_embd.weight": (h, vision.get("num_channels", 3), patch, patch), "v.patch_embd.bias": (h,),
            "v.position_embd.weight": (side * side, h), "v.post_ln.weight": (h,), "v.post_ln.bias": (h,)}
-    for i in range(_need(vision, "num_hidden_layers")):
+    n_blocks = _need(vision, "num_hidden_layers")
+    if n_blocks > MAX_BLOCKS:
+        raise EdgeError(f"config.json's vision_config has {n_blocks} layers; more than {MAX_BLOCKS} is not a vision encoder")
+    for i in range(n_blocks):
         blk = f"v.blk.{i}."
         for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
             out |= {blk + name + ".weight": (h, h), blk + name + ".bias": (h,)}
@@ -135,7 +139,7 @@ PROJECTORS: dict[str, ProjectorSpec] = {
             tensors=re.compile(r"^model\.(vision_model|connector)\."),
             skipped=None,
             renames=(),
-            f16=re.compile(r"(?!)"),
+            f16=None,
             f32=re.compile(r"\.embeddings\."),
             shifts=(),
             metadata=_idefics3_metadata,
@@ -276,7 +280,7 @@ def _qtype(spec: ProjectorSpec, stored: str, name: str, shape: tuple[int, ...], 
     the family's own float tensors, the patch embedding F16 only in an F16 file, Q8_0 on whole blocks only."""
     if len(shape) <= 1 or name.endswith("_norm.weight") or spec.f32.search(stored):
         return Q.F32
-    if spec.f16.search(stored):
+    if spec.f16 and spec.f16.search(stored):
         return Q.F16
     if name.endswith(".patch_embd.weight"):
         return Q.F16 if wtype == Q.F16 else Q.F32
