@@ -445,3 +445,15 @@ def test_smolvlm_image_cost_follows_the_size_as_mtmd_counts_it(smolvlm):
         assert mtmd_image_tokens(text, mmproj, w, h) == image_tokens(info, w, h) == (tiles + 1) * 16, (w, h)
     plan = place_projector(mmproj, 0, gpu=False)
     assert plan.image_tokens == 80 and "an image costs up to 80 tokens of context" in plan.text()
+
+
+def test_another_projector_type_replaces_the_old_one(package, tmp_path):
+    copy = tmp_path / "pkg"
+    shutil.copytree(package, copy)
+    old = json.loads((copy / "manifest.json").read_text())["projector"]["file"]
+    assert main(["package", str(vision_fixtures.gemma3_vision_checkpoint()), "-o", str(copy), "--levels", "Q8_0", "--json"]) == 0
+    new = json.loads((copy / "manifest.json").read_text())["projector"]
+    assert new["type"] == "F16" and new["file"] != old and not (copy / old).exists()
+    assert sorted(p.name for p in copy.glob("mmproj-*")) == [new["file"]]
+    assert main(["verify", str(copy)]) == 0
+    assert f"`{new['file']}` (gemma3, F16" in (copy / "README.md").read_text()  # the model card names it
