@@ -37,7 +37,7 @@ def convert(src: Path, out: Path | None, outtype: str, base: str | None, project
     Supports LlamaForCausalLM (Llama 2/3/3.1/3.2, SmolLM2), MistralForCausalLM, Qwen2ForCausalLM and the
     others the README lists. A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
     becomes a GGUF LoRA adapter for `--lora` on run, chat, serve, bench and plan; --base names the checkpoint it was
-    trained on (only its config.json is read). A vision checkpoint (Gemma 3) also gets its projector,
+    trained on (only its config.json is read). A vision checkpoint (Gemma 3, SmolVLM) also gets its projector,
     mmproj-<folder>-<TYPE>.gguf beside the model, as llama.cpp's converter writes it with --mmproj. Files appear
     under their final names only when complete.
     """
