@@ -405,21 +405,34 @@ def test_a_malformed_projector_entry_is_one_line(package, tmp_path, projector, p
 
 
 @pytest.fixture(scope="module")
-def smolvlm(tmp_path_factory):
-    """convert's outputs for the tiny SmolVLM at f16: (text GGUF, projector GGUF)."""
+def smolvlm_at(tmp_path_factory):
+    """convert's outputs for the tiny SmolVLM per type: (text GGUF, projector GGUF)."""
     import smolvlm_fixtures
 
-    folder = tmp_path_factory.mktemp("smolvlm")
-    src = smolvlm_fixtures.smolvlm_checkpoint()
-    assert main(["convert", "-q", str(src), "-o", str(folder / "model.gguf"), "--outtype", "f16"]) == 0
-    return folder / "model.gguf", folder / f"mmproj-{src.name}-F16.gguf"
+    done = {}
+
+    def get(ptype: str) -> tuple[Path, Path]:
+        if ptype not in done:
+            folder = tmp_path_factory.mktemp(f"smolvlm-{ptype}")
+            src = smolvlm_fixtures.smolvlm_checkpoint()
+            assert main(["convert", "-q", str(src), "-o", str(folder / "model.gguf"), "--outtype", ptype, "--projector-type", ptype]) == 0
+            done[ptype] = folder / "model.gguf", folder / f"mmproj-{src.name}-{ptype.upper()}.gguf"
+        return done[ptype]
+
+    return get
 
 
-def test_smolvlm_matches_llamacpp(smolvlm):
+@pytest.fixture(scope="module")
+def smolvlm(smolvlm_at):
+    return smolvlm_at("f16")
+
+
+@pytest.mark.parametrize("ptype", ["f16", "q8_0"])
+def test_smolvlm_matches_llamacpp(ptype, smolvlm_at):
     import smolvlm_fixtures
 
-    text, mmproj = smolvlm
-    ref_text, ref_mmproj = smolvlm_fixtures.llamacpp_smolvlm_reference("f16")
+    text, mmproj = smolvlm_at(ptype)
+    ref_text, ref_mmproj = smolvlm_fixtures.llamacpp_smolvlm_reference(ptype)
     # the fixture's tokenizer.json (SmolLM2's, as transformers rebuilds it) has no Digits step: GPT-2's
     # splitting, where llama.cpp guesses "smollm" from a hash (as test_convert.py finds for SmolLM2 itself)
     text_differs = {"tokenizer.ggml.add_eos_token", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.pre"}
