@@ -158,13 +158,13 @@ def _model(name: str, origin: Path, files: list[Path], say: Say) -> Model | None
     for f in files:
         if is_later_part(f.name):
             continue  # read, checked and linked with its first part
-        if (mm := projector_header(f)) is not None:
+        why, info = _unusable(f)
+        if info is not None and is_projector(info):
             if projector is None:
-                projector = mm
+                projector = info
             else:
                 say(f"skipped {f}: a second projector beside {projector.path.name}")
             continue
-        why, info = _unusable(f)
         level = None if why else (info.file_type or "unknown").removeprefix("ALL_")
         if not why and level in levels:
             why = f"a second {level} file beside {levels[level].name}"
@@ -180,19 +180,18 @@ def _model(name: str, origin: Path, files: list[Path], say: Say) -> Model | None
     return Model(name or clean_name(first.name or first.path.stem), origin, levels, infos, projector)
 
 
-def projector_header(f: Path) -> GGUFInfo | None:
-    """The header of `f` when it is a vision projector (mmproj) GGUF, else None."""
-    try:
-        info = read_gguf(f)
-    except EdgeError:
-        return None
-    return info if info.metadata.get("general.type") == "mmproj" or info.arch == "clip" else None
+def is_projector(info: GGUFInfo) -> bool:
+    """A vision projector (mmproj) GGUF: older ones say so only by their architecture."""
+    return info.metadata.get("general.type") == "mmproj" or info.arch == "clip"
 
 
 def _unusable(f: Path) -> tuple[str | None, GGUFInfo | None]:
-    """Why `f` is not a model to run (or None), and its header."""
+    """Why `f` is not a model to run or a projector (or None), and its header."""
     try:
-        info = check(read_gguf(f))
+        info = read_gguf(f)
+        if is_projector(info):
+            return None, info  # goes with the model beside it (the model checks do not apply)
+        info = check(info)
     except EdgeError as exc:
         return str(exc), None
     kind = info.metadata.get("general.type", "model")
@@ -219,7 +218,8 @@ def import_models(path: Path, name: str | None, say: Say, mmproj: Path | None = 
     if mmproj is not None:
         if len(models) > 1:
             raise UsageError(f"{path} holds {len(models)} models: --mmproj goes with one; import them one by one")
-        if not Path(mmproj).is_file() or (info := projector_header(Path(mmproj).absolute())) is None:
+        _, info = _unusable(Path(mmproj).absolute()) if Path(mmproj).is_file() else (None, None)
+        if info is None or not is_projector(info):
             raise UsageError(f"--mmproj {mmproj} is not a vision projector GGUF (general.type mmproj)")
         models = [replace(models[0], projector=info)]
     entries = []
