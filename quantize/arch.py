@@ -1065,18 +1065,34 @@ ARCHS: dict[str, ArchSpec] = {
 
 @dataclass(frozen=True)
 class TextPart:
-    """A multimodal class whose text model converts alone, as llama.cpp's converter converts it (the other
-    modalities' encoders belong in a separate projector file, which this converter does not write)."""
+    """A multimodal class whose text model converts as a text-only class, as llama.cpp's converter converts it
+    (the image encoder goes to a separate projector file: quantize.projector)."""
 
     text_arch: str  # the text-only class it is converted as
-    prefix: str  # where the text-only class has "model.", the text model's tensors have this
+    prefixes: tuple[str, ...]  # where the text-only class has "model.", the text model's tensors have one of these
     skipped: re.Pattern  # the other modalities' tensors
+    defaults: dict[str, Any] = field(default_factory=dict)  # text settings the class's configs may leave out
 
+
+# Gemma 3's hub configs leave the 4B model's values out of text_config (transformers' Gemma3TextConfig defaults).
+GEMMA3_TEXT_DEFAULTS = {
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "query_pre_attn_scalar": 256,
+    "vocab_size": 262208, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0, "sliding_window": 4096, "sliding_window_pattern": 6,
+}
 
 TEXT_PARTS = {
     "Gemma4ForConditionalGeneration": TextPart(
-        "Gemma4ForCausalLM", "model.language_model.", re.compile(r"^model\.(vision_tower|embed_vision|audio_tower|embed_audio)\.")
+        "Gemma4ForCausalLM", ("model.language_model.",), re.compile(r"^model\.(vision_tower|embed_vision|audio_tower|embed_audio)\.")
     ),
+    # Google's repos name the text model language_model.model.*; transformers 4.52+ saves model.language_model.*
+    "Gemma3ForConditionalGeneration": TextPart(
+        "Gemma3ForCausalLM", ("language_model.model.", "model.language_model."),
+        re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\."), GEMMA3_TEXT_DEFAULTS,
+    ),
+    # SmolVLM and Idefics3: a Llama text model beside the image encoder
+    **{arch: TextPart("LlamaForCausalLM", ("model.text_model.",), re.compile(r"^model\.(vision_model|connector)\."))
+       for arch in ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")},
 }
 SUB_CONFIGS = ("text_config", "vision_config", "audio_config")
 
@@ -1090,12 +1106,14 @@ def text_part(config: Config, names: list[str]) -> tuple[Config, dict[str, str]]
     text = config.get("text_config")
     if not isinstance(text, dict):
         raise EdgeError("config.json lacks the text model's settings (text_config)")
-    merged = {k: v for k, v in config.items() if k not in SUB_CONFIGS} | text | {"architectures": [part.text_arch]}
+    shared = {k: v for k, v in config.items() if k not in SUB_CONFIGS}
+    merged = part.defaults | shared | text | {"architectures": [part.text_arch]}
     renamed = {}
     for name in names:
         if part.skipped.search(name):
             continue
-        renamed["model." + name.removeprefix(part.prefix) if name.startswith(part.prefix) else name] = name
+        prefix = next((p for p in part.prefixes if name.startswith(p)), None)
+        renamed["model." + name.removeprefix(prefix) if prefix else name] = name
     return merged, renamed
 
 

@@ -93,8 +93,10 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise EdgeError(f"missing config.json in {folder}")
     config = read_json_object(path)
-    # Multimodal wrappers keep the language model's settings under text_config.
-    return {**config, **config.get("text_config", {})}
+    # Multimodal wrappers keep the language model's settings under text_config; the wrapper's class names the
+    # checkpoint (SmolVLM's text_config lists its text class too).
+    text = config.get("text_config")
+    return {**config, **{k: v for k, v in text.items() if k != "architectures"}} if isinstance(text, dict) else config
 
 
 def read_json_object(path: Path, max_bytes: int = _MAX_HEADER) -> dict[str, Any]:

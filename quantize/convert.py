@@ -92,7 +92,14 @@ def convert_checkpoint(
 
     writer = gguf.GGUFWriter(None, arch.gguf_arch)
     _add_metadata(writer, arch, hp, ckpt, ftype, vocab)
-    with gguf_output(writer, tensors, out_path, _vocab_bytes(vocab), "GGUF file") as (tmp, fout):
+    return write_gguf(writer, tensors, out_path, _vocab_bytes(vocab), "GGUF file", progress, digest)
+
+
+def write_gguf(writer: gguf.GGUFWriter, tensors: list[OutTensor], out_path: Path, other_bytes: int, what: str,
+               progress: bool, digest: Hash | None) -> Path:
+    """Write `writer`'s metadata and `tensors` to `out_path`, reading and encoding the tensors a few MiB at a
+    time on all usable cores; `digest` is fed the file's bytes as they are written."""
+    with gguf_output(writer, tensors, out_path, other_bytes, what) as (tmp, fout):
 
         def emit(data) -> None:
             fout.write(data)

@@ -156,12 +156,21 @@ LEVELS_LISTED = {
     "Q6_K/SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf": 90 * MiB,
     "mmproj-SmolLM2-f16.gguf": 30 * MiB,
 }
+PROJECTOR = "mmproj-SmolLM2-f16.gguf"
+
+
+def projector_bytes() -> bytes:
+    """A real projector GGUF (the tiny Gemma 3 one llama.cpp's converter writes): pulls fetch it with a level."""
+    import vision_fixtures
+
+    return vision_fixtures.llamacpp_vision_reference()[1].read_bytes()
 
 
 def levels_repo() -> Repo:
     files = {name: b"GGUF not downloaded " + name.encode() for name in LEVELS_LISTED}
-    files |= {"SmolLM2-135M-Instruct-Q4_1.gguf": fixtures.smollm2_gguf().read_bytes(), "README.md": b"# gguf\n"}
-    return Repo(files=files, listed_sizes=dict(LEVELS_LISTED))
+    files |= {"SmolLM2-135M-Instruct-Q4_1.gguf": fixtures.smollm2_gguf().read_bytes(), "README.md": b"# gguf\n",
+              PROJECTOR: projector_bytes()}
+    return Repo(files=files, listed_sizes={k: v for k, v in LEVELS_LISTED.items() if k != PROJECTOR})
 
 
 def machine_with_ram(monkeypatch, ram_mib: int) -> None:
@@ -206,7 +215,7 @@ def planned_levels_repo() -> Repo:
     as Sparse (planned from, never downloaded), beside a vision projector and the card."""
     files = {f"SmolLM2-135M-Instruct-{lv}.gguf": sparse_gguf(p) for lv, p in smollm2_levels().items() if lv != "Q4_1"}
     files["SmolLM2-135M-Instruct-Q4_1.gguf"] = smollm2_levels()["Q4_1"].read_bytes()
-    files |= {"mmproj-SmolLM2-f16.gguf": b"GGUF projector", "README.md": b"# gguf\n"}
+    files |= {PROJECTOR: projector_bytes(), "README.md": b"# gguf\n"}
     return Repo(files=files)
 
 

@@ -284,7 +284,7 @@ BAD_CONFIGS = [
     ("gemma2", lambda c, d: c.update(query_pre_attn_scalar="16"), r"query_pre_attn_scalar"),
     ("phi3", lambda c, d: [c.pop("original_max_position_embeddings"), c["rope_parameters"].pop("original_max_position_embeddings")],
      r"original_max_position_embeddings above 1, not None"),
-    ("gemma3", lambda c, d: c.update(architectures=["Gemma3ForConditionalGeneration"]), r"unsupported architecture Gemma3ForConditionalGeneration"),
+    ("gemma3", lambda c, d: c.update(architectures=["Gemma3ForConditionalGeneration"]), r"lacks the text model's settings \(text_config\)"),
     ("gemma4", lambda c, d: c.update(enable_moe_block=True), r"experts \(enable_moe_block\)"),
     ("gemma4", lambda c, d: c.update(hidden_size_per_layer_input=256), r"per-layer input embeddings"),
     ("gemma4", lambda c, d: c.update(num_kv_shared_layers=2), r"share KV caches"),

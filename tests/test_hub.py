@@ -96,12 +96,16 @@ def test_select_files_picks_gguf_levels():
         "Llama-3.2-1B-Instruct-f16.gguf", "README.md", "mmproj-Llama-3.2-1B-f16.gguf",
     )  # fmt: skip
     assert hub.select_files(repo).kind == "gguf"
-    assert len(hub.select_files(repo).names) == 5  # four levels and the model card; not the vision projector
+    assert len(hub.select_files(repo).names) == 6  # four levels, the model card and the vision projector
     assert hub.select_files(repo, ["q4_k_m", "IQ4_XS"]).names == [
         "Llama-3.2-1B-Instruct-IQ4_XS.gguf",
         "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
         "README.md",
+        "mmproj-Llama-3.2-1B-f16.gguf",  # every level needs it for images
     ]
+    # of several projectors, the F16 one (llama.cpp's default)
+    several = listing("X-Q8_0.gguf", "mmproj-X-Q8_0.gguf", "mmproj-X-BF16.gguf", "mmproj-X-F16.gguf")
+    assert [n for n in hub.select_files(several).names if n.startswith("mmproj")] == ["mmproj-X-F16.gguf"]
     with pytest.raises(UsageError, match=r"no GGUF file at level Q2_K \(levels there: F16, IQ4_XS, Q4_K_M, Q8_0\)"):
         hub.select_files(repo, ["Q2_K"])
 
@@ -129,7 +133,7 @@ def test_gguf_levels_group_split_files_and_leave_out_projectors_and_imatrices():
     levels = hub.gguf_levels(repo)
     assert sorted(levels) == ["Q6_K", "Q8_0", "model"]  # a file without a level is a level of its own
     assert [f.path for f in levels["Q6_K"]] == ["Q6_K/X-Q6_K-00001-of-00002.gguf", "Q6_K/X-Q6_K-00002-of-00002.gguf"]
-    assert hub.select_files(repo, ["q6_k"]).names == [*(f.path for f in levels["Q6_K"]), "README.md"]
+    assert hub.select_files(repo, ["q6_k"]).names == [*(f.path for f in levels["Q6_K"]), "README.md", "mmproj-X-f16.gguf"]
 
 
 # ----------------------------------------------------------------------------------------------- which hub
@@ -639,8 +643,8 @@ def test_pull_of_a_gguf_repo_fetches_the_level_the_planner_picks(fake_hub, monke
     assert code == 0, err
     result = json.loads(out)
     assert result["level_chosen"] == "Q4_1" and "the planner's choice here, the highest-quality level that fits" in result["level_reason"]
-    assert result["files"] == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
-    assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
+    assert result["files"] == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf", "mmproj-SmolLM2-f16.gguf"]
+    assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf", "mmproj-SmolLM2-f16.gguf"]
     # Q8_0 was read and judged too big, Q4_1 read and chosen; F16 (a base) and the smaller Q2_K were never read.
     assert {p for p, _ in fake_hub.range_reads()} == {"SmolLM2-135M-Instruct-Q8_0.gguf", "SmolLM2-135M-Instruct-Q4_1.gguf"}
     code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF")
@@ -666,22 +670,25 @@ def test_pull_level_and_all(fake_hub, capsys):
     assert code == 0, err
     assert sorted(p for p, _ in fake_hub.downloads()) == [
         "Q6_K/SmolLM2-135M-Instruct-Q6_K-00001-of-00002.gguf", "Q6_K/SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf",
-        "README.md",
+        "README.md", "mmproj-SmolLM2-f16.gguf",
     ]  # fmt: skip
     # A level pulled later joins the entry; the earlier one stays.
     assert run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--level", "Q4_1")[0] == 0
     entry = store.resolve("SmolLM2-135M-Instruct")
     assert sorted(p.name for p in entry.glob("*.gguf")) == [
         "SmolLM2-135M-Instruct-Q4_1.gguf", "SmolLM2-135M-Instruct-Q6_K-00001-of-00002.gguf",
-        "SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf",
+        "SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf", "mmproj-SmolLM2-f16.gguf",
     ]  # fmt: skip
+    from edgellm.store.models import resolve_model
+
+    assert resolve_model(entry).projector == entry / "mmproj-SmolLM2-f16.gguf"  # the entry carries its projector
     fake_hub.forget()
     code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--all")
     assert code == 0, err
     assert {p for p, _ in fake_hub.downloads()} == set(LEVELS_LISTED) - {
         "mmproj-SmolLM2-f16.gguf", "Q6_K/SmolLM2-135M-Instruct-Q6_K-00001-of-00002.gguf",
         "Q6_K/SmolLM2-135M-Instruct-Q6_K-00002-of-00002.gguf",
-    }  # fmt: skip  (cached levels are not fetched again, the vision projector never)
+    }  # fmt: skip  (cached levels and the vision projector are not fetched again)
 
     code, _, err = run_cli(capsys, "pull", "someone/SmolLM2-135M-Instruct-GGUF", "--all", "--level", "Q4_1")
     assert code == 2 and err.strip() == "edgellm: --level and --all exclude each other"
@@ -699,7 +706,7 @@ def test_package_of_a_gguf_repo_registers_the_levels_it_has(fake_hub, tmp_path, 
     code, out, err = run_cli(capsys, "package", "someone/SmolLM2-135M-Instruct-GGUF", "--levels", "Q4_1",
                              "-o", str(tmp_path / "pkg"))  # fmt: skip
     assert code == 0, err
-    assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf"]
+    assert sorted(p for p, _ in fake_hub.downloads()) == ["README.md", "SmolLM2-135M-Instruct-Q4_1.gguf", "mmproj-SmolLM2-f16.gguf"]
     assert out.strip() == str(store.resolve("SmolLM2-135M-Instruct"))
     assert (
         "someone/SmolLM2-135M-Instruct-GGUF holds GGUF files that are already quantized: registered Q4_1 in the "

@@ -35,9 +35,9 @@ def test_list_json_schema(gguf_copy, capsys):
     report = json.loads(out)
     assert report["store"] == str(paths.store_dir())
     (pkg,) = report["packages"]
-    assert set(pkg) == {"name", "path", "origin", "source", "size", "levels", "fits", "fit_note", "error"}
+    assert set(pkg) == {"name", "path", "origin", "source", "size", "levels", "fits", "fit_note", "error", "projector"}
     assert pkg["name"] == "SmolLM2" and pkg["path"] == str(folder) and pkg["origin"] == "local"
-    assert pkg["source"] is None and pkg["error"] is None
+    assert pkg["source"] is None and pkg["error"] is None and pkg["projector"] is None
     (level,) = pkg["levels"]
     assert set(level) == {"level", "file", "size", "bits_per_weight", "fit", "parts", "accuracy"} and level["parts"] == 1
     assert level["level"] == "Q4_1" and level["file"] == "SmolLM2-Q4_1.gguf" and level["size"] == GGUF_SIZE

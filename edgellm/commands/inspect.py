@@ -46,13 +46,14 @@ def summary(path: Path) -> dict:
 
 def package_summary(folder: Path) -> dict:
     """A package's levels with the task accuracy `eval --save` recorded (what --json prints for a folder)."""
+    from ..plan.catalog import projector_facts
     from ..store.manifest import accuracy_summary
     from ..store.models import resolve_model
 
     ref = resolve_model(folder)
     return {"package": ref.name, "path": str(ref.source), "levels": [
         {"level": f.level, "file": f.path.name, "size": f.size, "bits_per_weight": round(f.info.bits_per_weight, 3),
-         "accuracy": accuracy_summary(f.accuracy) or None} for f in ref.files]}
+         "accuracy": accuracy_summary(f.accuracy) or None} for f in ref.files], "projector": projector_facts(ref)}
 
 
 def _print_package(data: dict) -> None:
@@ -70,6 +71,10 @@ def _print_package(data: dict) -> None:
         cells = [f"{accuracy_cell(r)} ({r['tasks']})" if r else "-" for r in records]
         table.add_row(lv["level"], lv["file"], human_bytes(lv["size"]), f"{lv['bits_per_weight']:.2f}", *cells)
     Console().print(table)
+    if p := data["projector"]:
+        up_to = "" if p["tokens_fixed"] else "up to "
+        cost = f"; an image costs {up_to}{p['image_tokens']} tokens of context" if p["image_tokens"] is not None else ""
+        print(f"images: projector {p['file']} ({p['file_type']}, {human_bytes(p['size'])}){cost}")
     if not tasks:
         print("no task accuracy recorded (edgellm eval PACKAGE --hellaswag FILE --save)")
 
@@ -80,7 +85,7 @@ def _print_package(data: dict) -> None:
 @click.option("--tensors", "all_tensors", is_flag=True, help="List every tensor, not only the non-layer ones and layer 0.")
 def inspect(file: Path, as_json: bool, all_tensors: bool) -> int:
     """Show FILE.gguf's metadata and a summary of its tensors; for a package folder, its levels with the task
-    accuracy (% ± standard error, tasks) that `edgellm eval --save` recorded.
+    accuracy (% ± standard error, tasks) that `edgellm eval --save` recorded, and its vision projector.
 
     A model split in several files (`<name>-00001-of-00003.gguf` ...) is shown whole from its first part:
     its size and tensors are those of every part."""

@@ -22,12 +22,14 @@ def list_(as_json: bool) -> int:
     FITS is the level this machine would run (the planner's choice), "-" when none fits; levels that do
     not fit are dimmed. FROM is "local" or the hub repo a GGUF package was pulled from. ACCURACY (when any
     package has it) is the task accuracy in % ± standard error that `edgellm eval --save` recorded per level.
+    IMAGES (when any package has a vision projector) is its type, size and the tokens one picture costs.
 
     \b
     --json: {"store", "packages": [{"name", "path", "origin", "source", "size",
              "levels": [{"level", "file", "size", "bits_per_weight", "fit", "parts",
                          "accuracy": {task: {"accuracy", "stderr", "tasks", "file"}} | null}],
-             "fits", "fit_note", "error"}]}
+             "fits", "fit_note", "error", "projector": {"file", "size", "file_type", "image_tokens",
+             "tokens_fixed"} | null}]}  (image_tokens: of one picture; the most, where the size decides)
     (fit: "gpu", "partial", "cpu" or "no"; error: why an entry could not be read, else null; parts: the files
     of a level split in several, "file" the first of them and "size" all of them, else 1)
     """
@@ -40,7 +42,8 @@ def list_(as_json: bool) -> int:
         return 0
     table = Table(title=str(paths.store_dir()), title_justify="left")
     evals = any(f.accuracy for e in found for f in e.files)
-    for col in ("NAME", "LEVELS", "SIZE", "FITS", "FROM", *(("ACCURACY",) if evals else ())):
+    images = any(e.projector for e in found)
+    for col in ("NAME", "LEVELS", "SIZE", "FITS", "FROM", *(("IMAGES",) if images else ()), *(("ACCURACY",) if evals else ())):
         table.add_column(col, justify="right" if col == "SIZE" else "left")
     for e in found:
         if e.error:
@@ -48,10 +51,19 @@ def list_(as_json: bool) -> int:
             continue
         accuracy = ("\n".join(f"{f.level}: {accuracy_text(f.accuracy)}" for f in e.files if f.accuracy),) if evals else ()
         levels = ", ".join(f"[dim]{_level(f)}[/dim]" if f.fit == "no" else _level(f) for f in e.files)
-        table.add_row(e.name, levels, human_bytes(e.size), e.fits or "-", e.origin, *accuracy)
+        table.add_row(e.name, levels, human_bytes(e.size), e.fits or "-", e.origin, *((_images(e.projector),) if images else ()), *accuracy)
     Console().print(table)
     return 0
 
 
 def _level(f: catalog.StoredFile) -> str:
     return f"{f.level} {human_bytes(f.size)}" + (f" in {f.parts} files" if f.parts > 1 else "")
+
+
+def _images(projector: dict | None) -> str:
+    """"F16 812 MiB, 256 tok/image"; "-" for a text model."""
+    if not projector:
+        return "-"
+    up_to = "" if projector["tokens_fixed"] else "up to "
+    cost = f", {up_to}{projector['image_tokens']} tok/image" if projector["image_tokens"] is not None else ""
+    return f"{projector['file_type']} {human_bytes(projector['size'])}{cost}"

@@ -103,10 +103,13 @@ def print_levels_table(rows: list[dict], title: str) -> None:
 @click.option("--split-max-size", "split_max_size", type=BYTE_SIZE, default=None, metavar="SIZE",
               help="Write each level larger than SIZE (e.g. 40G: the Hugging Face Hub takes files up to 50 GB) in "
                    "parts of at most SIZE of tensors, <name>-<LEVEL>-00001-of-0000N.gguf ..., as llama-gguf-split does.")
+@click.option("--projector-type", type=click.Choice(("f16", "q8_0", "none")), default=None,
+              help="For a vision checkpoint: tensor type of the projector (mmproj) GGUF written once beside the "
+                   "levels [default: f16]; none packages the text model alone.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a table.")
 def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatrix_text: Path | None,
             eval_text: Path | None, n_ctx: int, name: str | None, jobs: int, allow_requantize: bool,
-            loras: tuple, split_max_size: int | None, as_json: bool) -> int:
+            loras: tuple, split_max_size: int | None, projector_type: str | None, as_json: bool) -> int:
     """Convert SRC (a Hugging Face checkpoint folder, a float GGUF, or a hub repo id to pull first, as
     `edgellm pull` does) and quantize it to several levels.
 
@@ -134,7 +137,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
         levels=chosen, base_type=base_type, imatrix_text=imatrix_text,
         eval_text=eval_text, n_ctx=n_ctx, allow_requantize=allow_requantize, jobs=jobs,
         name=name or got.name,  # a pulled snapshot's folder is named after a commit
-        loras=loras, split_max_size=split_max_size or 0,
+        loras=loras, split_max_size=split_max_size or 0, projector_type=projector_type,
     )
     opts.command = shlex.join(
         ["edgellm", "package", str(src), "-o", str(out_dir), "--levels", ",".join(lv.name for lv in opts.levels),
@@ -144,6 +147,7 @@ def package(src: Path, out_dir: Path, levels: str | None, base_type: str, imatri
         + (["--allow-requantize"] if allow_requantize else [])
         + [arg for path, scale in loras for arg in ("--lora", f"{path}:{scale:g}")]
         + (["--split-max-size", f"{split_max_size >> 20}M"] if split_max_size else [])
+        + (["--projector-type", projector_type] if projector_type else [])
     )
     with ProgressReporter() as ui:
         result = build_package(source, out_dir, opts, ui.reporter())

@@ -19,7 +19,7 @@ def verify(folder: Path, as_json: bool) -> int:
 
     m = Manifest.load(folder)
     problems = m.verify(folder)
-    n = sum(len(f.listed) for f in m.files)
+    n = sum(len(f.listed) for f in m.files) + (m.projector is not None)
     if as_json:
         click.echo(json.dumps({"folder": str(folder), "ok": not problems, "files": n,
                                "problems": [{"file": p.file, "problem": p.what} for p in problems]}, indent=2))

@@ -18,7 +18,7 @@ from .adapters import read_adapters
 from ..errors import EdgeError, UsageError
 from ..plan.hardware import HardwareProfile, cpu_load, detect
 from ..plan.planner import Plan, make_plan
-from ..store.models import ModelRef, resolve_model, verify_file
+from ..store.models import ModelRef, resolve_model, verify_file, verify_projector
 from .runtime import Engine
 from ..plan.tune import Settings, lookup
 
@@ -81,6 +81,7 @@ def plan_model(
             if len(ref.files) == 1:
                 raise
             ref = ref.without(chosen, str(exc))
+    verify_projector(ref)
     adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
     plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
     tuned = lookup(plan.path, hw.machine_id) if not plan.workers else None  # tuned for this machine alone

@@ -3,8 +3,8 @@
 This module decides which files to fetch, checks the disk before fetching, picks the hub for a bare id,
 and falls back to the cache when the hub cannot be reached; `clients` talks to the hubs' libraries.
 
-From a checkpoint repo only what conversion reads is fetched (safetensors, config, tokenizer). From a repo
-of GGUF files, one level: the one named, every one with `every_level`, or else the one this machine runs
+From a checkpoint repo only what conversion reads is fetched (safetensors, config, tokenizer, a vision model's
+processor settings). From a repo of GGUF files, its vision projector (mmproj) if it has one, and one level: the one named, every one with `every_level`, or else the one this machine runs
 best, as the planner judges it from the levels' headers, read by byte ranges before anything is
 downloaded (`remote_plan`). F16/BF16/F32 files are left out of that choice: they are bases to quantize from,
 twice the download of Q8_0 for no difference a chat shows.
@@ -41,11 +41,14 @@ CHECKPOINT_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
+    "preprocessor_config.json",  # a vision model's image settings, for its projector
+    "processor_config.json",
 )
 # Mistral publishes its own single-file format beside the HF shards: the same weights twice.
 DUPLICATE_WEIGHTS = ("consolidated*.safetensors",)
 # GGUF files that are not a model to run: vision encoders ("multimodal projector"), importance matrices.
 NOT_A_MODEL_GGUF = ("mmproj*", "imatrix*")
+PROJECTOR_GGUF = ("mmproj*.gguf",)
 # Beside a repo's GGUF files: an edgellm package's manifest (sizes, quality) and the model card (licence).
 GGUF_REPO_FILES = ("manifest.json", "README.md")
 # Float levels: what a GGUF repo offers to quantize from, the smallest lossless one first.
@@ -179,11 +182,19 @@ def select_files(files: Iterable[RemoteFile], levels: Iterable[str] = ()) -> Sel
                 raise UsageError(f"no GGUF file at level {', '.join(absent)} (levels there: {', '.join(sorted(by_level))})")
             by_level = chosen
         ggufs = [f for fs in by_level.values() for f in fs]
-        extras = [f for f in top if f.path in GGUF_REPO_FILES]
+        extras = [f for f in top if f.path in GGUF_REPO_FILES] + _projector(top)
         return Selection("gguf", tuple(sorted(ggufs + extras, key=lambda f: f.path)))
 
     found = ", ".join(sorted({PurePosixPath(f.path).suffix or f.path for f in files})) or "nothing"
     raise EdgeError(f"holds neither .safetensors nor .gguf files (found: {found}); edgellm converts safetensors")
+
+
+def _projector(files: list[RemoteFile]) -> list[RemoteFile]:
+    """A vision model's projector, which every level needs: the repo's one mmproj*.gguf, or of several the F16 one
+    (llama.cpp's default), else the first by name."""
+    found = sorted((f for f in files if _matches(f.path, PROJECTOR_GGUF)), key=lambda f: f.path)
+    f16 = [f for f in found if "F16" in f.path.upper() and "BF16" not in f.path.upper()]
+    return (f16 or found)[:1]
 
 
 def check_complete(folder: Path, selection: Selection) -> None:

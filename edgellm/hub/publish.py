@@ -154,7 +154,8 @@ def prepare(folder: Path, with_imatrix: bool = False, base: str | None = None, l
         if split_name(p.name):
             read_gguf(p)  # every part of a split level goes up, so every part must be there
     manifest = Manifest.load(folder) if (folder / MANIFEST_FILE).is_file() else None
-    meta = read_gguf(firsts[0]).metadata
+    models = [p for p in firsts if not p.name.startswith("mmproj")]  # a vision projector describes no model
+    meta = read_gguf((models or firsts)[0]).metadata
     if (folder / CARD_FILE).is_file():
         card = (folder / CARD_FILE).read_text(encoding="utf-8", errors="replace")
     elif manifest is not None:

@@ -18,6 +18,7 @@ from .hardware import HardwareProfile
 from ..store.manifest import accuracy_summary
 from ..store.models import ModelRef, resolve_model
 from .planner import FIT_TEXT, Plan, make_plan
+from .projector import image_tokens, read_projector, tokens_fixed
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,11 @@ class Entry:
     fits: str | None = None  # the level this machine would run, None when nothing fits or unknown
     fit_note: str = ""
     error: str | None = None  # why the entry could not be read (a removed hub cache, a corrupt file)
+    projector: dict | None = None  # a vision model's projector: {"file", "size", "file_type", "image_tokens", "tokens_fixed"}
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.files) + (self.projector["size"] if self.projector else 0)
 
     @property
     def origin(self) -> str:
@@ -64,6 +66,7 @@ class Entry:
             "fits": self.fits,
             "fit_note": self.fit_note,
             "error": self.error,
+            "projector": self.projector,
         }
 
 
@@ -89,7 +92,19 @@ def _entry(folder: Path, hw: HardwareProfile) -> Entry:
                    parts=len(f.parts), accuracy=accuracy_summary(f.accuracy) or None)
         for f in ref.files
     )
-    return Entry(folder.name, folder, source, files, plan.level if plan else None, note)
+    return Entry(folder.name, folder, source, files, plan.level if plan else None, note, projector=projector_facts(ref))
+
+
+def projector_facts(ref: ModelRef) -> dict | None:
+    """What listings show of a model's projector (None without one, or with one whose header does not read)."""
+    if ref.projector is None:
+        return None
+    try:
+        info = read_projector(ref.projector)
+    except EdgeError:
+        return None
+    return {"file": ref.projector.name, "size": info.file_size, "file_type": (info.file_type or "unknown").removeprefix("ALL_"),
+            "image_tokens": image_tokens(info), "tokens_fixed": tokens_fixed(info)}
 
 
 def entries() -> list[Entry]:

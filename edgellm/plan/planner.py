@@ -27,6 +27,7 @@ from ..fsutil import human_bytes
 from .accuracy_limit import accuracy_limit
 from .hardware import HardwareProfile
 from .memory import MemoryEstimate, estimate, experts, kv_cells
+from .projector import ProjectorPlan, place_projector
 from ..store.models import ModelFile, ModelRef
 from .speed import INTERACTIVE_TPS, MachineSpeed, Speed, machine_speed, measured, predict
 
@@ -116,6 +117,7 @@ class Plan:
     loras: tuple[LoraAdapter, ...] = ()  # --lora: adapters applied at their scales (checked against the file)
     devices: tuple[str, ...] = ()  # the GPUs (ggml device names: CUDA0, Vulkan0) the offloaded layers go to
     parts: int = 1  # files the level takes: more than one when it is split (`path` is then the first part)
+    projector: ProjectorPlan | None = None  # a vision model's projector: its weights are kept out of the budgets above
 
     @property
     def gpu_layers(self) -> str:
@@ -150,6 +152,8 @@ class Plan:
                 f"  VRAM: {human_bytes(m.vram)} of {human_bytes(self.vram_budget)} usable (weights {human_bytes(m.weights_gpu)}, "
                 f"KV {human_bytes(m.kv_gpu)}, compute {human_bytes(m.compute_gpu)})"
             )
+        if self.projector:
+            lines.append(f"  Images: {self.projector.text()} ({self.projector.path.name}, beside the memory above)")
         lines += self._worker_lines()
         lines += [f"  Note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -221,6 +225,7 @@ class Plan:
             "workers": [w.to_dict() for w in self.workers],
             "loras": [a.to_dict() for a in self.loras],
             "devices": list(self.devices),
+            "projector": self.projector.to_dict() if self.projector else None,
         }
 
 
@@ -333,6 +338,13 @@ def make_plan(
     gpu = bool(hw.offload_gpus)
     ram_budget, vram_budget = memory_budgets(hw)
     notes: list[str] = list(model.skipped)  # damaged levels of a package, left out
+    ram_fit, vram_fit, projector = ram_budget, vram_budget, None  # what the levels may take
+    if model.projector is not None:  # reserved first, where llama.cpp's mtmd puts it
+        projector = place_projector(model.projector, vram_budget, gpu)
+        if projector.on_gpu:
+            vram_fit -= projector.weights
+        else:
+            ram_fit = max(0, ram_fit - projector.weights)
 
     n_ctx_train = max(f.info.n_ctx_train for f in model.files) or DEFAULT_CTX
     if ctx is not None:
@@ -345,7 +357,7 @@ def make_plan(
 
     levels, fitting = [], []
     for f in model.files:
-        m = _fit_level(f, contexts, kv_type, ram_budget, vram_budget, gpu, hw.unified_memory, ngl, n_seq, loras)
+        m = _fit_level(f, contexts, kv_type, ram_fit, vram_fit, gpu, hw.unified_memory, ngl, n_seq, loras)
         if m is None:
             worst = estimate(f.info, contexts[-1], f.info.n_layers + 1 if gpu else 0, kv_type, lora=lora_bytes(loras, f.info.n_layers))
             levels.append(LevelFit(f.level, f.path, f.size, "no", f.info.n_layers, worst.n_gpu_layers, contexts[-1], worst.ram, worst.vram))
@@ -359,7 +371,7 @@ def make_plan(
         fitting.append((f, m, speed))
 
     if not fitting:
-        raise NotEnoughSpace(_does_not_fit(model, hw, contexts[-1], kv_type, ram_budget, vram_budget, gpu))
+        raise NotEnoughSpace(_does_not_fit(model, hw, contexts[-1], kv_type, ram_fit, vram_fit, gpu))
     if max_loss is not None:
         (f, m, speed), why, limit_notes = _within_loss(model, fitting, max_loss, max_loss_task)
         notes.extend(limit_notes)
@@ -395,6 +407,7 @@ def make_plan(
         why=why,
         loras=loras,
         devices=_devices(hw) if m.n_gpu_layers else (),
+        projector=projector,
     )
 
 

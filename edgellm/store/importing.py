@@ -42,6 +42,7 @@ class Model:
     origin: Path  # the folder (or Ollama manifest, or file) it stands for
     files: dict[str, Path]  # level -> GGUF file
     infos: dict[str, GGUFInfo]
+    projector: GGUFInfo | None = None  # a vision model's projector (mmproj) found beside it
 
 
 def _is_gguf(path: Path) -> bool:
@@ -153,10 +154,17 @@ def _model(name: str, origin: Path, files: list[Path], say: Say) -> Model | None
     infos: dict[str, GGUFInfo] = {}
     for first in orphans([f.name for f in files]):
         say(f"skipped the parts of {first} in {origin}: that first part is missing")
+    projector = None
     for f in files:
         if is_later_part(f.name):
             continue  # read, checked and linked with its first part
         why, info = _unusable(f)
+        if info is not None and is_projector(info):
+            if projector is None:
+                projector = info
+            else:
+                say(f"skipped {f}: a second projector beside {projector.path.name}")
+            continue
         level = None if why else (info.file_type or "unknown").removeprefix("ALL_")
         if not why and level in levels:
             why = f"a second {level} file beside {levels[level].name}"
@@ -165,28 +173,41 @@ def _model(name: str, origin: Path, files: list[Path], say: Say) -> Model | None
             continue
         levels[level], infos[level] = f, info
     if not levels:
+        if projector is not None:
+            say(f"skipped {projector.path}: a projector without a model beside it")
         return None
     first = next(iter(infos.values()))
-    return Model(name or clean_name(first.name or first.path.stem), origin, levels, infos)
+    return Model(name or clean_name(first.name or first.path.stem), origin, levels, infos, projector)
+
+
+def is_projector(info: GGUFInfo) -> bool:
+    """A vision projector (mmproj) GGUF: older ones say so only by their architecture."""
+    return info.metadata.get("general.type") == "mmproj" or info.arch == "clip"
 
 
 def _unusable(f: Path) -> tuple[str | None, GGUFInfo | None]:
-    """Why `f` is not a model to run (or None), and its header."""
+    """Why `f` is not a model to run or a projector (or None), and its header."""
     try:
-        info = check(read_gguf(f))
+        info = read_gguf(f)
+        if is_projector(info):
+            return None, info  # goes with the model beside it (the model checks do not apply)
+        info = check(info)
     except EdgeError as exc:
         return str(exc), None
     kind = info.metadata.get("general.type", "model")
-    if kind != "model" or info.arch == "clip":
-        return f"a {kind if kind != 'model' else 'vision projector'} GGUF, not a model to run", None
+    if kind != "model":
+        return f"a {kind} GGUF, not a model to run", None
     return None, info
 
 
 # ------------------------------------------------------------------------------------------------- importing
 
 
-def import_models(path: Path, name: str | None, say: Say) -> list[Path]:
-    """Put the models found under `path` in the store as links; the entries' folders."""
+def import_models(path: Path, name: str | None, say: Say, mmproj: Path | None = None) -> list[Path]:
+    """Put the models found under `path` in the store as links; the entries' folders. `mmproj` is the
+    projector GGUF of the one model found (a folder's mmproj-*.gguf is found by itself)."""
+    from dataclasses import replace
+
     from . import store
     from .models import resolve_model
 
@@ -194,12 +215,22 @@ def import_models(path: Path, name: str | None, say: Say) -> list[Path]:
     if name is not None and len(models) > 1:
         found = ", ".join(m.name for m in models)
         raise UsageError(f"{path} holds {len(models)} models ({found}): --name names one; import them one by one")
+    if mmproj is not None:
+        if len(models) > 1:
+            raise UsageError(f"{path} holds {len(models)} models: --mmproj goes with one; import them one by one")
+        _, info = _unusable(Path(mmproj).absolute()) if Path(mmproj).is_file() else (None, None)
+        if info is None or not is_projector(info):
+            raise UsageError(f"--mmproj {mmproj} is not a vision projector GGUF (general.type mmproj)")
+        models = [replace(models[0], projector=info)]
     entries = []
     for m in models:
         base = clean_name(name) if name is not None else m.name
         links, sums = {}, {}
-        for level, info in m.infos.items():
-            for link, f in _links(f"{base}-{level}", info).items():
+        named = [(f"{base}-{level}", info) for level, info in m.infos.items()]
+        if m.projector is not None:
+            named.append((f"mmproj-{base}-{(m.projector.file_type or 'F16').removeprefix('ALL_')}", m.projector))
+        for stem, info in named:
+            for link, f in _links(stem, info).items():
                 if f.stat().st_size >= SAY_HASHING:
                     say(f"hashing {f.name} ({human_bytes(f.stat().st_size)})…")
                 sha = sha256_file(f)

@@ -19,6 +19,10 @@
         "scale": float,               # the strength it was merged at (1: as trained)
         "sha256": {file name: str}    # adapter_config.json and adapter_model.safetensors
       }, ...],                        # absent or empty: the checkpoint as it is
+      "projector": {                  # a vision model's image encoder (mmproj GGUF), one for every level
+        "file": str, "type": "F16"|"Q8_0", "bytes": int, "sha256": str,
+        "projector_type": str         # clip.projector_type ("gemma3")
+      } | null,
       "files": [{
         "file": "SmolLM2-Q4_K_M.gguf", "level": "Q4_K_M",   # a plain name inside the package folder
         "bytes": int,                 # file size (of all parts, for a split level)
@@ -135,6 +139,21 @@ class PartEntry:
 
 
 @dataclass
+class ProjectorEntry:
+    """A vision model's projector (mmproj) GGUF, shared by every level of the package."""
+
+    file: str
+    type: str  # its file type: F16 or Q8_0
+    bytes: int
+    sha256: str
+    projector_type: str  # clip.projector_type: which image encoder llama.cpp runs
+
+    @property
+    def part(self) -> PartEntry:
+        return PartEntry(self.file, self.bytes, self.sha256)
+
+
+@dataclass
 class FileEntry:
     file: str
     level: str
@@ -204,6 +223,7 @@ class Manifest:
     imatrix: TextRef | None = None
     eval: TextRef | None = None
     adapters: list[AdapterRef] = field(default_factory=list)
+    projector: ProjectorEntry | None = None
     created_by: str = f"edgellm {__version__}"
 
     def entry(self, level: str) -> FileEntry | None:
@@ -238,6 +258,11 @@ class Manifest:
                 f.parts = [PartEntry(**p) for p in f.parts] if f.parts else None
             names = [f.file for f in files] + [p.file for f in files for p in f.parts or ()]
             names += [d["base"]["file"]] if "file" in d["base"] else []
+            projector = ProjectorEntry(**d["projector"]) if d.get("projector") else None
+            if projector and not (isinstance(projector.bytes, int) and all(isinstance(v, str) for v in (
+                    projector.type, projector.sha256, projector.projector_type))):
+                raise EdgeError(f"malformed manifest: its projector entry has a value of the wrong type: {d['projector']!r}")
+            names += [projector.file] if projector else []
             for name in names:
                 _plain_name(name)
             return cls(
@@ -248,6 +273,7 @@ class Manifest:
                 imatrix=TextRef(**d["imatrix"]) if d.get("imatrix") else None,
                 eval=TextRef(**d["eval"]) if d.get("eval") else None,
                 adapters=[AdapterRef(**a) for a in d.get("adapters") or []],
+                projector=projector,
                 created_by=d.get("created_by", ""),
             )
         except (KeyError, TypeError, AttributeError) as exc:
@@ -277,6 +303,8 @@ class Manifest:
             for part in f.listed:
                 if what := file_problem(Path(folder) / part.file, part):
                     problems.append(Problem(part.file, what))
+        if self.projector is not None and (what := file_problem(Path(folder) / self.projector.file, self.projector.part)):
+            problems.append(Problem(self.projector.file, f"projector {what}"))
         return problems
 
 

@@ -99,9 +99,9 @@ def _single(path: Path) -> ModelRef:
 
 
 def _package(folder: Path) -> ModelRef:
-    """The levels of a package. A damaged file (unreadable, impossible header, not the size its manifest says) is
-    left out with the reason, as long as another level is sound; no file is touched."""
-    files, damaged = [], []
+    """The levels of a package and its projector. A damaged file (unreadable, impossible header, not the size its
+    manifest says) is left out with the reason, as long as another level is sound; no file is touched."""
+    files, damaged, projectors = [], [], []
     ggufs = sorted(folder.glob("*.gguf"))
     for first in orphans([p.name for p in ggufs]):
         damaged.append(EdgeError(f"{first} is missing: {folder} holds later parts of that split model but not its first"))
@@ -110,6 +110,9 @@ def _package(folder: Path) -> ModelRef:
             continue  # read with its first part
         try:
             info = read_gguf(p)
+            if info.metadata.get("general.type") == "mmproj" or info.arch == "clip":
+                projectors.append(p)
+                continue
             if info.metadata.get("general.type", "model") != "model":
                 continue  # the package's imatrix.gguf, or an adapter: not a level to run
             files.append(ModelFile(level=_level_from_name(p, info), path=p, info=check(info)))
@@ -142,8 +145,35 @@ def _package(folder: Path) -> ModelRef:
             files[i] = replace(f, sha256=entry.sha256, bench=entry.bench, part_sha256=parts, accuracy=entry.accuracy)
         if not any(files):
             raise damaged[0]
-    skipped = tuple(f"{exc}: that level is skipped" for exc in damaged)
-    return ModelRef(name=name, source=folder, files=tuple(f for f in files if f), skipped=skipped)
+        projector, why = _listed_projector(folder, manifest.projector)
+    else:  # an imported or hub-registered folder: its one projector file, if it has one
+        projector, why = (projectors[0] if len(projectors) == 1 else None), None
+    skipped = tuple(f"{exc}: that level is skipped" for exc in damaged) + ((why,) if why else ())
+    return ModelRef(name=name, source=folder, files=tuple(f for f in files if f), skipped=skipped, projector=projector)
+
+
+def _listed_projector(folder: Path, entry) -> tuple[Path | None, str | None]:
+    """The manifest's projector file when it is there at its listed size, else why not (the text model still runs)."""
+    if entry is None:
+        return None, None
+    path = folder / entry.file
+    if not path.is_file():
+        return None, f"the projector {entry.file} is missing: images are off (check it with `edgellm verify {folder}`)"
+    if path.stat().st_size != entry.bytes:
+        return None, (f"the projector {entry.file} is {path.stat().st_size} bytes but the manifest says {entry.bytes}: "
+                      f"images are off (check it with `edgellm verify {folder}`)")
+    return path, None
+
+
+def verify_projector(ref: ModelRef) -> None:
+    """Check a package's projector against its manifest's sha256 (remembered per size and mtime, so once)."""
+    if ref.projector is None or not (ref.source.is_dir() and (ref.source / MANIFEST).is_file()):
+        return
+    from .manifest import Manifest
+
+    entry = Manifest.load(ref.source).projector
+    if entry is not None and entry.file == ref.projector.name:
+        _verify_one(ref.projector, entry.sha256, "the projector ")
 
 
 def verify_file(f: ModelFile) -> None:
@@ -155,7 +185,7 @@ def verify_file(f: ModelFile) -> None:
             _verify_one(path, sums[path.name])
 
 
-def _verify_one(path: Path, sha256: str) -> None:
+def _verify_one(path: Path, sha256: str, what: str = "") -> None:
     from ..fsutil import atomic_output
     from .manifest import sha256_file
     from ..paths import cache_dir
@@ -170,7 +200,7 @@ def _verify_one(path: Path, sha256: str) -> None:
     if seen.get(key) == stamp:
         return
     if sha256_file(path) != sha256:
-        raise EdgeError(f"{path.name} does not match its manifest's sha256: the file is damaged or was changed")
+        raise EdgeError(f"{what}{path.name} does not match its manifest's sha256: the file is damaged or was changed")
     seen[key] = stamp
     record.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(record) as tmp:

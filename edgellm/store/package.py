@@ -23,7 +23,9 @@ from pathlib import Path
 from ..errors import EdgeError, NotEnoughSpace, UsageError
 from ..fsutil import atomic_output, ensure_free_space, exclusive_lock, human_bytes, remove_abandoned_partials
 from ..formats.gguf_info import read_gguf
-from .manifest import FILENAME, LOCK_FILE, AdapterRef, FileEntry, Manifest, ModelFacts, TextRef, file_problem, sha256_file
+from .manifest import (
+    FILENAME, LOCK_FILE, AdapterRef, FileEntry, Manifest, ModelFacts, ProjectorEntry, TextRef, file_problem, sha256_file,
+)
 from ..quantize.levels import TABLE, Level, check_base, check_imatrix_needs, estimate_bytes, experts_note, mxfp4_experts, quantize
 from ..quantize.parallel import usable_cores
 from ..quantize.peft import PeftAdapter
@@ -48,6 +50,7 @@ class PackageOptions:
     command: str = ""
     loras: tuple[tuple[Path, float], ...] = ()  # PEFT LoRA adapter folders merged into the weights, at these scales
     split_max_size: int = 0  # >0: a level with more tensor bytes than this is written in parts (`quantize.split`)
+    projector_type: str | None = None  # a vision checkpoint's projector: f16, q8_0 or none (None: f16)
 
 
 @dataclass
@@ -197,23 +200,31 @@ def build_package(src: Path, out_dir: Path, opts: PackageOptions, reporter: Repo
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output path is not a folder: {out_dir}")
     # The source is checked before the folder is touched.
-    src_info = convert_to = None
+    src_info = convert_to = projector = None
     if from_gguf:
+        if opts.projector_type is not None:
+            raise UsageError(f"--projector-type is for vision checkpoints, and {src.name} is a GGUF file")
         src_info = read_gguf(src)
         check_base(src_info, opts.allow_requantize)
     else:
+        from ..quantize.checkpoint import read_config
         from ..quantize.convert import resolve_file_type
+        from ..quantize.projector import DEFAULT_PROJECTOR_TYPE, check_projector_type, prepare_projector
 
         convert_to = resolve_file_type(src, opts.base_type)
+        if check_projector_type(read_config(src), opts.projector_type) is not None:
+            projector = prepare_projector(src, opts.projector_type or DEFAULT_PROJECTOR_TYPE)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out_dir / LOCK_FILE, f"another edgellm package run is writing to {out_dir}"):
         remove_abandoned_partials(out_dir)  # temp files of runs that were killed outright
-        return _build(src, out_dir, opts, reporter or Reporter(), src_info, convert_to, calib, eval_text, adapters)
+        return _build(src, out_dir, opts, reporter or Reporter(), src_info, convert_to, calib, eval_text, adapters,
+                      projector)
 
 
-def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text, adapters) -> PackageResult:
+def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text, adapters, projector) -> PackageResult:
     """build_package's work, with the folder locked. `src_info` is the source GGUF's header when that file is
-    the base; `convert_to` the base's file type when a checkpoint is converted; `adapters` are merged into it."""
+    the base; `convert_to` the base's file type when a checkpoint is converted; `adapters` are merged into it;
+    `projector` is the vision checkpoint's projector to write beside the levels."""
     refs = adapter_refs(adapters)
     try:
         old = Manifest.load(out_dir) if (out_dir / FILENAME).exists() else None
@@ -258,6 +269,8 @@ def _build(src, out_dir, opts, rep, src_info, convert_to, calib, eval_text, adap
     )
     if src_info is None:
         manifest.put(FileEntry.from_gguf(info, base_level, base_sha, command=opts.command))
+    if projector is not None:
+        manifest.projector = _ensure_projector(projector, out_dir, stem, old, fingerprint, rep)
 
     # --- importance matrix -------------------------------------------------------------------------
     imatrix = None
@@ -351,6 +364,24 @@ def _convert_base(
     return path, digest.hexdigest()
 
 
+def _ensure_projector(job, out_dir: Path, stem: str, old: Manifest | None, fingerprint: str, rep: Reporter) -> ProjectorEntry:
+    """The package's projector GGUF: the one an earlier run wrote from this same source at this type while it
+    is intact, else written now (hashed as it is written)."""
+    from ..quantize.projector import projector_file_name, write_projector
+
+    prev = old.projector if old and old.source and old.source.get("fingerprint") == fingerprint else None
+    name = projector_file_name(stem, job.ptype)
+    if prev is not None and prev.file == name and not file_problem(out_dir / name, prev.part):
+        rep.level_done(f"projector {prev.type}", True)
+        return prev
+    if old is not None and old.projector is not None and old.projector.file != name:
+        (out_dir / old.projector.file).unlink(missing_ok=True)  # of another type: one projector per package
+    rep.stage(f"writing the projector {name}")
+    digest = hashlib.sha256()
+    path = write_projector(job, out_dir / name, progress=True, digest=digest)
+    return ProjectorEntry(name, job.ptype.upper(), path.stat().st_size, digest.hexdigest(), job.kind)
+
+
 def _ensure_imatrix(base_path, out_dir, calib, opts, old, rep):
     from ..quantize.imatrix import ImportanceMatrix, compute_imatrix
 
@@ -410,6 +441,10 @@ def write_card(folder: Path, m: Manifest) -> Path:
     for a in m.adapters:
         lines.append(f"LoRA adapter `{a.name}` (rank {a.rank}, alpha {a.alpha:g}{', rsLoRA' if a.rslora else ''}) merged "
                      f"into the weights at scale {a.scale:g}.")
+    if m.projector:
+        p = m.projector
+        lines.append(f"Images: the projector `{p.file}` ({p.projector_type}, {p.type}, {human_bytes(p.bytes)}) goes with "
+                     "every level (llama.cpp's `--mmproj`).")
     if m.imatrix:
         lines.append(f"Importance matrix from `{m.imatrix.text}` ({m.imatrix.tokens} tokens), file `{IMATRIX_FILE}`.")
     lines += ["", "| file | level | size | bits/weight |" + (" PPL | KLD vs base |" if has_q else ""),
