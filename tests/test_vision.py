@@ -148,3 +148,35 @@ def test_decoded_pictures_are_what_the_model_sees(pictures):
     # the same picture as PNG and as lossless WebP decodes to the same pixels, so it is the same picture to the model
     im = gradient(90, 70)
     assert decode(encoded(im, "PNG")).digest == decode(encoded(im, "WEBP", lossless=True)).digest
+
+
+def test_a_package_edgellm_made_plans_and_runs_its_own_projector(pictures, tmp_path):
+    """convert + package a vision checkpoint, then plan and run it by name, with no --mmproj: the manifest's
+    projector is used, its image cost is what mtmd counts, and the reply follows the picture."""
+    from vision_fixtures import gemma3_vision_checkpoint
+
+    env = {**os.environ, "EDGELLM_HOME": str(tmp_path / "home")}
+    pkg = tmp_path / "pkg"
+    r = edgellm("package", str(gemma3_vision_checkpoint()), "-o", str(pkg), "--levels", "Q8_0", env=env)
+    assert r.returncode == 0, r.stderr
+    r = edgellm("import", str(pkg), "--name", "tiny-vision", env=env)
+    assert r.returncode == 0, r.stderr
+    r = edgellm("plan", "tiny-vision", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    projector = json.loads(r.stdout)["projector"]
+    assert projector["image_tokens"] == MM_TOKENS_PER_IMAGE and projector["tokens_fixed"] and not projector["on_gpu"]
+    assert projector["file_type"] == "F16" and Path(projector["path"]).name.startswith("mmproj-")
+    replies, prompts = [], []
+    for name in ("red.png", "stripes.jpg"):
+        r = edgellm("run", "tiny-vision", "-i", str(pictures[name]), "-p", "What is this?", "--temp", "0", "-n", "8",
+                    "-t", "1", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["engine"]["projector"] == projector["path"]
+        replies.append(out["text"])
+        prompts.append(out["stats"]["prompt_tokens"])
+    assert replies[0] != replies[1] and prompts[0] == prompts[1] > MM_TOKENS_PER_IMAGE
+    r = edgellm("plan", "tiny-vision", env=env)
+    assert f"an image costs {MM_TOKENS_PER_IMAGE} tokens of context" in r.stdout, r.stdout
+    r = edgellm("run", "tiny-vision", "-p", "Hi", "--temp", "0", "-n", "2", "-t", "1", env=env)  # text alone still runs
+    assert r.returncode == 0, r.stderr
