@@ -496,6 +496,20 @@ def smollm3_checkpoint() -> Path:
     return _build_once("smollm3-tiny-hf", build)
 
 
+def _qwen35_layers() -> dict:
+    """The tiny Qwen3.5-family shape: three gated delta net layers per full-attention one, twice as many
+    linear-attention value heads as key heads, a quarter of each attention head rotated."""
+    return dict(
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32, linear_conv_kernel_dim=4,
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+        max_position_embeddings=40960, tie_word_embeddings=False, eos_token_id=1002,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+    )
+
+
+QWEN35_EXPERTS = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
+
+
 def qwen35_checkpoint() -> Path:
     """A tiny Qwen3.5 text model (bf16, as released): three gated delta net layers, then one full-attention layer with a
     gated query and a quarter of each head rotated; twice as many linear-attention value heads as key heads."""
@@ -508,19 +522,7 @@ def qwen35_checkpoint() -> Path:
             vocab_size=1024,
             hidden_size=64,
             intermediate_size=160,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=32,
-            linear_conv_kernel_dim=4,
-            linear_key_head_dim=16,
-            linear_value_head_dim=16,
-            linear_num_key_heads=2,
-            linear_num_value_heads=4,
-            max_position_embeddings=40960,
-            tie_word_embeddings=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
-            eos_token_id=1002,
+            **_qwen35_layers(),
             architectures=["Qwen3_5ForCausalLM"],
         )
         _save_random_model(tmp, config, "bfloat16")
@@ -539,23 +541,8 @@ def qwen35_moe_checkpoint() -> Path:
         config = Qwen3_5MoeTextConfig(
             vocab_size=1024,
             hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=32,
-            linear_conv_kernel_dim=4,
-            linear_key_head_dim=16,
-            linear_value_head_dim=16,
-            linear_num_key_heads=2,
-            linear_num_value_heads=4,
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=32,
-            shared_expert_intermediate_size=48,
-            max_position_embeddings=40960,
-            tie_word_embeddings=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
-            eos_token_id=1002,
+            **_qwen35_layers(),
+            **QWEN35_EXPERTS,
             architectures=["Qwen3_5MoeForCausalLM"],
         )
         _save_random_model(tmp, config, "bfloat16")
@@ -575,24 +562,9 @@ def qwen3_next_checkpoint() -> Path:
             vocab_size=1024,
             hidden_size=64,
             intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=32,
-            linear_conv_kernel_dim=4,
-            linear_key_head_dim=16,
-            linear_value_head_dim=16,
-            linear_num_key_heads=2,
-            linear_num_value_heads=4,
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=32,
-            shared_expert_intermediate_size=48,
+            **_qwen35_layers(),
+            **QWEN35_EXPERTS,
             norm_topk_prob=True,
-            max_position_embeddings=40960,
-            tie_word_embeddings=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
-            eos_token_id=1002,
             architectures=["Qwen3NextForCausalLM"],
         )
         _save_random_model(tmp, config, "bfloat16")

@@ -9,12 +9,10 @@ longest edge of 128 pixels first, so a picture is up to 2x2 tiles and one whole-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from fixtures import _build_once, llamacpp_converter, smollm2_checkpoint
+from fixtures import _build_once, smollm2_checkpoint
+from vision_fixtures import llamacpp_reference_pair
 
 TILE, PATCH, LONGEST_EDGE, SCALE = 64, 8, 128, 2
 IMAGE_SPECIALS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
@@ -62,14 +60,4 @@ def smolvlm_checkpoint() -> Path:
 
 def llamacpp_smolvlm_reference(outtype: str = "f16") -> tuple[Path, Path]:
     """The text GGUF and the mmproj GGUF llama.cpp's own converter writes for smolvlm_checkpoint()."""
-    src = smolvlm_checkpoint()
-    script = llamacpp_converter()
-
-    def build(tmp: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
-        for extra, out in (([], "text.gguf"), (["--mmproj"], "mmproj.gguf")):
-            cmd = [sys.executable, str(script), str(src), "--outtype", outtype, "--outfile", str(tmp / out), *extra]
-            subprocess.run(cmd, check=True, env=env, capture_output=True)
-
-    folder = _build_once(f"llamacpp-ref-smolvlm-{outtype}", build)
-    return folder / "text.gguf", folder / "mmproj.gguf"
+    return llamacpp_reference_pair(smolvlm_checkpoint(), "smolvlm", outtype)

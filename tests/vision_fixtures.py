@@ -98,10 +98,9 @@ def _hub_vision_names(path: Path) -> None:
     save_file(renamed, path, metadata={"format": "pt"})
 
 
-def llamacpp_vision_reference(outtype: str = "f16") -> tuple[Path, Path]:
-    """The text GGUF and the mmproj GGUF that llama.cpp's own converter writes for gemma3_vision_checkpoint()
-    at `outtype` (f16 by default; q8_0 for the projector's q8_0 check)."""
-    src = gemma3_vision_checkpoint()
+def llamacpp_reference_pair(src: Path, name: str, outtype: str) -> tuple[Path, Path]:
+    """The text GGUF and the mmproj GGUF llama.cpp's own converter writes for the checkpoint `src` at `outtype`,
+    cached as `llamacpp-ref-NAME-OUTTYPE`."""
     script = llamacpp_converter()
 
     def build(tmp: Path) -> None:
@@ -110,5 +109,11 @@ def llamacpp_vision_reference(outtype: str = "f16") -> tuple[Path, Path]:
             cmd = [sys.executable, str(script), str(src), "--outtype", outtype, "--outfile", str(tmp / out), *extra]
             subprocess.run(cmd, check=True, env=env, capture_output=True)
 
-    folder = _build_once(f"llamacpp-ref-gemma3-vision-{outtype}", build)
+    folder = _build_once(f"llamacpp-ref-{name}-{outtype}", build)
     return folder / "text.gguf", folder / "mmproj.gguf"
+
+
+def llamacpp_vision_reference(outtype: str = "f16") -> tuple[Path, Path]:
+    """llama.cpp's text and mmproj GGUFs for gemma3_vision_checkpoint() at `outtype` (f16 by default; q8_0 for the
+    projector's q8_0 check)."""
+    return llamacpp_reference_pair(gemma3_vision_checkpoint(), "gemma3-vision", outtype)
