@@ -61,21 +61,26 @@ def _convert(tmp_path: Path, *extra: str) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """convert's outputs per projector type: (text GGUF, projector GGUF)."""
+def converter(tmp_path_factory, checkpoint, label: str):
+    """convert's outputs for `checkpoint()` per type, made once each: get(type) -> (text GGUF, projector GGUF)."""
     done = {}
 
     def get(ptype: str) -> tuple[Path, Path]:
         if ptype not in done:
-            folder = tmp_path_factory.mktemp(f"vision-{ptype}")
-            src = vision_fixtures.gemma3_vision_checkpoint()
+            folder = tmp_path_factory.mktemp(f"{label}-{ptype}")
+            src = checkpoint()
             assert main(["convert", "-q", str(src), "-o", str(folder / "model.gguf"), "--outtype", ptype,
                          "--projector-type", ptype]) == 0
             done[ptype] = folder / "model.gguf", folder / f"mmproj-{src.name}-{ptype.upper()}.gguf"
         return done[ptype]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """convert's outputs per projector type: (text GGUF, projector GGUF)."""
+    return converter(tmp_path_factory, vision_fixtures.gemma3_vision_checkpoint, "vision")
 
 
 @pytest.mark.parametrize("ptype", ["f16", "q8_0"])
@@ -409,17 +414,7 @@ def smolvlm_at(tmp_path_factory):
     """convert's outputs for the tiny SmolVLM per type: (text GGUF, projector GGUF)."""
     import smolvlm_fixtures
 
-    done = {}
-
-    def get(ptype: str) -> tuple[Path, Path]:
-        if ptype not in done:
-            folder = tmp_path_factory.mktemp(f"smolvlm-{ptype}")
-            src = smolvlm_fixtures.smolvlm_checkpoint()
-            assert main(["convert", "-q", str(src), "-o", str(folder / "model.gguf"), "--outtype", ptype, "--projector-type", ptype]) == 0
-            done[ptype] = folder / "model.gguf", folder / f"mmproj-{src.name}-{ptype.upper()}.gguf"
-        return done[ptype]
-
-    return get
+    return converter(tmp_path_factory, smolvlm_fixtures.smolvlm_checkpoint, "smolvlm")
 
 
 @pytest.fixture(scope="module")
