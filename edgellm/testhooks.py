@@ -6,11 +6,11 @@ that point it prints `edgellm-test: paused at <point>` on stderr and waits; the 
 that line, then sends SIGINT or SIGKILL (the signal lands mid-work however fast the machine is), or
 SIGUSR1 to let the run go on.
 
-Points: convert.tensor:<n> (after n tensors are written), quantize.tensor:<n> (a level's n-th tensor
-starts), package.base (the base is made and recorded), package.level:<n> (n levels are recorded),
-engine.load (llama.cpp is loading the model's tensors), eval.tasks:<n> (n tasks of a file are scored),
-serve.token:<n> (a server's reply has sent its n-th token; it goes on by itself once its client leaves or the
-server stops).
+Points: convert.tensor:<n> (after n tensors are written), projector.tensor:<n> (the same for a vision
+model's projector), quantize.tensor:<n> (a level's n-th tensor starts), package.base (the base is made and
+recorded), package.level:<n> (n levels are recorded), engine.load (llama.cpp is loading the model's
+tensors), eval.tasks:<n> (n tasks of a file are scored), serve.token:<n> (a server's reply has sent its n-th
+token; it goes on by itself once its client leaves or the server stops).
 
 Without the variable a point costs one comparison: the variable is read once, when this module loads.
 A run pauses at most once.

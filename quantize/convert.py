@@ -96,9 +96,10 @@ def convert_checkpoint(
 
 
 def write_gguf(writer: gguf.GGUFWriter, tensors: list[OutTensor], out_path: Path, other_bytes: int, what: str,
-               progress: bool, digest: Hash | None) -> Path:
+               progress: bool, digest: Hash | None, pause: str = "convert.tensor") -> Path:
     """Write `writer`'s metadata and `tensors` to `out_path`, reading and encoding the tensors a few MiB at a
-    time on all usable cores; `digest` is fed the file's bytes as they are written."""
+    time on all usable cores; `digest` is fed the file's bytes as they are written. `pause` names the test pause
+    point after each tensor."""
     with gguf_output(writer, tensors, out_path, other_bytes, what) as (tmp, fout):
 
         def emit(data) -> None:
@@ -119,7 +120,7 @@ def write_gguf(writer: gguf.GGUFWriter, tensors: list[OutTensor], out_path: Path
                 if last:
                     if index + 1 < len(tensors):
                         emit(bytes(-fout.tell() % writer.data_alignment))
-                    pause_point("convert.tensor", index + 1)
+                    pause_point(pause, index + 1)
     return out_path
 
 

@@ -214,7 +214,7 @@ def prepare_projector(src_dir: str | Path, ptype: str = DEFAULT_PROJECTOR_TYPE) 
 def write_projector(job: ProjectorJob, out_path: str | Path, progress: bool = True, digest: Hash | None = None) -> Path:
     out_path = Path(out_path)
     ensure_dir_for(out_path)
-    return write_gguf(job.writer, job.tensors, out_path, 1 << 20, "projector GGUF file", progress, digest)
+    return write_gguf(job.writer, job.tensors, out_path, 1 << 20, "projector GGUF file", progress, digest, "projector.tensor")
 
 
 def convert_projector(src_dir: str | Path, out_path: str | Path, ptype: str = DEFAULT_PROJECTOR_TYPE,

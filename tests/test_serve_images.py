@@ -169,3 +169,38 @@ def test_urls_are_fetched_only_where_the_server_allows_them():
     with pytest.raises(ApiError, match="fetches no image URLs: send the image as base64 data .* --allow-image-urls") as e:
         decode_all([ref], allow_urls=False)
     assert e.value.status == 400 and e.value.param == ref.where
+
+
+def test_bombs_and_junk_sent_beside_good_pictures_at_once_leave_the_good_ones_answered(server):
+    """Eight requests at once on two slots: good pictures, bombs, junk bytes and a client that leaves mid-reply.
+    Each bad one is its own 400, each good one gets the reply it gets alone, and the server serves on."""
+    import concurrent.futures
+
+    alone = openai_chat(server, RED)
+    bomb, junk = bomb_png(100_000, 100_000), b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+    def one(image: bytes):
+        try:
+            return openai_chat(server, image)
+        except openai.BadRequestError as e:
+            return f"400: {e.body['message']}"
+
+    def leave_mid_reply(_):
+        content = [{"type": "image_url", "image_url": {"url": data_url(STRIPES)}}, {"type": "text", "text": ASK}]
+        stream = server.client().chat.completions.create(model="any", messages=[{"role": "user", "content": content}],
+                                                         max_tokens=200, stream=True)
+        next(iter(stream))
+        stream.close()
+        return "left"
+
+    work = [RED, bomb, junk, RED, bomb, RED]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        left = [pool.submit(leave_mid_reply, i) for i in range(2)]
+        got = list(pool.map(one, work))
+        assert [f.result() for f in left] == ["left", "left"]
+    for image, reply in zip(work, got):
+        if image is RED:
+            assert reply == alone
+        else:
+            assert reply.startswith("400: ") and ("decompression bomb" in reply or "not an image" in reply), reply
+    assert openai_chat(server, STRIPES) != alone and openai_chat(server, RED) == alone

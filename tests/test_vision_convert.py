@@ -465,3 +465,47 @@ def test_another_projector_type_replaces_the_old_one(package, tmp_path):
     assert sorted(p.name for p in copy.glob("mmproj-*")) == [new["file"]]
     assert main(["verify", str(copy)]) == 0
     assert f"`{new['file']}` (gemma3, F16" in (copy / "README.md").read_text()  # the model card names it
+
+
+# --- faults: a vision package killed mid-work, a disk that fills while the projector is written -----------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["convert.tensor:3", "projector.tensor:1", "projector.tensor:5", "package.base"])
+def test_package_killed_while_writing_the_model_or_projector_then_completes(point, tmp_path):
+    import signal
+
+    import pausing
+    from edgellm.store.manifest import Manifest
+
+    folder = tmp_path / "pkg"
+    args = ["package", vision_fixtures.gemma3_vision_checkpoint(), "-o", folder, "--levels", "Q8_0", "--jobs", "1"]
+    killed = pausing.finish(pausing.start_paused(point, *args), signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+    assert not any(p.name.startswith("mmproj-") for p in folder.glob("*.gguf")) or point == "package.base"
+    done = pausing.edgellm(*args)
+    assert done.returncode == 0, (point, done.stderr[-2000:])
+    assert pausing.edgellm("verify", folder).returncode == 0
+    manifest = Manifest.load(folder)
+    assert manifest.projector is not None and (folder / manifest.projector.file).is_file()
+    assert pausing.hidden_files(folder) == []
+
+
+def test_a_full_disk_while_the_projector_is_written_is_one_line_and_leaves_no_projector(tmp_path, capsys, monkeypatch):
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "mmproj" in str(file) and "w" in mode:
+            f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    out = tmp_path / "model.gguf"
+    code = main(["convert", "-q", str(vision_fixtures.gemma3_vision_checkpoint()), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and err[0].startswith("edgellm: disk full while writing") and "mmproj" in err[0], err
+    assert not list(tmp_path.glob("mmproj*")) and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
