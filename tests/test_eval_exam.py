@@ -150,9 +150,18 @@ def test_package_exam_and_gsm8k_paired_saved_and_plotted(tmp_path, capsys):
             assert rows[(level, "gsm8k")]["right"] == "11", rows[(level, "gsm8k")]["replies"]
     assert rows[(reference, "gsm8k")]["replies"][0]["predicted"] == "5"
     saved = {f.level: f.accuracy for f in Manifest.load(pkg).files}
-    assert all(set(acc) == {"exam", "gsm8k"} for acc in saved.values())
-    assert saved[reference]["gsm8k"]["accuracy"] == 1.0 and saved[reference]["exam"]["file"] == "mmlu.jsonl"
+    assert all(set(acc) == {"exam:mmlu", "gsm8k"} for acc in saved.values())
+    assert saved[reference]["gsm8k"]["accuracy"] == 1.0 and saved[reference]["exam:mmlu"]["file"] == "mmlu.jsonl"
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second exam's records go beside the first's, and --max-loss-task exam weighs both
+    ceval = eval_data.write_exam_csv(tmp_path / "ceval_val.csv")
+    code, _, err = run_cli(capsys, "eval", str(pkg), "--exam", str(ceval), "--limit", "2", "--save", "--threads", str(THREADS))
+    assert code == 0, err
+    saved = {f.level: f.accuracy for f in Manifest.load(pkg).files}
+    assert all(set(acc) == {"exam:mmlu", "exam:ceval_val", "gsm8k"} for acc in saved.values())
+    code, out, err = run_cli(capsys, "plan", str(pkg), "--max-loss", "100", "--max-loss-task", "exam", "--json")
+    assert code == 0, err
+    assert "recorded exam:ceval_val, exam:mmlu accuracy within 100 points" in json.loads(out)["why"], out
 
 
 def test_ctrl_c_during_word_problems_prints_what_was_answered(tmp_path):

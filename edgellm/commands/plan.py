@@ -33,7 +33,7 @@ KV_CHOICES = click.Choice(["f16", "q8_0", "q4_0"])  # edgellm.plan.memory.KV_TYP
               help="The smallest level that fits whose task accuracy recorded by `eval --save` is within POINTS "
                    "percentage points of the best level's, on every recorded task (levels without a record are "
                    "not eligible).")
-@click.option("--max-loss-task", metavar="NAME", help="With --max-loss: only this recorded task (e.g. hellaswag, exam).")
+@click.option("--max-loss-task", metavar="NAME", help="With --max-loss: only this recorded task (e.g. hellaswag, exam:mmlu; exam: every exam file's).")
 @click.option("--draft", metavar="auto|ngram|MODEL|off",
               help="Also plan speculative decoding with this draft beside the chosen level: which draft, and the memory a "
                    "draft model takes (default: what `edgellm tune --draft` found pays here, else none).")

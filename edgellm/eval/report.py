@@ -83,7 +83,7 @@ def save_into_manifest(report: EvalReport, folder: Path) -> int:
             entry = manifest.entry(s.level)
             if entry is None or not s.complete or s.accuracy is None:
                 continue
-            entry.accuracy = {**(entry.accuracy or {}), s.task.kind: record(report, s)}
+            entry.accuracy = {**(entry.accuracy or {}), s.task.record_key: record(report, s)}
             saved += 1
     if (folder / CARD_FILE).is_file():  # the card shows what the manifest holds
         write_card(folder, manifest)

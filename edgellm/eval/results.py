@@ -10,7 +10,9 @@ standard errors of zero is "no measurable loss".
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .ask import Answered
@@ -32,6 +34,16 @@ class TaskSet:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "file": self.file, "sha256": self.sha256, "total": self.total,
                 "selected": self.selected}
+
+    @property
+    def record_key(self) -> str:
+        """Where `eval --save` records it in a level's accuracy: the kind ("hellaswag"), or for kinds whose files
+        are many datasets the kind and the file's stem ("exam:mmlu"), so one does not replace another."""
+        from .tasks import KINDS
+
+        if not KINDS[self.kind].many_sets:
+            return self.kind
+        return f"{self.kind}:{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(self.file).stem)[:64]}"
 
 
 @dataclass

@@ -36,13 +36,14 @@ class Kind:
     digits: int  # decimals llama-perplexity prints the accuracy (in %) with
     default_tasks: int  # llama-perplexity's default --<kind>-tasks (0: all)
     chat: bool = False  # asked through the model's chat template (exam_files.py), N tasks are the first N
+    many_sets: bool = False  # files of many datasets (MMLU, ARC, C-Eval...): recorded per file, not per kind
 
 
 
 HELLASWAG = Kind("hellaswag", "HellaSwag", " ", 32 * 4, 8, 400)
 WINOGRANDE = Kind("winogrande", "WinoGrande", "", 128 * 2, 4, 0)
-MULTIPLE_CHOICE = Kind("multiple-choice", "Multiple choice", " ", 32 * 4, 8, 0)
-EXAM = Kind("exam", "Exam", "", 0, 2, 0, chat=True)
+MULTIPLE_CHOICE = Kind("multiple-choice", "Multiple choice", " ", 32 * 4, 8, 0, many_sets=True)
+EXAM = Kind("exam", "Exam", "", 0, 2, 0, chat=True, many_sets=True)
 GSM8K = Kind("gsm8k", "GSM8K", "", 0, 2, 0, chat=True)
 KINDS = {k.name: k for k in (HELLASWAG, WINOGRANDE, MULTIPLE_CHOICE, EXAM, GSM8K)}
 

@@ -31,10 +31,10 @@ def accuracy_limit(files: tuple[ModelFile, ...], points: float, task: str | None
     if not recorded:
         raise UsageError("--max-loss needs task accuracy recorded in the package manifest: run "
                          "`edgellm eval PACKAGE --hellaswag FILE --save` (or --exam, --gsm8k ...) first")
-    if task is not None and task not in recorded:
+    tasks = tuple(recorded) if task is None else tuple(k for k in recorded if k == task or k.startswith(task + ":"))
+    if not tasks:  # a kind names each of its files' records ("exam": "exam:mmlu", "exam:ceval_val")
         raise UsageError(f"--max-loss-task {task}: no level has a recorded {task} accuracy "
                          f"(recorded: {', '.join(recorded)})")
-    tasks = (task,) if task else tuple(recorded)
     eligible = {f.level for f in files}
     notes = []
     for name in tasks:

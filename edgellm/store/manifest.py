@@ -47,7 +47,8 @@
                             "paired": {"reference", "tasks", "diff", "stderr", "verdict"} | null,
                             "created"}} | null
                                       # task accuracy from `edgellm eval --save`, by task kind (hellaswag,
-                                      # winogrande, multiple-choice, exam, gsm8k), with the task file's name and hash
+                                      # winogrande, gsm8k) or, for kinds of many datasets, kind and file
+                                      # ("exam:mmlu", "multiple-choice:arc"), with the task file's name and hash
       }, ...]
     }
 
