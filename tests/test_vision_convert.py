@@ -173,7 +173,7 @@ def test_package_ties_the_projector_to_its_levels(package, tmp_path, capsys):
     assert path.stat().st_mtime_ns == mtime
 
 
-def test_damaged_projector_is_one_line(package, tmp_path, capsys):
+def test_a_damaged_projector_turns_images_off_and_refuses_pictures_in_one_line(package, tmp_path, capsys):
     copy = tmp_path / "pkg"
     shutil.copytree(package, copy)
     mm = copy / json.loads((copy / "manifest.json").read_text())["projector"]["file"]
@@ -183,7 +183,14 @@ def test_damaged_projector_is_one_line(package, tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", str(copy)]) == 1
     assert "projector sha256 does not match" in capsys.readouterr().err
-    assert main(["run", str(copy), "-p", "hi", "-n", "1"]) == 1
+    assert main(["run", str(copy), "-p", "hi", "-n", "1"]) == 0  # the text model is whole: it runs, pictures off
+    err = capsys.readouterr().err
+    assert f"the projector {mm.name} does not match its manifest's sha256" in err and "images are off" in err
+    picture = tmp_path / "red.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(picture)
+    assert main(["run", str(copy), "-p", "hi", "-n", "1", "--image", str(picture)]) == 1
     err = _one_line_error(capsys)
     assert f"the projector {mm.name} does not match its manifest's sha256" in err
 

@@ -31,6 +31,13 @@ def with_projector(model: str | Path | ModelRef | None, mmproj: str | Path | Non
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     if mmproj is not None:
         ref = replace(ref, projector=Path(mmproj))
+    else:
+        try:
+            verify_projector(ref)
+        except EdgeError as exc:  # the text model is still whole: it runs without pictures
+            if images:
+                raise
+            ref = replace(ref, projector=None, skipped=ref.skipped + (f"{exc}: images are off",))
     if ref.projector is not None:
         check_projector(ref.projector, ref.files[0].info)
     elif images:
@@ -81,7 +88,6 @@ def plan_model(
             if len(ref.files) == 1:
                 raise
             ref = ref.without(chosen, str(exc))
-    verify_projector(ref)
     adaptive = hw.cpu_cores if auto_threads else 0  # chosen for the moment: chosen again before each reply
     plan = replace(plan, chat_template=chat_template, notes=plan.notes + notes, adaptive_threads=adaptive)
     tuned = lookup(plan.path, hw.machine_id) if not plan.workers else None  # tuned for this machine alone

@@ -18,11 +18,11 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+from ..engine.launch import with_projector
 from ..errors import EdgeError
 from ..plan.hardware import detect
 from ..plan.planner import NotEnoughSpace
 from ..store import store
-from ..store.models import resolve_model
 from .api import ServeState
 from .errors import ApiError, bad_request
 from .loading import LoadOptions, load, plan_slots, ready, unload
@@ -142,7 +142,7 @@ class ModelPool:
     def _load(self, key: tuple[str, str | None]) -> None:
         entry, level = key
         try:
-            ref = resolve_model(entry)
+            ref = with_projector(entry, None, images=False)  # a damaged projector leaves the text model serving
             if level is not None:
                 if level not in (f.level.upper() for f in ref.files):
                     have = ", ".join(f"{entry}:{f.level}" for f in ref.files)
