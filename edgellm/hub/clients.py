@@ -304,7 +304,7 @@ MS_NO_REVISION = 10990101004
 MS_DEFAULT_REVISION = "master"
 
 
-def _ms_code(exc: BaseException) -> int | None:
+def ms_code(exc: BaseException) -> int | None:
     body = getattr(exc, "response_body", None)
     if not isinstance(body, dict):
         return None
@@ -384,11 +384,11 @@ class ModelScope:
         if isinstance(exc, ms.FileDownloadError):
             # Every file was tried; a refusal explains them all (a gated repo fails file by file).
             for failed in exc.failed_files.values():
-                if _ms_code(failed) is not None or isinstance(failed, (ms.AuthenticationError, ms.PermissionDeniedError)):
+                if ms_code(failed) is not None or isinstance(failed, (ms.AuthenticationError, ms.PermissionDeniedError)):
                     return self.explain(failed, repo_id, revision)
             failed = ", ".join(sorted(exc.failed_files)) or _line(exc)
             return EdgeError(f"download of {repo_id} interrupted ({failed} failed); {RERUN}")
-        code = _ms_code(exc)
+        code = ms_code(exc)
         if code == MS_NO_ACCESS or isinstance(exc, ms.PermissionDeniedError):
             return EdgeError(f"{repo_id} on ModelScope needs access: accept its licence at {page} and log in ({self.login})")
         if code == MS_NO_REVISION:
