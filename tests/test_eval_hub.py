@@ -82,10 +82,12 @@ def test_task_file_from_a_modelscope_dataset_then_offline(tmp_path, fake_modelsc
         ("ms://tests/hellaswag/data/missing.txt", "ms://tests/hellaswag/data/missing.txt: dataset tests/hellaswag has no file data/missing.txt"),
         ("ms://tests/nothing/hs.txt", "no repo tests/nothing on ModelScope (if it is private, log in: `ms login` or MODELSCOPE_API_TOKEN)"),
         ("ms://tests/hellaswag@nope/data/hs.txt", "tests/hellaswag on ModelScope has no revision nope (a branch, tag or commit)"),
+        ("ms://tests/gated/hs.txt", "tests/gated on ModelScope needs access: accept its licence at https://modelscope.cn/datasets/tests/gated and log in (`ms login` or MODELSCOPE_API_TOKEN)"),
     ],
 )  # fmt: skip
 def test_modelscope_dataset_errors_are_one_line(tmp_path, fake_modelscope, ref, line, capsys):  # noqa: F811
-    _ms_dataset(fake_modelscope, tmp_path)
+    hs = _ms_dataset(fake_modelscope, tmp_path)
+    fake_modelscope.repos["datasets/tests/gated"] = Repo({"hs.txt": hs.read_bytes()}, gated=True)
     code, out, err = run_cli(capsys, "eval", str(fixtures.smollm2_gguf()), "--hellaswag", ref)
     assert code != 0 and out == "" and err == f"edgellm: {line}\n"
 

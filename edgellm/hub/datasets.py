@@ -58,7 +58,7 @@ def dataset_file(ref: str, say: Say | None = None) -> Path:
     except Exception as exc:
         if MISSING_FILE[d.hub](exc):
             raise EdgeError(f"{ref}: dataset {d.repo_id} has no file {d.path}") from None
-        known = h.explain(exc, d.repo_id, d.revision)
+        known = h.explain(exc, d.repo_id, d.revision, dataset=True)
         if not isinstance(known, Unreachable):
             raise (known or exc) from exc
         if not offline:
