@@ -19,9 +19,10 @@
   content sent inline and LFS pointers to objects never uploaded).
 
 `HubServer(hub, modelscope=True)` stands in for modelscope.cn: file listing and download
-(`/api/v1/models/<id>/repo/files`, `.../repo?FilePath=`), with its errors: 404 for a missing or private
+(`/api/v1/models/<id>/repo/files`, `.../repo?FilePath=`; a dataset's at `/api/v1/datasets/<id>/...`, its repo
+keyed "datasets/<id>"), with its errors: 404 for a missing or private
 repo (body `Code` 10010205001) and for a gated one (10010200001), 404 with 10990101004 for a revision the
-repo lacks, 401 for a token it refuses. LFS files redirect (302) to the storage host (OSS on the live
+repo lacks (and with another code for a missing file), 401 for a token it refuses. LFS files redirect (302) to the storage host (OSS on the live
 hub), which honours byte ranges; small git files are served in place and ignore `Range`, as the live
 endpoint does (modelscope_hub expects both).
 
@@ -393,7 +394,7 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
 
         def _storage(self, raw: str) -> None:
             """The CDN / storage host: plain bytes by sha256, with byte ranges."""
-            m = re.fullmatch(r"/storage/([0-9a-f]{64})/([^/]+/[^/]+)/(.+)", raw)
+            m = re.fullmatch(r"/storage/([0-9a-f]{64})/((?:datasets/)?[^/]+/[^/]+)/(.+)", raw)
             repo = hub.repos.get(m.group(2)) if m else None
             name = unquote(m.group(3)) if m else ""
             if repo is None or _sha256(repo.files.get(name, b"")) != m.group(1):
@@ -499,21 +500,23 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
             self._json({"Code": code, "Message": message, "Success": False, "RequestId": "test"}, status)
 
         def _modelscope(self, path: str, query: dict) -> None:
-            m = re.fullmatch(r"/api/v1/models/([^/]+/[^/]+)/repo(/files)?", path)
+            m = re.fullmatch(r"/api/v1/(models|datasets)/([^/]+/[^/]+)/repo(/files)?", path)
             if not m:
                 return self._ms_error(10000000404, "not found")
             auth = self.headers.get("Authorization") or self.headers.get("Cookie")
             if auth and hub.token not in auth:
                 return self._ms_error(10010103009, "AccessToken is invalid or expired", 401)
-            repo = hub.repos.get(m.group(1))
+            kind = m.group(1)[:-1]
+            key = m.group(2) if kind == "model" else f"datasets/{m.group(2)}"
+            repo = hub.repos.get(key)
             if repo is None or (repo.private and not auth):
-                return self._ms_error(MS_NOT_FOUND, "model not found")
+                return self._ms_error(MS_NOT_FOUND, f"{kind} not found")
             if repo.gated:
-                return self._ms_error(MS_NO_ACCESS, "no access to this model: accept its licence first")
+                return self._ms_error(MS_NO_ACCESS, f"no access to this {kind}: accept its licence first")
             revision = query.get("Revision", MS_DEFAULT_BRANCH)
             if not repo.has_revision(revision, MS_DEFAULT_BRANCH):
                 return self._ms_error(MS_NO_REVISION, f"revision {revision} not found")
-            if m.group(2):
+            if m.group(3):
                 files = [
                     {"Path": p, "Name": p.rsplit("/", 1)[-1], "Type": "blob", "Sha256": _sha256(d),
                      "Size": repo.listed_sizes.get(p, len(d)), "Revision": repo.sha}
@@ -525,7 +528,7 @@ def _handler(hub: Hub, modelscope: bool, urls: dict[str, str]):
                 return self._ms_error(10010205002, f"file {name} not found")
             data = repo.files[name]
             if is_lfs(name, data):  # LFS objects live on OSS: a redirect there, which honours byte ranges
-                location = f"{urls['storage']}/storage/{_sha256(data)}/{m.group(1)}/{quote(name)}"
+                location = f"{urls['storage']}/storage/{_sha256(data)}/{key}/{quote(name)}"
                 return self._send(302, b"", {"Location": location})
             self._file(name, data, {}, ranges=False)  # git blobs come in place, whole: Range is ignored
 

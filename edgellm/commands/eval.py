@@ -67,8 +67,9 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
           plot_path) -> int:
     """Accuracy of MODEL (a GGUF file or a package: every level, on the same tasks) on task files in the
     formats llama-perplexity reads, with the same scores, and on exams and word problems asked through the
-    chat template. With no MODEL, the default model. A FILE may be a Hugging Face dataset's file,
-    hf://OWNER/NAME/PATH (fetched into the hub's cache; offline, the cached copy).
+    chat template. With no MODEL, the default model. A FILE may be a dataset's file on Hugging Face,
+    hf://OWNER/NAME[@REV]/PATH, or ModelScope, ms://OWNER/NAME[@REV]/PATH (fetched into the hub's cache;
+    offline, the cached copy).
 
     \b
     edgellm eval pkg/ --hellaswag hellaswag_val_full.txt --limit 400
@@ -124,8 +125,8 @@ def eval_(model, hellaswag, hellaswag_tasks, winogrande, winogrande_tasks, multi
 
 
 def _task_path(value: str) -> Path:
-    """A task file: a local path, or a file of a Hugging Face dataset (hf://OWNER/NAME/PATH), fetched into the
-    hub's cache (the cached copy offline)."""
+    """A task file: a local path, or a file of a dataset on Hugging Face (hf://OWNER/NAME/PATH) or ModelScope
+    (ms://OWNER/NAME/PATH), fetched into the hub's cache (the cached copy offline)."""
     from ..hub.datasets import dataset_file, is_dataset_ref
 
     if not is_dataset_ref(value):

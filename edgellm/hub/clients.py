@@ -262,14 +262,16 @@ class HuggingFace:
         except Exception:  # a missing or odd cache only means "nothing to list"
             return []
 
-    def explain(self, exc: BaseException, repo_id: str, revision: str | None) -> Exception | None:
+    def explain(self, exc: BaseException, repo_id: str, revision: str | None,
+                dataset: bool = False) -> Exception | None:  # fmt: skip
         """The user's line for a huggingface_hub failure; Unreachable when the cache may serve."""
         import httpx2
         from huggingface_hub import errors
 
         if isinstance(exc, errors.GatedRepoError):
+            page = f"https://huggingface.co/{'datasets/' if dataset else ''}{repo_id}"
             return EdgeError(
-                f"{repo_id} is gated on Hugging Face: accept its licence at https://huggingface.co/{repo_id} "
+                f"{repo_id} is gated on Hugging Face: accept its licence at {page} "
                 f"and log in ({self.login})"
             )
         if isinstance(exc, errors.RepositoryNotFoundError):
@@ -304,7 +306,7 @@ MS_NO_REVISION = 10990101004
 MS_DEFAULT_REVISION = "master"
 
 
-def _ms_code(exc: BaseException) -> int | None:
+def ms_code(exc: BaseException) -> int | None:
     body = getattr(exc, "response_body", None)
     if not isinstance(body, dict):
         return None
@@ -375,20 +377,21 @@ class ModelScope:
         except Exception:  # a missing or odd cache only means "nothing to list"
             return []
 
-    def explain(self, exc: BaseException, repo_id: str, revision: str | None) -> Exception | None:
+    def explain(self, exc: BaseException, repo_id: str, revision: str | None,
+                dataset: bool = False) -> Exception | None:  # fmt: skip
         import modelscope_hub as ms
 
-        page = f"https://modelscope.cn/models/{repo_id}"
+        page = f"https://modelscope.cn/{'datasets' if dataset else 'models'}/{repo_id}"
         if isinstance(exc, ms.CacheNotFound):
             return Unreachable(str(exc))
         if isinstance(exc, ms.FileDownloadError):
             # Every file was tried; a refusal explains them all (a gated repo fails file by file).
             for failed in exc.failed_files.values():
-                if _ms_code(failed) is not None or isinstance(failed, (ms.AuthenticationError, ms.PermissionDeniedError)):
-                    return self.explain(failed, repo_id, revision)
+                if ms_code(failed) is not None or isinstance(failed, (ms.AuthenticationError, ms.PermissionDeniedError)):
+                    return self.explain(failed, repo_id, revision, dataset)
             failed = ", ".join(sorted(exc.failed_files)) or _line(exc)
             return EdgeError(f"download of {repo_id} interrupted ({failed} failed); {RERUN}")
-        code = _ms_code(exc)
+        code = ms_code(exc)
         if code == MS_NO_ACCESS or isinstance(exc, ms.PermissionDeniedError):
             return EdgeError(f"{repo_id} on ModelScope needs access: accept its licence at {page} and log in ({self.login})")
         if code == MS_NO_REVISION:
