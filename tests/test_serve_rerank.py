@@ -1,0 +1,132 @@
+"""Reranking on `edgellm serve` with a reranker GGUF: a tiny BERT cross-encoder converted by llama.cpp's
+converter, scored through plain HTTP on each path llama.cpp's server answers, checked field by field against
+Jina's and Cohere's response shape and against transformers' logits for the same token ids; bad requests, and
+a reranker refusing to chat or embed (and a chat model refusing to rerank)."""
+
+from __future__ import annotations
+
+import llama_cpp as L
+import pytest
+from fixtures import smollm2_gguf
+from rerank_fixtures import reranker_checkpoint, reranker_gguf, transformers_scores
+from serving import KEY, running
+
+from edgellm.engine.embedding import rank_pair
+
+QUERY = "what is the capital of france?"
+DOCS = ["paris is the capital of france.", "the cat sat on the mat.", "berlin is the capital city of germany",
+        "rain and cold weather", "the dog eats bread"]
+TOLERANCE = 5e-3  # llama.cpp's f32 graph against torch's (its GELU and layer norms round differently)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """Each (QUERY, doc) pair's token ids as the server lays them out, from llama.cpp's own vocabulary."""
+    model = L.llama_model_load_from_file(str(reranker_gguf()).encode(), L.llama_model_default_params())
+    vocab = L.llama_model_get_vocab(model)
+
+    def tokenize(text: str, special: bool) -> list[int]:
+        data = text.encode()
+        buf = (L.llama_token * (len(data) + 8))()
+        return list(buf[: L.llama_tokenize(vocab, data, len(data), buf, len(buf), False, special)])
+
+    try:
+        return [rank_pair(model, tokenize, QUERY, d) for d in DOCS]
+    finally:
+        L.llama_model_free(model)
+
+
+@pytest.fixture(scope="module")
+def expected(pairs):
+    """transformers' logit for each pair: every token of segment 0, as llama.cpp reads them (its batches carry no token types)."""
+    return transformers_scores(pairs, [[0] * len(p) for p in pairs])
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from running(str(reranker_gguf()), "--api-key", KEY)
+
+
+def test_pairs_are_bert_pairs(pairs):
+    """[CLS] query [SEP] document [SEP], the ids transformers' tokenizer gives the same pair."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(reranker_checkpoint())
+    assert pairs == [tok(QUERY, d)["input_ids"] for d in DOCS]
+
+
+def test_rerank_shape_and_scores(server, pairs, expected):
+    order = sorted(range(len(DOCS)), key=lambda i: -expected[i])
+    with server.http() as http:
+        r = http.post("/v1/rerank", json={"model": "tiny", "query": QUERY, "documents": [DOCS[0], *({"text": d} for d in DOCS[1:])],
+                                          "return_documents": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"model", "object", "results", "usage"}
+    assert body["model"] == "tiny" and body["object"] == "list"
+    n = sum(len(p) for p in pairs)
+    assert body["usage"] == {"prompt_tokens": n, "total_tokens": n}
+    assert [x["index"] for x in body["results"]] == order
+    for x in body["results"]:
+        assert set(x) == {"index", "relevance_score", "document"}
+        assert x["document"] == {"text": DOCS[x["index"]]}
+        assert isinstance(x["relevance_score"], float)
+        assert x["relevance_score"] == pytest.approx(expected[x["index"]], abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/v1/reranking"])
+def test_other_paths_and_top_n(server, expected, path):
+    best = max(range(len(DOCS)), key=lambda i: expected[i])
+    with server.http() as http:
+        r = http.post(path, json={"query": QUERY, "documents": DOCS, "top_n": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 2 and results[0]["index"] == best and set(results[0]) == {"index", "relevance_score"}
+    assert results[0]["relevance_score"] >= results[1]["relevance_score"]
+
+
+BAD = [
+    ({"documents": DOCS}, "query"),
+    ({"query": QUERY, "documents": []}, "documents"),
+    ({"query": QUERY, "documents": ["ok", 3]}, "documents[1]"),
+    ({"query": QUERY, "documents": ["ok", {"txt": "no"}]}, "documents[1]"),
+    ({"query": QUERY, "documents": ["x"] * 1025}, "documents"),
+    ({"query": QUERY, "documents": DOCS, "top_n": 0}, "top_n"),
+    ({"query": QUERY, "documents": DOCS, "return_documents": "yes"}, "return_documents"),
+    ({"query": QUERY, "documents": ["short", "the cat sat " * 200]}, "documents[1]"),  # over the 512-token context
+]
+
+
+@pytest.mark.parametrize("body,param", BAD)
+def test_bad_requests(server, body, param):
+    with server.http() as http:
+        r = http.post("/v1/rerank", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"]
+
+
+def test_key_required(server):
+    with server.http(key=None) as http:
+        assert http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 401
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/completions", {"prompt": "hi"}),
+    ("/v1/embeddings", {"input": "hi"}),
+])
+def test_reranker_refuses_to_generate_or_embed(server, path, body):
+    with server.http() as http:
+        r = http.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert "is a reranker" in r.json()["error"]["message"]
+    assert "Traceback" not in "".join(server.log)  # refused before anything reaches llama.cpp
+
+
+def test_chat_model_refuses_to_rerank():
+    for s in running(str(smollm2_gguf()), "--parallel", "1", "--ctx", "256"):
+        with s.http() as http:
+            r = http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "unsupported_model" and "is not a reranker" in r.json()["error"]["message"]
