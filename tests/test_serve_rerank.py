@@ -130,3 +130,27 @@ def test_chat_model_refuses_to_rerank():
             r = http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "unsupported_model" and "is not a reranker" in r.json()["error"]["message"]
+
+
+def test_store_serves_a_reranker_beside_a_chat_model(tmp_path, expected):
+    """Served from the store, the reranker loads on a rerank request naming it (with one slot, though the server
+    runs four), and the chat model beside it still chats."""
+    import os
+    import subprocess
+
+    from serving import EDGELLM, WAIT_S, Server
+
+    env = {**os.environ, "EDGELLM_HOME": str(tmp_path / "edgellm")}
+    for path, name in ((reranker_gguf(), "rr"), (smollm2_gguf(), "smol")):
+        subprocess.run([EDGELLM, "import", str(path), "--name", name], env=env, check=True, capture_output=True, timeout=WAIT_S)
+    with Server("--ctx", "256", store=True, env=env) as s, s.http() as http:
+        r = http.post("/v1/rerank", json={"model": "rr", "query": QUERY, "documents": DOCS})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "rr" and r.json()["results"][0]["index"] == max(range(len(DOCS)), key=lambda i: expected[i])
+        assert "loaded rr F32 in" in "".join(s.log) and "· 1 slots × 256 tokens" in "".join(s.log)
+        r = http.post("/v1/chat/completions", json={"model": "rr", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and "is a reranker" in r.json()["error"]["message"]
+        r = http.post("/v1/rerank", json={"model": "smol", "query": QUERY, "documents": DOCS})
+        assert r.status_code == 400 and "is not a reranker" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json={"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 200, r.text
