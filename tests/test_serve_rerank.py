@@ -154,3 +154,35 @@ def test_store_serves_a_reranker_beside_a_chat_model(tmp_path, expected):
         assert r.status_code == 400 and "is not a reranker" in r.json()["error"]["message"]
         r = http.post("/v1/chat/completions", json={"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert r.status_code == 200, r.text
+
+
+RERANK_TEMPLATE = "[CLS] query: {query} [SEP] document: {document} [SEP]"
+
+
+def test_a_rerank_template_lays_out_the_pair(tmp_path):
+    """A GGUF with `tokenizer.chat_template.rerank` (and rank pooling said outright) has each pair written by it,
+    its special tokens parsed, and scored as transformers scores the same ids."""
+    from gguf import GGUFValueType
+    from gguf_edit import copy_gguf, typed
+    from transformers import AutoTokenizer
+
+    gguf = copy_gguf(reranker_gguf(), tmp_path / "templated.gguf", {"tokenizer.chat_template.rerank": typed(RERANK_TEMPLATE, GGUFValueType.STRING),
+                                                                      "bert.pooling_type": typed(4, GGUFValueType.UINT32)})
+    tok = AutoTokenizer.from_pretrained(reranker_checkpoint())
+    ids = [tok(RERANK_TEMPLATE.format(query=QUERY, document=d), add_special_tokens=False)["input_ids"] for d in DOCS]
+    assert all(i[0] == tok.cls_token_id and i.count(tok.sep_token_id) == 2 for i in ids)
+    want = transformers_scores(ids, [[0] * len(i) for i in ids])
+    for s in running(str(gguf)):
+        with s.http() as http:
+            r = http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == sum(len(i) for i in ids)
+        got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        assert [x["index"] for x in r.json()["results"]] == sorted(range(len(DOCS)), key=lambda i: -want[i])
+        assert [got[i] for i in range(len(DOCS))] == pytest.approx(want, abs=TOLERANCE)
+
+
+def test_ollama_chat_with_a_reranker_is_refused(server):
+    with server.http() as http:
+        r = http.post("/api/chat", json={"model": "reranker-bert-tiny-v2-for-llamacpp", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "is a reranker" in r.json()["error"]
