@@ -120,8 +120,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     click.echo(plan.explain(), err=True)
     click.echo(f"  Slots: {opts.parallel} × {per_slot} tokens", err=True)
     with load(plan, per_slot, opts, ref.projector) as engine:
-        ranks = all(f.info.ranks for f in ref.files)
-        click.echo("  A reranker: it scores documents against a query (POST /v1/rerank), and does not chat" if ranks
+        click.echo("  A reranker: it scores documents against a query (POST /v1/rerank), and does not chat" if opts.ranks
                    else f"  Chat format: {engine.template_origin}", err=True)
         for note in serving_notes(plan, draft):  # load() applied and checked it
             click.echo(f"  Note: {note}", err=True)
