@@ -106,6 +106,12 @@ def test_bad_requests(server, body, param):
     assert error["param"] == param and error["message"]
 
 
+def test_the_segment_caveat_is_said_at_start(server):
+    """The fixture learned token types (two segments), which llama.cpp does not feed; its pooler is in the GGUF."""
+    log = "".join(server.log)
+    assert "Note: llama.cpp reads both texts of a pair as the first segment" in log and "no pooler" not in log
+
+
 def test_key_required(server):
     with server.http(key=None) as http:
         assert http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 401

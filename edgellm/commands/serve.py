@@ -87,6 +87,7 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
     from ..engine.draft import check_lengths, serving_notes
+    from ..engine.embedding import rank_notes
     from ..errors import UsageError
     from ..plan.hardware import parse_size
     from ..serve.loading import LoadOptions, load, options_for, plan_slots
@@ -122,6 +123,8 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     with load(plan, per_slot, opts, ref.projector) as engine:
         click.echo("  A reranker: it scores documents against a query (POST /v1/rerank), and does not chat" if opts.ranks
                    else f"  Chat format: {engine.template_origin}", err=True)
+        for note in rank_notes(next(f.info for f in ref.files if f.path == plan.path)) if opts.ranks else ():
+            click.echo(f"  Note: {note}", err=True)
         for note in serving_notes(plan, draft):  # load() applied and checked it
             click.echo(f"  Note: {note}", err=True)
         run_server(engine, plan, opts, alias or plan.name, sock, tuple(cors))

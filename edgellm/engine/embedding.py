@@ -17,6 +17,7 @@ import llama_cpp as L
 
 from . import llamacpp
 from ..errors import EdgeError
+from ..formats.gguf_info import GGUFInfo
 
 POOLING_NAMES = {L.LLAMA_POOLING_TYPE_MEAN: "mean", L.LLAMA_POOLING_TYPE_CLS: "cls", L.LLAMA_POOLING_TYPE_LAST: "last",
                  L.LLAMA_POOLING_TYPE_RANK: "rank"}
@@ -122,6 +123,19 @@ def rank_pair(model, tokenize: Callable[[str], list[int]], query: str, document:
     end = [eos] if L.llama_vocab_get_add_eos(vocab) else []
     sep = [L.llama_vocab_sep(vocab)] if L.llama_vocab_get_add_sep(vocab) else []
     return [*bos, *tokenize(query, False), *end, *sep, *tokenize(document, False), *end]
+
+
+def rank_notes(info: GGUFInfo) -> tuple[str, ...]:
+    """Where llama.cpp scores a reranker otherwise than it was trained, said once when it is served."""
+    shapes = {t.name: t.shape for t in info.tensors}
+    notes = []
+    if len(shapes.get("token_types.weight", ())) == 2 and shapes["token_types.weight"][1] > 1:
+        notes.append("llama.cpp reads both texts of a pair as the first segment (its batches carry no token types), where the model "
+                     "learned the document as the second: scores differ from the original model's, and the order may too")
+    if info.arch == "bert" and "cls.output.weight" in shapes and "cls.weight" not in shapes:
+        notes.append("the GGUF has no pooler before its classifier (llama.cpp's converter drops BERT's): scores are on another "
+                     "scale than the original model's")
+    return tuple(notes)
 
 
 class LazyEmbedder:
