@@ -107,7 +107,7 @@ class Embedder:
                 self._ctx = None
 
 
-def rank_pair(model, tokenize: Callable[[str], list[int]], query: str, document: str) -> list[int]:
+def rank_pair(model, tokenize: Callable[[str, bool], list[int]], query: str, document: str) -> list[int]:
     """The tokens a reranker scores for (query, document): its GGUF's rerank template with both filled in
     where it has one, else the query and document between the vocabulary's BOS, EOS and separator as it asks
     for them ([CLS] query [SEP] document [SEP] for BERT's). `tokenize(text, special)` adds no BOS; the texts
