@@ -83,6 +83,8 @@ def test_other_paths_and_top_n(server, expected, path):
     results = r.json()["results"]
     assert len(results) == 2 and results[0]["index"] == best and set(results[0]) == {"index", "relevance_score"}
     assert results[0]["relevance_score"] >= results[1]["relevance_score"]
+    with server.http() as http:
+        assert len(http.post(path, json={"query": QUERY, "documents": DOCS, "top_n": 100}).json()["results"]) == len(DOCS)
 
 
 BAD = [
