@@ -87,9 +87,10 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     a checkpoint: converted and quantized to that level only), kept in the store.
     """
     from ..engine.draft import check_lengths, serving_notes
+    from ..engine.embedding import rank_notes
     from ..errors import UsageError
     from ..plan.hardware import parse_size
-    from ..serve.loading import LoadOptions, load, plan_slots
+    from ..serve.loading import LoadOptions, load, options_for, plan_slots
     from ..serve.server import bind, serve as run_server, serve_store
     from ..store import store
     from ..engine.launch import with_projector
@@ -115,11 +116,15 @@ def serve(model, host, port, parallel, ctx, max_queue, api_key, alias, threads, 
     if ram:
         raise UsageError("--ram budgets the store's models: leave it out with MODEL (the planner uses what is free)")
     ref = with_projector(local_model(model, min_speed, rpc), mmproj, images=False)  # a hub id: pulled (converted, quantized) first
+    opts = options_for(ref, opts)
     plan, per_slot = plan_slots(ref, opts)
     click.echo(plan.explain(), err=True)
-    click.echo(f"  Slots: {parallel} × {per_slot} tokens", err=True)
+    click.echo(f"  Slots: {opts.parallel} × {per_slot} tokens", err=True)
     with load(plan, per_slot, opts, ref.projector) as engine:
-        click.echo(f"  Chat format: {engine.template_origin}", err=True)
+        click.echo("  A reranker: it scores documents against a query (POST /v1/rerank), and does not chat" if opts.ranks
+                   else f"  Chat format: {engine.template_origin}", err=True)
+        for note in rank_notes(next(f.info for f in ref.files if f.path == plan.path)) if opts.ranks else ():
+            click.echo(f"  Note: {note}", err=True)
         for note in serving_notes(plan, draft):  # load() applied and checked it
             click.echo(f"  Note: {note}", err=True)
         run_server(engine, plan, opts, alias or plan.name, sock, tuple(cors))

@@ -374,19 +374,20 @@ class Engine:
             n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
-    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Token ids of `text`, special tokens parsed. BOS is added only when the model wants one and the
-        text does not start with it already (chat templates often write it themselves)."""
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Token ids of `text`, special tokens parsed unless `special` is false (text from a user, read as
+        plain text). BOS is added only when the model wants one and the text does not start with it already
+        (chat templates often write it themselves)."""
         if add_bos is None:
             add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (L.llama_token * cap)()
-        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
         if n < 0:
             cap = -n
             buf = (L.llama_token * cap)()
-            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
         return list(buf[:n])
 
     @property

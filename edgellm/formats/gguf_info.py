@@ -34,6 +34,9 @@ class TensorInfo:
     layer: int | None  # N for `blk.N.*`, None for embeddings, output and norms outside layers
 
 
+RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK, as `<arch>.pooling_type` holds it
+
+
 @dataclass(frozen=True)
 class GGUFInfo:
     path: Path
@@ -60,6 +63,16 @@ class GGUFInfo:
     def files(self) -> tuple[Path, ...]:
         """The files the model takes on disk."""
         return self.parts or (self.path,)
+
+    @property
+    def ranks(self) -> bool:
+        """A reranker: it scores (query, document) pairs. The GGUF says so with rank pooling, or holds a
+        classifier head of one output (llama.cpp's `cls.output`, or `cls` alone), as converted cross-encoders do."""
+        if self.metadata.get(f"{self.arch}.pooling_type") == RANK_POOLING:
+            return True
+        heads = {t.name: t.shape for t in self.tensors if t.name in ("cls.output.weight", "cls.weight")}
+        head = heads.get("cls.output.weight", heads.get("cls.weight"))
+        return head is not None and len(head) == 2 and head[1] == 1
 
     @property
     def n_params(self) -> int:

@@ -123,9 +123,17 @@ class Prepared:
         return split_reasoning(text, self.inside) if self.inside is not None else (None, text)
 
 
+def generating(state: ServeState) -> None:
+    """Refuse to generate with a reranker: it has a classifier head, not a language model's, and no chat template."""
+    if state.embedder.ranks:
+        raise bad_request(f"{state.model_id} is a reranker: it scores documents against a query (POST /v1/rerank) and does not chat "
+                          "or complete text", "model", "unsupported_model")
+
+
 def prepare_prompt(state: ServeState, prompt: str, gen: schemas.Generation, param: str, call_gbnf: str | None = None) -> Prepared:
     """Tokenize and check the prompt, and build the grammar: `call_gbnf` (a forced tool call) or the one
     `response_format` asks for. Runs in a worker thread: both can take a while."""
+    generating(state)
     return _checked(state, state.engine.tokenize(prompt), gen, param, call_gbnf)
 
 
@@ -133,6 +141,7 @@ def prepare_media(state: ServeState, prompt: str, refs: tuple[schemas.ImageRef, 
                   call_gbnf: str | None = None) -> Prepared:
     """prepare_prompt for a prompt with pictures (vision.MARKER where each goes): the pictures decoded and split
     into the projector's chunks. Runs in a worker thread."""
+    generating(state)
     if state.engine.vision is None:
         raise bad_request(f"{state.model_id} takes no images: it has no projector (serve a vision model with its mmproj GGUF)",
                           refs[0].where, "unsupported_parameter")
@@ -331,6 +340,7 @@ def loaded_states(request: Request) -> list[ServeState]:
 
 def render_chat(state: ServeState, req: schemas.ChatRequest) -> str:
     messages = list(req.messages)
+    generating(state)
     think = state.think if req.think is None else req.think
     try:
         prompt = state.engine.render_chat(messages, tools=list(req.tools) or None, think=think)

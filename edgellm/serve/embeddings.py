@@ -36,6 +36,9 @@ def _texts(raw, param: str) -> list[str]:
 
 
 def _embedder(state: ServeState) -> Embedder:
+    if state.embedder.ranks:
+        raise ApiError(400, f"{state.model_id} is a reranker: it scores documents against a query (POST /v1/rerank) and makes no "
+                            "embeddings", "unsupported_model", "model")
     try:
         return state.embedder.get()
     except EdgeError as exc:

@@ -43,6 +43,13 @@ class LoadOptions:
     draft_max: int = 16
     think: bool | None = None  # --think/--no-think: a thinking model's default where its template has the switch
     image_urls: bool = False  # --allow-image-urls: pictures named by http(s) URL are fetched
+    ranks: bool = False  # the model is a reranker (set by `options_for`)
+
+
+def options_for(ref: ModelRef, o: LoadOptions) -> LoadOptions:
+    """`o` as `ref` is served: a reranker scores one pair at a time in its own context, so it takes one slot
+    (its trained context is often too short to share)."""
+    return replace(o, parallel=1, ranks=True) if all(f.info.ranks for f in ref.files) else o
 
 
 def plan_slots(ref: ModelRef, o: LoadOptions, hw: HardwareProfile | None = None) -> tuple[Plan, int]:
@@ -75,7 +82,7 @@ def load(plan: Plan, per_slot: int, o: LoadOptions, projector: Path | None = Non
 def ready(engine: Engine, plan: Plan, model_id: str, o: LoadOptions, metrics: Metrics) -> ServeState:
     """A loaded engine with its scheduler (not yet started) and embedding context (made when first asked for)."""
     scheduler = Scheduler(engine, o.parallel, o.max_queue, metrics)
-    embedder = LazyEmbedder(engine.model, scheduler.n_ctx_slot, engine.info.n_threads)
+    embedder = LazyEmbedder(engine.model, scheduler.n_ctx_slot, engine.info.n_threads, o.ranks)
     return ServeState(engine, scheduler, metrics, model_id, plan.to_dict(), o.parallel, scheduler.n_ctx_slot, o.api_key, int(time.time()), embedder,
                       thinks(engine.chat_template), o.think, o.image_urls)
 

@@ -25,7 +25,7 @@ from ..plan.planner import NotEnoughSpace
 from ..store import store
 from .api import ServeState
 from .errors import ApiError, bad_request
-from .loading import LoadOptions, load, plan_slots, ready, unload
+from .loading import LoadOptions, load, options_for, plan_slots, ready, unload
 from .metrics import Metrics
 from .names import LATEST, slug
 
@@ -148,10 +148,11 @@ class ModelPool:
                     have = ", ".join(f"{entry}:{f.level}" for f in ref.files)
                     raise ApiError(404, f"model '{entry}:{level}' not found: {entry} has {have}", "model_not_found", "model")
                 ref = replace(ref, files=(ref.file(level),))
+            opts = options_for(ref, self.opts)
             while True:
                 hw = detect()
                 try:
-                    plan, per_slot = plan_slots(ref, self.opts, replace(hw, ram_available=max(0, self._free_ram())))
+                    plan, per_slot = plan_slots(ref, opts, replace(hw, ram_available=max(0, self._free_ram())))
                     break
                 except NotEnoughSpace as exc:
                     if not self._unload_idle():
@@ -161,9 +162,9 @@ class ModelPool:
                                                 f"idle. {exc}", "server_busy", "model", headers={"Retry-After": "5"}) from None
                         raise ApiError(400, f"{entry} does not fit in this machine's memory: {exc}", "model_too_large", "model") from None
             t0 = time.perf_counter()
-            engine = load(plan, per_slot, self.opts, ref.projector)
+            engine = load(plan, per_slot, opts, ref.projector)
             try:
-                state = ready(engine, plan, entry, self.opts, self._metrics)
+                state = ready(engine, plan, entry, opts, self._metrics)
             except BaseException:
                 engine.close()
                 raise
@@ -173,7 +174,7 @@ class ModelPool:
                 self._held.pop(key, None)
             raise
         memory = plan.memory
-        print(f"loaded {entry} {plan.level} in {time.perf_counter() - t0:.1f}s · {self.opts.parallel} slots × {per_slot} tokens",
+        print(f"loaded {entry} {plan.level} in {time.perf_counter() - t0:.1f}s · {opts.parallel} slots × {per_slot} tokens",
               file=sys.stderr, flush=True)
         with self._cond:
             held = self._held[key]

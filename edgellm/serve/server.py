@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from ..errors import EdgeError
 from ..engine.runtime import Engine
 from ..plan.planner import Plan
-from . import anthropic, embeddings, ollama, responses
+from . import anthropic, embeddings, ollama, rerank, responses
 from .api import build_app
 from .loading import LoadOptions, ready
 from .metrics import Metrics
@@ -24,7 +24,7 @@ from .pool import ModelPool, ReleaseLeases
 
 BACKLOG = 2048  # uvicorn's default
 GRACEFUL_S = 5  # how long open connections get to finish once the replies have been ended
-DIALECTS = (ollama.DIALECT, anthropic.DIALECT, responses.DIALECT, embeddings.DIALECT)
+DIALECTS = (ollama.DIALECT, anthropic.DIALECT, responses.DIALECT, embeddings.DIALECT, rerank.DIALECT)
 
 
 def bind(host: str, port: int) -> socket.socket:
