@@ -21,7 +21,7 @@ SLOW_MODULES = {
     "test_hubplan", "test_hubrun", "test_hubserver", "test_levels", "test_memory", "test_onepass", "test_package", "test_push", "test_quality", "test_run_cli",
     "test_runtime", "test_serve", "test_serve_ollama", "test_serve_anthropic", "test_serve_tools", "test_tui", "test_tui_tmux", "test_vocab_json", "test_windows_experts",
     "test_eval_exam", "test_eval_hub", "test_serve_embed", "test_serve_rerank", "test_serve_reasoning", "test_serve_responses", "test_serve_store", "test_speculate",
-    "test_split", "test_run_thinking", "test_tui_thinking",
+    "test_split", "test_run_thinking", "test_tui_thinking", "test_vision", "test_vision_convert", "test_serve_images", "test_tui_images",
 }
 
 
