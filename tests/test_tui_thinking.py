@@ -68,7 +68,7 @@ async def test_the_reasoning_folds_once_the_answer_starts(monkeypatch, tmp_path)
         await send(pilot, "What is 2+2?")
         await until(pilot, lambda: app.generating is not None)
         view = app.generating
-        await until(pilot, lambda: len(view.query(Collapsible)) and _thinking(view)[1] == THOUGHT, timeout=30)
+        await until(pilot, lambda: len(view.query(".thinking")) and _thinking(view)[1] == THOUGHT, timeout=30)
         assert _thinking(view) == (False, THOUGHT) and view.message.content == ""  # open while the model thinks
         engine.go.set()
         await reply_done(pilot)
