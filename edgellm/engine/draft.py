@@ -159,13 +159,18 @@ def speculation(choice: DraftChoice, draft_min: int = DRAFT_MIN, draft_max: int 
 TUNED = "found to pay here by `edgellm tune`"
 
 
-def tuned(target: Plan, draft: str | None) -> tuple[str, bool]:
+def tuned(target: Plan, draft: str | None, hw: HardwareProfile | None = None) -> tuple[str, bool]:
     """`--draft` as given, or when left out what `tune --draft` saved for the target's file here (else "off"); and
     whether it came from tune."""
     if draft is not None:
         return draft, False
-    saved = lookup_draft(Path(target.path), detect().machine_id)
+    saved = lookup_draft(Path(target.path), (hw or detect()).machine_id)
     return (saved, True) if saved and saved != "off" else ("off", False)
+
+
+def _said(choice: DraftChoice, from_tune: bool) -> tuple[str, ...]:
+    """The choice's notes, each saying so where tune's saved draft chose it."""
+    return tuple(f"{n} ({TUNED})" for n in choice.notes) if from_tune else choice.notes
 
 
 def for_plan(target: Plan, draft: str | None, draft_min: int = DRAFT_MIN, draft_max: int = DRAFT_MAX) -> tuple[Speculation | None, tuple[str, ...]]:
@@ -181,16 +186,15 @@ def for_plan(target: Plan, draft: str | None, draft_min: int = DRAFT_MIN, draft_
         if not from_tune:
             raise
         return None, (f"the draft {TUNED} cannot be used now ({exc}): no speculation",)
-    notes = tuple(f"{n} ({TUNED})" for n in choice.notes) if from_tune else choice.notes
-    return speculation(choice, draft_min, draft_max), notes
+    return speculation(choice, draft_min, draft_max), _said(choice, from_tune)
 
 
 def planned(target: Plan, draft: str | None, hw: HardwareProfile | None = None) -> tuple[DraftChoice, tuple[str, ...]]:
     """What `--draft` (None: the tuned one) would speculate with beside `target`, planned but not loaded, and the
     notes that say so, with the draft model's memory."""
-    draft, from_tune = tuned(target, draft)
+    draft, from_tune = tuned(target, draft, hw)
     choice = choose(target, draft, hw)
-    notes = tuple(f"{n} ({TUNED})" for n in choice.notes) if from_tune else choice.notes
+    notes = _said(choice, from_tune)
     if choice.plan is not None:
         m = choice.plan.memory
         gpu = f", {human_bytes(m.vram)} on the GPU" if m.vram else ""
