@@ -9,6 +9,7 @@ import signal
 import subprocess
 
 import eval_data
+import numpy as np
 import fixtures
 import pytest
 from conftest import run_cli
@@ -17,7 +18,8 @@ from pausing import finish, start_paused
 from edgellm.store.manifest import Manifest
 
 from edgellm.eval import tasks as T
-from edgellm.eval.score import ChoiceScorer, Scored
+from edgellm.eval import score
+from edgellm.eval.score import ChoiceScorer, Scored, sum_error_margin, token_logprobs
 
 THREADS = 2
 
@@ -79,9 +81,34 @@ def test_winogrande_matches_llama_perplexity(tmp_path, perplexity_bin, n):
     assert len(results) == (n or len(eval_data.WINOGRANDE) - 1)
     mine = [(acc, str(r.chosen + 1), str(gold[r.number])) for acc, r in zip(running(T.WINOGRANDE, results), results)]
     assert mine == [(acc, chosen, answer) for acc, _, _, chosen, answer in theirs]
+    # scores come from a pairwise sum (within its bound of llama-perplexity's sequential one); summed its way,
     # the scores it prints (6 decimals) agree to the last digit but for rounding (expf/logf may differ by an ulp)
-    for r, (_, one, two, _, _) in zip(results, theirs):
-        assert r.scores == pytest.approx((float(one), float(two)), abs=1.5e-6)
+    margin = sum_error_margin(49152) / 2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(score, "sum_error_margin", lambda n_vocab: float("inf"))  # every task scored sequentially
+        sequential = ours(T.WINOGRANDE, path, n)
+    for r, s, (_, one, two, _, _) in zip(results, sequential, theirs):
+        assert r.scores == pytest.approx((float(one), float(two)), abs=margin)
+        assert s.scores == pytest.approx((float(one), float(two)), abs=1.5e-6)
+        assert s.chosen == r.chosen
+
+
+def test_fast_log_probabilities_stay_within_the_bound_that_decides_when_to_rescore(tmp_path):
+    """The pairwise sum against the sequential one on real logits: never further apart than the margin says
+    (a task closer than that is scored again sequentially, so no decision can differ)."""
+    f = T.load(T.HELLASWAG, eval_data.write_hellaswag(tmp_path / "hs.txt"))
+    with ChoiceScorer(fixtures.smollm2_gguf(), n_threads=THREADS) as scorer:
+        p = scorer.prepare(T.HELLASWAG, f.tasks[0])
+        scorer.batch.clear()
+        scorer.batch.add(p.seqs[0], 0, range(0, 1), True)
+        scorer.batch.n_outputs = len(p.seqs[0])
+        logits = scorer._decode().copy()
+    rows = np.arange(len(logits))
+    targets = np.resize(np.asarray(p.seqs[0]), len(logits))
+    exact, fast = token_logprobs(logits, rows, targets), token_logprobs(logits, rows, targets, exact=False)
+    assert np.all(np.isfinite(exact)) and exact.max() < 0
+    gap = np.abs(exact - fast).max()
+    assert 0 < gap < sum_error_margin(scorer.n_vocab) / 2  # the sums differ (else nothing was tested), within bound
 
 
 def test_multiple_choice_matches_llama_perplexity(tmp_path, perplexity_bin):
