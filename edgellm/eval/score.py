@@ -6,6 +6,8 @@ the vocabulary's BOS); the tokens all choices of a task share are decoded once, 
 belongs to every choice's sequence, and each choice's own tokens follow in a sequence of its own. Tasks are
 packed into one batch while their tokens fit the context and their sequences the sequence limit (the same
 cut as llama-perplexity's, so every logit is computed from the same batch); the cache is cleared per batch.
+Logits are asked for only at the positions that are scored (llama-perplexity also asks for WinoGrande's option
+words and last tokens, which it does not read): each row of logits costs a product with the whole vocabulary.
 
 What is scored, per kind (log-probabilities of a choice's tokens, each predicted from the tokens before it):
 - HellaSwag and multiple choice: every token after the shared prefix, averaged (the first from the prefix's
@@ -55,13 +57,29 @@ class Skipped:
     why: str
 
 
+@dataclass(frozen=True)
+class _Reads:
+    """The tokens a choice is scored on (`target`), each from the logits at position `pos` of sequence `seq`
+    of its task (positions before the shared prefix's end are the prefix's last token)."""
+
+    seq: np.ndarray
+    pos: np.ndarray
+    target: np.ndarray
+
+    @staticmethod
+    def following(s: int, seq: np.ndarray, first: int, end: int) -> _Reads:
+        """Tokens first+1 .. end of sequence s, each from the position before it."""
+        pos = np.arange(first, end)
+        return _Reads(np.full(len(pos), s), pos, seq[pos + 1])
+
+
 @dataclass
 class _Prepared:
     task: Task
     seqs: list[np.ndarray]  # tokens of each choice's whole text
     prefix: int  # tokens all of them share
     required: int  # cells the task takes: the prefix once, each choice's own tokens
-    bases: tuple[int, int] = (0, 0)  # WinoGrande: tokens of the text up to and with each option
+    reads: list[_Reads]  # per choice: which logits score which of its tokens
 
 
 def _common_prefix(seqs: list[np.ndarray]) -> int:
@@ -212,10 +230,12 @@ class ChoiceScorer:
             return Skipped(task.number, f"needs {required} tokens, more than the context's {self.n_ctx}")
         if len(seqs) > self.n_parallel:
             return Skipped(task.number, f"{len(seqs)} choices, more than the {self.n_parallel} sequences")
-        bases = (0, 0)
         if kind is WINOGRANDE:
-            bases = tuple(len(self.tokenize(task.prompt + c)) for c in task.choices)
-        return _Prepared(task, seqs, prefix, required, bases)
+            bases = [len(self.tokenize(task.prompt + c)) for c in task.choices]
+            reads = _winogrande_reads(seqs, prefix, bases)
+        else:  # every token after the first (which is scored from the prefix's last row on its own)
+            reads = [_Reads.following(s, seq, prefix, len(seq) - 1) for s, seq in enumerate(seqs)]
+        return _Prepared(task, seqs, prefix, required, reads)
 
     # --- scoring -------------------------------------------------------------------------------------
 
@@ -241,34 +261,42 @@ class ChoiceScorer:
                 on_batch(done)
             i0 = i1
 
-    def _pack(self, kind: Kind, prepared: list[_Prepared], i0: int, max_seq: int) -> tuple[int, list[int]]:
-        """Put tasks i0.. in the batch while they fit; returns the end and each task's first logits row."""
+    def _pack(self, kind: Kind, prepared: list[_Prepared], i0: int,
+              max_seq: int) -> tuple[int, list[tuple[int, list[np.ndarray]]]]:
+        """Put tasks i0.. in the batch while they fit; returns the end and, per task, the logits row of its
+        prefix's last token and, per choice, the rows of its read positions."""
         b = self.batch
         b.clear()
         n_cur = s0 = 0
-        first_rows = []
+        layout = []
         i1 = i0
         while i1 < len(prepared) and n_cur + prepared[i1].required <= self.n_ctx:
             p = prepared[i1]
             if s0 + len(p.seqs) > max_seq:
                 break
-            first_rows.append(b.n_outputs)
+            first_row = b.n_outputs
             b.add(p.seqs[0][: p.prefix], 0, range(s0, s0 + len(p.seqs)), False)
             b.set_last_output()
             b.n_outputs += 1
+            row_of = []  # per sequence: the row of each of its own positions that has logits
             for s, seq in enumerate(p.seqs):
-                own = len(seq) - p.prefix
-                if kind is WINOGRANDE:
-                    out: np.ndarray | bool = True
-                    b.n_outputs += own
-                else:  # every token but the last: nothing follows it to predict
-                    out = np.arange(own) < own - 1
-                    b.n_outputs += own - 1
+                out = np.zeros(len(seq) - p.prefix, dtype=bool)
+                for r in p.reads:
+                    out[r.pos[(r.seq == s) & (r.pos >= p.prefix)] - p.prefix] = True
+                row_of.append(np.cumsum(out) - 1 + b.n_outputs)
                 b.add(seq[p.prefix :], p.prefix, range(s0 + s, s0 + s + 1), out)
+                b.n_outputs += int(out.sum())
+            rows = []
+            for r in p.reads:
+                rows.append(np.full(len(r.pos), first_row))
+                for s in range(len(p.seqs)):
+                    own = (r.seq == s) & (r.pos >= p.prefix)
+                    rows[-1][own] = row_of[s][r.pos[own] - p.prefix]
+            layout.append((first_row, rows))
             s0 += len(p.seqs)
             n_cur += p.required
             i1 += 1
-        return i1, first_rows
+        return i1, layout
 
     def _decode(self) -> np.ndarray:
         import llama_cpp
@@ -280,33 +308,29 @@ class ChoiceScorer:
             raise EdgeError(f"llama_decode failed ({rc}) on {self.path.name}")
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(self.batch.n_outputs, self.n_vocab))
 
-    def _judge(self, kind: Kind, batch: list[_Prepared], first_rows: list[int],
+    def _judge(self, kind: Kind, batch: list[_Prepared], layout: list[tuple[int, list[np.ndarray]]],
                logits: np.ndarray) -> Iterator[Scored]:
-        pairs = [_winogrande_pairs(p, r) if kind is WINOGRANDE else _ending_pairs(p, r)
-                 for p, r in zip(batch, first_rows)]
-        rows = np.array([r for task in pairs for choice in task for r, _ in choice], dtype=np.int64)
-        targets = np.array([t for task in pairs for choice in task for _, t in choice], dtype=np.int64)
+        rows = np.concatenate([r for _, task_rows in layout for r in task_rows])
+        targets = np.concatenate([r.target for p in batch for r in p.reads])
         values = token_logprobs(logits, rows, targets, exact=False)
         margin = sum_error_margin(self.n_vocab)
         at = 0
-        for p, row, task_pairs in zip(batch, first_rows, pairs):
-            n = sum(len(choice) for choice in task_pairs)
+        for p, (first_row, _) in zip(batch, layout):
+            n = sum(len(r.pos) for r in p.reads)
             mine = slice(at, at + n)
             at += n
-            scores, chosen = _decide(kind, p, logits[row], task_pairs, values[mine])
+            scores, chosen = _decide(kind, p, logits[first_row], values[mine])
             if _closest_gap(scores) < margin:  # too close for the fast sum: decide with the sequential one
-                exact = token_logprobs(logits, rows[mine], targets[mine])
-                scores, chosen = _decide(kind, p, logits[row], task_pairs, exact)
+                scores, chosen = _decide(kind, p, logits[first_row], token_logprobs(logits, rows[mine], targets[mine]))
             yield Scored(p.task.number, tuple(float(s) for s in scores), chosen, chosen in p.task.gold)
 
 
-def _decide(kind: Kind, p: _Prepared, first_row: np.ndarray, task_pairs: list[list[tuple[int, int]]],
-            values: np.ndarray) -> tuple[list, int]:
-    """Each choice's score from its tokens' log-probabilities (in task order), and the choice made."""
+def _decide(kind: Kind, p: _Prepared, first_row: np.ndarray, values: np.ndarray) -> tuple[list, int]:
+    """Each choice's score from the log-probabilities of its read positions (in task order), and the choice."""
     per_choice, at = [], 0
-    for choice in task_pairs:
-        per_choice.append(values[at : at + len(choice)])
-        at += len(choice)
+    for r in p.reads:
+        per_choice.append(values[at : at + len(r.pos)])
+        at += len(r.pos)
     if kind is WINOGRANDE:
         scores = [_float_mean(v) for v in per_choice]
         return scores, 0 if scores[0] > scores[1] else 1
@@ -322,29 +346,21 @@ def _closest_gap(scores: list) -> float:
     return top[0] - top[1] if len(top) > 1 else float("inf")
 
 
-def _ending_pairs(p: _Prepared, first_row: int) -> list[list[tuple[int, int]]]:
-    """(logits row, token it predicts) for each choice's tokens after the first (which is scored from the
-    prefix's row)."""
-    out, li = [], first_row + 1
-    for seq in p.seqs:
-        n = len(seq) - p.prefix - 1
-        out.append([(li + k, int(seq[p.prefix + 1 + k])) for k in range(n)])
-        li += n
-    return out
-
-
-def _winogrande_pairs(p: _Prepared, first_row: int) -> list[list[tuple[int, int]]]:
-    """llama-perplexity's WinoGrande rows: all tokens of both sentences have logits (row 0 is the prefix's
-    last token, then sentence 1's own tokens, then sentence 2's)."""
-    s1, s2 = p.seqs
-    skip_option = len(s1) - p.prefix > WINOGRANDE_MIN_TRAILING and len(s2) - p.prefix > WINOGRANDE_MIN_TRAILING
-    out = []
-    for which, seq in enumerate((s1, s2)):
-        base = p.bases[which] if skip_option else p.prefix
+def _winogrande_reads(seqs: list[np.ndarray], prefix: int, bases: list[int]) -> list[_Reads]:
+    """llama-perplexity's WinoGrande tokens: those after the option word when both sentences go on for more than
+    a few tokens after the shared prefix, else from the prefix on; without the last token when there is more
+    than one. In the second case the second sentence's first token is read, as llama-perplexity's row arithmetic
+    reads it, from the logits of the first sentence's last token (not the prefix's)."""
+    skip_option = all(len(seq) - prefix > WINOGRANDE_MIN_TRAILING for seq in seqs)
+    reads = []
+    for s, (seq, base_option) in enumerate(zip(seqs, bases)):
+        base = base_option if skip_option else prefix
         last = 1 if len(seq) - base > 1 else 0
-        li = base - p.prefix + (0 if which == 0 else len(s1) - p.prefix)
-        out.append([(first_row + li + k, int(seq[j + 1])) for k, j in enumerate(range(base - 1, len(seq) - 1 - last))])
-    return out
+        r = _Reads.following(s, seq, base - 1, len(seq) - 1 - last)
+        if s == 1 and not skip_option and len(r.pos):
+            r.seq[0], r.pos[0] = 0, len(seqs[0]) - 1
+        reads.append(r)
+    return reads
 
 
 def _double_mean(values: np.ndarray) -> float:
