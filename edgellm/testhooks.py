@@ -36,8 +36,10 @@ if _target is not None and threading.current_thread() is threading.main_thread()
     signal.signal(signal.SIGUSR1, lambda _signum, _frame: _resume.set())
 
 
-def pause_point(name: str, index: int | None = None, until: Callable[[], bool] | None = None) -> None:
+def pause_point(name: str, index: int | None = None, until: Callable[[], bool] | None = None,
+                before: Callable[[], None] | None = None) -> None:
     """Wait here if EDGELLM_TEST_PAUSE names this point (`name`, or `name:index`); otherwise return at once.
+    `before` runs just before a wait (what the point promises is done, such as text sent, but still queued).
 
     The wait ends with SIGUSR1, a signal that raises (Ctrl-C's KeyboardInterrupt), when `until()` turns
     true, or after MAX_WAIT_S.
@@ -50,6 +52,8 @@ def pause_point(name: str, index: int | None = None, until: Callable[[], bool] |
         if _target != point:
             return
         _target = None
+    if before is not None:
+        before()
     print(f"edgellm-test: paused at {point}", file=sys.stderr, flush=True)
     end = time.monotonic() + MAX_WAIT_S
     while time.monotonic() < end and not _resume.is_set() and not (until and until()):

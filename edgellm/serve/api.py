@@ -32,6 +32,7 @@ from ..engine.runtime import Engine
 from ..engine.vision import MediaPrompt
 from . import grammar, schemas
 from .errors import ApiError, bad_request
+from .inbox import inbox_for
 from .metrics import Metrics
 from .pictures import decode_all
 from .scheduler import Finished, Job, QueueFull, Scheduler
@@ -179,16 +180,17 @@ class Run:
     """One job in the scheduler, seen from the event loop: its events arrive on an asyncio queue."""
 
     def __init__(self, state: ServeState, prepared: Prepared, gen: schemas.Generation):
-        loop = asyncio.get_running_loop()
+        inbox = inbox_for(asyncio.get_running_loop())
         self.events: asyncio.Queue[str | Finished] = asyncio.Queue()
 
         def deliver(event) -> None:  # called on the scheduler thread
             try:
-                loop.call_soon_threadsafe(self.events.put_nowait, event)
+                inbox.put(self.events, event)
             except RuntimeError:  # the event loop is gone: nobody is listening any more
                 self.job.cancelled.set()
 
-        self.job = Job(prepared.tokens, gen.sampling, gen.stop, deliver, grammar=prepared.grammar, media=prepared.media)
+        self.job = Job(prepared.tokens, gen.sampling, gen.stop, deliver, inbox.wake, grammar=prepared.grammar,
+                       media=prepared.media)
         try:
             if state.scheduler.error:
                 raise ApiError(500, state.scheduler.error)

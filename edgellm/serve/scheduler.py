@@ -53,6 +53,8 @@ class Job:
     sampling: Sampling
     stop: tuple[str, ...]
     deliver: Callable[[str | Finished], None]  # called on the scheduler thread: text pieces, then one Finished
+    # called once after each batching step in which the job got events: `deliver` may only queue them until then
+    wake: Callable[[], None] | None = None
     grammar: object | None = None  # a grammar sampler, owned by the job until a slot's chain takes it over
     cancelled: threading.Event = field(default_factory=threading.Event)
     # a prompt with pictures: its chunks (owned by the job until evaluated); `tokens` then holds a key per position
@@ -105,6 +107,7 @@ class Scheduler:
         self._pieces: dict[int, bytes] = {}
         self._metrics = metrics
         self._stopping = False
+        self._to_wake: set[Callable[[], None]] = set()  # `Job.wake` of the jobs given events since the last step
         self.error: str | None = None  # set if the loop itself failed: the server can no longer answer
         self._thread = threading.Thread(target=self._run, name="edgellm-scheduler", daemon=True)
         spec = engine.speculation
@@ -165,6 +168,8 @@ class Scheduler:
                 self._engine.adapt_threads(midway=True)  # streams last long: follow the load between batches
                 if self.busy:
                     self._step()
+                if not self.busy:  # else the next step hands over this one's events, while llama.cpp works
+                    self._wake()
         except Exception:  # a bug here must not leave clients waiting forever
             traceback.print_exc(file=sys.stderr)
             self.error = "the scheduler failed; see the server's log"
@@ -176,6 +181,17 @@ class Scheduler:
             job = self._queue.get_nowait()
             if job is not None:
                 self._drop(job, "error", message)
+        self._wake()
+
+    def _send(self, job: Job, event: str | Finished) -> None:
+        job.deliver(event)
+        if job.wake is not None:
+            self._to_wake.add(job.wake)
+
+    def _wake(self) -> None:
+        for wake in self._to_wake:
+            wake()
+        self._to_wake.clear()
 
     def _admit(self) -> None:
         while any(s.job is None for s in self.slots):
@@ -285,6 +301,8 @@ class Scheduler:
             if end == len(prompt):
                 sample_at.append((slot, n - 1))
         b.n_tokens = n
+        # the event loop sends the last step's text while llama.cpp evaluates this one, not while llama.cpp waits
+        self._wake()
         rc = L.llama_decode(self._ctx, b)
         if rc != 0:
             message = f"llama.cpp failed to evaluate a batch of {n} tokens (code {rc}): {llamacpp.last_error()}"
@@ -346,9 +364,9 @@ class Scheduler:
             slot.proposer.extend([tok])
         text, stopped = slot.text.push(piece)
         if text:
-            job.deliver(text)
+            self._send(job, text)
         # tests hold a reply here, mid-stream, until its client leaves or the server stops
-        pause_point("serve.token", slot.n_gen, until=lambda: job.cancelled.is_set() or self._stopping)
+        pause_point("serve.token", slot.n_gen, until=lambda: job.cancelled.is_set() or self._stopping, before=self._wake)
         if stopped:
             self._finish(slot, "stop", flush=False)
         elif (s.max_tokens is not None and slot.n_gen >= s.max_tokens) or len(slot.cache) >= self.n_ctx_slot:
@@ -362,14 +380,14 @@ class Scheduler:
         if flush and reason in ("stop", "length"):
             tail = slot.text.flush()
             if tail:
-                job.deliver(tail)
+                self._send(job, tail)
         stop = slot.text.matched if slot.text is not None else None
         now = time.perf_counter()
         first = slot.first if slot.first is not None else now
         L.llama_sampler_free(slot.chain)
         slot.job, slot.chain, slot.text, slot.next_token = None, None, None, None
         self._metrics.ended(cancelled=reason == "cancelled")
-        job.deliver(Finished(reason, len(job.tokens), slot.n_gen, message, stop, first - slot.started, now - first))
+        self._send(job, Finished(reason, len(job.tokens), slot.n_gen, message, stop, first - slot.started, now - first))
 
     def _drop(self, job: Job, reason: str, message: str = "") -> None:
         """End a job that never got a slot."""
@@ -381,4 +399,4 @@ class Scheduler:
         if job.media is not None:
             job.media.close()
             job.media = None
-        job.deliver(Finished(reason, len(job.tokens), 0, message))
+        self._send(job, Finished(reason, len(job.tokens), 0, message))
