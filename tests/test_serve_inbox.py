@@ -30,8 +30,17 @@ def test_events_wait_for_the_wake_and_then_arrive_in_order():
         t.join()
         loop.run_until_complete(asyncio.sleep(0.01))
         assert [a.get_nowait(), a.get_nowait()] == ["Hel", "lo"] and b.get_nowait() == "Wor"
-        inbox.wake()  # nothing queued: no call to the loop at all
-        assert not loop._ready
+        calls = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: calls.append(a) or real(*a)
+        inbox.wake()  # nothing queued: the loop is not woken at all
+        assert calls == []
+        inbox.put(a, "!")
+        inbox.put(b, "?")
+        inbox.wake()  # two events, one wake-up
+        assert len(calls) == 1
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert a.get_nowait() == "!" and b.get_nowait() == "?"
     finally:
         loop.close()
 
