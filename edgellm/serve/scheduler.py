@@ -54,7 +54,7 @@ class Job:
     stop: tuple[str, ...]
     deliver: Callable[[str | Finished], None]  # called on the scheduler thread: text pieces, then one Finished
     # called once after each batching step in which the job got events: `deliver` may only queue them until then
-    wake: Callable[[], None] | None = None
+    wake: Callable[[], None]
     grammar: object | None = None  # a grammar sampler, owned by the job until a slot's chain takes it over
     cancelled: threading.Event = field(default_factory=threading.Event)
     # a prompt with pictures: its chunks (owned by the job until evaluated); `tokens` then holds a key per position
@@ -185,8 +185,7 @@ class Scheduler:
 
     def _send(self, job: Job, event: str | Finished) -> None:
         job.deliver(event)
-        if job.wake is not None:
-            self._to_wake.add(job.wake)
+        self._to_wake.add(job.wake)
 
     def _wake(self) -> None:
         for wake in self._to_wake:
